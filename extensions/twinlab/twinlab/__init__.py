@@ -1,0 +1,6 @@
+"""twinlab: runs in each user's server and on Dask workers.
+
+Kept import-light on purpose: the server extension is imported at every server start.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,27 @@
+"""What the supervisor needs to know to run one platform process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Component:
+    """One long-running process of the platform (proxy, hub, gateway, culler, ...).
+
+    ``ready_url`` is polled (HTTP; any status below 500 counts as ready) unless ``ready`` is
+    given, a callable returning True once the component serves.  ``env`` is added to a
+    minimal environment; secrets go in files or env, never in ``argv``.
+    """
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    port: int | None = None
+    ready_url: str | None = None
+    ready: Callable[[], bool] | None = None
+    cwd: Path | None = None
+    # Started after these components are ready.
+    after: tuple[str, ...] = ()
