@@ -1,5 +1,260 @@
-"""The ``twinhub`` command (placeholder until the CLI lands)."""
+"""The ``twinhub`` command line.
+
+The command line is a contract other tools (tests, CI, docs) rely on::
+
+    twinhub up [--state DIR] [--ip ADDR] [--port N] [--mode personal|multi-user] [--config FILE]
+    twinhub down [--state DIR] [--purge-users]
+    twinhub status [--state DIR]
+    twinhub user add NAME [--admin] [--group G ...] [--state DIR]
+    twinhub user token NAME [--state DIR]
+    twinhub user list [--json] [--state DIR]
+
+Every option of every configurable can also be set in ``<state>/twinhub_config.py``
+(generated on first run) or on the command line as ``--Class.trait=value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from traitlets.config import Config
+
+from . import __version__
+
+DEFAULT_STATE = os.environ.get("TWINHUB_STATE_DIR", ".twinhub")
 
 
-def main() -> None:
-    raise SystemExit("twinhub: CLI not built yet")
+class CLIError(Exception):
+    """An error the user must fix; printed without a traceback."""
+
+
+def _config_help() -> str:
+    from .config import config_classes
+
+    lines = ["configuration options (twinhub_config.py, or --Class.trait=value here):", ""]
+    for cls in config_classes():
+        lines.append(cls.class_get_help())
+    return "\n".join(lines)
+
+
+def _state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state",
+        default=DEFAULT_STATE,
+        metavar="DIR",
+        help="platform state directory (default: %(default)s, or $TWINHUB_STATE_DIR)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twinhub",
+        description="Run the twinhub platform (JupyterHub + Dask Gateway + services).",
+    )
+    parser.add_argument("--version", action="version", version=f"twinhub {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser(
+        "up",
+        help="start the embedded platform in the foreground",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Start hub, proxy, Dask Gateway and services as local processes; print the "
+        "URL once the hub answers; stop everything on Ctrl-C or SIGTERM.",
+        epilog=_config_help(),
+    )
+    _state_arg(up)
+    up.add_argument("--ip", help="address the proxy listens on (Twinhub.ip, default 127.0.0.1)")
+    up.add_argument(
+        "--port", type=int, help="port the proxy listens on (Twinhub.port, default 8000)"
+    )
+    up.add_argument(
+        "--mode",
+        choices=["personal", "multi-user"],
+        help="personal (all servers as you) or multi-user (an OS account per user; "
+        "default when run as root)",
+    )
+    up.add_argument("--public-url", help="URL users reach the platform at (Twinhub.public_url)")
+    up.add_argument("--db-url", help="SQLAlchemy URL of twinhub's own tables (Twinhub.db_url)")
+    up.add_argument("--config", help="config file (default: <state>/twinhub_config.py)")
+
+    down = sub.add_parser("down", help="stop a platform started with `twinhub up`")
+    _state_arg(down)
+    down.add_argument(
+        "--purge-users",
+        action="store_true",
+        help="also remove the OS accounts created for platform users (multi-user mode)",
+    )
+
+    status = sub.add_parser("status", help="show each component with pid, port and health")
+    _state_arg(status)
+
+    user = sub.add_parser("user", help="manage platform accounts")
+    usub = user.add_subparsers(dest="user_command", required=True)
+    add = usub.add_parser("add", help="create an account and print its generated password once")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="make the account an admin")
+    add.add_argument("--group", action="append", default=[], metavar="G", help="add to group G")
+    _state_arg(add)
+    tok = usub.add_parser("token", help="print a JupyterHub API token for a user (admin use)")
+    tok.add_argument("name")
+    _state_arg(tok)
+    lst = usub.add_parser("list", help="list accounts")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    _state_arg(lst)
+    return parser
+
+
+def _overrides(args: argparse.Namespace, extra: list[str]) -> Config:
+    from traitlets.config.loader import KVArgParseConfigLoader
+
+    cfg = Config()
+    if extra:
+        bad = [a for a in extra if not a.startswith("--") or "." not in a.split("=")[0]]
+        if bad:
+            raise CLIError(f"unrecognized arguments: {' '.join(bad)}")
+        cfg.merge(KVArgParseConfigLoader(extra).load_config())
+    for opt, trait in [
+        ("ip", "ip"),
+        ("port", "port"),
+        ("mode", "mode"),
+        ("public_url", "public_url"),
+        ("db_url", "db_url"),
+    ]:
+        value = getattr(args, opt, None)
+        if value is not None:
+            setattr(cfg.Twinhub, trait, value)
+    return cfg
+
+
+def cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
+    from .platform import up
+
+    if args.port is not None and not 0 < args.port < 65536:
+        raise CLIError(f"--port {args.port} is not a valid port (1-65535)")
+    return up(Path(args.state), _overrides(args, extra), config_file=args.config)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from .platform import down, load_runtime
+
+    code = down(Path(args.state))
+    if args.purge_users:
+        from .spawner import purge_accounts
+
+        removed = purge_accounts(load_runtime(Path(args.state)))
+        print(f"removed OS accounts: {', '.join(removed) if removed else 'none'}")
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .platform import status
+
+    return status(Path(args.state))
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from .hubapi import HubAPIError, hub_request
+    from .platform import load_runtime
+
+    rt = load_runtime(Path(args.state))
+    try:
+        if args.user_command == "add":
+            return _user_add(rt, args)
+        if args.user_command == "token":
+            hub_request(rt, "GET", f"/users/{args.name}")
+            reply = hub_request(
+                rt, "POST", f"/users/{args.name}/tokens", {"note": "twinhub user token"}
+            )
+            print(reply["token"])
+            return 0
+        if args.user_command == "list":
+            return _user_list(rt, args)
+    except HubAPIError as e:
+        if e.status == 404:
+            raise CLIError(f"no such user: {args.name}") from e
+        raise CLIError(str(e)) from e
+    raise CLIError(f"unknown user command {args.user_command}")
+
+
+def _user_add(rt, args: argparse.Namespace) -> int:
+    from .accounts import RESERVED_NAMES
+    from .auth import create_account
+    from .config import Twinhub
+    from .hubapi import hub_request
+
+    name = args.name
+    if name in RESERVED_NAMES:
+        raise CLIError(f"user name {name!r} is reserved; choose another name")
+    try:
+        password = create_account(
+            rt.db_url, name, admin=args.admin, prefix=Twinhub(config=rt.config).user_prefix
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    hub_request(rt, "POST", f"/users/{name}", {"admin": args.admin} if args.admin else None)
+    for group in args.group:
+        try:
+            hub_request(rt, "POST", f"/groups/{group}")
+        except Exception as e:  # already exists
+            if getattr(e, "status", None) != 409:
+                raise
+        hub_request(rt, "POST", f"/groups/{group}/users", {"users": [name]})
+    print(f"created {'admin ' if args.admin else ''}user {name}")
+    print(f"password: {password}")
+    print("(shown once: pass it on securely)")
+    return 0
+
+
+def _user_list(rt, args: argparse.Namespace) -> int:
+    from .hubapi import hub_request
+
+    users = hub_request(rt, "GET", "/users")
+    rows = [
+        {
+            "name": u["name"],
+            "admin": u.get("admin", False),
+            "groups": u.get("groups", []),
+            "server": bool(u.get("servers", {}).get("", {}).get("ready")),
+            "last_activity": u.get("last_activity"),
+        }
+        for u in users
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            flags = ("admin " if r["admin"] else "") + ("running" if r["server"] else "")
+            print(f"{r['name']:<24} {flags:<14} {','.join(r['groups'])}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "up":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from .platform import PlatformError
+
+    try:
+        if args.command == "up":
+            code = cmd_up(args, extra)
+        elif args.command == "down":
+            code = cmd_down(args)
+        elif args.command == "status":
+            code = cmd_status(args)
+        else:
+            code = cmd_user(args)
+    except (CLIError, PlatformError) as e:
+        print(f"twinhub: error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -120,20 +120,10 @@ class Twinhub(Configurable):
 
 
 def config_classes() -> list[type[Configurable]]:
-    """Every configurable the platform reads, for --help-all and the generated config file.
+    """Every configurable the platform reads, for --help and the generated config file."""
+    # Imported here: those modules import this one.
+    from .auth import TwinhubLocalAuth
+    from .gateway import TwinhubGateway
+    from .spawner import TwinhubSpawnerConfig
 
-    Imported lazily: modules register here as they land.
-    """
-    classes: list[type[Configurable]] = [Twinhub]
-    import importlib
-
-    for mod, name in [
-        ("twinhub.spawner", "TwinhubSpawnerConfig"),
-        ("twinhub.gateway", "TwinhubGateway"),
-        ("twinhub.auth", "TwinhubLocalAuth"),
-    ]:
-        try:
-            classes.append(getattr(importlib.import_module(mod), name))
-        except (ImportError, AttributeError):
-            pass
-    return classes
+    return [Twinhub, TwinhubSpawnerConfig, TwinhubGateway, TwinhubLocalAuth]

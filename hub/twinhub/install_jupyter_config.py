@@ -15,7 +15,9 @@ from pathlib import Path
 def install(prefix: str | Path) -> Path:
     target = Path(prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / "twinlab.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps({"ServerApp": {"jpserver_extensions": {"twinlab": True}}}, indent=2))
+    target.write_text(
+        json.dumps({"ServerApp": {"jpserver_extensions": {"twinlab": True}}}, indent=2)
+    )
     target.chmod(0o644)
     return target
 

@@ -1,0 +1,234 @@
+"""Spawn-to-ready latency and logins/s: twinhub vs a stock JupyterHub, same spawner, same run.
+
+    /opt/twinhub/venv/bin/python bench/spawn.py [--rounds 5] [--users 10]
+
+twinhub runs in multi-user mode (`twinhub up`), a stock JupyterHub 6.1 runs its own
+LocalProcessSpawner as the *same* OS accounts (created by twinhub's first spawn), from the
+same Python environment, behind its own configurable-http-proxy.  Spawn-to-ready is timed
+from the REST `POST /users/<name>/server` until the server answers `/api/status` through the
+proxy.  Logins/s: real form logins (twinhub: per-user passwords, hashed; stock: JupyterHub's
+DummyAuthenticator, no password check) -- the gap there is the price of password hashing.
+Needs root (OS accounts). Prints figures and ratios; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers.platform import Platform, free_port_pair  # noqa: E402
+from twinhub.core import find_proxy  # noqa: E402
+
+STOCK_CONFIG = """
+c = get_config()
+c.JupyterHub.bind_url = "http://127.0.0.1:{port}/"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.command = ["{chp}"]
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
+c.JupyterHub.db_url = "sqlite:///{state}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{state}/cookie_secret"
+c.JupyterHub.authenticator_class = "dummy"
+c.Authenticator.allow_all = True
+c.JupyterHub.spawner_class = "localprocess"
+c.Spawner.cmd = ["{prefix}/bin/jupyterhub-singleuser"]
+c.Spawner.default_url = "/lab"
+c.JupyterHub.services = [{{"name": "bench", "api_token": "{token}"}}]
+c.JupyterHub.load_roles = [{{"name": "bench", "services": ["bench"],
+    "scopes": ["admin:users", "admin:servers", "access:servers", "tokens"]}}]
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def wait_ready(url: str, name: str, token: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    h = {"Authorization": f"token {token}"}
+    while time.monotonic() < deadline:
+        try:
+            r = requests.get(f"{url}user/{name}/api/status", headers=h, timeout=5)
+            if r.status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{name} not ready")
+
+
+def spawn_round(url: str, names: list[str], tokens: dict[str, str]) -> list[float]:
+    def one(name: str) -> float:
+        h = {"Authorization": f"token {tokens[name]}"}
+        t0 = time.monotonic()
+        r = requests.post(f"{url}hub/api/users/{name}/server", headers=h, timeout=60)
+        if r.status_code not in (201, 202):
+            raise RuntimeError(f"spawn {name}: {r.status_code} {r.text}")
+        wait_ready(url, name, tokens[name])
+        return time.monotonic() - t0
+
+    with cf.ThreadPoolExecutor(len(names)) as ex:
+        times = list(ex.map(one, names))
+    for name in names:
+        h = {"Authorization": f"token {tokens[name]}"}
+        requests.delete(f"{url}hub/api/users/{name}/server", headers=h, timeout=60)
+    for name in names:
+        h = {"Authorization": f"token {tokens[name]}"}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not requests.get(f"{url}hub/api/users/{name}", headers=h, timeout=10).json()[
+                "servers"
+            ]:
+                break
+            time.sleep(0.1)
+    return times
+
+
+def logins_per_s(url: str, creds: list[tuple[str, str]], seconds: float = 4.0) -> float:
+    def worker(i: int) -> int:
+        n = 0
+        name, pw = creds[i % len(creds)]
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            s = requests.Session()
+            s.get(url + "hub/login", timeout=10)
+            r = s.post(
+                url + "hub/login",
+                data={"username": name, "password": pw, "_xsrf": s.cookies.get("_xsrf", "")},
+                allow_redirects=False,
+                timeout=10,
+            )
+            if r.status_code != 302:
+                raise RuntimeError(f"login failed: {r.status_code}")
+            n += 1
+        return n
+
+    with cf.ThreadPoolExecutor(2) as ex:
+        total = sum(ex.map(worker, range(2)))
+    return total / seconds
+
+
+def measure(url: str, names: list[str], tokens: dict[str, str], rounds: int) -> dict:
+    single = []
+    for i in range(rounds):
+        single += spawn_round(url, [names[i % len(names)]], tokens)
+    concurrent = []
+    for _ in range(max(1, rounds // 2)):
+        concurrent += spawn_round(url, names, tokens)
+    return {"single": single, "concurrent": concurrent}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--users", type=int, default=10)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/spawn.py needs root (multi-user mode creates OS accounts)")
+    base = Path(tempfile.mkdtemp(prefix="twinhub-bench-", dir="/tmp"))
+    base.chmod(0o755)
+    names = [f"bench{i}" for i in range(args.users)]
+    results: dict[str, dict] = {}
+    logins: dict[str, float] = {}
+
+    print(f"twinhub: starting (multi-user), {args.users} users, {args.rounds} rounds")
+    p = Platform.start(base / "twinhub", mode="multi-user")
+    try:
+        pw = {n: p.add_user(n) for n in names}
+        tokens = {n: p.token(n) for n in names}
+        spawn_round(p.url, names, tokens)  # warm-up: creates the OS accounts
+        results["twinhub"] = measure(p.url, names, tokens, args.rounds)
+        logins["twinhub"] = logins_per_s(p.url, list(pw.items()))
+    finally:
+        p.stop()
+
+    print("stock JupyterHub: starting (LocalProcessSpawner, same OS accounts)")
+    stock_state = base / "stock"
+    stock_state.mkdir()
+    port, api_port, hub_port = free_port_pair(3)
+    token = secrets.token_hex(16)
+    cfg = stock_state / "jupyterhub_config.py"
+    cfg.write_text(
+        STOCK_CONFIG.format(
+            port=port,
+            hub_port=hub_port,
+            api_port=api_port,
+            chp=find_proxy(),
+            state=stock_state,
+            prefix=sys.prefix,
+            token=token,
+        )
+    )
+    with open(stock_state / "hub.log", "wb") as log:
+        hub = subprocess.Popen(
+            [f"{sys.prefix}/bin/jupyterhub", "-f", str(cfg)],
+            cwd=stock_state,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PATH": f"{sys.prefix}/bin:" + os.environ["PATH"]},
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        h = {"Authorization": f"token {token}"}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(url + "hub/api/", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        stock_names = [f"twin-{n}" for n in names]
+        stock_tokens = {}
+        for n in stock_names:
+            requests.post(f"{url}hub/api/users/{n}", headers=h, timeout=10)
+            r = requests.post(f"{url}hub/api/users/{n}/tokens", headers=h, json={}, timeout=10)
+            stock_tokens[n] = r.json()["token"]
+        spawn_round(url, stock_names, stock_tokens)  # warm-up
+        results["stock"] = measure(url, stock_names, stock_tokens, args.rounds)
+        logins["stock"] = logins_per_s(url, [(n, "x") for n in stock_names])
+    finally:
+        hub.terminate()
+        hub.wait(60)
+        subprocess.run(
+            [
+                f"{sys.prefix}/bin/twinhub",
+                "down",
+                "--state",
+                str(base / "twinhub"),
+                "--purge-users",
+            ],
+            capture_output=True,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+    print()
+    print(f"{'spawn-to-ready (s)':<28}{'twinhub':>10}{'stock':>10}{'ratio':>8}")
+    for kind, label in (("single", "1 user"), ("concurrent", f"{args.users} concurrent")):
+        for q, qn in ((0.5, "p50"), (0.95, "p95")):
+            a = pct(results["twinhub"][kind], q)
+            b = pct(results["stock"][kind], q)
+            print(f"  {label + ' ' + qn:<26}{a:>10.2f}{b:>10.2f}{a / b:>8.2f}")
+    a, b = logins["twinhub"], logins["stock"]
+    print(f"  {'logins/s (2 clients)':<26}{a:>10.1f}{b:>10.1f}{a / b:>8.2f}")
+    print(
+        "targets: spawn ratio <= 1.1 and p50 <= 2 s (1 user); "
+        f"median 1-user spawn twinhub {statistics.median(results['twinhub']['single']):.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

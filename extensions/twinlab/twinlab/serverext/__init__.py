@@ -1,0 +1,23 @@
+"""The twinlab Jupyter server extension, loaded in every user server.
+
+Serves ``GET <base_url>twinlab/api/info`` (authenticated like every server API: token or
+hub cookie).  Kept cheap to import: the server imports it at every start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twinlab.serverext.info import INFO_PROVIDERS, info_provider
+
+__all__ = ["INFO_PROVIDERS", "info_provider"]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    from jupyter_server.utils import url_path_join
+
+    from twinlab.serverext.handlers import InfoHandler
+
+    base = serverapp.web_app.settings["base_url"]
+    serverapp.web_app.add_handlers(".*$", [(url_path_join(base, "twinlab/api/info"), InfoHandler)])
+    serverapp.log.info("twinlab extension loaded: %stwinlab/api/info", base)

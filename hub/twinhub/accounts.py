@@ -1,0 +1,204 @@
+"""OS accounts for platform users in multi-user mode.
+
+A platform user ``alice`` runs as the OS account ``<prefix>alice`` (default ``twin-alice``),
+created on first spawn the way The Littlest JupyterHub does.  The prefix means a platform
+user can never *be* an existing system account (``root``, ``postgres``...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from twinhub.runtime import Runtime
+
+# Platform names that are refused outright, even with the prefix, because they are confusing
+# or collide with service names.
+RESERVED_NAMES = frozenset(
+    {
+        "root", "daemon", "bin", "sys", "sync", "games", "man", "lp",
+        "mail", "news", "uucp", "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody",
+        "postgres", "systemd-network", "systemd-resolve", "messagebus", "sshd", "_apt",
+        "hub", "jupyterhub", "twinhub", "dask", "dask-gateway", "services", "service",
+    }
+)  # fmt: skip
+# Linux useradd limits names to 32 chars; letters, digits, '-' and '_'; must start with a letter.
+_VALID = re.compile(r"^[a-z][a-z0-9_-]*$")
+MAX_OS_NAME = 32
+
+
+def os_account_name(platform_user: str, prefix: str = "twin-") -> str:
+    """Map a platform user name to its OS account name, refusing reserved or invalid names.
+
+    Raises ValueError with a message naming the problem.
+    """
+    name = platform_user
+    if name in RESERVED_NAMES:
+        raise ValueError(f"user name {name!r} is reserved; choose another name")
+    if not _VALID.match(name):
+        raise ValueError(
+            f"user name {name!r} is not valid: use lowercase letters, digits, '-' or '_', "
+            "starting with a letter"
+        )
+    os_name = prefix + name
+    if len(os_name) > MAX_OS_NAME:
+        raise ValueError(
+            f"user name {name!r} is too long: at most {MAX_OS_NAME - len(prefix)} characters"
+        )
+    return os_name
+
+
+# -- creating, recording and purging accounts (multi-user mode) --------------------------
+
+ACCOUNTS_FILE = "accounts.json"
+# useradd/userdel lock /etc/passwd themselves but fail instead of waiting: serialise ours.
+_lock = threading.Lock()
+
+
+class AccountError(RuntimeError):
+    """An OS account could not be created or used; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class Account:
+    platform_user: str
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def _registry_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / ACCOUNTS_FILE
+
+
+def recorded_accounts(state_dir: str | Path) -> dict[str, dict]:
+    """OS account name -> record, for the accounts twinhub created in this state dir."""
+    f = _registry_path(state_dir)
+    if not f.exists():
+        return {}
+    return json.loads(f.read_text()).get("accounts", {})
+
+
+def _write_registry(state_dir: str | Path, accounts: dict[str, dict]) -> None:
+    f = _registry_path(state_dir)
+    tmp = f.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"accounts": accounts}, fh, indent=2, sort_keys=True)
+    tmp.replace(f)
+
+
+def _run(argv: list[str]) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AccountError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+
+
+def ensure_account(
+    platform_user: str,
+    state_dir: str | Path,
+    prefix: str = "twin-",
+    home_root: str = "/home",
+) -> Account:
+    """Return the OS account of ``platform_user``, creating it on first use (needs root).
+
+    Created like The Littlest JupyterHub does it: ``useradd`` with its own group, a home
+    under ``home_root`` (mode 0700, so no other platform user can read it) and bash.
+    An existing account of that name is used only if twinhub recorded it or it is a normal
+    (uid >= 1000) account; system accounts are refused.
+    """
+    name = os_account_name(platform_user, prefix)
+    with _lock:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            pw = None
+        if pw is None:
+            if os.geteuid() != 0:
+                raise AccountError(
+                    f"cannot create OS account {name!r} for {platform_user!r}: the hub is not "
+                    "root (multi-user mode needs root; use personal mode otherwise)"
+                )
+            home = Path(home_root) / name
+            Path(home_root).mkdir(parents=True, exist_ok=True)
+            _run(["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/bash",
+                  "--user-group", "--comment", f"twinhub user {platform_user}", name])  # fmt: skip
+            pw = pwd.getpwnam(name)
+            accounts = recorded_accounts(state_dir)
+            accounts[name] = {"platform_user": platform_user, "uid": pw.pw_uid, "home": pw.pw_dir}
+            _write_registry(state_dir, accounts)
+        elif name not in recorded_accounts(state_dir) and pw.pw_uid < 1000:
+            raise AccountError(
+                f"OS account {name!r} exists and is a system account (uid {pw.pw_uid}); "
+                f"refusing to run {platform_user!r}'s server as it"
+            )
+    home = Path(pw.pw_dir)
+    if not home.is_dir():
+        # Account exists but its home went missing (restored /etc/passwd, wiped /home).
+        home.mkdir(mode=0o700, parents=True)
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+    if os.geteuid() == 0 and home.stat().st_mode & 0o077:
+        home.chmod(0o700)
+    return Account(platform_user, name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+
+def kill_account_processes(name: str, timeout: float = 5.0) -> int:
+    """SIGKILL every process owned by OS account ``name``; returns how many were signalled."""
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return 0
+    if uid == 0 or uid == os.geteuid():
+        raise AccountError(f"refusing to kill the processes of {name!r} (uid {uid})")
+    import psutil
+
+    killed = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs = [
+            p
+            for p in psutil.process_iter(["uids", "status"])
+            # Zombies are dead already; their parent (the hub) reaps them.
+            if p.info["uids"] and p.info["uids"].real == uid and p.info["status"] != "zombie"
+        ]
+        if not procs:
+            break
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+                killed += 1
+        psutil.wait_procs(procs, timeout=1)
+    return killed
+
+
+def purge_accounts(rt: Runtime) -> list[str]:
+    """Remove every OS account twinhub created for this state dir (processes, home, group).
+
+    Used by ``twinhub down --purge-users``; returns the account names removed.
+    """
+    removed = []
+    with _lock:
+        accounts = recorded_accounts(rt.state_dir)
+        for name in sorted(accounts):
+            kill_account_processes(name)
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                pass  # removed by hand already
+            else:
+                _run(["userdel", "--remove", name])
+            removed.append(name)
+            del accounts[name]
+            _write_registry(rt.state_dir, accounts)
+    return removed

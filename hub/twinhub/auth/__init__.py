@@ -1,0 +1,68 @@
+"""Local accounts: the embedded platform's default authenticator.
+
+``configure_hub(c, rt)`` makes JupyterHub use :class:`TwinhubLocalAuth` on twinhub's own
+database; ``create_account`` and ``ensure_first_admin`` are for the CLI and supervisor.
+See docs/accounts.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .accounts import (
+    AccountError,
+    AccountInfo,
+    create_account,
+    delete_account,
+    ensure_first_admin,
+    get_account,
+    list_accounts,
+    request_account,
+    set_approved,
+    set_password,
+    verify_login,
+)
+from .authenticator import TwinhubLocalAuth
+
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+
+__all__ = [
+    "TEMPLATES_DIR",
+    "AccountError",
+    "AccountInfo",
+    "TwinhubLocalAuth",
+    "configure_hub",
+    "create_account",
+    "delete_account",
+    "ensure_first_admin",
+    "get_account",
+    "list_accounts",
+    "request_account",
+    "set_approved",
+    "set_password",
+    "verify_login",
+]
+
+
+def configure_hub(c: Any, rt) -> None:
+    """Use TwinhubLocalAuth on ``rt.db_url``, make ``Twinhub.admin_user`` an admin and add
+    the signup / approval / password pages and their templates."""
+    from twinhub.config import Twinhub
+
+    tw = Twinhub(config=rt.config)
+    c.JupyterHub.authenticator_class = TwinhubLocalAuth
+    own = rt.config.get("TwinhubLocalAuth", {})
+    # Options an operator set in twinhub_config.py win over what we derive here.
+    for key, value in (("db_url", rt.db_url), ("user_prefix", tw.user_prefix)):
+        if key not in own:
+            setattr(c.TwinhubLocalAuth, key, value)
+    if own:
+        c.TwinhubLocalAuth.merge(own)
+    admins = set(c.Authenticator.admin_users) if "admin_users" in c.Authenticator else set()
+    c.Authenticator.admin_users = admins | {tw.admin_user}
+    paths = list(c.JupyterHub.template_paths) if "template_paths" in c.JupyterHub else []
+    if str(TEMPLATES_DIR) not in paths:
+        # First, so our login.html (which extends JupyterHub's own) is the one found.
+        paths.insert(0, str(TEMPLATES_DIR))
+    c.JupyterHub.template_paths = paths

@@ -1,0 +1,149 @@
+"""The platform's core components: the proxy, the hub and the idle culler.
+
+``components(rt)`` is what the supervisor starts; ``configure_hub(c, rt)`` is the part of the
+JupyterHub configuration that ties the hub to them (external proxy, ports, database, secrets,
+services and their roles).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .components import Component
+from .runtime import Runtime
+from .supervisor import http_ready
+
+HUB_CONFIG_FILE = Path(__file__).with_name("hub_config.py")
+CLI_SERVICE = "twinhub-cli"
+
+
+def find_proxy() -> str:
+    """configurable-http-proxy, installed by scripts/setup into the checkout's node_modules."""
+    explicit = os.environ.get("TWINHUB_PROXY_COMMAND")
+    if explicit:
+        return explicit
+    here = Path(__file__).resolve()
+    for root in here.parents:
+        candidate = root / "node_modules" / ".bin" / "configurable-http-proxy"
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("configurable-http-proxy")
+    if found:
+        return found
+    raise FileNotFoundError(
+        "configurable-http-proxy not found: run scripts/setup (it installs it into ./node_modules)"
+    )
+
+
+def hub_db_url(rt: Runtime) -> str:
+    return f"sqlite:///{rt.hub_dir / 'jupyterhub.sqlite'}"
+
+
+def components(rt: Runtime) -> list[Component]:
+    proxy_token = rt.secret("proxy-auth-token")
+    p = rt.ports
+    proxy = Component(
+        name="proxy",
+        argv=[
+            find_proxy(),
+            "--ip",
+            rt.ip,
+            "--port",
+            str(p["public"]),
+            "--api-ip",
+            "127.0.0.1",
+            "--api-port",
+            str(p["proxy_api"]),
+            "--default-target",
+            f"http://127.0.0.1:{p['hub']}",
+            "--error-target",
+            f"http://127.0.0.1:{p['hub']}/hub/error",
+            "--log-level",
+            "warn",
+        ],
+        env={"CONFIGPROXY_AUTH_TOKEN": proxy_token},
+        port=p["public"],
+        ready_url=f"http://127.0.0.1:{p['proxy_api']}/api/routes",
+        ready=lambda: (
+            http_ready(f"http://127.0.0.1:{p['proxy_api']}/api/routes")
+            and _proxy_authorized(p["proxy_api"], proxy_token)
+        ),
+    )
+    hub = Component(
+        name="hub",
+        argv=[rt.bin("jupyterhub"), "-f", str(HUB_CONFIG_FILE)],
+        cwd=rt.hub_dir,
+        port=p["hub"],
+        ready_url=f"{rt.hub_api_url}/",
+    )
+    culler = Component(
+        name="idle-culler",
+        argv=[
+            rt.bin("python"),
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={int(rt.config.get('Twinhub', {}).get('idle_timeout', 3600))}",
+            "--cull-every=60",
+        ],
+        env={
+            "JUPYTERHUB_API_TOKEN": rt.secret("service-idle-culler"),
+            "JUPYTERHUB_API_URL": rt.hub_api_url,
+        },
+    )
+    return [proxy, hub, culler]
+
+
+def _proxy_authorized(port: int, token: str) -> bool:
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/routes", headers={"Authorization": f"token {token}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def configure_hub(c: Any, rt: Runtime) -> None:
+    p = rt.ports
+    c.JupyterHub.bind_url = rt.url
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{p['hub']}"
+    c.JupyterHub.db_url = hub_db_url(rt)
+    c.JupyterHub.cookie_secret_file = str(rt.secret_path("cookie-secret"))
+    c.JupyterHub.pid_file = str(rt.run_dir / "jupyterhub.pid")
+    c.JupyterHub.cleanup_servers = True
+    c.JupyterHub.cleanup_proxy = True
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{p['proxy_api']}"
+    c.ConfigurableHTTPProxy.auth_token = rt.secret("proxy-auth-token")
+    c.CryptKeeper.keys = [bytes.fromhex(rt.secret("crypt-key"))]
+
+    # Plain lists (not traitlets' lazy values): later modules read and extend them.
+    c.JupyterHub.services = list(
+        [
+            {"name": "idle-culler", "api_token": rt.secret("service-idle-culler")},
+            {"name": CLI_SERVICE, "api_token": rt.secret("service-twinhub-cli")},
+        ]
+    )
+    c.JupyterHub.load_roles = list(
+        [
+            {
+                "name": "idle-culler",
+                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+                "services": ["idle-culler"],
+            },
+            {
+                # What `twinhub user ...` needs: manage users, groups and tokens.
+                "name": "twinhub-cli",
+                "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "read:hub"],
+                "services": [CLI_SERVICE],
+            },
+        ]
+    )
+    # Every process started for this instance is findable for orphan cleanup.
+    c.Spawner.environment.update({"TWINHUB_INSTANCE": rt.instance_id})

@@ -1,0 +1,271 @@
+"""Dask Gateway as a platform service.
+
+The supervisor runs ``dask-gateway-server`` as the component ``dask-gateway``; the hub knows it
+as the *external* service ``dask-gateway`` (its proxy serves ``/services/dask-gateway/`` and
+the schedulers' TLS connections on the same port).  In user servers ``dask_gateway.Gateway()``
+needs no arguments: the address and JupyterHub auth come from ``DASK_GATEWAY__*`` variables.
+
+- ``personal`` mode: clusters run as the calling user (dask-gateway's ``UnsafeLocalBackend``).
+- ``multi-user`` mode: the gateway runs as root and starts each cluster as the user's OS
+  account (:class:`twinhub.gateway.backend.TwinhubLocalBackend`, which fixes upstream's chown
+  bug), in a per-cluster 0700 directory under ``Runtime.shared_dir``.
+
+Dashboards are reachable only through the gateway after hub (OAuth or token) authentication,
+and only by the cluster's owner; the schedulers' and workers' own HTTP ports require the
+cluster's TLS client certificate (see :mod:`twinhub.gateway.dashboard`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Float, Integer, default, validate
+from traitlets.config import Configurable
+
+from ..components import Component
+from ..runtime import Runtime
+
+SERVICE_NAME = "dask-gateway"
+SERVICE_PREFIX = f"/services/{SERVICE_NAME}"
+SECRET_NAME = "service-dask-gateway"
+CONFIG_FILE = "run/dask_gateway_config.py"
+ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
+# Scopes JupyterHub gives $JUPYTERHUB_API_TOKEN of a server by default (its 'server' role);
+# the gateway's scope is added to them.
+DEFAULT_SERVER_SCOPES = ["users:activity!user", "access:servers!server"]
+
+
+class TwinhubGateway(Configurable):
+    """Dask clusters for platform users, through Dask Gateway."""
+
+    enabled = Bool(True, help="Run the Dask Gateway service.").tag(config=True)
+
+    worker_cores = Integer(
+        1, min=1, help="Default CPU cores (and threads) of one Dask worker."
+    ).tag(config=True)
+    worker_cores_max = Integer(
+        help="Most CPU cores a user may request per worker. Default: the machine's cores."
+    ).tag(config=True)
+
+    worker_memory = Float(2.0, help="Default memory of one Dask worker, in GiB.").tag(config=True)
+    worker_memory_max = Float(8.0, help="Most memory a user may request per worker, in GiB.").tag(
+        config=True
+    )
+
+    max_workers_per_cluster = Integer(
+        4, min=0, help="Most workers one cluster may scale to (0: no workers at all)."
+    ).tag(config=True)
+
+    max_clusters_per_user = Integer(
+        2, min=1, help="Most clusters one user may have pending or running at once."
+    ).tag(config=True)
+
+    idle_timeout = Float(
+        1800.0,
+        min=0,
+        help="Seconds after which a cluster with no work is shut down (0: never).",
+    ).tag(config=True)
+
+    cluster_start_timeout = Float(
+        120.0, help="Seconds to wait for a scheduler or worker to start before failing it."
+    ).tag(config=True)
+
+    dashboard = Bool(
+        True,
+        help="Serve cluster dashboards at /services/dask-gateway/clusters/<name>/status "
+        "(owner only, after hub login).",
+    ).tag(config=True)
+
+    @default("worker_cores_max")
+    def _default_cores_max(self) -> int:
+        return os.cpu_count() or 1
+
+    @validate("worker_cores_max")
+    def _check_cores_max(self, proposal: Any) -> int:
+        if proposal.value < 1:
+            raise ValueError(f"TwinhubGateway.worker_cores_max must be >= 1, got {proposal.value}")
+        return proposal.value
+
+    def check(self) -> None:
+        """Refuse inconsistent limits with a message naming the option."""
+        if self.worker_cores > self.worker_cores_max:
+            raise ValueError(
+                f"TwinhubGateway.worker_cores ({self.worker_cores}) exceeds "
+                f"worker_cores_max ({self.worker_cores_max})"
+            )
+        if not 0 < self.worker_memory <= self.worker_memory_max:
+            raise ValueError(
+                f"TwinhubGateway.worker_memory ({self.worker_memory} GiB) must be > 0 and "
+                f"<= worker_memory_max ({self.worker_memory_max} GiB)"
+            )
+
+
+def settings(rt: Runtime) -> TwinhubGateway:
+    gw = TwinhubGateway(config=rt.config)
+    gw.check()
+    return gw
+
+
+def port(rt: Runtime) -> int:
+    try:
+        return rt.ports[SERVICE_NAME]
+    except KeyError:
+        raise RuntimeError(
+            f"no port allocated for {SERVICE_NAME!r} in runtime.json (ports: {sorted(rt.ports)})"
+        ) from None
+
+
+def gateway_url(rt: Runtime) -> str:
+    """The gateway on loopback (API, dashboards) as the platform's own processes reach it."""
+    return f"http://127.0.0.1:{port(rt)}{SERVICE_PREFIX}"
+
+
+def clusters_dir(rt: Runtime) -> Path:
+    """Parent of the per-cluster working directories."""
+    if rt.mode == "multi-user":
+        # OS accounts must traverse it: it lives in the world-traversable shared dir.
+        return rt.shared_dir / "dask-clusters"
+    return rt.path("run", "dask-clusters")
+
+
+def config_path(rt: Runtime) -> Path:
+    return rt.path(CONFIG_FILE)
+
+
+def prepare(rt: Runtime) -> None:
+    """Write the gateway's config file and create its cluster directory (before start)."""
+    settings(rt)  # fail early, naming the bad option
+    d = clusters_dir(rt)
+    if rt.mode == "multi-user":
+        # root-owned, traversable but not listable: users reach only their own 0700 dirs.
+        d.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        d.mkdir(mode=0o711, exist_ok=True)
+        d.chmod(0o711)
+    else:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Clusters never survive a gateway restart (in-memory database): a directory left here
+    # is from a gateway that was killed, and holds that cluster's key.
+    for stale in d.iterdir():
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    f = config_path(rt)
+    f.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    f.write_text(
+        "# Generated by twinhub (twinhub.gateway.prepare) at every start: do not edit.\n"
+        "# Set c.TwinhubGateway.* in twinhub_config.py instead.\n"
+        "# ruff: noqa: F821  (c is injected by dask-gateway-server's config loader)\n"
+        "from twinhub.gateway.server_config import configure_gateway\n\n"
+        f"configure_gateway(c, {str(rt.state_dir)!r})\n"
+    )
+    f.chmod(0o600)
+
+
+def components(rt: Runtime) -> list[Component]:
+    if not settings(rt).enabled:
+        return []
+    return [
+        Component(
+            name=SERVICE_NAME,
+            argv=[rt.bin("dask-gateway-server"), "-f", str(config_path(rt))],
+            env={
+                "TWINHUB_STATE": str(rt.state_dir),
+                "TWINHUB_INSTANCE": rt.instance_id,
+                # the proxy binary it starts reads PATH for nothing, but Python needs one
+                "PATH": f"{rt.prefix / 'bin'}:/usr/bin:/bin",
+            },
+            port=port(rt),
+            ready_url=f"{gateway_url(rt)}/api/health",
+            # The Go proxy answers 404 until it has loaded its routes: only a 200 is ready.
+            ready=functools.partial(_healthy, f"{gateway_url(rt)}/api/health"),
+            # No dependency on the hub (it is asked per request); started *before* the hub,
+            # the hub's startup check of its external services finds it up instead of
+            # waiting 30 s for it.
+        )
+    ]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _merge_user_role(c: Any) -> None:
+    """Let every user reach the gateway: add its access scope to the 'user' role."""
+    roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+    for role in roles:
+        if role.get("name") == "user":
+            scopes = role.setdefault("scopes", ["self"])
+            if ACCESS_SCOPE not in scopes:
+                scopes.append(ACCESS_SCOPE)
+            break
+    else:
+        roles.append({"name": "user", "scopes": ["self", ACCESS_SCOPE]})
+    c.JupyterHub.load_roles = roles
+
+
+def configure_hub(c: Any, rt: Runtime) -> None:
+    """Register the gateway with the hub and point user servers at it."""
+    gw = settings(rt)
+    if not gw.enabled:
+        return
+    services = list(c.JupyterHub.services) if "services" in c.JupyterHub else []
+    services = [s for s in services if s.get("name") != SERVICE_NAME]
+    services.append(
+        {
+            "name": SERVICE_NAME,
+            "url": f"http://127.0.0.1:{port(rt)}",
+            "api_token": rt.secret(SECRET_NAME),
+            # Browser login for dashboards: no consent page for the platform's own service.
+            "oauth_no_confirm": True,
+            "display": False,
+        }
+    )
+    c.JupyterHub.services = services
+    _merge_user_role(c)
+
+    # $JUPYTERHUB_API_TOKEN of a user server must be accepted by the gateway.
+    existing = c.Spawner.server_token_scopes if "server_token_scopes" in c.Spawner else None
+    if callable(existing):
+        inner = existing
+
+        def _scopes(spawner: Any) -> list[str]:
+            return sorted(set(inner(spawner)) | {ACCESS_SCOPE})
+
+        c.Spawner.server_token_scopes = _scopes
+    else:
+        base = list(existing) if existing else list(DEFAULT_SERVER_SCOPES)
+        c.Spawner.server_token_scopes = sorted(set(base) | {ACCESS_SCOPE})
+
+    # dask_gateway.Gateway() with no arguments: dask config from the environment.
+    public = rt.url.rstrip("/") + SERVICE_PREFIX
+    c.Spawner.environment.update(
+        {
+            "DASK_GATEWAY__ADDRESS": gateway_url(rt),
+            "DASK_GATEWAY__PUBLIC_ADDRESS": public,
+            "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{port(rt)}",
+            "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+        }
+    )
+
+    from .hooks import make_post_stop_hook
+
+    c.Spawner.post_stop_hook = make_post_stop_hook(gateway_url(rt))
+
+
+__all__ = [
+    "TwinhubGateway",
+    "clusters_dir",
+    "components",
+    "configure_hub",
+    "gateway_url",
+    "prepare",
+    "settings",
+]

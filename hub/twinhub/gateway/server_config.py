@@ -1,0 +1,104 @@
+"""Configuration of the ``dask-gateway-server`` process, built from the platform's runtime.
+
+Called from the generated ``<state>/run/dask_gateway_config.py``; reads secrets from their
+0600 files in-process, so no token appears on a command line or in the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..runtime import Runtime
+from . import SECRET_NAME, SERVICE_NAME, SERVICE_PREFIX, clusters_dir, port, settings
+
+GIB = 2**30
+
+
+def cluster_options(gw: Any) -> Any:
+    """What a user may choose per cluster (``gateway.cluster_options()``), within the limits."""
+    from dask_gateway_server.options import Float, Integer, Options
+
+    def to_config(options: Any, user: Any) -> dict:
+        return {
+            "worker_cores": options.worker_cores,
+            "worker_threads": options.worker_cores,
+            "worker_memory": int(options.worker_memory * GIB),
+        }
+
+    return Options(
+        Integer(
+            "worker_cores",
+            default=gw.worker_cores,
+            min=1,
+            max=gw.worker_cores_max,
+            label="Worker cores",
+        ),
+        Float(
+            "worker_memory",
+            default=gw.worker_memory,
+            min=0.25,
+            max=gw.worker_memory_max,
+            label="Worker memory (GiB)",
+        ),
+        handler=to_config,
+    )
+
+
+def configure_gateway(c: Any, state_dir: str | Path) -> Runtime:
+    """Apply the platform's gateway settings to dask-gateway-server's config object ``c``."""
+    rt = Runtime.load(state_dir)
+    gw = settings(rt)
+    bin_dask = rt.bin("dask")
+
+    # The private API listens on a free loopback port; the proxy (Go binary started by the
+    # gateway) serves HTTP and the schedulers' TLS (SNI-routed) on the allocated port.
+    c.DaskGateway.address = "127.0.0.1:0"
+    c.Proxy.address = f"127.0.0.1:{port(rt)}"
+    c.Proxy.prefix = SERVICE_PREFIX
+    c.DaskGateway.log_level = "INFO"
+
+    c.DaskGateway.authenticator_class = "twinhub.gateway.auth.TwinhubHubAuthenticator"
+    c.JupyterHubAuthenticator.jupyterhub_api_url = rt.hub_api_url
+    c.JupyterHubAuthenticator.jupyterhub_api_token = rt.secret(SECRET_NAME)
+    # Requires access:services!service=dask-gateway on every token (hub RBAC decides).
+    c.JupyterHubAuthenticator.jupyterhub_service_name = SERVICE_NAME
+
+    if rt.mode == "multi-user":
+        c.DaskGateway.backend_class = "twinhub.gateway.backend.TwinhubLocalBackend"
+    else:
+        c.DaskGateway.backend_class = "twinhub.gateway.backend.TwinhubPersonalBackend"
+    c.TwinhubLocalBackend.account_prefix = rt.config.get("Twinhub", {}).get("user_prefix", "twin-")
+    c.LocalBackend.clusters_directory = str(clusters_dir(rt))
+    # Only what the dask processes need; notably not the gateway's own secrets.
+    c.LocalBackend.inherited_environment = ["PATH", "LANG", "LC_ALL"]
+    c.DBBackendBase.cluster_start_timeout = gw.cluster_start_timeout
+    c.DBBackendBase.worker_start_timeout = gw.cluster_start_timeout
+    # The in-memory database makes the gateway stop every cluster when it stops.
+    c.DBBackendBase.db_url = "sqlite:///:memory:"
+    c.DBBackendBase.stop_clusters_on_shutdown = True
+    # Fast feedback on a small machine: clusters report every 5 s, checks every 10 s.
+    c.DBBackendBase.cluster_heartbeat_period = 5
+    c.DBBackendBase.cluster_status_period = 10
+    c.DBBackendBase.worker_status_period = 10
+
+    c.TwinhubBackendMixin.instance_id = rt.instance_id
+    c.TwinhubBackendMixin.max_clusters_per_user = gw.max_clusters_per_user
+    c.TwinhubBackendMixin.dashboard = gw.dashboard
+    c.TwinhubBackendMixin.service_name = SERVICE_NAME
+    c.TwinhubBackendMixin.hub_api_url = rt.hub_api_url
+    c.TwinhubBackendMixin.hub_login_url = rt.url.rstrip("/") + "/hub/api/oauth2/authorize"
+
+    # distributed 2026 has no dask-scheduler / dask-worker scripts: use `dask <command>`.
+    c.ClusterConfig.scheduler_cmd = [bin_dask, "scheduler"]
+    # No nanny: one process per worker, which dies with the gateway (see backend.py).
+    c.ClusterConfig.worker_cmd = [bin_dask, "worker", "--no-nanny"]
+    c.ClusterConfig.worker_cores = gw.worker_cores
+    c.ClusterConfig.worker_memory = int(gw.worker_memory * GIB)
+    c.ClusterConfig.scheduler_cores = 1
+    c.ClusterConfig.scheduler_memory = GIB
+    c.ClusterConfig.cluster_max_workers = gw.max_workers_per_cluster
+    c.ClusterConfig.idle_timeout = gw.idle_timeout
+    c.ClusterConfig.environment = {"TWINHUB_INSTANCE": rt.instance_id}
+    c.Backend.cluster_options = cluster_options(gw)
+    return rt

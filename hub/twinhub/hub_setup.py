@@ -1,0 +1,29 @@
+"""Assemble the JupyterHub configuration from every twinhub module (see hub_config.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from traitlets.config import Config
+
+from .config import config_classes
+from .runtime import Runtime
+
+
+def own_sections() -> set[str]:
+    return {cls.__name__ for cls in config_classes()}
+
+
+def configure(c: Any, rt: Runtime | None = None) -> Runtime:
+    """Apply the whole platform configuration to the JupyterHub config object ``c``."""
+    rt = rt or Runtime.load()
+    from . import auth, core, gateway, spawner
+
+    core.configure_hub(c, rt)
+    auth.configure_hub(c, rt)
+    spawner.configure_hub(c, rt)
+    gateway.configure_hub(c, rt)
+
+    passthrough = Config({k: v for k, v in rt.config.items() if k not in own_sections()})
+    c.merge(passthrough)
+    return rt

@@ -1,0 +1,318 @@
+"""Memory / CPU limits of single-user servers, enforced with Linux cgroups where possible.
+
+Each server gets its own cgroup (a leaf named after the platform user and server) in which
+``memory`` and ``cpu`` limits are written before the server process joins it, from the
+``preexec_fn`` of its ``Popen`` (so every kernel it starts inherits the limits).
+
+Where the limits can go:
+
+- cgroup v2 (unified ``/sys/fs/cgroup``): a ``twinhub-<id>`` group under the root of the
+  hierarchy, with ``+memory +cpu`` in its parent's ``cgroup.subtree_control``.  That needs
+  root and a hierarchy whose root may delegate controllers; inside a container whose cgroup
+  holds processes the kernel refuses (the "no internal processes" rule) and limits become
+  advisory.
+- cgroup v1 (separate ``memory`` and ``cpu`` hierarchies, as on this project's build machine):
+  a ``twinhub-<id>`` group *under the hub's own cgroup* in each hierarchy, so the platform
+  stays inside whatever limits its own supervisor set.
+
+When neither works the limits are *advisory*: they are still passed to the server as
+``MEM_LIMIT`` / ``CPU_LIMIT`` (like KubeSpawner) and ``TWINHUB_LIMITS_ENFORCED=0``, and the
+spawn progress says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_CPU_PERIOD_US = 100_000
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B?)?\s*$", re.IGNORECASE)
+
+
+def parse_memory(value: str | int | float | None) -> int | None:
+    """Bytes from ``"2G"``, ``"512M"``, ``"1.5Gi"`` or a number (KubeSpawner's ByteSpecification
+    meaning: K/M/G/T are powers of 1024).  ``None`` / ``""`` means no limit."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"memory limit {value!r} is not a size such as '2G'")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError(f"memory limit {value!r} must be positive")
+        return int(value)
+    m = _MEM_RE.match(str(value))
+    if not m:
+        raise ValueError(f"memory limit {value!r} is not a size such as '512M' or '2G'")
+    n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if n <= 0:
+        raise ValueError(f"memory limit {value!r} must be positive")
+    return n
+
+
+def parse_cpu(value: str | int | float | None) -> float | None:
+    """CPUs as a float (``1``, ``0.5``, ``"500m"`` as in Kubernetes).  ``None`` means no limit."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"cpu limit {value!r} is not a number of CPUs")
+    try:
+        cpu = (
+            float(value[:-1]) / 1000
+            if isinstance(value, str) and value.endswith("m")
+            else float(value)
+        )
+    except ValueError:
+        raise ValueError(f"cpu limit {value!r} is not a number of CPUs such as 1 or 0.5") from None
+    if cpu <= 0:
+        raise ValueError(f"cpu limit {value!r} must be positive")
+    return cpu
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit] and n % (_UNITS[unit] // 1024 or 1) == 0:
+            v = n / _UNITS[unit]
+            return f"{v:g} {unit}iB"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one server (from its profile)."""
+
+    cpu: float | None = None
+    memory: int | None = None
+    gpu: int = 0
+
+    @classmethod
+    def from_profile(cls, limits: dict | None) -> Limits:
+        limits = limits or {}
+        unknown = set(limits) - {"cpu", "memory", "gpu"}
+        if unknown:
+            raise ValueError(f"unknown limit(s) {sorted(unknown)}: use cpu, memory, gpu")
+        gpu = limits.get("gpu", 0) or 0
+        if not isinstance(gpu, int) or gpu < 0:
+            raise ValueError(f"gpu limit {gpu!r} must be a whole number >= 0")
+        return cls(parse_cpu(limits.get("cpu")), parse_memory(limits.get("memory")), gpu)
+
+    def describe(self) -> str:
+        parts = []
+        if self.memory:
+            parts.append(f"memory {human_bytes(self.memory)}")
+        if self.cpu:
+            parts.append(f"{self.cpu:g} CPU")
+        if self.gpu:
+            parts.append(f"{self.gpu} GPU")
+        return ", ".join(parts) or "no limits"
+
+
+# -- what the machine allows -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CgroupSupport:
+    """Where server cgroups can be created: ``kind`` is "v2", "v1" or "" (advisory only)."""
+
+    kind: str
+    # v2: {"unified": parent}; v1: {"memory": parent, "cpu": parent}
+    parents: dict[str, Path] = field(default_factory=dict)
+    reason: str = ""
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    """(fstype, mountpoint, options) of every cgroup mount."""
+    out = []
+    with contextlib.suppress(OSError), open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 4 and parts[2] in ("cgroup", "cgroup2"):
+                out.append((parts[2], parts[1], set(parts[3].split(","))))
+    return out
+
+
+def _own_cgroups() -> dict[str, str]:
+    """Controller (or "" for v2) -> this process's cgroup path, from /proc/self/cgroup."""
+    out: dict[str, str] = {}
+    with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            for c in ctrls.split(",") if ctrls else [""]:
+                out[c] = path
+    return out
+
+
+def _enable_controllers(parent: Path, wanted: tuple[str, ...] = ("memory", "cpu")) -> str:
+    """Enable ``wanted`` in ``parent/cgroup.subtree_control``; return "" or why not."""
+    try:
+        available = set((parent / "cgroup.controllers").read_text().split())
+    except OSError as e:
+        return f"cannot read {parent}/cgroup.controllers: {e.strerror}"
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        return f"cgroup v2 controller(s) {', '.join(missing)} not available in {parent}"
+    enabled = set((parent / "cgroup.subtree_control").read_text().split())
+    todo = [c for c in wanted if c not in enabled]
+    if todo:
+        try:
+            (parent / "cgroup.subtree_control").write_text(" ".join("+" + c for c in todo))
+        except OSError as e:
+            # EBUSY: the parent holds processes and is not the root (no internal processes).
+            return f"cannot enable {', '.join(todo)} in {parent}: {e.strerror}"
+    return ""
+
+
+def _detect_v2(mount: Path, group: str) -> CgroupSupport:
+    parent = mount / group
+    why = _enable_controllers(mount)
+    if why:
+        return CgroupSupport("", reason=why)
+    try:
+        parent.mkdir(exist_ok=True)
+    except OSError as e:
+        return CgroupSupport("", reason=f"cannot create {parent}: {e.strerror}")
+    why = _enable_controllers(parent)
+    if why:
+        return CgroupSupport("", reason=why)
+    return CgroupSupport("v2", {"unified": parent})
+
+
+def _detect_v1(mounts: dict[str, Path], group: str) -> CgroupSupport:
+    own = _own_cgroups()
+    parents = {}
+    for ctrl in ("memory", "cpu"):
+        mine = mounts[ctrl] / own.get(ctrl, "/").lstrip("/")
+        # Created on first use (ServerCgroup.create), removed with the last server.
+        if not os.access(mine, os.W_OK):
+            return CgroupSupport("", reason=f"cgroup v1 {mine} is not writable")
+        parents[ctrl] = mine / group
+    return CgroupSupport("v1", parents)
+
+
+@lru_cache(maxsize=8)
+def detect(group: str = "twinhub") -> CgroupSupport:
+    """Find where this process may create server cgroups named ``<parent>/<group>/<leaf>``.
+
+    For cgroup v2 this creates the ``group`` directory (to delegate controllers to it);
+    cached per process.
+    """
+    if os.geteuid() != 0:
+        return CgroupSupport("", reason="the hub does not run as root (no cgroup delegation)")
+    mounts = _mounts()
+    v2 = [Path(mp) for fs, mp, _ in mounts if fs == "cgroup2"]
+    v1: dict[str, Path] = {}
+    for fs, mp, opts in mounts:
+        if fs == "cgroup":
+            for ctrl in ("memory", "cpu"):
+                if ctrl in opts:
+                    v1.setdefault(ctrl, Path(mp))
+    reasons = []
+    for mount in v2:
+        if (mount / "cgroup.controllers").exists():
+            support = _detect_v2(mount, group)
+            if support.kind:
+                return support
+            reasons.append(support.reason)
+    if "memory" in v1 and "cpu" in v1:
+        support = _detect_v1(v1, group)
+        if support.kind:
+            return support
+        reasons.append(support.reason)
+    if not mounts:
+        reasons.append("no cgroup filesystem mounted")
+    return CgroupSupport("", reason="; ".join(r for r in reasons if r) or "no usable cgroup")
+
+
+# -- one server's cgroup -----------------------------------------------------------------
+
+
+@dataclass
+class ServerCgroup:
+    """The cgroup(s) of one server: create with limits, join from preexec, kill, remove."""
+
+    support: CgroupSupport
+    leaf: str
+    limits: Limits
+
+    @property
+    def enforced(self) -> bool:
+        return bool(self.support.kind) and bool(self.limits.memory or self.limits.cpu)
+
+    @property
+    def dirs(self) -> list[Path]:
+        return [p / self.leaf for p in self.support.parents.values()]
+
+    def create(self) -> None:
+        """Make the leaf group(s) and write the limits; raises OSError on failure."""
+        lim = self.limits
+        if self.support.kind == "v2":
+            d = self.support.parents["unified"] / self.leaf
+            d.mkdir(exist_ok=True)
+            (d / "memory.max").write_text(str(lim.memory) if lim.memory else "max")
+            # No swap: a server over its limit is OOM-killed instead of thrashing.
+            with contextlib.suppress(OSError):
+                (d / "memory.swap.max").write_text("0")
+            quota = f"{int(lim.cpu * _CPU_PERIOD_US)} {_CPU_PERIOD_US}" if lim.cpu else "max"
+            (d / "cpu.max").write_text(quota)
+        elif self.support.kind == "v1":
+            mem = self.support.parents["memory"] / self.leaf
+            cpu = self.support.parents["cpu"] / self.leaf
+            # The v1 group lives under the hub's own cgroup and is removed with the last
+            # leaf (so nothing of ours outlives the hub there): recreate it as needed.
+            mem.mkdir(parents=True, exist_ok=True)
+            cpu.mkdir(parents=True, exist_ok=True)
+            (mem / "memory.limit_in_bytes").write_text(str(lim.memory) if lim.memory else "-1")
+            with contextlib.suppress(OSError):
+                (mem / "memory.swappiness").write_text("0")
+            (cpu / "cpu.cfs_period_us").write_text(str(_CPU_PERIOD_US))
+            (cpu / "cpu.cfs_quota_us").write_text(
+                str(int(lim.cpu * _CPU_PERIOD_US)) if lim.cpu else "-1"
+            )
+
+    def join_paths(self) -> list[str]:
+        """Files the server process writes its pid to (computed before fork)."""
+        return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def pids(self) -> set[int]:
+        out: set[int] = set()
+        for d in self.dirs:
+            with contextlib.suppress(OSError):
+                out.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+        return out
+
+    def kill_and_remove(self, timeout: float = 5.0) -> None:
+        """SIGKILL whatever is left in the group (stray kernels) and remove it."""
+        for d in self.dirs:
+            if self.support.kind == "v2" and (d / "cgroup.kill").exists():
+                with contextlib.suppress(OSError):
+                    (d / "cgroup.kill").write_text("1")
+        deadline = time.monotonic() + timeout
+        while (pids := self.pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        for d in self.dirs:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+            if self.support.kind == "v1":
+                with contextlib.suppress(OSError):  # busy while other servers run: fine
+                    d.parent.rmdir()
+
+
+def join_cgroup(procs_files: list[str]) -> None:
+    """Move the calling process into the given cgroups (runs in the child, before exec)."""
+    pid = str(os.getpid())
+    for path in procs_files:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, pid.encode())
+        finally:
+            os.close(fd)

@@ -1,0 +1,265 @@
+"""Bring the embedded platform up and down for one state directory.
+
+The CLI (``twinhub up/down/status``) is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from traitlets.config import Config, PyFileConfigLoader
+
+from . import __version__
+from .config import Twinhub, config_classes
+from .runtime import Runtime, world_reachable
+from .supervisor import (
+    SUPERVISOR_PID,
+    StartError,
+    Supervisor,
+    free_port,
+    http_ready,
+    kill_orphans,
+    kill_pids,
+    pid_alive,
+    port_in_use,
+    read_records,
+    supervisor_pid,
+)
+
+CONFIG_FILE = "twinhub_config.py"
+
+
+class PlatformError(RuntimeError):
+    """A problem the user must fix; the message says what and how."""
+
+
+def generate_config_text() -> str:
+    parts = [
+        "# twinhub configuration (traitlets). Generated on first run; uncomment to change.",
+        "# Command-line flags of `twinhub up` override what is set here.",
+        "# Options of JupyterHub's own classes (c.JupyterHub.*, c.Spawner.*, c.Authenticator.*)",
+        "# set here are passed to the hub as they are.",
+        "",
+    ]
+    for cls in config_classes():
+        parts.append(cls.class_config_section())
+    return "\n".join(parts)
+
+
+def check_writable(state_dir: Path) -> None:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe = state_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise PlatformError(
+            f"state directory {state_dir} is not writable ({e.strerror or e}); "
+            "choose another with --state DIR"
+        ) from e
+
+
+def load_config(state_dir: Path, overrides: Config, config_file: str | None = None) -> Config:
+    """twinhub_config.py (generated if missing) merged with command-line overrides."""
+    path = Path(config_file) if config_file else state_dir / CONFIG_FILE
+    if not path.exists():
+        if config_file:
+            raise PlatformError(f"config file {path} does not exist")
+        path.write_text(generate_config_text())
+    loader = PyFileConfigLoader(path.name, str(path.parent))
+    try:
+        cfg = loader.load_config()
+    except Exception as e:  # a user's Python file: any error is theirs to fix
+        raise PlatformError(f"cannot load {path}: {e}") from e
+    cfg.merge(overrides)
+    return cfg
+
+
+def make_runtime(state_dir: Path, cfg: Config) -> Runtime:
+    opts = Twinhub(config=cfg)
+    # Resolve the mode once so every process agrees on it.
+    cfg.Twinhub.mode = opts.mode
+    return Runtime(
+        state_dir=state_dir,
+        config=cfg,
+        ports={"public": opts.port},
+        mode=opts.mode,
+        ip=opts.ip,
+        public_url=opts.public_url,
+        instance_id=Runtime.make_instance_id(state_dir),
+    )
+
+
+def layout_state_dir(rt: Runtime) -> None:
+    for sub in ("hub", "secrets", "logs", "run", "backups"):
+        d = rt.path(sub)
+        d.mkdir(mode=0o700, exist_ok=True)
+        d.chmod(0o700)
+    shared = rt.shared_dir
+    if rt.mode == "multi-user":
+        shared.mkdir(parents=True, exist_ok=True)
+        shared.chmod(0o755)
+    # OS accounts must traverse the state dir only when the shared dir lives inside it.
+    inside = rt.mode == "multi-user" and shared.is_relative_to(rt.state_dir)
+    rt.state_dir.chmod(0o711 if inside and world_reachable(rt.state_dir.parent) else 0o700)
+
+
+def up(
+    state_dir: Path,
+    overrides: Config,
+    config_file: str | None = None,
+    say: Callable[[str], None] = print,
+    wait: bool = True,
+) -> int:
+    """Start everything and (``wait``) run until Ctrl-C/SIGTERM; returns an exit status."""
+    state_dir = state_dir.resolve()
+    check_writable(state_dir)
+    probe = Runtime(state_dir=state_dir, instance_id=Runtime.make_instance_id(state_dir))
+    running = supervisor_pid(probe)
+    if running:
+        raise PlatformError(
+            f"twinhub is already running for {state_dir} (pid {running}); "
+            f"stop it first: twinhub down --state {state_dir}"
+        )
+    cfg = load_config(state_dir, overrides, config_file)
+    rt = make_runtime(state_dir, cfg)
+    if rt.mode == "personal" and os.geteuid() == 0:
+        say(
+            "note: personal mode as root: every server runs as root; only one platform user may spawn"
+        )
+    if port_in_use(rt.ip, rt.ports["public"]):
+        raise PlatformError(
+            f"port {rt.ports['public']} on {rt.ip} is already in use; "
+            "choose another with --port N (or stop what uses it)"
+        )
+    for name in ("proxy_api", "hub", "dask-gateway"):
+        rt.ports[name] = free_port()
+    layout_state_dir(rt)
+    # Leftovers of a crashed earlier run of this state dir would hold ports and accounts.
+    stale = kill_orphans(rt)
+    if stale:
+        say(f"stopped {len(stale)} leftover process(es) of an earlier run: " + "; ".join(stale))
+    rt.save()
+    pid_file = rt.path(SUPERVISOR_PID)
+    pid_file.write_text(str(os.getpid()))
+
+    from . import auth, core, db, gateway
+
+    sup = Supervisor(rt, say=say)
+    stop_requested: list[int] = []
+
+    def on_signal(signum, _frame):
+        stop_requested.append(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        say(f"twinhub {__version__}: starting in {rt.mode} mode, state in {state_dir}")
+        t0 = time.monotonic()
+        say("  databases      checking...")
+        for line in db.backup_and_upgrade(rt, hub_db_url=core.hub_db_url(rt)):
+            say(f"  databases      {line}")
+        first_password = auth.ensure_first_admin(rt)
+        gateway.prepare(rt)
+        sup.start_all(core.components(rt) + gateway.components(rt))
+        if not _wait_url(rt.local_url + "hub/api/", 30):
+            raise StartError("the hub does not answer through the proxy at " + rt.local_url)
+        say(f"twinhub is up at {rt.url} ({time.monotonic() - t0:.1f} s)")
+        if first_password:
+            admin = Twinhub(config=rt.config).admin_user
+            say(f"  first admin account: {admin}  password: {first_password}")
+            say("  (shown once; change it after logging in)")
+        sys.stdout.flush()
+        if not wait:
+            return 0
+        while not stop_requested:
+            dead = sup.dead_components()
+            if dead:
+                name, code = dead[0]
+                say(f"{name} exited unexpectedly (code {code}); last lines of its log:")
+                say(sup.log_tail(name))
+                return 1
+            time.sleep(0.3)
+        say("stopping (signal received)...")
+        return 0
+    except StartError as e:
+        say(f"error: {e}")
+        return 1
+    finally:
+        killed = sup.stop_all()
+        if killed:
+            say("had to kill: " + "; ".join(killed))
+        say("twinhub stopped")
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _wait_url(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if http_ready(url):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def load_runtime(state_dir: Path) -> Runtime:
+    state_dir = state_dir.resolve()
+    try:
+        return Runtime.load(state_dir)
+    except FileNotFoundError as e:
+        raise PlatformError(f"no platform state in {state_dir} (never started there?)") from e
+
+
+def down(state_dir: Path, say: Callable[[str], None] = print, timeout: float = 60) -> int:
+    rt = load_runtime(state_dir)
+    pid = supervisor_pid(rt)
+    if pid:
+        say(f"stopping twinhub (supervisor pid {pid})...")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.2)
+        if pid_alive(pid):
+            say(f"supervisor did not stop in {timeout:.0f} s: killing it and its components")
+            kill_pids([pid], grace=1)
+    records = read_records(rt)
+    leftovers = [r["pid"] for r in records.values() if pid_alive(r["pid"])]
+    if leftovers:
+        kill_pids(leftovers)
+        say(f"had to kill components: {leftovers}")
+    killed = kill_orphans(rt)
+    if killed:
+        say("had to kill: " + "; ".join(killed))
+    say("twinhub is down")
+    return 0
+
+
+def status(state_dir: Path, say: Callable[[str], None] = print) -> int:
+    rt = load_runtime(state_dir)
+    pid = supervisor_pid(rt)
+    records = read_records(rt)
+    if not pid or not records:
+        say(f"twinhub is not running ({rt.state_dir})")
+        return 1
+    say(f"twinhub {rt.mode} mode at {rt.url} (supervisor pid {pid})")
+    ok = True
+    for name, r in records.items():
+        alive = pid_alive(r["pid"])
+        health = "-"
+        if alive and r.get("ready_url"):
+            health = "ok" if http_ready(r["ready_url"]) else "not answering"
+        elif alive:
+            health = "ok"
+        state = "running" if alive else "DOWN"
+        ok &= alive and health == "ok"
+        port = r.get("port") or "-"
+        say(f"  {name:<14} {state:<8} pid {r['pid']:<8} port {port!s:<6} health {health}")
+    return 0 if ok else 1

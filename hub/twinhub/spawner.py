@@ -1,0 +1,459 @@
+"""Single-user server spawners of the embedded platform.
+
+- :class:`PersonalSpawner` (``Twinhub.mode = "personal"``): every server runs as the OS
+  user who started the platform.  As root that would make every platform user root, so
+  only one platform user (the first to start a server) may have a server then.
+- :class:`MultiUserSpawner` (``"multi-user"``, the default as root): one OS account per
+  platform user (``twin-<name>``), created on first spawn; see :mod:`twinhub.accounts`.
+
+Both run ``<prefix>/bin/jupyterhub-singleuser`` from the platform's environment, apply the
+chosen profile (:mod:`twinhub.profiles`: env, memory/CPU limits through
+:mod:`twinhub.limits`), write the server's output to ``<state>/logs/servers/<name>.log``, and
+``start()`` returns only once the server listens, so a server that dies at start-up fails
+the spawn with its own last log lines instead of JupyterHub's opaque 500 (JupyterHub 6.1
+calls ``Future.exception()`` on a still-running spawn future when the process died after
+``slow_spawn_timeout``: InvalidStateError in ``BaseHandler.spawn_single_user``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import pwd
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from jupyterhub.utils import maybe_future
+from tornado import web
+from traitlets import Any as AnyTrait
+from traitlets import Bool, Dict, Enum, Integer, List, Unicode, default
+from traitlets.config import Configurable
+
+from twinhub import accounts, limits, profiles
+from twinhub.accounts import purge_accounts
+from twinhub.runtime import Runtime
+
+__all__ = [
+    "MultiUserSpawner",
+    "PersonalSpawner",
+    "TwinhubSpawner",
+    "TwinhubSpawnerConfig",
+    "configure_hub",
+    "purge_accounts",  # for `twinhub down --purge-users`
+]
+
+# Never passed to user servers: users must not learn where platform state lives.
+_HIDDEN_ENV = ("TWINHUB_STATE",)
+
+
+class TwinhubSpawnerConfig(Configurable):
+    """Platform-level options of the spawners (``c.TwinhubSpawnerConfig.*``)."""
+
+    enforce_limits = Enum(
+        ["auto", "require", "off"],
+        "auto",
+        help="auto: enforce profile memory/CPU limits with cgroups where the machine allows, "
+        "else advisory; require: refuse to start servers whose limits cannot be enforced; "
+        "off: never create cgroups (limits are only passed as MEM_LIMIT/CPU_LIMIT).",
+    ).tag(config=True)
+
+    log_tail_lines = Integer(
+        20, help="Lines of a server's log quoted to the user when it fails to start."
+    ).tag(config=True)
+
+
+class TwinhubSpawner(LocalProcessSpawner):
+    """Common part of both modes: profiles, env, limits, server log, start-up failures."""
+
+    state_dir = Unicode(
+        "", help="Platform state directory (set by configure_hub; never given to servers)."
+    ).tag(config=True)
+    instance_id = Unicode(
+        "", help="Platform instance id: names this platform's cgroups (set by configure_hub)."
+    ).tag(config=True)
+    profiles = List(
+        Dict(),
+        help="Validated server profiles (from Twinhub.profiles, set by configure_hub).",
+    ).tag(config=True)
+    detect_gpu = Bool(
+        True, help="Offer GPU profiles only when a GPU is detected (from Twinhub.detect_gpu)."
+    ).tag(config=True)
+    enforce_limits = Enum(
+        ["auto", "require", "off"],
+        "auto",
+        help="See TwinhubSpawnerConfig.enforce_limits (copied by configure_hub).",
+    ).tag(config=True)
+    log_tail_lines = Integer(
+        20, help="See TwinhubSpawnerConfig.log_tail_lines (copied by configure_hub)."
+    ).tag(config=True)
+    services = Dict(
+        help="Service name -> public URL, given to servers as TWINHUB_SERVICES (JSON). "
+        "Modules add theirs with c.TwinhubSpawner.services.update({...})."
+    ).tag(config=True)
+    profile_filter = AnyTrait(
+        None,
+        allow_none=True,
+        help="Callable (user, profiles) -> profiles (may be async) choosing which profiles a "
+        "user may start, e.g. by project. None: every profile this machine offers.",
+    ).tag(config=True)
+
+    # Set per spawn from the chosen profile.
+    profile = Dict(help="The profile of the current/last spawn.")
+
+    # -- profiles ---------------------------------------------------------------------
+    async def profiles_for_user(self, user: Any = None) -> list[dict]:
+        """Profiles ``user`` (default: this spawner's user) may start on this machine."""
+        offered = profiles.offered_profiles(self.profiles, self.detect_gpu)
+        if self.profile_filter is not None:
+            offered = list(await maybe_future(self.profile_filter(user or self.user, offered)))
+        return offered
+
+    @default("options_form")
+    def _default_options_form(self) -> Callable:
+        async def form(spawner: TwinhubSpawner) -> str:
+            return profiles.options_form(await spawner.profiles_for_user())
+
+        return form
+
+    @default("options_from_form")
+    def _default_options_from_form(self) -> Callable:
+        return profiles.options_from_form
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> Callable:
+        return _apply_profile
+
+    def _limits(self) -> limits.Limits:
+        return limits.Limits.from_profile(self.profile.get("limits"))
+
+    # -- environment, arguments ---------------------------------------------------------
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        for name in _HIDDEN_ENV:
+            env.pop(name, None)
+        if self.profile:
+            # A profile may not override what the hub sets for the server's own auth.
+            env.update(
+                {
+                    k: v
+                    for k, v in profiles.profile_env(self.profile).items()
+                    if not k.startswith("JUPYTERHUB_")
+                }
+            )
+        env["TWINHUB_SERVICES"] = json.dumps(self.services, sort_keys=True)
+        cg = getattr(self, "_cgroup", None)
+        env["TWINHUB_LIMITS_ENFORCED"] = "1" if cg is not None and cg.enforced else "0"
+        return env
+
+    # -- progress -------------------------------------------------------------------------
+    def _event(self, message: str, progress: int | None = None) -> None:
+        self.log.info("%s: %s", self._log_name, message)
+        event: dict[str, Any] = {"message": message}
+        if progress is not None:
+            event["progress"] = progress
+        self._events.append(event)
+
+    @property
+    def _events(self) -> list[dict]:
+        if not hasattr(self, "_event_list"):
+            self._event_list: list[dict] = []
+        return self._event_list
+
+    async def progress(self):  # type: ignore[override]
+        """Spawn progress events (account, limits, start-up) as they happen."""
+        sent = 0
+        while True:
+            while sent < len(self._events):
+                yield self._events[sent]
+                sent += 1
+            if not self._spawn_pending:
+                break
+            await asyncio.sleep(0.1)
+
+    # -- the parts each mode provides ---------------------------------------------------
+    async def prepare_user(self) -> tuple[int | None, str]:
+        """Make sure the server can run; return (uid to run as or None for self, home)."""
+        raise NotImplementedError
+
+    def user_preexec(self) -> Callable[[], None] | None:
+        raise NotImplementedError
+
+    # -- start / stop -------------------------------------------------------------------
+    @property
+    def _safe_name(self) -> str:
+        raw = self.user.name + (f"-{self.name}" if self.name else "")
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", raw)
+        if safe != raw:  # keep distinct names distinct after sanitising
+            safe += "-" + hashlib.sha1(raw.encode()).hexdigest()[:6]
+        return safe
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.state_dir) / "logs" / "servers" / f"{self._safe_name}.log"
+
+    def _setup_limits(self) -> None:
+        lim = self._limits()
+        self._cgroup = None
+        if not (lim.memory or lim.cpu):
+            self._event("No resource limits in this profile.", 20)
+            return
+        if self.enforce_limits == "off":
+            reason = "cgroup enforcement is switched off (TwinhubSpawnerConfig.enforce_limits)"
+            support = limits.CgroupSupport("", reason=reason)
+        else:
+            support = limits.detect(f"twinhub-{self.instance_id or 'default'}")
+        cg = limits.ServerCgroup(support, self._safe_name, lim)
+        if cg.enforced:
+            try:
+                cg.create()
+            except OSError as e:
+                cg = limits.ServerCgroup(
+                    limits.CgroupSupport("", reason=f"cannot set up cgroup: {e}"), cg.leaf, lim
+                )
+        self._cgroup = cg
+        if cg.enforced:
+            self._event(f"Limits {lim.describe()} enforced (cgroup {support.kind}).", 20)
+        elif self.enforce_limits == "require":
+            raise _error(
+                500,
+                f"Limits {lim.describe()} cannot be enforced on this machine "
+                f"({cg.support.reason}) and the platform requires enforced limits.",
+            )
+        else:
+            self._event(f"Limits {lim.describe()} are advisory only: {cg.support.reason}.", 20)
+
+    def make_preexec_fn(self, name: str) -> Callable[[], None]:
+        join = self._cgroup.join_paths() if self._cgroup and self._cgroup.enforced else []
+        inner = self.user_preexec()
+
+        def preexec() -> None:
+            # Join the cgroup first, while still root: after setuid it is not allowed.
+            if join:
+                limits.join_cgroup(join)
+            if inner is not None:
+                inner()
+
+        return preexec
+
+    async def start(self) -> tuple[str, int]:
+        self._event_list = []
+        self._event(f"Starting a {self.profile.get('display_name', 'default')} server.", 5)
+        try:
+            uid, home = await self.prepare_user()
+        except accounts.AccountError as e:
+            raise _error(500, f"Cannot prepare the OS account for {self.user.name!r}: {e}") from e
+        await asyncio.to_thread(self._setup_limits)
+        log = self.log_path
+        # Private like the rest of <state>/logs: servers' output may hold tokens in URLs.
+        log.parent.parent.mkdir(mode=0o700, exist_ok=True)
+        log.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.popen_kwargs = {"stdout": fd, "stderr": subprocess.STDOUT, "cwd": home}
+        try:
+            ip, port = await super().start()
+        finally:
+            os.close(fd)
+        self._event("Server process started, waiting for it to listen.", 50)
+        await self._wait_listening(ip or "127.0.0.1", port)
+        self._event("Server is listening.", 90)
+        return ip, port
+
+    async def _wait_listening(self, ip: str, port: int) -> None:
+        """Return once the server accepts connections; fail with its log if it exits."""
+        while True:
+            status = self.proc.poll() if self.proc is not None else 0
+            if status is not None:
+                raise _error(500, self._exit_message(status))
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 0.5)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+
+    def _exit_message(self, status: int) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        tail = "\n".join(lines[-self.log_tail_lines :]) or "(no output)"
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        return f"Your server {how} while starting. Last lines of its log:\n{tail}"
+
+    async def poll(self) -> int | None:
+        status = await super().poll()
+        if status is not None and getattr(self, "_cgroup", None) is not None:
+            # Died on its own (OOM, crash, purged account): JupyterHub will not call stop(),
+            # so remove the group here, with any kernels it left behind.
+            await self._remove_cgroup()
+        return status
+
+    async def _remove_cgroup(self) -> None:
+        cg, self._cgroup = self._cgroup, None
+        if cg is not None and cg.support.kind and any(d.exists() for d in cg.dirs):
+            await asyncio.to_thread(cg.kill_and_remove)
+
+    async def stop(self, now: bool = False) -> None:
+        await super().stop(now=now)
+        if getattr(self, "_cgroup", None) is None and self.enforce_limits != "off":
+            # Hub restarted since the spawn: the group has a deterministic name.
+            support = limits.detect(f"twinhub-{self.instance_id or 'default'}")
+            self._cgroup = limits.ServerCgroup(support, self._safe_name, limits.Limits())
+        await self._remove_cgroup()
+
+
+async def _apply_profile(spawner: TwinhubSpawner, user_options: dict) -> None:
+    """``apply_user_options`` hook: choose the profile, refusing bad choices with a 400."""
+    offered = await spawner.profiles_for_user()
+    try:
+        slug = (user_options or {}).get("profile")
+        known = {p["slug"] for p in spawner.profiles}
+        if slug in known and slug not in {p["slug"] for p in offered}:
+            gpu = any(p["slug"] == slug and p.get("gpu") for p in spawner.profiles)
+            why = (
+                "no GPU was detected on this machine"
+                if gpu and not profiles.gpu_present()
+                else "it is not available to you"
+            )
+            raise profiles.ProfileError(
+                f"profile {slug!r} cannot be started: {why}; available: "
+                + ", ".join(p["slug"] for p in offered)
+            )
+        profile = profiles.choose(offered, user_options)
+    except profiles.ProfileError as e:
+        # JupyterHub stored these options as the next spawn's defaults: forget them.
+        spawner.orm_spawner.user_options = {}
+        raise _error(400, str(e)) from None
+    spawner.profile = profile
+    lim = limits.Limits.from_profile(profile.get("limits"))
+    spawner.mem_limit = lim.memory
+    spawner.cpu_limit = lim.cpu
+
+
+def _error(status: int, message: str) -> web.HTTPError:
+    """An HTTPError whose message JupyterHub shows as is (API, progress stream, pages)."""
+    e = web.HTTPError(status, "%s", message)
+    e.jupyterhub_message = message  # type: ignore[attr-defined]
+    return e
+
+
+class PersonalSpawner(TwinhubSpawner):
+    """Every server as the OS user running the hub (one person on their machine)."""
+
+    def _owner_file(self) -> Path:
+        return Path(self.state_dir) / "personal_owner.json"
+
+    async def prepare_user(self) -> tuple[int | None, str]:
+        if os.geteuid() == 0:
+            self._claim_root_owner()
+        return None, pwd.getpwuid(os.geteuid()).pw_dir
+
+    def _claim_root_owner(self) -> None:
+        """As root, the first platform user to start a server owns the platform."""
+        f = self._owner_file()
+        try:
+            owner = json.loads(f.read_text())["user"]
+        except (OSError, ValueError, KeyError):
+            owner = self.user.name
+            fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"user": owner}, fh)
+        if owner != self.user.name:
+            raise _error(
+                403,
+                f"This platform runs in personal mode as root, so every server would run as "
+                f"root: only {owner!r} may start one. Ask the administrator to run it in "
+                f"multi-user mode (Twinhub.mode = 'multi-user') to serve several users.",
+            )
+
+    def user_env(self, env: dict[str, str]) -> dict[str, str]:
+        pw = pwd.getpwuid(os.geteuid())
+        env["USER"] = pw.pw_name
+        env["HOME"] = pw.pw_dir
+        env["SHELL"] = pw.pw_shell or "/bin/bash"
+        return env
+
+    def user_preexec(self) -> Callable[[], None] | None:
+        return None
+
+    def get_args(self) -> list[str]:
+        args = super().get_args()
+        if os.geteuid() == 0:
+            args.append("--ServerApp.allow_root=True")
+        return args
+
+    async def move_certs(self, paths: dict) -> dict:
+        return paths  # same OS user: nothing to hand over
+
+
+class MultiUserSpawner(TwinhubSpawner):
+    """One OS account per platform user, created on first spawn."""
+
+    user_prefix = Unicode(
+        "twin-", help="Prefix of OS account names (from Twinhub.user_prefix)."
+    ).tag(config=True)
+    home_root = Unicode(
+        "/home", help="Where OS account homes are created (from Twinhub.home_root)."
+    ).tag(config=True)
+
+    account: accounts.Account | None = None
+
+    async def prepare_user(self) -> tuple[int | None, str]:
+        try:
+            accounts.os_account_name(self.user.name, self.user_prefix)
+        except ValueError as e:
+            raise _error(400, f"Cannot start a server: {e}") from None
+        self._event(f"Preparing OS account for {self.user.name}.", 10)
+        self.account = await asyncio.to_thread(
+            accounts.ensure_account,
+            self.user.name,
+            self.state_dir,
+            self.user_prefix,
+            self.home_root,
+        )
+        return self.account.uid, self.account.home
+
+    def user_env(self, env: dict[str, str]) -> dict[str, str]:
+        name = self.account.name if self.account else self._os_name()
+        pw = pwd.getpwnam(name)
+        env["USER"] = name
+        env["HOME"] = pw.pw_dir
+        env["SHELL"] = pw.pw_shell or "/bin/bash"
+        return env
+
+    def _os_name(self) -> str:
+        return accounts.os_account_name(self.user.name, self.user_prefix)
+
+    def user_preexec(self) -> Callable[[], None] | None:
+        return set_user_setuid(self.account.name if self.account else self._os_name())
+
+    async def move_certs(self, paths: dict) -> dict:
+        raise _error(500, "internal_ssl is not supported by twinhub's multi-user spawner")
+
+
+def configure_hub(c: Any, rt: Runtime) -> None:
+    """Apply the spawner of ``rt.mode`` to the JupyterHub config ``c``."""
+    from twinhub.config import Twinhub
+
+    tw = Twinhub(config=rt.config)
+    cfg = TwinhubSpawnerConfig(config=rt.config)
+    c.JupyterHub.spawner_class = MultiUserSpawner if rt.mode == "multi-user" else PersonalSpawner
+    c.Spawner.cmd = [rt.bin("jupyterhub-singleuser")]
+    c.TwinhubSpawner.state_dir = str(rt.state_dir)
+    c.TwinhubSpawner.instance_id = rt.instance_id or Runtime.make_instance_id(rt.state_dir)
+    c.TwinhubSpawner.profiles = profiles.validate_profiles(tw.profiles)
+    c.TwinhubSpawner.detect_gpu = tw.detect_gpu
+    c.TwinhubSpawner.enforce_limits = cfg.enforce_limits
+    c.TwinhubSpawner.log_tail_lines = cfg.log_tail_lines
+    c.MultiUserSpawner.user_prefix = tw.user_prefix
+    c.MultiUserSpawner.home_root = tw.home_root
+    if "public" in rt.ports or rt.public_url:
+        # Merge, never assign: other modules add their services the same way.
+        c.TwinhubSpawner.services.update({"dask-gateway": rt.url + "services/dask-gateway/"})

@@ -1,0 +1,76 @@
+"""Who may do what: a matrix of actors x endpoints against the real multi-user platform.
+
+Each row is one endpoint; each column an actor (anonymous, the owner ``alice``, another user
+``bob``, an admin).  Later issues add their endpoints (registry, accounting, data lake...)
+as rows here.  Expected statuses are sets because JupyterHub answers "not yours" with 403 or
+404 depending on the endpoint, and browser-like requests without a token get redirected.
+"""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
+
+OK = {200, 201, 204}
+DENIED = {401, 403, 404}
+LOGIN = {302, 401, 403}  # anonymous: redirected to the login page or refused
+
+# (method, path template, {actor: allowed statuses}); {owner} is alice's name.
+MATRIX: list[tuple[str, str, dict[str, set[int]]]] = [
+    ("GET", "hub/api/users", {"anon": DENIED, "owner": DENIED, "other": DENIED, "admin": OK}),
+    ("GET", "hub/api/users/{owner}", {"anon": DENIED, "owner": OK, "other": DENIED, "admin": OK}),
+    (
+        "POST",
+        "hub/api/users/{owner}/tokens",
+        {"anon": DENIED, "owner": OK, "other": DENIED, "admin": OK},
+    ),
+    (
+        "GET",
+        "hub/api/users/{owner}/tokens",
+        {"anon": DENIED, "owner": OK, "other": DENIED, "admin": OK},
+    ),
+    ("GET", "user/{owner}/api/status", {"anon": LOGIN, "owner": OK, "other": DENIED}),
+    ("GET", "user/{owner}/api/contents", {"anon": LOGIN, "owner": OK, "other": DENIED}),
+    ("GET", "user/{owner}/twinlab/api/info", {"anon": LOGIN, "owner": OK, "other": DENIED}),
+    (
+        "GET",
+        "services/dask-gateway/api/v1/clusters/",
+        {"anon": DENIED, "owner": OK, "other": OK},
+    ),
+    ("GET", "hub/api/services", {"anon": DENIED, "owner": OK, "other": OK, "admin": OK}),
+]
+
+
+@pytest.fixture(scope="module")
+def actors(multiuser_platform):
+    p = multiuser_platform
+    for name in ("alice", "bob"):
+        if p.api("GET", f"/users/{name}", token=p.token("admin")).status_code == 404:
+            p.add_user(name)
+    p.spawn("alice")
+    tokens = {
+        "anon": None,
+        "owner": p.token("alice"),
+        "other": p.token("bob"),
+        "admin": p.token("admin"),
+    }
+    return p, tokens
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"), MATRIX, ids=[f"{m} {p}" for m, p, _ in MATRIX]
+)
+def test_matrix(actors, method, path, expected):
+    p, tokens = actors
+    url = p.url + path.format(owner="alice")
+    failures = []
+    for actor, allowed in expected.items():
+        headers = {"Authorization": f"token {tokens[actor]}"} if tokens[actor] else {}
+        r = requests.request(
+            method, url, headers=headers, allow_redirects=False, timeout=30, json={}
+        )
+        if r.status_code not in allowed:
+            failures.append(f"{actor}: {r.status_code} (allowed {sorted(allowed)})")
+    assert not failures, f"{method} {path}: " + "; ".join(failures)

@@ -1,0 +1,95 @@
+"""OS account names, the account registry, and real account creation/purge (root only)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+from twinhub import accounts
+from twinhub.accounts import AccountError, os_account_name
+from twinhub.runtime import Runtime
+
+
+@pytest.mark.parametrize(
+    ("user", "prefix", "expected"),
+    [("alice", "twin-", "twin-alice"), ("a1_b-c", "twin-", "twin-a1_b-c"), ("bob", "", "bob")],
+)
+def test_os_account_name_maps_with_prefix(user: str, prefix: str, expected: str) -> None:
+    assert os_account_name(user, prefix) == expected
+
+
+@pytest.mark.parametrize(
+    ("user", "problem"),
+    [
+        ("root", "reserved"),
+        ("postgres", "reserved"),
+        ("hub", "reserved"),
+        ("Alice", "not valid"),
+        ("1alice", "not valid"),
+        ("al ice", "not valid"),
+        ("alice@example.org", "not valid"),
+        ("", "not valid"),
+        ("a" * 28, "too long"),
+    ],
+)
+def test_os_account_name_refuses_with_reason(user: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem) as e:
+        os_account_name(user)
+    assert repr(user) in str(e.value)
+
+
+def test_longest_name_fits_useradd_limit() -> None:
+    assert len(os_account_name("a" * 27)) == accounts.MAX_OS_NAME
+
+
+def test_existing_system_account_is_refused(tmp_path: Path) -> None:
+    # A prefix-less mapping onto an existing system account (uid < 1000) must not be used.
+    system = next(p for p in pwd.getpwall() if 0 < p.pw_uid < 1000 and p.pw_name.isalpha()
+                  and p.pw_name not in accounts.RESERVED_NAMES)  # fmt: skip
+    with pytest.raises(AccountError, match="system account"):
+        accounts.ensure_account(system.pw_name, tmp_path, prefix="")
+    assert accounts.recorded_accounts(tmp_path) == {}
+
+
+def test_purge_with_nothing_recorded_removes_nothing(tmp_path: Path) -> None:
+    assert accounts.purge_accounts(Runtime(state_dir=tmp_path)) == []
+
+
+@pytest.mark.multiuser
+def test_create_record_and_purge_real_account(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("creating OS accounts needs root")
+    prefix = "tu" + secrets.token_hex(2) + "-"
+    home_root = tmp_path / "homes"
+    acct = accounts.ensure_account("zoe", tmp_path, prefix=prefix, home_root=str(home_root))
+    try:
+        pw = pwd.getpwnam(prefix + "zoe")
+        assert (acct.name, acct.uid, acct.home) == (pw.pw_name, pw.pw_uid, pw.pw_dir)
+        assert pw.pw_dir == str(home_root / (prefix + "zoe")) and pw.pw_shell == "/bin/bash"
+        st = os.stat(pw.pw_dir)
+        assert (st.st_uid, st.st_mode & 0o777) == (pw.pw_uid, 0o700)
+        # Second call: same account, not re-created.
+        assert accounts.ensure_account("zoe", tmp_path, prefix, str(home_root)) == acct
+        registry = tmp_path / accounts.ACCOUNTS_FILE
+        assert registry.stat().st_mode & 0o777 == 0o600
+        assert accounts.recorded_accounts(tmp_path)[acct.name]["platform_user"] == "zoe"
+        # A process of that account (not our child: like a kernel left behind) is killed.
+        out = subprocess.run(
+            ["bash", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"],
+            user=acct.uid, group=acct.gid, cwd="/", capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        pid = int(out.stdout)
+        assert psutil.Process(pid).uids().real == acct.uid
+    finally:
+        removed = accounts.purge_accounts(Runtime(state_dir=tmp_path))
+    assert removed == [acct.name]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    with pytest.raises(KeyError):
+        pwd.getpwnam(acct.name)
+    assert not Path(acct.home).exists()
+    assert accounts.recorded_accounts(tmp_path) == {}

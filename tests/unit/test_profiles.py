@@ -1,0 +1,149 @@
+"""Profiles (validation, choice, form, GPU offer, KubeSpawner profile_list) and limit parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+from twinhub import profiles
+from twinhub.config import DEFAULT_PROFILES
+from twinhub.limits import Limits, human_bytes, parse_cpu, parse_memory
+from twinhub.profiles import ProfileError
+
+P = profiles.validate_profiles(DEFAULT_PROFILES)
+
+
+def test_default_profiles_validate_and_normalise() -> None:
+    assert [p["slug"] for p in P] == ["small-cpu", "large-cpu", "gpu"]
+    assert profiles.default_profile(P)["slug"] == "small-cpu"
+    assert P[2]["gpu"] is True and P[0]["gpu"] is False
+    minimal = profiles.validate_profiles([{"slug": "x"}])[0]
+    assert minimal == {"slug": "x", "display_name": "x", "description": "", "default": False,
+                       "gpu": False, "env": {}, "limits": {}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ([], "empty"),
+        ([{"display_name": "no slug"}], "slug None"),
+        ([{"slug": "Big CPU"}], "slug 'Big CPU'"),
+        ([{"slug": "a"}, {"slug": "a"}], "'a' is defined twice"),
+        ([{"slug": "a", "default": True}, {"slug": "b", "default": True}], "more than one default"),
+        ([{"slug": "a", "image": "x"}], "unknown key"),
+        ([{"slug": "a", "env": {"N": 1}}], "env must map names to strings"),
+        ([{"slug": "a", "limits": {"memory": "lots"}}], "memory limit 'lots'"),
+        ([{"slug": "a", "limits": {"cpu": -1}}], "must be positive"),
+        ([{"slug": "a", "limits": {"disk": "1G"}}], "unknown limit"),
+        (["small"], "must be a dict"),
+    ],
+)
+def test_invalid_profile_lists_name_the_problem(bad: list, problem: str) -> None:
+    with pytest.raises(ProfileError, match=problem):
+        profiles.validate_profiles(bad)
+
+
+def test_choose() -> None:
+    assert profiles.choose(P, {})["slug"] == "small-cpu"
+    assert profiles.choose(P, None)["slug"] == "small-cpu"
+    assert profiles.choose(P, {"profile": "large-cpu"})["slug"] == "large-cpu"
+    with pytest.raises(
+        ProfileError, match=r"unknown profile 'huge'; available: small-cpu, large-cpu, gpu"
+    ):
+        profiles.choose(P, {"profile": "huge"})
+    with pytest.raises(ProfileError, match=r"unknown server option\(s\) \['image'\]"):
+        profiles.choose(P, {"profile": "gpu", "image": "x"})
+    with pytest.raises(ProfileError, match="must be a string"):
+        profiles.choose(P, {"profile": 3})
+    with pytest.raises(ProfileError, match="no server profile is available"):
+        profiles.choose([], {})
+
+
+def test_gpu_profiles_offered_only_with_a_gpu() -> None:
+    offered = [p["slug"] for p in profiles.offered_profiles(P, detect_gpu=True)]
+    has_gpu = profiles.gpu_present()
+    assert offered == (["small-cpu", "large-cpu", "gpu"] if has_gpu else ["small-cpu", "large-cpu"])
+    # Detection switched off: everything is offered.
+    assert len(profiles.offered_profiles(P, detect_gpu=False)) == 3
+
+
+def test_options_form_and_form_data() -> None:
+    form = profiles.options_form(P)
+    assert 'value="small-cpu" checked' in form and 'value="large-cpu"' in form
+    assert "memory 2 GiB, 1 CPU" in form
+    assert profiles.options_form(P[:1]) == ""  # nothing to choose: no form
+    evil = profiles.validate_profiles([{"slug": "a", "display_name": "<b>x</b>"}, {"slug": "b"}])
+    assert "<b>x</b>" not in profiles.options_form(evil)
+    assert profiles.options_from_form({"profile": ["large-cpu"]}) == {"profile": "large-cpu"}
+    assert profiles.options_from_form({}) == {}
+
+
+# A fake Kubernetes API endpoint (never contacted): KubeSpawner loads a kube config when
+# constructed, and there is no cluster here.  Profile loading itself is KubeSpawner's real code.
+_FAKE_KUBECONFIG = """
+apiVersion: v1
+kind: Config
+clusters: [{name: fake, cluster: {server: "http://127.0.0.1:9"}}]
+users: [{name: fake, user: {token: fake}}]
+contexts: [{name: fake, context: {cluster: fake, user: fake}}]
+current-context: fake
+"""
+
+
+def test_kubespawner_profile_list_is_valid_for_kubespawner(tmp_path, monkeypatch) -> None:
+    from kubernetes_asyncio.config import kube_config
+    from kubespawner import KubeSpawner
+
+    (tmp_path / "kubeconfig").write_text(_FAKE_KUBECONFIG)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+
+    source = copy.deepcopy(DEFAULT_PROFILES)
+    source[1]["kubespawner_override"] = {"image": "twinhub/lab:gpu", "cpu_limit": 1.5}
+    plist = profiles.kubespawner_profile_list(source)
+    assert [p["slug"] for p in plist] == ["small-cpu", "large-cpu", "gpu"]
+    assert plist[0]["default"] is True and "default" not in plist[1]
+
+    async def load(slug: str) -> KubeSpawner:
+        sp = KubeSpawner(_mock=True, profile_list=plist)
+        sp.user_options = {"profile": slug}
+        await sp.load_user_options()
+        return sp
+
+    small = asyncio.run(load("small-cpu"))
+    assert small.cpu_limit == 1.0 and small.mem_limit == 2 * 2**30
+    assert small.environment["TWINHUB_PROFILE"] == "small-cpu"
+    assert small.environment["OMP_NUM_THREADS"] == "1"
+    large = asyncio.run(load("large-cpu"))
+    assert large.image == "twinhub/lab:gpu" and large.cpu_limit == 1.5  # override wins
+    gpu = asyncio.run(load("gpu"))
+    assert gpu.extra_resource_limits == {"nvidia.com/gpu": "1"}
+    # The same unknown-profile refusal as the local spawner.
+    with pytest.raises(ValueError, match="huge"):
+        asyncio.run(load("huge"))
+
+
+@pytest.mark.parametrize(
+    ("text", "n"),
+    [("2G", 2 * 2**30), ("512M", 512 * 2**20), ("1.5Gi", 3 * 2**29), ("100", 100),
+     ("64k", 65536), (1024, 1024), (None, None), ("", None)],
+)  # fmt: skip
+def test_parse_memory(text, n) -> None:
+    assert parse_memory(text) == n
+
+
+@pytest.mark.parametrize("bad", ["2 gigs", "-1G", "G", True, 0])
+def test_parse_memory_refuses(bad) -> None:
+    with pytest.raises(ValueError, match="memory limit"):
+        parse_memory(bad)
+
+
+def test_parse_cpu_and_describe() -> None:
+    assert parse_cpu("500m") == 0.5 and parse_cpu(2) == 2.0 and parse_cpu(None) is None
+    with pytest.raises(ValueError, match="cpu limit 'two'"):
+        parse_cpu("two")
+    assert human_bytes(2 * 2**30) == "2 GiB" and human_bytes(1000) == "1000 B"
+    assert Limits.from_profile({"cpu": 1, "memory": "2G", "gpu": 1}).describe() == (
+        "memory 2 GiB, 1 CPU, 1 GPU"
+    )
+    assert Limits.from_profile(None).describe() == "no limits"
