@@ -131,7 +131,10 @@ def ensure_account(
                     "root (multi-user mode needs root; use personal mode otherwise)"
                 )
             home = Path(home_root) / name
-            Path(home_root).mkdir(parents=True, exist_ok=True)
+            try:
+                Path(home_root).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise AccountError(f"cannot create home root {home_root}: {e.strerror}") from e
             _run(["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/bash",
                   "--user-group", "--comment", f"twinhub user {platform_user}", name])  # fmt: skip
             pw = pwd.getpwnam(name)

@@ -316,3 +316,25 @@ def join_cgroup(procs_files: list[str]) -> None:
             os.write(fd, pid.encode())
         finally:
             os.close(fd)
+
+
+def remove_stale(group: str) -> list[str]:
+    """Remove the empty server cgroups of ``group`` (left by a hub that was killed).
+
+    Called when the hub starts; a group still holding processes cannot be removed (the
+    kernel refuses), so running servers are never touched.  Returns the removed leaves.
+    """
+    support = detect(group)
+    removed = []
+    for parent in support.parents.values():
+        if not parent.is_dir():
+            continue
+        for leaf in parent.iterdir():
+            if leaf.is_dir():
+                with contextlib.suppress(OSError):
+                    leaf.rmdir()
+                    removed.append(leaf.name)
+        if support.kind == "v1":
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+    return sorted(set(removed))

@@ -75,7 +75,8 @@ class TwinhubSpawner(LocalProcessSpawner):
         "", help="Platform state directory (set by configure_hub; never given to servers)."
     ).tag(config=True)
     instance_id = Unicode(
-        "", help="Platform instance id: names this platform's cgroups (set by configure_hub)."
+        "default",
+        help="Platform instance id: names this platform's cgroups (set by configure_hub).",
     ).tag(config=True)
     profiles = List(
         Dict(),
@@ -207,7 +208,7 @@ class TwinhubSpawner(LocalProcessSpawner):
             reason = "cgroup enforcement is switched off (TwinhubSpawnerConfig.enforce_limits)"
             support = limits.CgroupSupport("", reason=reason)
         else:
-            support = limits.detect(f"twinhub-{self.instance_id or 'default'}")
+            support = limits.detect(f"twinhub-{self.instance_id}")
         cg = limits.ServerCgroup(support, self._safe_name, lim)
         if cg.enforced:
             try:
@@ -245,7 +246,7 @@ class TwinhubSpawner(LocalProcessSpawner):
         self._event_list = []
         self._event(f"Starting a {self.profile.get('display_name', 'default')} server.", 5)
         try:
-            uid, home = await self.prepare_user()
+            _uid, home = await self.prepare_user()
         except accounts.AccountError as e:
             raise _error(500, f"Cannot prepare the OS account for {self.user.name!r}: {e}") from e
         await asyncio.to_thread(self._setup_limits)
@@ -288,24 +289,25 @@ class TwinhubSpawner(LocalProcessSpawner):
         return f"Your server {how} while starting. Last lines of its log:\n{tail}"
 
     async def poll(self) -> int | None:
+        had_process = self.proc is not None or bool(self.pid)
         status = await super().poll()
-        if status is not None and getattr(self, "_cgroup", None) is not None:
+        if status is not None and had_process:
             # Died on its own (OOM, crash, purged account): JupyterHub will not call stop(),
             # so remove the group here, with any kernels it left behind.
             await self._remove_cgroup()
         return status
 
     async def _remove_cgroup(self) -> None:
+        if getattr(self, "_cgroup", None) is None and self.enforce_limits != "off":
+            # Hub restarted since the spawn: the group has a deterministic name.
+            support = limits.detect(f"twinhub-{self.instance_id}")
+            self._cgroup = limits.ServerCgroup(support, self._safe_name, limits.Limits())
         cg, self._cgroup = self._cgroup, None
         if cg is not None and cg.support.kind and any(d.exists() for d in cg.dirs):
             await asyncio.to_thread(cg.kill_and_remove)
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
-        if getattr(self, "_cgroup", None) is None and self.enforce_limits != "off":
-            # Hub restarted since the spawn: the group has a deterministic name.
-            support = limits.detect(f"twinhub-{self.instance_id or 'default'}")
-            self._cgroup = limits.ServerCgroup(support, self._safe_name, limits.Limits())
         await self._remove_cgroup()
 
 
@@ -329,7 +331,8 @@ async def _apply_profile(spawner: TwinhubSpawner, user_options: dict) -> None:
         profile = profiles.choose(offered, user_options)
     except profiles.ProfileError as e:
         # JupyterHub stored these options as the next spawn's defaults: forget them.
-        spawner.orm_spawner.user_options = {}
+        if spawner.orm_spawner is not None:
+            spawner.orm_spawner.user_options = {}
         raise _error(400, str(e)) from None
     spawner.profile = profile
     lim = limits.Limits.from_profile(profile.get("limits"))
@@ -447,11 +450,20 @@ def configure_hub(c: Any, rt: Runtime) -> None:
     c.JupyterHub.spawner_class = MultiUserSpawner if rt.mode == "multi-user" else PersonalSpawner
     c.Spawner.cmd = [rt.bin("jupyterhub-singleuser")]
     c.TwinhubSpawner.state_dir = str(rt.state_dir)
-    c.TwinhubSpawner.instance_id = rt.instance_id or Runtime.make_instance_id(rt.state_dir)
+    instance_id = rt.instance_id or Runtime.make_instance_id(rt.state_dir)
+    c.TwinhubSpawner.instance_id = instance_id
+    if cfg.enforce_limits != "off":
+        # Only one hub runs per instance: empty groups of ours are leftovers of a killed hub.
+        limits.remove_stale(f"twinhub-{instance_id}")
     c.TwinhubSpawner.profiles = profiles.validate_profiles(tw.profiles)
     c.TwinhubSpawner.detect_gpu = tw.detect_gpu
     c.TwinhubSpawner.enforce_limits = cfg.enforce_limits
     c.TwinhubSpawner.log_tail_lines = cfg.log_tail_lines
+    if rt.mode == "multi-user" and not re.fullmatch(r"[a-z][a-z0-9_-]*|", tw.user_prefix):
+        raise ValueError(
+            f"Twinhub.user_prefix {tw.user_prefix!r} is not valid for OS account names: use "
+            "lowercase letters, digits, '-' or '_', starting with a letter (default 'twin-')"
+        )
     c.MultiUserSpawner.user_prefix = tw.user_prefix
     c.MultiUserSpawner.home_root = tw.home_root
     if "public" in rt.ports or rt.public_url:

@@ -136,6 +136,9 @@ class Platform:
         """Start ``name``'s server through the REST API and wait until it is ready; returns its URL."""
         body = {"profile": profile} if profile else None
         r = self.api("POST", f"/users/{name}/server", user=name, json=body)
+        if r.status_code == 400 and "already running" in r.text:
+            server = self.api("GET", f"/users/{name}", user=name).json()["servers"][""]
+            return self.url.rstrip("/") + server["url"]
         if r.status_code not in (201, 202):
             raise RuntimeError(f"spawn of {name} failed: {r.status_code} {r.text}")
         deadline = time.monotonic() + timeout

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import requests
 import websocket
+
 from twinhub.gateway import SERVICE_PREFIX, components, prepare
 from twinhub.runtime import Runtime
 
@@ -290,15 +291,9 @@ class GatewayPlatform:
 def run_code(server_url: str, token: str, code: str, timeout: float = 180) -> str:
     """Run ``code`` in a fresh kernel of a real Jupyter server; return its stdout.
 
-    Raises AssertionError with the traceback when the code fails.
+    Raises AssertionError with the traceback when the code fails.  (Kept here, self-contained,
+    rather than depending on the return shape of another helper's client.)
     """
-    try:
-        from tests.helpers.kernel import run_code as shared_run_code
-    except ImportError:
-        shared_run_code = None
-    if shared_run_code is not None:
-        return shared_run_code(server_url, token, code)
-
     base = server_url.rstrip("/")
     h = {"Authorization": f"token {token}"}
     kernel = requests.post(f"{base}/api/kernels", headers=h, json={}, timeout=60)
@@ -379,6 +374,10 @@ def gw_platform(tmp_path_factory):
     p = GatewayPlatform.start(tmp_path_factory.mktemp("gw-personal") / "state", "personal")
     yield p
     p.stop()
+    leftovers = instance_processes(p.rt.instance_id)
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"processes left behind: {leftovers}"
 
 
 def test_anonymous_gateway_api_refused(gw_platform):
@@ -535,7 +534,7 @@ def test_no_process_outlives_the_gateway(gw_platform):
 def gw_multiuser(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("multi-user mode creates OS accounts: needs root")
-    made, leftovers = [], []
+    made, leftovers, shared_left = [], [], None
     shared = Path(f"/tmp/twinhub-gwtest-{uuid.uuid4().hex[:8]}")  # world-traversable parent
     shared.mkdir(mode=0o755)
     p = None
@@ -552,14 +551,24 @@ def gw_multiuser(tmp_path_factory):
     finally:
         if p is not None:
             p.stop()
+            # the gateway removed its clusters directory and the (now empty) shared dir
+            shared_left = list(shared.rglob("*")) if shared.exists() else None
             leftovers = instance_processes(p.rt.instance_id)
             for pid in leftovers:
                 os.kill(pid, signal.SIGKILL)
         for name in made:
-            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+            # processes still running as the throwaway account (by pid: /proc owner)
+            uid = pwd.getpwnam(name).pw_uid
+            for d in Path("/proc").iterdir():
+                try:
+                    if d.name.isdigit() and d.stat().st_uid == uid:
+                        os.kill(int(d.name), signal.SIGKILL)
+                except OSError:
+                    continue
             subprocess.run(["userdel", "--remove", name], capture_output=True)
         shutil.rmtree(shared, ignore_errors=True)
     assert not leftovers, f"processes left behind: {leftovers}"
+    assert shared_left is None, f"shared dir left behind, holding {shared_left}"
 
 
 @pytest.mark.multiuser
@@ -625,6 +634,9 @@ except requests.exceptions.SSLError:
         requests.get(f"{p.gateway}/api/v1/clusters/{name}", headers=ha).json()["status"]
         == "RUNNING"
     )
+    # ...while A's dashboard is served to A (the root gateway reads A's private certificate).
+    r = requests.get(f"{p.gateway}/clusters/{name}/status", headers=ha, timeout=60)
+    assert r.status_code == 200 and "bokeh" in r.text.lower()
 
     # A's server stops: A's cluster and its processes are gone.
     p.stop_server(a)

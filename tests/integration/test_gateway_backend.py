@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 from dask_gateway_server.backends import local as upstream
 from dask_gateway_server.tls import new_keypair
+
 from twinhub.gateway.backend import TwinhubLocalBackend
 
 ACCOUNT = "twin-gwtest1"
@@ -91,3 +92,11 @@ def test_unknown_account_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="no OS account 'twin-nosuchuser'"):
         backend.setup_working_directory(c)
     assert not (tmp_path / "c3").exists()
+
+
+def test_service_identities_get_no_clusters(tmp_path):
+    from dask_gateway_server.backends.base import PublicException
+
+    backend = TwinhubLocalBackend(clusters_directory=str(tmp_path), account_prefix="twin-")
+    with pytest.raises(PublicException, match="cannot run clusters for 'service:culler'"):
+        backend._account("service:culler")

@@ -6,12 +6,17 @@ Fast (no processes): the real ``configure_hub`` on a real traitlets ``Config``, 
 
 from __future__ import annotations
 
+import os
+import shutil
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 from traitlets.config import Config
+
 from twinhub.gateway import ACCESS_SCOPE, components, configure_hub, prepare
-from twinhub.runtime import Runtime
+from twinhub.runtime import Runtime, world_reachable
 
 
 @pytest.fixture
@@ -108,3 +113,22 @@ def test_bad_limits_are_refused_by_name(rt):
     del rt.ports["dask-gateway"]
     with pytest.raises(RuntimeError, match="no port allocated for 'dask-gateway'"):
         components(rt)
+
+
+def test_multiuser_cluster_dir_must_be_reachable_by_accounts(rt):
+    if os.geteuid() != 0:
+        pytest.skip("multi-user mode: the gateway runs as root")
+    rt.mode = "multi-user"
+    base = Path(tempfile.mkdtemp(prefix="twinhub-gwcfg-", dir="/tmp"))  # /tmp: o+x
+    try:
+        base.chmod(0o700)
+        rt.config.merge(Config({"Twinhub": {"shared_dir": str(base / "shared")}}))
+        with pytest.raises(RuntimeError, match="not reachable by users' OS accounts"):
+            prepare(rt)
+        base.chmod(0o755)
+        assert world_reachable(base)
+        prepare(rt)
+        d = base / "shared" / "dask-clusters"
+        assert stat.S_IMODE(d.stat().st_mode) == 0o711 and d.stat().st_uid == 0
+    finally:
+        shutil.rmtree(base)

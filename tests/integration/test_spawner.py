@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from twinhub import accounts, limits, profiles
-from twinhub.runtime import Runtime
 
 from tests.helpers.kernel import KernelDied, execute, run_code, shutdown_kernel, start_kernel
 from tests.helpers.localhub import LocalHub
+from twinhub import accounts, limits, profiles
+from twinhub.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,9 @@ def mu_hub() -> Iterator[LocalHub]:
 @pytest.fixture(scope="module")
 def personal_hub() -> Iterator[LocalHub]:
     base = _base("pers")
-    hub = LocalHub(base, "personal", _config()).start()
+    # Limits switched off here: the advisory path (the multi-user hub tests enforcement).
+    config = {**_config(), "TwinhubSpawnerConfig": {"enforce_limits": "off"}}
+    hub = LocalHub(base, "personal", config).start()
     yield hub
     hub.stop()
     shutil.rmtree(base, ignore_errors=True)
@@ -142,14 +144,18 @@ def test_two_users_kernels_env_and_isolation(mu_hub: LocalHub) -> None:
     Path(ben.pw_dir, "secret.txt").write_text("ben's")
     os.chown(Path(ben.pw_dir, "secret.txt"), ben.pw_uid, ben.pw_gid)
 
+    # Every file of the platform state (as root sees it), plus ben's home.
+    private = [str(ben.pw_dir), f"{ben.pw_dir}/secret.txt"] + [
+        os.path.join(d, f) for d, _, files in os.walk(mu_hub.state) for f in files
+    ]
+    assert len(private) > 5
     probe = f"""
 import json, os
 out = {{"uid": os.getuid(), "home": os.environ["HOME"], "cwd": os.getcwd(),
        "env": {{k: os.environ.get(k) for k in ("TWINHUB_PROFILE", "TWIN_X", "MEM_LIMIT",
                "CPU_LIMIT", "TWINHUB_LIMITS_ENFORCED", "TWINHUB_SERVICES", "TWINHUB_STATE")}}}}
 denied = {{}}
-for path in ["{ben.pw_dir}", "{ben.pw_dir}/secret.txt", "{mu_hub.state}/accounts.json",
-             "{mu_hub.state}/hub/jupyterhub.sqlite", "{mu_hub.state}/logs/servers/ben.log"]:
+for path in {json.dumps(private)}:
     try:
         os.listdir(path) if os.path.isdir(path) else open(path).read()
         denied[path] = False
@@ -194,6 +200,8 @@ def test_limits_enforced_in_kernel(mu_hub: LocalHub) -> None:
         pytest.skip(f"limits are advisory on this machine: {support.reason}")
     mu_hub.stop_server("ann")
     url = mu_hub.start_server("ann", "tiny")
+    # Said on the spawn progress (logged by the hub too).
+    assert f"Limits memory 400 MiB, 0.5 CPU enforced (cgroup {support.kind})" in mu_hub.log_text()
     token = mu_hub.user_token("ann")
     kid = start_kernel(url, token)
     try:
@@ -280,10 +288,11 @@ def test_second_spawn_while_pending(mu_hub: LocalHub) -> None:
 
 @pytest.mark.multiuser
 def test_purge_accounts_removes_accounts_homes_processes(mu_hub: LocalHub) -> None:
+    mu_hub.stop_server("ann")  # in case an earlier test left it running
     url = mu_hub.start_server("ann")
     assert run_code(url, mu_hub.user_token("ann"), "print('alive')") == "alive\n"
     created = sorted(accounts.recorded_accounts(mu_hub.state))
-    assert {PREFIX + n for n in ("ann", "ben", "dan", "eve")} <= set(created)
+    assert PREFIX + "ann" in created and all(n.startswith(PREFIX) for n in created)
     assert accounts.purge_accounts(Runtime(state_dir=mu_hub.state)) == created
     for name in created:
         with pytest.raises(KeyError):
@@ -291,6 +300,12 @@ def test_purge_accounts_removes_accounts_homes_processes(mu_hub: LocalHub) -> No
         assert not Path("/home", name).exists()
     assert accounts.recorded_accounts(mu_hub.state) == {}
     assert (mu_hub.state / "accounts.json").stat().st_mode & 0o777 == 0o600
+    # The hub still knows ann; her next start re-creates the missing account.
+    url = mu_hub.start_server("ann")
+    assert run_code(url, mu_hub.user_token("ann"), "import os; print(os.getuid())") == (
+        f"{pwd.getpwnam(PREFIX + 'ann').pw_uid}\n"
+    )
+    assert accounts.purge_accounts(Runtime(state_dir=mu_hub.state)) == [PREFIX + "ann"]
 
 
 # -- personal ------------------------------------------------------------------------------
@@ -298,9 +313,17 @@ def test_purge_accounts_removes_accounts_homes_processes(mu_hub: LocalHub) -> No
 
 def test_personal_mode_runs_as_the_calling_user(personal_hub: LocalHub) -> None:
     url = personal_hub.start_server("pat", "std")
-    code = "import os; print(os.getuid(), os.environ['TWINHUB_PROFILE'], os.environ.get('TWINHUB_STATE'))"
+    code = (
+        "import os; e = os.environ; print(os.getuid(), e['TWINHUB_PROFILE'], "
+        "e.get('TWINHUB_STATE'), e['TWINHUB_LIMITS_ENFORCED'], e['MEM_LIMIT'], "
+        "open('/proc/self/cgroup').read() == open('/proc/%d/cgroup' % os.getppid()).read())"
+    )
     out = run_code(url, personal_hub.user_token("pat"), code)
-    assert out == f"{os.geteuid()} std None\n"
+    # Advisory limits: passed on, not enforced, and the kernel is in no server cgroup
+    # (the same as its server's, which is the hub's).
+    assert out == f"{os.geteuid()} std None 0 {2**30} True\n"
+    log = personal_hub.log_text()
+    assert "Limits memory 1 GiB, 1 CPU are advisory only: cgroup enforcement is switched off" in log
     if os.geteuid() == 0:
         # As root a second platform user would be root too: refused with the reason.
         r = personal_hub.spawn("quinn")

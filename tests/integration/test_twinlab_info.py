@@ -11,10 +11,10 @@ from importlib import metadata
 
 import pytest
 import requests
-from twinlab.serverext import info
 
 from tests.helpers.kernel import run_code
 from tests.helpers.localhub import LocalHub, free_port
+from twinlab.serverext import info
 
 pytestmark = pytest.mark.integration
 

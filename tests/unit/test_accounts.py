@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from twinhub import accounts
 from twinhub.accounts import AccountError, os_account_name
 from twinhub.runtime import Runtime
@@ -54,6 +55,19 @@ def test_existing_system_account_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AccountError, match="system account"):
         accounts.ensure_account(system.pw_name, tmp_path, prefix="")
     assert accounts.recorded_accounts(tmp_path) == {}
+
+
+@pytest.mark.multiuser
+def test_account_creation_failure_names_the_cause(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("creating OS accounts needs root")
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(
+        AccountError, match=r"cannot create home root .*file/homes: Not a directory"
+    ):
+        accounts.ensure_account("zed", tmp_path, "tx-", home_root=str(tmp_path / "file" / "homes"))
+    with pytest.raises(KeyError):
+        pwd.getpwnam("tx-zed")
 
 
 def test_purge_with_nothing_recorded_removes_nothing(tmp_path: Path) -> None:

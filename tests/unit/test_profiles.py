@@ -6,9 +6,9 @@ import asyncio
 import copy
 
 import pytest
+
 from twinhub import profiles
 from twinhub.config import DEFAULT_PROFILES
-from twinhub.limits import Limits, human_bytes, parse_cpu, parse_memory
 from twinhub.profiles import ProfileError
 
 P = profiles.validate_profiles(DEFAULT_PROFILES)
@@ -123,27 +123,73 @@ def test_kubespawner_profile_list_is_valid_for_kubespawner(tmp_path, monkeypatch
         asyncio.run(load("huge"))
 
 
-@pytest.mark.parametrize(
-    ("text", "n"),
-    [("2G", 2 * 2**30), ("512M", 512 * 2**20), ("1.5Gi", 3 * 2**29), ("100", 100),
-     ("64k", 65536), (1024, 1024), (None, None), ("", None)],
-)  # fmt: skip
-def test_parse_memory(text, n) -> None:
-    assert parse_memory(text) == n
+def test_profile_filter_hook_per_user() -> None:
+    """The hook the project filter plugs into: sync or async, used by form and choice."""
+    from types import SimpleNamespace
+
+    from tornado import web
+
+    from twinhub.spawner import PersonalSpawner, _apply_profile
+
+    def only_small_for_guests(user, offered):
+        return [p for p in offered if user.name != "guest" or p["slug"] == "small-cpu"]
+
+    async def async_filter(user, offered):
+        return only_small_for_guests(user, offered)
+
+    for hook in (only_small_for_guests, async_filter):
+        guest = PersonalSpawner(profiles=P, detect_gpu=False, profile_filter=hook)
+        guest.user = SimpleNamespace(name="guest")
+        assert [p["slug"] for p in asyncio.run(guest.profiles_for_user())] == ["small-cpu"]
+        other = SimpleNamespace(name="ada")
+        assert len(asyncio.run(guest.profiles_for_user(other))) == 3
+        # One profile left: no form to show.
+        assert asyncio.run(guest.get_options_form()) == ""
+        with pytest.raises(web.HTTPError) as e:
+            asyncio.run(_apply_profile(guest, {"profile": "large-cpu"}))
+        assert e.value.status_code == 400
+        assert "'large-cpu' cannot be started: it is not available to you" in str(e.value)
+        asyncio.run(_apply_profile(guest, {}))
+        assert guest.profile["slug"] == "small-cpu"
+        assert guest.mem_limit == 2 * 2**30 and guest.cpu_limit == 1.0
 
 
-@pytest.mark.parametrize("bad", ["2 gigs", "-1G", "G", True, 0])
-def test_parse_memory_refuses(bad) -> None:
-    with pytest.raises(ValueError, match="memory limit"):
-        parse_memory(bad)
+def test_configure_hub_applies_mode_profiles_and_merges_environment(tmp_path) -> None:
+    from traitlets.config import Config
 
+    from twinhub.runtime import Runtime
+    from twinhub.spawner import MultiUserSpawner, PersonalSpawner, configure_hub
 
-def test_parse_cpu_and_describe() -> None:
-    assert parse_cpu("500m") == 0.5 and parse_cpu(2) == 2.0 and parse_cpu(None) is None
-    with pytest.raises(ValueError, match="cpu limit 'two'"):
-        parse_cpu("two")
-    assert human_bytes(2 * 2**30) == "2 GiB" and human_bytes(1000) == "1000 B"
-    assert Limits.from_profile({"cpu": 1, "memory": "2G", "gpu": 1}).describe() == (
-        "memory 2 GiB, 1 CPU, 1 GPU"
+    c = Config()
+    c.Spawner.environment.update({"DASK_GATEWAY__ADDRESS": "http://gw"})  # another module's
+    conf = Config(
+        {
+            "Twinhub": {"profiles": DEFAULT_PROFILES[:2], "user_prefix": "u-"},
+            "TwinhubSpawnerConfig": {"enforce_limits": "off"},  # no cgroup side effects here
+        }
     )
-    assert Limits.from_profile(None).describe() == "no limits"
+    rt = Runtime(tmp_path, conf, ports={"public": 8123}, mode="multi-user", instance_id="i1")
+    configure_hub(c, rt)
+    c.TwinhubSpawner.services.update({"registry": "http://reg/"})  # a later module's
+    assert c.JupyterHub.spawner_class is MultiUserSpawner
+    sp = MultiUserSpawner(config=c)
+    assert sp.cmd == [rt.bin("jupyterhub-singleuser")]
+    assert sp.environment == {"DASK_GATEWAY__ADDRESS": "http://gw"}
+    assert sp.services == {
+        "dask-gateway": "http://127.0.0.1:8123/services/dask-gateway/",
+        "registry": "http://reg/",
+    }
+    assert [p["slug"] for p in sp.profiles] == ["small-cpu", "large-cpu"]
+    assert (sp.user_prefix, sp.state_dir, sp.instance_id) == ("u-", str(tmp_path), "i1")
+    assert "post_stop_hook" not in c.Spawner  # owned by the gateway module
+
+    off = Config({"TwinhubSpawnerConfig": {"enforce_limits": "off"}})
+    configure_hub(c, Runtime(tmp_path, off, mode="personal"))
+    assert c.JupyterHub.spawner_class is PersonalSpawner
+
+    bad = Config({"Twinhub": {"user_prefix": "Twin_"}})
+    with pytest.raises(ValueError, match="user_prefix 'Twin_' is not valid"):
+        configure_hub(Config(), Runtime(tmp_path, bad, mode="multi-user"))
+    broken = Config({"Twinhub": {"profiles": [{"slug": "a", "limits": {"memory": "x"}}]}})
+    with pytest.raises(ProfileError, match="memory limit 'x'"):
+        configure_hub(Config(), Runtime(tmp_path, broken, mode="personal"))

@@ -28,7 +28,7 @@ from traitlets import Bool, Float, Integer, default, validate
 from traitlets.config import Configurable
 
 from ..components import Component
-from ..runtime import Runtime
+from ..runtime import Runtime, world_reachable
 
 SERVICE_NAME = "dask-gateway"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}"
@@ -145,7 +145,14 @@ def prepare(rt: Runtime) -> None:
         # root-owned, traversable but not listable: users reach only their own 0700 dirs.
         d.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         d.mkdir(mode=0o711, exist_ok=True)
+        if d.is_symlink() or d.stat().st_uid != os.geteuid():
+            raise RuntimeError(f"{d} must be a directory owned by the gateway's user (root)")
         d.chmod(0o711)
+        if not world_reachable(d):
+            raise RuntimeError(
+                f"{d} is not reachable by users' OS accounts: every directory above it needs "
+                "o+x (set Twinhub.shared_dir to a world-traversable place)"
+            )
     else:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Clusters never survive a gateway restart (in-memory database): a directory left here
@@ -182,9 +189,9 @@ def components(rt: Runtime) -> list[Component]:
             ready_url=f"{gateway_url(rt)}/api/health",
             # The Go proxy answers 404 until it has loaded its routes: only a 200 is ready.
             ready=functools.partial(_healthy, f"{gateway_url(rt)}/api/health"),
-            # No dependency on the hub (it is asked per request); started *before* the hub,
-            # the hub's startup check of its external services finds it up instead of
-            # waiting 30 s for it.
+            # No dependency on the hub (asked per request). The hub waits up to 30 s at its
+            # startup for external services that do not answer: start this one before or
+            # right after the hub.
         )
     ]
 

@@ -81,6 +81,17 @@ class TwinhubBackendMixin(LoggingConfigurable):
                 )
             return await super().start_cluster(user, cluster_options)
 
+    async def cleanup(self) -> None:
+        await super().cleanup()  # stops every cluster, removing its working directory
+        # Leave nothing behind: the clusters directory, and the shared dir holding it when
+        # that is now empty (it may live outside the state dir, e.g. /var/lib/twinhub/<id>).
+        if self.clusters_directory:
+            for d in (self.clusters_directory, os.path.dirname(self.clusters_directory)):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break  # not empty (or gone): keep it and its parent
+
     # -- dashboards -------------------------------------------------------------------------
     async def setup(self, app: Any) -> None:
         await super().setup(app)
@@ -150,7 +161,10 @@ class TwinhubLocalBackend(TwinhubBackendMixin, LocalBackend):
     def _account(self, username: str) -> pwd.struct_passwd:
         from ..accounts import os_account_name
 
-        name = os_account_name(username, self.account_prefix)
+        try:
+            name = os_account_name(username, self.account_prefix)
+        except ValueError as e:  # e.g. 'service:x' (a hub service's token): no OS account
+            raise PublicException(f"cannot run clusters for {username!r}: {e}") from None
         try:
             return pwd.getpwnam(name)
         except KeyError:
@@ -161,6 +175,10 @@ class TwinhubLocalBackend(TwinhubBackendMixin, LocalBackend):
     account_prefix = Unicode(
         "twin-", help="Prefix of users' OS accounts (Twinhub.user_prefix)."
     ).tag(config=True)
+
+    async def start_cluster(self, user: Any, cluster_options: dict) -> str:
+        self._account(user.name)  # refuse now (422) rather than fail in the background
+        return await super().start_cluster(user, cluster_options)
 
     def set_file_permissions(self, paths: list[str], username: str) -> None:
         pw = self._account(username)

@@ -66,8 +66,13 @@ def make_post_stop_hook(gateway: str) -> Callable[[Any], Awaitable[None]]:
             names = await stop_user_clusters(gateway, token)
             if names:
                 spawner.log.info("Stopped Dask clusters of %s: %s", user.name, names)
+        except OSError as e:
+            # A gateway that is down (e.g. at platform shutdown) has no clusters to leak.
+            spawner.log.warning(
+                "Dask gateway unreachable, no clusters stopped for %s: %s", user.name, e
+            )
         except Exception:
-            # A gateway that is down has no clusters to leak; never fail the server stop.
+            # Never fail the server stop because of the gateway.
             spawner.log.exception("Could not stop the Dask clusters of %s", user.name)
         finally:
             from jupyterhub import orm

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from twinlab.grids import EARTH_RADIUS_M, Gaussian, HEALPix, LatLon, Octahedral
 from twinlab.grids.regrid import _plane, regrid
 from twinlab.grids.regrid.conservative import _boxes, overlaps
@@ -228,6 +229,8 @@ def test_leading_dims_and_float32():
         np.testing.assert_allclose(
             out[1, 2], regrid_nc(f[1, 2], source, target, method), rtol=1e-12
         )
+        ints = regrid_nc(np.full(source.size, 7, dtype=np.int16), source, target, method)
+        assert ints.dtype == np.float64 and np.allclose(ints, 7.0)
         out32 = regrid_nc(f.astype(np.float32), source, target, method)
         assert out32.dtype == np.float32
         np.testing.assert_allclose(out32, out, atol=1e-5)
@@ -280,3 +283,48 @@ def test_round_trip_error_bounds(a, b, method):
         max_bound, rms_bound = BOUNDS[method]
         assert err.max() < max_bound, (s.key, t.key, err.max(1))
         assert np.sqrt((err**2).mean(1)).max() < rms_bound, (s.key, t.key)
+
+
+def test_polygon_clip_numpy_and_numba_agree_on_known_areas():
+    from twinlab.grids.regrid import _kernels
+
+    square_x = np.array([[-1.0, 1.0, 1.0, -1.0]])
+    square_y = np.array([[-1.0, -1.0, 1.0, 1.0]])
+    dx, dy = np.array([1.0, 0.0, -1.0, 0.0]), np.array([0.0, 1.0, 0.0, -1.0])
+    # a diamond of area 2 inside the square, half out of it, a quarter in, touching, outside
+    centres = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [2.0, 0.0], [3.0, 3.0]])
+    expect = np.array([2.0, 1.0, 0.5, 0.0, 0.0])
+    cx, cy = centres[:, :1] + dx, centres[:, 1:] + dy
+    sx, sy = np.repeat(square_x, 5, 0), np.repeat(square_y, 5, 0)
+    implementations = [_plane._clip_area] + ([_kernels.clip_area] if _kernels.HAVE_NUMBA else [])
+    rng = np.random.default_rng(5)
+    # random convex quads (trapezoids) against random diamonds
+    n = 2000
+    y0, y1 = rng.uniform(-1, 0, n), rng.uniform(0, 1, n)
+    x0, x1 = rng.uniform(-1, -0.2, n), rng.uniform(0.2, 1, n)  # keeps the trapezoid convex
+    tx, ty = np.stack([x0, x1, x1 - 0.2, x0 + 0.1], 1), np.stack([y0, y0, y1, y1], 1)
+    c = rng.uniform(-1, 1, (n, 2))
+    h = rng.uniform(0.1, 1, (n, 1))
+    rx, ry = c[:, :1] + h * dx, c[:, 1:] + h * dy
+    results = []
+    for area_of in implementations:
+        np.testing.assert_allclose(area_of(sx, sy, cx, cy), expect, atol=1e-15)
+        got = area_of(tx, ty, rx, ry)
+        assert (got >= -1e-15).all() and (got <= 2 * h[:, 0] ** 2 + 1e-12).all()
+        results.append(got)
+    if len(results) == 2:
+        np.testing.assert_allclose(results[0], results[1], atol=1e-13)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_south_to_north_latlon_is_the_flipped_north_to_south_result(method):
+    down, up = LatLon(5.0), LatLon(5.0, descending=False)
+    src = HEALPix(8)
+    f = analytic(src, "y43")
+    np.testing.assert_allclose(
+        regrid_nc(f, src, up, method), regrid_nc(f, src, down, method)[::-1], rtol=1e-12, atol=1e-15
+    )
+    g = analytic(down, "y43")
+    np.testing.assert_allclose(
+        regrid_nc(g[::-1], up, src, method), regrid_nc(g, down, src, method), rtol=1e-12, atol=1e-15
+    )

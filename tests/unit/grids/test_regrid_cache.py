@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import scipy.sparse
+
 from twinlab.grids import HEALPix, LatLon, Octahedral
 from twinlab.grids.regrid import apply, backend, clear_memory_cache, get_weights, regrid, weights
 from twinlab.grids.regrid.weights import Weights, cache_id
@@ -104,6 +105,7 @@ def test_numpy_fallback_and_cupy_code_path_agree_with_numba(cache):
 
 
 def test_pure_numpy_fallback_without_numba(tmp_path):
+    """With numba disabled: SciPy apply and the NumPy polygon clipper give the same results."""
     code = textwrap.dedent(
         """
         import numpy as np
@@ -111,16 +113,20 @@ def test_pure_numpy_fallback_without_numba(tmp_path):
         from twinlab.grids.regrid import _kernels, regrid
         assert not _kernels.HAVE_NUMBA
         f = np.linspace(0, 1, 768)
-        print(float(regrid(f, HEALPix(8), LatLon(10.0), "bilinear", cache_dir=False).sum()))
+        f[::11] = np.nan
+        for method in ("nearest", "bilinear", "conservative"):
+            out = regrid(f, HEALPix(8), LatLon(10.0), method, cache_dir=False)
+            np.save(f"{method}.npy", out)
         """
     )
     env = dict(os.environ, TWINLAB_NO_NUMBA="1")
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    )
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True)
     f = np.linspace(0, 1, 768)
-    expect = float(regrid(f, HEALPix(8), LatLon(10.0), "bilinear", cache_dir=False).sum())
-    assert float(out.stdout) == pytest.approx(expect, rel=1e-12)
+    f[::11] = np.nan
+    for method in ("nearest", "bilinear", "conservative"):
+        expect = regrid(f, HEALPix(8), LatLon(10.0), method, cache_dir=False)
+        got = np.load(tmp_path / f"{method}.npy")
+        np.testing.assert_allclose(got, expect, rtol=1e-12, equal_nan=True)
 
 
 def test_backend_selection():

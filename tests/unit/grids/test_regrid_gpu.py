@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from twinlab.grids import HEALPix, LatLon, Octahedral
 from twinlab.grids.regrid import regrid
 

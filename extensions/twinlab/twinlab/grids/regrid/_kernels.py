@@ -72,6 +72,52 @@ if HAVE_NUMBA:
                 o[perm[r]] = s
 
     @numba.njit(parallel=True, cache=True, nogil=True)
+    def clip_area(sx, sy, cx, cy):  # pragma: no cover - compiled
+        """Area of quad (sx, sy) ∩ convex CCW quad (cx, cy), per row (Sutherland-Hodgman)."""
+        n_pairs = sx.shape[0]
+        out = np.empty(n_pairs)
+        for i in numba.prange(n_pairs):
+            px = np.empty(16)
+            py = np.empty(16)
+            qx = np.empty(16)
+            qy = np.empty(16)
+            n = 4
+            for k in range(4):
+                px[k] = sx[i, k]
+                py[k] = sy[i, k]
+            for e in range(4):
+                ax = cx[i, e]
+                ay = cy[i, e]
+                ex = cx[i, (e + 1) % 4] - ax
+                ey = cy[i, (e + 1) % 4] - ay
+                m = 0
+                for k in range(n):
+                    j = k - 1 if k > 0 else n - 1
+                    dc = ex * (py[k] - ay) - ey * (px[k] - ax)
+                    dp = ex * (py[j] - ay) - ey * (px[j] - ax)
+                    if (dc >= 0) != (dp >= 0):
+                        t = dp / (dp - dc)
+                        qx[m] = px[j] + t * (px[k] - px[j])
+                        qy[m] = py[j] + t * (py[k] - py[j])
+                        m += 1
+                    if dc >= 0:
+                        qx[m] = px[k]
+                        qy[m] = py[k]
+                        m += 1
+                n = m
+                for k in range(n):
+                    px[k] = qx[k]
+                    py[k] = qy[k]
+                if n == 0:
+                    break
+            a = 0.0
+            for k in range(n):
+                j = k + 1 if k + 1 < n else 0
+                a += px[k] * py[j] - px[j] * py[k]
+            out[i] = 0.5 * a
+        return out
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
     def _gather(index, values, out):  # pragma: no cover - compiled
         for f in range(values.shape[0]):
             v = values[f]

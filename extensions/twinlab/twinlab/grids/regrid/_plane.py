@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _kernels
+
 AREA_SCALE = 3.0 * np.pi / 8.0  # plane area per steradian
 _Y = 3.0 * np.pi / 8.0
 _HALF_PI = 0.5 * np.pi
@@ -118,38 +120,60 @@ def box_pieces(west: np.ndarray, east: np.ndarray, south: np.ndarray, north: np.
 
 
 # ---- candidate pairs -----------------------------------------------------------------
-def _bucket_rows(q: Quads, size: float, nbx: int, nby: int) -> tuple[np.ndarray, np.ndarray]:
-    """(bucket id, quad index) for every bucket a quad's bounding box touches."""
-    ix0 = np.floor(q.x.min(1) / size).astype(np.int64)
-    ix1 = np.floor(q.x.max(1) / size).astype(np.int64)
-    iy0 = np.clip(np.floor((q.y.min(1) + _HALF_PI) / size).astype(np.int64), 0, nby - 1)
-    iy1 = np.clip(np.floor((q.y.max(1) + _HALF_PI) / size).astype(np.int64), 0, nby - 1)
+def _bucket_rows(
+    xmin: np.ndarray,
+    xmax: np.ndarray,
+    ymin: np.ndarray,
+    ymax: np.ndarray,
+    size: float,
+    nbx: int,
+    nby: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket id, item index) for every bucket the boxes ``[xmin, xmax] x [ymin, ymax]`` touch."""
+    ix0 = np.floor(xmin / size).astype(np.int64)
+    ix1 = np.floor(xmax / size).astype(np.int64)
+    iy0 = np.clip(np.floor((ymin + _HALF_PI) / size).astype(np.int64), 0, nby - 1)
+    iy1 = np.clip(np.floor((ymax + _HALF_PI) / size).astype(np.int64), 0, nby - 1)
     nx, ny = ix1 - ix0 + 1, iy1 - iy0 + 1
     n = nx * ny
-    quad = np.repeat(np.arange(q.x.shape[0]), n)
-    local = np.arange(quad.size) - np.repeat(np.cumsum(n) - n, n)
-    ix = np.mod(ix0[quad] + local % nx[quad], nbx)
-    iy = iy0[quad] + local // nx[quad]
-    return ix + nbx * iy, quad
+    item = np.repeat(np.arange(xmin.size), n)
+    local = np.arange(item.size) - np.repeat(np.cumsum(n) - n, n)
+    ix = np.mod(ix0[item] + local % nx[item], nbx)
+    iy = iy0[item] + local // nx[item]
+    return ix + nbx * iy, item
 
 
-def _candidates(subj: Quads, clip: Quads) -> tuple[np.ndarray, np.ndarray]:
-    """(subject quad, clip quad) pairs whose bounding boxes overlap (x periodic)."""
-    size = float(np.max(clip.x.max(1) - clip.x.min(1)))  # clip quads are equal diamonds
-    nbx = int(round(_TWO_PI / size))
-    size = _TWO_PI / nbx
-    nby = int(np.ceil(np.pi / size))
-    cb, cq = _bucket_rows(clip, size, nbx, nby)
-    order = np.argsort(cb, kind="stable")
-    cb, cq = cb[order], cq[order]
-    counts = np.bincount(cb, minlength=nbx * nby)
-    starts = np.cumsum(counts) - counts
-    sb, sq = _bucket_rows(subj, size, nbx, nby)
-    n = counts[sb]
-    s_idx = np.repeat(sq, n)
-    c_idx = cq[np.repeat(starts[sb], n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)]
-    key = np.unique(s_idx * clip.x.shape[0] + c_idx)
-    return key // clip.x.shape[0], key % clip.x.shape[0]
+class _Buckets:
+    """Clip quads (equal diamonds) filed by the bucket holding their centre.
+
+    Each subject quad is looked up in every bucket its bounding box, grown by the clip
+    half-width, touches; a (subject, clip) pair then meets in exactly one bucket, so the
+    candidate list needs no de-duplication.
+    """
+
+    def __init__(self, clip: Quads):
+        self.half = 0.5 * float(np.max(clip.x.max(1) - clip.x.min(1)))
+        self.nbx = int(round(_TWO_PI / (2 * self.half)))
+        self.size = _TWO_PI / self.nbx
+        self.nby = int(np.ceil(np.pi / self.size))
+        cx = 0.5 * (clip.x.min(1) + clip.x.max(1))
+        cy = 0.5 * (clip.y.min(1) + clip.y.max(1))
+        cb, cq = _bucket_rows(cx, cx, cy, cy, self.size, self.nbx, self.nby)
+        order = np.argsort(cb, kind="stable")
+        self.quads = cq[order]
+        self.counts = np.bincount(cb[order], minlength=self.nbx * self.nby)
+        self.starts = np.cumsum(self.counts) - self.counts
+
+    def candidates(self, subj: Quads, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(subject quad, clip quad) pairs that may overlap, for subject quads [lo, hi)."""
+        h = self.half
+        x, y = subj.x[lo:hi], subj.y[lo:hi]
+        sb, sq = _bucket_rows(
+            x.min(1) - h, x.max(1) + h, y.min(1) - h, y.max(1) + h, self.size, self.nbx, self.nby
+        )
+        n = self.counts[sb]
+        first = np.repeat(self.starts[sb] - (np.cumsum(n) - n), n)
+        return np.repeat(sq + lo, n), self.quads[first + np.arange(n.sum())]
 
 
 # ---- clipping --------------------------------------------------------------------------
@@ -187,28 +211,37 @@ def _clip_area(sx: np.ndarray, sy: np.ndarray, cx: np.ndarray, cy: np.ndarray) -
 
 
 def intersect(subj: Quads, clip: Quads) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(subject owner, clip owner, plane area) of every overlapping pair of cells."""
-    si, ci = _candidates(subj, clip)
+    """(subject owner, clip owner, plane area) of every overlapping pair of cells.
+
+    Subject quads are processed in batches so memory stays bounded on large grids.
+    """
+    buckets = _Buckets(clip)
     ccx = 0.5 * (clip.x.min(1) + clip.x.max(1))
     ccy = 0.5 * (clip.y.min(1) + clip.y.max(1))
-    scx = 0.5 * (subj.x.min(1) + subj.x.max(1))
-    shift = _TWO_PI * np.round((ccx[ci] - scx[si]) / _TWO_PI)
-    # drop pairs whose (aligned) bounding boxes do not overlap before clipping
-    hit = (
-        (subj.x.min(1)[si] + shift < clip.x.max(1)[ci])
-        & (subj.x.max(1)[si] + shift > clip.x.min(1)[ci])
-        & (subj.y.min(1)[si] < clip.y.max(1)[ci])
-        & (subj.y.max(1)[si] > clip.y.min(1)[ci])
-    )
-    si, ci, shift = si[hit], ci[hit], shift[hit]
-    areas = np.empty(si.size)
-    for a in range(0, si.size, _CHUNK):
-        s, c, sh = si[a : a + _CHUNK], ci[a : a + _CHUNK], shift[a : a + _CHUNK]
-        # local coordinates around the clip quad's centre keep the shoelace sum accurate
-        ox, oy = ccx[c][:, None], ccy[c][:, None]
-        areas[a : a + _CHUNK] = _clip_area(
-            subj.x[s] + sh[:, None] - ox, subj.y[s] - oy, clip.x[c] - ox, clip.y[c] - oy
+    sxmin, sxmax, symin, symax = subj.x.min(1), subj.x.max(1), subj.y.min(1), subj.y.max(1)
+    cxmin, cxmax, cymin, cymax = clip.x.min(1), clip.x.max(1), clip.y.min(1), clip.y.max(1)
+    area_of = _kernels.clip_area if _kernels.HAVE_NUMBA else _clip_area
+    tiny = 1e-13 * (2 * buckets.half) ** 2  # pairs that only touch along an edge
+    owners_s, owners_c, areas = [], [], []
+    batch = max(1, _CHUNK // 8)  # ~8 candidates per subject quad
+    for lo in range(0, subj.owner.size, batch):
+        si, ci = buckets.candidates(subj, lo, min(lo + batch, subj.owner.size))
+        shift = _TWO_PI * np.round((ccx[ci] - 0.5 * (sxmin[si] + sxmax[si])) / _TWO_PI)
+        # drop pairs whose (aligned) bounding boxes do not overlap before clipping
+        hit = (
+            (sxmin[si] + shift < cxmax[ci])
+            & (sxmax[si] + shift > cxmin[ci])
+            & (symin[si] < cymax[ci])
+            & (symax[si] > cymin[ci])
         )
-    tiny = 1e-13 * float(np.max(clip.x.max(1) - clip.x.min(1))) ** 2  # touching edges
-    keep = areas > tiny
-    return subj.owner[si[keep]], clip.owner[ci[keep]], areas[keep]
+        si, ci, shift = si[hit], ci[hit], shift[hit]
+        # local coordinates around the clip quad's centre keep the shoelace sum accurate
+        ox, oy = ccx[ci][:, None], ccy[ci][:, None]
+        a = area_of(
+            subj.x[si] + shift[:, None] - ox, subj.y[si] - oy, clip.x[ci] - ox, clip.y[ci] - oy
+        )
+        keep = a > tiny
+        owners_s.append(subj.owner[si[keep]])
+        owners_c.append(clip.owner[ci[keep]])
+        areas.append(a[keep])
+    return np.concatenate(owners_s), np.concatenate(owners_c), np.concatenate(areas)

@@ -38,15 +38,16 @@ def _check_shape(shape: tuple[int, ...], grid: Grid) -> int:
 
 
 def _float_dtype(dtype: Any) -> np.dtype:
+    """float32/float64 kept; float16 -> float32; ints, bools, long doubles -> float64."""
     dtype = np.dtype(dtype)
-    if dtype.kind == "f" and dtype.itemsize >= 4:
-        return dtype
-    if dtype.kind in "biuf":
+    if dtype.kind == "f":
         return (
-            np.dtype(np.float64)
-            if dtype.itemsize >= 4 or dtype.kind != "f"
-            else np.dtype(np.float32)
+            dtype
+            if dtype.itemsize in (4, 8)
+            else np.dtype(np.float32 if dtype.itemsize < 4 else np.float64)
         )
+    if dtype.kind in "biu":
+        return np.dtype(np.float64)
     raise ValueError(f"cannot regrid values of dtype {dtype}: need real numbers")
 
 

@@ -1,0 +1,101 @@
+"""Limits: parsing, and real cgroups where this machine allows them (root, cgroup v1 or v2)."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import time
+
+import pytest
+
+from twinhub import limits
+from twinhub.limits import Limits, human_bytes, parse_cpu, parse_memory
+
+
+@pytest.mark.parametrize(
+    ("text", "n"),
+    [("2G", 2 * 2**30), ("512M", 512 * 2**20), ("1.5Gi", 3 * 2**29), ("100", 100),
+     ("64k", 65536), (1024, 1024), (None, None), ("", None)],
+)  # fmt: skip
+def test_parse_memory(text, n) -> None:
+    assert parse_memory(text) == n
+
+
+@pytest.mark.parametrize("bad", ["2 gigs", "-1G", "G", True, 0])
+def test_parse_memory_refuses(bad) -> None:
+    with pytest.raises(ValueError, match="memory limit"):
+        parse_memory(bad)
+
+
+def test_parse_cpu_and_describe() -> None:
+    assert parse_cpu("500m") == 0.5 and parse_cpu(2) == 2.0 and parse_cpu(None) is None
+    with pytest.raises(ValueError, match="cpu limit 'two'"):
+        parse_cpu("two")
+    assert human_bytes(2 * 2**30) == "2 GiB" and human_bytes(1000) == "1000 B"
+    assert Limits.from_profile({"cpu": 1, "memory": "2G", "gpu": 1}).describe() == (
+        "memory 2 GiB, 1 CPU, 1 GPU"
+    )
+    assert Limits.from_profile(None).describe() == "no limits"
+
+
+@pytest.fixture
+def support():
+    group = "twinhub-t" + secrets.token_hex(4)
+    s = limits.detect(group)
+    if not s.kind:
+        pytest.skip(f"no usable cgroup here, limits are advisory: {s.reason}")
+    yield s
+    limits.remove_stale(group)
+
+
+def test_memory_limit_kills_a_process_over_it(support) -> None:
+    cg = limits.ServerCgroup(support, "mem", Limits(cpu=None, memory=parse_memory("64M")))
+    assert cg.enforced
+    cg.create()
+    try:
+        code = "b = bytearray({} * 2**20); print('survived')"
+        join = cg.join_paths()
+        small = subprocess.run([sys.executable, "-c", code.format(16)],
+                               preexec_fn=lambda: limits.join_cgroup(join), capture_output=True)  # fmt: skip
+        assert small.returncode == 0 and small.stdout == b"survived\n"
+        big = subprocess.run([sys.executable, "-c", code.format(256)],
+                             preexec_fn=lambda: limits.join_cgroup(join), capture_output=True)  # fmt: skip
+        assert big.returncode == -9  # OOM-killed
+    finally:
+        cg.kill_and_remove()
+    assert not any(d.exists() for d in cg.dirs)
+
+
+def test_cpu_quota_throttles(support) -> None:
+    cg = limits.ServerCgroup(support, "cpu", Limits(cpu=0.25))
+    cg.create()
+    busy = "import time\nw=time.monotonic()\nwhile time.monotonic()-w<1: pass\nprint(time.process_time())"
+    try:
+        join = cg.join_paths()
+        out = subprocess.run([sys.executable, "-c", busy], preexec_fn=lambda: limits.join_cgroup(join),
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    finally:
+        cg.kill_and_remove()
+    assert float(out.stdout) < 0.5, f"used {out.stdout.strip()} s of CPU in 1 s with a 0.25 quota"
+
+
+def test_kill_and_remove_kills_leftovers_and_remove_stale_spares_busy_groups(support) -> None:
+    busy = limits.ServerCgroup(support, "busy", Limits(memory=2**30))
+    empty = limits.ServerCgroup(support, "empty", Limits(memory=2**30))
+    busy.create()
+    empty.create()
+    join = busy.join_paths()
+    proc = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: limits.join_cgroup(join))
+    try:
+        time.sleep(0.1)
+        assert proc.pid in busy.pids()
+        group = support.parents[next(iter(support.parents))].name
+        assert limits.remove_stale(group) == ["empty"]
+        assert all(d.exists() for d in busy.dirs)
+        busy.kill_and_remove()
+        assert proc.wait(timeout=5) == -9
+        assert not any(d.exists() for d in busy.dirs)
+    finally:
+        proc.kill()
+        proc.wait()
