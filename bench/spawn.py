@@ -132,6 +132,15 @@ def measure(url: str, names: list[str], tokens: dict[str, str], rounds: int) -> 
     return {"single": single, "concurrent": concurrent}
 
 
+def purge(base: Path) -> None:
+    """Stop twinhub, remove the OS accounts it created, and the bench's files."""
+    subprocess.run(
+        [f"{sys.prefix}/bin/twinhub", "down", "--state", str(base / "twinhub"), "--purge-users"],
+        capture_output=True,
+    )
+    shutil.rmtree(base, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -153,8 +162,11 @@ def main() -> None:
         spawn_round(p.url, names, tokens)  # warm-up: creates the OS accounts
         results["twinhub"] = measure(p.url, names, tokens, args.rounds)
         logins["twinhub"] = logins_per_s(p.url, list(pw.items()))
-    finally:
+    except BaseException:
         p.stop()
+        purge(base)
+        raise
+    p.stop()
 
     print("stock JupyterHub: starting (LocalProcessSpawner, same OS accounts)")
     stock_state = base / "stock"

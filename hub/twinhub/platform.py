@@ -72,6 +72,9 @@ def load_config(state_dir: Path, overrides: Config, config_file: str | None = No
         if config_file:
             raise PlatformError(f"config file {path} does not exist")
         path.write_text(generate_config_text())
+    if not config_file:
+        # It may come to hold secrets, and the state dir is traversable by OS accounts.
+        path.chmod(0o600)
     loader = PyFileConfigLoader(path.name, str(path.parent))
     try:
         cfg = loader.load_config()

@@ -68,6 +68,32 @@ class TwinhubSpawnerConfig(Configurable):
     ).tag(config=True)
 
 
+# Ports for user servers are drawn from below Linux's ephemeral range (32768-60999 by
+# default): a port merely free *now* inside that range can be taken as the source port of
+# any outgoing connection before the server binds it, which failed spawns under load.
+SERVER_PORT_RANGE = (20000, 32000)
+_claimed_ports: set[int] = set()
+
+
+def pick_server_port(lo: int = SERVER_PORT_RANGE[0], hi: int = SERVER_PORT_RANGE[1]) -> int:
+    """A loopback port that is free and not handed to another server of this hub."""
+    import random
+    import socket
+
+    for _ in range(500):
+        port = random.randint(lo, hi)
+        if port in _claimed_ports:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _claimed_ports.add(port)
+        return port
+    raise _error(503, f"No free port for a server between {lo} and {hi}; try again later.")
+
+
 class TwinhubSpawner(LocalProcessSpawner):
     """Common part of both modes: profiles, env, limits, server log, start-up failures."""
 
@@ -256,6 +282,8 @@ class TwinhubSpawner(LocalProcessSpawner):
         log.parent.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self.popen_kwargs = {"stdout": fd, "stderr": subprocess.STDOUT, "cwd": home}
+        _claimed_ports.discard(self.port)
+        self.port = pick_server_port()
         try:
             ip, port = await super().start()
         finally:
@@ -308,6 +336,7 @@ class TwinhubSpawner(LocalProcessSpawner):
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
+        _claimed_ports.discard(self.port)
         await self._remove_cgroup()
 
 
@@ -442,30 +471,35 @@ class MultiUserSpawner(TwinhubSpawner):
 
 
 def configure_hub(c: Any, rt: Runtime) -> None:
-    """Apply the spawner of ``rt.mode`` to the JupyterHub config ``c``."""
+    """Apply the spawner of ``rt.mode`` to the JupyterHub config ``c``.
+
+    Raises ValueError (ProfileError) naming a bad option before changing anything.
+    """
     from twinhub.config import Twinhub
 
     tw = Twinhub(config=rt.config)
     cfg = TwinhubSpawnerConfig(config=rt.config)
-    c.JupyterHub.spawner_class = MultiUserSpawner if rt.mode == "multi-user" else PersonalSpawner
-    c.Spawner.cmd = [rt.bin("jupyterhub-singleuser")]
-    c.TwinhubSpawner.state_dir = str(rt.state_dir)
-    instance_id = rt.instance_id or Runtime.make_instance_id(rt.state_dir)
-    c.TwinhubSpawner.instance_id = instance_id
-    if cfg.enforce_limits != "off":
-        # Only one hub runs per instance: empty groups of ours are leftovers of a killed hub.
-        limits.remove_stale(f"twinhub-{instance_id}")
-    c.TwinhubSpawner.profiles = profiles.validate_profiles(tw.profiles)
-    c.TwinhubSpawner.detect_gpu = tw.detect_gpu
-    c.TwinhubSpawner.enforce_limits = cfg.enforce_limits
-    c.TwinhubSpawner.log_tail_lines = cfg.log_tail_lines
+    valid_profiles = profiles.validate_profiles(tw.profiles)
     if rt.mode == "multi-user" and not re.fullmatch(r"[a-z][a-z0-9_-]*|", tw.user_prefix):
         raise ValueError(
             f"Twinhub.user_prefix {tw.user_prefix!r} is not valid for OS account names: use "
             "lowercase letters, digits, '-' or '_', starting with a letter (default 'twin-')"
         )
+    instance_id = rt.instance_id or Runtime.make_instance_id(rt.state_dir)
+
+    c.JupyterHub.spawner_class = MultiUserSpawner if rt.mode == "multi-user" else PersonalSpawner
+    c.Spawner.cmd = [rt.bin("jupyterhub-singleuser")]
+    c.TwinhubSpawner.state_dir = str(rt.state_dir)
+    c.TwinhubSpawner.instance_id = instance_id
+    c.TwinhubSpawner.profiles = valid_profiles
+    c.TwinhubSpawner.detect_gpu = tw.detect_gpu
+    c.TwinhubSpawner.enforce_limits = cfg.enforce_limits
+    c.TwinhubSpawner.log_tail_lines = cfg.log_tail_lines
     c.MultiUserSpawner.user_prefix = tw.user_prefix
     c.MultiUserSpawner.home_root = tw.home_root
     if "public" in rt.ports or rt.public_url:
         # Merge, never assign: other modules add their services the same way.
         c.TwinhubSpawner.services.update({"dask-gateway": rt.url + "services/dask-gateway/"})
+    if cfg.enforce_limits != "off":
+        # One hub per instance: empty groups of this instance are leftovers of a killed hub.
+        limits.remove_stale(f"twinhub-{instance_id}")

@@ -68,7 +68,11 @@ class LocalHub:
     the state dir inside it is laid out like the platform's (0711, private subdirs).
     """
 
-    def __init__(self, base: Path, mode: str, config: dict, extra: str = ""):
+    def __init__(
+        self, base: Path, mode: str, config: dict, extra: str = "", run_as: str | None = None
+    ):
+        """``run_as``: an OS account to run the hub as (default: this process's user)."""
+        self.run_as = run_as
         self.base = Path(base)
         self.state = self.base / "state"
         self.mode = mode
@@ -104,6 +108,15 @@ class LocalHub:
         (self.base / "jupyterhub_config.py").write_text(_CONFIG)
         env = {**os.environ, "LOCALHUB_SPEC": str(spec), "LOCALHUB_TOKEN": self.token}
         env.pop("TWINHUB_STATE", None)
+        run_as = {}
+        if self.run_as:
+            import pwd
+
+            pw = pwd.getpwnam(self.run_as)
+            for path in [self.base, spec, *self.base.joinpath("state").rglob("*"), self.state]:
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+            run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
         self.log = open(self.base / "hub.log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [sys.prefix + "/bin/jupyterhub", "-f", str(self.base / "jupyterhub_config.py")],
@@ -112,6 +125,7 @@ class LocalHub:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            **run_as,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 from traitlets.config import Config
+
 from twinhub import auth, db
 from twinhub.runtime import Runtime
 

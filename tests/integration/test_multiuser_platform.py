@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pwd
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +96,31 @@ def test_reserved_names_are_refused(people):
         assert "reserved" in r.stderr
     with pytest.raises(KeyError):
         pwd.getpwnam("twin-root")
+
+
+def test_second_spawn_while_pending_is_explained(people):
+    p, _ = people
+    first: dict = {}
+
+    def start() -> None:
+        first["r"] = p.api("POST", "/users/dave/server", user="dave", json={"profile": "small-cpu"})
+
+    p.stop_server("dave")
+    t = threading.Thread(target=start)
+    t.start()
+    time.sleep(0.4)
+    other = p.api("POST", "/users/dave/server", user="dave", json={"profile": "large-cpu"})
+    same = p.api("POST", "/users/dave/server", user="dave", json={"profile": "small-cpu"})
+    t.join()
+    assert first["r"].status_code in (201, 202)
+    assert other.status_code == 409, (other.headers, other.text)
+    assert "already starting with profile 'small-cpu'" in other.json()["message"]
+    assert "'large-cpu' was not applied" in other.json()["message"]
+    assert same.status_code == 202
+    assert same.json()["progress_url"].endswith("/users/dave/server/progress")
+    p.spawn("dave")
+    server = p.api("GET", "/users/dave", user="dave").json()["servers"][""]
+    assert server["user_options"] == {"profile": "small-cpu"}
 
 
 def test_kernel_dask_cluster_lives_and_dies_with_the_server(people):

@@ -12,7 +12,6 @@ import os
 import pwd
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,27 +265,6 @@ def test_reserved_and_invalid_names_refused(mu_hub: LocalHub) -> None:
 
 
 @pytest.mark.multiuser
-def test_second_spawn_while_pending(mu_hub: LocalHub) -> None:
-    """JupyterHub answers a start while one is pending with 202: the first one continues."""
-    results = {}
-
-    def first() -> None:
-        results["first"] = mu_hub.spawn("dan", "tiny")
-
-    t = threading.Thread(target=first)
-    t.start()
-    time.sleep(0.5)
-    second = mu_hub.spawn("dan", "std")
-    t.join()
-    assert second.status_code == 202
-    assert results["first"].status_code in (201, 202)
-    mu_hub.wait_ready("dan")
-    server = mu_hub.api("GET", "/users/dan").json()["servers"][""]
-    assert server["user_options"] == {"profile": "tiny"}
-    mu_hub.stop_server("dan")
-
-
-@pytest.mark.multiuser
 def test_purge_accounts_removes_accounts_homes_processes(mu_hub: LocalHub) -> None:
     mu_hub.stop_server("ann")  # in case an earlier test left it running
     url = mu_hub.start_server("ann")
@@ -325,6 +303,7 @@ def test_personal_mode_runs_as_the_calling_user(personal_hub: LocalHub) -> None:
     log = personal_hub.log_text()
     assert "Limits memory 1 GiB, 1 CPU are advisory only: cgroup enforcement is switched off" in log
     if os.geteuid() == 0:
+        assert "jupyterhub-singleuser --ServerApp.allow_root=True" in log
         # As root a second platform user would be root too: refused with the reason.
         r = personal_hub.spawn("quinn")
         assert r.status_code == 403
@@ -334,3 +313,25 @@ def test_personal_mode_runs_as_the_calling_user(personal_hub: LocalHub) -> None:
         personal_hub.start_server("quinn")
         personal_hub.stop_server("quinn")
     personal_hub.stop_server("pat")
+
+
+@pytest.mark.multiuser
+def test_personal_mode_as_a_regular_user() -> None:
+    """The laptop case: hub and servers run as one unprivileged user; limits are advisory."""
+    if os.geteuid() != 0:
+        pytest.skip("already covered by test_personal_mode_runs_as_the_calling_user")
+    base = _base("solo")
+    acct = accounts.ensure_account("solo", base, prefix=PREFIX)  # registry in base
+    hub = LocalHub(base, "personal", _config(), run_as=acct.name)
+    try:
+        hub.start()
+        urls = [hub.start_server(name, "std") for name in ("pat", "quinn")]
+        code = "import os; print(os.getuid(), os.environ['TWINHUB_LIMITS_ENFORCED'])"
+        for name, url in zip(("pat", "quinn"), urls, strict=True):
+            assert run_code(url, hub.user_token(name), code) == f"{acct.uid} 0\n"
+        assert "advisory only: the hub does not run as root" in hub.log_text()
+        assert "allow_root" not in hub.log_text()
+    finally:
+        hub.stop()
+        accounts.purge_accounts(Runtime(state_dir=base))
+        shutil.rmtree(base, ignore_errors=True)

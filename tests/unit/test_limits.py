@@ -99,3 +99,29 @@ def test_kill_and_remove_kills_leftovers_and_remove_stale_spares_busy_groups(sup
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_cgroup_v2_files_on_a_fake_hierarchy(tmp_path) -> None:
+    """A fake (plain files) cgroup v2 tree: this machine has no cgroup v2 controllers, so
+    the kernel side cannot run here; this checks what twinhub writes and where."""
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    group = tmp_path / "twinhub-x"
+    group.mkdir()
+    (group / "cgroup.controllers").write_text("cpu memory\n")
+    (group / "cgroup.subtree_control").write_text("")
+    support = limits._detect_v2(tmp_path, "twinhub-x")
+    assert support == limits.CgroupSupport("v2", {"unified": group})
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory +cpu"
+    assert (group / "cgroup.subtree_control").read_text() == "+memory +cpu"
+    cg = limits.ServerCgroup(support, "alice", Limits(cpu=0.5, memory=100 * 2**20))
+    cg.create()
+    leaf = group / "alice"
+    assert (leaf / "memory.max").read_text() == str(100 * 2**20)
+    assert (leaf / "memory.swap.max").read_text() == "0"
+    assert (leaf / "cpu.max").read_text() == "50000 100000"
+    assert cg.join_paths() == [str(leaf / "cgroup.procs")]
+    # Without the controllers, limits are advisory and the reason says which are missing.
+    (tmp_path / "cgroup.controllers").write_text("cpuset io pids\n")
+    why = limits._detect_v2(tmp_path, "twinhub-x")
+    assert why.kind == "" and "memory, cpu not available" in why.reason

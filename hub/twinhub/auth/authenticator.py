@@ -144,10 +144,12 @@ class TwinhubLocalAuth(Authenticator):
 
     # -- pages ----------------------------------------------------------------------------
     def get_handlers(self, app) -> list[tuple[str, type]]:
+        from ..hub_handlers import platform_handlers
         from .handlers import AuthorizeHandler, ChangePasswordHandler, SignupHandler
 
         return [
             *super().get_handlers(app),
+            *platform_handlers(),
             (r"/signup", SignupHandler),
             (r"/authorize", AuthorizeHandler),
             (r"/change-password", ChangePasswordHandler),

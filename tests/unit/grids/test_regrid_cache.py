@@ -37,6 +37,7 @@ def test_disk_cache_roundtrip_and_rebuild_of_corrupt_files(cache):
     files = list(cache.iterdir())
     assert [p.suffix for p in files] == [".npz"]  # no temp file left behind
     path = files[0]
+    assert path.stat().st_mode & 0o777 == 0o644  # readable from a shared cache directory
 
     regrid(f, src, tgt, "bilinear")  # memory hit
     clear_memory_cache()

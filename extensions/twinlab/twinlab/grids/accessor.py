@@ -194,7 +194,7 @@ class GridAccessor:
             )
         (dim,) = g.dims
         rings = g.rings()
-        order = _ring_order(g)
+        ids = ops.compact_ring_ids(g)
 
         def one(da: xr.DataArray) -> xr.DataArray:
             if "latitude" in da.dims:
@@ -206,7 +206,7 @@ class GridAccessor:
                 da,
                 input_core_dims=[[dim]],
                 output_core_dims=[["latitude"]],
-                kwargs={"order": order, "starts": rings.start},
+                kwargs={"ids": ids, "nrings": rings.nrings},
                 dask="parallelized",
                 output_dtypes=[np.result_type(da.dtype, np.float32)],
                 # each task needs whole rings: the cell dimension is gathered into one chunk

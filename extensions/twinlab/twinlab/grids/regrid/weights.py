@@ -137,6 +137,9 @@ class Weights:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
         try:
+            # mkstemp makes 0600 files; weights are not secret and a cache directory may be
+            # shared (TWINLAB_WEIGHTS_DIR on a group volume), so make them world-readable
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as fh:
                 np.savez(
                     fh,
