@@ -72,6 +72,33 @@ def test_two_users_login_spawn_and_see_only_their_own_server(people):
     assert {"twin-carol", "twin-dave"} <= procs
 
 
+def test_a_kernel_cannot_read_another_home_or_the_platform_state(people):
+    p, _ = people
+    p.spawn("dave")
+    url = p.spawn("carol")
+    secret = next((p.state / "secrets").iterdir())
+    probes = {
+        "other home": "/home/twin-dave",
+        "state dir": str(p.state),
+        "secret": str(secret),
+        "hub db": str(p.state / "hub" / "jupyterhub.sqlite"),
+        "config": str(p.state / "twinhub_config.py"),
+    }
+    code = "import os\n" + "".join(
+        f"try:\n    os.listdir({path!r}) if os.path.isdir({path!r}) else open({path!r}).read()\n"
+        f"    print({label!r}, 'READABLE')\n"
+        f"except OSError as e:\n    print({label!r}, type(e).__name__)\n"
+        for label, path in probes.items()
+    )
+    out = run_code(url, p.token("carol"), code)
+    assert "READABLE" not in out, out
+    assert out.count("PermissionError") + out.count("FileNotFoundError") == len(probes), out
+    # ...while the owner reads their own home.
+    assert run_code(url, p.token("carol"), "import os; print(os.getcwd())").strip() == (
+        "/home/twin-carol"
+    )
+
+
 def test_wrong_password_creates_nobody(people):
     p, _ = people
     import requests

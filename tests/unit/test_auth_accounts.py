@@ -7,6 +7,7 @@ import time
 import pytest
 from sqlalchemy import select
 from traitlets.config import Config
+
 from twinhub import auth, db
 from twinhub.auth import passwords
 from twinhub.runtime import Runtime

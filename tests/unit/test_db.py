@@ -9,6 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
+
 from twinhub import __version__, db
 from twinhub.db.schema import VERSION_TABLE
 

@@ -12,6 +12,7 @@ import pytest
 from jupyterhub import dbutil, orm
 from sqlalchemy import create_engine, text
 from traitlets.config import Config
+
 from twinhub import db
 from twinhub.runtime import Runtime
 

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+
 from twinhub import db
 from twinhub.postgres import PG_BIN, LocalPostgres, PostgresError
 
