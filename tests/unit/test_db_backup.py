@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from jupyterhub import dbutil, orm
+from jupyterhub import orm
 from sqlalchemy import create_engine, text
 from traitlets.config import Config
 
+from tests.helpers.databases import OLD_HUB_REVISION, hub_rev, make_old_hub_db
 from twinhub import db
 from twinhub.runtime import Runtime
-
-# JupyterHub 5.0's schema revision ("manage_roles"): an older hub database than 6.1's.
-OLD_HUB_REVISION = "4621fec11365"
 
 
 def make_state(tmp_path: Path, db_url: str = "") -> Runtime:
@@ -26,28 +23,6 @@ def make_state(tmp_path: Path, db_url: str = "") -> Runtime:
         (state / d).mkdir(parents=True, mode=0o700)
     cfg = Config({"Twinhub": {"db_url": db_url}}) if db_url else Config()
     return Runtime(state_dir=state, config=cfg)
-
-
-def make_old_hub_db(path: Path) -> str:
-    """A hub database as JupyterHub creates it, taken back to JupyterHub 5.0's schema with
-    JupyterHub's own migrations, holding one user."""
-    url = f"sqlite:///{path}"
-    s = orm.new_session_factory(url)()
-    s.add(orm.User(name="alice"))
-    s.commit()
-    s.close()
-    ini = path.parent / "alembic.ini"
-    dbutil.write_alembic_ini(str(ini), url)
-    alembic = str(Path(sys.executable).parent / "alembic")
-    subprocess.run([alembic, "-c", str(ini), "downgrade", OLD_HUB_REVISION], check=True,
-                   capture_output=True)  # fmt: skip
-    ini.unlink()
-    return url
-
-
-def hub_rev(path: Path) -> str:
-    with sqlite3.connect(path) as c:
-        return c.execute("SELECT version_num FROM alembic_version").fetchone()[0]
 
 
 def test_fresh_state_dir_needs_no_backup(tmp_path):
