@@ -9,4 +9,5 @@ Fixture plugins (each a module with fixtures, listed here so every test sees the
 pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.platforms",
+    "tests.fixtures.oidc",
 ]

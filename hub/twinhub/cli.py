@@ -3,6 +3,7 @@
 The command line is a contract other tools (tests, CI, docs) rely on::
 
     twinhub up [--state DIR] [--ip ADDR] [--port N] [--mode personal|multi-user] [--config FILE]
+               [--keycloak-url URL --keycloak-client-id ID --keycloak-client-secret SECRET]
     twinhub down [--state DIR] [--purge-users]
     twinhub status [--state DIR]
     twinhub user add NAME [--admin] [--group G ...] [--state DIR]
@@ -80,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--public-url", help="URL users reach the platform at (Twinhub.public_url)")
     up.add_argument("--db-url", help="SQLAlchemy URL of twinhub's own tables (Twinhub.db_url)")
     up.add_argument("--config", help="config file (default: <state>/twinhub_config.py)")
+    up.add_argument(
+        "--keycloak-url",
+        help="log in through this Keycloak realm, https://host/realms/<realm> (TwinhubKeycloak.url)",
+    )
+    up.add_argument("--keycloak-client-id", help="the hub's client id in the realm")
+    up.add_argument(
+        "--keycloak-client-secret",
+        help="the client's secret (better: $TWINHUB_KEYCLOAK_CLIENT_SECRET); kept in a 0600 file",
+    )
 
     down = sub.add_parser("down", help="stop a platform started with `twinhub up`")
     _state_arg(down)
@@ -127,6 +137,14 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> Config:
         value = getattr(args, opt, None)
         if value is not None:
             setattr(cfg.Twinhub, trait, value)
+    for opt, trait in [
+        ("keycloak_url", "url"),
+        ("keycloak_client_id", "client_id"),
+        ("keycloak_client_secret", "client_secret"),
+    ]:
+        value = getattr(args, opt, None)
+        if value is not None:
+            setattr(cfg.TwinhubKeycloak, trait, value)
     return cfg
 
 
@@ -185,7 +203,14 @@ def _user_add(rt, args: argparse.Namespace) -> int:
     from .auth import create_account
     from .config import Twinhub
     from .hubapi import hub_request
+    from .keycloak import TwinhubKeycloak, enabled
 
+    if enabled(rt.config):
+        url = TwinhubKeycloak(config=rt.config).url
+        raise CLIError(
+            f"accounts are managed in Keycloak ({url}): create {args.name!r} there "
+            "(and add them to groups there); they appear here at their first login"
+        )
     name = args.name
     if name in RESERVED_NAMES:
         raise CLIError(f"user name {name!r} is reserved; choose another name")

@@ -124,6 +124,15 @@ def config_classes() -> list[type[Configurable]]:
     # Imported here: those modules import this one.
     from .auth import TwinhubLocalAuth
     from .gateway import TwinhubGateway
+    from .keycloak import TwinhubKeycloak
+    from .objectstore import TwinhubObjectStore
     from .spawner import TwinhubSpawnerConfig
 
-    return [Twinhub, TwinhubSpawnerConfig, TwinhubGateway, TwinhubLocalAuth]
+    return [
+        Twinhub,
+        TwinhubSpawnerConfig,
+        TwinhubGateway,
+        TwinhubLocalAuth,
+        TwinhubKeycloak,
+        TwinhubObjectStore,
+    ]

@@ -17,12 +17,13 @@ def own_sections() -> set[str]:
 def configure(c: Any, rt: Runtime | None = None) -> Runtime:
     """Apply the whole platform configuration to the JupyterHub config object ``c``."""
     rt = rt or Runtime.load()
-    from . import auth, core, gateway, spawner
+    from . import auth, core, gateway, objectstore, spawner
 
     core.configure_hub(c, rt)
     auth.configure_hub(c, rt)
     spawner.configure_hub(c, rt)
     gateway.configure_hub(c, rt)
+    objectstore.configure_hub(c, rt)
 
     passthrough = Config({k: v for k, v in rt.config.items() if k not in own_sections()})
     c.merge(passthrough)

@@ -148,11 +148,15 @@ def up(
     stale = kill_orphans(rt)
     if stale:
         say(f"stopped {len(stale)} leftover process(es) of an earlier run: " + "; ".join(stale))
+    from .keycloak import prepare as prepare_keycloak
+
+    # Before rt.save(): the Keycloak client secret moves from the config into a 0600 file.
+    prepare_keycloak(rt)
     rt.save()
     pid_file = rt.path(SUPERVISOR_PID)
     pid_file.write_text(str(os.getpid()))
 
-    from . import auth, core, db, gateway
+    from . import auth, core, db, gateway, objectstore
 
     sup = Supervisor(rt, say=say)
     stop_requested: list[int] = []
@@ -169,7 +173,9 @@ def up(
             say(f"  databases      {line}")
         first_password = auth.ensure_first_admin(rt)
         gateway.prepare(rt)
-        sup.start_all(core.components(rt) + gateway.components(rt))
+        objectstore.prepare(rt)
+        # The object store first: the hub hands out its keys from the first spawn on.
+        sup.start_all(objectstore.components(rt) + core.components(rt) + gateway.components(rt))
         if not _wait_url(rt.local_url + "hub/api/", 30):
             raise StartError("the hub does not answer through the proxy at " + rt.local_url)
         say(f"twinhub is up at {rt.url} ({time.monotonic() - t0:.1f} s)")

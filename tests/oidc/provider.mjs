@@ -14,7 +14,7 @@
 //
 // The /test-admin/* endpoints exist ONLY in this test provider (a stand-in for Keycloak's admin
 // API): change a user's groups/roles at run time and make the next tokens of a user faulty
-// (wrong issuer, wrong audience, expired, bad signature, no preferred_username). They require
+// (wrong issuer, wrong audience, expired, bad signature, no preferred_username, no groups). They require
 // the header X-Test-Admin-Token: $OIDC_TEST_ADMIN_TOKEN.
 
 import http from 'node:http';
@@ -124,6 +124,7 @@ function claimsOf(u) {
   if (mapperClaims.has('groups')) all.groups = [...u.groups];
   if (mapperClaims.has('realm_access')) all.realm_access = { roles: expandRoles(u.roles) };
   if (u.quirk === 'no-username') delete all.preferred_username;
+  if (u.quirk === 'no-groups') delete all.groups;
   return all;
 }
 
@@ -241,7 +242,7 @@ async function testAdmin(req, res, path) {
     res.writeHead(403); res.end('test admin token required'); return;
   }
   const m = path.match(/^\/test-admin\/users\/([^/]+)$/);
-  const u = m && byName(decodeURIComponent(m[1]));
+  const u = m && (byName(decodeURIComponent(m[1])) || users.get(decodeURIComponent(m[1])));
   if (!u) { res.writeHead(404); res.end('no such user'); return; }
   if (req.method === 'POST') {
     const body = JSON.parse((await readBody(req)) || '{}');
@@ -252,6 +253,7 @@ async function testAdmin(req, res, path) {
     if ('realmRoles' in body) u.roles = body.realmRoles;
     if ('quirk' in body) u.quirk = body.quirk;
     if ('enabled' in body) u.enabled = body.enabled;
+    if ('username' in body) u.username = body.username; // a rename in Keycloak
   }
   res.writeHead(200, { 'Content-Type': 'application/json' });
   res.end(JSON.stringify({ username: u.username, sub: u.sub, groups: u.groups, realmRoles: u.roles, quirk: u.quirk }));
@@ -261,7 +263,7 @@ async function testAdmin(req, res, path) {
 async function alterIdToken(idToken) {
   const payload = jose.decodeJwt(idToken);
   const u = users.get(payload.sub);
-  if (!u || !u.quirk || u.quirk === 'no-username') return idToken;
+  if (!u || !u.quirk || u.quirk.startsWith('no-')) return idToken;
   const now = Math.floor(Date.now() / 1000);
   let key = privateKey;
   if (u.quirk === 'wrong-issuer') payload.iss = `http://127.0.0.1:${port}/realms/other`;

@@ -15,7 +15,6 @@ from .accounts import (
     AccountInfo,
     create_account,
     delete_account,
-    ensure_first_admin,
     get_account,
     list_accounts,
     request_account,
@@ -23,6 +22,7 @@ from .accounts import (
     set_password,
     verify_login,
 )
+from .accounts import ensure_first_admin as _ensure_local_admin
 from .authenticator import TwinhubLocalAuth
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -47,8 +47,14 @@ __all__ = [
 
 def configure_hub(c: Any, rt) -> None:
     """Use TwinhubLocalAuth on ``rt.db_url``, make ``Twinhub.admin_user`` an admin and add
-    the signup / approval / password pages and their templates."""
+    the signup / approval / password pages and their templates; or, when
+    ``TwinhubKeycloak.url`` is set, log in through Keycloak (twinhub.keycloak)."""
+    from twinhub import keycloak
     from twinhub.config import Twinhub
+
+    if keycloak.enabled(rt.config):
+        keycloak.configure_hub(c, rt)
+        return
 
     tw = Twinhub(config=rt.config)
     c.JupyterHub.authenticator_class = TwinhubLocalAuth
@@ -66,3 +72,13 @@ def configure_hub(c: Any, rt) -> None:
         # First, so our login.html (which extends JupyterHub's own) is the one found.
         paths.insert(0, str(TEMPLATES_DIR))
     c.JupyterHub.template_paths = paths
+
+
+def ensure_first_admin(rt) -> str | None:
+    """The first local admin's generated password, once; never in Keycloak mode, where
+    accounts (and who is admin, TwinhubKeycloak.admin_groups) are managed in Keycloak."""
+    from twinhub import keycloak
+
+    if keycloak.enabled(rt.config):
+        return None
+    return _ensure_local_admin(rt)

@@ -6,6 +6,7 @@
 """
 
 from .backup import UpgradeReport, backup_and_upgrade, default_hub_db_url, upgrade_hub_db
+from .identities import IdentityConflict, OidcIdentity
 from .models import Base, LocalAccount, OsAccount, PlatformMeta
 from .os_accounts import (
     OsAccountRecord,
@@ -31,6 +32,7 @@ __all__ = [
     "DatabaseError",
     "LocalAccount",
     "OsAccount",
+    "OidcIdentity",
     "OsAccountRecord",
     "PlatformMeta",
     "UpgradeReport",
@@ -43,6 +45,7 @@ __all__ = [
     "forget_os_account",
     "get_os_account",
     "head_revision",
+    "IdentityConflict",
     "list_os_accounts",
     "record_os_account",
     "redacted",

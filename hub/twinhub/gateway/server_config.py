@@ -6,6 +6,7 @@ Called from the generated ``<state>/run/dask_gateway_config.py``; reads secrets 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,23 @@ from . import SECRET_NAME, SERVICE_NAME, SERVICE_PREFIX, clusters_dir, port, set
 GIB = 2**30
 
 
-def cluster_options(gw: Any) -> Any:
-    """What a user may choose per cluster (``gateway.cluster_options()``), within the limits."""
+def cluster_options(gw: Any, user_env: Callable[[str], dict] | None = None) -> Any:
+    """What a user may choose per cluster (``gateway.cluster_options()``), within the limits.
+
+    ``user_env(username)``: the whole environment of that user's clusters (it replaces
+    ``ClusterConfig.environment``), e.g. with their own S3 keys.
+    """
     from dask_gateway_server.options import Float, Integer, Options
 
     def to_config(options: Any, user: Any) -> dict:
-        return {
+        out = {
             "worker_cores": options.worker_cores,
             "worker_threads": options.worker_cores,
             "worker_memory": int(options.worker_memory * GIB),
         }
+        if user_env is not None:
+            out["environment"] = user_env(user.name)
+        return out
 
     return Options(
         Integer(
@@ -99,6 +107,13 @@ def configure_gateway(c: Any, state_dir: str | Path) -> Runtime:
     c.ClusterConfig.scheduler_memory = GIB
     c.ClusterConfig.cluster_max_workers = gw.max_workers_per_cluster
     c.ClusterConfig.idle_timeout = gw.idle_timeout
-    c.ClusterConfig.environment = {"TWINHUB_INSTANCE": rt.instance_id}
-    c.Backend.cluster_options = cluster_options(gw)
+    base_env = {"TWINHUB_INSTANCE": rt.instance_id}
+    c.ClusterConfig.environment = base_env
+    from .. import objectstore
+
+    def user_env(username: str) -> dict[str, str]:
+        # That user's object-store keys and nobody else's (created at their first spawn).
+        return {**base_env, **objectstore.cluster_environment(rt, username)}
+
+    c.Backend.cluster_options = cluster_options(gw, user_env)
     return rt

