@@ -25,3 +25,6 @@ class Component:
     cwd: Path | None = None
     # Started after these components are ready.
     after: tuple[str, ...] = ()
+    # Slow to start and needed by no other component's start: launched first, waited for
+    # last, so its start-up overlaps the others'.
+    background: bool = False

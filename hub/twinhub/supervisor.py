@@ -144,7 +144,7 @@ class Supervisor:
         tmp.replace(f)
 
     # -- start -----------------------------------------------------------------------------
-    def start(self, comp: Component) -> None:
+    def start(self, comp: Component, wait: bool = True) -> None:
         self.rt.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = self.rt.logs_dir / f"{comp.name}.log"
         env = {
@@ -175,7 +175,8 @@ class Supervisor:
         self.running[comp.name] = Running(comp, proc, log_path, time.time())
         (self.rt.run_dir / f"{comp.name}.pid").write_text(str(proc.pid))
         self._write_records()
-        self._wait_ready(comp.name)
+        if wait:
+            self._wait_ready(comp.name)
 
     def _is_ready(self, comp: Component) -> bool:
         if comp.ready is not None:
@@ -187,8 +188,9 @@ class Supervisor:
     def _wait_ready(self, name: str) -> None:
         r = self.running[name]
         timeout = float(self.rt.config.get("Twinhub", {}).get("start_timeout", 120))
-        t0 = time.monotonic()
-        last_note = t0
+        # Counted from the process start: a background component was launched earlier.
+        t0 = time.monotonic() - (time.time() - r.started)
+        last_note = time.monotonic()
         while True:
             code = r.proc.poll()
             if code is not None:
@@ -220,10 +222,17 @@ class Supervisor:
 
     def start_all(self, components: list[Component]) -> None:
         """Start components in order; on any failure stop what was started and re-raise."""
+        background = [c for c in components if c.background]
         try:
+            for comp in background:
+                self.say(f"  {comp.name:<14} starting (in the background)...")
+                self.start(comp, wait=False)
             for comp in components:
-                self.say(f"  {comp.name:<14} starting...")
-                self.start(comp)
+                if not comp.background:
+                    self.say(f"  {comp.name:<14} starting...")
+                    self.start(comp)
+            for comp in background:
+                self._wait_ready(comp.name)
         except BaseException:
             self.stop_all()
             raise

@@ -191,6 +191,8 @@ def components(rt: Runtime) -> list[Component]:
             env={"TWINHUB_STATE": str(rt.state_dir)},
             port=rt.ports[seaweed.PORT_KEYS["s3"]],
             ready=functools.partial(_ready, rt),
+            # SeaweedFS takes ~3 s (Raft bootstrap); nothing else needs it to start.
+            background=True,
         )
     ]
 
