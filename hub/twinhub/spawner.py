@@ -37,6 +37,7 @@ from traitlets.config import Configurable
 
 from twinhub import accounts, limits, profiles
 from twinhub.accounts import purge_accounts
+from twinhub.ports import SERVER_PORTS, NoFreePort, pick_port, release_port
 from twinhub.runtime import Runtime
 
 __all__ = [
@@ -66,32 +67,6 @@ class TwinhubSpawnerConfig(Configurable):
     log_tail_lines = Integer(
         20, help="Lines of a server's log quoted to the user when it fails to start."
     ).tag(config=True)
-
-
-# Ports for user servers are drawn from below Linux's ephemeral range (32768-60999 by
-# default): a port merely free *now* inside that range can be taken as the source port of
-# any outgoing connection before the server binds it, which failed spawns under load.
-SERVER_PORT_RANGE = (20000, 32000)
-_claimed_ports: set[int] = set()
-
-
-def pick_server_port(lo: int = SERVER_PORT_RANGE[0], hi: int = SERVER_PORT_RANGE[1]) -> int:
-    """A loopback port that is free and not handed to another server of this hub."""
-    import random
-    import socket
-
-    for _ in range(500):
-        port = random.randint(lo, hi)
-        if port in _claimed_ports:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _claimed_ports.add(port)
-        return port
-    raise _error(503, f"No free port for a server between {lo} and {hi}; try again later.")
 
 
 class TwinhubSpawner(LocalProcessSpawner):
@@ -282,8 +257,11 @@ class TwinhubSpawner(LocalProcessSpawner):
         log.parent.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self.popen_kwargs = {"stdout": fd, "stderr": subprocess.STDOUT, "cwd": home}
-        _claimed_ports.discard(self.port)
-        self.port = pick_server_port()
+        release_port(self.port)
+        try:
+            self.port = pick_port(SERVER_PORTS)
+        except NoFreePort as e:
+            raise _error(503, f"{e}; try again later") from e
         try:
             ip, port = await super().start()
         finally:
@@ -336,7 +314,7 @@ class TwinhubSpawner(LocalProcessSpawner):
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
-        _claimed_ports.discard(self.port)
+        release_port(self.port)
         await self._remove_cgroup()
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .components import Component
+from .ports import PLATFORM_PORTS, pick_port
 from .runtime import Runtime
 
 COMPONENTS_FILE = "run/components.json"
@@ -34,9 +35,8 @@ class StartError(RuntimeError):
 
 
 def free_port(ip: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
+    """A port for a platform component (see :mod:`twinhub.ports` for why not port 0)."""
+    return pick_port(PLATFORM_PORTS, ip)
 
 
 def port_in_use(ip: str, port: int) -> bool:

@@ -317,3 +317,24 @@ def test_forgetting_a_user_revokes_their_key_on_the_running_store(store):
         time.sleep(0.1)
     assert code in ("403", "InvalidAccessKeyId", "AccessDenied"), code
     assert objectstore.get_user(rt, "quinn") is None
+
+
+def test_removing_a_user_through_the_hub_revokes_their_key(store):
+    p, rt, _, _ = store
+    p.add_user("rosa")
+    rosa = objectstore.ensure_user(rt, "rosa")  # what the hub does at a first spawn
+    s3 = objectstore.client(rt, rosa.access_key, rosa.secret_key)
+    s3.put_object(Bucket=rosa.home_bucket, Key="a.txt", Body=b"r")
+    r = p.api("DELETE", "/users/rosa", user="admin")
+    assert r.status_code == 204, r.text
+    assert objectstore.get_user(rt, "rosa") is None
+    code = None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            s3.head_bucket(Bucket=rosa.home_bucket)
+        except ClientError as e:
+            code = e.response["Error"]["Code"]
+            break
+        time.sleep(0.1)
+    assert code in ("403", "InvalidAccessKeyId", "AccessDenied"), code

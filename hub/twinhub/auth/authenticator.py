@@ -138,9 +138,12 @@ class TwinhubLocalAuth(Authenticator):
         return bool(info and info.approved)
 
     def delete_user(self, user) -> None:
+        from .revoke import revoke_platform_access
+
         super().delete_user(user)
         if accounts.delete_account(self._db(), user.name):
             self.log.info("deleted local account %s with its hub user", user.name)
+        revoke_platform_access(user.name)
 
     # -- pages ----------------------------------------------------------------------------
     def get_handlers(self, app) -> list[tuple[str, type]]:

@@ -251,6 +251,12 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
             self.end_session_url + ("&" if "?" in self.end_session_url else "?") + urlencode(params)
         )
 
+    def delete_user(self, user) -> None:
+        from .revoke import revoke_platform_access
+
+        super().delete_user(user)
+        revoke_platform_access(user.name)
+
     # -- pages ----------------------------------------------------------------------------
     def get_handlers(self, app) -> list[tuple[str, type]]:
         from ..hub_handlers import platform_handlers
