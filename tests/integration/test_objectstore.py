@@ -299,6 +299,20 @@ def test_dask_workers_get_their_users_keys_only(store):
     }
 
 
+def assert_refused_soon(s3, bucket: str, within: float = 10) -> None:
+    """The store applies a revocation on reload: wait for the key to be refused."""
+    code = None
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            s3.head_bucket(Bucket=bucket)
+        except ClientError as e:
+            code = e.response["Error"]["Code"]
+            break
+        time.sleep(0.1)
+    assert code in ("403", "InvalidAccessKeyId", "AccessDenied"), code
+
+
 def test_forgetting_a_user_revokes_their_key_on_the_running_store(store):
     _, rt, _, _ = store
     quinn = objectstore.ensure_user(rt, "quinn")  # what the hub does at a first spawn
@@ -306,16 +320,7 @@ def test_forgetting_a_user_revokes_their_key_on_the_running_store(store):
     s3 = objectstore.client(rt, quinn.access_key, quinn.secret_key)
     s3.put_object(Bucket=quinn.home_bucket, Key="a.txt", Body=b"q")
     assert objectstore.forget_user(rt, "quinn")
-    code = None
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            s3.head_bucket(Bucket=quinn.home_bucket)
-        except ClientError as e:
-            code = e.response["Error"]["Code"]
-            break
-        time.sleep(0.1)
-    assert code in ("403", "InvalidAccessKeyId", "AccessDenied"), code
+    assert_refused_soon(s3, quinn.home_bucket)
     assert objectstore.get_user(rt, "quinn") is None
 
 
@@ -328,13 +333,4 @@ def test_removing_a_user_through_the_hub_revokes_their_key(store):
     r = p.api("DELETE", "/users/rosa", user="admin")
     assert r.status_code == 204, r.text
     assert objectstore.get_user(rt, "rosa") is None
-    code = None
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            s3.head_bucket(Bucket=rosa.home_bucket)
-        except ClientError as e:
-            code = e.response["Error"]["Code"]
-            break
-        time.sleep(0.1)
-    assert code in ("403", "InvalidAccessKeyId", "AccessDenied"), code
+    assert_refused_soon(s3, rosa.home_bucket)
