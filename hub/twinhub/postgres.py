@@ -22,10 +22,10 @@ import pwd
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
+from .ports import PLATFORM_PORTS, pick_port
 from .runtime import world_reachable
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -37,9 +37,7 @@ class PostgresError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return pick_port(PLATFORM_PORTS)
 
 
 class LocalPostgres:

@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,8 +20,11 @@ from pathlib import Path
 
 import requests
 
+from tests.helpers.platform import free_port
+from twinhub.core import find_proxy
+
 REPO = Path(__file__).resolve().parents[2]
-CHP = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
+CHP = find_proxy()
 
 _CONFIG = """
 import json, os
@@ -53,12 +55,6 @@ c.JupyterHub.load_roles = [{"name": "tester", "services": ["tester"],
     "scopes": ["admin:users", "admin:servers", "access:servers", "tokens", "read:users"]}]
 exec(spec.get("extra", ""))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalHub:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import requests
 
+from twinhub.ports import PLATFORM_PORTS, pick_port
+
 VENV_BIN = Path(sys.prefix) / "bin"
 TWINHUB = str(VENV_BIN / "twinhub")
 
@@ -52,11 +54,7 @@ class Platform:
         timeout: float = 180,
     ) -> Platform:
         if port == 0:
-            import socket
-
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()
         argv = [TWINHUB, "up", "--state", str(state), "--port", str(port), "--mode", mode]
         proc = subprocess.Popen(
             argv + (extra or []),
@@ -183,17 +181,11 @@ def remove_state(state: Path) -> None:
     shutil.rmtree(state, ignore_errors=True)
 
 
+def free_port() -> int:
+    """A free loopback port, chosen as the platform chooses its own (see twinhub.ports)."""
+    return pick_port(PLATFORM_PORTS)
+
+
 def free_port_pair(n: int = 2) -> list[int]:
     """``n`` distinct free loopback ports."""
-    import socket
-
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    return [free_port() for _ in range(n)]

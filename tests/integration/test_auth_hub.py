@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,12 +19,14 @@ import pytest
 import requests
 from traitlets.config import Config
 
+from tests.helpers.platform import free_port
 from twinhub import auth, db
+from twinhub.core import find_proxy
 from twinhub.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 
-CHP = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "configurable-http-proxy"
+CHP = find_proxy()
 
 HUB_CONFIG = """\
 from twinhub.auth import configure_hub
@@ -47,12 +48,6 @@ c.JupyterHub.default_url = "/hub/home"
 # Refresh auth info every second so a withdrawn approval is seen at once.
 c.Authenticator.auth_refresh_age = 1
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class AuthHub:

@@ -18,7 +18,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -31,21 +30,17 @@ import pytest
 import requests
 import websocket
 
+from tests.helpers.platform import free_port
+from twinhub.core import find_proxy
 from twinhub.gateway import SERVICE_PREFIX, components, prepare
 from twinhub.runtime import Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 VENV_BIN = Path(sys.prefix) / "bin"
-CHP = "/work/main/node_modules/.bin/configurable-http-proxy"
+CHP = find_proxy()
 MU_USERS = ("gwtest1", "gwtest2")
 PREFIX = "twin-"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 60, proc: subprocess.Popen | None = None) -> None:
