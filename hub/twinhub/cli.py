@@ -115,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     lst = usub.add_parser("list", help="list accounts")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     _state_arg(lst)
+    data = sub.add_parser("data", help="the data lake's sample data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    seed = dsub.add_parser(
+        "seed",
+        help="build the Climate-DT-like sample data (reused once built) and, when the platform "
+        "of --state runs, load it into its lake and STAC API",
+    )
+    seed.add_argument(
+        "--size", default="small", help="small (default, < 1 min), medium or large (benchmarks)"
+    )
+    seed.add_argument("--cache-dir", default=None, help="where builds are kept (default: cache)")
+    _state_arg(seed)
     return parser
 
 
@@ -172,6 +184,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .platform import status
 
     return status(Path(args.state))
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .services.datalake import SEED_SIZES
+
+    if args.size not in SEED_SIZES:
+        raise CLIError(f"--size must be one of {', '.join(SEED_SIZES)}, got {args.size!r}")
+    from .platform import load_runtime
+    from .supervisor import supervisor_pid
+
+    state = Path(args.state)
+    rt = load_runtime(state) if (state / "run" / "runtime.json").exists() else None
+    if rt is None or not supervisor_pid(rt):
+        from .services.datalake.seed import build
+
+        cache = Path(args.cache_dir) if args.cache_dir else None
+        b = build(args.size, cache_dir=cache, progress=print)
+        print(f"sample data ({args.size}) built in {b.root}")
+        print(f"(no platform running for {state}: `twinhub up` loads it on first start)")
+        return 0
+    from .services.datalake import active, seed_into
+
+    if not active(rt):
+        raise CLIError(f"the platform of {state} runs without the data lake (TwinhubDataLake)")
+    if args.cache_dir:
+        rt.config.TwinhubDataLake.seed_cache_dir = args.cache_dir
+    r = seed_into(rt, args.size, print)
+    print(f"sample data ({args.size}) loaded: {r['items']} items, {r['bytes_uploaded']} bytes sent")
+    return 0
 
 
 def cmd_user(args: argparse.Namespace) -> int:
@@ -271,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
             code = cmd_down(args)
         elif args.command == "status":
             code = cmd_status(args)
+        elif args.command == "data":
+            code = cmd_data(args)
         else:
             code = cmd_user(args)
     except (CLIError, PlatformError) as e:

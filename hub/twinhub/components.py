@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,12 @@ class Component:
     ready_url: str | None = None
     ready: Callable[[], bool] | None = None
     cwd: Path | None = None
-    # Started after these components are ready.
+    # Started after these components are ready (honoured for background components; the
+    # others start in list order, each once the previous one is ready).
     after: tuple[str, ...] = ()
     # Slow to start and needed by no other component's start: launched first, waited for
     # last, so its start-up overlaps the others'.
     background: bool = False
+    # What asks it to stop (PostgreSQL: SIGINT is its "fast" shutdown, SIGTERM waits for
+    # every client to leave).
+    stop_signal: int = signal.SIGTERM

@@ -126,6 +126,7 @@ def config_classes() -> list[type[Configurable]]:
     from .gateway import TwinhubGateway
     from .keycloak import TwinhubKeycloak
     from .objectstore import TwinhubObjectStore
+    from .services.datalake import TwinhubDataLake
     from .spawner import TwinhubSpawnerConfig
 
     return [
@@ -135,4 +136,5 @@ def config_classes() -> list[type[Configurable]]:
         TwinhubLocalAuth,
         TwinhubKeycloak,
         TwinhubObjectStore,
+        TwinhubDataLake,
     ]

@@ -143,6 +143,9 @@ def up(
         )
     for name in ("proxy_api", "hub", "dask-gateway"):
         rt.ports[name] = free_port()
+    from .services import datalake
+
+    datalake.allocate_ports(rt)
     layout_state_dir(rt)
     # Leftovers of a crashed earlier run of this state dir would hold ports and accounts.
     stale = kill_orphans(rt)
@@ -174,11 +177,18 @@ def up(
         first_password = auth.ensure_first_admin(rt)
         gateway.prepare(rt)
         objectstore.prepare(rt)
+        datalake.prepare(rt, say)
         # The object store first: the hub hands out its keys from the first spawn on.
-        sup.start_all(objectstore.components(rt) + core.components(rt) + gateway.components(rt))
+        sup.start_all(
+            objectstore.components(rt)
+            + datalake.components(rt)
+            + core.components(rt)
+            + gateway.components(rt)
+        )
         if not _wait_url(rt.local_url + "hub/api/", 30):
             raise StartError("the hub does not answer through the proxy at " + rt.local_url)
         say(f"twinhub is up at {rt.url} ({time.monotonic() - t0:.1f} s)")
+        seeding = datalake.start_seeding(rt, say)
         if first_password:
             admin = Twinhub(config=rt.config).admin_user
             say(f"  first admin account: {admin}  password: {first_password}")
@@ -195,6 +205,8 @@ def up(
                 return 1
             time.sleep(0.3)
         say("stopping (signal received)...")
+        if seeding is not None and seeding.is_alive():
+            say("  (sample data loading interrupted: it restarts at the next start)")
         return 0
     except StartError as e:
         say(f"error: {e}")
@@ -271,4 +283,10 @@ def status(state_dir: Path, say: Callable[[str], None] = print) -> int:
         ok &= alive and health == "ok"
         port = r.get("port") or "-"
         say(f"  {name:<14} {state:<8} pid {r['pid']:<8} port {port!s:<6} health {health}")
+    from .services.datalake import seed_state
+
+    seed = seed_state(rt)
+    if seed:
+        detail = seed.get("error") or (f"{seed['items']} items" if "items" in seed else "")
+        say(f"  sample data    {seed.get('status')} ({seed.get('size')}) {detail}".rstrip())
     return 0 if ok else 1

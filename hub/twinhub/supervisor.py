@@ -125,6 +125,7 @@ class Supervisor:
         self.rt = rt
         self.say = say
         self.running: dict[str, Running] = {}
+        self._ready: set[str] = set()
 
     # -- records ---------------------------------------------------------------------------
     def _write_records(self) -> None:
@@ -186,6 +187,8 @@ class Supervisor:
         return True
 
     def _wait_ready(self, name: str) -> None:
+        if name in self._ready:
+            return
         r = self.running[name]
         timeout = float(self.rt.config.get("Twinhub", {}).get("start_timeout", 120))
         # Counted from the process start: a background component was launched earlier.
@@ -200,6 +203,7 @@ class Supervisor:
                 )
             if self._is_ready(r.component):
                 self.say(f"  {name:<14} ready in {time.monotonic() - t0:4.1f} s (pid {r.proc.pid})")
+                self._ready.add(name)
                 return
             now = time.monotonic()
             if now - t0 > timeout:
@@ -225,6 +229,8 @@ class Supervisor:
         background = [c for c in components if c.background]
         try:
             for comp in background:
+                for dep in comp.after:
+                    self._wait_ready(dep)
                 self.say(f"  {comp.name:<14} starting (in the background)...")
                 self.start(comp, wait=False)
             for comp in components:
@@ -251,7 +257,7 @@ class Supervisor:
             r = self.running[name]
             if r.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    r.proc.send_signal(signal.SIGTERM)
+                    r.proc.send_signal(r.component.stop_signal)
                 try:
                     r.proc.wait(grace)
                 except subprocess.TimeoutExpired:
@@ -265,6 +271,7 @@ class Supervisor:
             with contextlib.suppress(FileNotFoundError):
                 (self.rt.run_dir / f"{name}.pid").unlink()
         self.running.clear()
+        self._ready.clear()
         killed += kill_orphans(self.rt)
         with contextlib.suppress(FileNotFoundError):
             self.rt.path(COMPONENTS_FILE).unlink()

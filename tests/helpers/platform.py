@@ -52,10 +52,14 @@ class Platform:
         port: int = 0,
         extra: list[str] | None = None,
         timeout: float = 180,
+        seed: str = "",
     ) -> Platform:
+        """``seed``: the sample data to load (default none: most tests need no data)."""
         if port == 0:
             port = free_port()
         argv = [TWINHUB, "up", "--state", str(state), "--port", str(port), "--mode", mode]
+        if not any(a.startswith("--TwinhubDataLake.seed=") for a in extra or []):
+            argv.append(f"--TwinhubDataLake.seed={seed}")
         proc = subprocess.Popen(
             argv + (extra or []),
             stdout=subprocess.PIPE,
@@ -178,7 +182,22 @@ class Platform:
 
 
 def remove_state(state: Path) -> None:
+    purge_shared_dir(state)
     shutil.rmtree(state, ignore_errors=True)
+
+
+def purge_shared_dir(state: Path) -> None:
+    """Remove what a stopped platform keeps outside its state dir (/var/lib/twinhub/<id>:
+    the STAC database and cluster dirs, when the state dir is not world-traversable)."""
+    import json
+
+    try:
+        rt = json.loads((Path(state) / "run" / "runtime.json").read_text())
+    except (OSError, ValueError):
+        return
+    instance = rt.get("instance_id", "")
+    if instance and "/" not in instance and instance not in (".", ".."):
+        shutil.rmtree(Path("/var/lib/twinhub") / instance, ignore_errors=True)
 
 
 def free_port() -> int:

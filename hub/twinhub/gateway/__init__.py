@@ -29,6 +29,7 @@ from traitlets.config import Configurable
 
 from ..components import Component
 from ..runtime import Runtime, world_reachable
+from ..services.registration import grant_access, register_service
 
 SERVICE_NAME = "dask-gateway"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}"
@@ -37,7 +38,6 @@ CONFIG_FILE = "run/dask_gateway_config.py"
 ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
 # Scopes JupyterHub gives $JUPYTERHUB_API_TOKEN of a server by default (its 'server' role);
 # the gateway's scope is added to them.
-DEFAULT_SERVER_SCOPES = ["users:activity!user", "access:servers!server"]
 
 
 class TwinhubGateway(Configurable):
@@ -204,52 +204,14 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _merge_user_role(c: Any) -> None:
-    """Let every user reach the gateway: add its access scope to the 'user' role."""
-    roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
-    for role in roles:
-        if role.get("name") == "user":
-            scopes = role.setdefault("scopes", ["self"])
-            if ACCESS_SCOPE not in scopes:
-                scopes.append(ACCESS_SCOPE)
-            break
-    else:
-        roles.append({"name": "user", "scopes": ["self", ACCESS_SCOPE]})
-    c.JupyterHub.load_roles = roles
-
-
 def configure_hub(c: Any, rt: Runtime) -> None:
     """Register the gateway with the hub and point user servers at it."""
     gw = settings(rt)
     if not gw.enabled:
         return
-    services = list(c.JupyterHub.services) if "services" in c.JupyterHub else []
-    services = [s for s in services if s.get("name") != SERVICE_NAME]
-    services.append(
-        {
-            "name": SERVICE_NAME,
-            "url": f"http://127.0.0.1:{port(rt)}",
-            "api_token": rt.secret(SECRET_NAME),
-            # Browser login for dashboards: no consent page for the platform's own service.
-            "oauth_no_confirm": True,
-            "display": False,
-        }
-    )
-    c.JupyterHub.services = services
-    _merge_user_role(c)
-
-    # $JUPYTERHUB_API_TOKEN of a user server must be accepted by the gateway.
-    existing = c.Spawner.server_token_scopes if "server_token_scopes" in c.Spawner else None
-    if callable(existing):
-        inner = existing
-
-        def _scopes(spawner: Any) -> list[str]:
-            return sorted(set(inner(spawner)) | {ACCESS_SCOPE})
-
-        c.Spawner.server_token_scopes = _scopes
-    else:
-        base = list(existing) if existing else list(DEFAULT_SERVER_SCOPES)
-        c.Spawner.server_token_scopes = sorted(set(base) | {ACCESS_SCOPE})
+    register_service(c, SERVICE_NAME, f"http://127.0.0.1:{port(rt)}", rt.secret(SECRET_NAME))
+    # Users reach it, and $JUPYTERHUB_API_TOKEN of a user server is accepted by it.
+    grant_access(c, SERVICE_NAME)
 
     # dask_gateway.Gateway() with no arguments: dask config from the environment.
     public = rt.url.rstrip("/") + SERVICE_PREFIX

@@ -1,0 +1,316 @@
+"""The data lake service: a STAC API over the object store's data (EDEN's role in DestinE).
+
+Components (embedded): ``stac-db`` (PostgreSQL + PostGIS + pgstac, see :mod:`.database`) and
+``stac`` (stac-fastapi-pgstac wrapped by :mod:`.stac_app`: hub auth, input guards, owned
+collections), registered with the hub at ``/services/stac/``.  On first start the sample
+collection (:mod:`.seed`) is built (or taken from its cache) and loaded (:mod:`.loader`) in
+the background while the platform is already usable.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Integer, Unicode, validate
+from traitlets.config import Configurable
+
+from ...components import Component
+from ...runtime import Runtime
+from ..registration import grant_access, register_service, service_environment
+
+SERVICE_NAME = "stac"
+SERVICE_PREFIX = f"/services/{SERVICE_NAME}/"
+SECRET_NAME = "service-stac"
+DB_COMPONENT = "stac-db"
+CONFIG_FILE = "run/stac-api.json"
+SEED_SIZES = ("small", "medium", "large")
+
+
+class TwinhubDataLake(Configurable):
+    """The STAC API of the data lake, its database and the sample data loaded into it."""
+
+    enabled = Bool(True, help="Run the STAC API service at /services/stac/.").tag(config=True)
+    database_url = Unicode(
+        "",
+        help="PostgreSQL (with PostGIS) for pgstac, as postgresql://user@host:port/db?passfile=F "
+        "(the password in a libpq password file, never in the URL). Empty: the platform runs "
+        "its own cluster under the state dir (unix socket only).",
+    ).tag(config=True)
+    seed = Unicode(
+        "small",
+        help="Sample data loaded into the lake and the STAC API on first start: one of "
+        "small, medium, large; empty for none. Built once into seed_cache_dir and reused.",
+    ).tag(config=True)
+    seed_cache_dir = Unicode(
+        "",
+        help="Where built sample data is kept between platforms. Empty: $TWINHUB_SEED_CACHE or "
+        "~/.cache/twinhub/seed.",
+    ).tag(config=True)
+    max_page_size = Integer(
+        1000,
+        min=1,
+        help="Largest 'limit' a search or item listing may ask for; more is refused with 400.",
+    ).tag(config=True)
+    max_body_mb = Integer(
+        16, min=1, help="Largest request body (an item, a bulk insert) the API accepts, in MB."
+    ).tag(config=True)
+    title = Unicode("twinhub data lake", help="Title of the STAC API's landing page.").tag(
+        config=True
+    )
+
+    @validate("seed")
+    def _check_seed(self, proposal: Any) -> str:
+        if proposal.value not in ("", *SEED_SIZES):
+            raise ValueError(
+                f"TwinhubDataLake.seed must be one of {', '.join(SEED_SIZES)} or empty, "
+                f"got {proposal.value!r}"
+            )
+        return proposal.value
+
+    @property
+    def embedded_db(self) -> bool:
+        return not self.database_url
+
+
+def settings(rt: Runtime) -> TwinhubDataLake:
+    return TwinhubDataLake(config=rt.config)
+
+
+def port(rt: Runtime) -> int:
+    return rt.ports[SERVICE_NAME]
+
+
+def api_url(rt: Runtime) -> str:
+    """The STAC API on loopback, straight to the service (the platform's own calls)."""
+    return f"http://127.0.0.1:{port(rt)}{SERVICE_PREFIX}"
+
+
+def public_api_url(rt: Runtime) -> str:
+    """The STAC API through the proxy on loopback (what user servers use)."""
+    return rt.local_url + SERVICE_PREFIX.lstrip("/")
+
+
+def active(rt: Runtime) -> bool:
+    return settings(rt).enabled and SERVICE_NAME in rt.ports
+
+
+def allocate_ports(rt: Runtime) -> None:
+    from ...ports import PLATFORM_PORTS, pick_port
+
+    if settings(rt).enabled:
+        rt.ports[SERVICE_NAME] = pick_port(PLATFORM_PORTS)
+
+
+def prepare(rt: Runtime, say=print) -> None:
+    """Before start: the database cluster's files (embedded) and the API's config file."""
+    if not active(rt):
+        return
+    from .database import connection, prepare_local
+
+    lake = settings(rt)
+    if lake.embedded_db:
+        prepare_local(rt, say)
+    conn = connection(rt, lake.database_url)
+    f = rt.path(CONFIG_FILE)
+    f.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(
+            {
+                "connection": conn.to_dict(),
+                "prefix": SERVICE_PREFIX,
+                "max_page_size": lake.max_page_size,
+                "max_body_bytes": lake.max_body_mb * 1024 * 1024,
+                "title": lake.title,
+            },
+            fh,
+            indent=2,
+        )
+
+
+def components(rt: Runtime) -> list[Component]:
+    if not active(rt):
+        return []
+    from ...supervisor import StartError
+    from .database import initialize, local_cluster, migrate_external, server_argv
+
+    lake = settings(rt)
+    comps: list[Component] = []
+    after: tuple[str, ...] = ()
+    if lake.embedded_db:
+        import signal
+
+        pg = local_cluster(rt)
+        initialized: list[bool] = []
+
+        def db_ready() -> bool:
+            if not (pg.run_dir / f".s.PGSQL.{pg.port}").exists():
+                return False
+            if not initialized:
+                try:
+                    initialize(rt, pg)
+                except Exception as e:
+                    if "starting up" in str(e) or "shutting down" in str(e):
+                        return False
+                    raise StartError(f"{DB_COMPONENT}: {e}") from e
+                initialized.append(True)
+            return True
+
+        comps.append(
+            Component(
+                name=DB_COMPONENT,
+                argv=server_argv(pg),
+                ready=db_ready,
+                background=True,
+                stop_signal=signal.SIGINT,
+            )
+        )
+        after = (DB_COMPONENT,)
+    else:
+        from .database import connection
+
+        try:
+            migrate_external(connection(rt, lake.database_url))
+        except Exception as e:
+            raise StartError(f"cannot prepare the STAC database {lake.database_url}: {e}") from e
+
+    env = service_environment(rt, SERVICE_NAME, rt.secret(SECRET_NAME))
+    env["TWINHUB_STAC_CONFIG"] = str(rt.path(CONFIG_FILE))
+    comps.append(
+        Component(
+            name=SERVICE_NAME,
+            argv=[
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "twinhub.services.datalake.stac_app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port(rt)),
+                "--proxy-headers",
+                "--forwarded-allow-ips",
+                "127.0.0.1",
+                "--no-server-header",
+                "--log-level",
+                "warning",
+            ],  # fmt: skip
+            env=env,
+            port=port(rt),
+            ready=functools.partial(_healthy, api_url(rt) + "_mgmt/ping"),
+            background=True,
+            after=after,
+        )
+    )
+    return comps
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def configure_hub(c: Any, rt: Runtime) -> None:
+    """Register the STAC API with the hub and tell user servers where it is."""
+    if not active(rt):
+        return
+    register_service(c, SERVICE_NAME, f"http://127.0.0.1:{port(rt)}", rt.secret(SECRET_NAME))
+    grant_access(c, SERVICE_NAME)
+    c.Spawner.environment.update({"TWINHUB_STAC_URL": public_api_url(rt)})
+
+
+def seed_state_path(rt: Runtime) -> Path:
+    return rt.path("run", "seed.json")
+
+
+def seed_state(rt: Runtime) -> dict[str, Any]:
+    try:
+        return json.loads(seed_state_path(rt).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_seed_state(rt: Runtime, **state: Any) -> None:
+    f = seed_state_path(rt)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**state, "time": time.time()}))
+    tmp.replace(f)
+
+
+def seed_into(rt: Runtime, size: str, say=print) -> dict[str, Any]:
+    """Build (or reuse) the ``size`` sample data and load it into this running platform."""
+    from .loader import load_build
+    from .seed import build
+
+    lake = settings(rt)
+    _write_seed_state(rt, status="building", size=size)
+    b = build(
+        size, cache_dir=Path(lake.seed_cache_dir) if lake.seed_cache_dir else None, progress=say
+    )
+    _write_seed_state(rt, status="loading", size=size)
+    result = load_build(rt, b, say)
+    _write_seed_state(rt, status="ready", **result)
+    return result
+
+
+def start_seeding(rt: Runtime, say=print) -> threading.Thread | None:
+    """Load the configured sample data in the background unless it is already there."""
+    if not active(rt):
+        return None
+    size = settings(rt).seed
+    if not size:
+        return None
+
+    def note(msg: str) -> None:
+        say(f"  data lake      {msg}")
+
+    def run() -> None:
+        try:
+            from .loader import loaded_seed
+            from .seed import SEED_VERSION
+
+            have = loaded_seed(rt)
+            if have and have.get("size") == size and have.get("version") == SEED_VERSION:
+                _write_seed_state(rt, status="ready", **have)
+                note(f"sample data ({size}) already loaded")
+                return
+            note(f"loading sample data ({size}) in the background...")
+            r = seed_into(rt, size, note)
+            note(f"sample data ({size}) ready: {r['items']} items in {r['seconds']} s")
+        except Exception as e:  # the platform stays up; status says what went wrong
+            _write_seed_state(rt, status="failed", size=size, error=str(e))
+            note(f"loading the sample data failed: {e}")
+
+    t = threading.Thread(target=run, name="twinhub-seed", daemon=True)
+    t.start()
+    return t
+
+
+__all__ = [
+    "SERVICE_NAME",
+    "SERVICE_PREFIX",
+    "TwinhubDataLake",
+    "active",
+    "allocate_ports",
+    "api_url",
+    "components",
+    "configure_hub",
+    "prepare",
+    "public_api_url",
+    "seed_into",
+    "seed_state",
+    "settings",
+    "start_seeding",
+]

@@ -1,0 +1,271 @@
+"""JupyterHub authentication for ASGI services (Starlette/FastAPI apps such as the STAC API).
+
+Tornado services get this from ``jupyterhub.services.auth.HubOAuthenticated``; ASGI apps
+have nothing upstream, so :class:`HubAuthMiddleware` does the same job around any ASGI app:
+
+- ``Authorization: token <t>`` / ``Bearer <t>`` (scripts, notebooks: ``$JUPYTERHUB_API_TOKEN``);
+- a browser without a token is sent through the hub's OAuth (single sign-on: no second
+  login), and comes back to ``<prefix>oauth_callback``, which stores the token in an
+  HttpOnly cookie limited to the service's path;
+- every token is checked with the hub (cached briefly) and must carry the service's access
+  scope (``access:services!service=<name>``), else 403 naming the missing scope.
+
+The cookie is accepted for safe methods (GET/HEAD) only: pages of other users' servers share
+the origin, and must not be able to make a logged-in browser write through the service.
+The hub's user model lands in ``scope["state"]["hub_user"]`` for the app.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+from jupyterhub.services.auth import HubOAuth
+
+log = logging.getLogger("twinhub.hubauth")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any], headers=()) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+async def send_redirect(send: Send, location: str, headers=()) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 302,
+            "headers": [(b"location", location.encode()), (b"content-length", b"0"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+def header(scope: Scope, name: bytes) -> str:
+    for k, v in scope.get("headers", []):
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return ""
+
+
+class HubAuthMiddleware:
+    """Authenticate every request to ``app`` against JupyterHub (see the module docstring).
+
+    ``prefix`` is the service's public path (``/services/stac/``); ``public_paths`` (relative
+    to it, e.g. ``_mgmt/ping``) answer without credentials (health checks only).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        prefix: str,
+        public_paths: tuple[str, ...] = (),
+        hub_auth: HubOAuth | None = None,
+        cache_max_age: int = 60,
+    ) -> None:
+        self.app = app
+        self.prefix = "/" + prefix.strip("/") + "/"
+        self.public = {self.prefix + p.lstrip("/") for p in public_paths}
+        # HubOAuth reads JUPYTERHUB_API_TOKEN/_API_URL/_CLIENT_ID/_SERVICE_NAME from the env.
+        self.hub_auth = hub_auth or HubOAuth(cache_max_age=cache_max_age)
+        name = self.prefix.strip("/").replace("/", "-")
+        self.cookie = f"twinhub-{name}-token"
+        self.state_cookie = f"twinhub-{name}-oauth-state"
+        # state id -> (next_url, code_verifier, created); in memory: one process per service
+        self._states: dict[str, tuple[str, str, float]] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _cookies(self, scope: Scope) -> dict[str, str]:
+        jar = SimpleCookie()
+        try:
+            jar.load(header(scope, b"cookie"))
+        except Exception:  # a malformed Cookie header from elsewhere on the origin
+            return {}
+        return {k: m.value for k, m in jar.items()}
+
+    def _set_cookie(self, name: str, value: str, scope: Scope, max_age: int) -> tuple:
+        secure = "; Secure" if _scheme(scope) == "https" else ""
+        c = f"{name}={value}; Path={self.prefix}; HttpOnly; SameSite=Lax; Max-Age={max_age}"
+        return (b"set-cookie", (c + secure).encode())
+
+    async def _user_for(self, token: str) -> dict[str, Any] | None:
+        try:
+            return await self.hub_auth.user_for_token(token, use_cache=True, sync=False)
+        except Exception as e:  # the hub is down or refused us: say so, do not pass
+            log.error("cannot check a token with the hub: %s", e)
+            raise
+
+    # -- ASGI ------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path in self.public:
+            await self.app(scope, receive, send)
+            return
+        if path == self.prefix + "oauth_callback":
+            await self._oauth_callback(scope, send)
+            return
+
+        method = scope.get("method", "GET")
+        token, source = _header_token(scope), "header"
+        if not token:
+            token, source = self._cookies(scope).get(self.cookie, ""), "cookie"
+        if token and source == "cookie" and method not in SAFE_METHODS:
+            await send_json(
+                send,
+                403,
+                {
+                    "code": 403,
+                    "description": f"{method} needs an 'Authorization: token ...' header; a "
+                    "browser session may only read",
+                },
+            )
+            return
+        if not token:
+            await self._login_or_401(scope, send)
+            return
+        try:
+            user = await self._user_for(token)
+        except Exception:
+            await send_json(
+                send, 502, {"code": 502, "description": "cannot reach the hub to check the token"}
+            )
+            return
+        if user is None:
+            if source == "cookie" and method in SAFE_METHODS and _wants_html(scope):
+                await self._login_or_401(scope, send)  # expired session: log in again
+                return
+            await send_json(
+                send,
+                401,
+                {"code": 401, "description": "invalid or expired token"},
+                headers=[(b"www-authenticate", b'token realm="jupyterhub"')],
+            )
+            return
+        granted = self.hub_auth.check_scopes(self.hub_auth.access_scopes, user)
+        if not granted:
+            need = " or ".join(sorted(self.hub_auth.access_scopes))
+            await send_json(
+                send,
+                403,
+                {
+                    "code": 403,
+                    "description": f"the token of {user.get('name')!r} lacks the scope {need}",
+                },
+            )
+            return
+        scope.setdefault("state", {})["hub_user"] = user
+        await self.app(scope, receive, send)
+
+    async def _login_or_401(self, scope: Scope, send: Send) -> None:
+        if scope.get("method") in ("GET", "HEAD") and _wants_html(scope):
+            verifier, challenge, method = self.hub_auth.generate_pkce_code_challenge()
+            state = secrets.token_urlsafe(16)
+            now = time.monotonic()
+            # forget abandoned logins (older than the hub's own state lifetime)
+            for k in [k for k, v in self._states.items() if now - v[2] > 600]:
+                del self._states[k]
+            next_url = scope.get("path", self.prefix)
+            if scope.get("query_string"):
+                next_url += "?" + scope["query_string"].decode("latin-1")
+            self._states[state] = (next_url, verifier, now)
+            params = {
+                "client_id": self.hub_auth.oauth_client_id,
+                "redirect_uri": self.hub_auth.oauth_redirect_uri,
+                "response_type": "code",
+                "state": state,
+                "code_challenge": challenge,
+                "code_challenge_method": method,
+            }
+            url = self.hub_auth.oauth_authorization_url + "?" + urlencode(params)
+            await send_redirect(
+                send, url, headers=[self._set_cookie(self.state_cookie, state, scope, 600)]
+            )
+            return
+        await send_json(
+            send,
+            401,
+            {
+                "code": 401,
+                "description": "authentication required: send 'Authorization: token <JupyterHub "
+                "API token>' (in a user server: $JUPYTERHUB_API_TOKEN), or log in with a browser",
+            },
+            headers=[(b"www-authenticate", b'token realm="jupyterhub"')],
+        )
+
+    async def _oauth_callback(self, scope: Scope, send: Send) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        code = (query.get("code") or [""])[0]
+        state = (query.get("state") or [""])[0]
+        cookie_state = self._cookies(scope).get(self.state_cookie, "")
+        if not code or not state:
+            await send_json(
+                send, 400, {"code": 400, "description": "oauth_callback needs code and state"}
+            )
+            return
+        if not secrets.compare_digest(state, cookie_state) or state not in self._states:
+            await send_json(
+                send,
+                403,
+                {"code": 403, "description": "OAuth state does not match this browser's login"},
+            )
+            return
+        next_url, verifier, _ = self._states.pop(state)
+        try:
+            token = await self.hub_auth.token_for_code(code, code_verifier=verifier, sync=False)
+        except Exception as e:
+            await send_json(send, 403, {"code": 403, "description": f"OAuth login failed: {e}"})
+            return
+        if not next_url.startswith(self.prefix):  # never redirect off the service
+            next_url = self.prefix
+        await send_redirect(
+            send,
+            quote(next_url, safe="/?&=%:+,"),
+            headers=[
+                self._set_cookie(self.cookie, token, scope, 24 * 3600),
+                self._set_cookie(self.state_cookie, "", scope, 0),
+            ],
+        )
+
+
+def _header_token(scope: Scope) -> str:
+    value = header(scope, b"authorization")
+    kind, _, token = value.partition(" ")
+    if kind.lower() in ("token", "bearer") and token.strip():
+        return token.strip()
+    return ""
+
+
+def _wants_html(scope: Scope) -> bool:
+    return "text/html" in header(scope, b"accept")
+
+
+def _scheme(scope: Scope) -> str:
+    return header(scope, b"x-forwarded-proto") or scope.get("scheme", "http")
