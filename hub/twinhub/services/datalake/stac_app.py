@@ -21,6 +21,7 @@ from stac_fastapi.pgstac.config import PostgresSettings, Settings
 from stac_fastapi.pgstac.db import close_db_connection, connect_to_db
 from stac_fastapi.pgstac.models.extensions import Extensions
 
+from ... import __version__
 from ..hubauth import HubAuthMiddleware
 from .database import Connection
 from .guard import GuardMiddleware
@@ -47,7 +48,17 @@ def load_config(path: str | None = None) -> dict[str, Any]:
 
 
 def create_app(config: dict[str, Any] | None = None) -> FastAPI:
-    cfg = config or load_config()
+    """The platform's STAC API: stac-fastapi-pgstac behind hub auth and the guard."""
+    return _build(config or load_config(), wrapped=True)
+
+
+def create_plain_app(config: dict[str, Any] | None = None) -> FastAPI:
+    """stac-fastapi-pgstac on the same database with none of our layers: the anchor that
+    bench/datalake.py measures the cost of authentication and guards against."""
+    return _build(config or load_config(), wrapped=False)
+
+
+def _build(cfg: dict[str, Any], wrapped: bool) -> FastAPI:
     conn = Connection(**cfg["connection"])
     prefix = "/" + cfg["prefix"].strip("/")
     pg = _SocketPostgresSettings(
@@ -64,6 +75,7 @@ def create_app(config: dict[str, Any] | None = None) -> FastAPI:
         stac_fastapi_title=cfg.get("title", "twinhub data lake"),
         stac_fastapi_description="STAC API of the twinhub data lake (stac-fastapi-pgstac).",
         stac_fastapi_landing_id="twinhub-datalake",
+        stac_fastapi_version=__version__,
         # The hub decides who may call: browsers come through the proxy, same origin.
         cors_origins=(),
     )
@@ -78,6 +90,8 @@ def create_app(config: dict[str, Any] | None = None) -> FastAPI:
         settings=settings, extensions=Extensions(settings=settings), lifespan=lifespan
     )
     app = api.app
+    if not wrapped:
+        return app
     # Starlette: the last added runs first. Authentication wraps everything but the ping.
     app.add_middleware(
         GuardMiddleware,

@@ -1,0 +1,248 @@
+"""Data lake benchmarks: STAC search latency and field read throughput.
+
+    /opt/twinhub/venv/bin/python bench/datalake.py [--items 10000 100000] [--queries 200]
+
+1. STAC search p50/p95 at each catalogue size, through the platform (proxy -> hub auth ->
+   guard -> stac-fastapi-pgstac) and straight to a plain stac-fastapi-pgstac on the same
+   database (the anchor): the ratio is the cost of our auth and guard layers.  Queries are
+   GET /search with a random 20x20 degree bbox, a random 10-day window and limit=100, as
+   pystac-client sends them.  Items are synthetic (random footprints and days over 3 years).
+2. Read throughput of a field from the lake: ``twinlab.datalake.open`` on the seeded Zarr
+   and GRIB assets (decoded values in memory) vs a raw ``s3fs`` read of the same objects'
+   bytes (the anchor): the ratio is what decoding and our layer cost.
+
+Starts its own embedded platform (personal mode) with the small sample data.  Prints
+figures and ratios; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers.platform import Platform, free_port, purge_shared_dir  # noqa: E402
+from twinhub.runtime import Runtime  # noqa: E402
+from twinhub.services import datalake  # noqa: E402
+from twinhub.services.datalake.loader import insert  # noqa: E402
+
+BENCH_COLLECTION = "bench-synthetic"
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def synthetic_items(start: int, n: int, rng: random.Random):
+    t0 = datetime(2022, 1, 1, tzinfo=UTC)
+    for i in range(start, start + n):
+        w, s = rng.uniform(-180, 170), rng.uniform(-90, 80)
+        e, north = w + rng.uniform(1, 10), s + rng.uniform(1, 10)
+        day = t0 + timedelta(days=rng.randrange(3 * 365))
+        yield {
+            "type": "Feature",
+            "stac_version": "1.1.0",
+            "id": f"synthetic-{i:07d}",
+            "collection": BENCH_COLLECTION,
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [[[w, s], [e, s], [e, north], [w, north], [w, s]]],
+            },
+            "bbox": [w, s, e, north],
+            "properties": {
+                "datetime": day.isoformat().replace("+00:00", "Z"),
+                "param": rng.choice(["2t", "tp", "10u", "10v", "msl", "sst"]),
+            },
+            "assets": {"data": {"href": f"s3://lake/bench/{i}.grib2", "roles": ["data"]}},
+            "links": [],
+        }
+
+
+def collection() -> dict:
+    return {
+        "type": "Collection",
+        "id": BENCH_COLLECTION,
+        "stac_version": "1.1.0",
+        "description": "synthetic items for bench/datalake.py",
+        "license": "CC-BY-4.0",
+        "extent": {
+            "spatial": {"bbox": [[-180, -90, 180, 90]]},
+            "temporal": {"interval": [["2022-01-01T00:00:00Z", "2025-01-01T00:00:00Z"]]},
+        },
+        "links": [],
+    }
+
+
+def queries(n: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    t0 = datetime(2022, 1, 1)
+    for _ in range(n):
+        w, s = rng.uniform(-180, 160), rng.uniform(-90, 70)
+        d = t0 + timedelta(days=rng.randrange(3 * 365 - 10))
+        span = f"{d:%Y-%m-%d}T00:00:00Z/{d + timedelta(days=10):%Y-%m-%d}T00:00:00Z"
+        out.append(
+            f"search?bbox={w:.2f},{s:.2f},{w + 20:.2f},{s + 20:.2f}&datetime={span}&limit=100"
+        )
+    return out
+
+
+def time_queries(base: str, qs: list[str], headers: dict[str, str]) -> list[float]:
+    s = requests.Session()
+    s.headers.update(headers)
+    for q in qs[:10]:  # warm-up: connection pools, plans, caches
+        s.get(base + q, timeout=60).raise_for_status()
+    times = []
+    for q in qs:
+        t = time.perf_counter()
+        r = s.get(base + q, timeout=60)
+        r.raise_for_status()
+        r.json()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def bench_search(p: Platform, rt: Runtime, sizes: list[int], n_queries: int) -> None:
+    port = free_port()
+    plain = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "twinhub.services.datalake.stac_app:create_plain_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],  # fmt: skip
+        env={**os.environ, "TWINHUB_STAC_CONFIG": str(rt.path(datalake.CONFIG_FILE))},
+    )
+    try:
+        plain_url = f"http://127.0.0.1:{port}{datalake.SERVICE_PREFIX}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(plain_url + "_mgmt/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        hub_url = p.url + "services/stac/"
+        token = {"Authorization": f"token {p.token('admin')}"}
+        rng = random.Random(42)
+        have = 0
+        insert(rt, [collection()], [])
+        print(f"{'items':>8} {'path':<22} {'p50 ms':>8} {'p95 ms':>8}  ratio p50/p95 (vs plain)")
+        for size in sizes:
+            t = time.perf_counter()
+            while have < size:
+                n = min(20000, size - have)
+                insert(rt, [], synthetic_items(have, n, rng))
+                have += n
+            load_s = time.perf_counter() - t
+            qs = queries(n_queries)
+            direct = time_queries(plain_url, qs, {})
+            through = time_queries(hub_url, qs, token)
+            d50, d95 = pct(direct, 0.5) * 1e3, pct(direct, 0.95) * 1e3
+            h50, h95 = pct(through, 0.5) * 1e3, pct(through, 0.95) * 1e3
+            print(
+                f"{size:>8} {'plain stac-fastapi':<22} {d50:8.1f} {d95:8.1f}  (loaded in {load_s:.0f} s)"
+            )
+            print(
+                f"{size:>8} {'twinhub /services/stac':<22} {h50:8.1f} {h95:8.1f}  {h50 / d50:.2f} / {h95 / d95:.2f}"
+            )
+    finally:
+        plain.terminate()
+        plain.wait(10)
+
+
+def wait_seed(rt: Runtime, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = datalake.seed_state(rt)
+        if st.get("status") == "ready":
+            return st
+        if st.get("status") == "failed":
+            raise RuntimeError(f"sample data failed to load: {st.get('error')}")
+        time.sleep(1)
+    raise TimeoutError("sample data not loaded in time")
+
+
+def bench_read(p: Platform, rt: Runtime, repeats: int) -> None:
+    """twinlab.datalake.open(...).load() vs s3fs.cat of the same objects, as a user would."""
+    wait_seed(rt)
+    from twinhub import objectstore
+
+    creds = objectstore.ensure_user(rt, "admin")
+    env = objectstore.user_environment(rt, creds)
+    os.environ.update(env)
+    os.environ["TWINHUB_STAC_URL"] = p.url + "services/stac/"
+    os.environ["JUPYTERHUB_API_TOKEN"] = p.token("admin")
+    import s3fs
+
+    import twinlab.datalake as dl
+
+    items = dl.search(collections=["climate-dt"], param="2t", resolution="standard", max_items=1)
+    item = items[0] if not hasattr(items, "items") else items.items[0]
+    fs = s3fs.S3FileSystem()
+    print(f"\n{'asset':<6} {'MB':>7} {'raw s3fs MB/s':>14} {'datalake.open MB/s':>19}  ratio")
+    for key in ("zarr", "grib"):
+        href = item.assets[key].href
+        path = href.removeprefix("s3://")
+        files = fs.find(path) if key == "zarr" else [path]
+        nbytes = sum(fs.size(f) for f in files)
+        raw, opened = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fs.cat(files)
+            raw.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ds = dl.open(item, asset=key)
+            ds.load()
+            opened.append(time.perf_counter() - t)
+        decoded = ds.nbytes / 1e6
+        r_mbs = nbytes / 1e6 / statistics.median(raw)
+        o_mbs = nbytes / 1e6 / statistics.median(opened)
+        print(
+            f"{key:<6} {nbytes / 1e6:7.1f} {r_mbs:14.1f} {o_mbs:19.1f}  {o_mbs / r_mbs:.2f}"
+            f"   (decoded {decoded:.1f} MB)"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--items", type=int, nargs="+", default=[10000, 100000])
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip-read", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="twinhub-bench-", dir="/tmp") as tmp:
+        state = Path(tmp) / "state"
+        p = Platform.start(state, mode="personal", seed="" if args.skip_read else "small")
+        try:
+            rt = Runtime.load(state)
+            bench_search(p, rt, sorted(args.items), args.queries)
+            if not args.skip_read:
+                bench_read(p, rt, args.repeats)
+        finally:
+            p.stop()
+            purge_shared_dir(state)
+
+
+if __name__ == "__main__":
+    main()
