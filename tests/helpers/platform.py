@@ -181,6 +181,26 @@ class Platform:
         return s
 
 
+def wait_for_seed(p: Platform, timeout: float = 600) -> dict:
+    """Wait until the platform's sample data is loaded; returns its seed state."""
+    import json
+
+    f = p.state / "run" / "seed.json"
+    deadline = time.monotonic() + timeout
+    st: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            st = json.loads(f.read_text())
+        except (OSError, ValueError):
+            st = {}
+        if st.get("status") == "ready":
+            return st
+        if st.get("status") == "failed":
+            raise RuntimeError(f"the sample data failed to load: {st.get('error')}")
+        time.sleep(0.5)
+    raise TimeoutError(f"sample data not loaded after {timeout:.0f} s (last state: {st})")
+
+
 def remove_state(state: Path) -> None:
     purge_shared_dir(state)
     shutil.rmtree(state, ignore_errors=True)
