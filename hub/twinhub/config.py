@@ -127,6 +127,7 @@ def config_classes() -> list[type[Configurable]]:
     from .keycloak import TwinhubKeycloak
     from .objectstore import TwinhubObjectStore
     from .services.datalake import TwinhubDataLake
+    from .services.projects import TwinhubProjects
     from .spawner import TwinhubSpawnerConfig
 
     return [
@@ -137,4 +138,5 @@ def config_classes() -> list[type[Configurable]]:
         TwinhubKeycloak,
         TwinhubObjectStore,
         TwinhubDataLake,
+        TwinhubProjects,
     ]

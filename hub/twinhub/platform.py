@@ -143,9 +143,10 @@ def up(
         )
     for name in ("proxy_api", "hub", "dask-gateway"):
         rt.ports[name] = free_port()
-    from .services import datalake
+    from .services import datalake, projects
 
     datalake.allocate_ports(rt)
+    projects.allocate_ports(rt)
     layout_state_dir(rt)
     # Leftovers of a crashed earlier run of this state dir would hold ports and accounts.
     stale = kill_orphans(rt)
@@ -178,10 +179,12 @@ def up(
         gateway.prepare(rt)
         objectstore.prepare(rt)
         datalake.prepare(rt, say)
+        projects.prepare(rt)
         # The object store first: the hub hands out its keys from the first spawn on.
         sup.start_all(
             objectstore.components(rt)
             + datalake.components(rt)
+            + projects.components(rt)
             + core.components(rt)
             + gateway.components(rt)
         )

@@ -104,6 +104,20 @@ class TwinhubSpawner(LocalProcessSpawner):
         help="Callable (user, profiles) -> profiles (may be async) choosing which profiles a "
         "user may start, e.g. by project. None: every profile this machine offers.",
     ).tag(config=True)
+    spawn_check = AnyTrait(
+        None,
+        allow_none=True,
+        help="Callable (spawner, profile_slug) -> message or None (may be async), run before "
+        "each spawn: a message refuses the spawn with 403 (e.g. a project allocation's server "
+        "limit; set by twinhub.services.projects). None: no check.",
+    ).tag(config=True)
+    running_check = AnyTrait(
+        None,
+        allow_none=True,
+        help="Callable (spawner) -> message or None (may be async), run at each poll of a "
+        "running server: a message stops the server and is logged as the reason (e.g. its "
+        "user lost the project that allowed its profile). None: no check.",
+    ).tag(config=True)
 
     # Set per spawn from the chosen profile.
     profile = Dict(help="The profile of the current/last spawn.")
@@ -294,6 +308,15 @@ class TwinhubSpawner(LocalProcessSpawner):
         how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
         return f"Your server {how} while starting. Last lines of its log:\n{tail}"
 
+    async def poll_and_notify(self):  # type: ignore[override]
+        # Only the periodic poll of a running server: revoke what its user may no longer run.
+        if self.running_check is not None and self.ready:
+            why = await maybe_future(self.running_check(self))
+            if why:
+                self.log.warning("Stopping %s: %s", self._log_name, why)
+                await self.stop(now=True)
+        return await super().poll_and_notify()
+
     async def poll(self) -> int | None:
         had_process = self.proc is not None or bool(self.pid)
         status = await super().poll()
@@ -321,6 +344,15 @@ class TwinhubSpawner(LocalProcessSpawner):
 async def _apply_profile(spawner: TwinhubSpawner, user_options: dict) -> None:
     """``apply_user_options`` hook: choose the profile, refusing bad choices with a 400."""
     offered = await spawner.profiles_for_user()
+    if spawner.spawn_check is not None:
+        asked = (user_options or {}).get("profile")
+        why = await maybe_future(
+            spawner.spawn_check(spawner, asked if isinstance(asked, str) else "")
+        )
+        if why:
+            if spawner.orm_spawner is not None:  # not the next spawn's defaults either
+                spawner.orm_spawner.user_options = {}
+            raise _error(403, why)
     try:
         slug = (user_options or {}).get("profile")
         known = {p["slug"] for p in spawner.profiles}

@@ -53,3 +53,7 @@ __all__ = [
     "upgrade",
     "upgrade_hub_db",
 ]
+
+# The object store's table is modelled beside its code; registering it here (last: its module
+# imports this package) keeps Base.metadata complete for migration checks in any import order.
+from ..objectstore import models as _storage_models  # noqa: E402,F401

@@ -88,3 +88,8 @@ class PlatformMeta(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
     )
+
+
+# Tables whose models live in their own modules register on Base.metadata when imported:
+# import them here so migrations checks and sessions always see every table.
+from . import allocations as _allocations  # noqa: E402,F401

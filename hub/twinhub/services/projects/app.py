@@ -1,0 +1,204 @@
+"""The ``projects`` service: a REST API over projects and allocations (FastAPI).
+
+``uvicorn --factory twinhub.services.projects.app:create_app`` (the supervisor's ``projects``
+component).  Every request but ``health`` passes :class:`~twinhub.services.hubauth.
+HubAuthMiddleware` (token or browser SSO, service access scope); who is an admin, and who is
+in which group, is asked of the hub with the service's own token at each request, so a
+change in the hub counts at once.
+
+=========================================  ==================================================
+``GET  api/projects``                      admins: every project; users: their own
+``GET  api/projects/{name}``               one project (users: only their own, else 404)
+``PUT  api/projects/{name}``               admins: set a project's whole allocation
+``PATCH api/projects/{name}``              admins: change some keys of an existing project
+``DELETE api/projects/{name}``             admins: back to the configured allocation
+``GET  api/users/{name}/allocation``       the user (or an admin): the effective allocation
+=========================================  ==================================================
+
+Errors are JSON ``{"code": status, "description": message}``; a refused change stores nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ... import __version__, allocations
+from ...db import allocations as stored
+from ...runtime import Runtime
+from ..hubauth import HubAuthMiddleware
+from . import SERVICE_PREFIX, ProjectCatalog
+
+PUBLIC_PATHS = ("health",)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None) -> FastAPI:
+    """The service app; ``rt`` defaults to the running platform's ($TWINHUB_STATE)."""
+    rt = rt or Runtime.load()
+    catalog = catalog or ProjectCatalog.from_runtime(rt)
+    hub_api = os.environ.get("JUPYTERHUB_API_URL", rt.hub_api_url).rstrip("/")
+    token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    p = SERVICE_PREFIX
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with httpx.AsyncClient(
+            headers={"Authorization": f"token {token}"}, timeout=30
+        ) as client:
+            app.state.hub = client
+            yield
+
+    app = FastAPI(
+        title="twinhub projects",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse({"code": e.status, "description": e.message}, status_code=e.status)
+
+    # -- helpers -----------------------------------------------------------------------------
+    async def hub_user(request: Request, name: str) -> dict[str, Any] | None:
+        """The hub's model of user ``name`` (admin flag, groups); None if there is none."""
+        try:
+            r = await request.app.state.hub.get(f"{hub_api}/users/{quote(name, safe='')}")
+        except httpx.HTTPError as e:
+            raise ApiError(502, f"cannot reach the hub: {e}") from e
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            raise ApiError(502, f"the hub answered {r.status_code} for user {name!r}")
+        return r.json()
+
+    async def caller(request: Request) -> dict[str, Any]:
+        who = request.state.hub_user
+        if who.get("kind", "user") != "user":
+            raise ApiError(403, f"{who.get('name')!r} is not a user: allocations are per user")
+        model = await hub_user(request, who["name"])
+        if model is None:
+            raise ApiError(403, f"user {who['name']!r} no longer exists")
+        return model
+
+    async def admin(request: Request) -> dict[str, Any]:
+        me = await caller(request)
+        if not me.get("admin"):
+            raise ApiError(403, f"only admins may change allocations; {me['name']!r} is not one")
+        return me
+
+    def name_of(raw: str) -> str:
+        try:
+            return allocations.project_name(raw)
+        except allocations.AllocationError as e:
+            raise ApiError(400, str(e)) from None
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        try:
+            data = json.loads(raw or b"null")
+        except ValueError as e:
+            raise ApiError(400, f"request body is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, f"request body must be a JSON object, not {type(data).__name__}")
+        return data
+
+    def validated(data: dict[str, Any], name: str) -> dict[str, Any]:
+        try:
+            return allocations.validate_allocation(
+                data, catalog.profiles, f"allocation of {name!r}"
+            )
+        except allocations.AllocationError as e:
+            raise ApiError(400, str(e)) from None
+
+    async def entries() -> dict[str, dict[str, Any]]:
+        return await asyncio.to_thread(catalog.entries)
+
+    def view(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, **entry}
+
+    # -- routes ------------------------------------------------------------------------------
+    @app.get(p + "health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(p + "api/projects")
+    async def list_projects(request: Request) -> dict[str, Any]:
+        me = await caller(request)
+        everything = await entries()
+        mine = everything if me.get("admin") else {
+            n: e for n, e in everything.items() if n in set(me.get("groups") or [])
+        }  # fmt: skip
+        return {"projects": [view(n, e) for n, e in sorted(mine.items())]}
+
+    @app.get(p + "api/projects/{name:path}")
+    async def get_project(request: Request, name: str) -> dict[str, Any]:
+        name = name_of(name)
+        me = await caller(request)
+        entry = (await entries()).get(name)
+        if entry is None or not (me.get("admin") or name in (me.get("groups") or [])):
+            raise ApiError(404, f"no project {name!r} among yours")
+        return view(name, entry)
+
+    @app.put(p + "api/projects/{name:path}")
+    async def put_project(request: Request, name: str) -> dict[str, Any]:
+        name = name_of(name)
+        me = await admin(request)
+        alloc = validated(await body_of(request), name)
+        await asyncio.to_thread(stored.set_override, catalog.db_url, name, alloc, me["name"])
+        return view(name, (await entries())[name])
+
+    @app.patch(p + "api/projects/{name:path}")
+    async def patch_project(request: Request, name: str) -> dict[str, Any]:
+        name = name_of(name)
+        me = await admin(request)
+        change = await body_of(request)
+        entry = (await entries()).get(name)
+        if entry is None:
+            raise ApiError(404, f"no project {name!r}: create it with PUT")
+        alloc = validated({**entry["allocation"], **change}, name)
+        await asyncio.to_thread(stored.set_override, catalog.db_url, name, alloc, me["name"])
+        return view(name, (await entries())[name])
+
+    @app.delete(p + "api/projects/{name:path}")
+    async def reset_project(request: Request, name: str) -> dict[str, Any]:
+        name = name_of(name)
+        await admin(request)
+        had = await asyncio.to_thread(stored.delete_override, catalog.db_url, name)
+        if name in catalog.configured:
+            return view(name, (await entries())[name])
+        if had:
+            return {"name": name, "deleted": True}
+        raise ApiError(404, f"no project {name!r}")
+
+    @app.get(p + "api/users/{user}/allocation")
+    async def user_allocation(request: Request, user: str) -> dict[str, Any]:
+        me = await caller(request)
+        if user != me["name"] and not me.get("admin"):
+            raise ApiError(403, f"{me['name']!r} may read only their own allocation")
+        model = me if user == me["name"] else await hub_user(request, user)
+        if model is None:
+            raise ApiError(404, f"no user {user!r}")
+        eff = await asyncio.to_thread(catalog.effective, list(model.get("groups") or []))
+        return {"user": user, **eff.as_dict()}
+
+    # The hub decides who may call; the health check alone answers without credentials.
+    app.add_middleware(HubAuthMiddleware, prefix=p, public_paths=PUBLIC_PATHS)
+    return app
