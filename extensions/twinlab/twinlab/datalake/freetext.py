@@ -1,0 +1,68 @@
+"""Free-text search (``q``) for STAC APIs that only offer it for collections.
+
+stac-fastapi-pgstac implements the free-text extension for *collection* search only; an
+item search ignores ``q`` and would silently return everything.  When the API does not
+declare item-search free text, :func:`twinlab.datalake.search` filters the items here,
+with the extension's syntax: terms separated by spaces or commas match if any matches,
+``"quoted phrases"`` match as a whole, ``+term`` must and ``-term`` must not occur;
+matching is case-insensitive, over the item id, title, description, keywords and every
+string property.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The conformance class an API declares when its item search understands ``q``.
+ITEM_FREE_TEXT = "item-search#free-text"
+_TOKEN = re.compile(r'([+-]?)"([^"]*)"|([+-]?)([^\s,"]+)')
+
+
+@dataclass
+class FreeText:
+    """A parsed ``q``: any of ``anyof``, all of ``required``, none of ``excluded``."""
+
+    anyof: list[str] = field(default_factory=list)
+    required: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, q: str) -> FreeText:
+        if q.count('"') % 2:
+            raise ValueError(f"q {q!r} has an unclosed quote")
+        out = cls()
+        for sign_q, phrase, sign, word in _TOKEN.findall(q):
+            text = (phrase if phrase else word).strip().lower()
+            sign = sign_q or sign
+            if not text or text.upper() in ("OR", "AND"):
+                continue
+            {"+": out.required, "-": out.excluded}.get(sign, out.anyof).append(text)
+        if not (out.anyof or out.required or out.excluded):
+            raise ValueError(f"q {q!r} has no search terms")
+        return out
+
+    def matches(self, item: Any) -> bool:
+        text = item_text(item)
+        if any(t in text for t in self.excluded):
+            return False
+        if not all(t in text for t in self.required):
+            return False
+        return not self.anyof or any(t in text for t in self.anyof)
+
+
+def item_text(item: Any) -> str:
+    """What free text is matched against, lower-cased."""
+    parts = [item.id]
+    for value in item.properties.values():
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            parts.extend(v for v in value if isinstance(v, str))
+    return "\n".join(parts).lower()
+
+
+def server_supports(client: Any) -> bool:
+    """True when the API declares free text for item search."""
+    return any(c.endswith(ITEM_FREE_TEXT) for c in client.get_conforms_to())

@@ -1,0 +1,278 @@
+"""Finding data: a pystac-client for the platform's STAC API, and ``search``.
+
+``search(param="2t", resolution="standard")`` turns keyword arguments into CQL2-JSON
+equality filters ("and"-ed with ``filter=``), because that is what the STAC filter
+extension standardises; text filters are parsed with the ``cql2`` library (the reference
+CQL2 parser) so both kinds combine into one JSON expression the server checks once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from .config import DatalakeError, StacAuthError, StacUnreachable, api_token, stac_url
+from .freetext import FreeText, server_supports
+
+#: Seconds to wait for the STAC service (connect, read).
+TIMEOUT = (10, 120)
+#: A property name usable in CQL2 (letters, digits, ``_``, ``:``, ``.``, ``-``).
+_PROPERTY = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]*$")
+
+
+@contextlib.contextmanager
+def stac_errors(url: str) -> Iterator[None]:
+    """Turn pystac-client's errors into ones that name the problem and what to do."""
+    from pystac import STACError
+    from pystac_client.exceptions import APIError
+
+    try:
+        yield
+    except APIError as e:
+        status = getattr(e, "status_code", None)
+        text = str(e).strip().replace("\n", " ")[:300]
+        if status in (401, 403):
+            raise StacAuthError(
+                f"the STAC API at {url} refused the request (HTTP {status}): the token is "
+                f"missing, wrong or lacks access to the service ({text})"
+            ) from None
+        if status is None:
+            raise StacUnreachable(f"cannot reach the STAC API at {url}: {text}") from None
+        raise DatalakeError(f"the STAC API at {url} answered HTTP {status}: {text}") from None
+    except (STACError, KeyError, ValueError) as e:  # JSON that is not STAC
+        if isinstance(e, DatalakeError):
+            raise
+        raise StacUnreachable(
+            f"{url} does not answer like a STAC API ({type(e).__name__}: {e}); is the URL "
+            "right, and is the token accepted (a login page instead of JSON)?"
+        ) from None
+
+
+def client(url: str | None = None, token: str | None = None) -> Any:
+    """A ``pystac_client.Client`` for the STAC API (``$TWINHUB_STAC_URL`` by default),
+    sending ``Authorization: token $JUPYTERHUB_API_TOKEN`` with every request."""
+    from pystac_client import Client
+
+    url = stac_url(url)
+    tok = api_token(token)
+    headers = {"Authorization": f"token {tok}"} if tok else {}
+    with stac_errors(url):
+        return Client.open(url, headers=headers, timeout=TIMEOUT)
+
+
+# ---- input checks and CQL2 assembly (pure functions) --------------------------------------
+def check_bbox(bbox: Any) -> list[float] | None:
+    """``bbox`` as 4 (2-D) or 6 (3-D) floats, west/south/(low)/east/north/(high).
+
+    West > east is allowed (a box across the antimeridian, as STAC says); south > north is
+    not.  A comma-separated string is accepted too.
+    """
+    if bbox is None:
+        return None
+    if isinstance(bbox, str):
+        bbox = [p for p in bbox.split(",") if p.strip()]
+    if not isinstance(bbox, Sequence) and not hasattr(bbox, "__len__"):
+        raise ValueError(f"bbox must be 4 or 6 numbers, got {type(bbox).__name__}")
+    try:
+        vals = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        raise ValueError(f"bbox must be 4 or 6 numbers, got {list(bbox)!r}") from None
+    if len(vals) not in (4, 6):
+        raise ValueError(f"bbox must have 4 or 6 numbers, got {len(vals)}: {vals}")
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"bbox values must be finite, got {vals}")
+    half = len(vals) // 2
+    west, south, east, north = vals[0], vals[1], vals[half], vals[half + 1]
+    for name, v, lim in (("west", west, 180), ("east", east, 180)):
+        if not -lim <= v <= lim:
+            raise ValueError(f"bbox {name} longitude {v} outside -180..180")
+    for name, v in (("south", south), ("north", north)):
+        if not -90 <= v <= 90:
+            raise ValueError(f"bbox {name} latitude {v} outside -90..90")
+    if south > north:
+        raise ValueError(f"bbox south {south} is north of north {north}")
+    if len(vals) == 6 and vals[2] > vals[5]:
+        raise ValueError(f"bbox lowest elevation {vals[2]} above highest {vals[5]}")
+    return vals
+
+
+def _check_instant(text: str, whole: str) -> None:
+    if text in ("", ".."):
+        return
+    t = text.strip()
+    # RFC 3339 and the shorter forms pystac-client expands (YYYY, YYYY-MM, YYYY-MM-DD)
+    if re.fullmatch(r"\d{4}(-\d{2})?", t):
+        year, _, month = t.partition("-")
+        if month and not 1 <= int(month) <= 12:
+            raise ValueError(f"datetime {whole!r}: month {month} in {t!r} is not 1..12")
+        return
+    try:
+        _dt.datetime.fromisoformat(t.replace("z", "Z"))
+    except ValueError:
+        raise ValueError(
+            f"datetime {whole!r}: {t!r} is not a date or RFC 3339 timestamp "
+            "(e.g. 2020-01-01, 2020-01-01T00:00:00Z, 2020-01-01/2020-01-31, 2020-01-01/..)"
+        ) from None
+
+
+def check_datetime(value: Any) -> Any:
+    """Check a STAC datetime: a string (instant or ``start/end`` with ``..`` for open
+    ends), a ``datetime``/``date``, or a (start, end) pair of those; returned unchanged."""
+    if value is None or isinstance(value, _dt.date):
+        return value
+    if isinstance(value, str):
+        parts = value.split("/")
+        if len(parts) > 2 or not value.strip():
+            raise ValueError(f"datetime {value!r} must be one instant or 'start/end'")
+        for p in parts:
+            _check_instant(p, value)
+        if len(parts) == 2 and parts[0] in ("", "..") and parts[1] in ("", ".."):
+            raise ValueError(f"datetime {value!r} has no start and no end")
+        if len(parts) == 2 and ".." not in parts and "" not in parts:
+            start, end = (_as_datetime(p) for p in parts)
+            if start is not None and end is not None and start > end:
+                raise ValueError(f"datetime {value!r}: start is after end")
+        return value
+    if isinstance(value, Sequence) and len(value) == 2:
+        for v in value:
+            if v is not None and not isinstance(v, _dt.date):
+                check_datetime(str(v))
+        return value
+    raise ValueError(f"datetime must be a string, a datetime or a (start, end) pair, got {value!r}")
+
+
+def _as_datetime(text: str) -> _dt.datetime | None:
+    t = text.strip()
+    if re.fullmatch(r"\d{4}(-\d{2})?", t):
+        t = t + ("-01-01" if len(t) == 4 else "-01")
+    d = _dt.datetime.fromisoformat(t)
+    return d if d.tzinfo else d.replace(tzinfo=_dt.UTC)
+
+
+def _cql2_json(filter: Any) -> dict[str, Any]:
+    """A CQL2 filter (text, or JSON as dict/str) as a validated CQL2-JSON dict."""
+    import json
+
+    import cql2
+
+    try:
+        if isinstance(filter, Mapping):
+            expr = cql2.parse_json(json.dumps(filter))
+        elif isinstance(filter, str):
+            text = filter.strip()
+            expr = cql2.parse_json(text) if text.startswith("{") else cql2.parse_text(text)
+        else:
+            raise ValueError(f"filter must be CQL2 text or a CQL2-JSON dict, got {filter!r}")
+        expr.validate()
+    except (cql2.ParseError, cql2.ValidationError) as e:
+        raise ValueError(f"filter {filter!r} is not valid CQL2: {e}") from None
+    return expr.to_json()
+
+
+def _equals(name: str, value: Any) -> dict[str, Any]:
+    if not _PROPERTY.match(name):
+        raise ValueError(f"property name {name!r} is not usable in a filter")
+    prop = {"property": name}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        values = list(value)
+        if not values:
+            raise ValueError(f"property {name}: an empty list matches nothing")
+        for v in values:
+            _scalar(name, v)
+        return {"op": "in", "args": [prop, values]}
+    if value is None:
+        return {"op": "isNull", "args": [prop]}
+    return {"op": "=", "args": [prop, _scalar(name, value)]}
+
+
+def _scalar(name: str, value: Any) -> Any:
+    if isinstance(value, bool | int | float | str):
+        return value
+    raise ValueError(
+        f"property {name}={value!r}: only strings, numbers, booleans, None or lists of "
+        "those can be matched (use filter= for anything else)"
+    )
+
+
+def build_filter(filter: Any = None, **properties: Any) -> dict[str, Any] | None:
+    """One CQL2-JSON expression: ``filter`` and ``property = value`` for each keyword
+    (a list value means "in", ``None`` means "is null")."""
+    parts = [] if filter is None else [_cql2_json(filter)]
+    parts += [_equals(k, v) for k, v in sorted(properties.items())]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else {"op": "and", "args": parts}
+
+
+def search(
+    collections: str | Sequence[str] | None = None,
+    bbox: Any = None,
+    datetime: Any = None,
+    filter: Any = None,
+    q: str | Sequence[str] | None = None,
+    ids: str | Sequence[str] | None = None,
+    max_items: int | None = 100,
+    limit: int = 100,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    **properties: Any,
+) -> Any:
+    """Search the lake's STAC API; returns a ``pystac.ItemCollection``.
+
+    ``**properties`` are equality filters on item properties (``param="2t"``,
+    ``resolution="standard"``; lists mean "any of").  ``q`` is free text; an API without
+    item-search free text (stac-fastapi-pgstac) gets it applied here, to each result.  ``max_items=None`` fetches every
+    match, page by page (``limit`` items per page).
+    """
+    bbox = check_bbox(bbox)
+    check_datetime(datetime)
+    cql = build_filter(filter, **properties)
+    if max_items is not None and (not isinstance(max_items, int) or max_items < 1):
+        raise ValueError(f"max_items must be a positive integer or None, got {max_items!r}")
+    if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise ValueError(f"limit (page size) must be an integer in 1..10000, got {limit!r}")
+    if q is not None and not isinstance(q, str):
+        q = ",".join(str(t) for t in q)  # the free-text extension's "any of these terms"
+    text = FreeText.parse(q) if q is not None else None
+    cat = client(url, token)
+    kw: dict[str, Any] = dict(
+        collections=collections,
+        bbox=bbox,
+        datetime=datetime,
+        ids=ids,
+        max_items=max_items,
+        limit=limit,
+    )
+    if cql is not None:
+        kw.update(filter=cql, filter_lang="cql2-json")
+    kw = {k: v for k, v in kw.items() if v is not None}
+    root = stac_url(url)
+    with stac_errors(root):
+        if text is not None and not server_supports(cat):
+            return _filter_client_side(cat, kw, text, max_items)
+        found = cat.search(method="POST", **kw)  # checks the API's conformance classes
+        if q is not None:
+            # pystac-client 0.9's item search has no free-text argument (only its collection
+            # search has); for POST, get_parameters() is the request body itself, so the
+            # extension's "q" is added there (tests check it reaches the server)
+            found.get_parameters()["q"] = q
+        return found.item_collection()
+
+
+def _filter_client_side(cat: Any, kw: dict[str, Any], text: FreeText, max_items: Any) -> Any:
+    """Search without ``q``, page by page, keeping the items whose text matches."""
+    from pystac import ItemCollection
+
+    kw = {**kw, "max_items": None}  # the matches may be anywhere among the results
+    kept = []
+    for item in cat.search(method="POST", **kw).items():
+        if text.matches(item):
+            kept.append(item)
+            if max_items is not None and len(kept) >= max_items:
+                break
+    return ItemCollection(kept)
