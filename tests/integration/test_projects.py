@@ -42,6 +42,7 @@ c.TwinhubProjects.projects = {{
 c.TwinhubDataLake.enabled = False
 # Revocation of running servers happens at the poll: keep the test short.
 c.Spawner.poll_interval = 2
+c.TwinhubProjects.storage_sync_interval = 1
 """
 
 
@@ -255,6 +256,64 @@ def test_losing_the_group_stops_a_server_it_no_longer_allows(pp: Platform) -> No
         assert r.status_code == 403
     finally:
         pp.api("POST", "/groups/gpu-lab/users", user="admin", json={"users": ["pjgpu"]})
+        stop_all(pp, "pjgpu")
+
+
+# -- project buckets -------------------------------------------------------------------------
+def _s3_access(pp: Platform, user: str, bucket: str) -> str:
+    """'ok' when ``user``'s own S3 key can write and list ``bucket``, else the S3 error code."""
+    from botocore.exceptions import ClientError
+
+    from twinhub import objectstore
+    from twinhub.runtime import Runtime
+
+    rt = Runtime.load(pp.state)
+    creds = objectstore.get_user(rt, user)
+    c = objectstore.client(rt, creds.access_key, creds.secret_key)
+    try:
+        c.put_object(Bucket=bucket, Key=f"from-{user}.txt", Body=user.encode())
+        c.list_objects_v2(Bucket=bucket)
+        return "ok"
+    except ClientError as e:
+        return e.response.get("Error", {}).get("Code", "error")
+
+
+def _eventually(fn, want: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    got = fn()
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.3)
+        got = fn()
+    return got
+
+
+def test_project_buckets_follow_membership(pp: Platform) -> None:
+    from twinhub.objectstore.projects import project_bucket_name
+
+    climate, gpu = project_bucket_name(CLIMATE), project_bucket_name("gpu-lab")
+    assert (climate, gpu) == ("project-climate-adaptation", "project-gpu-lab")
+    try:
+        for user in ("pjclim", "pjgpu"):  # the first spawn creates the user's keys
+            assert spawn(pp, user).status_code in (201, 202)
+            wait_servers(pp, user, lambda s: s.get("", {}).get("ready"))
+        assert _s3_access(pp, "pjclim", climate) == "ok"
+        assert _s3_access(pp, "pjgpu", gpu) == "ok"
+        assert _s3_access(pp, "pjgpu", climate) == "AccessDenied"
+        assert _s3_access(pp, "pjclim", gpu) == "AccessDenied"
+        # Leaving the project takes the bucket away while the server runs (periodic sync)
+        r = pp.api("DELETE", f"/groups/{CLIMATE}/users", user="admin", json={"users": ["pjclim"]})
+        assert r.status_code == 200
+        assert _eventually(lambda: _s3_access(pp, "pjclim", climate), "AccessDenied") == (
+            "AccessDenied"
+        )
+        # ... and joining one gives it
+        r = pp.api("POST", "/groups/gpu-lab/users", user="admin", json={"users": ["pjclim"]})
+        assert r.status_code == 200
+        assert _eventually(lambda: _s3_access(pp, "pjclim", gpu), "ok") == "ok"
+    finally:
+        pp.api("POST", f"/groups/{CLIMATE}/users", user="admin", json={"users": ["pjclim"]})
+        pp.api("DELETE", "/groups/gpu-lab/users", user="admin", json={"users": ["pjclim"]})
+        stop_all(pp, "pjclim")
         stop_all(pp, "pjgpu")
 
 

@@ -261,7 +261,12 @@ def configure_hub(c: Any, rt: Runtime) -> None:
             if asyncio.iscoroutine(result):
                 await result
         creds = await asyncio.to_thread(ensure_user, rt, spawner.user.name)
-        spawner.environment = {**spawner.environment, **user_environment(rt, creds)}
+        shared = await asyncio.to_thread(_project_access, rt, creds)
+        env = user_environment(rt, creds)
+        if shared:
+            storage = {**json.loads(env["TWINHUB_STORAGE"]), "project_buckets": shared}
+            env["TWINHUB_STORAGE"] = json.dumps(storage)
+        spawner.environment = {**spawner.environment, **env}
         spawner.log.info(
             "storage for %s: key %s, bucket %s",
             spawner.user.name,
@@ -270,6 +275,38 @@ def configure_hub(c: Any, rt: Runtime) -> None:
         )
 
     c.Spawner.pre_spawn_hook = pre_spawn_hook
+
+
+_last_grants: dict[str, dict] = {}
+
+
+def _project_access(rt: Runtime, creds: UserStorage, timeout: float = 15.0) -> list[str]:
+    """Bring project buckets up to date; wait until the user's key reaches theirs."""
+    import time
+
+    from botocore.exceptions import ClientError
+
+    from .projects import sync_project_storage
+
+    key = str(rt.state_dir)
+    _last_grants[key] = sync_project_storage(rt, _last_grants.get(key))
+    mine = _last_grants[key].get(creds.user, [])
+    if not mine:
+        return []
+    c = client(rt, creds.access_key, creds.secret_key)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for b in mine:
+                c.head_bucket(Bucket=b)
+            return mine
+        except ClientError:
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"the object store did not grant {creds.user} its project buckets "
+                    f"{mine} within {timeout:.0f} s"
+                ) from None
+            time.sleep(0.05)
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -27,6 +28,8 @@ from ..db import session
 from ..runtime import Runtime
 from . import seaweed
 from .models import StorageCredential
+
+log = logging.getLogger("twinhub.objectstore")
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _KEY_ALPHABET = string.ascii_uppercase + string.digits
@@ -150,12 +153,19 @@ def sync_identities(rt: Runtime, revoked: list[str] | tuple[str, ...] = ()) -> N
     with a fresh random key and no rights: that replaces (and kills) the old key.
     """
     from . import admin_keys, settings
+    from .projects import project_grants
 
     store = settings(rt)
+    try:
+        shared = project_grants(rt)
+    except Exception as e:  # never grant on doubt: without memberships, no project access
+        log.error("project memberships unreadable, no project bucket access: %s", e)
+        shared = {}
     doc = seaweed.identities(
         admin_keys(rt),
         [(u.user, u.access_key, u.secret_key, u.home_bucket) for u in all_users(rt)],
         store.lake_bucket,
+        shared,
     )
     for user in revoked:
         access, secret = _new_keys()

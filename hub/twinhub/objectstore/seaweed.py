@@ -142,8 +142,15 @@ def security_toml(rt: Runtime) -> str:
     return "\n".join(lines)
 
 
-def identities(admin: tuple[str, str], users: list[tuple[str, str, str, str]], lake: str) -> dict:
-    """SeaweedFS's S3 identities: the platform's admin, then (name, access, secret, bucket)."""
+def identities(
+    admin: tuple[str, str],
+    users: list[tuple[str, str, str, str]],
+    lake: str,
+    shared: dict[str, list[str]] | None = None,
+) -> dict:
+    """SeaweedFS's S3 identities: the platform's admin, then (name, access, secret, bucket);
+    ``shared`` adds, per user name, buckets they may use like their own (project buckets)."""
+    shared = shared or {}
     out = [
         {
             "name": "twinhub-admin",
@@ -153,6 +160,7 @@ def identities(admin: tuple[str, str], users: list[tuple[str, str, str, str]], l
     ]
     for name, access, secret, bucket in users:
         actions = [f"{a}:{lake}" for a in LAKE_ACTIONS] + [f"{a}:{bucket}" for a in HOME_ACTIONS]
+        actions += [f"{a}:{b}" for b in shared.get(name, []) for a in HOME_ACTIONS]
         out.append(
             {
                 "name": f"user-{name}",

@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from traitlets import Bool, Dict
+from traitlets import Bool, Dict, Float
 from traitlets.config import Configurable
 
 from ... import allocations
@@ -53,6 +53,13 @@ class TwinhubProjects(Configurable):
         "profile), gpu: bool, max_servers_per_user: int or None, cpu_hours, gpu_hours, "
         "storage_gb (budgets: stored and reported; metering comes with accounting)}. The "
         "initial state: admins' changes through the service win until reset.",
+    ).tag(config=True)
+
+    storage_sync_interval = Float(
+        10.0,
+        min=1.0,
+        help="Seconds between two checks of project membership for project buckets: someone "
+        "who left a project loses its bucket within this time (and at their next spawn).",
     ).tag(config=True)
 
     default_allocation = Dict(

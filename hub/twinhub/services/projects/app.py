@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from contextlib import asynccontextmanager
 from typing import Any
@@ -47,6 +48,29 @@ class ApiError(Exception):
         self.message = message
 
 
+log = logging.getLogger("twinhub.projects")
+
+
+async def _sync_storage_forever(rt: Runtime) -> None:
+    """Keep project buckets and their members' access in step with hub groups."""
+    from ...objectstore import seaweed
+    from ...objectstore import settings as store_settings
+    from ...objectstore.projects import sync_project_storage
+    from . import TwinhubProjects
+
+    store = store_settings(rt)
+    if not (store.enabled and store.embedded and seaweed.PORT_KEYS["s3"] in rt.ports):
+        return
+    interval = TwinhubProjects(config=rt.config).storage_sync_interval
+    last = None
+    while True:
+        try:
+            last = await asyncio.to_thread(sync_project_storage, rt, last)
+        except Exception as e:  # the object store may be restarting: try again later
+            log.warning("project storage sync failed: %s", e)
+        await asyncio.sleep(interval)
+
+
 def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None) -> FastAPI:
     """The service app; ``rt`` defaults to the running platform's ($TWINHUB_STATE)."""
     rt = rt or Runtime.load()
@@ -57,11 +81,15 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with httpx.AsyncClient(
-            headers={"Authorization": f"token {token}"}, timeout=30
-        ) as client:
-            app.state.hub = client
-            yield
+        sync = asyncio.create_task(_sync_storage_forever(rt))
+        try:
+            async with httpx.AsyncClient(
+                headers={"Authorization": f"token {token}"}, timeout=30
+            ) as client:
+                app.state.hub = client
+                yield
+        finally:
+            sync.cancel()
 
     app = FastAPI(
         title="twinhub projects",
