@@ -9,6 +9,8 @@ The command line is a contract other tools (tests, CI, docs) rely on::
     twinhub user add NAME [--admin] [--group G ...] [--state DIR]
     twinhub user token NAME [--state DIR]
     twinhub user list [--json] [--state DIR]
+    twinhub login --hub URL [--no-browser]     (token for scripts, Keycloak device flow)
+    twinhub logout
 
 Every option of every configurable can also be set in ``<state>/twinhub_config.py``
 (generated on first run) or on the command line as ``--Class.trait=value``.
@@ -127,7 +129,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seed.add_argument("--cache-dir", default=None, help="where builds are kept (default: cache)")
     _state_arg(seed)
+    login = sub.add_parser(
+        "login",
+        help="get a JupyterHub API token for scripts and CLIs (Keycloak device login); "
+        "stored 0600 in ~/.config/twinhub/token.json or $TWINHUB_TOKEN_FILE",
+    )
+    login.add_argument("--hub", required=True, metavar="URL", help="the platform's URL")
+    login.add_argument(
+        "--no-browser", action="store_true", help="only print the URL and code to open"
+    )
+    sub.add_parser("logout", help="revoke the token `twinhub login` stored and remove it")
     return parser
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from .login import LoginError, login, logout
+
+    def progress(left: float) -> None:
+        print(
+            f"\rwaiting for you to confirm in the browser ({left:.0f} s left)...  ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        if args.command == "logout":
+            logout()
+            return 0
+        try:
+            login(args.hub, open_browser=not args.no_browser, progress=progress)
+        finally:
+            print(file=sys.stderr)
+    except LoginError as e:
+        raise CLIError(str(e)) from e
+    return 0
 
 
 def _overrides(args: argparse.Namespace, extra: list[str]) -> Config:
@@ -314,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
             code = cmd_status(args)
         elif args.command == "data":
             code = cmd_data(args)
+        elif args.command in ("login", "logout"):
+            code = cmd_login(args)
         else:
             code = cmd_user(args)
     except (CLIError, PlatformError) as e:

@@ -66,7 +66,11 @@ class PendingAwareServerAPIHandler(UserServerAPIHandler):
 
 
 def platform_handlers() -> list[tuple[str, type]]:
+    from .auth.token_exchange import login_handlers
+
     return [
         (r"/api/users/([^/]+)/server", PendingAwareServerAPIHandler),
         (r"/api/users/([^/]+)/servers/([^/]*)", PendingAwareServerAPIHandler),
+        # `twinhub login` (answers "use the token page" with local accounts).
+        *login_handlers(),
     ]

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from traitlets import Bool, Dict, Float, List, Unicode
+from traitlets import Bool, Dict, Float, Int, List, Unicode
 from traitlets.config import Config, Configurable
 
 SECRET_NAME = "keycloak-client-secret"
@@ -71,11 +71,33 @@ class TwinhubKeycloak(Configurable):
         "that federated identity provider (e.g. an institution's SAML/OIDC IdP).",
     ).tag(config=True)
 
+    identity_providers = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="Federated identity providers of the realm listed on the hub's login page, "
+        "{alias: name shown}, e.g. {'uni-x': 'University X'}: each button sends the login "
+        "straight to that provider (kc_idp_hint=<alias>), beside the plain Keycloak button.",
+    ).tag(config=True)
+
     adopt_existing_users = Bool(
         False,
         help="Bind a Keycloak identity to an existing hub user or local account of the same name "
         "at its first Keycloak login. Off: such a login is refused, because the name may belong "
         "to someone else; turn on only when the names are known to be the same people.",
+    ).tag(config=True)
+
+    cli_client_id = Unicode(
+        "twinhub-cli",
+        help="Public client of `twinhub login` in the realm (device authorization grant on). "
+        "The hub exchanges access tokens of this client (or of the hub's own client) for "
+        "JupyterHub API tokens at /hub/api/twinhub/token-exchange. Empty: no device login.",
+    ).tag(config=True)
+
+    cli_token_expires_in = Int(
+        7 * 24 * 3600,
+        min=0,
+        help="Lifetime in seconds of the JupyterHub API tokens `twinhub login` gets "
+        "(0: they never expire; revoke them on the hub's token page).",
     ).tag(config=True)
 
     login_service = Unicode(
@@ -211,6 +233,11 @@ def configure_hub(c: Any, rt) -> None:
     a.jwks_url = meta["jwks_uri"]
     a.id_token_algorithms = meta.get("id_token_signing_alg_values_supported") or ["RS256"]
     a.end_session_url = meta.get("end_session_endpoint", "")
+    # `twinhub login` (device flow + token exchange); off when the realm lacks either endpoint.
+    a.device_authorization_url = meta.get("device_authorization_endpoint", "")
+    a.introspection_url = meta.get("introspection_endpoint", "")
+    a.cli_client_id = kc.cli_client_id
+    a.cli_token_expires_in = kc.cli_token_expires_in
     a.oauth_callback_url = rt.url + "hub/oauth_callback"
     a.post_logout_redirect_url = rt.url + "hub/"
     a.username_claim = "preferred_username"
@@ -236,6 +263,7 @@ def configure_hub(c: Any, rt) -> None:
         )
     if kc.idp_hint:
         a.extra_authorize_params = {"kc_idp_hint": kc.idp_hint}
+    a.identity_providers = dict(kc.identity_providers)
     roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
     for role, scopes in sorted(kc.role_scopes.items()):
         roles.append(

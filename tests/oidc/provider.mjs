@@ -4,17 +4,24 @@
 // (the one twinhub ships for a real Keycloak), serves Keycloak's paths and claims:
 //   issuer            http://127.0.0.1:<port>/realms/<realm>
 //   discovery         /realms/<realm>/.well-known/openid-configuration
-//   endpoints         /realms/<realm>/protocol/openid-connect/{auth,token,userinfo,logout,certs}
+//   endpoints         /realms/<realm>/protocol/openid-connect/{auth,token,userinfo,logout,certs,
+//                     token/introspect, auth/device}, device verification page /realms/<realm>/device
 //   claims            preferred_username, groups (full paths), realm_access.roles (from the
 //                     export's protocol mappers)
 // with clock tolerance 0, a short token lifetime and PKCE (S256) where the client asks for it.
+// The device authorization grant (RFC 8628) is on for clients with Keycloak's attribute
+// oauth2.device.authorization.grant.enabled; like Keycloak it answers with an `interval`
+// (realm oauth2DevicePollingInterval) and with `slow_down` to a client polling faster.
 //
 // Usage: node provider.mjs --realm-file F --port N [--redirect-uri U]... [--post-logout-uri U]...
-//        [--ttl SECONDS]     (prints "READY <port>" once listening)
+//        [--ttl SECONDS] [--device-ttl SECONDS] [--device-interval SECONDS]
+//        (prints "READY <port>" once listening)
 //
 // The /test-admin/* endpoints exist ONLY in this test provider (a stand-in for Keycloak's admin
 // API): change a user's groups/roles at run time and make the next tokens of a user faulty
-// (wrong issuer, wrong audience, expired, bad signature, no preferred_username, no groups). They require
+// (wrong issuer, wrong audience, expired, bad signature, bad nonce, no preferred_username, no
+// groups), and
+// change the device flow's code lifetime and polling intervals (POST /test-admin/device). They require
 // the header X-Test-Admin-Token: $OIDC_TEST_ADMIN_TOKEN.
 
 import http from 'node:http';
@@ -24,7 +31,7 @@ import Provider from 'oidc-provider';
 import * as jose from 'jose';
 
 function parseArgs(argv) {
-  const out = { redirect: [], postLogout: [], ttl: 10, port: 0 };
+  const out = { redirect: [], postLogout: [], ttl: 10, port: 0, deviceTtl: 0, deviceInterval: 0 };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     const v = argv[i + 1];
@@ -33,6 +40,8 @@ function parseArgs(argv) {
     else if (a === '--redirect-uri') { out.redirect.push(v); i += 1; }
     else if (a === '--post-logout-uri') { out.postLogout.push(v); i += 1; }
     else if (a === '--ttl') { out.ttl = Number(v); i += 1; }
+    else if (a === '--device-ttl') { out.deviceTtl = Number(v); i += 1; }
+    else if (a === '--device-interval') { out.deviceInterval = Number(v); i += 1; }
     else { throw new Error(`unknown argument ${a}`); }
   }
   if (!out.realmFile) throw new Error('--realm-file is required');
@@ -43,6 +52,15 @@ const args = parseArgs(process.argv.slice(2));
 const adminToken = process.env.OIDC_TEST_ADMIN_TOKEN || '';
 const realm = JSON.parse(fs.readFileSync(args.realmFile, 'utf8'));
 const prefix = `/realms/${realm.realm}`;
+// Device flow settings, as Keycloak's realm attributes (defaults: Keycloak's 600 s and 5 s).
+const device = {
+  ttl: args.deviceTtl || realm.oauth2DeviceCodeLifespan || 600,
+  interval: args.deviceInterval || realm.oauth2DevicePollingInterval || 5,
+  // Polls closer together than this get slow_down (test-admin may set it above `interval`).
+  minInterval: 0,
+};
+const lastPoll = new Map(); // device_code -> time of its latest poll (ms)
+const deviceExpiry = new Map(); // device_code -> when it expires (ms)
 
 // -- realm export -> users, clients, claims ---------------------------------------------------
 const groupPaths = new Set();
@@ -95,12 +113,20 @@ const clients = (realm.clients || []).filter((c) => c.enabled !== false && c.pro
   // Keycloak allows a trailing "*" wildcard; oidc-provider only exact URIs: wildcards are skipped.
   const exact = (list) => list.filter((u) => u && !u.includes('*'));
   const postLogout = (attrs['post.logout.redirect.uris'] || '').split('##');
+  // Keycloak's switches: standard flow (code), device authorization grant.
+  const standard = c.standardFlowEnabled !== false;
+  const deviceGrant = attrs['oauth2.device.authorization.grant.enabled'] === 'true';
   const meta = {
     client_id: c.clientId,
-    redirect_uris: [...new Set([...exact(c.redirectUris || []), ...args.redirect])],
-    post_logout_redirect_uris: [...new Set([...exact(postLogout), ...args.postLogout])],
-    grant_types: ['authorization_code', 'refresh_token'],
-    response_types: ['code'],
+    client_name: c.name,
+    redirect_uris: standard ? [...new Set([...exact(c.redirectUris || []), ...args.redirect])] : [],
+    post_logout_redirect_uris: standard ? [...new Set([...exact(postLogout), ...args.postLogout])] : [],
+    grant_types: [
+      ...(standard ? ['authorization_code'] : []),
+      ...(deviceGrant ? ['urn:ietf:params:oauth:grant-type:device_code'] : []),
+      'refresh_token',
+    ],
+    response_types: standard ? ['code'] : [],
   };
   if (c.publicClient) meta.token_endpoint_auth_method = 'none';
   else {
@@ -147,6 +173,7 @@ const provider = new Provider(issuer, {
     AccessToken: args.ttl,
     IdToken: args.ttl,
     AuthorizationCode: 60,
+    DeviceCode: () => device.ttl,
     RefreshToken: 3600,
     Interaction: 600,
     Session: 3600,
@@ -167,11 +194,35 @@ const provider = new Provider(issuer, {
     jwks: '/protocol/openid-connect/certs',
     revocation: '/protocol/openid-connect/revoke',
     introspection: '/protocol/openid-connect/token/introspect',
+    device_authorization: '/protocol/openid-connect/auth/device',
+    code_verification: '/device',
   },
   features: {
     devInteractions: { enabled: false },
     rpInitiatedLogout: { enabled: true },
     revocation: { enabled: true },
+    // Keycloak lets confidential clients (the hub) introspect any token of the realm.
+    introspection: { enabled: true },
+    deviceFlow: {
+      enabled: true,
+      // Keycloak's user codes: 8 letters shown as XXXX-XXXX.
+      charset: 'base-20',
+      mask: '****-****',
+      userCodeInputSource: devicePage('Device Login', 'Enter the code displayed on your device'),
+      userCodeConfirmSource: async (ctx, form, client, deviceInfo, userCode) => {
+        const page = devicePage(
+          'Grant Access',
+          `Do you grant <b>${esc(client.clientName || client.clientId)}</b> access? Code: <code id="user-code">${esc(userCode)}</code>`,
+          '<button type="submit" form="op.deviceConfirmForm" id="kc-login">Yes</button> '
+          + '<button type="submit" form="op.deviceConfirmForm" name="abort" value="yes" id="kc-cancel">No</button>',
+        );
+        await page(ctx, form);
+      },
+      successSource: async (ctx) => {
+        ctx.body = '<!DOCTYPE html><html><head><title>Device Login Successful</title></head>'
+          + '<body><h1 id="kc-page-title">Device Login Successful</h1></body></html>';
+      },
+    },
   },
   interactions: { url: (ctx, interaction) => `${prefix}/login-actions/authenticate/${interaction.uid}` },
   // Keycloak issues refresh tokens for every code flow (use.refresh.tokens).
@@ -193,10 +244,45 @@ const provider = new Provider(issuer, {
     return { accountId: sub, claims: async () => claimsOf(u) };
   },
 });
+
+// Keycloak-like device flow answers: `interval` in the device authorization response, and
+// slow_down (instead of authorization_pending) to a client polling faster than allowed.
+provider.use(async (ctx, next) => {
+  await next();
+  const route = ctx.oidc?.route;
+  if (route === 'device_authorization' && ctx.status === 200 && ctx.body?.device_code) {
+    ctx.body = { ...ctx.body, interval: device.interval };
+    deviceExpiry.set(ctx.body.device_code, Date.now() + ctx.body.expires_in * 1000);
+  } else if (route === 'token' && ctx.oidc.params?.grant_type === 'urn:ietf:params:oauth:grant-type:device_code') {
+    const code = String(ctx.oidc.params.device_code || '');
+    const now = Date.now();
+    const last = lastPoll.get(code);
+    lastPoll.set(code, now);
+    const min = Math.max(device.interval, device.minInterval) * 1000;
+    if (last !== undefined && now - last < min && ctx.body?.error === 'authorization_pending') {
+      ctx.body = { error: 'slow_down', error_description: 'polling too fast' };
+    } else if (ctx.body?.error === 'invalid_grant' && deviceExpiry.get(code) <= now) {
+      // oidc-provider forgets expired codes (invalid_grant); Keycloak answers expired_token.
+      ctx.body = { error: 'expired_token', error_description: 'Device code is expired' };
+    }
+  }
+});
 const callback = provider.callback();
 
 // -- helpers ---------------------------------------------------------------------------------
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
+
+function devicePage(title, text, buttons = '') {
+  // Keycloak's device pages: code entry, then "Grant Access" with Yes / No.
+  return async (ctx, form, out, err) => {
+    const error = err ? `<span id="input-error">${esc(err.userCode ? 'Invalid code, please try again.' : err.message)}</span>` : '';
+    ctx.body = `<!DOCTYPE html><html><head><title>${esc(title)}</title></head><body>
+<h1 id="kc-page-title">${esc(title)}</h1><p>${text}</p>${error}
+${form}
+${buttons || '<button type="submit" form="op.deviceInputForm" id="kc-login">Submit</button>'}
+</body></html>`;
+  };
+}
 
 async function readBody(req) {
   const chunks = [];
@@ -241,6 +327,13 @@ async function testAdmin(req, res, path) {
   if (!adminToken || req.headers['x-test-admin-token'] !== adminToken) {
     res.writeHead(403); res.end('test admin token required'); return;
   }
+  if (path === '/test-admin/device' && req.method === 'POST') {
+    const body = JSON.parse((await readBody(req)) || '{}');
+    for (const k of ['ttl', 'interval', 'minInterval']) if (k in body) device[k] = Number(body[k]);
+    res.writeHead(200, { 'Content-Type': 'application/json' });
+    res.end(JSON.stringify(device));
+    return;
+  }
   const m = path.match(/^\/test-admin\/users\/([^/]+)$/);
   const u = m && (byName(decodeURIComponent(m[1])) || users.get(decodeURIComponent(m[1])));
   if (!u) { res.writeHead(404); res.end('no such user'); return; }
@@ -270,6 +363,7 @@ async function alterIdToken(idToken) {
   else if (u.quirk === 'wrong-audience') payload.aud = 'some-other-client';
   else if (u.quirk === 'expired') { payload.iat = now - 120; payload.exp = now - 1; }
   else if (u.quirk === 'bad-signature') key = otherKey;
+  else if (u.quirk === 'bad-nonce') payload.nonce = 'not-the-nonce-of-this-login';
   return new jose.SignJWT(payload).setProtectedHeader({ alg: 'RS256', kid: 'test-rs256', typ: 'JWT' }).sign(key);
 }
 

@@ -4,29 +4,77 @@ Configured by :func:`twinhub.keycloak.configure_hub` from the realm's discovery 
 What it adds to GenericOAuthenticator:
 
 - the ID token of every login is verified (signature against the realm keys, issuer,
-  audience, expiry with no leeway) and its ``sub`` must match the userinfo ``sub``;
+  audience, expiry with no leeway, and the OpenID ``nonce`` this login sent, derived from its
+  state) and its ``sub`` must match the userinfo ``sub``;
 - the account is bound to (issuer, ``sub``) in twinhub's database (``oidc_identities``), so
   a renamed or re-used ``preferred_username`` never takes over someone else's account;
 - Keycloak group paths and realm roles become hub groups (``projects:x``, ``realm-role:r``);
 - a refresh that finds the user no longer allowed ends their session;
-- logout also ends the Keycloak session (end-session endpoint with ``id_token_hint``).
+- logout also ends the Keycloak session (end-session endpoint with ``id_token_hint``);
+- ``twinhub login``: a Keycloak access token (device flow) is exchanged for a JupyterHub
+  token under the same rules as a browser login (``twinhub.auth.token_exchange``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlencode
+import base64
+import hashlib
+import hmac
+import html
+import json
+from urllib.parse import quote, urlencode
 
 import jwt
 from oauthenticator.generic import GenericOAuthenticator
-from oauthenticator.oauth2 import OAuthLogoutHandler
+from oauthenticator.oauth2 import OAuthLoginHandler, OAuthLogoutHandler
 from tornado import web
-from traitlets import Bool, List, Unicode
+from traitlets import Bool, Dict, Int, List, Unicode
 
 from twinhub.db import identities
 from twinhub.keycloak import hub_group, role_group
 
 from .accounts import AccountError, normalize_username
+from .token_exchange import AccessTokenLogin, access_token_auth_model
+
+
+def _state_id(state: str) -> str:
+    """The random ``state_id`` in oauthenticator's state (base64url JSON); '' if unreadable."""
+    try:
+        raw = base64.urlsafe_b64decode(state.encode() + b"=" * (-len(state) % 4))
+        return str(json.loads(raw).get("state_id") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
+def login_nonce(handler, state_id: str) -> str:
+    """The OpenID nonce of the login whose state is ``state_id``: an HMAC under the hub's
+    cookie secret, so nothing needs storing, and an ID token issued for another login (another
+    state, another browser) never matches."""
+    key = handler.settings["cookie_secret"]
+    key = key.encode() if isinstance(key, str) else key
+    return hmac.new(key, b"twinhub-oidc-nonce:" + state_id.encode(), hashlib.sha256).hexdigest()
+
+
+class KeycloakLoginHandler(OAuthLoginHandler):
+    """``/hub/oauth_login``: oauthenticator's, plus the ``nonce`` of OpenID Connect."""
+
+    def authorize_redirect(self, *args, extra_params=None, **kwargs):
+        # oauthenticator 17 has no hook for per-login parameters; this tornado method receives
+        # the final parameters, the login's state among them, so the nonce is derived here.
+        extra_params = dict(extra_params or {})
+        idp = self.get_argument("idp", "")
+        if idp:
+            # A button of the login page: straight to that federated identity provider.
+            if idp not in self.authenticator.identity_providers:
+                raise web.HTTPError(
+                    400, f"Unknown identity provider {idp!r}: choose one on the login page."
+                )
+            extra_params["kc_idp_hint"] = idp
+        state_id = _state_id(extra_params.get("state", ""))
+        if state_id:
+            extra_params["nonce"] = login_nonce(self, state_id)
+        return super().authorize_redirect(*args, extra_params=extra_params, **kwargs)
 
 
 class KeycloakLogoutHandler(OAuthLogoutHandler):
@@ -49,6 +97,7 @@ class KeycloakLogoutHandler(OAuthLogoutHandler):
 class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
     """Log in through a Keycloak realm; see docs/keycloak.md."""
 
+    login_handler = KeycloakLoginHandler
     logout_handler = KeycloakLogoutHandler
 
     issuer = Unicode("", help="Issuer the ID token must name (the realm URL, from discovery).").tag(
@@ -69,6 +118,20 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
         "", help="Where Keycloak sends the browser after logout (must be registered on the client)."
     ).tag(config=True)
 
+    device_authorization_url = Unicode(
+        "", help="Keycloak's device authorization endpoint (discovery), for `twinhub login`."
+    ).tag(config=True)
+
+    introspection_url = Unicode(
+        "", help="Keycloak's token introspection endpoint (discovery): checks exchanged tokens."
+    ).tag(config=True)
+
+    cli_client_id = Unicode("", help="TwinhubKeycloak.cli_client_id (see there).").tag(config=True)
+
+    cli_token_expires_in = Int(0, help="TwinhubKeycloak.cli_token_expires_in (see there).").tag(
+        config=True
+    )
+
     db_url = Unicode(
         "", help="twinhub's database (Twinhub.db_url), holding the identity bindings."
     ).tag(config=True)
@@ -79,6 +142,12 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
 
     adopt_existing_users = Bool(
         False, help="TwinhubKeycloak.adopt_existing_users (see there)."
+    ).tag(config=True)
+
+    identity_providers = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="TwinhubKeycloak.identity_providers (see there).",
     ).tag(config=True)
 
     def __init__(self, **kwargs) -> None:
@@ -148,6 +217,14 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
         except jwt.InvalidTokenError as e:
             raise self._refused(str(e)) from e
 
+    def _check_nonce(self, claims: dict, nonce: str) -> None:
+        got = str(claims.get("nonce", "")).encode()
+        if not nonce or not hmac.compare_digest(got, nonce.encode()):
+            raise self._refused(
+                "its nonce does not match this login (an ID token from another login, replayed "
+                "or injected)"
+            )
+
     @staticmethod
     def _claim(token: str, name: str):
         return jwt.decode(token, options={"verify_signature": False}).get(name)
@@ -158,14 +235,26 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
 
     # -- login ----------------------------------------------------------------------------
     async def authenticate(self, handler, data=None, **kwargs) -> dict:
+        if isinstance(data, AccessTokenLogin):
+            # `twinhub login`: the token was checked by introspection instead of an ID token.
+            model, sub = await access_token_auth_model(self, data.token)
+            return await self._bind_checks(handler, model, sub, "introspection")
         params = self.build_access_tokens_request_params(handler, data)
         token_info = await self.get_token_info(handler, params)
         # PyJWKClient fetches keys with urllib: keep it off the event loop.
         claims = await asyncio.to_thread(self._verify_id_token, token_info)
+        # The state cookie was checked against the callback's state by oauthenticator.
+        state_id = _state_id(handler.get_state_cookie())
+        self._check_nonce(claims, login_nonce(handler, state_id) if state_id else "")
         model = await self._token_to_auth_model(token_info)
+        return await self._bind_checks(handler, model, claims["sub"], "ID token")
+
+    async def _bind_checks(self, handler, model: dict, sub: str, source: str) -> dict:
+        """What every login must pass, browser or `twinhub login`: one identity, the groups
+        claim present when groups decide, and the (issuer, sub) binding of the account."""
         info = model["auth_state"][self.user_auth_state_key]
-        if info.get("sub") != claims["sub"]:
-            raise web.HTTPError(403, "Login refused: userinfo and ID token name different users.")
+        if info.get("sub") != sub:
+            raise web.HTTPError(403, f"Login refused: userinfo and {source} name different users.")
         if "groups" not in info and self.allowed_groups:
             # Not "in no group": the claim itself is missing, so membership is unknown.
             raise web.HTTPError(
@@ -179,18 +268,18 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
                 identities.resolve,
                 self.db_url,
                 self.issuer,
-                claims["sub"],
+                sub,
                 name,
                 hub_user_exists=handler.find_user(name) is not None,
                 adopt_existing=self.adopt_existing_users,
             )
         except identities.IdentityConflict as e:
-            self.log.warning("Keycloak login of %s (sub %s) refused: %s", name, claims["sub"], e)
+            self.log.warning("Keycloak login of %s (sub %s) refused: %s", name, sub, e)
             raise web.HTTPError(403, str(e)) from e
         if res.username != name:
             self.log.info("%s logs in as %s (renamed in Keycloak)", name, res.username)
         model["name"] = res.username
-        model["auth_state"]["oidc_sub"] = claims["sub"]
+        model["auth_state"]["oidc_sub"] = sub
         model["auth_state"]["oidc_username"] = name
         return model
 
@@ -258,6 +347,33 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
         revoke_platform_access(user.name)
 
     # -- pages ----------------------------------------------------------------------------
+    def get_custom_html(self, base_url: str) -> str:
+        """The login page: with federated identity providers, a button for each beside the
+        Keycloak one (JupyterHub renders this as a template with the login URL)."""
+        if not self.identity_providers:
+            return ""
+
+        def text(s: str) -> str:
+            # Operator-given names: HTML-escaped, and no Jinja syntax survives.
+            return html.escape(s).replace("{", "&#123;").replace("}", "&#125;")
+
+        sep = "{{ '&' if '?' in authenticator_login_url else '?' }}"
+        items = "\n".join(
+            f'    <li class="mb-2"><a role="button" class="btn btn-outline-secondary" '
+            f'id="twinhub-idp-{text(alias)}" '
+            f'href="{{{{ authenticator_login_url }}}}{sep}idp={quote(alias, safe="")}">'
+            f"{text(name)}</a></li>"
+            for alias, name in self.identity_providers.items()
+        )
+        return f"""<div class="service-login" id="twinhub-login-choices">
+  <a role="button" class="btn btn-jupyter btn-lg" href="{{{{ authenticator_login_url }}}}">
+    Sign in with {text(self.login_service)}</a>
+  <p class="mt-3">or with your institution's account:</p>
+  <ul class="list-unstyled" id="twinhub-idps">
+{items}
+  </ul>
+</div>"""
+
     def get_handlers(self, app) -> list[tuple[str, type]]:
         from ..hub_handlers import platform_handlers
 
