@@ -1,0 +1,1 @@
+"""JSON schemas twinhub ships itself (a package so that installs carry its ``*.json``)."""
