@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.kernel import execute, shutdown_kernel, start_kernel
+from tests.helpers.platform import wait_for_seed
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
@@ -15,12 +16,14 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.i
 # What each tutorial must show, beyond running without an error.
 EXPECTED = {
     "01-getting-started.ipynb": ["nbuser small-cpu", "2 workers", "global mean 274.66"],
+    "02-data-lake.ipynb": ["items of 2 m temperature", "HEALPix nside 128", "GRIB grid: HEALPix"],
 }
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_in_a_user_server(multiuser_platform, path):
     p = multiuser_platform
+    wait_for_seed(p)  # the data-lake tutorial reads the sample data
     if p.api("GET", "/users/nbuser", user="admin").status_code == 404:
         p.add_user("nbuser")
     url = p.spawn("nbuser")

@@ -35,7 +35,7 @@ from .stac import collection, grib_key, item, zarr_key
 
 #: Bump when the generated data or its layout changes: cached builds of other versions
 #: are left alone and a new one is built (the loader compares it with what is loaded).
-SEED_VERSION = 3
+SEED_VERSION = 4
 
 __all__ = ["SEED_VERSION", "SIZES", "SeedBuild", "build", "default_cache_dir"]
 

@@ -119,7 +119,9 @@ def item(run: GridRun, grid: Grid, var: Variable, day: int, grib_size: int) -> d
         "geometry": GLOBAL_POLYGON,
         "bbox": GLOBAL_BBOX,
         "properties": {
-            "datetime": None,
+            # The first valid time, not null: pgstac drops a null datetime when it serves an
+            # item, and STAC requires the key. Searches use start/end either way.
+            "datetime": iso(times[0]),
             "start_datetime": iso(times[0]),
             "end_datetime": iso(times[-1]),
             **CLIMATE_DT,
