@@ -11,3 +11,28 @@ pytest_plugins = [
     "tests.fixtures.platforms",
     "tests.fixtures.oidc",
 ]
+
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+def pytest_unconfigure(config) -> None:
+    """Leave without running C library destructors once pytest has reported everything.
+
+    The suite loads both libpq (psycopg: Debian's libldap 2.5) and the ecCodes wheel (eckit
+    bundles its own libldap 2.4 and libsasl2); with both in one process, a libldap
+    destructor frees foreign memory at exit and the interpreter dies with SIGSEGV after
+    the last result, turning a green run red. The platform itself never loads both in one
+    process (the sample data is built in a child process).
+    """
+    import os
+    import sys
+
+    if _exit_status and not os.environ.get("TWINHUB_TEST_NORMAL_EXIT"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])

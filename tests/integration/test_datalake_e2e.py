@@ -168,3 +168,13 @@ def test_every_asset_opens_from_a_kernel_and_matches_the_seed(lake):
         # GRIB packing keeps ~1e-3 of the field's spread; the same cells are missing
         assert got["max_diff"] <= 1e-3 * max(got["std"], 1e-6) * 100, (iid, got)
         assert got["nan_same"], (iid, got)
+
+
+def test_data_seed_cli_reloads_idempotently_and_names_bad_sizes(lake):
+    p, _, items, client = lake
+    r = p.cli("data", "seed", "--size", "small")
+    assert f"loaded: {len(items)} items, 0 bytes sent" in r.stdout, r.stdout  # all objects there
+    served = list(client.search(collections=["climate-dt"], limit=500).items_as_dicts())
+    assert len(served) == len(items)  # upserted, not duplicated
+    r = p.cli("data", "seed", "--size", "huge", check=False)
+    assert r.returncode == 2 and "--size must be one of small, medium, large" in r.stderr

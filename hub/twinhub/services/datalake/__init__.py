@@ -250,15 +250,32 @@ def _write_seed_state(rt: Runtime, **state: Any) -> None:
 
 
 def seed_into(rt: Runtime, size: str, say=print) -> dict[str, Any]:
-    """Build (or reuse) the ``size`` sample data and load it into this running platform."""
+    """Build (or reuse) the ``size`` sample data and load it into this running platform.
+
+    The build runs in a child process (see :mod:`.seed.__main__` for why); this process
+    then only reads the finished build and loads it.
+    """
+    import subprocess
+
     from .loader import load_build
     from .seed import build
 
     lake = settings(rt)
+    cache = Path(lake.seed_cache_dir) if lake.seed_cache_dir else None
     _write_seed_state(rt, status="building", size=size)
-    b = build(
-        size, cache_dir=Path(lake.seed_cache_dir) if lake.seed_cache_dir else None, progress=say
-    )
+    argv = [sys.executable, "-m", "twinhub.services.datalake.seed", "--size", size]
+    if cache:
+        argv += ["--cache-dir", str(cache)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail = (tail + [line])[-10:]
+        say(line)
+    if proc.wait() != 0:
+        raise RuntimeError(f"building the sample data failed: {' | '.join(tail)}")
+    b = build(size, cache_dir=cache, progress=lambda _m: None)  # the finished build
     _write_seed_state(rt, status="loading", size=size)
     result = load_build(rt, b, say)
     _write_seed_state(rt, status="ready", **result)

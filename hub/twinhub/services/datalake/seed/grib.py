@@ -29,23 +29,12 @@ import eccodes as ec
 from twinlab.grids import Gaussian, Grid, HEALPix, ReducedGaussian, gaussian_latitudes
 
 from .fields import Variable
+from .grids import CLIMATE_DT
 
 BITS_PER_VALUE = 16
 MISSING = 9999.0
 
 #: Climate DT's MARS metadata (ecCodes DestinE keys); also what the STAC items say.
-CLIMATE_DT = {
-    "class": "d1",
-    "dataset": "climate-dt",
-    "activity": "ScenarioMIP",
-    "experiment": "SSP3-7.0",
-    "model": "IFS-NEMO",
-    "generation": 1,
-    "realization": 1,
-    "stream": "clte",
-    "type": "fc",
-    "expver": "0001",
-}
 
 
 def _grid_handle(grid: Grid) -> Any:

@@ -88,3 +88,18 @@ def check_size(size: object) -> tuple[GridRun, ...]:
     if not isinstance(size, str) or size not in SIZES:
         raise ValueError(f"unknown seed size {size!r}; valid sizes: {', '.join(SIZES)}")
     return SIZES[size]
+
+
+# The Climate DT's identifying keys: GRIB local section (DestinE) and STAC properties alike.
+CLIMATE_DT = {
+    "class": "d1",
+    "dataset": "climate-dt",
+    "activity": "ScenarioMIP",
+    "experiment": "SSP3-7.0",
+    "model": "IFS-NEMO",
+    "generation": 1,
+    "realization": 1,
+    "stream": "clte",
+    "type": "fc",
+    "expver": "0001",
+}

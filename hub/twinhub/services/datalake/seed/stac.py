@@ -15,8 +15,7 @@ from typing import Any
 from twinlab.grids import Gaussian, Grid, HEALPix, ReducedGaussian, grid_attrs
 
 from .fields import VARIABLES, Variable
-from .grib import CLIMATE_DT
-from .grids import GridRun
+from .grids import CLIMATE_DT, GridRun
 
 STAC_VERSION = "1.1.0"
 DATACUBE = "https://stac-extensions.github.io/datacube/v2.2.0/schema.json"

@@ -17,8 +17,7 @@ from zarr.codecs import BloscCodec
 from twinlab.grids import Gaussian, Grid, HEALPix, grid_attrs
 
 from .fields import VARIABLES
-from .grib import CLIMATE_DT
-from .grids import START
+from .grids import CLIMATE_DT, START
 
 # float32 values decoded from 16-bit GRIB packing have their low mantissa bits at zero:
 # byte-shuffled zstd squeezes them far better than plain zstd
