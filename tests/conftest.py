@@ -6,11 +6,31 @@ Fixture plugins (each a module with fixtures, listed here so every test sees the
   embedded platform (`twinhub up`) started once per mode for the whole session.
 """
 
+import shutil
+from pathlib import Path
+
+import pytest
+
 pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.platforms",
     "tests.fixtures.oidc",
 ]
+
+
+SHARED_ROOT = Path("/var/lib/twinhub")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_new_shared_dirs():
+    """Platforms whose state dir other accounts cannot traverse keep their shared dir (and,
+    as root, the STAC database) in /var/lib/twinhub/<id>: remove the ones this session made
+    once every platform has stopped (this fixture is torn down last)."""
+    before = set(SHARED_ROOT.iterdir()) if SHARED_ROOT.is_dir() else set()
+    yield
+    if SHARED_ROOT.is_dir():
+        for d in set(SHARED_ROOT.iterdir()) - before:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 _exit_status: list[int] = []
