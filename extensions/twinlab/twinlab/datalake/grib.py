@@ -22,8 +22,8 @@ READ_KEYS = ("Nside", "orderingConvention")
 def _cfgrib() -> Any:
     # pyproj first: the ecCodes wheel bundles its own libproj, and loading it before
     # pyproj's makes the interpreter abort on pyproj's first use
+    import pyproj  # noqa: F401, I001  (this order, see above)
     import cfgrib
-    import pyproj  # noqa: F401
 
     return cfgrib
 
