@@ -64,6 +64,16 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True once ``url`` answers 200 (a health endpoint; a proxy in front may answer 404
+    before the service behind it is there)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except (OSError, ValueError):
+        return False
+
+
 def http_ready(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bool:
     """True once ``url`` answers with a status below 500."""
     req = urllib.request.Request(url, headers=headers or {})

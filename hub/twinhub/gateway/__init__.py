@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from traitlets.config import Configurable
 from ..components import Component
 from ..runtime import Runtime, world_reachable
 from ..services.registration import grant_access, register_service
+from ..supervisor import http_ok
 
 SERVICE_NAME = "dask-gateway"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}"
@@ -188,20 +188,12 @@ def components(rt: Runtime) -> list[Component]:
             port=port(rt),
             ready_url=f"{gateway_url(rt)}/api/health",
             # The Go proxy answers 404 until it has loaded its routes: only a 200 is ready.
-            ready=functools.partial(_healthy, f"{gateway_url(rt)}/api/health"),
+            ready=functools.partial(http_ok, f"{gateway_url(rt)}/api/health"),
             # No dependency on the hub (asked per request). The hub waits up to 30 s at its
             # startup for external services that do not answer: start this one before or
             # right after the hub.
         )
     ]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def configure_hub(c: Any, rt: Runtime) -> None:

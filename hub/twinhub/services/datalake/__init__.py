@@ -15,7 +15,6 @@ import os
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +138,7 @@ def prepare(rt: Runtime, say=print) -> None:
 def components(rt: Runtime) -> list[Component]:
     if not active(rt):
         return []
-    from ...supervisor import StartError
+    from ...supervisor import StartError, http_ok
     from .database import initialize, local_cluster, migrate_external, server_argv
 
     lake = settings(rt)
@@ -206,20 +205,12 @@ def components(rt: Runtime) -> list[Component]:
             ],  # fmt: skip
             env=env,
             port=port(rt),
-            ready=functools.partial(_healthy, api_url(rt) + "_mgmt/ping"),
+            ready=functools.partial(http_ok, api_url(rt) + "_mgmt/ping"),
             background=True,
             after=after,
         )
     )
     return comps
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def configure_hub(c: Any, rt: Runtime) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +173,8 @@ def prepare(rt: Runtime) -> None:
 
 
 def components(rt: Runtime) -> list[Component]:
+    from ...supervisor import http_ok
+
     if not active(rt):
         return []
     env = service_environment(rt, SERVICE_NAME, rt.secret(SECRET_NAME))
@@ -196,19 +197,11 @@ def components(rt: Runtime) -> list[Component]:
             ],
             env=env,
             port=port(rt),
-            ready=functools.partial(_healthy, api_url(rt) + "health"),
+            ready=functools.partial(http_ok, api_url(rt) + "health"),
             # Needs nothing to start: its start-up overlaps the others'.
             background=True,
         )
     ]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def configure_hub(c: Any, rt: Runtime) -> None:
