@@ -24,14 +24,12 @@ import pytest
 import requests
 from tornado import web
 
-from tests.helpers.platform import TWINHUB, Platform, free_port_pair
+from tests.helpers.keycloak import keycloak_platform
+from tests.helpers.platform import TWINHUB
 from twinhub import login as cli_login
-from twinhub.auth import create_account
 from twinhub.auth.keycloak import TwinhubKeycloakAuthenticator
 from twinhub.auth.token_exchange import access_token_auth_model
-from twinhub.db import upgrade
 from twinhub.hubapi import hub_request
-from twinhub.runtime import Runtime
 
 CONFIG = """
 c.TwinhubKeycloak.allowed_groups = ["/projects/climate-adaptation", "/platform-admins"]
@@ -45,33 +43,9 @@ CODE_LINE = re.compile(r"open (\S+) and enter the code (\S+)")
 
 @pytest.fixture(scope="module")
 def kc(tmp_path_factory, oidc_realm_factory):
-    (port,) = free_port_pair(1)
-    hub = f"http://127.0.0.1:{port}/"
-    realm = oidc_realm_factory(redirect_uris=[hub + "hub/oauth_callback"], device_interval=1)
-    state = tmp_path_factory.mktemp("device-login") / "state"
-    state.mkdir()
-    (state / "twinhub_config.py").write_text(CONFIG)
-    db_url = f"sqlite:///{state / 'twinhub.sqlite'}"
-    # A local account from before the switch to Keycloak, with the name of a realm user.
-    upgrade(db_url)
-    create_account(db_url, "bob", password="bob-local-password")
-    p = Platform.start(
-        state,
-        mode="personal",
-        port=port,
-        extra=[
-            "--keycloak-url",
-            realm.url,
-            "--keycloak-client-id",
-            realm.client_id,
-            "--keycloak-client-secret",
-            realm.client_secret,
-        ],
-    )
-    p.realm = realm
-    p.rt = Runtime.load(state)
-    yield p
-    p.stop()
+    base = tmp_path_factory.mktemp("device-login")
+    with keycloak_platform(base, CONFIG, oidc_realm_factory, device_interval=1) as p:
+        yield p
 
 
 # -- the user's side, in a "browser" -----------------------------------------------------------

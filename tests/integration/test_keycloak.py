@@ -20,11 +20,9 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import pytest
 import requests
 
-from tests.helpers.platform import TWINHUB, Platform, free_port_pair
-from twinhub.auth import create_account
-from twinhub.db import upgrade
+from tests.helpers.keycloak import keycloak_platform
+from tests.helpers.platform import TWINHUB, free_port_pair
 from twinhub.hubapi import hub_request
-from twinhub.runtime import Runtime
 
 CONFIG = """
 c.TwinhubKeycloak.allowed_groups = ["/projects/climate-adaptation", "/platform-admins"]
@@ -37,35 +35,9 @@ c.Authenticator.auth_refresh_age = 1
 
 @pytest.fixture(scope="module")
 def kc(tmp_path_factory, oidc_realm_factory):
-    (port,) = free_port_pair(1)
-    hub = f"http://127.0.0.1:{port}/"
-    realm = oidc_realm_factory(
-        redirect_uris=[hub + "hub/oauth_callback"], post_logout_uris=[hub + "hub/"], ttl=5
-    )
-    state = tmp_path_factory.mktemp("keycloak") / "state"
-    state.mkdir()
-    (state / "twinhub_config.py").write_text(CONFIG)
-    db_url = f"sqlite:///{state / 'twinhub.sqlite'}"
-    # A local account from before the switch to Keycloak, with the name of a realm user.
-    upgrade(db_url)
-    create_account(db_url, "bob", password="bob-local-password")
-    p = Platform.start(
-        state,
-        mode="personal",
-        port=port,
-        extra=[
-            "--keycloak-url",
-            realm.url,
-            "--keycloak-client-id",
-            realm.client_id,
-            "--keycloak-client-secret",
-            realm.client_secret,
-        ],
-    )
-    p.realm = realm
-    p.rt = Runtime.load(state)
-    yield p
-    p.stop()
+    base = tmp_path_factory.mktemp("keycloak")
+    with keycloak_platform(base, CONFIG, oidc_realm_factory, post_logout=True, ttl=5) as p:
+        yield p
 
 
 def follow(s: requests.Session, url: str, method: str = "GET", data=None) -> requests.Response:
