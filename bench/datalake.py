@@ -31,7 +31,12 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers.platform import Platform, free_port, purge_shared_dir  # noqa: E402
+from tests.helpers.platform import (  # noqa: E402
+    Platform,
+    free_port,
+    purge_shared_dir,
+    wait_for_seed,
+)
 from twinhub.runtime import Runtime  # noqa: E402
 from twinhub.services import datalake  # noqa: E402
 from twinhub.services.datalake.loader import insert  # noqa: E402
@@ -171,21 +176,9 @@ def bench_search(p: Platform, rt: Runtime, sizes: list[int], n_queries: int) -> 
         plain.wait(10)
 
 
-def wait_seed(rt: Runtime, timeout: float = 600) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = datalake.seed_state(rt)
-        if st.get("status") == "ready":
-            return st
-        if st.get("status") == "failed":
-            raise RuntimeError(f"sample data failed to load: {st.get('error')}")
-        time.sleep(1)
-    raise TimeoutError("sample data not loaded in time")
-
-
 def bench_read(p_url: str, token: str, rt: Runtime, repeats: int) -> None:
     """Whole variables as a user reads them vs s3fs.cat of the same objects' bytes."""
-    wait_seed(rt)
+    wait_for_seed(rt.state_dir)
     from twinhub import objectstore
 
     creds = objectstore.ensure_user(rt, "admin")

@@ -181,11 +181,12 @@ class Platform:
         return s
 
 
-def wait_for_seed(p: Platform, timeout: float = 600) -> dict:
-    """Wait until the platform's sample data is loaded; returns its seed state."""
+def wait_for_seed(p: Platform | Path, timeout: float = 600) -> dict:
+    """Wait until the sample data of platform ``p`` (or of state dir ``p``) is loaded;
+    returns its seed state."""
     import json
 
-    f = p.state / "run" / "seed.json"
+    f = Path(getattr(p, "state", p)) / "run" / "seed.json"
     deadline = time.monotonic() + timeout
     st: dict = {}
     while time.monotonic() < deadline:
