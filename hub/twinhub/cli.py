@@ -93,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the client's secret (better: $TWINHUB_KEYCLOAK_CLIENT_SECRET); kept in a 0600 file",
     )
 
+    up.add_argument(
+        "--stac-source",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="federate another STAC API or static catalogue (catalog.json URL) into the lake's "
+        "search; repeatable; added to TwinhubDataLake.sources",
+    )
+
     down = sub.add_parser("down", help="stop a platform started with `twinhub up`")
     _state_arg(down)
     down.add_argument(
@@ -193,6 +202,15 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> Config:
         value = getattr(args, opt, None)
         if value is not None:
             setattr(cfg.TwinhubKeycloak, trait, value)
+    if getattr(args, "stac_source", None):
+        from .services.datalake.sources import SourceError, parse_source_arg
+
+        try:
+            specs = [parse_source_arg(a) for a in args.stac_source]
+        except SourceError as e:
+            raise CLIError(str(e)) from None
+        # extend, not replace: sources from twinhub_config.py stay
+        cfg.TwinhubDataLake.sources.extend(specs)
     return cfg
 
 

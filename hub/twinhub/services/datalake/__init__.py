@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Integer, Unicode, validate
+from traitlets import Bool, Dict, Integer, List, Unicode, validate
 from traitlets.config import Configurable
 
 from ...components import Component
@@ -64,6 +64,15 @@ class TwinhubDataLake(Configurable):
     title = Unicode("twinhub data lake", help="Title of the STAC API's landing page.").tag(
         config=True
     )
+    sources = List(
+        Dict(),
+        help="Federated STAC sources searched together with the lake through /services/stac/: "
+        "dicts with 'name', 'url' (a STAC API root, or a static catalogue's catalog.json), "
+        "optional 'kind' ('api'/'static', guessed from the URL), 'collections' (exposed ids; "
+        "default all), 'headers' (sent to the source, e.g. Authorization; never shown to "
+        "users), 'asset_origins' (other scheme://host:port assets may be fetched from) and "
+        "'timeout' (seconds, default 5). `twinhub up --stac-source NAME=URL` adds one.",
+    ).tag(config=True)
 
     @validate("seed")
     def _check_seed(self, proposal: Any) -> str:
@@ -73,6 +82,19 @@ class TwinhubDataLake(Configurable):
                 f"got {proposal.value!r}"
             )
         return proposal.value
+
+    @validate("sources")
+    def _check_sources(self, proposal: Any) -> list:
+        from .sources import make_sources
+
+        make_sources(proposal.value)  # raises SourceError naming the bad field
+        return proposal.value
+
+    def stac_sources(self) -> list:
+        """The configured sources as :class:`.sources.StacSource` objects."""
+        from .sources import make_sources
+
+        return make_sources(self.sources)
 
     @property
     def embedded_db(self) -> bool:
