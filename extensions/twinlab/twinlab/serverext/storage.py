@@ -1,7 +1,8 @@
 """The ``storage`` key of ``/twinlab/api/info``: where this user's S3 storage is.
 
 The hub puts ``TWINHUB_STORAGE`` (JSON: endpoint, lake_bucket, home_bucket) in the server's
-environment (twinhub.objectstore); keys are never reported here.
+environment (twinhub.objectstore), and ``credentials``: ``per-user`` (this user's own keys are in
+the environment) or ``none`` (the store gives no per-user keys); keys are never reported here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from twinlab.serverext.info import info_provider
 
-FIELDS = ("endpoint", "lake_bucket", "home_bucket")
+FIELDS = ("endpoint", "lake_bucket", "home_bucket", "credentials")
 
 
 @info_provider("storage")

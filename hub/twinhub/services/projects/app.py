@@ -53,13 +53,11 @@ log = logging.getLogger("twinhub.projects")
 
 async def _sync_storage_forever(rt: Runtime) -> None:
     """Keep project buckets and their members' access in step with hub groups."""
-    from ...objectstore import seaweed
-    from ...objectstore import settings as store_settings
+    from ...objectstore import syncs_project_storage
     from ...objectstore.projects import sync_project_storage
     from . import TwinhubProjects
 
-    store = store_settings(rt)
-    if not (store.enabled and store.embedded and seaweed.PORT_KEYS["s3"] in rt.ports):
+    if not syncs_project_storage(rt):
         return
     interval = TwinhubProjects(config=rt.config).storage_sync_interval
     last = None
