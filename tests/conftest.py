@@ -6,6 +6,7 @@ Fixture plugins (each a module with fixtures, listed here so every test sees the
   embedded platform (`twinhub up`) started once per mode for the whole session.
 """
 
+import os
 import shutil
 from pathlib import Path
 
@@ -30,7 +31,20 @@ def _remove_new_shared_dirs():
     yield
     if SHARED_ROOT.is_dir():
         for d in set(SHARED_ROOT.iterdir()) - before:
-            shutil.rmtree(d, ignore_errors=True)
+            if not _in_use(d):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def _in_use(shared: Path) -> bool:
+    """A platform of another, concurrent test session still runs its database there."""
+    for pidfile in shared.glob("*/postmaster.pid"):
+        try:
+            pid = int(pidfile.read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            continue
+        return True
+    return False
 
 
 _exit_status: list[int] = []
