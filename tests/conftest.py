@@ -37,7 +37,7 @@ def _remove_new_shared_dirs():
 
 def _in_use(shared: Path) -> bool:
     """A platform of another, concurrent test session still runs its database there."""
-    for pidfile in shared.glob("*/postmaster.pid"):
+    for pidfile in [*shared.glob("*/postmaster.pid"), *shared.glob("*/*/postmaster.pid")]:
         try:
             pid = int(pidfile.read_text().split()[0])
             os.kill(pid, 0)
