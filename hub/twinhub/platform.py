@@ -81,7 +81,28 @@ def load_config(state_dir: Path, overrides: Config, config_file: str | None = No
     except Exception as e:  # a user's Python file: any error is theirs to fix
         raise PlatformError(f"cannot load {path}: {e}") from e
     cfg.merge(overrides)
+    _resolve_lazy(cfg)
     return cfg
+
+
+def _resolve_lazy(cfg: Config) -> None:
+    """Turn ``c.X.y.extend(...)``-style values (LazyConfigValue: from the config file or
+    ``--stac-source``) into plain values, so runtime.json holds what every process reads."""
+    from traitlets.config.loader import LazyConfigValue
+
+    from .config import config_classes
+
+    classes = {cls.__name__: cls for cls in config_classes()}
+    for section, values in cfg.items():
+        if not isinstance(values, Config):
+            continue
+        for key, value in list(values.items()):
+            if not isinstance(value, LazyConfigValue):
+                continue
+            trait = classes[section].class_traits().get(key) if section in classes else None
+            if trait is None:
+                continue  # JupyterHub's own sections: traitlets resolves them in the hub
+            values[key] = value.get_value(trait.default())
 
 
 def make_runtime(state_dir: Path, cfg: Config) -> Runtime:

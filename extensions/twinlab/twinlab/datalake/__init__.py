@@ -3,6 +3,7 @@
 >>> import twinlab.datalake as dl
 >>> items = dl.search(collections=["climate-dt"], param="2t", datetime="2020-01-01/2020-01-31")
 >>> ds = dl.open(items[0])            # lazy xarray Dataset; ds.grid.* works
+>>> remote = dl.search(sources=["local", "era5"])  # the lake and a federated source
 >>> ds = dl.open("s3://lake/climate-dt/healpix-n128-nested/2t/20200101.grib2", "2t")
 
 See docs/datalake-notebooks.md.
@@ -15,7 +16,15 @@ from typing import Any
 from .config import DatalakeError, StacAuthError, StacUnreachable
 from .items import open, open_item, resolve_item
 from .opening import cache_dir, local_copy, open_href
-from .search import build_filter, check_bbox, check_datetime, client, search
+from .search import (
+    SourceWarning,
+    build_filter,
+    check_bbox,
+    check_datetime,
+    client,
+    item_source,
+    search,
+)
 
 
 def catalog(url: str | None = None, max_items: int | None = 1000) -> Any:
@@ -27,6 +36,7 @@ def catalog(url: str | None = None, max_items: int | None = 1000) -> Any:
 
 __all__ = [
     "DatalakeError",
+    "SourceWarning",
     "StacAuthError",
     "StacUnreachable",
     "build_filter",
@@ -35,6 +45,7 @@ __all__ = [
     "check_bbox",
     "check_datetime",
     "client",
+    "item_source",
     "local_copy",
     "open",
     "open_href",

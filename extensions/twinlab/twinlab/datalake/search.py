@@ -10,13 +10,71 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import math
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .config import DatalakeError, StacAuthError, StacUnreachable, api_token, stac_url
 from .freetext import FreeText, server_supports
+
+#: The platform's name for its own lake in ``sources`` and ``twinhub:source``.
+LOCAL = "local"
+SOURCE_PROPERTY = "twinhub:source"
+
+
+class SourceWarning(UserWarning):
+    """A federated source did not answer (down, slow, refused): the results lack its items."""
+
+
+@functools.cache
+def _item_collection_class() -> Any:
+    """SearchResult, defined on first use: pystac is imported lazily (notebook start-up)."""
+    from pystac import ItemCollection
+
+    class SearchResult(ItemCollection):
+        """The matching items (a ``pystac.ItemCollection``), plus what the federated search
+        said: ``warnings`` (one string per source that failed) and ``sources`` (per source:
+        ``status`` ok/error/timeout/skipped and how many items it ``returned``)."""
+
+        warnings: list[str]
+        sources: dict[str, dict[str, Any]]
+
+        def by_source(self) -> dict[str, list[Any]]:
+            """The items grouped by the source they come from (``local``: the lake)."""
+            out: dict[str, list[Any]] = {}
+            for item in self.items:
+                out.setdefault(item_source(item), []).append(item)
+            return out
+
+    return SearchResult
+
+
+def item_source(item: Any) -> str:
+    """Where a search result comes from: ``local`` (the lake) or a federated source's name."""
+    props = item.get("properties", {}) if isinstance(item, Mapping) else item.properties
+    return str(props.get(SOURCE_PROPERTY) or LOCAL)
+
+
+def check_sources(sources: Any) -> list[str] | None:
+    """``sources`` as a list of names (a comma-separated string is accepted)."""
+    if sources is None:
+        return None
+    if isinstance(sources, str):
+        sources = [s.strip() for s in sources.split(",") if s.strip()]
+    if not isinstance(sources, Sequence) or not all(
+        isinstance(s, str) and re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", s) for s in sources
+    ):
+        raise ValueError(
+            f"sources must be source names like 'local' or 'my-source' (a list or a "
+            f"comma-separated string), got {sources!r}"
+        )
+    if not sources:
+        raise ValueError("sources is empty: leave it out to search every source")
+    return list(sources)
+
 
 #: Seconds to wait for the STAC service (connect, read).
 TIMEOUT = (10, 120)
@@ -218,11 +276,17 @@ def search(
     max_items: int | None = 100,
     limit: int = 100,
     *,
+    sources: str | Sequence[str] | None = None,
     url: str | None = None,
     token: str | None = None,
     **properties: Any,
 ) -> Any:
-    """Search the lake's STAC API; returns a ``pystac.ItemCollection``.
+    """Search the lake's STAC API; returns a ``pystac.ItemCollection`` (a ``SearchResult``).
+
+    The platform's search spans the lake and every federated source (``sources=["local",
+    "name", ...]`` picks some; ``local`` is the lake).  Each item says where it comes from
+    (:func:`item_source`, ``properties["twinhub:source"]``); a source that did not answer is
+    reported as a :class:`SourceWarning` and in the result's ``warnings``.
 
     ``**properties`` are equality filters on item properties (``param="2t"``,
     ``resolution="standard"``; lists mean "any of").  ``q`` is free text; an API without
@@ -239,6 +303,7 @@ def search(
     if q is not None and not isinstance(q, str):
         q = ",".join(str(t) for t in q)  # the free-text extension's "any of these terms"
     text = FreeText.parse(q) if q is not None else None
+    names = check_sources(sources)
     cat = client(url, token)
     kw: dict[str, Any] = dict(
         collections=collections,
@@ -253,26 +318,66 @@ def search(
     kw = {k: v for k, v in kw.items() if v is not None}
     root = stac_url(url)
     with stac_errors(root):
-        if text is not None and not server_supports(cat):
-            return _filter_client_side(cat, kw, text, max_items)
+        client_side = text is not None and not server_supports(cat)
+        if client_side:
+            kw["max_items"] = None  # the matches may be anywhere among the results
         found = cat.search(method="POST", **kw)  # checks the API's conformance classes
-        if q is not None:
-            # pystac-client 0.9's item search has no free-text argument (only its collection
-            # search has); for POST, get_parameters() is the request body itself, so the
-            # extension's "q" is added there (tests check it reaches the server)
+        # pystac-client 0.9's item search has no free-text or sources argument; for POST,
+        # get_parameters() is the request body itself, so they are added there (tests check
+        # that they reach the server)
+        if q is not None and not client_side:
             found.get_parameters()["q"] = q
-        return found.item_collection()
+        if names is not None:
+            found.get_parameters()["sources"] = names
+        return _collect(found, max_items, text if client_side else None)
 
 
-def _filter_client_side(cat: Any, kw: dict[str, Any], text: FreeText, max_items: Any) -> Any:
-    """Search without ``q``, page by page, keeping the items whose text matches."""
-    from pystac import ItemCollection
+def _pages(found: Any) -> Iterator[dict[str, Any]]:
+    """Every page of a search as JSON, the empty ones included: pystac-client's own page
+    iterator stops silently at an empty page, whose warnings would be lost."""
+    from pystac import Link
 
-    kw = {**kw, "max_items": None}  # the matches may be anywhere among the results
-    kept = []
-    for item in cat.search(method="POST", **kw).items():
-        if text.matches(item):
+    io = found._stac_io  # the client's StacApiIO (headers, timeout) for the next links
+    params = found.get_parameters()
+    page = io.read_json(found.url, method=found.method, parameters=params)
+    while True:
+        yield page
+        nxt = next((lk for lk in page.get("links", []) if lk.get("rel") == "next"), None)
+        if nxt is None:
+            return
+        page = io.read_json(Link.from_dict(nxt), parameters=params)
+
+
+def _collect(found: Any, max_items: int | None, text: FreeText | None) -> Any:
+    """The matches (up to ``max_items``; only those matching ``text`` when the server has
+    no free text) as a SearchResult, with every page's source warnings."""
+    from pystac import Item
+
+    kept: list[Any] = []
+    said: list[str] = []
+    statuses: dict[str, dict[str, Any]] = {}
+    for page in _pages(found):
+        for w in page.get("twinhub:warnings") or ():
+            if isinstance(w, str) and w not in said:
+                said.append(w)
+        for name, st in (page.get("twinhub:sources") or {}).items():
+            if not isinstance(st, Mapping):
+                continue
+            have = statuses.setdefault(name, {**st, "returned": 0})
+            if st.get("status") != "ok":  # a failure on any page is what the user must see
+                have.update({k: v for k, v in st.items() if k != "returned"})
+            have["returned"] += int(st.get("returned") or 0)
+        for d in page.get("features") or ():
+            item = Item.from_dict(d, root=found.client, preserve_dict=False)
+            if text is not None and not text.matches(item):
+                continue
             kept.append(item)
             if max_items is not None and len(kept) >= max_items:
                 break
-    return ItemCollection(kept)
+        if max_items is not None and len(kept) >= max_items:
+            break
+    result = _item_collection_class()(kept)
+    result.warnings, result.sources = said, statuses
+    for w in said:
+        warnings.warn(w, SourceWarning, stacklevel=3)
+    return result

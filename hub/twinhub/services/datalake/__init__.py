@@ -151,6 +151,10 @@ def prepare(rt: Runtime, say=print) -> None:
                 "max_page_size": lake.max_page_size,
                 "max_body_bytes": lake.max_body_mb * 1024 * 1024,
                 "title": lake.title,
+                # Federated sources (with their secret headers: this file is 0600) and the
+                # rolling cache's public prefix that remote assets are read through.
+                "sources": [s.to_dict() for s in lake.stac_sources()],
+                "cache_url": rt.local_url + "services/cache/",
             },
             fh,
             indent=2,

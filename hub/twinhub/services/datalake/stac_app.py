@@ -5,7 +5,9 @@
 file (``$TWINHUB_STAC_CONFIG``, written by :func:`twinhub.services.datalake.prepare`) says
 how to reach the database; the hub's service environment (``JUPYTERHUB_*``) how to check
 users.  Layers, outermost first: hub authentication (:mod:`twinhub.services.hubauth`), the
-guard (:mod:`.guard`: bad input, ownership of collections), then stac-fastapi-pgstac.
+guard (:mod:`.guard`: bad input, ownership of collections), federation (:mod:`.federation`:
+search, collections and items across the lake and the configured sources; a pass-through
+when there are none), then stac-fastapi-pgstac.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from stac_fastapi.pgstac.models.extensions import Extensions
 from ... import __version__
 from ..hubauth import HubAuthMiddleware
 from .database import Connection
+from .federation import FederationMiddleware, federation_from_config
 from .guard import GuardMiddleware
 
 PUBLIC_PATHS = ("_mgmt/ping",)
@@ -92,7 +95,14 @@ def _build(cfg: dict[str, Any], wrapped: bool) -> FastAPI:
     app = api.app
     if not wrapped:
         return app
-    # Starlette: the last added runs first. Authentication wraps everything but the ping.
+    # Starlette: the last added runs first. Authentication wraps everything but the ping;
+    # the guard checks input before federation splits a search among the sources.
+    app.add_middleware(
+        FederationMiddleware,
+        prefix=prefix + "/",
+        federation=federation_from_config(cfg),
+        max_page_size=int(cfg.get("max_page_size", 1000)),
+    )
     app.add_middleware(
         GuardMiddleware,
         prefix=prefix + "/",
