@@ -10,6 +10,12 @@
 2. Read throughput of a field from the lake: ``twinlab.datalake.open`` on the seeded Zarr
    and GRIB assets (decoded values in memory) vs a raw ``s3fs`` read of the same objects'
    bytes (the anchor): the ratio is what decoding and our layer cost.
+3. The rolling cache (/services/cache/): read throughput of one large remote asset through
+   the proxy, first read (a miss: fetched from the source while streamed) vs later reads
+   (hits, from the cache's disk).  The source is a local HTTP server
+   (tests.helpers.counting_origin) on loopback, so a miss here costs almost nothing more
+   than a hit; a second source capped at ``--wan-mbps`` (a simulated WAN link, labelled as
+   such) shows what the cache saves when the source is far away.
 
 Starts its own embedded platform (personal mode) with the small sample data.  Prints
 figures and ratios; asserts nothing.
@@ -30,7 +36,8 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from tests.helpers.platform import (  # noqa: E402
     Platform,
     free_port,
@@ -219,12 +226,71 @@ def bench_read(p_url: str, token: str, rt: Runtime, repeats: int) -> None:
         )
 
 
+def cache_origins(root: Path, mb: int, wan_mbps: float) -> list[tuple[str, str, subprocess.Popen]]:
+    """(label, url, process) of the bench's sources: loopback, and a simulated WAN link."""
+    (root / "asset.bin").write_bytes(os.urandom(mb * 1_000_000))
+    out = []
+    for label, rate in (("loopback", 0.0), (f"simulated WAN {wan_mbps:g} MB/s", wan_mbps * 1e6)):
+        port = free_port()
+        argv = [sys.executable, "-m", "tests.helpers.counting_origin", "--root", str(root)]
+        argv += ["--port", str(port), "--rate", str(rate)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        proc.stdout.readline()  # "serving ...": listening
+        out.append((label, f"http://127.0.0.1:{port}", proc))
+    return out
+
+
+def bench_cache(
+    p: Platform, rt: Runtime, origins: list[tuple[str, str, subprocess.Popen]], repeats: int
+) -> None:
+    """MB/s of GET /services/cache/assets/... (streamed, discarded): first read vs hits, and
+    hits straight from the service's port (what the proxy costs)."""
+    from twinhub.services.datalake.sources import cache_path, make_source
+
+    headers = {"Authorization": f"token {p.token('admin')}"}
+
+    def read(url: str) -> tuple[float, int, str]:
+        t = time.perf_counter()
+        n = 0
+        with requests.get(url, headers=headers, stream=True, timeout=600) as r:
+            r.raise_for_status()
+            for block in r.iter_content(1 << 20):
+                n += len(block)
+        return time.perf_counter() - t, n, r.headers.get("x-twinhub-cache", "?")
+
+    direct = f"http://127.0.0.1:{rt.ports['cache']}/"
+    print(
+        f"\n{'cache read (via proxy)':<28} {'MB':>6} {'miss MB/s':>10} {'hit MB/s':>9}  "
+        "hit/miss   hit MB/s without the proxy"
+    )
+    for i, (label, origin_url, _) in enumerate(origins):
+        src = make_source({"name": f"bench{i}", "url": origin_url + "/catalog.json"})
+        url = p.url + "services/cache/assets/" + cache_path(src, origin_url + "/asset.bin")
+        miss_s, n, kind = read(url)
+        assert kind == "miss", f"first read was a {kind}"
+        hits = [read(url) for _ in range(repeats)]
+        assert all(h[2] == "hit" for h in hits)
+        hit_s = statistics.median(h[0] for h in hits)
+        raw_s = statistics.median(read(url.replace(p.url, direct))[0] for _ in range(repeats))
+        miss, hit, raw = n / 1e6 / miss_s, n / 1e6 / hit_s, n / 1e6 / raw_s
+        print(
+            f"{label:<28} {n / 1e6:6.0f} {miss:10.0f} {hit:9.0f}  {hit / miss:6.1f}x   {raw:9.0f}"
+        )
+    print(
+        "  (loopback: the source is on this machine, so a miss is nearly as fast as a hit; "
+        "the WAN line's source is throttled on purpose to stand for a remote one)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, nargs="+", default=[10000, 100000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-read", action="store_true")
+    ap.add_argument("--skip-cache", action="store_true")
+    ap.add_argument("--cache-mb", type=int, default=200, help="size of the remote asset")
+    ap.add_argument("--wan-mbps", type=float, default=50, help="MB/s of the simulated WAN source")
     ap.add_argument(
         "--read-only", nargs=3, metavar=("STATE", "URL", "TOKEN"), help=argparse.SUPPRESS
     )
@@ -237,9 +303,22 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="twinhub-bench-", dir="/tmp") as tmp:
         state = Path(tmp) / "state"
+        origins = [] if args.skip_cache else cache_origins(Path(tmp), args.cache_mb, args.wan_mbps)
+        if origins:  # the cache's sources, in the config file read at start
+            state.mkdir()
+            specs = [
+                {"name": f"bench{i}", "url": u + "/catalog.json"}
+                for i, (_, u, _) in enumerate(origins)
+            ]
+            (state / "twinhub_config.py").write_text(
+                f"c.TwinhubDataLake.sources = {specs!r}\n"
+                f"c.TwinhubCache.max_size = {2 * len(origins) * args.cache_mb / 1000}\n"
+            )
         p = Platform.start(state, mode="personal", seed="" if args.skip_read else "small")
         try:
             rt = Runtime.load(state)
+            if origins:
+                bench_cache(p, rt, origins, args.repeats)
             bench_search(p, rt, sorted(args.items), args.queries)
             if not args.skip_read:
                 argv = [sys.executable, __file__, "--repeats", str(args.repeats)]
@@ -248,6 +327,9 @@ def main() -> None:
         finally:
             p.stop()
             purge_shared_dir(state)
+            for _, _, proc in origins:
+                proc.kill()
+                proc.wait()
 
 
 if __name__ == "__main__":

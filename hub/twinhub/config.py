@@ -126,6 +126,7 @@ def config_classes() -> list[type[Configurable]]:
     from .gateway import TwinhubGateway
     from .keycloak import TwinhubKeycloak
     from .objectstore import TwinhubObjectStore
+    from .services.cache import TwinhubCache
     from .services.datalake import TwinhubDataLake
     from .services.projects import TwinhubProjects
     from .spawner import TwinhubSpawnerConfig
@@ -138,5 +139,6 @@ def config_classes() -> list[type[Configurable]]:
         TwinhubKeycloak,
         TwinhubObjectStore,
         TwinhubDataLake,
+        TwinhubCache,
         TwinhubProjects,
     ]

@@ -18,7 +18,7 @@ def configure(c: Any, rt: Runtime | None = None) -> Runtime:
     """Apply the whole platform configuration to the JupyterHub config object ``c``."""
     rt = rt or Runtime.load()
     from . import auth, core, gateway, objectstore, spawner
-    from .services import datalake, projects
+    from .services import cache, datalake, projects
 
     core.configure_hub(c, rt)
     auth.configure_hub(c, rt)
@@ -27,6 +27,7 @@ def configure(c: Any, rt: Runtime | None = None) -> Runtime:
     objectstore.configure_hub(c, rt)
     datalake.configure_hub(c, rt)
     projects.configure_hub(c, rt)
+    cache.configure_hub(c, rt)
 
     passthrough = Config({k: v for k, v in rt.config.items() if k not in own_sections()})
     c.merge(passthrough)

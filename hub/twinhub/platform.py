@@ -87,8 +87,10 @@ def load_config(state_dir: Path, overrides: Config, config_file: str | None = No
 
 def _resolve_lazy(cfg: Config) -> None:
     """Turn ``c.X.y.extend(...)``-style values (LazyConfigValue: from the config file or
-    ``--stac-source``) into plain values, so runtime.json holds what every process reads."""
-    from traitlets.config.loader import LazyConfigValue
+    ``--stac-source``) and command-line strings not yet parsed for their trait
+    (``--TwinhubDataLake.enabled=False``) into plain values, so runtime.json holds what
+    every process reads."""
+    from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
     from .config import config_classes
 
@@ -97,12 +99,15 @@ def _resolve_lazy(cfg: Config) -> None:
         if not isinstance(values, Config):
             continue
         for key, value in list(values.items()):
-            if not isinstance(value, LazyConfigValue):
+            if not isinstance(value, LazyConfigValue | DeferredConfig):
                 continue
             trait = classes[section].class_traits().get(key) if section in classes else None
             if trait is None:
                 continue  # JupyterHub's own sections: traitlets resolves them in the hub
-            values[key] = value.get_value(trait.default())
+            if isinstance(value, DeferredConfig):
+                values[key] = value.get_value(trait)
+            else:
+                values[key] = value.get_value(trait.default())
 
 
 def make_runtime(state_dir: Path, cfg: Config) -> Runtime:
@@ -164,10 +169,11 @@ def up(
         )
     for name in ("proxy_api", "hub", "dask-gateway"):
         rt.ports[name] = free_port()
-    from .services import datalake, projects
+    from .services import cache, datalake, projects
 
     datalake.allocate_ports(rt)
     projects.allocate_ports(rt)
+    cache.allocate_ports(rt)
     layout_state_dir(rt)
     # Leftovers of a crashed earlier run of this state dir would hold ports and accounts.
     stale = kill_orphans(rt)
@@ -201,11 +207,13 @@ def up(
         objectstore.prepare(rt)
         datalake.prepare(rt, say)
         projects.prepare(rt)
+        cache.prepare(rt)
         # The object store first: the hub hands out its keys from the first spawn on.
         sup.start_all(
             objectstore.components(rt)
             + datalake.components(rt)
             + projects.components(rt)
+            + cache.components(rt)
             + core.components(rt)
             + gateway.components(rt)
         )
@@ -313,4 +321,9 @@ def status(state_dir: Path, say: Callable[[str], None] = print) -> int:
     if seed:
         detail = seed.get("error") or (f"{seed['items']} items" if "items" in seed else "")
         say(f"  sample data    {seed.get('status')} ({seed.get('size')}) {detail}".rstrip())
+    from .services.cache import status_line as cache_status
+
+    line = cache_status(rt)
+    if line:
+        say(f"  cache          {line}")
     return 0 if ok else 1

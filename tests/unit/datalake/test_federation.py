@@ -319,3 +319,15 @@ def test_twinlab_checks_source_names_before_any_request():
             search.check_sources(bad)
     assert search.item_source({"properties": {}}) == "local"
     assert search.item_source({"properties": {"twinhub:source": "ext"}}) == "ext"
+
+
+def test_without_a_cache_remote_assets_get_no_cache_link_and_no_forged_one():
+    s = make_source({"name": "ext", "url": "http://127.0.0.1:9/cat/catalog.json"})
+    it = item("i1", 1)
+    it["assets"] = {
+        "a": {"href": "http://127.0.0.1:9/a.zarr", "alternate": {"cache": {"href": "http://x/"}}},
+        "foreign": {"href": "http://127.0.0.2:9/c.zarr"},
+    }
+    a = annotate_item(it, s, "http://hub/services/stac/", "", None)["assets"]
+    assert a["a"]["alternate"] == {} and "twinhub:refused" not in a["a"]
+    assert a["foreign"]["twinhub:refused"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .opening import PREFERRED, Progress, data_format, open_href
+from .remote import asset_href
 
 #: The STAC item property naming the item's variable (the sample data's GRIB shortName).
 VARIABLE_PROPERTY = "param"
@@ -136,8 +137,9 @@ def open_item(
     if var is None:  # the asset's own variable, else the item's (a Zarr store holds several)
         named = a.extra_fields.get("twinhub:variable")
         var = named if isinstance(named, str) else item.properties.get(VARIABLE_PROPERTY)
-    # a relative href is relative to the item's own file: pystac resolves it
-    href = a.get_absolute_href() or a.href
+    # a relative href is relative to the item's own file: pystac resolves it; a federated
+    # source's asset is read through the platform's cache (see .remote)
+    href = asset_href(item, key, a)
     ds = open_href(
         href, var, chunks=chunks, engine=engine, media_type=a.media_type, progress=progress
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import DatalakeError, s3_options
 from .grib import GRIB_SUFFIXES, open_grib, with_grid
+from .remote import cache_headers, download_progress, http_filesystem, is_cache_href
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,11 @@ def open_href(
     if not kind:
         raise _unknown_format(href)
     if kind == "grib":
-        path = local_copy(href, progress=progress) if remote else Path(href)
+        if remote and is_cache_href(href):  # a federated source's file, via the cache
+            fs, progress = http_filesystem(href), progress or download_progress(href)
+            path = local_copy(href, fs=fs, progress=progress)
+        else:
+            path = local_copy(href, progress=progress) if remote else Path(href)
         return open_grib(path, variable, chunks)
     if kind == "zarr":
         ds = _open_zarr(href, remote, chunks)
@@ -167,6 +172,8 @@ def _open_zarr(href: str, remote: bool, chunks: Any) -> Any:
     import xarray as xr
 
     opts = {"storage_options": s3_options()} if href.startswith("s3://") else {}
+    if is_cache_href(href):  # fsspec's HTTP store, with the token for the platform's cache
+        opts = {"storage_options": {"headers": cache_headers(href)}}
     try:
         with warnings.catch_warnings():
             # v3 stores (what the lake holds) have no consolidated metadata by default:
@@ -191,6 +198,8 @@ def _open_netcdf(href: str, remote: bool, chunks: Any, engine: str | None) -> An
             import fsspec
 
             opts = s3_options() if href.startswith("s3://") else {}
+            if is_cache_href(href):
+                opts = {"headers": cache_headers(href)}
             # h5netcdf/scipy read from a file object: s3fs fetches the ranges they ask for
             target: Any = fsspec.open(href, "rb", **opts).open()
         else:

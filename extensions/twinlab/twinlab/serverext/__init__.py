@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twinlab.serverext import cache as _cache  # noqa: F401  (registers 'cache')
 from twinlab.serverext import storage as _storage  # noqa: F401  (registers 'storage')
 from twinlab.serverext.info import INFO_PROVIDERS, info_provider
 

@@ -154,11 +154,19 @@ def prepare(rt: Runtime, say=print) -> None:
                 # Federated sources (with their secret headers: this file is 0600) and the
                 # rolling cache's public prefix that remote assets are read through.
                 "sources": [s.to_dict() for s in lake.stac_sources()],
-                "cache_url": rt.local_url + "services/cache/",
+                "cache_url": _cache_url(rt),
             },
             fh,
             indent=2,
         )
+
+
+def _cache_url(rt: Runtime) -> str:
+    """The rolling cache's public prefix, or "" when it does not run (then remote items
+    get no cache links and twinlab says why it cannot open them)."""
+    from .. import cache
+
+    return cache.public_url(rt) if cache.active(rt) else ""
 
 
 def components(rt: Runtime) -> list[Component]:

@@ -24,7 +24,7 @@ def federation_from_config(cfg: dict[str, Any]) -> Federation:
     """The federation described by the STAC API's config file (``sources``, ``cache_url``)."""
     return Federation(
         make_sources(cfg.get("sources") or []),
-        cache_url=cfg.get("cache_url") or "/services/cache/",
+        cache_url=cfg.get("cache_url", "/services/cache/"),
         static_refresh_s=float(cfg.get("static_refresh_s", STATIC_REFRESH_S)),
     )
 

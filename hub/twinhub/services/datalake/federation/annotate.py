@@ -95,6 +95,8 @@ def annotate_asset(
     except SourceError:
         asset[REFUSED] = _why_refused(source, href)
         return
+    if not cache_url:
+        return
     if not isinstance(alternates, dict):
         alternates = asset["alternate"] = {}
     alternates["cache"] = {

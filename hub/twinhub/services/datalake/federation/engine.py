@@ -51,7 +51,8 @@ class Federation:
         static_refresh_s: float = 600.0,
     ) -> None:
         self.sources = {s.name: s for s in sources}
-        self.cache_url = cache_url if cache_url.endswith("/") else cache_url + "/"
+        # "" means no cache runs: remote assets then get no cache link
+        self.cache_url = cache_url if not cache_url or cache_url.endswith("/") else cache_url + "/"
         if token_key is None:
             secret = os.environ.get("JUPYTERHUB_API_TOKEN", "")
             # The service's own secret makes tokens survive restarts; else a process key.

@@ -1,0 +1,122 @@
+"""Fetching one asset from a configured source's origin (httpx, no redirects off-origin).
+
+Only the URL that :func:`twinhub.services.datalake.sources.href_from_cache_path` produced is
+fetched, with the source's own headers (never the user's token).  httpx runs with
+``follow_redirects=False``: a redirect is followed here only when its target is on one of
+the same source's configured origins; any other is refused with 502 naming the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urljoin
+
+import httpx
+
+from ..datalake.sources import StacSource, origin
+from .store import CacheError, Fetch, Meta, Upstream
+
+MAX_REDIRECTS = 5
+USER_AGENT = "twinhub-cache"
+
+
+def make_client(fetch_timeout: float) -> httpx.AsyncClient:
+    """One client for the service: ``fetch_timeout`` is the longest wait for a connection or
+    for the next bytes of a body (a slow but moving transfer is not cut)."""
+    return httpx.AsyncClient(
+        follow_redirects=False,
+        timeout=httpx.Timeout(fetch_timeout, connect=min(fetch_timeout, 10.0)),
+        headers={"user-agent": USER_AGENT},
+        trust_env=False,  # no proxy settings from the environment: only configured hosts
+    )
+
+
+def fetcher(
+    client: httpx.AsyncClient,
+    source: StacSource,
+    url: str,
+    range_header: str = "",
+) -> Fetch:
+    """A :data:`~.store.Fetch` for ``url`` of ``source``.
+
+    ``range_header`` is only for objects too large to cache (passed through, 206 accepted).
+    """
+
+    @asynccontextmanager
+    async def fetch() -> AsyncIterator[Upstream]:
+        resp = await _send(client, source, url, range_header)
+        try:
+            ok = (200, 206) if range_header else (200,)
+            if resp.status_code == 404:
+                raise CacheError(404, f"source {source.name!r} has no {url} (404)")
+            if resp.status_code not in ok:
+                raise CacheError(
+                    502, f"source {source.name!r} answered {resp.status_code} for {url}"
+                )
+            length = resp.headers.get("content-length")
+            size = int(length) if length and length.isdigit() else None
+            if resp.headers.get("content-encoding", "identity") != "identity":
+                size = None  # asked for identity; a server that compresses anyway: raw bytes
+            meta = Meta(
+                size=size,
+                content_type=resp.headers.get("content-type") or "application/octet-stream",
+                etag=resp.headers.get("etag", ""),
+                last_modified=resp.headers.get("last-modified", ""),
+            )
+            yield Upstream(
+                meta,
+                _body(resp, source, url),
+                status=resp.status_code,
+                content_range=resp.headers.get("content-range", ""),
+            )
+        finally:
+            await resp.aclose()
+
+    return fetch
+
+
+async def _send(
+    client: httpx.AsyncClient, source: StacSource, url: str, range_header: str
+) -> httpx.Response:
+    headers = {**source.headers, "accept-encoding": "identity"}
+    if range_header:
+        headers["range"] = range_header
+    target = url
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            resp = await client.send(
+                client.build_request("GET", target, headers=headers), stream=True
+            )
+        except httpx.TimeoutException:
+            raise CacheError(
+                504, f"source {source.name!r}: {origin(target)} did not answer in time"
+            ) from None
+        except httpx.HTTPError as e:
+            raise CacheError(
+                502, f"source {source.name!r}: cannot reach {origin(target)}: {e}"
+            ) from None
+        if not resp.is_redirect:
+            return resp
+        location = urljoin(target, resp.headers.get("location", ""))
+        await resp.aclose()
+        if not source.allows(location):
+            raise CacheError(
+                502,
+                f"source {source.name!r} redirected {target} to {location}, which is not one "
+                f"of its configured origins ({', '.join(source.origins)}): not followed",
+            )
+        target = location
+    raise CacheError(502, f"source {source.name!r}: more than {MAX_REDIRECTS} redirects for {url}")
+
+
+async def _body(resp: httpx.Response, source: StacSource, url: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.aiter_raw():
+            yield chunk
+    except httpx.TimeoutException:
+        raise CacheError(504, f"source {source.name!r}: {url} stalled mid-transfer") from None
+    except httpx.HTTPError as e:
+        raise CacheError(
+            502, f"source {source.name!r}: the transfer of {url} broke off: {e}"
+        ) from None
