@@ -40,6 +40,47 @@ MATRIX: list[tuple[str, str, dict[str, set[int]]]] = [
         {"anon": DENIED, "owner": OK, "other": OK},
     ),
     ("GET", "hub/api/services", {"anon": DENIED, "owner": DENIED, "other": DENIED, "admin": OK}),
+    # the data lake page's API (twinlab.serverext.lake): the server's owner only (the page
+    # itself, behind jupyter-server-proxy, is checked in test_browse_api: the proxy answers
+    # 500 to the GET-with-a-body these rows send)
+    (
+        "GET",
+        "user/{owner}/twinlab/api/lake/collections",
+        {"anon": LOGIN, "owner": OK, "other": DENIED},
+    ),
+    (
+        "GET",
+        "user/{owner}/twinlab/api/lake/search?limit=1",
+        {"anon": LOGIN, "owner": OK, "other": DENIED},
+    ),
+    (
+        "GET",
+        "user/{owner}/twinlab/api/storage/buckets",
+        {"anon": LOGIN, "owner": OK, "other": DENIED},
+    ),
+    (
+        "GET",
+        "user/{owner}/twinlab/api/storage/list?bucket=lake&limit=5",
+        {"anon": LOGIN, "owner": OK, "other": DENIED},
+    ),
+    (
+        "PUT",
+        "user/{owner}/twinlab/api/storage/upload?key=authz/matrix.json",
+        {"anon": LOGIN, "owner": OK, "other": DENIED},
+    ),
+    # hub services: every platform user may search the lake and read through the cache
+    # (their access scope); anonymous callers never
+    ("GET", "services/stac/collections", {"anon": DENIED, "owner": OK, "other": OK, "admin": OK}),
+    ("GET", "services/stac/search?limit=1", {"anon": DENIED, "owner": OK, "other": OK}),
+    ("GET", "services/cache/stats", {"anon": DENIED, "owner": OK, "other": OK, "admin": OK}),
+    ("GET", "services/cache/metrics", {"anon": DENIED, "owner": OK, "other": OK, "admin": OK}),
+    ("GET", "services/cache/health", {"anon": OK, "owner": OK, "other": OK}),
+    (
+        "GET",
+        "services/cache/assets/nosuch/127.0.0.1:1/x",
+        {"anon": DENIED, "owner": {404}, "other": {404}, "admin": {404}},
+    ),
+    ("POST", "services/cache/stats", {"anon": DENIED, "owner": {405}, "other": {405}}),
 ]
 
 

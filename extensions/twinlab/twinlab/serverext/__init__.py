@@ -19,7 +19,10 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     from jupyter_server.utils import url_path_join
 
     from twinlab.serverext.handlers import InfoHandler
+    from twinlab.serverext.lake import handlers as lake_handlers
 
     base = serverapp.web_app.settings["base_url"]
     serverapp.web_app.add_handlers(".*$", [(url_path_join(base, "twinlab/api/info"), InfoHandler)])
+    # the data lake page's API (twinlab.browse): lake/... and storage/...
+    serverapp.web_app.add_handlers(".*$", lake_handlers(base))
     serverapp.log.info("twinlab extension loaded: %stwinlab/api/info", base)

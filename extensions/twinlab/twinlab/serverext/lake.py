@@ -1,0 +1,426 @@
+"""REST API of the data lake page (twinlab.browse), in every user server.
+
+Under ``<base_url>twinlab/api/``:
+
+- ``lake/collections``, ``lake/search``, ``lake/items/<collection>/<item>``: the STAC
+  service at ``$TWINHUB_STAC_URL`` asked with the server's ``$JUPYTERHUB_API_TOKEN``;
+  search answers carry the federation's ``twinhub:sources``/``twinhub:warnings`` through;
+- ``lake/quicklook`` (PNG of one field) and ``lake/code`` (the line that opens an item);
+- ``storage/buckets|list|stat|presign`` (GET) and ``storage/upload?key=`` (PUT, home
+  bucket only) with the user's own S3 keys (:mod:`twinlab.browse.storage`).
+
+Every handler is authenticated like the rest of the server (token or hub cookie; PUT also
+needs the ``_xsrf`` cookie echoed as ``X-XSRFToken`` when cookie-authenticated). Bad input
+answers 4xx with ``{"message": ...}`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote, urlsplit
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+T = TypeVar("T")
+
+#: Items per search page: default and most (beyond that, page with ``token``).
+SEARCH_DEFAULT, SEARCH_MAX = 50, 1000
+#: Free text on an API without item-search ``q``: at most this many items are scanned.
+FREE_TEXT_SCAN = 5000
+#: Seconds to wait for the STAC service.
+STAC_TIMEOUT = 60.0
+#: Quick-looks drawn at once: each holds a field and a figure in memory, and a user server
+#: has a core or two; more requests wait their turn rather than thrash.
+QUICKLOOK_CONCURRENCY = 2
+_quicklook_slots: asyncio.Semaphore | None = None
+_ID = re.compile(r"^[^\x00-\x1f\x7f/]{1,256}$")
+
+
+def _check_id(value: str | None, what: str) -> str:
+    if not value:
+        raise web.HTTPError(400, f"{what} is required")
+    if not _ID.match(value) or value in (".", ".."):
+        raise web.HTTPError(400, f"{what} {value[:80]!r} is not a valid id")
+    return value
+
+
+class LakeHandler(APIHandler):
+    """Shared helpers: STAC requests, blocking work in threads, JSON answers."""
+
+    def stac_base(self) -> tuple[str, dict[str, str]]:
+        from twinlab.datalake.config import DatalakeError, api_token, stac_url
+
+        try:
+            url, token = stac_url(), api_token()
+        except DatalakeError as e:
+            raise web.HTTPError(503, str(e)) from None
+        return url, {"Authorization": f"token {token}", "Accept": "application/json"}
+
+    async def stac(self, path: str, body: dict | None = None, missing: str = "") -> Any:
+        """JSON from the STAC service; its 404 becomes ours (with ``missing`` as message)."""
+        base, headers = self.stac_base()
+        req = HTTPRequest(
+            base + path,
+            method="POST" if body is not None else "GET",
+            headers={**headers, "Content-Type": "application/json"},
+            body=json.dumps(body) if body is not None else None,
+            request_timeout=STAC_TIMEOUT,
+            follow_redirects=False,
+        )
+        try:
+            resp = await AsyncHTTPClient().fetch(req)
+        except HTTPClientError as e:
+            if e.code == 404 and missing:
+                raise web.HTTPError(404, missing) from None
+            detail = ""
+            if e.response is not None and e.response.body:
+                detail = e.response.body.decode(errors="replace")[:300]
+            status = 400 if e.code == 400 else 502
+            raise web.HTTPError(status, f"STAC service answered {e.code}: {detail}") from None
+        except OSError as e:
+            raise web.HTTPError(502, f"cannot reach the STAC service at {base}: {e}") from None
+        try:
+            return json.loads(resp.body)
+        except ValueError:
+            raise web.HTTPError(502, f"the STAC service at {base} did not answer JSON") from None
+
+    async def item(self, collection: str, item: str) -> dict[str, Any]:
+        """The item, of the lake or of a federated source (the federated STAC service
+        resolves a remote collection's items at the same path)."""
+        return await self.stac(
+            f"collections/{quote(collection, safe='')}/items/{quote(item, safe='')}",
+            missing=f"no item {item!r} in collection {collection!r}",
+        )
+
+    def arg(self, name: str, default: str = "") -> str:
+        """A query argument as sent: tornado's get_argument would turn control characters
+        into spaces, hiding them from the checks that must refuse them."""
+        values = self.request.query_arguments.get(name)
+        if not values:
+            return default
+        try:
+            return values[-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise web.HTTPError(400, f"{name} is not valid UTF-8") from None
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def send_json(self, doc: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(doc))
+
+
+# ---- lake ------------------------------------------------------------------------------
+class CollectionsHandler(LakeHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.xsrf_token  # noqa: B018  # sets the _xsrf cookie the page echoes for uploads
+        doc = await self.stac("collections")
+        out = [
+            {
+                "id": c.get("id"),
+                "title": c.get("title") or c.get("id"),
+                "description": c.get("description", ""),
+                "extent": c.get("extent"),
+                "source": c.get("twinhub:source", "local"),
+            }
+            for c in doc.get("collections", [])
+        ]
+        self.send_json({"collections": out})
+
+
+def full_datetime(value: str) -> str:
+    """``value`` with each date-only end made a full RFC 3339 timestamp (the STAC API
+    takes only those): a start at the day's (month's, year's) first second, an end at its
+    last one, as pystac-client expands them."""
+    import calendar
+
+    def expand(part: str, end: bool) -> str:
+        m = re.fullmatch(r"(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?", part.strip())
+        if not m:
+            return part
+        year, month, day = int(m[1]), int(m[2] or (12 if end else 1)), m[3]
+        last = calendar.monthrange(year, month)[1]
+        d = int(day) if day else (last if end else 1)
+        return f"{year:04d}-{month:02d}-{d:02d}T" + ("23:59:59Z" if end else "00:00:00Z")
+
+    parts = value.split("/")
+    if len(parts) == 1:
+        single = parts[0]
+        start, end = expand(single, False), expand(single, True)
+        return single if start == single else f"{start}/{end}"
+    return f"{expand(parts[0], False)}/{expand(parts[1], True)}"
+
+
+def _next_token(doc: dict[str, Any]) -> str | None:
+    """The paging token of the STAC answer's ``next`` link (POST body or GET query)."""
+    for link in doc.get("links", []):
+        if link.get("rel") != "next":
+            continue
+        body = link.get("body")
+        if isinstance(body, dict) and body.get("token"):
+            return str(body["token"])
+        token = parse_qs(urlsplit(link.get("href", "")).query).get("token")
+        if token:
+            return token[0]
+    return None
+
+
+class SearchHandler(LakeHandler):
+    _free_text_native: bool | None = None
+
+    def _params(self) -> tuple[dict[str, Any], Any]:
+        from twinlab.datalake.freetext import FreeText
+        from twinlab.datalake.search import check_bbox, check_datetime
+
+        body: dict[str, Any] = {}
+        raw_limit = self.arg("limit") or str(SEARCH_DEFAULT)
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise web.HTTPError(400, f"limit {raw_limit!r} is not an integer") from None
+        if not 1 <= limit <= SEARCH_MAX:
+            raise web.HTTPError(400, f"limit {limit} outside 1..{SEARCH_MAX}")
+        body["limit"] = limit
+        try:
+            if bbox := self.arg("bbox"):
+                body["bbox"] = check_bbox(bbox)
+            if dt := self.arg("datetime"):
+                body["datetime"] = full_datetime(check_datetime(dt))
+            q = self.arg("q").strip()
+            text = FreeText.parse(q) if q else None
+        except ValueError as e:
+            raise web.HTTPError(400, str(e)) from None
+        if cols := self.arg("collections"):
+            body["collections"] = [_check_id(c.strip(), "collection") for c in cols.split(",")]
+        if sources := self.arg("sources"):
+            body["sources"] = [_check_id(s.strip(), "source") for s in sources.split(",")]
+        if token := self.arg("token"):
+            body["token"] = token
+        if text is not None:
+            body["q"] = q
+        return body, text
+
+    async def _check_collections(self, wanted: list[str]) -> None:
+        doc = await self.stac("collections")
+        known = {c.get("id") for c in doc.get("collections", [])}
+        unknown = [c for c in wanted if c not in known]
+        if unknown:
+            raise web.HTTPError(404, f"unknown collection(s): {', '.join(unknown)}")
+
+    async def _native_free_text(self) -> bool:
+        from twinlab.datalake.freetext import ITEM_FREE_TEXT
+
+        if SearchHandler._free_text_native is None:
+            root = await self.stac("")
+            SearchHandler._free_text_native = any(
+                str(c).endswith(ITEM_FREE_TEXT) for c in root.get("conformsTo", [])
+            )
+        return SearchHandler._free_text_native
+
+    @web.authenticated
+    async def get(self) -> None:
+        body, text = self._params()
+        if body.get("collections") and not body.get("sources"):
+            await self._check_collections(body["collections"])
+        if text is None or await self._native_free_text():
+            doc = await self.stac("search", body)
+            features, next_token = doc.get("features", []), _next_token(doc)
+        else:
+            doc, features, next_token = await self._scan(body, text)
+        answer = {
+            "type": "FeatureCollection",
+            "features": features,
+            "next_token": next_token,
+            "numberMatched": doc.get("numberMatched") if text is None else None,
+        }
+        for key in ("twinhub:sources", "twinhub:warnings"):  # federated search, if present
+            if key in doc:
+                answer[key] = doc[key]
+        self.send_json(answer)
+
+    async def _scan(self, body: dict[str, Any], text: Any) -> tuple[dict, list, str | None]:
+        """Free text the API ignores: page through its results, keeping the matches,
+        until ``limit`` matched (the answer may hold up to one page more) or the end."""
+        body = {k: v for k, v in body.items() if k != "q"}
+        limit, kept, scanned = body["limit"], [], 0
+        doc: dict[str, Any] = {}
+        while True:
+            doc = await self.stac("search", body)
+            page = doc.get("features", [])
+            scanned += len(page)
+            kept += [f for f in page if text.matches(_as_item(f))]
+            token = _next_token(doc)
+            if not token or len(kept) >= limit or scanned >= FREE_TEXT_SCAN:
+                return doc, kept, token
+            body["token"] = token
+
+
+def _as_item(feature: dict[str, Any]) -> Any:
+    """What twinlab.datalake.freetext matches against (an id and properties)."""
+    return SimpleNamespace(id=feature.get("id", ""), properties=feature.get("properties") or {})
+
+
+class ItemHandler(LakeHandler):
+    @web.authenticated
+    async def get(self, collection: str, item: str) -> None:
+        self.send_json(
+            await self.item(_check_id(collection, "collection"), _check_id(item, "item"))
+        )
+
+
+class QuicklookHandler(LakeHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        from twinlab.browse.quicklook import QuicklookError, quicklook
+
+        collection = _check_id(self.arg("collection"), "collection")
+        item = await self.item(collection, _check_id(self.arg("item"), "item"))
+        asset = self.arg("asset") or None
+        variable = self.arg("variable") or None
+        time = self.arg("time") or None
+        if asset is not None and asset not in item.get("assets", {}):
+            raise web.HTTPError(404, f"item {item.get('id')!r} has no asset {asset!r}")
+        global _quicklook_slots
+        if _quicklook_slots is None:  # made on the server's event loop, on first use
+            _quicklook_slots = asyncio.Semaphore(QUICKLOOK_CONCURRENCY)
+        try:
+            async with _quicklook_slots:
+                png = await self.in_thread(quicklook, item, asset, variable, time)
+        except QuicklookError as e:
+            raise web.HTTPError(400, str(e)) from None
+        except FileNotFoundError as e:
+            raise web.HTTPError(404, f"the item's data is missing: {e}") from None
+        except PermissionError as e:
+            raise web.HTTPError(403, f"not allowed to read the item's data: {e}") from None
+        except ValueError as e:
+            raise web.HTTPError(422, f"cannot draw this item: {e}") from None
+        self.set_header("Cache-Control", "private, max-age=3600")
+        self.finish(png, set_content_type="image/png")
+
+
+def open_line(collection: str, item: str) -> str:
+    """The one line of Python that opens ``item`` of ``collection`` in a notebook (the
+    search spans every federated source by default: remote items open the same way)."""
+    return (
+        "import twinlab.datalake as dl; "
+        f"ds = dl.open(dl.search(collections=[{collection!r}], ids=[{item!r}]).items[0])"
+    )
+
+
+class CodeHandler(LakeHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        collection = _check_id(self.arg("collection"), "collection")
+        item = _check_id(self.arg("item"), "item")
+        await self.item(collection, item)  # 404 for an item that is not there
+        self.send_json({"code": open_line(collection, item)})
+
+
+# ---- storage ---------------------------------------------------------------------------
+class StorageHandler(LakeHandler):
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        from twinlab.browse.storage import StorageError
+
+        try:
+            return await self.in_thread(fn, *args)
+        except StorageError as e:
+            raise web.HTTPError(e.status, e.message) from None
+
+    def checked(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Input checks (they read $TWINHUB_STORAGE only: no thread needed)."""
+        from twinlab.browse.storage import StorageError
+
+        try:
+            return fn(*args)
+        except StorageError as e:
+            raise web.HTTPError(e.status, e.message) from None
+
+
+class BucketsHandler(StorageHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        from twinlab.browse import storage
+
+        self.xsrf_token  # noqa: B018  # sets the _xsrf cookie the page echoes for uploads
+        self.send_json({"buckets": self.checked(storage.buckets)})
+
+
+class ListHandler(StorageHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        from twinlab.browse import storage as st
+
+        bucket = self.checked(st.check_bucket, self.arg("bucket"))
+        prefix = self.checked(st.check_key, self.arg("prefix"), "prefix", True)
+        limit = self.checked(st.check_limit, self.arg("limit"))
+        token = self.arg("token") or None
+        self.send_json(await self.call(st.list_objects, bucket, prefix, limit, token))
+
+
+class StatHandler(StorageHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        from twinlab.browse import storage as st
+
+        bucket = self.checked(st.check_bucket, self.arg("bucket"))
+        key = self.checked(st.check_key, self.arg("key"))
+        self.send_json(await self.call(st.stat, bucket, key))
+
+
+class PresignHandler(StorageHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        from twinlab.browse import storage as st
+
+        bucket = self.checked(st.check_bucket, self.arg("bucket"))
+        key = self.checked(st.check_key, self.arg("key"))
+        self.send_json(await self.call(st.presign, bucket, key))
+
+
+class UploadHandler(StorageHandler):
+    """``PUT storage/upload?key=K``: the body becomes ``K`` in the user's home bucket."""
+
+    @web.authenticated
+    async def put(self) -> None:
+        from twinlab.browse import storage as st
+
+        key = self.checked(st.check_key, self.arg("key"))
+        home = next((b["name"] for b in self.checked(st.buckets) if b["kind"] == "home"), "")
+        if not home:
+            raise web.HTTPError(503, "this server has no home bucket")
+        body = self.request.body or b""
+        cap = st.upload_limit()
+        if len(body) > cap:
+            raise web.HTTPError(413, f"upload of {len(body)} bytes is over the {cap} byte limit")
+        ctype = self.request.headers.get("Content-Type", "")
+        self.send_json(await self.call(st.upload, home, key, body, ctype), status=201)
+
+
+def handlers(base_url: str) -> list[tuple[str, type]]:
+    """The routes, under the server's base URL."""
+    from jupyter_server.utils import url_path_join
+
+    lake = url_path_join(base_url, "twinlab/api/lake")
+    store = url_path_join(base_url, "twinlab/api/storage")
+    return [
+        (lake + "/collections", CollectionsHandler),
+        (lake + "/search", SearchHandler),
+        (lake + "/items/([^/]+)/([^/]+)", ItemHandler),
+        (lake + "/quicklook", QuicklookHandler),
+        (lake + "/code", CodeHandler),
+        (store + "/buckets", BucketsHandler),
+        (store + "/list", ListHandler),
+        (store + "/stat", StatHandler),
+        (store + "/presign", PresignHandler),
+        (store + "/upload", UploadHandler),
+    ]

@@ -1,0 +1,160 @@
+"""The "Data lake" page driven in headless Chromium (Playwright) on the real multi-user
+platform with the sample data: log in through the hub's login page, open the page from the
+JupyterLab Launcher tile, search (text + a box dragged on the map), open an item, see its
+quick-look, copy the code line, and upload/list in the Buckets tab.
+
+Screenshots go to ``$TWINHUB_SCREENSHOTS`` (default: a pytest tmp dir) to be looked at.
+Uses the system Chromium (``/usr/bin/chromium``); never ``playwright install``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.platform import wait_for_seed
+
+pytestmark = [pytest.mark.integration, pytest.mark.multiuser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+USER = "lakepage"
+TIMEOUT_MS = 90_000
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    out = os.environ.get("TWINHUB_SCREENSHOTS")
+    d = Path(out) if out else tmp_path_factory.mktemp("browse-screenshots")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def site(multiuser_platform) -> tuple:
+    p = multiuser_platform
+    wait_for_seed(p)
+    if p.api("GET", f"/users/{USER}", user="admin").status_code != 404:
+        pytest.skip(f"{USER} existed before this module: its password is unknown")
+    password = p.add_user(USER)
+    url = p.spawn(USER)
+    return p, url, password
+
+
+@pytest.fixture(scope="module")
+def context(site) -> Iterator:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    p, _, _ = site
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        ctx.set_default_timeout(TIMEOUT_MS)
+        ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=p.url.rstrip("/"))
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+            browser.close()
+
+
+def test_login_launcher_search_item_quicklook_copy_and_buckets(site, context, shots, tmp_path):
+    p, url, password = site
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    # -- log in through the hub's own login form ------------------------------------------
+    page.goto(p.url + "hub/login")
+    page.fill("input[name=username]", USER)
+    page.fill("input[name=password]", password)
+    page.click("[type=submit]")
+    page.wait_for_url(lambda u: "/hub/login" not in u)
+
+    # -- the Launcher shows the tile; clicking it opens the page in a new tab --------------
+    page.goto(url + "lab")
+    tile = page.locator(".jp-LauncherCard", has_text="Data lake")
+    tile.wait_for()
+    page.screenshot(path=str(shots / "1-launcher.png"))
+    with context.expect_page() as opened:
+        tile.click()
+    lake = opened.value
+    lake.on("pageerror", lambda e: errors.append(str(e)))
+    lake.wait_for_load_state()
+    assert lake.url.startswith(url + "datalake/"), lake.url
+    lake.wait_for_function("document.querySelectorAll('#collection option').length > 1")
+    values = lake.eval_on_selector_all("#collection option", "os => os.map(o => o.value)")
+    assert "climate-dt" in values
+
+    # -- search: text + a box dragged on the map ------------------------------------------
+    lake.fill("#q", "+msl +healpix")  # both terms (plain words mean "any of")
+    lake.select_option("#collection", "climate-dt")
+    box = lake.locator("#map").bounding_box()
+    # Europe-ish: 0..40 E, 30..60 N on the 360 x 180 canvas (-180..180, 90..-90)
+    lake.mouse.move(box["x"] + 180, box["y"] + 30)
+    lake.mouse.down()
+    lake.mouse.move(box["x"] + 220, box["y"] + 60, steps=5)
+    lake.mouse.up()
+    assert lake.inner_text("#bbox-label") == "box: W 0 S 30 E 40 N 60"
+    lake.click("#search-button")
+    lake.wait_for_function("document.querySelectorAll('#results li').length > 0")
+    ids = lake.locator("#results li .id").all_inner_texts()
+    assert ids and all("healpix" in i and "-msl-" in i for i in ids), ids
+    assert lake.locator("#results li .badge").first.inner_text() == "local"
+    lake.screenshot(path=str(shots / "2-results.png"))
+
+    # -- open an item: metadata, assets, quick-look, code line -----------------------------
+    lake.locator("#results li").first.click()
+    assert lake.inner_text("#item-title") == ids[0]
+    lake.wait_for_function(
+        "() => { const i = document.getElementById('quicklook');"
+        " return i.complete && i.naturalWidth > 0; }"
+    )
+    assert lake.evaluate("document.getElementById('quicklook').naturalWidth") == 720
+    meta = lake.locator("#metadata").inner_text()
+    assert "param" in meta and "msl" in meta
+    assets = lake.locator("#assets").inner_text()
+    assert "zarr" in assets and "grib" in assets
+    lake.wait_for_function("document.getElementById('code-line').textContent.includes('dl.open')")
+    code = lake.inner_text("#code-line")
+    assert ids[0] in code
+    lake.click("#copy")
+    lake.wait_for_function("document.getElementById('copy-status').textContent === 'copied'")
+    assert lake.evaluate("navigator.clipboard.readText()") == code
+    lake.screenshot(path=str(shots / "3-item.png"), full_page=True)
+
+    # -- another time step redraws the quick-look ----------------------------------------
+    first_src = lake.get_attribute("#quicklook", "src")
+    lake.fill("#ql-time", "2")
+    lake.click("#ql-draw")
+    lake.wait_for_function(
+        "() => { const i = document.getElementById('quicklook');"
+        " return i.src.includes('time=2') && i.complete && i.naturalWidth > 0; }"
+    )
+    assert lake.get_attribute("#quicklook", "src") != first_src
+
+    # -- buckets: upload into the home bucket, see it listed -----------------------------
+    lake.click("#tab-buckets")
+    lake.wait_for_function("document.querySelectorAll('#bucket option').length >= 2")
+    assert "(home)" in lake.locator("#bucket").inner_text()
+    upload = tmp_path / "notes.txt"
+    upload.write_text("uploaded from the data lake page\n")
+    lake.set_input_files("#upload-file", str(upload))
+    lake.fill("#upload-key", "page-test/notes.txt")
+    lake.click("#upload-form [type=submit]")
+    lake.wait_for_function(
+        "document.getElementById('upload-status').textContent.startsWith('uploaded')"
+    )
+    lake.locator("#objects a.folder", has_text="page-test/").click()
+    row = lake.locator("#objects tr[data-key='page-test/notes.txt']")
+    row.wait_for()
+    # download through the presigned URL: the same bytes come back
+    with lake.expect_download() as dl:
+        row.locator("button").click()
+    assert Path(dl.value.path()).read_text() == upload.read_text()
+    lake.screenshot(path=str(shots / "4-buckets.png"), full_page=True)
+    assert not errors, errors
