@@ -435,6 +435,23 @@ def test_free_text_parses_like_the_extension():
             FreeText.parse(bad)
 
 
+def test_free_text_terms_match_at_word_starts():
+    from types import SimpleNamespace
+
+    from twinlab.datalake.freetext import FreeText
+
+    item = SimpleNamespace(
+        id="cdt-healpix-h128-msl-20300102",
+        properties={"param": "msl", "datetime": "2030-01-02T00:00:00Z", "title": "Mean sea level"},
+    )
+    assert not FreeText.parse("2t").matches(item)  # not the '02T00' of the date
+    assert FreeText.parse("heal").matches(item) and FreeText.parse("+msl +healpix").matches(item)
+    assert FreeText.parse('"sea level"').matches(item) and FreeText.parse("2030-01-02").matches(
+        item
+    )
+    assert not FreeText.parse("ea").matches(item)  # inside 'mean'/'sea' only
+
+
 def test_free_text_is_applied_to_items_when_the_api_cannot(lake_items):
     FakeStac.free_text = False  # like stac-fastapi-pgstac: free text for collections only
     FakeStac.seen.clear()

@@ -6,13 +6,15 @@ declare item-search free text, :func:`twinlab.datalake.search` filters the items
 with the extension's syntax: terms separated by spaces or commas match if any matches,
 ``"quoted phrases"`` match as a whole, ``+term`` must and ``-term`` must not occur;
 matching is case-insensitive, over the item id, title, description, keywords and every
-string property.
+string property, and a term matches at the start of a word (``heal`` finds ``healpix``;
+``2t`` finds the parameter ``2t`` but not the ``…-02T00`` of a date).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 #: The conformance class an API declares when its item search understands ``q``.
@@ -45,11 +47,21 @@ class FreeText:
 
     def matches(self, item: Any) -> bool:
         text = item_text(item)
-        if any(t in text for t in self.excluded):
+
+        def found(term: str) -> bool:
+            return _word_start(term).search(text) is not None
+
+        if any(found(t) for t in self.excluded):
             return False
-        if not all(t in text for t in self.required):
+        if not all(found(t) for t in self.required):
             return False
-        return not self.anyof or any(t in text for t in self.anyof)
+        return not self.anyof or any(found(t) for t in self.anyof)
+
+
+@lru_cache(maxsize=256)
+def _word_start(term: str) -> re.Pattern[str]:
+    """``term`` where no letter or digit comes right before it."""
+    return re.compile(r"(?<![a-z0-9])" + re.escape(term))
 
 
 def item_text(item: Any) -> str:
