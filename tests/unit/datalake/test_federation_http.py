@@ -106,7 +106,8 @@ def test_crawl_indexes_items_resolves_hrefs_and_skips_other_hosts(served, foreig
     assert [i["collection"] for i in idx.items] == ["col"] * 5  # from the parent collection
     assert list(idx.collections) == ["col"]
     assert foreign.hits == []  # the links to another host were never followed
-    assert sum("not on a configured origin" in s for s in idx.skipped) == 2
+    assert len(idx.refused) == 2 and idx.skipped == []  # not read by design: no warning
+    assert page.extra["warnings"] == [] and page.extra["status"] == {"links_not_followed": 2}
     assert [i["id"] for i in page.items] == ["i4", "i3"] and page.matched == 5
     assert [i["id"] for i in page2.items] == ["i2", "i1"] and page2.next == 4
     assert [i["id"] for i in hits.items] == ["i3"]
@@ -204,7 +205,8 @@ def test_remote_api_search_forwards_the_parameters_and_falls_back_to_get(foreign
 
         first, second, third = run(go())
         assert [i["id"] for i in first.items] == ["fake-1"] and first.next is None
-        assert "not followed" in first.extra["warning"]  # its next link names the foreign host
+        (warning,) = first.extra["warnings"]  # its next link names the foreign host
+        assert "not followed" in warning and "127.0.0.2" in warning
         assert fake.bodies[0] == {
             "limit": 5, "collections": ["fake"], "ids": ["fake-1"], "bbox": [0, 0, 20, 60],
             "datetime": "2030-01-01T00:00:00Z/..", "filter-lang": "cql2-json",

@@ -41,6 +41,8 @@ def test_origin_normalises_scheme_host_and_default_ports(url, want):
         ("http:///x", "host"),
         ("http://user:pw@h/x", "credentials"),
         ("http://h:99999/x", "port"),
+        ("https://[", "not a valid URL"),  # urlsplit's own ValueError
+        ("http://[::1/x", "not a valid URL"),
     ],
 )
 def test_origin_refuses_what_is_not_a_plain_http_url(url, words):
@@ -61,8 +63,18 @@ def test_allows_only_the_source_and_its_asset_origins():
         "https://user@stac.example.org/",  # credentials are refused
         "https://data.example.org/x",  # asset origin without its port
         "not a url",
+        "https://[",
     ):
         assert not s.allows(bad), bad
+    # API traffic and headers: the source's own origin only, not its asset origins
+    assert s.is_own("https://STAC.example.org/x") and not s.is_own("https://[")
+    assert not s.is_own("https://data.example.org:8443/x.zarr")
+
+
+def test_scrub_blanks_header_values_and_their_credential_part():
+    s = src(headers={"Authorization": "Bearer abcdef123", "X-Key": "k3y-value"})
+    text = "got Bearer abcdef123, abcdef123 and k3y-value; Bearer is fine"
+    assert s.scrub(text) == "got [redacted], [redacted] and [redacted]; Bearer is fine"
 
 
 def test_make_source_checks_every_field_and_guesses_the_kind():

@@ -1,9 +1,11 @@
 """Fetching one asset from a configured source's origin (httpx, no redirects off-origin).
 
 Only the URL that :func:`twinhub.services.datalake.sources.href_from_cache_path` produced is
-fetched, with the source's own headers (never the user's token).  httpx runs with
-``follow_redirects=False``: a redirect is followed here only when its target is on one of
-the same source's configured origins; any other is refused with 502 naming the target.
+fetched (never with the user's token).  The source's own headers (credentials) go only to
+the source's own origin: not to its ``asset_origins``, and not after a redirect that changes
+origin (from then on, whatever later hops do).  httpx runs with ``follow_redirects=False``: a
+redirect is followed here only when its target is on one of the same source's configured
+origins; any other is refused with 502 naming the target.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from ..datalake.sources import StacSource, origin
+from ..datalake.sources import SourceError, StacSource, origin
 from .store import CacheError, Fetch, Meta, Upstream
 
 MAX_REDIRECTS = 5
@@ -79,11 +81,14 @@ def fetcher(
 async def _send(
     client: httpx.AsyncClient, source: StacSource, url: str, range_header: str
 ) -> httpx.Response:
-    headers = {**source.headers, "accept-encoding": "identity"}
+    plain = {"accept-encoding": "identity"}
     if range_header:
-        headers["range"] = range_header
+        plain["range"] = range_header
     target = url
+    # the credentials travel only while every hop so far stayed on the source's own origin
+    trusted = source.is_own(url)
     for _ in range(MAX_REDIRECTS + 1):
+        headers = {**source.headers, **plain} if trusted else plain
         try:
             resp = await client.send(
                 client.build_request("GET", target, headers=headers), stream=True
@@ -92,20 +97,28 @@ async def _send(
             raise CacheError(
                 504, f"source {source.name!r}: {origin(target)} did not answer in time"
             ) from None
-        except httpx.HTTPError as e:
+        except Exception as e:
+            # httpx.HTTPError, and httpx.InvalidURL (not one) for a malformed target
             raise CacheError(
-                502, f"source {source.name!r}: cannot reach {origin(target)}: {e}"
+                502,
+                source.scrub(f"source {source.name!r}: cannot reach {origin(target)}: {e}"),
             ) from None
         if not resp.is_redirect:
             return resp
-        location = urljoin(target, resp.headers.get("location", ""))
         await resp.aclose()
+        raw_location = resp.headers.get("location", "")
+        try:
+            location = urljoin(target, raw_location)
+            same = origin(location) == origin(target)
+        except (SourceError, ValueError):
+            location, same = raw_location[:200], False
         if not source.allows(location):
             raise CacheError(
                 502,
                 f"source {source.name!r} redirected {target} to {location}, which is not one "
                 f"of its configured origins ({', '.join(source.origins)}): not followed",
             )
+        trusted = trusted and same
         target = location
     raise CacheError(502, f"source {source.name!r}: more than {MAX_REDIRECTS} redirects for {url}")
 

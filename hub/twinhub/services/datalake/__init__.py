@@ -69,7 +69,8 @@ class TwinhubDataLake(Configurable):
         help="Federated STAC sources searched together with the lake through /services/stac/: "
         "dicts with 'name', 'url' (a STAC API root, or a static catalogue's catalog.json), "
         "optional 'kind' ('api'/'static', guessed from the URL), 'collections' (exposed ids; "
-        "default all), 'headers' (sent to the source, e.g. Authorization; never shown to "
+        "default all), 'headers' (e.g. Authorization; sent only to the source's own origin, "
+        "never to its asset_origins nor after a redirect to another origin; never shown to "
         "users), 'asset_origins' (other scheme://host:port assets may be fetched from) and "
         "'timeout' (seconds, default 5). `twinhub up --stac-source NAME=URL` adds one.",
     ).tag(config=True)

@@ -125,7 +125,10 @@ class GuardMiddleware:
 
         if method in WRITE_METHODS and path != "search":
             body = await self._authorize_write(scope, path, method, body)
-        data = json.dumps(body).encode() if body is not None else b""
+        try:
+            data = json.dumps(body).encode() if body is not None else b""
+        except RecursionError:  # parsed, but too deep to write back at this stack depth
+            raise BadRequest("the body's JSON is nested too deeply") from None
         # The body may have changed (the owner field): its length must say so.
         scope["headers"] = [
             (k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"
@@ -159,6 +162,8 @@ class GuardMiddleware:
             body = json.loads(raw)
         except ValueError as e:
             raise BadRequest(f"the body is not valid JSON: {e}") from None
+        except RecursionError:  # json's C parser recurses per nesting level
+            raise BadRequest("the body's JSON is nested too deeply") from None
         if not isinstance(body, dict | list):
             raise BadRequest("the body must be a JSON object")
         return body

@@ -31,14 +31,25 @@ class SourceError(ValueError):
 
 
 def origin(url: str) -> str:
-    """``scheme://host[:port]`` of an http(s) URL, lower-cased, default ports dropped."""
-    parts = urlsplit(url)
+    """``scheme://host[:port]`` of an http(s) URL, lower-cased, default ports dropped.
+
+    Raises SourceError for anything else, including what ``urlsplit`` itself cannot parse
+    (``https://[``): URLs come from remote documents, and one bad one must not escape as a
+    bare ValueError from deep inside a search.
+    """
+    if not isinstance(url, str):
+        raise SourceError(f"{url!r} is not a URL (a {type(url).__name__})")
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as e:
+        raise SourceError(f"{url[:200]!r} is not a valid URL: {e}") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
+    if scheme not in ("http", "https") or not hostname:
         raise SourceError(f"{url!r} is not an http(s) URL with a host")
     if parts.username or parts.password:
         raise SourceError(f"{url!r} carries credentials in the URL: put them in 'headers'")
-    host = parts.hostname.lower()
+    host = hostname.lower()
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     try:
@@ -64,7 +75,8 @@ class StacSource:
     kind: str = "api"
     #: Collections exposed to users; empty: all the source has.
     collections: tuple[str, ...] = ()
-    #: HTTP headers sent to the source and its asset origins (e.g. Authorization); secret.
+    #: HTTP headers (e.g. Authorization; secret) sent only to the source's own origin: never to
+    #: its ``asset_origins``, never after a redirect to another origin.
     headers: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     #: Origins (``scheme://host[:port]``) assets may be fetched from, besides the source's own.
     asset_origins: tuple[str, ...] = ()
@@ -82,11 +94,32 @@ class StacSource:
         return (own, *(o for o in self.asset_origins if o != own))
 
     def allows(self, url: str) -> bool:
-        """True when ``url`` is on one of this source's configured origins."""
+        """True when ``url`` is on one of this source's configured origins (assets)."""
         try:
             return origin(url) in self.origins
         except SourceError:
             return False
+
+    def is_own(self, url: str) -> bool:
+        """True when ``url`` is on the source's own origin: the only place API and crawl
+        traffic (searches, next links, child/item links) and the source's headers go."""
+        try:
+            return origin(url) == self.origin
+        except SourceError:
+            return False
+
+    def scrub(self, text: str) -> str:
+        """``text`` (a remote error body, an exception) with the source's header values
+        blanked, whole and their credential part (``Bearer <this>``): a remote server may
+        echo what it was sent, and such text ends up in answers users read."""
+        secrets: set[str] = set()
+        for value in self.headers.values():
+            secrets.add(value.strip())
+            # the parts after an auth scheme ("Bearer", "Basic"): the scheme itself is no secret
+            secrets.update(part for part in value.split()[1:] if len(part) >= 6)
+        for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+            text = text.replace(secret, "[redacted]")
+        return text
 
     def public(self) -> dict[str, Any]:
         """What users may see of the source (no headers)."""

@@ -20,8 +20,16 @@ REFUSED = "twinhub:refused"
 
 
 def absolute(href: str, base: str | None) -> str:
-    """``href`` resolved against ``base`` (the URL of the document it was found in)."""
-    return urljoin(base, href) if base else href
+    """``href`` resolved against ``base`` (the URL of the document it was found in);
+    SourceError when either cannot be parsed (``https://[``)."""
+    if not base:
+        return href
+    try:
+        return urljoin(base, href)
+    except ValueError as e:
+        raise SourceError(
+            f"{href[:200]!r} cannot be resolved against {base[:200]!r}: {e}"
+        ) from None
 
 
 def self_href(doc: dict[str, Any]) -> str | None:
@@ -80,16 +88,20 @@ def annotate_item(
 def annotate_asset(
     asset: dict[str, Any], source: StacSource, cache_url: str, base: str | None
 ) -> None:
-    href = asset.get("href")
-    if not isinstance(href, str) or not href:
-        asset[REFUSED] = "the asset has no href"
-        return
-    href = absolute(href, base)
-    asset["href"] = href
     asset.pop(REFUSED, None)
     alternates = asset.get("alternate")
     if isinstance(alternates, dict):
         alternates.pop("cache", None)  # only the platform names its cache
+    href = asset.get("href")
+    if not isinstance(href, str) or not href:
+        asset[REFUSED] = "the asset has no href"
+        return
+    try:
+        href = absolute(href, base)
+    except SourceError as e:
+        asset[REFUSED] = f"not fetched by the platform: {e}"
+        return
+    asset["href"] = href
     try:
         path = cache_path(source, href)
     except SourceError:

@@ -1,8 +1,14 @@
 """One federated search: every chosen source asked concurrently, pages merged, annotated.
 
-A source that fails or does not answer within its ``timeout`` is reported in
+A source that fails, whatever the failure (an unreachable host, garbage, a malformed item
+that makes something raise), or does not answer within its ``timeout`` is reported in
 ``twinhub:sources`` and ``twinhub:warnings``; the others' items are returned (HTTP 200).  A
-client error from the lake itself (a bad filter) is the client's answer, unchanged.
+client error from the lake itself (a bad filter) is the client's answer, unchanged.  Every
+message from a source is scrubbed of its header values before users see it.
+
+Remote requests of all searches together are limited (:data:`MAX_REMOTE_REQUESTS`, below
+the HTTP pool's size): one user's burst of federated searches waits for a slot within each
+source's timeout instead of taking every connection.
 """
 
 from __future__ import annotations
@@ -20,12 +26,18 @@ from ..sources import LOCAL, StacSource
 from .annotate import annotate_item, tag_local
 from .api import RemoteApi
 from .fetch import SourceFailure
+from .local import LocalAnswer
 from .merge import TOKEN_PREFIX, Cursor, Page, advance, decode_token, encode_token, merge
 from .params import SearchParams
 from .static import StaticCatalogue
+from .validate import keep_valid
 
 #: Seconds the lake's own search may take before the answer goes on without it.
 LOCAL_TIMEOUT = 60.0
+#: Remote source requests (searches, items, collection lists) in flight at once, across
+#: all users' federated requests; the HTTP client's pool is larger (static crawls share it).
+MAX_REMOTE_REQUESTS = 32
+POOL_SIZE = 64
 
 
 @dataclass
@@ -63,13 +75,17 @@ class Federation:
         self.static_refresh_s = static_refresh_s
         self.client: httpx.AsyncClient | None = None
         self.backends: dict[str, Any] = {}
+        self.max_remote_requests = MAX_REMOTE_REQUESTS
+        self._slots: asyncio.Semaphore | None = None
 
     def start(self) -> None:
         """Create the HTTP client and backends (inside the event loop), start crawls."""
         if self.client is not None:
             return
         self.client = httpx.AsyncClient(
-            follow_redirects=False, trust_env=False, limits=httpx.Limits(max_connections=64)
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=POOL_SIZE),
         )
         for s in self.sources.values():
             if s.kind == "static":
@@ -109,6 +125,51 @@ class Federation:
             return list(exposed)
         return [c for c in wanted if c in exposed]
 
+    # -- asking one source ----------------------------------------------------------------
+    def _failure(self, name: str, exc: BaseException) -> SourceFailure:
+        """Any exception of source ``name`` as a SourceFailure whose message names the source
+        and carries none of its header values."""
+        timeout = self.sources[name].timeout if name in self.sources else LOCAL_TIMEOUT
+        if isinstance(exc, SourceFailure):
+            status, msg = exc.status, str(exc)
+        elif isinstance(exc, TimeoutError):
+            status, msg = "timeout", f"did not answer within {timeout:g} s"
+        else:
+            status, msg = "error", f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+        label = "the lake" if name == LOCAL else f"source {name!r}"
+        if f"source {name!r}" not in msg:
+            msg = f"{label}: {msg}"
+        if name in self.sources:
+            msg = self.sources[name].scrub(msg)
+        return SourceFailure(msg, status)
+
+    async def _ask(self, name: str, call: Any) -> Any:
+        """``call()`` of remote source ``name`` within its timeout, queueing for a slot among
+        :data:`MAX_REMOTE_REQUESTS` (the wait counts against the timeout)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_remote_requests)
+        slots, src = self._slots, self.sources[name]
+        got_slot = False
+
+        async def guarded() -> Any:
+            nonlocal got_slot
+            async with slots:
+                got_slot = True
+                return await call()
+
+        try:
+            return await asyncio.wait_for(guarded(), src.timeout)
+        except TimeoutError:
+            if got_slot:
+                raise SourceFailure(
+                    f"source {name!r} did not answer within {src.timeout:g} s", "timeout"
+                ) from None
+            raise SourceFailure(
+                f"source {name!r} was not asked: the platform is busy with other federated "
+                f"requests ({self.max_remote_requests} at once); try again",
+                "timeout",
+            ) from None
+
     # -- search ----------------------------------------------------------------------------
     async def search(self, params: SearchParams, local: Any, api_base: str) -> Outcome:
         names = self.choose(params.sources)
@@ -117,9 +178,10 @@ class Federation:
                 "'intersects' is not supported across federated sources: use bbox, or "
                 "sources=local to search the lake alone"
             )
+        query = params.fingerprint(names)
         statuses: dict[str, dict[str, Any]] = {}
         if params.token and params.token.startswith(TOKEN_PREFIX):
-            given = decode_token(params.token, self.key)
+            given = decode_token(params.token, self.key, query)
             pending = {n: c for n, c in given.items() if n in names}
             first = False
         elif params.token:  # a token of the lake's own (a link made before sources existed)
@@ -148,16 +210,24 @@ class Federation:
         async def one(n: str) -> Page:
             c = pending[n]
             size = c.size or limit
-            backend = local if n == LOCAL else self.backends[n]
-            timeout = LOCAL_TIMEOUT if n == LOCAL else self.sources[n].timeout
-            try:
-                return await asyncio.wait_for(
-                    backend.search(params, c.page, size, asked[n]), timeout
-                )
-            except TimeoutError:
-                raise SourceFailure(
-                    f"source {n!r} did not answer within {timeout:g} s", "timeout"
-                ) from None
+            if n == LOCAL:
+                try:
+                    return await asyncio.wait_for(
+                        local.search(params, c.page, size, asked[n]), LOCAL_TIMEOUT
+                    )
+                except TimeoutError:
+                    raise SourceFailure(
+                        f"the lake did not answer within {LOCAL_TIMEOUT:g} s", "timeout"
+                    ) from None
+            backend = self.backends[n]
+            page = await self._ask(n, lambda: backend.search(params, c.page, size, asked[n]))
+            if not isinstance(page, Page) or not isinstance(page.items, list):
+                raise SourceFailure(f"source {n!r} gave no page of items")
+            # malformed items never reach the merge or the annotations
+            page.items, dropped = keep_valid(page.items, self.sources[n])
+            if dropped:
+                page.extra.setdefault("warnings", []).append(dropped)
+            return page
 
         order = list(pending)
         results = await asyncio.gather(*(one(n) for n in order), return_exceptions=True)
@@ -167,37 +237,48 @@ class Federation:
             if isinstance(r, Page):
                 pages[n] = r
                 continue
-            if not isinstance(r, SourceFailure):
-                if isinstance(r, BaseException) and not isinstance(r, Exception):
-                    raise r
-                from .local import LocalAnswer
-
-                if isinstance(r, LocalAnswer | BadRequest):
-                    raise r
-                r = SourceFailure(f"source {n!r} failed: {type(r).__name__}: {r}")
-            label = "the lake" if n == LOCAL else f"source {n!r}"
-            msg = str(r)
-            statuses[n] = {"status": r.status, "returned": 0, "message": msg}
-            warnings.append(msg if repr(n) in msg else f"{label}: {msg}")
+            if not isinstance(r, Exception):
+                raise r  # cancellation, KeyboardInterrupt: not a source's failure
+            if n == LOCAL and isinstance(r, LocalAnswer | BadRequest):
+                raise r  # the lake's client errors are the client's answer
+            f = self._failure(n, r)
+            statuses[n] = {"status": f.status, "returned": 0, "message": str(f)}
+            warnings.append(str(f))
 
         for n, p in pages.items():
-            if p.extra.get("warning"):
-                warnings.append(p.extra["warning"])
-                statuses[n]["message"] = p.extra["warning"]
+            said = [w for w in p.extra.get("warnings") or () if isinstance(w, str)]
+            if said and n in self.sources:
+                said = [self.sources[n].scrub(w) for w in said]
+                warnings.extend(said)
+                statuses[n]["message"] = "; ".join(said)
+            for k, v in (p.extra.get("status") or {}).items():
+                statuses[n].setdefault(k, v)
         heads = {n: p.items[pending[n].skip :] for n, p in pages.items()}
         # a source whose page ends before the merge does must be read further before
         # anything older than its last item can be placed
         more = {n for n, p in pages.items() if p.next is not None}
         taken, consumed = merge(heads, [n for n in names if n in heads], limit, more)
         features = []
+        unusable: dict[str, list[str]] = {}
         for n, item in taken:
             doc_url = item.pop("_twinhub_url", None)
             if n == LOCAL:
                 features.append(tag_local(item))
             else:
                 src = self.sources[n]
-                features.append(annotate_item(item, src, api_base, self.cache_url, doc_url))
+                try:
+                    features.append(annotate_item(item, src, api_base, self.cache_url, doc_url))
+                except Exception as e:  # noqa: BLE001 - one odd item costs that item only
+                    unusable.setdefault(n, []).append(f"{type(e).__name__}: {str(e)[:200]}")
+                    continue
             statuses[n]["returned"] += 1
+        for n, problems in unusable.items():
+            w = self.sources[n].scrub(
+                f"source {n!r}: {len(problems)} item(s) could not be prepared and were left "
+                f"out (e.g. {problems[0]})"
+            )
+            warnings.append(w)
+            statuses[n]["message"] = w
 
         remaining: dict[str, Cursor] = {}
         for n, p in pages.items():
@@ -208,7 +289,7 @@ class Federation:
         for n in order:
             if n not in pages:
                 remaining[n] = pending[n]  # a failed source resumes where it was
-        token = encode_token(remaining, self.key) if more else None
+        token = encode_token(remaining, self.key, query) if more else None
         matched = None
         if first and not warnings and all(p.matched is not None for p in pages.values()):
             matched = sum(p.matched or 0 for p in pages.values())
@@ -221,9 +302,10 @@ class Federation:
 
         remote = [n for n in names if n != LOCAL]
 
-        async def one(n: str):
+        async def one(n: str) -> list[dict[str, Any]]:
             src = self.sources[n]
-            return await asyncio.wait_for(self.backends[n].get_collections(), src.timeout)
+            found = await self._ask(n, self.backends[n].get_collections)
+            return [annotate_collection(doc, src, api_base, url) for doc, url in found]
 
         results = await asyncio.gather(*(one(n) for n in remote), return_exceptions=True)
         out: list[dict[str, Any]] = []
@@ -231,14 +313,14 @@ class Federation:
         warnings: list[str] = []
         for n, r in zip(remote, results, strict=True):
             if isinstance(r, list):
-                for doc, url in r:
-                    out.append(annotate_collection(doc, self.sources[n], api_base, url))
+                out += r
                 statuses[n] = {"status": "ok", "returned": len(r)}
+            elif isinstance(r, Exception):
+                f = self._failure(n, r)
+                statuses[n] = {"status": f.status, "returned": 0, "message": str(f)}
+                warnings.append(str(f))
             else:
-                status = getattr(r, "status", "timeout" if isinstance(r, TimeoutError) else "error")
-                msg = str(r) or f"source {n!r} did not answer within {self.sources[n].timeout:g} s"
-                statuses[n] = {"status": status, "returned": 0, "message": msg}
-                warnings.append(msg if repr(n) in msg else f"source {n!r}: {msg}")
+                raise r
         return out, statuses, warnings
 
     async def find_collection(self, cid: str, names: list[str], api_base: str):
@@ -249,20 +331,28 @@ class Federation:
         return None, warnings
 
     async def find_item(self, cid: str, iid: str, names: list[str], api_base: str):
-        warnings: list[str] = []
-        for n in names:
-            if n == LOCAL:
-                continue
+        """Item ``iid`` of collection ``cid`` from the first of ``names`` that has it; every
+        source is asked at once (a slow one costs its timeout once, not in turn)."""
+        remote = [n for n in names if n != LOCAL]
+
+        async def one(n: str) -> dict[str, Any] | None:
             src = self.sources[n]
-            try:
-                found = await asyncio.wait_for(self.backends[n].get_item(cid, iid), src.timeout)
-            except (SourceFailure, TimeoutError) as e:
-                warnings.append(str(e) or f"source {n!r} did not answer within {src.timeout:g} s")
-                continue
-            if found is not None:
-                item, url = found
-                if item.get("collection") not in (None, cid) or item.get("id") != iid:
-                    continue
-                item["collection"] = cid
-                return annotate_item(item, src, api_base, self.cache_url, url), warnings
+            found = await self._ask(n, lambda: self.backends[n].get_item(cid, iid))
+            if found is None:
+                return None
+            item, url = found
+            if item.get("collection") not in (None, cid) or item.get("id") != iid:
+                return None
+            item["collection"] = cid
+            return annotate_item(item, src, api_base, self.cache_url, url)
+
+        results = await asyncio.gather(*(one(n) for n in remote), return_exceptions=True)
+        warnings: list[str] = []
+        for n, r in zip(remote, results, strict=True):
+            if isinstance(r, dict):
+                return r, warnings
+            if isinstance(r, Exception):
+                warnings.append(str(self._failure(n, r)))
+            elif r is not None:
+                raise r
         return None, warnings

@@ -10,6 +10,9 @@ failed on one page keeps its place and is tried again on the next.
 
 Tokens are opaque to clients and signed (HMAC): they carry remote URLs, and although every
 URL is checked against the source's origins before use, a forged token is refused outright.
+A token is also bound to its search (a digest of the normalised parameters,
+:meth:`.params.SearchParams.fingerprint`): sent with a changed filter it would resume each
+source at a place that means nothing for the new query, so that is a 400.
 """
 
 from __future__ import annotations
@@ -75,17 +78,17 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def encode_token(cursors: dict[str, Cursor], key: bytes) -> str:
-    raw = json.dumps(
-        {name: c.to_list() for name, c in cursors.items()}, separators=(",", ":"), sort_keys=True
-    ).encode()
+def encode_token(cursors: dict[str, Cursor], key: bytes, query: str = "") -> str:
+    """A token resuming ``cursors`` for the search whose fingerprint is ``query``."""
+    doc = {"q": query, "c": {name: c.to_list() for name, c in cursors.items()}}
+    raw = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
     data = zlib.compress(raw, 6)
     sig = hmac.new(key, data, hashlib.sha256).digest()[:16]
     return f"{TOKEN_PREFIX}{_b64(data)}.{_b64(sig)}"
 
 
-def decode_token(token: str, key: bytes) -> dict[str, Cursor]:
-    """The cursors in a token made by :func:`encode_token` with the same key."""
+def decode_token(token: str, key: bytes, query: str = "") -> dict[str, Cursor]:
+    """The cursors in a token made by :func:`encode_token` with the same key and query."""
     if not token.startswith(TOKEN_PREFIX):
         raise BadRequest("the search token was not made by this API")
     body, _, sig = token[len(TOKEN_PREFIX) :].partition(".")
@@ -99,25 +102,32 @@ def decode_token(token: str, key: bytes) -> dict[str, Cursor]:
         doc = json.loads(zlib.decompress(data, bufsize=1 << 16))
     except (zlib.error, ValueError):
         raise BadRequest("the search token is malformed") from None
-    if not isinstance(doc, dict):
+    if not isinstance(doc, dict) or not isinstance(doc.get("c"), dict):
         raise BadRequest("the search token is malformed")
-    return {str(k): Cursor.from_list(v) for k, v in doc.items()}
+    if doc.get("q") != query:
+        raise BadRequest(
+            "the search token belongs to another search: send it with the same parameters "
+            "as the page it came from (or leave it out to start again)"
+        )
+    return {str(k): Cursor.from_list(v) for k, v in doc["c"].items()}
 
 
 # ---- ordering and merging ----------------------------------------------------------------------
 def timestamp(item: dict[str, Any]) -> float:
     """The item's datetime (or start) as seconds; -inf when it has none (sorted last)."""
-    props = item.get("properties") or {}
+    props = item.get("properties")
+    if not isinstance(props, dict):  # a malformed remote item: sorted last, never a 500
+        return float("-inf")
     text = props.get("datetime") or props.get("start_datetime")
     if not isinstance(text, str):
         return float("-inf")
     try:
         d = dt.datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError:
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=dt.UTC)
+        return d.timestamp()
+    except (ValueError, OverflowError):
         return float("-inf")
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.UTC)
-    return d.timestamp()
 
 
 def merge(

@@ -6,12 +6,19 @@ It answers ``/search`` (GET, POST), ``/collections``, ``/collections/{id}``,
 in-process (:mod:`.local`) and the remote sources (:mod:`.engine`); everything else goes
 to the lake unchanged.  With no source configured it only checks and removes the
 ``sources`` parameter, so the lake-only path costs what it did before.
+
+A user has at most :data:`MAX_REQUESTS_PER_USER` federated requests in flight; more is a 429:
+the remote requests of all users share a bounded pool (:mod:`.engine`), and one user's burst
+must be refused rather than make everyone else's sources time out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
@@ -24,6 +31,8 @@ from .local import LocalAnswer, LocalLake, call
 from .params import from_body, from_query
 
 GEOJSON = b"application/geo+json"
+#: Federated requests (searches, collection and item reads) one user may have in flight.
+MAX_REQUESTS_PER_USER = 4
 _COLLECTION = re.compile(r"^collections/([^/]+)(?:/items(?:/([^/]+))?)?/?$")
 
 
@@ -35,6 +44,8 @@ class FederationMiddleware:
         self.prefix = "/" + prefix.strip("/") + "/"
         self.fed = federation
         self.max_page_size = max_page_size
+        self.max_per_user = MAX_REQUESTS_PER_USER
+        self._in_flight: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -52,15 +63,18 @@ class FederationMiddleware:
                 if not self.fed.sources:
                     await self._lake_only_search(scope, receive, send)
                 else:
-                    await self._search(scope, receive, send, "search")
+                    with self._one_of_the_users(scope):
+                        await self._search(scope, receive, send, "search")
                 return
             if self.fed.sources and method == "GET" and rel is not None:
                 if rel.rstrip("/") == "collections":
-                    await self._collections(scope, send)
+                    with self._one_of_the_users(scope):
+                        await self._collections(scope, send)
                     return
                 m = _COLLECTION.match(rel)
                 if m:
-                    await self._collection_path(scope, receive, send, rel, m)
+                    with self._one_of_the_users(scope):
+                        await self._collection_path(scope, receive, send, rel, m)
                     return
         except BadRequest as e:
             await send_json(send, e.status, {"code": e.status, "description": str(e)})
@@ -82,6 +96,25 @@ class FederationMiddleware:
         return wrapped
 
     # -- helpers ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _one_of_the_users(self, scope: Scope) -> Iterator[None]:
+        """Count a federated request against its user; 429 above the user's share."""
+        user = (scope.get("state") or {}).get("hub_user") or {}
+        name = str(user.get("name") or "")
+        if self._in_flight[name] >= self.max_per_user:
+            raise BadRequest(
+                f"{self.max_per_user} federated requests of yours are still running; wait "
+                "for them before sending more",
+                429,
+            )
+        self._in_flight[name] += 1
+        try:
+            yield
+        finally:
+            self._in_flight[name] -= 1
+            if not self._in_flight[name]:
+                del self._in_flight[name]
+
     def api_base(self, scope: Scope) -> str:
         """This API's public root URL, as stac-fastapi computes it for its own links."""
         from stac_fastapi.api.middleware import ProxyHeaderMiddleware
@@ -111,7 +144,7 @@ class FederationMiddleware:
         body = await _read_body(receive)
         try:
             doc = json.loads(body) if body.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):
             doc = None  # the lake says what is wrong with it
         if isinstance(doc, dict) and "sources" in doc:
             names = doc.pop("sources")
@@ -134,6 +167,8 @@ class FederationMiddleware:
                 doc = json.loads(body) if body.strip() else {}
             except ValueError as e:
                 raise BadRequest(f"the body is not valid JSON: {e}") from None
+            except RecursionError:
+                raise BadRequest("the body's JSON is nested too deeply") from None
             params = from_body(doc, self.max_page_size)
         else:
             params = from_query(

@@ -8,6 +8,7 @@ the datetime as an interval, lists as lists.  Bad input raises :class:`BadReques
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,14 @@ class SearchParams:
     sources: list[str] | None = None
     intersects: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self, sources: list[str]) -> str:
+        """A digest of what decides the result set (not ``limit``, not the token), with the
+        sources searched: the paging token is bound to it."""
+        interval = [d.isoformat() if d else None for d in self.interval or ()]
+        doc = [self.collections, self.ids, self.bbox, interval, self.filter, sorted(sources)]
+        raw = json.dumps(doc, separators=(",", ":"), sort_keys=True, default=str)
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     def remote_body(self, limit: int, collections: list[str] | None) -> dict[str, Any]:
         """The POST /search body for a remote STAC API."""
@@ -138,6 +147,8 @@ def parse_filter(value: Any, lang: str | None) -> dict[str, Any] | None:
         else:
             raise BadRequest(f"filter must be CQL2 text or CQL2-JSON, got {value!r}")
         expr.validate()
+    except RecursionError:
+        raise BadRequest("filter is nested too deeply") from None
     except (cql2.ParseError, cql2.ValidationError, ValueError) as e:
         if isinstance(e, BadRequest):
             raise
