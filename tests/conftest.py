@@ -6,10 +6,6 @@ Fixture plugins (each a module with fixtures, listed here so every test sees the
   embedded platform (`twinhub up`) started once per mode for the whole session.
 """
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 
 pytest_plugins = [
@@ -19,32 +15,19 @@ pytest_plugins = [
 ]
 
 
-SHARED_ROOT = Path("/var/lib/twinhub")
-
-
 @pytest.fixture(scope="session", autouse=True)
-def _remove_new_shared_dirs():
+def _remove_new_shared_dirs(tmp_path_factory):
     """Platforms whose state dir other accounts cannot traverse keep their shared dir (and,
-    as root, the STAC database) in /var/lib/twinhub/<id>: remove the ones this session made
-    once every platform has stopped (this fixture is torn down last)."""
-    before = set(SHARED_ROOT.iterdir()) if SHARED_ROOT.is_dir() else set()
+    as root, the STAC database) in /var/lib/twinhub/<id>: remove those of the platforms this
+    session started (their state dirs are under its basetemp) once every platform has
+    stopped (this fixture is torn down last). Only this session's: another session on the
+    same machine may be running its own platforms."""
+    from tests.helpers.platform import purge_shared_dir
+
+    base = tmp_path_factory.getbasetemp()
     yield
-    if SHARED_ROOT.is_dir():
-        for d in set(SHARED_ROOT.iterdir()) - before:
-            if not _in_use(d):
-                shutil.rmtree(d, ignore_errors=True)
-
-
-def _in_use(shared: Path) -> bool:
-    """A platform of another, concurrent test session still runs its database there."""
-    for pidfile in [*shared.glob("*/postmaster.pid"), *shared.glob("*/*/postmaster.pid")]:
-        try:
-            pid = int(pidfile.read_text().split()[0])
-            os.kill(pid, 0)
-        except (OSError, ValueError, IndexError):
-            continue
-        return True
-    return False
+    for runtime in base.rglob("run/runtime.json"):
+        purge_shared_dir(runtime.parent.parent)
 
 
 _exit_status: list[int] = []
