@@ -30,7 +30,10 @@ def server_process() -> dict[str, Any]:
             "enabled": True,
             "title": "Data lake",
             "icon_path": str(STATIC / "icon.svg"),
-            "category": "Other",
+            # JupyterLab draws a tile's own icon only in the kernel rows (Notebook,
+            # Console); elsewhere the tile is text only. Beside the notebooks, like other
+            # server-proxy apps.
+            "category": "Notebook",
         },
         "new_browser_tab": True,
     }
