@@ -27,6 +27,9 @@ def runtime(tmp_path, **sections) -> Runtime:
         ("max_object_gb", -1, "max_object_gb must be positive"),
         ("fetch_timeout", 0, "fetch_timeout must be positive"),
         ("max_age_hours", -2, "max_age_hours must be >= 0"),
+        ("max_downloads", 0, "max_downloads must be at least 1"),
+        ("max_user_downloads", -1, "max_user_downloads must be at least 1"),
+        ("download_wait", -1, "download_wait must be >= 0"),
     ],
 )
 def test_bad_options_are_named(tmp_path, option, value, words):
@@ -50,6 +53,7 @@ def test_the_service_config_carries_sources_and_limits_privately(tmp_path):
     assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
     assert doc["max_size"] == 500_000_000 and doc["max_object"] == 500_000_000  # clamped
     assert doc["max_age"] == 5400
+    assert (doc["max_downloads"], doc["max_user_downloads"], doc["download_wait"]) == (8, 4, 30)
     assert doc["sources"][0]["headers"] == {"Authorization": "Bearer s3cr3t"}
     assert cache.status_line(rt) == "empty (nothing fetched yet)"
 

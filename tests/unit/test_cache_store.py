@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers.counting_origin import start_origin
 from twinhub.services.cache.app import parse_range
-from twinhub.services.cache.store import CacheError, CacheStore, TooLarge, read_stats
+from twinhub.services.cache.store import Busy, CacheError, CacheStore, TooLarge, read_stats
 from twinhub.services.cache.upstream import fetcher, make_client
 from twinhub.services.datalake.sources import make_source
 
@@ -266,3 +266,70 @@ def test_range_headers(value, want):
 def test_unsatisfiable_ranges(value):
     with pytest.raises(ValueError):
         parse_range(value, 100)
+
+
+def test_downloads_in_flight_cannot_empty_the_cache(tmp_path):
+    """Three concurrent downloads that together need more than the in-flight budget (half
+    the cache here): one runs, the others are refused 503, and the cache keeps what the one
+    does not need."""
+    root = tmp_path / "files"
+    root.mkdir()
+    for n in range(4):
+        (root / f"s{n}.bin").write_bytes(os.urandom(100 * KB))
+    for n in range(3):
+        (root / f"m{n}.bin").write_bytes(os.urandom(200 * KB))
+    o = start_origin(root, rate=400_000)  # 0.5 s per 200 kB: the three overlap
+    try:
+        store = CacheStore(tmp_path / "c", max_size=400 * KB, max_object=200 * KB)
+        assert store.flight_budget == 200 * KB
+        for n in range(4):
+            run(fetch_all(store, o, f"/s{n}.bin"))
+        assert store.size == 400 * KB
+
+        async def three():
+            paths = [f"/m{n}.bin" for n in range(3)]
+            return await asyncio.gather(
+                *(fetch_all(store, o, p) for p in paths), return_exceptions=True
+            )
+
+        results = run(three())
+    finally:
+        o.stop()
+    done = [r for r in results if isinstance(r, bytes)]
+    busy = [r for r in results if isinstance(r, Busy)]
+    assert len(done) == 1 and len(busy) == 2, results
+    assert all(b.status == 503 and "busy" in b.message for b in busy)
+    held = [n for n in range(4) if store.entry(f"origin {o.url}/s{n}.bin")]
+    assert held == [2, 3]  # only the two least recently used made room
+    assert store.size == 400 * KB and store.stats()["errors"] == 0
+
+
+def test_the_last_reader_hanging_up_cancels_the_download(tmp_path, slow_origin, files):
+    store = CacheStore(tmp_path / "c", max_size=10_000_000)
+    src = source_of(slow_origin)
+    url = slow_origin.url + "/big.bin"
+
+    async def scenario() -> None:
+        async with make_client(10) as client:
+            one = await store.get(f"origin {url}", fetcher(client, src, url))
+            two = await store.get(f"origin {url}", fetcher(client, src, url))
+            first, second = one.read(), two.read()
+            assert await anext(first) and await anext(second)
+            await first.aclose()  # one leaves: the other still reads it to the end
+            assert [b async for b in second] and store.stats()["objects"] == 1
+            # again, but now the only reader leaves
+            store._delete(f"origin {url}", store.entry(f"origin {url}").digest)
+            three = await store.get(f"origin {url}", fetcher(client, src, url))
+            blocks = three.read()
+            assert await anext(blocks)
+            await blocks.aclose()
+            for _ in range(100):
+                if not store.stats()["downloading"]:
+                    break
+                await asyncio.sleep(0.01)
+
+    run(scenario())
+    s = store.stats()
+    assert s["downloading"] == 0 and s["cancelled"] == 1 and s["errors"] == 0
+    assert s["objects"] == 0 and list((tmp_path / "c" / "tmp").iterdir()) == []
+    assert run(fetch_all(store, slow_origin, "/big.bin")) == (files / "big.bin").read_bytes()

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Float, TraitError, Unicode, validate
+from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 from ...components import Component
@@ -67,6 +67,34 @@ class TwinhubCache(Configurable):
         "uncached (Range passed through). At most max_size.",
     ).tag(config=True)
 
+    max_downloads = Int(
+        8,
+        help="Most upstream downloads the cache runs at once (each for a different object; "
+        "readers of one object share one); a new miss beyond it is answered 503. Downloads "
+        "together also hold at most half of max_size (at least max_object_gb), an unknown "
+        "size counting as max_object_gb.",
+    ).tag(config=True)
+    max_user_downloads = Int(
+        4,
+        help="Most downloads one user's requests may have started and still running; a new "
+        "miss beyond it is answered 429 (hits and joining a download are not limited).",
+    ).tag(config=True)
+
+    download_wait = Float(
+        30.0,
+        help="Seconds a new miss waits for a download to end when max_downloads or "
+        "max_user_downloads is reached, before it is answered 503 or 429 (parallel chunk "
+        "reads of one user queue up instead of failing).",
+    ).tag(config=True)
+
+    @validate("max_downloads", "max_user_downloads")
+    def _at_least_one(self, proposal: Any) -> int:
+        if proposal.value < 1:
+            raise ValueError(
+                f"TwinhubCache.{proposal.trait.name} must be at least 1, got {proposal.value!r}"
+            )
+        return proposal.value
+
     @validate("max_size", "max_object_gb", "fetch_timeout")
     def _positive(self, proposal: Any) -> float:
         if not proposal.value > 0:
@@ -75,10 +103,12 @@ class TwinhubCache(Configurable):
             )
         return proposal.value
 
-    @validate("max_age_hours")
+    @validate("max_age_hours", "download_wait")
     def _not_negative(self, proposal: Any) -> float:
         if proposal.value < 0:
-            raise ValueError(f"TwinhubCache.max_age_hours must be >= 0, got {proposal.value!r}")
+            raise ValueError(
+                f"TwinhubCache.{proposal.trait.name} must be >= 0, got {proposal.value!r}"
+            )
         return proposal.value
 
 
@@ -137,6 +167,9 @@ def service_config(rt: Runtime) -> dict[str, Any]:
         "max_age": cfg.max_age_hours * 3600,
         "max_object": min(int(cfg.max_object_gb * GB), max_size),
         "fetch_timeout": cfg.fetch_timeout,
+        "max_downloads": cfg.max_downloads,
+        "max_user_downloads": cfg.max_user_downloads,
+        "download_wait": cfg.download_wait,
         "sources": [s.to_dict() for s in TwinhubDataLake(config=rt.config).stac_sources()],
     }
 

@@ -17,6 +17,7 @@ COUNTERS = {
     "errors": ("twinhub_cache_fetch_errors", "Upstream fetches that failed"),
     "bytes_served": ("twinhub_cache_served_bytes", "Bytes sent to clients"),
     "bytes_fetched": ("twinhub_cache_fetched_bytes", "Bytes fetched from sources"),
+    "cancelled": ("twinhub_cache_cancelled", "Downloads stopped because every reader hung up"),
 }
 GAUGES = {
     "size": ("twinhub_cache_size_bytes", "Bytes held by complete objects"),

@@ -14,7 +14,16 @@ A fetch that dies halfway (upstream cut, the service killed) leaves at most a fi
 
 N concurrent requests for one key share one :class:`Flight`: one upstream fetch, written to
 its temporary file, which every requester (the first included) reads as it grows.  The fetch
-runs as its own task, so a requester that hangs up does not cut the others off.
+runs as its own task, so a requester that hangs up does not cut the others off; when the last
+one hangs up before the end, the fetch is cancelled.
+
+Limits, so that one user cannot fill the disk or empty the cache: at most ``max_flights``
+downloads at once, ``max_user_flights`` started by one user (a new miss beyond waits up to
+``admit_wait`` seconds for one to end, then is answered 503 or 429), and the
+downloads' sizes together (an unknown size counts as ``max_object``) at most
+``flight_budget`` (503).  Room for a download is made as its bytes are announced (or
+arrive, for an unknown size), so the objects and the downloads together stay within
+``max_size``, and downloads never evict more than the budget's worth.
 """
 
 from __future__ import annotations
@@ -27,11 +36,22 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .flight import (
+    Busy,
+    CacheError,
+    Entry,
+    Fetch,
+    Flight,
+    Handle,
+    Meta,
+    TooLarge,
+    Upstream,
+    as_cache_error,
+)
 
 log = logging.getLogger("twinhub.cache")
 
@@ -47,14 +67,18 @@ COUNTERS = (
     "errors",
     "bytes_served",
     "bytes_fetched",
+    "cancelled",
 )
-#: Bytes per read when serving a file.
-READ_BLOCK = 1 << 20
 #: Readers of a download are woken after this many new bytes (or 50 ms).
 NOTIFY_BYTES = 1 << 20
 #: Seconds a source's 404 is remembered: a Zarr v3 open probes for v2 metadata files
 #: (.zgroup, .zattrs, .zmetadata) every time, and many readers open the same store.
 ABSENT_SECONDS = 60.0
+#: Seconds an object found too large while downloading (no size announced) is remembered:
+#: it is then streamed through uncached instead of being fetched (and cut) at every request.
+TOO_LARGE_SECONDS = 3600.0
+#: Refusals remembered at most (the oldest are forgotten first).
+MAX_REFUSALS = 10_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -70,156 +94,6 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE INDEX IF NOT EXISTS objects_accessed ON objects (accessed);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
-
-
-class CacheError(RuntimeError):
-    """An upstream fetch failed; ``status`` is the HTTP status the cache answers with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class TooLarge(CacheError):
-    """The object is larger than the biggest the cache keeps (``max_object``)."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(
-            413,
-            f"the asset is {size / 1e9:.2f} GB, more than the cache keeps "
-            f"(TwinhubCache.max_object_gb = {limit / 1e9:g})",
-        )
-        self.size = size
-
-
-@dataclass(frozen=True)
-class Meta:
-    """What is known of an object before its bytes: from the upstream's headers."""
-
-    size: int | None
-    content_type: str = "application/octet-stream"
-    etag: str = ""
-    last_modified: str = ""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A complete object in the cache."""
-
-    key: str
-    digest: str
-    size: int
-    content_type: str
-    etag: str
-    last_modified: str
-    fetched: float
-    accessed: float
-
-    @property
-    def meta(self) -> Meta:
-        return Meta(self.size, self.content_type, self.etag, self.last_modified)
-
-
-class Upstream:
-    """One upstream response: its metadata and its body, chunk by chunk (see Fetch)."""
-
-    def __init__(
-        self, meta: Meta, chunks: AsyncIterator[bytes], status: int = 200, content_range: str = ""
-    ) -> None:
-        self.meta = meta
-        self.chunks = chunks
-        # Only for pass-through of objects too large to keep (a 206 to a forwarded Range).
-        self.status = status
-        self.content_range = content_range
-
-
-#: Opens the upstream response of one key; raises CacheError to refuse (404, 502, ...).
-Fetch = Callable[[], AbstractAsyncContextManager[Upstream]]
-
-
-@dataclass(eq=False)
-class Flight:
-    """One upstream fetch in progress, shared by every requester of its key."""
-
-    key: str
-    tmp: Path
-    meta: asyncio.Future[Meta]
-    cond: asyncio.Condition = field(default_factory=asyncio.Condition)
-    rfd: int = -1  # a read descriptor of ``tmp``, dup'ed by each reader
-    written: int = 0
-    done: bool = False
-    error: BaseException | None = None
-    task: asyncio.Task | None = None
-
-
-@dataclass
-class Handle:
-    """What a requester reads: a complete object (hit) or a flight (miss).
-
-    Holds its own descriptor of the file, opened when the handle was made: an eviction or
-    the flight's rename afterwards does not affect it.  :meth:`read` closes it; call
-    :meth:`close` when not reading (HEAD).
-    """
-
-    meta: Meta
-    hit: bool
-    fd: int
-    flight: Flight | None = None  # the download (miss)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Bytes ``[start, end)`` (``end`` None: to the end); from a flight, as they arrive.
-
-        Raises CacheError if the flight fails: a reader never gets a silently short body.
-        """
-        try:
-            if self.flight is None:
-                stop = self.meta.size if end is None else end
-                assert stop is not None
-                pos = start
-                while pos < stop:
-                    block = os.pread(self.fd, min(READ_BLOCK, stop - pos), pos)
-                    if not block:
-                        raise CacheError(500, "cached object shorter than its index says")
-                    pos += len(block)
-                    yield block
-                return
-            fl = self.flight
-            pos = start
-            while end is None or pos < end:
-                if not (fl.written > pos or fl.done):
-                    async with fl.cond:
-                        await fl.cond.wait_for(lambda p=pos: fl.written > p or fl.done)
-                if fl.error is not None:
-                    raise _as_cache_error(fl.error)
-                avail = fl.written if end is None else min(fl.written, end)
-                if pos >= avail:
-                    if fl.done:
-                        if end is not None and pos < end:
-                            raise CacheError(502, "the upstream object is shorter than asked")
-                        return
-                    continue
-                while pos < avail:
-                    block = os.pread(self.fd, min(READ_BLOCK, avail - pos), pos)
-                    if not block:
-                        raise CacheError(502, "download vanished while reading")
-                    pos += len(block)
-                    yield block
-        finally:
-            self.close()
-
-
-def _as_cache_error(e: BaseException) -> CacheError:
-    if isinstance(e, CacheError):
-        return e
-    if isinstance(e, asyncio.CancelledError):
-        return CacheError(503, "the download was cancelled (the cache is stopping)")
-    return CacheError(502, f"download failed: {type(e).__name__}: {e}")
 
 
 def digest(key: str) -> str:
@@ -241,19 +115,38 @@ class CacheStore:
         max_age: float = 0,
         max_object: int | None = None,
         clock: Callable[[], float] = time.time,
+        max_flights: int = 8,
+        max_user_flights: int = 4,
+        flight_budget: int | None = None,
+        admit_wait: float = 30.0,
     ) -> None:
         if max_size <= 0:
             raise ValueError(f"cache max_size must be positive, got {max_size}")
+        if max_flights < 1 or max_user_flights < 1:
+            raise ValueError(
+                f"cache download limits must be at least 1, got max_flights={max_flights}, "
+                f"max_user_flights={max_user_flights}"
+            )
         self.dir = Path(directory)
         self.max_size = int(max_size)
         self.max_age = float(max_age)
         self.max_object = min(int(max_object or max_size), self.max_size)
+        self.max_flights = int(max_flights)
+        self.max_user_flights = int(max_user_flights)
+        self.admit_wait = float(admit_wait)  # seconds a new miss waits at a limit
+        self._slot_freed = asyncio.Event()
+        # half the cache by default, so that downloads never evict the other half; at least
+        # one object of the largest size kept, at most the whole cache
+        budget = flight_budget or max(self.max_size // 2, self.max_object)
+        self.flight_budget = min(max(int(budget), self.max_object), self.max_size)
         self.clock = clock
         self.objects_dir = self.dir / "objects"
         self.tmp_dir = self.dir / "tmp"
         self._flights: dict[str, Flight] = {}
-        self._absent: dict[str, tuple[float, CacheError]] = {}  # key -> (until, the 404)
-        self._reserved = 0  # bytes announced by downloads in progress
+        # key -> (until, error): a source's 404s and objects found too large, in memory
+        self._refused: dict[str, tuple[float, CacheError]] = {}
+        self._reserved = 0  # room made in the cache for downloads in progress (bytes)
+        self._budget_used = 0  # the downloads' shares of flight_budget
         self.size = 0
         self.count = 0
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -371,6 +264,11 @@ class CacheStore:
     def _expired(self, e: Entry, now: float) -> bool:
         return self.max_age > 0 and now - e.fetched > self.max_age
 
+    def has(self, key: str) -> bool:
+        """Whether a complete, fresh object is held for ``key`` (nothing updated)."""
+        e = self.entry(key)
+        return e is not None and not self._expired(e, self.clock())
+
     def lookup(self, key: str) -> Entry | None:
         """The complete, fresh object for ``key`` (its last access updated), else None."""
         e = self.entry(key)
@@ -387,60 +285,146 @@ class CacheStore:
         self._db.execute("UPDATE objects SET accessed = ? WHERE key = ?", (now, key))
         return e
 
-    async def get(self, key: str, fetch: Fetch) -> Handle:
-        """A handle on ``key``: from the cache (a hit), else from the one flight fetching it.
+    def refusal(self, key: str) -> CacheError | None:
+        """The remembered refusal of ``key`` (a source's 404, TooLarge), if still valid."""
+        refused = self._refused.get(key)
+        if refused is None:
+            return None
+        if refused[0] > time.monotonic():
+            return refused[1]
+        del self._refused[key]
+        return None
 
-        Raises CacheError when the upstream refuses or fails before sending any byte.
+    def _remember(self, key: str, e: CacheError, seconds: float) -> None:
+        if len(self._refused) >= MAX_REFUSALS:  # bounded: forget the oldest
+            self._refused.pop(next(iter(self._refused)))
+        self._refused[key] = (time.monotonic() + seconds, e)
+
+    async def get(self, key: str, fetch: Fetch, user: str = "") -> Handle:
+        """A handle on ``key``: from the cache (a hit), else from the one flight fetching it
+        (started for ``user`` when there is none, within the limits).
+
+        Raises CacheError when the upstream refuses or fails before sending any byte, Busy
+        (503/429) when a new download would exceed a limit, TooLarge for an object over
+        ``max_object`` (the caller streams it through).
         """
-        # No await between finding an object (or a flight) and opening its file: nothing
-        # can evict or rename it in between (one event loop).
-        absent = self._absent.get(key)
-        if absent is not None:
-            if absent[0] > time.monotonic():
-                raise absent[1]
-            del self._absent[key]
-        e = self.lookup(key)
-        if e is not None:
-            self.count_event(hits=1)
-            fd = os.open(self._object_path(e.digest), os.O_RDONLY)
-            return Handle(meta=e.meta, hit=True, fd=fd)
-        fl = self._flights.get(key)
-        if fl is None:
-            self.count_event(misses=1)
-            fl = self._start(key, fetch)
-        else:
-            self.count_event(hits=1, joined=1)
+        deadline = time.monotonic() + self.admit_wait
+        while True:
+            # No await between finding an object (or a flight) and opening its file:
+            # nothing can evict or rename it in between (one event loop).
+            refused = self.refusal(key)
+            if refused is not None:
+                raise refused
+            e = self.lookup(key)
+            if e is not None:
+                self.count_event(hits=1)
+                fd = os.open(self._object_path(e.digest), os.O_RDONLY)
+                return Handle(meta=e.meta, hit=True, fd=fd)
+            fl = self._flights.get(key)
+            if fl is not None:
+                self.count_event(hits=1, joined=1)
+                break
+            busy = self._admit(user)
+            if busy is None:
+                fl = self._start(key, fetch, user)
+                self.count_event(misses=1)
+                break
+            # at a limit: wait a while for a download to end (parallel chunk reads of one
+            # user queue up rather than fail), then look again: it may be cached by now
+            try:
+                await asyncio.wait_for(self._slot_freed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                raise busy from None
+        fl.readers += 1  # a requester waiting for the headers counts as a reader
         fd = os.dup(fl.rfd)
         try:
             meta = await asyncio.shield(fl.meta)
         except BaseException:
             os.close(fd)
+            self._release(fl, False)
             raise
-        return Handle(meta=meta, hit=False, fd=fd, flight=fl)
+        return Handle(
+            meta=meta,
+            hit=False,
+            fd=fd,
+            flight=fl,
+            release=lambda complete, fl=fl: self._release(fl, complete),
+        )
+
+    def _admit(self, user: str) -> Busy | None:
+        """Why a new download for ``user`` cannot start now (None: it can)."""
+        if len(self._flights) >= self.max_flights:
+            return Busy(
+                503,
+                f"the cache is busy: {len(self._flights)} downloads in progress, the most it "
+                "runs at once; try again shortly",
+            )
+        mine = sum(1 for f in self._flights.values() if f.owner == user)
+        if mine >= self.max_user_flights:
+            return Busy(
+                429,
+                f"{user or 'this user'} already has {mine} downloads in progress through the "
+                f"cache, the most one user may start at once; try again when one is done",
+            )
+        return None
+
+    def _free_slot(self) -> None:
+        """A download ended or was given up: wake the requests waiting for a slot."""
+        self._slot_freed.set()
+        self._slot_freed = asyncio.Event()
+
+    def _release(self, fl: Flight, complete: bool) -> None:
+        """A reader left ``fl``; the last one leaving before the end, having not read all it
+        asked for (it hung up), cancels the download: nobody wants its bytes now."""
+        fl.readers -= 1
+        finished = fl.done or fl.error is not None or fl.task is None or fl.task.done()
+        if fl.readers > 0 or complete or finished:
+            return
+        fl.abandoned = True
+        if self._flights.get(fl.key) is fl:  # the next request starts afresh, not joins it
+            del self._flights[fl.key]
+            self._free_slot()
+        fl.task.cancel()
 
     # -- fetching ----------------------------------------------------------------------
-    def _start(self, key: str, fetch: Fetch) -> Flight:
+    def _start(self, key: str, fetch: Fetch, user: str) -> Flight:
         dg = digest(key)
         tmp = self.tmp_dir / f"{dg}.{os.getpid()}.{time.monotonic_ns()}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
-        fl = Flight(key=key, tmp=tmp, meta=asyncio.get_running_loop().create_future())
+        fl = Flight(key=key, tmp=tmp, meta=asyncio.get_running_loop().create_future(), owner=user)
         fl.rfd = os.open(tmp, os.O_RDONLY)
         self._flights[key] = fl
         fl.task = asyncio.create_task(self._run(fl, fetch), name=f"cache-fetch-{dg[:12]}")
         return fl
 
+    def _reserve(self, fl: Flight, n: int) -> None:
+        """Make room for ``n`` more bytes of ``fl``: objects + downloads within max_size.
+        Downloads hold at most flight_budget, so this never evicts more than that."""
+        fl.reserved += n
+        self._reserved += n
+        if self.size + self._reserved > self.max_size:
+            self._evict_to(self.max_size - self._reserved)
+
     async def _run(self, fl: Flight, fetch: Fetch) -> None:
-        reserved = 0
         try:
             async with fetch() as up:
                 meta = up.meta
+                if meta.size is not None and meta.size > self.max_object:
+                    raise TooLarge(meta.size, self.max_object)
+                share = self.max_object if meta.size is None else meta.size
+                if self._budget_used + share > self.flight_budget:
+                    raise Busy(
+                        503,
+                        f"the cache is busy: downloads in progress hold "
+                        f"{self._budget_used / 1e9:.3f} GB of the {self.flight_budget / 1e9:g} "
+                        f"GB they may use (an unknown size counts as "
+                        f"{self.max_object / 1e9:g} GB); try again shortly",
+                    )
+                fl.budget = share
+                self._budget_used += share
                 if meta.size is not None:
-                    if meta.size > self.max_object:
-                        raise TooLarge(meta.size, self.max_object)
-                    reserved = meta.size
-                    self._reserved += reserved
-                    self._evict_to(self.max_size - self._reserved)
+                    self._reserve(fl, meta.size)
                 fl.meta.set_result(meta)
                 fd = os.open(fl.tmp, os.O_WRONLY)
                 try:
@@ -453,6 +437,12 @@ class CacheStore:
                         fl.written += len(chunk)
                         if fl.written > self.max_object:
                             raise TooLarge(fl.written, self.max_object)
+                        if meta.size is None:
+                            self._reserve(fl, len(chunk))  # room as the bytes arrive
+                        elif fl.written > meta.size:
+                            raise CacheError(
+                                502, f"upstream sent more than the {meta.size} bytes it announced"
+                            )
                         # wake readers per MiB or 50 ms, not per network read (64 KiB):
                         # waking them is most of the cost of a fast transfer
                         now = time.monotonic()
@@ -473,20 +463,28 @@ class CacheStore:
         except BaseException as e:
             fl.error = e
             if isinstance(e, CacheError) and e.status == 404:
-                if len(self._absent) > 10_000:  # bounded: forget the oldest
-                    self._absent.pop(next(iter(self._absent)))
-                self._absent[fl.key] = (time.monotonic() + ABSENT_SECONDS, e)
+                self._remember(fl.key, e, ABSENT_SECONDS)
+            elif isinstance(e, TooLarge):
+                # found out mid-body when no size was announced (its readers were cut): from
+                # now on streamed through at once, not fetched (and cut) at every request
+                self._remember(fl.key, e, TOO_LARGE_SECONDS)
             if not fl.meta.done():
-                fl.meta.set_exception(_as_cache_error(e))
+                fl.meta.set_exception(as_cache_error(e, fl))
                 fl.meta.exception()  # retrieved: no "never retrieved" warning if nobody waits
-            self.count_event(errors=1)
+            if fl.abandoned:
+                self.count_event(cancelled=1)
+            elif not isinstance(e, Busy):
+                self.count_event(errors=1)
             fl.tmp.unlink(missing_ok=True)
             if not isinstance(e, CacheError | Exception):
                 raise  # cancellation: let it through once the flight is marked failed
         finally:
             self.count_event(bytes_fetched=fl.written)
-            self._reserved -= reserved
-            self._flights.pop(fl.key, None)
+            self._reserved -= fl.reserved
+            self._budget_used -= fl.budget
+            if self._flights.get(fl.key) is fl:
+                del self._flights[fl.key]
+            self._free_slot()  # also when only the budget was taken
             os.close(fl.rfd)
             fl.done = True
             async with fl.cond:
@@ -512,6 +510,9 @@ class CacheStore:
         side.write_text(json.dumps(doc))
         os.replace(side, self._meta_path(dg))
         os.replace(fl.tmp, target)  # from here on the object exists, complete
+        # its bytes move from the downloads' room to the objects' size
+        self._reserved -= fl.reserved
+        fl.reserved = 0
         self._index(fl.key, dg, doc, now)
         self._evict_to(self.max_size)
 
@@ -606,3 +607,17 @@ def read_stats(directory: str | Path) -> dict[str, Any] | None:
         return out
     finally:
         db.close()
+
+
+__all__ = [
+    "Busy",
+    "CacheError",
+    "CacheStore",
+    "Entry",
+    "Fetch",
+    "Handle",
+    "Meta",
+    "TooLarge",
+    "Upstream",
+    "read_stats",
+]

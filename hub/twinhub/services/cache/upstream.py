@@ -6,6 +6,11 @@ the source's own origin: not to its ``asset_origins``, and not after a redirect 
 origin (from then on, whatever later hops do).  httpx runs with ``follow_redirects=False``: a
 redirect is followed here only when its target is on one of the same source's configured
 origins; any other is refused with 502 naming the target.
+
+What the source says about an object is cleaned here, once: a header value that is not
+printable ASCII (what the cache can send on) is dropped, and a body sent with a
+``Content-Encoding`` although ``identity`` was asked for is refused (502): its bytes are not
+the object's.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from urllib.parse import urljoin
 import httpx
 
 from ..datalake.sources import SourceError, StacSource, origin
-from .store import CacheError, Fetch, Meta, Upstream
+from .flight import CacheError, Fetch, Meta, Upstream
 
 MAX_REDIRECTS = 5
 USER_AGENT = "twinhub-cache"
+#: Longest header value kept from a source (ETags, dates and media types are far shorter).
+MAX_HEADER = 1024
 
 
 def make_client(fetch_timeout: float) -> httpx.AsyncClient:
@@ -56,21 +63,11 @@ def fetcher(
                 raise CacheError(
                     502, f"source {source.name!r} answered {resp.status_code} for {url}"
                 )
-            length = resp.headers.get("content-length")
-            size = int(length) if length and length.isdigit() else None
-            if resp.headers.get("content-encoding", "identity") != "identity":
-                size = None  # asked for identity; a server that compresses anyway: raw bytes
-            meta = Meta(
-                size=size,
-                content_type=resp.headers.get("content-type") or "application/octet-stream",
-                etag=resp.headers.get("etag", ""),
-                last_modified=resp.headers.get("last-modified", ""),
-            )
             yield Upstream(
-                meta,
+                _meta(resp, source, url),
                 _body(resp, source, url),
                 status=resp.status_code,
-                content_range=resp.headers.get("content-range", ""),
+                content_range=clean_header(resp.headers.get("content-range", "")),
             )
         finally:
             await resp.aclose()
@@ -78,8 +75,55 @@ def fetcher(
     return fetch
 
 
+async def head(client: httpx.AsyncClient, source: StacSource, url: str) -> Meta:
+    """What the source says of ``url`` without its body (HEAD on an object not cached: no
+    download for it); CacheError as for a GET."""
+    resp = await _send(client, source, url, "", method="HEAD")
+    try:
+        if resp.status_code == 404:
+            raise CacheError(404, f"source {source.name!r} has no {url} (404)")
+        if resp.status_code != 200:
+            raise CacheError(
+                502, f"source {source.name!r} answered {resp.status_code} to HEAD {url}"
+            )
+        return _meta(resp, source, url)
+    finally:
+        await resp.aclose()
+
+
+def clean_header(value: str) -> str:
+    """``value`` if it is printable ASCII of a sane length, else "" (not passed on)."""
+    if len(value) > MAX_HEADER or not all(" " <= c <= "~" for c in value):
+        return ""
+    return value
+
+
+def _meta(resp: httpx.Response, source: StacSource, url: str) -> Meta:
+    encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # asked for identity: compressed bytes are not the object, and would be served as
+        # if they were (no Content-Encoding on the way out)
+        raise CacheError(
+            502,
+            f"source {source.name!r} sent {url} with Content-Encoding "
+            f"{clean_header(encoding)[:40]!r} although identity was asked for: refused",
+        )
+    length = resp.headers.get("content-length", "")
+    return Meta(
+        size=int(length) if length.isdigit() else None,
+        content_type=clean_header(resp.headers.get("content-type", ""))
+        or "application/octet-stream",
+        etag=clean_header(resp.headers.get("etag", "")),
+        last_modified=clean_header(resp.headers.get("last-modified", "")),
+    )
+
+
 async def _send(
-    client: httpx.AsyncClient, source: StacSource, url: str, range_header: str
+    client: httpx.AsyncClient,
+    source: StacSource,
+    url: str,
+    range_header: str,
+    method: str = "GET",
 ) -> httpx.Response:
     plain = {"accept-encoding": "identity"}
     if range_header:
@@ -91,7 +135,7 @@ async def _send(
         headers = {**source.headers, **plain} if trusted else plain
         try:
             resp = await client.send(
-                client.build_request("GET", target, headers=headers), stream=True
+                client.build_request(method, target, headers=headers), stream=True
             )
         except httpx.TimeoutException:
             raise CacheError(
