@@ -161,8 +161,9 @@ def test_item_endpoint_serves_the_item_and_404s_unknown_ones(env):
     # ".." never reaches the STAC service: the proxies normalise it away (a redirect) or
     # the handler refuses it; a control character reaches the handler and is refused
     assert _get(env, "twinlab/api/lake/items/climate-dt/%2E%2E").status_code in (302, 400, 404)
-    bad = _get(env, "twinlab/api/lake/items/climate-dt/a%01b")
-    assert bad.status_code == 400 and "not a valid id" in bad.json()["message"]
+    for ctl in ("%01", "%C2%85"):  # C0 and C1 controls
+        bad = _get(env, f"twinlab/api/lake/items/climate-dt/a{ctl}b")
+        assert bad.status_code == 400 and "not a valid id" in bad.json()["message"]
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -191,7 +192,9 @@ def test_quicklook_is_the_items_field_and_is_cached(env):
     local = json.loads(json.dumps(item))
     for a in local["assets"].values():
         a["href"] = str(seed.root / "objects" / a["href"].removeprefix("s3://lake/"))
-    assert np.array_equal(served, _pixels(quicklook(local, "zarr", None, "1")))
+    # drawn here from local files: the page's own check (s3:// on the user's buckets) off
+    drawn = quicklook(local, "zarr", None, "1", check=lambda _href: None)
+    assert np.array_equal(served, _pixels(drawn))
 
     other = _get(env, "twinlab/api/lake/quicklook", **{**params, "time": "3"})
     assert other.status_code == 200 and not np.array_equal(_pixels(other.content), served)
@@ -220,6 +223,79 @@ def test_quicklook_bad_input(env, extra, status, words):
     r = _get(env, "twinlab/api/lake/quicklook", **params)
     assert r.status_code == status, r.text
     assert words in r.json()["message"]
+
+
+def _user_item(cid: str, iid: str, href: str, media_type: str, props: dict) -> dict:
+    return {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": iid,
+        "collection": cid,
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 40], [10, 40], [10, 50], [0, 40]]]},
+        "bbox": [0, 40, 10, 50],
+        "properties": props,
+        "assets": {"data": {"href": href, "type": media_type, "roles": ["data"]}},
+        "links": [],
+    }
+
+
+def test_quicklook_reads_only_the_users_buckets_and_the_cache(env):
+    """Anyone may add items to the STAC API and the page draws an item on click: items
+    pointing at local files, other users' buckets or other hosts are refused (403 naming
+    why) before anything is read; the same data on the lake bucket is drawn."""
+    p, seed, items, _, _ = env
+    own = {b["kind"]: b["name"] for b in _get(env, "twinlab/api/storage/buckets").json()["buckets"]}
+    other_home = own["home"].replace(USER, OTHER)  # the attacker's (or anyone else's) bucket
+    stac = p.url + "services/stac/"
+    headers = {"Authorization": f"token {p.token(OTHER)}"}  # the attacker's items
+    cid = f"lakeother-{uuid.uuid4().hex[:8]}"
+    lake_item = next(i for i in items if i["properties"]["twinhub:grid"]["id"] == "octahedral-o96")
+    lake_href = lake_item["assets"]["zarr"]["href"]
+    grid = lake_item["properties"]["twinhub:grid"]
+    local = str(seed.root / "objects" / lake_href.removeprefix("s3://lake/"))
+    zarr = "application/vnd+zarr"
+    cases = {
+        # an absolute path: pystac makes it a URL on the STAC service's host
+        "path": (local, "a quick-look reads"),
+        "file-url": ("file://" + local, "local file"),
+        "other-bucket": (f"s3://{other_home}/x.zarr", "not one of this user's buckets"),
+        "other-host": ("http://127.0.0.1:9/x.zarr", "host '127.0.0.1:9'"),
+        "relative": ("../../x.zarr", "a quick-look reads"),  # against the item's own URL
+        "lake": (lake_href, None),
+    }
+    collection = {
+        "type": "Collection",
+        "id": cid,
+        "stac_version": "1.1.0",
+        "description": "hrefs a quick-look must not read",
+        "license": "CC-BY-4.0",
+        "extent": {
+            "spatial": {"bbox": [[-180, -90, 180, 90]]},
+            "temporal": {"interval": [["2020-01-01T00:00:00Z", None]]},
+        },
+        "links": [],
+    }
+    r = requests.post(stac + "collections", json=collection, headers=headers, timeout=30)
+    assert r.status_code in (200, 201), r.text
+    try:
+        for iid, (href, _) in cases.items():
+            props = {
+                k: v for k, v in lake_item["properties"].items() if not k.startswith("twinhub:")
+            }
+            body = _user_item(cid, iid, href, zarr, {**props, "twinhub:grid": grid})
+            r = requests.post(
+                stac + f"collections/{cid}/items", json=body, headers=headers, timeout=30
+            )
+            assert r.status_code in (200, 201), r.text
+        for iid, (_, words) in cases.items():
+            r = _get(env, "twinlab/api/lake/quicklook", collection=cid, item=iid, time="0")
+            if words is None:
+                assert r.status_code == 200 and r.headers["Content-Type"] == "image/png", r.text
+            else:
+                assert r.status_code == 403, (iid, r.status_code, r.text)
+                assert words in r.json()["message"], (iid, r.text)
+    finally:
+        requests.delete(stac + f"collections/{cid}", headers=headers, timeout=30)
 
 
 def test_code_line_opens_the_item_in_a_kernel(env):
@@ -293,15 +369,39 @@ def test_upload_over_the_size_cap_is_refused(env):
     p, _, _, url, _ = env
     from twinlab.browse.storage import UPLOAD_MAX_BYTES
 
+    headers = {"Authorization": f"token {p.token(USER)}"}
     r = requests.put(
         url + "twinlab/api/storage/upload",
         params={"key": "too-big.bin"},
         data=b"\0" * (UPLOAD_MAX_BYTES + 1),
-        headers={"Authorization": f"token {p.token(USER)}"},
+        headers=headers,
         timeout=120,
     )
     assert r.status_code == 413, r.text
     assert "limit" in r.json()["message"]
+
+    def chunks():  # no Content-Length (chunked): the server counts, and stops at the cap
+        block = b"\0" * (1 << 20)
+        for _ in range(UPLOAD_MAX_BYTES >> 20):
+            yield block
+        yield b"\0" * 1000
+
+    r = requests.put(
+        url + "twinlab/api/storage/upload",
+        params={"key": "too-big-chunked.bin"},
+        data=chunks(),
+        headers=headers,
+        timeout=120,
+    )
+    assert r.status_code == 413, r.text
+    assert "limit" in r.json()["message"]
+    home = next(
+        b["name"]
+        for b in _get(env, "twinlab/api/storage/buckets").json()["buckets"]
+        if b["kind"] == "home"
+    )
+    for key in ("too-big.bin", "too-big-chunked.bin"):  # nothing was stored
+        assert _get(env, "twinlab/api/storage/stat", bucket=home, key=key).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -312,6 +412,10 @@ def test_upload_over_the_size_cap_is_refused(env):
         ("list", {"bucket": "home-somebody-else"}, 404, "unknown bucket"),
         ("list", {"bucket": ""}, 400, "bucket is required"),
         ("stat", {"bucket": "lake", "key": "a/\x01b"}, 400, "control characters"),
+        ("stat", {"bucket": "lake", "key": "a/\x85b"}, 400, "control characters"),  # C1
+        ("stat", {"bucket": "lake", "key": "a//b"}, 400, "empty segment"),
+        ("stat", {"bucket": "lake", "key": "a/"}, 400, "ends in '/'"),
+        ("list", {"bucket": "lake", "prefix": "a//"}, 400, "empty segment"),
         ("stat", {"bucket": "lake", "key": ""}, 400, "key is required"),
         ("stat", {"bucket": "lake", "key": "/abs"}, 400, "must not start with '/'"),
         ("presign", {"bucket": "lake", "key": "../etc/passwd"}, 400, "'..' segment"),
@@ -326,7 +430,7 @@ def test_bad_storage_input_is_a_4xx_naming_the_problem(env, path, params, status
 
 def test_bad_upload_keys_are_refused(env):
     p, _, _, url, _ = env
-    for key in ("", "a/../b", "x\ny"):
+    for key in ("", "a/../b", "x\ny", "x\x9by", "a//b", "dir/"):
         r = requests.put(
             url + "twinlab/api/storage/upload",
             params={"key": key},

@@ -6,7 +6,9 @@ have nothing upstream, so :class:`HubAuthMiddleware` does the same job around an
 - ``Authorization: token <t>`` / ``Bearer <t>`` (scripts, notebooks: ``$JUPYTERHUB_API_TOKEN``);
 - a browser without a token is sent through the hub's OAuth (single sign-on: no second
   login), and comes back to ``<prefix>oauth_callback``, which stores the token in an
-  HttpOnly cookie limited to the service's path;
+  HttpOnly cookie limited to the service's path (pending logins are bounded: at most
+  ``MAX_PENDING_STATES``, for ``STATE_MAX_AGE`` seconds, next URLs of ``MAX_NEXT_URL``
+  characters at most, as anyone can start one);
 - every token is checked with the hub (cached briefly) and must carry the service's access
   scope (``access:services!service=<name>``), else 403 naming the missing scope.
 
@@ -36,6 +38,13 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Seconds a browser's OAuth login may take (the hub's own state lifetime).
+STATE_MAX_AGE = 600
+#: Logins pending at once: unauthenticated requests make them, so memory must be bounded
+#: (each holds a next URL of at most MAX_NEXT_URL characters and a PKCE verifier).
+MAX_PENDING_STATES = 10_000
+#: A longer path + query is not kept as the place to return to (the service root is).
+MAX_NEXT_URL = 2048
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any], headers=()) -> None:
@@ -189,12 +198,19 @@ class HubAuthMiddleware:
             verifier, challenge, method = self.hub_auth.generate_pkce_code_challenge()
             state = secrets.token_urlsafe(16)
             now = time.monotonic()
-            # forget abandoned logins (older than the hub's own state lifetime)
-            for k in [k for k, v in self._states.items() if now - v[2] > 600]:
-                del self._states[k]
+            # anyone can make a state (no credentials needed): forget abandoned logins
+            # (older than the hub's own state lifetime) and keep at most MAX_PENDING_STATES,
+            # the oldest going first; dicts keep insertion order, so the oldest lead
+            while self._states and (
+                now - next(iter(self._states.values()))[2] > STATE_MAX_AGE
+                or len(self._states) >= MAX_PENDING_STATES
+            ):
+                del self._states[next(iter(self._states))]
             next_url = scope.get("path", self.prefix)
             if scope.get("query_string"):
                 next_url += "?" + scope["query_string"].decode("latin-1")
+            if len(next_url) > MAX_NEXT_URL:  # not worth keeping: back to the service root
+                next_url = self.prefix
             self._states[state] = (next_url, verifier, now)
             params = {
                 "client_id": self.hub_auth.oauth_client_id,
@@ -206,7 +222,9 @@ class HubAuthMiddleware:
             }
             url = self.hub_auth.oauth_authorization_url + "?" + urlencode(params)
             await send_redirect(
-                send, url, headers=[self._set_cookie(self.state_cookie, state, scope, 600)]
+                send,
+                url,
+                headers=[self._set_cookie(self.state_cookie, state, scope, STATE_MAX_AGE)],
             )
             return
         await send_json(

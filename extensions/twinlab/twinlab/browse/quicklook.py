@@ -5,24 +5,112 @@ step of one variable is put on a 1-degree lat-lon grid with :mod:`twinlab.grids`
 regridding (weights cached in memory and on disk by twinlab.grids), and drawn with
 matplotlib's object API (``Figure``, no pyplot: no global state shared between threads).
 Rendered PNGs are kept in a small in-memory LRU so that re-opening an item is instant.
+
+Any user may put items into the STAC API, and the page draws an item when clicked, so the
+data read is limited to what the user could read anyway through the platform
+(:func:`check_href`): ``s3://`` objects on the user's own buckets (home, lake, projects in
+``$TWINHUB_STORAGE``) or federated assets through the platform's cache; never local files
+nor other hosts.  The bytes read are capped (:data:`MAX_BYTES`).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 #: The quick-look grid: 1 degree nodes, 181 x 360 (small enough to render in ~0.1 s).
 GRID_STEP = 1.0
 #: PNGs kept in memory (a few tens of kB each).
 CACHE_ENTRIES = 64
+#: Most bytes a quick-look reads: a GRIB file copied whole, or the one field drawn;
+#: ``$TWINLAB_QUICKLOOK_MAX_BYTES`` overrides it.
+MAX_BYTES = 512 << 20
 
 
 class QuicklookError(ValueError):
     """The request cannot give a picture (unknown variable, bad time...): a 4xx answer."""
+
+
+class QuicklookRefused(PermissionError):
+    """The item's data is somewhere a quick-look does not read (a 403; the message says why)."""
+
+
+class QuicklookTooLarge(Exception):
+    """The data to read for the picture is over :func:`max_bytes` (a 413)."""
+
+
+def max_bytes() -> int:
+    raw = os.environ.get("TWINLAB_QUICKLOOK_MAX_BYTES", "")
+    try:
+        return int(raw) if raw else MAX_BYTES
+    except ValueError:
+        return MAX_BYTES
+
+
+def readable_buckets() -> set[str]:
+    """The user's buckets (home, lake, projects) as ``$TWINHUB_STORAGE`` lists them."""
+    from .storage import StorageError, buckets
+
+    try:
+        return {b["name"] for b in buckets()}
+    except StorageError:  # not a twinhub server: no bucket is known to be the user's
+        return set()
+
+
+def check_href(href: str) -> str:
+    """``href`` if a quick-look may read it, else :class:`QuicklookRefused` naming why.
+
+    Allowed: ``s3://<bucket>/...`` on one of :func:`readable_buckets`, and URLs under
+    ``$TWINHUB_CACHE_URL`` (federated assets; without ``.``/``..`` segments, which would
+    leave the cache with the server's token)."""
+    from twinlab.datalake.remote import cache_url, is_cache_href
+
+    parts = urlsplit(href)
+    scheme = parts.scheme.lower()
+    if scheme == "s3":
+        bucket, _, key = href[len("s3://") :].partition("/")  # how s3fs splits it
+        allowed = readable_buckets()
+        if bucket not in allowed:
+            raise QuicklookRefused(
+                f"{href[:200]} is on bucket {bucket!r}, not one of this user's buckets "
+                f"({', '.join(sorted(allowed)) or 'none configured'})"
+            )
+        if {".", ".."} & set(key.split("/")):  # a store that resolves them leaves the bucket
+            raise QuicklookRefused(f"{href[:200]} has a '.' or '..' segment")
+        return href
+    if scheme in ("http", "https"):
+        segments = unquote(parts.path).split("/")
+        if is_cache_href(href) and not {".", ".."} & set(segments):
+            return href
+        raise QuicklookRefused(
+            f"{href[:200]} is on host {parts.netloc!r}: a quick-look reads URLs only under "
+            f"the platform's cache ({cache_url() or 'TWINHUB_CACHE_URL is not set'})"
+        )
+    if scheme in ("", "file") or len(scheme) == 1:  # a path (or a Windows drive letter)
+        raise QuicklookRefused(
+            f"{href[:200]} is a local file: a quick-look reads only s3:// objects of "
+            "the user's buckets and the platform's cache"
+        )
+    raise QuicklookRefused(f"{href[:200]}: a quick-look does not read {scheme}:// URLs")
+
+
+def byte_cap(limit: int) -> Callable[[int, int], None]:
+    """A download progress callback (``progress(done, total)``) that stops a copy whose size
+    or bytes so far are over ``limit``."""
+
+    def report(done: int, total: int) -> None:
+        if max(done, total) > limit:
+            raise QuicklookTooLarge(
+                f"the item's file is {max(done, total)} bytes, over the quick-look limit of "
+                f"{limit} bytes: open it in a notebook instead"
+            )
+
+    return report
 
 
 class PngCache:
@@ -159,21 +247,43 @@ def quicklook(
     asset: str | None = None,
     variable: str | None = None,
     time: str | None = None,
+    *,
+    check: Callable[[str], Any] = check_href,
 ) -> bytes:
-    """The PNG of one field of ``item`` (a STAC item as JSON), cached by its parameters."""
-    import twinlab.datalake as dl
+    """The PNG of one field of ``item`` (a STAC item as JSON), cached by its parameters.
+
+    ``check(href)`` raises for data the picture must not read (default :func:`check_href`;
+    tests drawing local files pass their own)."""
+    import pystac
+
+    from twinlab.datalake.items import choose_asset, open_item
+    from twinlab.datalake.remote import asset_href
 
     source = (item.get("properties") or {}).get("twinhub:source", "local")
+    try:
+        stac_item = pystac.Item.from_dict(dict(item))
+        asset_key, chosen, _ = choose_asset(stac_item, asset)
+        # where open_item will read, checked before anything is read (and before the cache:
+        # the user's buckets may have changed since the picture was drawn)
+        check(asset_href(stac_item, asset_key, chosen))
+    except KeyError as e:  # unknown asset: the request's fault
+        raise QuicklookError(str(e).strip("'\"")) from None
     key = (source, item.get("collection"), item.get("id"), asset, variable, time)
     png = CACHE.get(key)
     if png is not None:
         return png
+    limit = max_bytes()
     try:
-        ds = dl.open(dict(item), variable, asset=asset)
-    except KeyError as e:  # unknown asset or variable: the request's fault
+        ds = open_item(stac_item, variable, asset=asset_key, progress=byte_cap(limit))
+    except KeyError as e:  # unknown variable: the request's fault
         raise QuicklookError(str(e).strip("'\"")) from None
     name = pick_variable(ds, variable)
     field, when = pick_time(ds[name], time)
+    if field.nbytes > limit:  # Zarr/NetCDF read lazily: what would be loaded
+        raise QuicklookTooLarge(
+            f"one time step of {name!r} is {field.nbytes} bytes, over the quick-look limit "
+            f"of {limit} bytes"
+        )
     values, lats, lons = field_on_latlon(field)
     title = f"{item.get('id')} | {name}" + (f" | {when}" if when else "")
     png = render_png(values, lats, lons, title, str(field.attrs.get("units", "")))

@@ -8,10 +8,12 @@ name is "unknown" (404) even if the keys could reach it: the page browses only t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 #: The most keys one listing returns (S3's own maximum page).
 MAX_LIST = 1000
@@ -19,9 +21,12 @@ MAX_LIST = 1000
 PRESIGN_SECONDS = 300
 #: Default upload size cap (bytes); ``$TWINLAB_UPLOAD_MAX_BYTES`` overrides it.
 UPLOAD_MAX_BYTES = 64 << 20
+#: Parts (8 MiB each) of one upload sent at once.
+UPLOAD_THREADS = 2
 #: S3 keys are at most 1024 bytes (UTF-8).
 MAX_KEY_BYTES = 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: C0 and C1 control characters (C1: U+0080..U+009F, invisible in most terminals too).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class StorageError(Exception):
@@ -68,8 +73,18 @@ def check_bucket(name: str | None) -> str:
 
 
 def check_key(key: str | None, what: str = "key", allow_empty: bool = False) -> str:
-    """An object key (or a prefix): no ``..`` or ``.`` segment, no control characters,
-    no leading ``/``, at most 1024 bytes."""
+    """An object key: no ``..``, ``.`` or empty segment (``a//b``, a trailing ``/``: the
+    page could not show or reach such objects as files), no control characters, no leading
+    ``/``, at most 1024 bytes."""
+    return _check_path(key, what, allow_empty, folder=False)
+
+
+def check_prefix(prefix: str | None) -> str:
+    """A listing prefix: like a key, but empty (the bucket's top) or ending in ``/``."""
+    return _check_path(prefix, "prefix", True, folder=True)
+
+
+def _check_path(key: str | None, what: str, allow_empty: bool, folder: bool) -> str:
     if key is None or key == "":
         if allow_empty:
             return ""
@@ -78,8 +93,14 @@ def check_key(key: str | None, what: str = "key", allow_empty: bool = False) -> 
         raise StorageError(400, f"{what} {key!r} contains control characters")
     if key.startswith("/"):
         raise StorageError(400, f"{what} {key!r} must not start with '/'")
-    if any(part in ("..", ".") for part in key.split("/")):
+    parts = key.split("/")
+    if folder and parts[-1] == "":  # "a/b/": a folder's prefix
+        parts = parts[:-1]
+    if any(part in ("..", ".") for part in parts):
         raise StorageError(400, f"{what} {key!r} has a '.' or '..' segment")
+    if "" in parts:
+        where = "has an empty segment ('//')" if "//" in key else "ends in '/'"
+        raise StorageError(400, f"{what} {key!r} {where}")
     if len(key.encode()) > MAX_KEY_BYTES:
         raise StorageError(400, f"{what} is longer than {MAX_KEY_BYTES} bytes")
     return key
@@ -124,19 +145,43 @@ def _s3_error(e: Exception, what: str) -> StorageError:
     return StorageError(502, f"{what}: object store error {code or type(e).__name__}")
 
 
+@contextlib.contextmanager
+def s3_call(what: str) -> Iterator[None]:
+    """S3 errors as :class:`StorageError`: the object store's answers (ClientError) and
+    botocore's own failures (no credentials, no endpoint, a bad endpoint URL...), which
+    would otherwise be an "Unhandled error" 500 with no message."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    try:
+        yield
+    except ClientError as e:
+        raise _s3_error(e, what) from None
+    except (NoCredentialsError, PartialCredentialsError):
+        raise StorageError(
+            503, f"{what}: this server has no S3 credentials (AWS_ACCESS_KEY_ID/SECRET)"
+        ) from None
+    except EndpointConnectionError as e:
+        raise StorageError(503, f"{what}: cannot reach the object store: {e}") from None
+    except (BotoCoreError, Boto3Error) as e:
+        raise StorageError(502, f"{what}: object store client error: {e}") from None
+
+
 def list_objects(
     bucket: str, prefix: str = "", limit: int = 200, token: str | None = None
 ) -> dict[str, Any]:
     """One page of ``bucket`` under ``prefix``: folders (common prefixes) and objects."""
-    from botocore.exceptions import ClientError
-
     kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/", "MaxKeys": limit}
     if token:
         kw["ContinuationToken"] = token
-    try:
+    with s3_call(f"list {bucket}/{prefix}"):
         page = client().list_objects_v2(**kw)
-    except ClientError as e:
-        raise _s3_error(e, f"list {bucket}/{prefix}") from None
     return {
         "bucket": bucket,
         "prefix": prefix,
@@ -154,12 +199,8 @@ def list_objects(
 
 
 def stat(bucket: str, key: str) -> dict[str, Any]:
-    from botocore.exceptions import ClientError
-
-    try:
+    with s3_call(f"{bucket}/{key}"):
         head = client().head_object(Bucket=bucket, Key=key)
-    except ClientError as e:
-        raise _s3_error(e, f"{bucket}/{key}") from None
     return {
         "bucket": bucket,
         "key": key,
@@ -183,18 +224,26 @@ def presign(bucket: str, key: str) -> dict[str, Any]:
         "Key": key,
         "ResponseContentDisposition": f"attachment; filename*=UTF-8''{name}",
     }
-    url = client().generate_presigned_url("get_object", Params=params, ExpiresIn=PRESIGN_SECONDS)
+    with s3_call(f"{bucket}/{key}"):
+        url = client().generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=PRESIGN_SECONDS
+        )
     return {"url": url, "expires_in": PRESIGN_SECONDS}
 
 
-def upload(bucket: str, key: str, body: bytes, content_type: str = "") -> dict[str, Any]:
-    from botocore.exceptions import ClientError
+def upload(
+    bucket: str, key: str, body: IO[bytes], size: int, content_type: str = ""
+) -> dict[str, Any]:
+    """``body`` (a binary file, read from its start; ``size`` bytes) as ``bucket/key``;
+    boto3's managed transfer sends big files in parts, never all in memory."""
+    from boto3.s3.transfer import TransferConfig
 
-    kw: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body}
-    if content_type:
-        kw["ContentType"] = content_type
-    try:
-        client().put_object(**kw)
-    except ClientError as e:
-        raise _s3_error(e, f"upload {bucket}/{key}") from None
-    return {"bucket": bucket, "key": key, "size": len(body)}
+    extra = {"ContentType": content_type} if content_type else None
+    # parts in memory at once: boto3's defaults (10 threads, 10 parts read ahead, 8 MiB
+    # each) would hold up to 80 MiB of every upload
+    config = TransferConfig(max_concurrency=UPLOAD_THREADS)
+    config.max_in_memory_upload_chunks = UPLOAD_THREADS  # s3transfer's, not in boto3's init
+    body.seek(0)
+    with s3_call(f"upload {bucket}/{key}"):
+        client().upload_fileobj(body, bucket, key, ExtraArgs=extra, Config=config)
+    return {"bucket": bucket, "key": key, "size": size}

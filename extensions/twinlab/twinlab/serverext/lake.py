@@ -40,7 +40,8 @@ STAC_TIMEOUT = 60.0
 #: has a core or two; more requests wait their turn rather than thrash.
 QUICKLOOK_CONCURRENCY = 2
 _quicklook_slots: asyncio.Semaphore | None = None
-_ID = re.compile(r"^[^\x00-\x1f\x7f/]{1,256}$")
+#: An id: 1..256 characters, no '/', no C0 or C1 control characters.
+_ID = re.compile(r"^[^\x00-\x1f\x7f-\x9f/]{1,256}$")
 
 
 def _check_id(value: str | None, what: str) -> str:
@@ -281,7 +282,12 @@ class ItemHandler(LakeHandler):
 class QuicklookHandler(LakeHandler):
     @web.authenticated
     async def get(self) -> None:
-        from twinlab.browse.quicklook import QuicklookError, quicklook
+        from twinlab.browse.quicklook import (
+            QuicklookError,
+            QuicklookRefused,
+            QuicklookTooLarge,
+            quicklook,
+        )
 
         collection = _check_id(self.arg("collection"), "collection")
         item = await self.item(collection, _check_id(self.arg("item"), "item"))
@@ -298,12 +304,24 @@ class QuicklookHandler(LakeHandler):
                 png = await self.in_thread(quicklook, item, asset, variable, time)
         except QuicklookError as e:
             raise web.HTTPError(400, str(e)) from None
+        except QuicklookRefused as e:  # data where the page must not read (see check_href)
+            raise web.HTTPError(403, f"no quick-look: {e}") from None
+        except QuicklookTooLarge as e:
+            raise web.HTTPError(413, str(e)) from None
         except FileNotFoundError as e:
             raise web.HTTPError(404, f"the item's data is missing: {e}") from None
         except PermissionError as e:
             raise web.HTTPError(403, f"not allowed to read the item's data: {e}") from None
         except ValueError as e:
             raise web.HTTPError(422, f"cannot draw this item: {e}") from None
+        except Exception as e:  # reading the data failed (a store or the cache answered
+            # an error, a connection broke...): say so rather than "Unhandled error"
+            self.log.warning(
+                "quick-look of %s/%s failed", collection, item.get("id"), exc_info=True
+            )
+            raise web.HTTPError(
+                502, f"cannot read the item's data: {type(e).__name__}: {e}"
+            ) from None
         self.set_header("Cache-Control", "private, max-age=3600")
         self.finish(png, set_content_type="image/png")
 
@@ -361,7 +379,7 @@ class ListHandler(StorageHandler):
         from twinlab.browse import storage as st
 
         bucket = self.checked(st.check_bucket, self.arg("bucket"))
-        prefix = self.checked(st.check_key, self.arg("prefix"), "prefix", True)
+        prefix = self.checked(st.check_prefix, self.arg("prefix"))
         limit = self.checked(st.check_limit, self.arg("limit"))
         token = self.arg("token") or None
         self.send_json(await self.call(st.list_objects, bucket, prefix, limit, token))
@@ -387,23 +405,107 @@ class PresignHandler(StorageHandler):
         self.send_json(await self.call(st.presign, bucket, key))
 
 
-class UploadHandler(StorageHandler):
-    """``PUT storage/upload?key=K``: the body becomes ``K`` in the user's home bucket."""
+#: Upload bytes kept in memory before the spool file goes to disk.
+SPOOL_IN_MEMORY = 8 << 20
+#: A refused upload's body is read (and dropped) up to this many bytes before the 413: an
+#: answer sent mid-body makes tornado close the connection, which the hub's proxy turns
+#: into a 503 page; past this the connection is cut (jupyter_server's own max_body_size).
+DRAIN_MAX = 512 << 20
 
-    @web.authenticated
+
+@web.stream_request_body
+class UploadHandler(StorageHandler):
+    """``PUT storage/upload?key=K``: the body becomes ``K`` in the user's home bucket.
+
+    The body is streamed, never whole in memory: ``prepare`` runs once the headers are in,
+    before any of the body, so it does every check (who, XSRF, key, size) itself (a
+    decorator on ``put`` would run only after the whole body); ``data_received`` counts
+    and spools the bytes, dropping all of them once past the cap; ``put`` answers the
+    refusal (bad key, over the cap), else sends the spool with the user's keys.
+
+    Who and XSRF are answered at once, the body unread (tornado then closes the
+    connection); the owner's bad requests are answered after the body, read and dropped:
+    a connection closed mid-body reaches the browser as the hub proxy's 503 page.
+    """
+
+    spool: Any = None
+    refusal: web.HTTPError | None = None
+    body_read = False
+
+    async def prepare(self) -> None:
+        import tempfile
+
+        from twinlab.browse import storage as st
+
+        await super().prepare()  # jupyter_server: the user (403 if none) and the XSRF check
+        if not self.current_user:
+            raise web.HTTPError(403, "authentication required")
+        self.check_xsrf_cookie()  # again, explicitly: a no-op for token-authenticated calls
+        self.cap = st.upload_limit()
+        self.received = 0
+        self.request.connection.set_max_body_size(max(self.cap + 1, DRAIN_MAX))
+        try:  # decided now, answered after the body (read and dropped: see DRAIN_MAX)
+            self.key = self.checked(st.check_key, self.arg("key"))
+            home = (b["name"] for b in self.checked(st.buckets) if b["kind"] == "home")
+            self.home = next(home, "")
+            if not self.home:
+                raise web.HTTPError(503, "this server has no home bucket")
+            length = self.request.headers.get("Content-Length")
+            if length is not None and not length.isdigit():
+                raise web.HTTPError(400, f"Content-Length {length[:40]!r} is not a number")
+            if length is not None and int(length) > self.cap:
+                raise web.HTTPError(
+                    413, f"upload of {length} bytes is over the {self.cap} byte limit"
+                )
+        except web.HTTPError as e:
+            self.refusal = e
+            return
+        # closed by put, on_finish or on_connection_close, whichever comes
+        self.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
+
+    def data_received(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.refusal is not None:
+            return
+        if self.received > self.cap:  # a body without (or beyond) its Content-Length
+            msg = f"upload of more than {self.cap} bytes is over the {self.cap} byte limit"
+            self.refusal = web.HTTPError(413, msg)
+            self._close_spool()
+            return
+        self.spool.write(chunk)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if not self.body_read:
+            # tornado closes the connection after an answer sent before the body is read,
+            # but announces it only when it knew before the headers went out: without
+            # this, the hub's proxy reuses the connection and its next request fails
+            self.set_header("Connection", "close")
+        super().write_error(status_code, **kwargs)
+
+    def _close_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+    def on_finish(self) -> None:
+        self._close_spool()
+
+    def on_connection_close(self) -> None:
+        self._close_spool()
+        super().on_connection_close()
+
     async def put(self) -> None:
         from twinlab.browse import storage as st
 
-        key = self.checked(st.check_key, self.arg("key"))
-        home = next((b["name"] for b in self.checked(st.buckets) if b["kind"] == "home"), "")
-        if not home:
-            raise web.HTTPError(503, "this server has no home bucket")
-        body = self.request.body or b""
-        cap = st.upload_limit()
-        if len(body) > cap:
-            raise web.HTTPError(413, f"upload of {len(body)} bytes is over the {cap} byte limit")
+        self.body_read = True
+        if self.refusal is not None:
+            raise self.refusal
         ctype = self.request.headers.get("Content-Type", "")
-        self.send_json(await self.call(st.upload, home, key, body, ctype), status=201)
+        try:
+            doc = await self.call(st.upload, self.home, self.key, self.spool, self.received, ctype)
+        finally:
+            self._close_spool()
+        self.send_json(doc, status=201)
 
 
 def handlers(base_url: str) -> list[tuple[str, type]]:
