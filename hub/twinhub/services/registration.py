@@ -73,3 +73,16 @@ def service_environment(rt: Any, name: str, api_token: str) -> dict[str, str]:
         "JUPYTERHUB_OAUTH_CALLBACK_URL": prefix + "oauth_callback",
         "JUPYTERHUB_HOST": "",
     }
+
+
+def uvicorn_argv(factory: str, port: int, *extra: str) -> list[str]:
+    """The command of a service's ASGI process: ``factory`` (``module:function``) under
+    uvicorn on loopback, quiet, with no Server header; ``extra`` uvicorn options."""
+    import sys
+
+    return [
+        sys.executable, "-m", "uvicorn", "--factory", factory,
+        "--host", "127.0.0.1", "--port", str(port),
+        *extra,
+        "--no-server-header", "--log-level", "warning",
+    ]  # fmt: skip

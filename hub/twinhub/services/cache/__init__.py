@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from traitlets.config import Configurable
 
 from ...components import Component
 from ...runtime import Runtime
-from ..registration import grant_access, register_service, service_environment
+from ..registration import grant_access, register_service, service_environment, uvicorn_argv
 
 SERVICE_NAME = "cache"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}/"
@@ -203,20 +202,7 @@ def components(rt: Runtime) -> list[Component]:
     return [
         Component(
             name=SERVICE_NAME,
-            argv=[
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "twinhub.services.cache.app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port(rt)),
-                "--no-server-header",
-                "--log-level",
-                "warning",
-            ],
+            argv=uvicorn_argv("twinhub.services.cache.app:create_app", port(rt)),
             env=env,
             port=port(rt),
             ready=functools.partial(http_ok, api_url(rt) + "health"),

@@ -23,7 +23,7 @@ from traitlets.config import Configurable
 
 from ...components import Component
 from ...runtime import Runtime
-from ..registration import grant_access, register_service, service_environment
+from ..registration import grant_access, register_service, service_environment, uvicorn_argv
 
 SERVICE_NAME = "stac"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}/"
@@ -221,23 +221,13 @@ def components(rt: Runtime) -> list[Component]:
     comps.append(
         Component(
             name=SERVICE_NAME,
-            argv=[
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
+            argv=uvicorn_argv(
                 "twinhub.services.datalake.stac_app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port(rt)),
+                port(rt),
                 "--proxy-headers",
                 "--forwarded-allow-ips",
                 "127.0.0.1",
-                "--no-server-header",
-                "--log-level",
-                "warning",
-            ],  # fmt: skip
+            ),
             env=env,
             port=port(rt),
             ready=functools.partial(http_ok, api_url(rt) + "_mgmt/ping"),

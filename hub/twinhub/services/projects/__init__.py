@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ from traitlets.config import Configurable
 from ... import allocations
 from ...components import Component
 from ...runtime import Runtime
-from ..registration import grant_access, register_service, service_environment
+from ..registration import grant_access, register_service, service_environment, uvicorn_argv
 
 SERVICE_NAME = "projects"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}/"
@@ -181,20 +180,7 @@ def components(rt: Runtime) -> list[Component]:
     return [
         Component(
             name=SERVICE_NAME,
-            argv=[
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "twinhub.services.projects.app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port(rt)),
-                "--no-server-header",
-                "--log-level",
-                "warning",
-            ],
+            argv=uvicorn_argv("twinhub.services.projects.app:create_app", port(rt)),
             env=env,
             port=port(rt),
             ready=functools.partial(http_ok, api_url(rt) + "health"),
