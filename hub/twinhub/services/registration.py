@@ -86,3 +86,17 @@ def uvicorn_argv(factory: str, port: int, *extra: str) -> list[str]:
         *extra,
         "--no-server-header", "--log-level", "warning",
     ]  # fmt: skip
+
+
+def write_service_config(path: Any, doc: dict[str, Any]) -> None:
+    """Write a service's JSON config file, readable by the platform's account only (0600,
+    in a 0700 dir): it may hold secrets (database passfile path, sources' headers)."""
+    import json
+    import os
+    from pathlib import Path
+
+    f = Path(path)
+    f.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=2)

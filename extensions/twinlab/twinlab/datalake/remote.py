@@ -18,11 +18,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config import DatalakeError, api_token
+from .search import LOCAL, item_source
 
 log = logging.getLogger(__name__)
 
-LOCAL = "local"
-SOURCE_PROPERTY = "twinhub:source"
 REFUSED = "twinhub:refused"
 
 Progress = Callable[[int, int], None]
@@ -30,11 +29,6 @@ Progress = Callable[[int, int], None]
 
 class RemoteAssetRefused(DatalakeError, PermissionError):
     """The platform does not read this asset of a remote item (the message says why)."""
-
-
-def item_source(item: Any) -> str:
-    """The catalogue an item comes from: ``"local"`` for the platform's own lake."""
-    return str(item.properties.get(SOURCE_PROPERTY) or LOCAL)
 
 
 def cache_url() -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,13 @@ from traitlets.config import Configurable
 
 from ...components import Component
 from ...runtime import Runtime
-from ..registration import grant_access, register_service, service_environment, uvicorn_argv
+from ..registration import (
+    grant_access,
+    register_service,
+    service_environment,
+    uvicorn_argv,
+    write_service_config,
+)
 
 SERVICE_NAME = "cache"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}/"
@@ -183,13 +188,8 @@ def prepare(rt: Runtime) -> None:
         doc = service_config(rt)
     except ValueError as e:  # a bad source definition (SourceError) or limit
         raise StartError(str(e)) from None
-    d = Path(doc["directory"])
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    f = rt.path(CONFIG_FILE)
-    f.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=2)
+    Path(doc["directory"]).mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_service_config(rt.path(CONFIG_FILE), doc)
 
 
 def components(rt: Runtime) -> list[Component]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import threading
 import time
@@ -23,7 +22,13 @@ from traitlets.config import Configurable
 
 from ...components import Component
 from ...runtime import Runtime
-from ..registration import grant_access, register_service, service_environment, uvicorn_argv
+from ..registration import (
+    grant_access,
+    register_service,
+    service_environment,
+    uvicorn_argv,
+    write_service_config,
+)
 
 SERVICE_NAME = "stac"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}/"
@@ -141,25 +146,20 @@ def prepare(rt: Runtime, say=print) -> None:
     if lake.embedded_db:
         prepare_local(rt, say)
     conn = connection(rt, lake.database_url)
-    f = rt.path(CONFIG_FILE)
-    f.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(
-            {
-                "connection": conn.to_dict(),
-                "prefix": SERVICE_PREFIX,
-                "max_page_size": lake.max_page_size,
-                "max_body_bytes": lake.max_body_mb * 1024 * 1024,
-                "title": lake.title,
-                # Federated sources (with their secret headers: this file is 0600) and the
-                # rolling cache's public prefix that remote assets are read through.
-                "sources": [s.to_dict() for s in lake.stac_sources()],
-                "cache_url": _cache_url(rt),
-            },
-            fh,
-            indent=2,
-        )
+    write_service_config(
+        rt.path(CONFIG_FILE),
+        {
+            "connection": conn.to_dict(),
+            "prefix": SERVICE_PREFIX,
+            "max_page_size": lake.max_page_size,
+            "max_body_bytes": lake.max_body_mb * 1024 * 1024,
+            "title": lake.title,
+            # Federated sources (with their secret headers: this file is 0600) and the
+            # rolling cache's public prefix that remote assets are read through.
+            "sources": [s.to_dict() for s in lake.stac_sources()],
+            "cache_url": _cache_url(rt),
+        },
+    )
 
 
 def _cache_url(rt: Runtime) -> str:
