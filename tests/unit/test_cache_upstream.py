@@ -103,7 +103,8 @@ def test_a_garbage_redirect_is_a_502_naming_it(hosts):
 class FakeHubUser:
     """FAKE of HubAuthMiddleware (the hub's token check, covered by
     tests/integration/test_cache_service.py): the user model comes from ``X-Fake-User``
-    (``name`` or ``name:admin``)."""
+    (``name``, ``name:admin``, or ``name:narrowed``: an admin whose token was narrowed to
+    the cache's access scope)."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -111,7 +112,12 @@ class FakeHubUser:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             name, _, role = header(scope, b"x-fake-user").partition(":")
-            user = {"name": name or "alice", "admin": role == "admin"}
+            admin = role == "admin"  # the hub's model of an admin's full token
+            user = {
+                "name": name or "alice",
+                "admin": admin or role == "narrowed",
+                "scopes": ["admin:users"] * admin or ["access:services!service=cache"],
+            }
             scope.setdefault("state", {})["hub_user"] = user
         await self.app(scope, receive, send)
 
@@ -263,6 +269,8 @@ def test_only_admins_are_told_whether_an_asset_was_cached(service, remote):
     again = service.get("o", f"{o.url}/small.bin", user="bob")
     assert first.status_code == again.status_code == 200 and again.content == b"x" * 1000
     assert "x-twinhub-cache" not in first.headers and "x-twinhub-cache" not in again.headers
+    narrowed = service.get("o", f"{o.url}/small.bin", user="root:narrowed")
+    assert narrowed.status_code == 200 and "x-twinhub-cache" not in narrowed.headers
     assert (
         service.get("o", f"{o.url}/small.bin", user="root:admin").headers["x-twinhub-cache"]
         == "hit"

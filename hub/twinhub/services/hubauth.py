@@ -19,23 +19,22 @@ The hub's user model lands in ``scope["state"]["hub_user"]`` for the app.
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 from jupyterhub.services.auth import HubOAuth
 
+# send_json, header and the ASGI types live in .asgi (one home for every service); they are
+# re-exported here for the modules that import them from hubauth.
+from .asgi import ASGIApp, Receive, Scope, Send, header, send_json
+
 log = logging.getLogger("twinhub.hubauth")
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Seconds a browser's OAuth login may take (the hub's own state lifetime).
@@ -45,22 +44,8 @@ STATE_MAX_AGE = 600
 MAX_PENDING_STATES = 10_000
 #: A longer path + query is not kept as the place to return to (the service root is).
 MAX_NEXT_URL = 2048
-
-
-async def send_json(send: Send, status: int, body: dict[str, Any], headers=()) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
+#: What a token may look like: printable ASCII, bounded (hub tokens are ~40 characters).
+_TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
 
 
 async def send_redirect(send: Send, location: str, headers=()) -> None:
@@ -72,13 +57,6 @@ async def send_redirect(send: Send, location: str, headers=()) -> None:
         }
     )
     await send({"type": "http.response.body", "body": b""})
-
-
-def header(scope: Scope, name: bytes) -> str:
-    for k, v in scope.get("headers", []):
-        if k.lower() == name:
-            return v.decode("latin-1")
-    return ""
 
 
 class HubAuthMiddleware:
@@ -159,6 +137,14 @@ class HubAuthMiddleware:
             return
         if not token:
             await self._login_or_401(scope, send)
+            return
+        if not _TOKEN.fullmatch(token):  # no hub token looks like this: not worth asking
+            await send_json(
+                send,
+                401,
+                {"code": 401, "description": "invalid token: not a JupyterHub API token"},
+                headers=[(b"www-authenticate", b'token realm="jupyterhub"')],
+            )
             return
         try:
             user = await self._user_for(token)
@@ -271,6 +257,44 @@ class HubAuthMiddleware:
                 self._set_cookie(self.state_cookie, "", scope, 0),
             ],
         )
+
+
+def has_scope(user: dict[str, Any], scope: str, target: str = "") -> bool:
+    """Whether the token behind ``user`` (the hub's model for a token: its expanded scopes)
+    carries ``scope`` unfiltered, or filtered to ``target`` (``"user=bob"``,
+    ``"group=lab"``). Services decide from the token's scopes, as JupyterHub's own API does:
+    an admin's token narrowed to one service's access scope carries no admin power."""
+    scopes = user.get("scopes") or ()
+    return scope in scopes or bool(target) and f"{scope}!{target}" in scopes
+
+
+#: What a token must carry for a service to grant it an administrator's powers (the hub's
+#: admin role has it; a token narrowed to a service's access scope does not).
+ADMIN_SCOPE = "admin:users"
+
+
+def acts_as_admin(user: dict[str, Any]) -> bool:
+    """An admin user calling with a token that carries the admin scope."""
+    return bool(user.get("admin")) and has_scope(user, ADMIN_SCOPE)
+
+
+def scope_refusal(user: dict[str, Any], scope: str, action: str, target: str = "") -> str:
+    """The 403 message for a token without ``scope``: names the scope and the caller."""
+    filtered = f" (or {scope}!{target})" if target else ""
+    return (
+        f"{action} needs a token with the scope {scope!r}{filtered}; the token of "
+        f"{user.get('name')!r} lacks it"
+    )
+
+
+def admin_refusal(user: dict[str, Any], action: str) -> str | None:
+    """None if ``user`` may act as an admin (:func:`acts_as_admin`), else the 403 message:
+    not an admin, or an admin whose token lacks :data:`ADMIN_SCOPE` (narrowed)."""
+    if not user.get("admin"):
+        return f"only admins may {action}; {user.get('name')!r} is not one"
+    if not has_scope(user, ADMIN_SCOPE):
+        return scope_refusal(user, ADMIN_SCOPE, f"to {action}, an admin")
+    return None
 
 
 def _header_token(scope: Scope) -> str:

@@ -75,14 +75,27 @@ def service_environment(rt: Any, name: str, api_token: str) -> dict[str, str]:
     }
 
 
+#: Seconds uvicorn keeps an idle connection. The proxy (configurable-http-proxy) keeps its
+#: upstream connections alive with no idle limit of its own: each time uvicorn closes one,
+#: a request the proxy sends on it at that moment fails ("socket hang up", a 503 to the
+#: user). Longer than uvicorn's 5 s default makes those closes rare.
+KEEP_ALIVE_S = 300
+#: Bytes of request line + headers uvicorn (h11) reads before refusing with a bare 400 and
+#: a closed connection; above the request-limits layer's cap (twinhub.services.asgi,
+#: 32 KiB) so that the layer answers first, with a JSON 431.
+MAX_HEAD_BYTES = 64 * 1024
+
+
 def uvicorn_argv(factory: str, port: int, *extra: str) -> list[str]:
     """The command of a service's ASGI process: ``factory`` (``module:function``) under
-    uvicorn on loopback, quiet, with no Server header; ``extra`` uvicorn options."""
+    uvicorn (h11) on loopback, quiet, with no Server header; ``extra`` uvicorn options."""
     import sys
 
     return [
         sys.executable, "-m", "uvicorn", "--factory", factory,
         "--host", "127.0.0.1", "--port", str(port),
+        "--http", "h11", "--h11-max-incomplete-event-size", str(MAX_HEAD_BYTES),
+        "--timeout-keep-alive", str(KEEP_ALIVE_S),
         *extra,
         "--no-server-header", "--log-level", "warning",
     ]  # fmt: skip

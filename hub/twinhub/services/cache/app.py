@@ -37,14 +37,17 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ..asgi import Receive, RequestLimitsMiddleware, Scope, Send, header, send_json
 from ..datalake.sources import SourceError, href_from_cache_path, make_sources
-from ..hubauth import HubAuthMiddleware, Receive, Scope, Send, header, send_json
+from ..hubauth import HubAuthMiddleware, acts_as_admin
 from .store import CacheError, CacheStore, Handle, TooLarge
 from .upstream import clean_header, fetcher, head, make_client
 
 log = logging.getLogger("twinhub.cache")
 
 PUBLIC_PATHS = ("health",)
+#: The cache is read-only: requests carry no body worth the name.
+MAX_BODY_BYTES = 64 * 1024
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -217,8 +220,9 @@ class CacheApp:
         source = self.sources[name]
         assert self.client is not None, "lifespan not started"
         user = (scope.get("state") or {}).get("hub_user") or {}
-        # whether an asset was cached tells who else read it: only admins are told
-        tell = bool(user.get("admin"))
+        # whether an asset was cached tells who else read it: only admins are told (an
+        # admin token narrowed to the cache's access scope is an ordinary user's)
+        tell = acts_as_admin(user)
         key = f"{name} {url}"  # two sources may name one origin with different credentials
         try:
             if scope.get("method") == "HEAD" and not self.store.has(key):
@@ -423,7 +427,9 @@ async def _error(send: Send, status: int, message: str, headers: Any = ()) -> No
 
 
 def create_app(config: dict[str, Any] | None = None) -> Any:
-    """The cache service: :class:`CacheApp` behind hub authentication (all but health)."""
+    """The cache service: :class:`CacheApp` behind hub authentication (all but health),
+    behind the platform's request limits (:mod:`twinhub.services.asgi`)."""
     cfg = config or load_config()
     app = CacheApp(cfg)
-    return HubAuthMiddleware(app, prefix=app.prefix, public_paths=PUBLIC_PATHS)
+    authed = HubAuthMiddleware(app, prefix=app.prefix, public_paths=PUBLIC_PATHS)
+    return RequestLimitsMiddleware(authed, max_body_bytes=MAX_BODY_BYTES)

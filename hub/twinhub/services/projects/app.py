@@ -7,15 +7,21 @@ in which group, is asked of the hub with the service's own token at each request
 change in the hub counts at once.
 
 =========================================  ==================================================
-``GET  api/projects``                      admins: every project; users: their own
-``GET  api/projects/{name}``               one project (users: only their own, else 404)
+``GET  api/projects``                      tokens with ``read:groups``: every project;
+                                           others: their own
+``GET  api/projects/{name}``               one project (own, or ``read:groups``; else 404)
 ``PUT  api/projects/{name}``               admins: set a project's whole allocation
 ``PATCH api/projects/{name}``              admins: change some keys of an existing project
 ``DELETE api/projects/{name}``             admins: back to the configured allocation
-``GET  api/users/{name}/allocation``       the user (or an admin): the effective allocation
+``GET  api/users/{name}/allocation``       the user, or ``read:users:groups`` (of that user):
+                                           the effective allocation
 =========================================  ==================================================
 
-Errors are JSON ``{"code": status, "description": message}``; a refused change stores nothing.
+Powers come from the token's scopes, as in JupyterHub's own API (docs/projects.md has the
+table): "admins" means an admin whose token carries ``admin:users``; an admin's token narrowed
+to ``access:services!service=projects`` acts as an ordinary user's. Errors are JSON
+``{"code": status, "description": message}``; a refused change stores nothing. Requests pass
+the platform's request limits first (:mod:`twinhub.services.asgi`: 64 KiB bodies here).
 """
 
 from __future__ import annotations
@@ -35,10 +41,16 @@ from fastapi.responses import JSONResponse
 from ... import __version__, allocations
 from ...db import allocations as stored
 from ...runtime import Runtime
-from ..hubauth import HubAuthMiddleware
+from ..asgi import RequestLimitsMiddleware
+from ..hubauth import HubAuthMiddleware, admin_refusal, has_scope
 from . import SERVICE_PREFIX, ProjectCatalog
 
 PUBLIC_PATHS = ("health",)
+#: Bodies are one allocation (a few hundred bytes).
+MAX_BODY_BYTES = 64 * 1024
+#: Scopes that let a token read every project / another user's groups (JupyterHub's own).
+READ_PROJECTS_SCOPE = "read:groups"
+READ_USER_GROUPS_SCOPE = "read:users:groups"
 
 
 class ApiError(Exception):
@@ -124,10 +136,20 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
             raise ApiError(403, f"user {who['name']!r} no longer exists")
         return model
 
+    def token_of(request: Request, me: dict[str, Any]) -> dict[str, Any]:
+        """The token's scopes with the hub's current admin flag (a narrowed token's model
+        may lack the flag; the hub's model read with the service's token has it)."""
+        return {**request.state.hub_user, "admin": bool(me.get("admin")), "name": me["name"]}
+
+    def reads_every_project(request: Request, me: dict[str, Any], name: str = "") -> bool:
+        target = f"group={name}" if name else ""
+        return has_scope(token_of(request, me), READ_PROJECTS_SCOPE, target)
+
     async def admin(request: Request) -> dict[str, Any]:
         me = await caller(request)
-        if not me.get("admin"):
-            raise ApiError(403, f"only admins may change allocations; {me['name']!r} is not one")
+        refusal = admin_refusal(token_of(request, me), "change allocations")
+        if refusal:
+            raise ApiError(403, refusal)
         return me
 
     def name_of(raw: str) -> str:
@@ -169,7 +191,7 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
     async def list_projects(request: Request) -> dict[str, Any]:
         me = await caller(request)
         everything = await entries()
-        mine = everything if me.get("admin") else {
+        mine = everything if reads_every_project(request, me) else {
             n: e for n, e in everything.items() if n in set(me.get("groups") or [])
         }  # fmt: skip
         return {"projects": [view(n, e) for n, e in sorted(mine.items())]}
@@ -179,7 +201,8 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
         name = name_of(name)
         me = await caller(request)
         entry = (await entries()).get(name)
-        if entry is None or not (me.get("admin") or name in (me.get("groups") or [])):
+        mine = name in (me.get("groups") or [])
+        if entry is None or not (mine or reads_every_project(request, me, name)):
             raise ApiError(404, f"no project {name!r} among yours")
         return view(name, entry)
 
@@ -217,8 +240,14 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
     @app.get(p + "api/users/{user}/allocation")
     async def user_allocation(request: Request, user: str) -> dict[str, Any]:
         me = await caller(request)
-        if user != me["name"] and not me.get("admin"):
-            raise ApiError(403, f"{me['name']!r} may read only their own allocation")
+        token = token_of(request, me)
+        if user != me["name"] and not has_scope(token, READ_USER_GROUPS_SCOPE, f"user={user}"):
+            raise ApiError(
+                403,
+                f"{me['name']!r} may read only their own allocation: reading {user!r}'s "
+                f"needs a token with the scope {READ_USER_GROUPS_SCOPE!r} (or "
+                f"{READ_USER_GROUPS_SCOPE}!user={user})",
+            )
         model = me if user == me["name"] else await hub_user(request, user)
         if model is None:
             raise ApiError(404, f"no user {user!r}")
@@ -226,5 +255,7 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
         return {"user": user, **eff.as_dict()}
 
     # The hub decides who may call; the health check alone answers without credentials.
+    # Starlette: the last added runs first, so the request limits come before everything.
     app.add_middleware(HubAuthMiddleware, prefix=p, public_paths=PUBLIC_PATHS)
+    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=MAX_BODY_BYTES)
     return app
