@@ -442,7 +442,7 @@ def test_a_deeply_nested_body_is_a_400_not_a_500():
              "query_string": b"", "headers": []}  # fmt: skip
     run(guard(scope, receive, send))
     assert sent[0]["status"] == 400
-    assert b"nested too deeply" in sent[1]["body"]
+    assert b"nests deeper than 64 levels" in sent[1]["body"]
 
 
 # ---- through the ASGI layer ----------------------------------------------------------------

@@ -186,7 +186,8 @@ def components(rt: Runtime) -> list[Component]:
         initialized: list[bool] = []
 
         def db_ready() -> bool:
-            if not (pg.run_dir / f".s.PGSQL.{pg.port}").exists():
+            # A real connection: a killed server's socket file is no sign of a live one.
+            if not pg.accepting():
                 return False
             if not initialized:
                 try:
@@ -205,6 +206,7 @@ def components(rt: Runtime) -> list[Component]:
                 ready=db_ready,
                 background=True,
                 stop_signal=signal.SIGINT,
+                before_restart=pg.clear_stale_locks,
             )
         )
         after = (DB_COMPONENT,)

@@ -1,81 +1,69 @@
 """What the STAC API checks before stac-fastapi-pgstac sees a request.
 
-- Bad input gets a 400 naming the problem: a ``limit`` above the page-size cap, a bbox that
-  is not 4 or 6 numbers within lon/lat bounds, ``..`` path segments, bodies that are not
+- Bad input gets a 400 naming the problem, before any parser reads it (:mod:`.limits`): a
+  ``limit`` above the page-size cap, a bbox that is not 4 or 6 finite numbers within lon/lat
+  bounds, ``..`` path segments, filters, ``intersects``, ``sortby``, ``fields`` and JSON
+  bodies over their depth and size limits, NaN/Infinity, NUL in strings, bodies that are not
   JSON objects; bodies above the size cap get 413.
+- Records (:mod:`.records`): ids of collections and items follow one rule; item geometries
+  are valid, in range and finite; extents finite.
 - Ownership: a collection created by a user belongs to them (``twinhub:owner``, set here,
-  whatever the body says). Only its owner (or a hub admin) may change it or add, replace
-  and delete its items; collections without an owner (the lake's own) are admins' only.
+  whatever the body says). Only its owner (or an admin whose token carries the admin
+  scope: :func:`~twinhub.services.hubauth.acts_as_admin`) may change it or add, replace and
+  delete its items; collections without an owner (the lake's own) are admins' only. The
+  record checked is the one that will be written: a body whose id (or an item's
+  collection) differs from the path is refused, as is a patch of the id, and a new
+  collection may not reuse an existing id.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl, urlencode
 
-from ..hubauth import Receive, Scope, Send, send_json
+from asyncpg import exceptions as pg_errors
+
+from ..hubauth import Receive, Scope, Send, acts_as_admin, send_json
+from .cql2_text import TextParser
+from .limits import (
+    BadRequest,
+    check_bbox,
+    check_fields,
+    check_filter,
+    check_free_text,
+    check_id_list,
+    check_json_text,
+    check_limit,
+    check_offset,
+    check_sortby,
+    loads,
+)
+from .records import Budget, check_collection, check_geometry, check_item, check_record_bbox
 
 OWNER = "twinhub:owner"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _COLLECTION_PATH = re.compile(r"^collections/([^/]+)(?:/(items|bulk_items)(?:/([^/]+))?)?/?$")
 
+#: Database errors that mean the request was wrong, not the service: pgstac's own checks
+#: (RAISE: a bad paging token, sort field, CQL2 operator...) and values PostgreSQL refuses
+#: (SQLSTATE class 22), syntax errors of the text search ``q`` becomes, and requests over the
+#: server's limits. stac_app answers them 400 with the database's message.
+REFUSALS = (
+    pg_errors.RaiseError,
+    pg_errors.DataError,
+    pg_errors.PostgresSyntaxError,  # pgstac turns the free-text ``q`` into a tsquery
+    pg_errors.ProgramLimitExceededError,  # too complex for the server (stack depth...)
+)
+#: The database is gone or restarting: 503, the client may try again.
+UNAVAILABLE = (
+    pg_errors.PostgresConnectionError,  # includes a pooled connection the server closed
+    pg_errors.OperatorInterventionError,  # shutting down, starting up, statement cancelled
+    ConnectionError,
+)
 
-class BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def check_bbox(value: Any) -> list[float]:
-    """A bbox as 4 or 6 finite numbers, lon in [-180, 180], lat in [-90, 90], south <= north.
-
-    west > east is allowed: the box crosses the antimeridian.
-    """
-    if isinstance(value, str):
-        parts = [p for p in value.split(",")]
-    elif isinstance(value, list | tuple):
-        parts = list(value)
-    else:
-        raise BadRequest(f"bbox must be 4 or 6 numbers, got {value!r}")
-    if len(parts) not in (4, 6):
-        raise BadRequest(f"bbox must have 4 or 6 numbers, got {len(parts)}")
-    try:
-        nums = [float(p) for p in parts]
-    except (TypeError, ValueError):
-        raise BadRequest(f"bbox must be numbers, got {value!r}") from None
-    if not all(math.isfinite(n) for n in nums):
-        raise BadRequest(f"bbox must be finite numbers, got {value!r}")
-    half = len(nums) // 2
-    west, south, east, north = nums[0], nums[1], nums[half], nums[half + 1]
-    for name, v in (("west", west), ("east", east)):
-        if not -180 <= v <= 180:
-            raise BadRequest(f"bbox {name} longitude {v} is outside [-180, 180]")
-    for name, v in (("south", south), ("north", north)):
-        if not -90 <= v <= 90:
-            raise BadRequest(f"bbox {name} latitude {v} is outside [-90, 90]")
-    if south > north:
-        raise BadRequest(f"bbox south ({south}) is north of its north ({north})")
-    return nums
-
-
-def check_limit(value: Any, maximum: int) -> int:
-    try:
-        n = int(value)
-        if isinstance(value, float) and n != value:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise BadRequest(f"limit must be a whole number, got {value!r}") from None
-    if n < 1:
-        raise BadRequest(f"limit must be at least 1, got {n}")
-    if n > maximum:
-        raise BadRequest(
-            f"limit {n} is above the largest page this API serves ({maximum}); "
-            "ask for fewer and follow the 'next' links"
-        )
-    return n
+__all__ = ["BadRequest", "GuardMiddleware", "check_bbox", "check_limit"]
 
 
 class GuardMiddleware:
@@ -84,6 +72,7 @@ class GuardMiddleware:
         self.prefix = "/" + prefix.strip("/") + "/"
         self.max_page_size = max_page_size
         self.max_body_bytes = max_body_bytes
+        self.cql2 = TextParser()  # CQL2 text is parsed in child processes, never here
 
     def _relative(self, path: str) -> str:
         return path[len(self.prefix) :] if path.startswith(self.prefix) else path.lstrip("/")
@@ -107,33 +96,100 @@ class GuardMiddleware:
         if ".." in segments or "." in segments or "%2e%2e" in raw:
             raise BadRequest("'..' and '.' are not allowed in paths")
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if "limit" in query:
-            check_limit(query["limit"][-1], self.max_page_size)
-        if "bbox" in query:
-            check_bbox(query["bbox"][-1])
+        self._check_query(query)
+        if "filter" in query:
+            await self._text_filter_to_json(scope, query)
 
         method = scope.get("method", "GET")
-        body: Any = None
         if method not in WRITE_METHODS:
             return receive  # GET/HEAD: nothing to read
-        body = await self._read_json(scope, receive, required=method in ("POST", "PUT"))
-        if path == "search" and method == "POST" and isinstance(body, dict):
-            if body.get("limit") is not None:
-                check_limit(body["limit"], self.max_page_size)
-            if body.get("bbox") is not None:
-                check_bbox(body["bbox"])
-
-        if method in WRITE_METHODS and path != "search":
+        body = await self._read_json(scope, receive, required=method in ("POST", "PUT", "PATCH"))
+        if path == "search":
+            if method != "POST":
+                raise BadRequest(f"{method} is not allowed on /search", 405)
+            self._check_search_body(body)
+            f = body.get("filter")
+            # Whatever filter-lang says: no layer below may parse text (see .cql2_text).
+            if isinstance(f, str) and f.strip() and not f.lstrip().startswith("{"):
+                body["filter"] = await self.cql2.to_json(f, _caller(scope))
+                body["filter-lang"] = "cql2-json"
+        else:
             body = await self._authorize_write(scope, path, method, body)
-        try:
-            data = json.dumps(body).encode() if body is not None else b""
-        except RecursionError:  # parsed, but too deep to write back at this stack depth
-            raise BadRequest("the body's JSON is nested too deeply") from None
+        data = json.dumps(body).encode() if body is not None else b""
         # The body may have changed (the owner field): its length must say so.
         scope["headers"] = [
             (k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"
         ] + [(b"content-length", str(len(data)).encode())]
         return _replay_bytes(data)
+
+    # -- searches --------------------------------------------------------------------------
+    def _check_query(self, query: dict[str, list[str]]) -> None:
+        """GET parameters of /search, /collections and /collections/{id}/items."""
+        if "limit" in query:
+            check_limit(query["limit"][-1], self.max_page_size)
+        for bbox in query.get("bbox", ()):
+            check_bbox(bbox)
+        for value in query.get("filter", ()):
+            check_filter(value)
+        for value in query.get("intersects", ()):
+            check_json_text(value, "intersects")
+            check_geometry(loads(value, "intersects"), "intersects")
+        for value in query.get("query", ()):
+            check_json_text(value, "query")
+            if not isinstance(loads(value, "query"), dict):
+                raise BadRequest("query must be a JSON object")
+        for value in query.get("sortby", ()):
+            check_sortby(value)
+        for value in query.get("fields", ()):
+            check_fields(value)
+        for key in ("ids", "collections"):
+            for value in query.get(key, ()):
+                check_id_list(value, key)
+        for value in query.get("offset", ()):
+            check_offset(value)
+        for value in query.get("q", ()):
+            check_free_text(value)
+
+    async def _text_filter_to_json(self, scope: Scope, query: dict[str, list[str]]) -> None:
+        """A CQL2 text ``filter`` parameter becomes CQL2 JSON (parsed in a child process:
+        :mod:`.cql2_text`), so that no layer below parses text."""
+        # Whatever filter-lang says: a text filter below would be parsed in this process
+        # (the federation's matcher), where a malformed deep one costs 2^depth.
+        pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        out: list[tuple[str, str]] = []
+        for key, value in pairs:
+            if key == "filter" and value.strip() and not value.lstrip().startswith("{"):
+                value = json.dumps(
+                    await self.cql2.to_json(value, _caller(scope)), separators=(",", ":")
+                )
+            if key != "filter-lang":
+                out.append((key, value))
+        out.append(("filter-lang", "cql2-json"))
+        scope["query_string"] = urlencode(out).encode("latin-1")
+
+    def _check_search_body(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise BadRequest("a search body must be a JSON object")
+        if body.get("limit") is not None:
+            check_limit(body["limit"], self.max_page_size)
+        if body.get("bbox") is not None:
+            check_bbox(body["bbox"])
+        check_filter(body.get("filter"))
+        if body.get("intersects") is not None:
+            check_geometry(body["intersects"], "intersects")
+        if body.get("query") is not None and not isinstance(body["query"], dict):
+            raise BadRequest("query must be a JSON object")
+        check_sortby(body.get("sortby"))
+        check_fields(body.get("fields"))
+        for key in ("ids", "collections"):
+            if isinstance(body.get(key), str):  # GET's comma-separated form
+                raise BadRequest(f"{key} must be a list of strings in a search body")
+            check_id_list(body.get(key), key)
+        q = body.get("q")
+        for value in [q] if isinstance(q, str) else q if isinstance(q, list) else ():
+            check_free_text(value)
+        if body.get("token") is not None and not isinstance(body["token"], str):
+            raise BadRequest("token must be a string")
 
     async def _read_json(self, scope: Scope, receive: Receive, required: bool) -> Any:
         chunks: list[bytes] = []
@@ -158,65 +214,187 @@ class GuardMiddleware:
             if required:
                 raise BadRequest("this request needs a JSON body")
             return None
-        try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise BadRequest(f"the body is not valid JSON: {e}") from None
-        except RecursionError:  # json's C parser recurses per nesting level
-            raise BadRequest("the body's JSON is nested too deeply") from None
+        body = loads(raw, "the body")
         if not isinstance(body, dict | list):
             raise BadRequest("the body must be a JSON object")
         return body
 
+    # -- writes ----------------------------------------------------------------------------
     async def _authorize_write(self, scope: Scope, path: str, method: str, body: Any) -> Any:
         user = scope.get("state", {}).get("hub_user") or {}
         name = user.get("name", "")
-        admin = bool(user.get("admin"))
-        if path.rstrip("/") == "collections" and method == "POST":
-            if not isinstance(body, dict):
-                raise BadRequest("a collection must be a JSON object")
+        admin = acts_as_admin(user)
+        if path.rstrip("/") == "collections":
+            if method != "POST":
+                raise BadRequest(f"{method} is not allowed on /collections", 405)
+            body = check_collection(body)
+            cid = body["id"]
+            existing = await self._owner_of(scope, cid)
+            if existing is not _MISSING:
+                raise BadRequest(
+                    f"collection {cid!r} already exists ({_whose(existing)}): choose another "
+                    "id, or PUT /collections/{id} to replace a collection of yours",
+                    409,
+                )
             if not admin or OWNER not in body:
                 body[OWNER] = name  # a user's collection is theirs, whatever the body says
+            elif not isinstance(body[OWNER], str):
+                raise BadRequest(f"{OWNER} must be a user name (or '' for the platform's)")
             return body
         m = _COLLECTION_PATH.match(path)
         if not m:
             raise BadRequest(f"{method} is not allowed on /{path}", 405)
-        cid, sub = m.group(1), m.group(2)
+        cid, sub, iid = m.group(1), m.group(2), m.group(3)
         owner = await self._owner_of(scope, cid)
         if owner is _MISSING:
             raise BadRequest(f"collection {cid!r} does not exist", 404)
         if not admin and owner != name:
-            whose = f"belongs to {owner!r}" if owner else "is the platform's"
             raise BadRequest(
-                f"collection {cid!r} {whose}: you may change only your own collections "
-                "(create one with POST /collections)",
+                f"collection {cid!r} {_whose(owner)}: you may change only your own "
+                "collections (create one with POST /collections)",
                 403,
             )
-        if sub is None and method in ("PUT", "PATCH") and isinstance(body, dict):
-            if method == "PATCH" and OWNER in body and body[OWNER] != owner:
-                raise BadRequest(f"{OWNER} cannot be changed", 403)
-            if method == "PUT":
-                if owner:
-                    body[OWNER] = owner
-                else:
-                    body.pop(OWNER, None)
-        patches = body if sub is None and method == "PATCH" and isinstance(body, list) else []
-        if any(OWNER in str(op.get("path", "")) for op in patches if isinstance(op, dict)):
-            raise BadRequest(f"{OWNER} cannot be changed", 403)
+        if sub is None:
+            return _collection_write(method, body, cid, owner)
+        if sub == "bulk_items":
+            if iid is not None or method != "POST":
+                raise BadRequest(f"{method} is not allowed on /{path}", 405)
+            return _bulk_items(body, cid)
+        if iid is None:
+            if method != "POST":
+                raise BadRequest(f"{method} is not allowed on /{path}", 405)
+            return _new_items(body, cid)
+        if method == "PUT":
+            return check_item(body, cid, iid)
+        if method == "PATCH":
+            _check_patch(body, "item", iid, collection=cid)
+            return body
+        if method != "DELETE":
+            raise BadRequest(f"{method} is not allowed on /{path}", 405)
         return body
 
     async def _owner_of(self, scope: Scope, cid: str) -> Any:
         pool = scope["app"].state.readpool
-        async with pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT content->>$2 AS owner FROM pgstac.collections WHERE id = $1", cid, OWNER
-            )
+        try:
+            async with pool.acquire() as conn:
+                row = await conn.fetchrow(
+                    "SELECT content->>$2 AS owner FROM pgstac.collections WHERE id = $1",
+                    cid,
+                    OWNER,
+                )
+        except UNAVAILABLE:
+            raise BadRequest("the lake's database is not available; try again", 503) from None
         if row is None:
             return _MISSING
         return row["owner"] or ""
 
 
+def _whose(owner: str) -> str:
+    return f"belongs to {owner!r}" if owner else "is the platform's"
+
+
+def _collection_write(method: str, body: Any, cid: str, owner: str) -> Any:
+    """PUT, PATCH or DELETE of collection ``cid`` (whose owner may write it)."""
+    if method == "PUT":
+        body = check_collection(body, cid)
+        if owner:
+            body[OWNER] = owner
+        else:
+            body.pop(OWNER, None)
+    elif method == "PATCH":
+        _check_patch(body, "collection", cid, owner=owner)
+    elif method != "DELETE":
+        raise BadRequest(f"{method} is not allowed on /collections/{cid}", 405)
+    return body
+
+
+def _new_items(body: Any, cid: str) -> Any:
+    """POST /collections/{cid}/items: one Feature or a FeatureCollection of them."""
+    if isinstance(body, dict) and body.get("type") == "FeatureCollection":
+        features = body.get("features")
+        if not isinstance(features, list):
+            raise BadRequest("a FeatureCollection needs a list of features")
+        budget = Budget()  # one for the whole batch
+        body = dict(body, features=[check_item(f, cid, budget=budget) for f in features])
+        _unique([f["id"] for f in body["features"]])
+        return body
+    return check_item(body, cid)
+
+
+def _bulk_items(body: Any, cid: str) -> Any:
+    """POST /collections/{cid}/bulk_items: {"items": {id: item}, "method": ...}. Every item
+    is checked first: one bad item refuses the request (nothing partial is stored)."""
+    if not isinstance(body, dict) or not isinstance(body.get("items"), dict):
+        raise BadRequest('bulk_items needs {"items": {"<id>": <item>, ...}}')
+    if body.get("method", "insert") not in ("insert", "upsert"):
+        raise BadRequest("bulk_items method must be 'insert' or 'upsert'")
+    budget = Budget()  # one for the whole batch
+    items = {key: check_item(item, cid, key, budget) for key, item in body["items"].items()}
+    return dict(body, items=items)
+
+
+def _unique(ids: list[str]) -> None:
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise BadRequest(f"item {i!r} appears twice in the request")
+        seen.add(i)
+
+
+def _check_patch(
+    body: Any, kind: str, target: str, *, owner: str = "", collection: str = ""
+) -> None:
+    """A PATCH keeps the record where it is and whose it is: no change of id, of an item's
+    collection or of a collection's owner; an item's geometry and bbox only as a whole."""
+    if isinstance(body, dict):  # JSON merge patch: the fields it sets
+        changes = [(key, "replace", value) for key, value in body.items()]
+    elif isinstance(body, list):  # JSON Patch: the top-level field each operation touches
+        changes = []
+        for op in body:
+            if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+                raise BadRequest('JSON Patch operations are objects like {"op": .., "path": ..}')
+            if op["op"] == "test":
+                continue
+            for key in ("path", "from"):
+                pointer = op.get(key)
+                if pointer is None and key == "from":
+                    continue
+                if not isinstance(pointer, str):
+                    raise BadRequest(f"JSON Patch {key} must be a string")
+                top = pointer.split("/")[1] if pointer.startswith("/") else ""
+                if not top:
+                    raise BadRequest("a PATCH cannot replace the whole record: patch its fields")
+                top = top.replace("~1", "/").replace("~0", "~")
+                whole = key == "path" and pointer == "/" + top and op["op"] in ("add", "replace")
+                changes.append((top, "replace" if whole else "part", op.get("value")))
+    else:
+        raise BadRequest("a PATCH body is a JSON object (merge patch) or an array (JSON Patch)")
+    for field, how, value in changes:
+        if field == "id" and (how != "replace" or value != target):
+            raise BadRequest(f"a PATCH cannot change the {kind}'s id ({target!r})")
+        if kind == "collection" and field == OWNER and (how != "replace" or value != owner):
+            raise BadRequest(f"{OWNER} cannot be changed", 403)
+        if kind == "item" and field == "collection" and (how != "replace" or value != collection):
+            raise BadRequest("a PATCH cannot move an item to another collection")
+        if kind == "item" and field in ("geometry", "bbox"):
+            if how != "replace":
+                raise BadRequest(f"an item's {field} can only be replaced as a whole")
+            if field == "geometry":
+                check_geometry(value, f"item {target!r} geometry")
+            elif value is not None:
+                check_record_bbox(value, f"item {target!r} bbox")
+        if kind == "collection" and field == "extent":
+            check_collection(
+                {"id": target, "extent": value} if how == "replace" else {"id": target}
+            )
+
+
 _MISSING = object()
+
+
+def _caller(scope: Scope) -> str:
+    """Who sends the request (hub user or service), for per-caller bounds."""
+    return str((scope.get("state", {}).get("hub_user") or {}).get("name", ""))
 
 
 def _normalize_forwarded_host(scope: Scope) -> None:

@@ -4,8 +4,9 @@
 ``stac`` component, or the container of the ``stac`` deployment on Kubernetes).  Its config
 file (``$TWINHUB_STAC_CONFIG``, written by :func:`twinhub.services.datalake.prepare`) says
 how to reach the database; the hub's service environment (``JUPYTERHUB_*``) how to check
-users.  Layers, outermost first: hub authentication (:mod:`twinhub.services.hubauth`), the
-guard (:mod:`.guard`: bad input, ownership of collections), federation (:mod:`.federation`:
+users.  Layers, outermost first: request limits (:mod:`twinhub.services.asgi`), hub
+authentication (:mod:`twinhub.services.hubauth`), the guard (:mod:`.guard`: bad input,
+parser bounds, records, ownership of collections), federation (:mod:`.federation`:
 search, collections and items across the lake and the configured sources; a pass-through
 when there are none), then stac-fastapi-pgstac.
 """
@@ -17,17 +18,22 @@ import os
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+import jsonpatch
+import jsonpointer
+from brotli_asgi import BrotliMiddleware
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from stac_fastapi.pgstac.app import instantiate_api
 from stac_fastapi.pgstac.config import PostgresSettings, Settings
 from stac_fastapi.pgstac.db import close_db_connection, connect_to_db
 from stac_fastapi.pgstac.models.extensions import Extensions
 
 from ... import __version__
+from ..asgi import RequestLimitsMiddleware
 from ..hubauth import HubAuthMiddleware
 from .database import Connection
 from .federation import FederationMiddleware, federation_from_config
-from .guard import GuardMiddleware
+from .guard import REFUSALS, UNAVAILABLE, GuardMiddleware
 
 PUBLIC_PATHS = ("_mgmt/ping",)
 
@@ -59,6 +65,33 @@ def create_plain_app(config: dict[str, Any] | None = None) -> FastAPI:
     """stac-fastapi-pgstac on the same database with none of our layers: the anchor that
     bench/datalake.py measures the cost of authentication and guards against."""
     return _build(config or load_config(), wrapped=False)
+
+
+def add_database_error_handlers(app: FastAPI) -> None:
+    """Database errors caused by the request answer 400, an unreachable database 503 (both
+    JSON): a 500 is for the service's own faults."""
+
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+        return JSONResponse({"code": 400, "description": f"the lake refused it: {message}"}, 400)
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"code": 503, "description": "the lake's database is not available; try again"},
+            503,
+            headers={"Retry-After": "5"},
+        )
+
+    async def bad_patch(request: Request, exc: Exception) -> JSONResponse:
+        message = f"the patch does not apply: {str(exc)[:300] or type(exc).__name__}"
+        return JSONResponse({"code": 400, "description": message}, 400)
+
+    for exc in REFUSALS:
+        app.add_exception_handler(exc, refused)
+    for exc in (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException):
+        app.add_exception_handler(exc, bad_patch)
+    for exc in UNAVAILABLE:
+        app.add_exception_handler(exc, unavailable)
 
 
 def _build(cfg: dict[str, Any], wrapped: bool) -> FastAPI:
@@ -95,6 +128,10 @@ def _build(cfg: dict[str, Any], wrapped: bool) -> FastAPI:
     app = api.app
     if not wrapped:
         return app
+    add_database_error_handlers(app)
+    # Compression goes outermost (added last, below): every layer sees plain bodies (the JSON
+    # errors of asgi rewrite them) and the federation's own answers get compressed too.
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not BrotliMiddleware]
     # Starlette: the last added runs first. Authentication wraps everything but the ping;
     # the guard checks input before federation splits a search among the sources.
     app.add_middleware(
@@ -110,4 +147,6 @@ def _build(cfg: dict[str, Any], wrapped: bool) -> FastAPI:
         max_body_bytes=int(cfg.get("max_body_bytes", 16 * 1024 * 1024)),
     )
     app.add_middleware(HubAuthMiddleware, prefix=prefix + "/", public_paths=PUBLIC_PATHS)
+    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=int(cfg.get("max_body_bytes", 16 * 1024 * 1024)))  # fmt: skip
+    app.add_middleware(BrotliMiddleware)
     return app

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ..guard import BadRequest, check_bbox, check_limit
+from ..limits import check_filter
 
 #: stac-fastapi's default page size: the same here, so a federated page is as long as a local one.
 DEFAULT_LIMIT = 10
@@ -135,6 +136,8 @@ def parse_filter(value: Any, lang: str | None) -> dict[str, Any] | None:
     """A CQL2 filter (text or JSON, as the filter extension allows) as checked CQL2-JSON."""
     if value is None or value == "":
         return None
+    # cql2 overflows the C stack on deep or very long filters: bound them before it parses
+    check_filter(value)
     import cql2
 
     try:
