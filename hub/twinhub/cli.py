@@ -110,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also remove the OS accounts created for platform users (multi-user mode)",
     )
 
-    status = sub.add_parser("status", help="show each component with pid, port and health")
+    status = sub.add_parser(
+        "status",
+        help="show each component with state, pid, port, health, restart count and last exit "
+        "(also when `twinhub up` itself died and left them running)",
+    )
     _state_arg(status)
 
     user = sub.add_parser("user", help="manage platform accounts")

@@ -33,3 +33,8 @@ class Component:
     # What asks it to stop (PostgreSQL: SIGINT is its "fast" shutdown, SIGTERM waits for
     # every client to leave).
     stop_signal: int = signal.SIGTERM
+    # Run before each start after the first, once what the dead process left is killed
+    # (PostgreSQL: remove its stale lock files).
+    before_restart: Callable[[], None] | None = None
+    # Run once a restarted component is ready again (the proxy: have the hub re-add routes).
+    after_restart: Callable[[], None] | None = None

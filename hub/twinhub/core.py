@@ -17,6 +17,7 @@ from .runtime import Runtime
 from .supervisor import http_ready
 
 HUB_CONFIG_FILE = Path(__file__).with_name("hub_config.py")
+PROXY_PRELOAD = Path(__file__).with_name("proxy_preload.cjs")
 CLI_SERVICE = "twinhub-cli"
 
 
@@ -64,13 +65,21 @@ def components(rt: Runtime) -> list[Component]:
             "--log-level",
             "warn",
         ],
-        env={"CONFIGPROXY_AUTH_TOKEN": proxy_token},
+        env={
+            "CONFIGPROXY_AUTH_TOKEN": proxy_token,
+            # JSON 4xx answers and a lingering close for requests node refuses before routing
+            # (headers over node's 16 KiB: 431), so clients get a status, not a reset.
+            "NODE_OPTIONS": f'--require "{PROXY_PRELOAD}"',
+        },
         port=p["public"],
         ready_url=f"http://127.0.0.1:{p['proxy_api']}/api/routes",
         ready=lambda: (
             http_ready(f"http://127.0.0.1:{p['proxy_api']}/api/routes")
             and _proxy_authorized(p["proxy_api"], proxy_token)
         ),
+        # A restarted proxy knows only its default route (the hub): have the hub add every
+        # server's and service's route now rather than at its next periodic check (minutes).
+        after_restart=lambda: resync_proxy_routes(rt),
     )
     hub = Component(
         name="hub",
@@ -96,6 +105,13 @@ def components(rt: Runtime) -> list[Component]:
     return [proxy, hub, culler]
 
 
+def resync_proxy_routes(rt: Runtime) -> None:
+    """Ask the hub to add every route the proxy lacks (``POST /hub/api/proxy``)."""
+    from .hubapi import hub_request  # hubapi imports this module (CLI_SERVICE)
+
+    hub_request(rt, "POST", "/proxy", timeout=30)
+
+
 def _proxy_authorized(port: int, token: str) -> bool:
     import urllib.request
 
@@ -116,7 +132,9 @@ def configure_hub(c: Any, rt: Runtime) -> None:
     c.JupyterHub.db_url = hub_db_url(rt)
     c.JupyterHub.cookie_secret_file = str(rt.secret_path("cookie-secret"))
     c.JupyterHub.pid_file = str(rt.run_dir / "jupyterhub.pid")
-    c.JupyterHub.cleanup_servers = True
+    # A hub restarted by the supervisor finds its servers still running (their pids are in
+    # the spawners' state); `twinhub down` stops them through the API first (platform.py).
+    c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = True
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{p['proxy_api']}"
@@ -138,9 +156,19 @@ def configure_hub(c: Any, rt: Runtime) -> None:
                 "services": ["idle-culler"],
             },
             {
-                # What `twinhub user ...` needs: manage users, groups and tokens.
+                # What `twinhub user ...` needs: manage users, groups and tokens; and the
+                # supervisor: re-sync a restarted proxy's routes (proxy), stop every server
+                # at `twinhub down` and tell servers from orphans (admin:server_state: pids).
                 "name": "twinhub-cli",
-                "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "read:hub"],
+                "scopes": [
+                    "admin:users",
+                    "admin:groups",
+                    "admin:servers",
+                    "admin:server_state",
+                    "tokens",
+                    "read:hub",
+                    "proxy",
+                ],
                 "services": [CLI_SERVICE],
             },
         ]

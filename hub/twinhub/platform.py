@@ -12,13 +12,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 from traitlets.config import Config, PyFileConfigLoader
 
 from . import __version__
-from .config import Twinhub, config_classes
+from .accounts import RUNTIME_ROOT, remove_runtime_dirs
+from .config import Twinhub, TwinhubSupervisor, config_classes
+from .hubapi import HubAPIError, hub_request
 from .runtime import Runtime, world_reachable
 from .supervisor import (
+    COMPONENTS_FILE,
     SUPERVISOR_PID,
     StartError,
     Supervisor,
@@ -28,6 +32,7 @@ from .supervisor import (
     kill_pids,
     pid_alive,
     port_in_use,
+    processes_of_instance,
     read_records,
     supervisor_pid,
 )
@@ -162,6 +167,9 @@ def up(
         say(
             "note: personal mode as root: every server runs as root; only one platform user may spawn"
         )
+    # A platform whose supervisor died (kill -9): its components go, its user servers stay
+    # for the new hub to find, on the same ports.
+    old = replace_stale_platform(state_dir, say)
     if port_in_use(rt.ip, rt.ports["public"]):
         raise PlatformError(
             f"port {rt.ports['public']} on {rt.ip} is already in use; "
@@ -174,11 +182,13 @@ def up(
     datalake.allocate_ports(rt)
     projects.allocate_ports(rt)
     cache.allocate_ports(rt)
+    keep_servers = old is not None and _reuse_ports(rt, old)
     layout_state_dir(rt)
-    # Leftovers of a crashed earlier run of this state dir would hold ports and accounts.
-    stale = kill_orphans(rt)
-    if stale:
-        say(f"stopped {len(stale)} leftover process(es) of an earlier run: " + "; ".join(stale))
+    if not keep_servers:
+        # Leftovers of a crashed earlier run of this state dir would hold ports and accounts.
+        stale = kill_orphans(rt)
+        if stale:
+            say(f"stopped {len(stale)} leftover process(es) of an earlier run: " + "; ".join(stale))
     from .keycloak import prepare as prepare_keycloak
 
     # Before rt.save(): the Keycloak client secret moves from the config into a 0600 file.
@@ -220,6 +230,8 @@ def up(
         if not _wait_url(rt.local_url + "hub/api/", 30):
             raise StartError("the hub does not answer through the proxy at " + rt.local_url)
         say(f"twinhub is up at {rt.url} ({time.monotonic() - t0:.1f} s)")
+        if keep_servers:
+            sweep_orphans(rt, sup, say)
         seeding = datalake.start_seeding(rt, say)
         if first_password:
             admin = Twinhub(config=rt.config).admin_user
@@ -228,12 +240,14 @@ def up(
         sys.stdout.flush()
         if not wait:
             return 0
+        stop_on_failure = TwinhubSupervisor(config=rt.config).stop_on_failure
         while not stop_requested:
-            dead = sup.dead_components()
-            if dead:
-                name, code = dead[0]
-                say(f"{name} exited unexpectedly (code {code}); last lines of its log:")
-                say(sup.log_tail(name))
+            sup.watch()
+            if sup.failed and stop_on_failure:
+                say(
+                    f"stopping the platform: {', '.join(sup.failed)} is down "
+                    "(TwinhubSupervisor.stop_on_failure)"
+                )
                 return 1
             time.sleep(0.3)
         say("stopping (signal received)...")
@@ -244,9 +258,13 @@ def up(
         say(f"error: {e}")
         return 1
     finally:
+        hub = sup.running.get("hub")
+        if hub is not None and hub.proc.poll() is None:
+            stop_user_servers(rt, say)
         killed = sup.stop_all()
         if killed:
             say("had to kill: " + "; ".join(killed))
+        _remove_runtime_dirs(rt)
         say("twinhub stopped")
         with contextlib.suppress(FileNotFoundError):
             pid_file.unlink()
@@ -271,6 +289,177 @@ def load_runtime(state_dir: Path) -> Runtime:
         raise PlatformError(f"no platform state in {state_dir} (never started there?)") from e
 
 
+# -- what a dead supervisor left ------------------------------------------------------------
+def live_records(rt: Runtime) -> dict[str, dict]:
+    """The recorded components still running: only pids that carry this instance's marker
+    (a recorded pid may since belong to an unrelated process)."""
+    mine = {p for p, _ in processes_of_instance(rt.instance_id)}
+    return {n: r for n, r in read_records(rt).items() if r.get("pid") in mine}
+
+
+def stop_recorded(records: dict[str, dict], grace: float = 10.0) -> list[str]:
+    """Stop recorded components in reverse start order, each with its own stop signal, then
+    kill its process group; returns those that had to be killed."""
+    killed = []
+    for name, r in reversed(list(records.items())):
+        pid = r["pid"]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, r.get("stop_signal", signal.SIGTERM))
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.1)
+        if pid_alive(pid):
+            killed.append(f"{name} (pid {pid})")
+        # Started in its own session: its pid is its process group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
+    return killed
+
+
+def replace_stale_platform(state_dir: Path, say: Callable[[str], None]) -> Runtime | None:
+    """Stop the components of an earlier run of ``state_dir`` whose supervisor died, leaving
+    its user servers (and their kernels) for the new hub; returns that run's Runtime, or
+    None when nothing of it runs."""
+    try:
+        old = Runtime.load(state_dir)
+    except (OSError, ValueError):
+        return None
+    procs = processes_of_instance(old.instance_id)
+    if not procs:
+        return None
+    live = live_records(old)
+    say(
+        f"found {len(procs)} process(es) of an earlier run whose supervisor is gone: "
+        f"replacing its components ({', '.join(live) or 'none'}); user servers keep running"
+    )
+    killed = stop_recorded(live)
+    if killed:
+        say("  had to kill: " + "; ".join(killed))
+    with contextlib.suppress(FileNotFoundError):
+        old.path(COMPONENTS_FILE).unlink()
+    return old
+
+
+def _reuse_ports(rt: Runtime, old: Runtime) -> bool:
+    """Take the earlier run's internal ports where free: running servers know the hub (and
+    services) by them.  True when the hub's port could be kept."""
+    reused = {}
+    for key, port in old.ports.items():
+        if key != "public" and not port_in_use("127.0.0.1", port):
+            rt.ports[key] = reused[key] = port
+    taken = set(reused.values()) | {rt.ports["public"]}
+    for key, port in rt.ports.items():
+        if key not in reused and key != "public" and port in taken:
+            while rt.ports[key] in taken:
+                rt.ports[key] = free_port()
+            taken.add(rt.ports[key])
+    return "hub" in reused
+
+
+def _server_pids(rt: Runtime) -> set[int]:
+    """Pids of the user servers the hub knows (its spawners' state)."""
+    pids = set()
+    for user in hub_request(rt, "GET", "/users?state=active") or []:
+        for server in (user.get("servers") or {}).values():
+            pid = (server.get("state") or {}).get("pid")
+            if pid:
+                pids.add(int(pid))
+    return pids
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    for _ in range(64):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        if pid <= 1:
+            break
+        chain.append(pid)
+    return chain
+
+
+def sweep_orphans(rt: Runtime, sup: Supervisor, say: Callable[[str], None]) -> list[str]:
+    """Kill processes of this instance that belong neither to a component nor to a user
+    server the hub knows (what an earlier run left half-started)."""
+    try:
+        keep = _server_pids(rt)
+    except HubAPIError as e:
+        say(f"  (cannot list user servers, no orphan sweep: {e})")
+        return []
+    keep |= {r.proc.pid for r in sup.running.values()}
+    # Only what is older than the new hub: a server it is starting now has no pid in its
+    # state yet.
+    hub = sup.running.get("hub")
+    born = _start_ticks(hub.proc.pid) if hub else None
+    orphans = [
+        (pid, cmd)
+        for pid, cmd in processes_of_instance(rt.instance_id)
+        if pid not in keep
+        and not keep.intersection(_ancestors(pid))
+        and born is not None
+        and (_start_ticks(pid) or born) < born
+    ]
+    if orphans:
+        kill_pids([p for p, _ in orphans])
+        say(f"  stopped {len(orphans)} orphan(s): " + "; ".join(f"{p} {c}" for p, c in orphans))
+    return [f"pid {p}: {c}" for p, c in orphans]
+
+
+def stop_user_servers(rt: Runtime, say: Callable[[str], None], timeout: float = 60) -> int:
+    """Stop every user server through the hub (its spawner cleans up: cgroups, clusters),
+    waiting until none is active; returns how many were asked to stop."""
+    try:
+        users = hub_request(rt, "GET", "/users?state=active") or []
+    except HubAPIError:
+        return 0
+    n = 0
+    for user in users:
+        name = quote(user["name"], safe="")
+        for server in user.get("servers") or {}:
+            path = (
+                f"/users/{name}/servers/{quote(server, safe='')}"
+                if server
+                else f"/users/{name}/server"
+            )
+            try:
+                hub_request(rt, "DELETE", path)
+                n += 1
+            except HubAPIError as e:
+                say(f"  cannot stop the server of {user['name']}: {e}")
+    if not n:
+        return 0
+    say(f"  stopping {n} user server(s)...")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not any(u.get("servers") for u in hub_request(rt, "GET", "/users?state=active")):
+                break
+        except HubAPIError:
+            break
+        time.sleep(0.3)
+    return n
+
+
+def _remove_runtime_dirs(rt: Runtime) -> None:
+    """The servers' private runtime dirs (kernel sockets), once nothing of the instance runs."""
+    root = rt.config.get("MultiUserSpawner", {}).get("runtime_root", RUNTIME_ROOT)
+    remove_runtime_dirs(root, rt.instance_id)
+
+
 def down(state_dir: Path, say: Callable[[str], None] = print, timeout: float = 60) -> int:
     rt = load_runtime(state_dir)
     pid = supervisor_pid(rt)
@@ -283,38 +472,81 @@ def down(state_dir: Path, say: Callable[[str], None] = print, timeout: float = 6
         if pid_alive(pid):
             say(f"supervisor did not stop in {timeout:.0f} s: killing it and its components")
             kill_pids([pid], grace=1)
-    records = read_records(rt)
-    leftovers = [r["pid"] for r in records.values() if pid_alive(r["pid"])]
-    if leftovers:
-        kill_pids(leftovers)
-        say(f"had to kill components: {leftovers}")
+    live = live_records(rt)
+    if live:
+        say(f"stopping components left without their supervisor: {', '.join(live)}")
+        if "hub" in live:
+            stop_user_servers(rt, say)
+        killed = stop_recorded(live)
+        if killed:
+            say("had to kill components: " + "; ".join(killed))
     killed = kill_orphans(rt)
     if killed:
         say("had to kill: " + "; ".join(killed))
+    _remove_runtime_dirs(rt)
+    for f in (COMPONENTS_FILE, SUPERVISOR_PID):
+        with contextlib.suppress(FileNotFoundError):
+            rt.path(f).unlink()
     say("twinhub is down")
     return 0
+
+
+def _component_line(name: str, r: dict) -> tuple[str, bool]:
+    alive = pid_alive(r["pid"])
+    health = "-"
+    if alive and r.get("ready_url"):
+        health = "ok" if http_ready(r["ready_url"]) else "not answering"
+    elif alive:
+        health = "ok"
+    rec_state = r.get("state", "running")
+    if rec_state == "gave-up":
+        state = "GAVE-UP"
+    elif rec_state in ("backoff", "starting") and r.get("restarts"):
+        state = "restarting"
+    elif rec_state == "failed" or not alive:
+        state = "DOWN"
+    else:
+        state = "running"
+    port = r.get("port") or "-"
+    line = f"  {name:<14} {state:<10} pid {r['pid']:<8} port {port!s:<6} health {health:<4}"
+    line += f" restarts {r.get('restarts', 0)}"
+    last = r.get("last_exit")
+    if last:
+        code = last.get("code")
+        how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"code {code}"
+        line += f" (last exit: {how}, {time.strftime('%F %T', time.localtime(last['at']))})"
+    if rec_state == "gave-up":
+        line += " -- crash loop: given up on (see its log)"
+    return line, state == "running" and health == "ok"
 
 
 def status(state_dir: Path, say: Callable[[str], None] = print) -> int:
     rt = load_runtime(state_dir)
     pid = supervisor_pid(rt)
     records = read_records(rt)
-    if not pid or not records:
-        say(f"twinhub is not running ({rt.state_dir})")
+    if not pid:
+        procs = processes_of_instance(rt.instance_id)
+        if not procs:
+            say(f"twinhub is not running ({rt.state_dir})")
+            return 1
+        live = live_records(rt)
+        say(
+            f"twinhub is not running ({rt.state_dir}): its supervisor is gone, but "
+            f"{len(procs)} of its processes still run (components: {', '.join(live) or 'none'}); "
+            "`twinhub up` replaces them, `twinhub down` stops them"
+        )
+        for name, r in live.items():
+            say(_component_line(name, r)[0])
+        return 1
+    if not records:
+        say(f"twinhub is not running ({rt.state_dir}): supervisor pid {pid} is still starting")
         return 1
     say(f"twinhub {rt.mode} mode at {rt.url} (supervisor pid {pid})")
     ok = True
     for name, r in records.items():
-        alive = pid_alive(r["pid"])
-        health = "-"
-        if alive and r.get("ready_url"):
-            health = "ok" if http_ready(r["ready_url"]) else "not answering"
-        elif alive:
-            health = "ok"
-        state = "running" if alive else "DOWN"
-        ok &= alive and health == "ok"
-        port = r.get("port") or "-"
-        say(f"  {name:<14} {state:<8} pid {r['pid']:<8} port {port!s:<6} health {health}")
+        line, healthy = _component_line(name, r)
+        ok &= healthy
+        say(line)
     from .services.datalake import seed_state
 
     seed = seed_state(rt)

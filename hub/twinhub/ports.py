@@ -9,11 +9,33 @@ released.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 
-# Platform components (proxy API, hub, gateway, object store...).
-PLATFORM_PORTS = (10000, 19999)
+#: Platform components when run by an ordinary user (no privileged ports).
+UNPRIVILEGED_PORTS = (10000, 19999)
+#: Platform components when run as root: below Linux's ip_unprivileged_port_start, where no
+#: other local user can bind. A component restarts on its old port (the hub and the proxy
+#: know it), so in the gap between its death and its restart a user's process could otherwise
+#: bind that port and receive the requests (and tokens) meant for it.
+PRIVILEGED_PORTS = (600, 1023)
+
+
+def _root_only(port_range: tuple[int, int]) -> bool:
+    """Whether only root may bind ``port_range`` here (and this process is root)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            start = int(f.read())
+    except (OSError, ValueError):
+        start = 1024
+    return port_range[1] < start
+
+
+# Platform components (proxy API, hub, gateway, object store, services...).
+PLATFORM_PORTS = PRIVILEGED_PORTS if _root_only(PRIVILEGED_PORTS) else UNPRIVILEGED_PORTS
 # User servers.
 SERVER_PORTS = (20000, 32000)
 

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .ports import PLATFORM_PORTS, pick_port
+from .ports import UNPRIVILEGED_PORTS, pick_port
 from .runtime import world_reachable
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -37,7 +37,9 @@ class PostgresError(RuntimeError):
 
 
 def free_port() -> int:
-    return pick_port(PLATFORM_PORTS)
+    # Not the platform's privileged range: the server runs as the postgres account, which
+    # cannot bind there (a TCP listener is for tests; the platform's database has no port).
+    return pick_port(UNPRIVILEGED_PORTS)
 
 
 class LocalPostgres:
@@ -176,6 +178,40 @@ class LocalPostgres:
         self._write_config()
         self._port_file.write_text(str(self.port))
 
+    def accepting(self, timeout: int = 2) -> bool:
+        """True once the server accepts connections on its socket (a real connection attempt:
+        a socket file left by a killed server is not enough)."""
+        exe = self.bin_dir / "pg_isready"
+        host = "127.0.0.1" if self.listen == "tcp" else str(self.run_dir)
+        try:
+            r = subprocess.run(
+                [str(exe), "-q", "-h", host, "-p", str(self.port), "-t", str(timeout),
+                 "-U", self.os_user, "-d", "postgres"],
+                capture_output=True, timeout=timeout + 5, cwd="/",
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return r.returncode == 0
+
+    def clear_stale_locks(self) -> list[str]:
+        """Remove the lock files a killed (``kill -9``) server left: ``postmaster.pid`` and the
+        socket's lock and file, when the pid they name is no longer a postgres process.
+        Returns what was removed.  A live server's files are never touched."""
+        removed = []
+        pidfile = self.data_dir / "postmaster.pid"
+        if pidfile.exists() and not _is_postgres(_lock_pid(pidfile)):
+            pidfile.unlink(missing_ok=True)
+            removed.append(str(pidfile))
+        for lock in self.run_dir.glob(".s.PGSQL.*.lock"):
+            if _is_postgres(_lock_pid(lock)):
+                continue
+            sock = lock.with_suffix("")
+            for f in (lock, sock):
+                if f.exists() or f.is_socket():
+                    f.unlink(missing_ok=True)
+                    removed.append(str(f))
+        return removed
+
     def is_running(self) -> bool:
         if not (self.data_dir / "PG_VERSION").exists():
             return False
@@ -184,6 +220,7 @@ class LocalPostgres:
     def start(self, timeout: int = 60) -> None:
         """Initialise if needed, start the server and make sure the role and database exist."""
         self.init()
+        self.clear_stale_locks()
         if not self.is_running():
             self._run(
                 "pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file),
@@ -253,3 +290,20 @@ class LocalPostgres:
         """Stop the server and delete the whole cluster directory."""
         self.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def _lock_pid(path: Path) -> int | None:
+    """The pid on the first line of a PostgreSQL lock file."""
+    try:
+        return int(path.read_text().split("\n", 1)[0].strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_postgres(pid: int | None) -> bool:
+    if not pid or pid <= 0:
+        return False
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False

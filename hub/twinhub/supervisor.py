@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .components import Component
@@ -120,22 +120,79 @@ def kill_pids(pids: Iterable[int], grace: float = 5.0) -> None:
                 os.kill(p, signal.SIGKILL)
 
 
+class RestartPolicy:
+    """When to restart a component that exited (see :class:`twinhub.config.TwinhubSupervisor`).
+
+    The backoff doubles with each restart within the window; ``limit`` restarts within the
+    window is a crash loop: :meth:`next_delay` answers None (give up).
+    """
+
+    def __init__(
+        self,
+        enabled: Callable[[str], bool] = lambda _name: True,
+        backoff: float = 0.5,
+        backoff_max: float = 30.0,
+        limit: int = 5,
+        window: float = 120.0,
+    ) -> None:
+        self.enabled = enabled
+        self.backoff, self.backoff_max = backoff, backoff_max
+        self.limit, self.window = limit, window
+
+    @classmethod
+    def from_config(cls, config) -> RestartPolicy:
+        from .config import TwinhubSupervisor
+
+        s = TwinhubSupervisor(config=config)
+        return cls(s.restarts, s.backoff, s.backoff_max, s.crash_loop_restarts, s.crash_loop_window)
+
+    def recent(self, restart_times: list[float], now: float) -> list[float]:
+        return [t for t in restart_times if now - t < self.window]
+
+    def next_delay(self, restart_times: list[float], now: float) -> float | None:
+        """Seconds to wait before the next restart, or None for a crash loop."""
+        n = len(self.recent(restart_times, now))
+        if n >= self.limit:
+            return None
+        return min(self.backoff_max, self.backoff * 2**n)
+
+
 @dataclass
 class Running:
     component: Component
     proc: subprocess.Popen
     log_path: Path
     started: float
+    # starting -> running; on exit: backoff -> starting (restart) | failed (restart off) |
+    # gave-up (crash loop)
+    state: str = "starting"
+    restarts: int = 0
+    restart_times: list[float] = field(default_factory=list)  # monotonic
+    last_exit: dict | None = None
+    next_start: float = 0.0  # monotonic, in state "backoff"
+
+    @property
+    def down(self) -> bool:
+        return self.state in ("backoff", "failed", "gave-up")
 
 
 class Supervisor:
-    """Starts, watches and stops the platform's components for one state directory."""
+    """Starts, watches (restarting what exits) and stops the platform's components for one
+    state directory."""
 
-    def __init__(self, rt: Runtime, say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        say: Callable[[str], None] = print,
+        policy: RestartPolicy | None = None,
+    ) -> None:
         self.rt = rt
         self.say = say
+        self.policy = policy or RestartPolicy.from_config(rt.config)
         self.running: dict[str, Running] = {}
         self._ready: set[str] = set()
+        # Components given up on (or down with restart off): see TwinhubSupervisor.stop_on_failure.
+        self.failed: list[str] = []
 
     # -- records ---------------------------------------------------------------------------
     def _write_records(self) -> None:
@@ -146,6 +203,11 @@ class Supervisor:
                 "log": str(r.log_path),
                 "ready_url": r.component.ready_url,
                 "started": r.started,
+                "state": r.state,
+                "restarts": r.restarts,
+                "last_exit": r.last_exit,
+                # What `twinhub up` needs to stop these if this supervisor dies.
+                "stop_signal": int(r.component.stop_signal),
             }
             for name, r in self.running.items()
         }
@@ -155,7 +217,7 @@ class Supervisor:
         tmp.replace(f)
 
     # -- start -----------------------------------------------------------------------------
-    def start(self, comp: Component, wait: bool = True) -> None:
+    def _spawn(self, comp: Component) -> tuple[subprocess.Popen, Path]:
         self.rt.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = self.rt.logs_dir / f"{comp.name}.log"
         env = {
@@ -183,8 +245,12 @@ class Supervisor:
                 )
             except OSError as e:
                 raise StartError(f"{comp.name}: cannot run {comp.argv[0]}: {e}") from e
-        self.running[comp.name] = Running(comp, proc, log_path, time.time())
         (self.rt.run_dir / f"{comp.name}.pid").write_text(str(proc.pid))
+        return proc, log_path
+
+    def start(self, comp: Component, wait: bool = True) -> None:
+        proc, log_path = self._spawn(comp)
+        self.running[comp.name] = Running(comp, proc, log_path, time.time())
         self._write_records()
         if wait:
             self._wait_ready(comp.name)
@@ -196,11 +262,15 @@ class Supervisor:
             return http_ready(comp.ready_url)
         return True
 
+    @property
+    def start_timeout(self) -> float:
+        return float(self.rt.config.get("Twinhub", {}).get("start_timeout", 120))
+
     def _wait_ready(self, name: str) -> None:
         if name in self._ready:
             return
         r = self.running[name]
-        timeout = float(self.rt.config.get("Twinhub", {}).get("start_timeout", 120))
+        timeout = self.start_timeout
         # Counted from the process start: a background component was launched earlier.
         t0 = time.monotonic() - (time.time() - r.started)
         last_note = time.monotonic()
@@ -214,6 +284,8 @@ class Supervisor:
             if self._is_ready(r.component):
                 self.say(f"  {name:<14} ready in {time.monotonic() - t0:4.1f} s (pid {r.proc.pid})")
                 self._ready.add(name)
+                r.state = "running"
+                self._write_records()
                 return
             now = time.monotonic()
             if now - t0 > timeout:
@@ -254,10 +326,106 @@ class Supervisor:
             raise
 
     # -- watch -----------------------------------------------------------------------------
-    def dead_components(self) -> list[tuple[str, int]]:
-        return [
-            (n, r.proc.returncode) for n, r in self.running.items() if r.proc.poll() is not None
-        ]
+    def _note(self, r: Running, message: str) -> None:
+        """Tell the operator, and leave the same line in the component's own log."""
+        self.say(message)
+        with contextlib.suppress(OSError), open(r.log_path, "a") as log:
+            log.write(f"--- {time.strftime('%F %T')} supervisor: {message.strip()}\n")
+
+    def watch(self) -> None:
+        """One round of supervision (called every few tenths of a second): notice exits,
+        restart after the backoff, notice restarted components becoming ready."""
+        changed = False
+        for name, r in self.running.items():
+            now = time.monotonic()
+            if r.state in ("starting", "running"):
+                code = r.proc.poll()
+                if code is not None:
+                    self._exited(name, r, code, now)
+                    changed = True
+                elif r.state == "starting" and name not in self._ready:
+                    changed |= self._check_restarted(name, r, now)
+            elif r.state == "backoff" and now >= r.next_start:
+                self._restart(name, r)
+                changed = True
+        if changed:
+            self._write_records()
+
+    def _exited(self, name: str, r: Running, code: int, now: float) -> None:
+        uptime = time.time() - r.started
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        r.last_exit = {"code": code, "at": time.time(), "uptime": round(uptime, 1)}
+        self._ready.discard(name)
+        # What it left in its own process group (PostgreSQL backends, weed under its runner)
+        # goes too: the new process must not find them holding ports, sockets or memory.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(r.proc.pid, signal.SIGKILL)
+        self._decide(name, r, f"exited unexpectedly ({how})", now)
+
+    def _decide(self, name: str, r: Running, what: str, now: float) -> None:
+        """After an exit or a failed restart: restart later, or give up."""
+        if not self.policy.enabled(name):
+            r.state = "failed"
+            self.failed.append(name)
+            self._note(r, f"{name} {what}; restart is off: left down; last lines of its log:")
+            self.say(self.log_tail(name, 10))
+            return
+        delay = self.policy.next_delay(r.restart_times, now)
+        if delay is None:
+            r.state = "gave-up"
+            self.failed.append(name)
+            n = len(self.policy.recent(r.restart_times, now))
+            self._note(
+                r,
+                f"{name} {what} after {n} restarts within {self.policy.window:.0f} s: crash "
+                "loop, giving up on it (the rest keeps running); last lines of its log:",
+            )
+            self.say(self.log_tail(name, 10))
+            return
+        r.state = "backoff"
+        r.next_start = now + delay
+        self._note(r, f"{name} {what}; restarting in {delay:.1f} s")
+
+    def _restart(self, name: str, r: Running) -> None:
+        comp = r.component
+        r.restart_times.append(time.monotonic())
+        r.restarts += 1
+        try:
+            if comp.before_restart is not None:
+                comp.before_restart()
+            proc, _ = self._spawn(comp)
+        except Exception as e:  # counted as a restart: backoff, then crash loop
+            self._decide(name, r, f"could not be restarted ({e})", time.monotonic())
+            return
+        r.proc, r.started, r.state = proc, time.time(), "starting"
+        self._note(r, f"  {name:<14} restarting (restart {r.restarts}, pid {proc.pid})...")
+
+    def _check_restarted(self, name: str, r: Running, now: float) -> bool:
+        try:
+            ready = self._is_ready(r.component)
+        except Exception as e:  # a readiness check that raises is "not ready yet"
+            ready = False
+            self.say(f"  {name:<14} readiness check failed: {e}")
+        if ready:
+            self._ready.add(name)
+            r.state = "running"
+            self._note(
+                r, f"  {name:<14} back in {time.time() - r.started:4.1f} s (restart {r.restarts})"
+            )
+            if r.component.after_restart is not None:
+                try:
+                    r.component.after_restart()
+                except Exception as e:
+                    self._note(r, f"  {name:<14} after-restart step failed: {e}")
+            return True
+        if time.time() - r.started > self.start_timeout:
+            self._note(r, f"{name} did not become ready within {self.start_timeout:.0f} s")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(r.proc.pid, signal.SIGKILL)
+            r.proc.wait()
+            self._exited(name, r, r.proc.returncode, now)
+            return True
+        return False
 
     # -- stop ------------------------------------------------------------------------------
     def stop_all(self, grace: float = 15.0) -> list[str]:
@@ -275,9 +443,11 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(r.proc.pid, signal.SIGKILL)
                     r.proc.wait()
-            # Whatever the component left in its own process group goes too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(r.proc.pid, signal.SIGKILL)
+            # Whatever the component left in its own process group goes too (a component
+            # that is down had its group killed when it exited: its pid may be reused).
+            if not r.down:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(r.proc.pid, signal.SIGKILL)
             with contextlib.suppress(FileNotFoundError):
                 (self.rt.run_dir / f"{name}.pid").unlink()
         self.running.clear()
@@ -305,8 +475,16 @@ def read_records(rt: Runtime) -> dict[str, dict]:
 
 
 def supervisor_pid(rt: Runtime) -> int | None:
+    """The pid of this state dir's live ``twinhub up``, or None (also when the recorded pid
+    now belongs to another program: pids are reused)."""
     try:
         pid = int(rt.path(SUPERVISOR_PID).read_text())
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) else None
+    if not pid_alive(pid):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid  # not ours to read (another account): assume it is
+    return pid if b"twinhub" in cmdline else None

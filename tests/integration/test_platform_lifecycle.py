@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -16,7 +17,7 @@ import requests
 
 from tests.helpers.platform import TWINHUB, Platform, twinhub_cli
 from twinhub.runtime import Runtime
-from twinhub.supervisor import processes_of_instance
+from twinhub.supervisor import pid_alive, processes_of_instance
 
 pytestmark = pytest.mark.integration
 
@@ -129,14 +130,59 @@ def test_up_help_documents_options():
         assert opt in r.stdout, opt
 
 
-def test_component_death_stops_everything(fresh_state):
+def test_dead_component_is_restarted_and_a_dead_supervisor_is_replaced(fresh_state):
     p = Platform.start(fresh_state, mode="personal")
+    q = None
+    try:
+        records = json.loads((fresh_state / "run" / "components.json").read_text())
+        old = records["idle-culler"]["pid"]
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rec = json.loads((fresh_state / "run" / "components.json").read_text())
+            if rec["idle-culler"]["pid"] != old and rec["idle-culler"]["state"] == "running":
+                break
+            time.sleep(0.2)
+        assert rec["idle-culler"]["restarts"] == 1, rec["idle-culler"]
+        assert p.proc.poll() is None, "one component's death must not stop the platform"
+        st = twinhub_cli("status", "--state", str(fresh_state))
+        assert re.search(r"idle-culler\s+running .* restarts 1 \(last exit: signal 9", st.stdout)
+        assert "idle-culler exited unexpectedly (killed by signal 9)" in "\n".join(p.output)
+
+        # kill -9 of the supervisor: its components stay, status says so, up replaces them.
+        p.proc.kill()
+        p.proc.wait(10)
+        st = twinhub_cli("status", "--state", str(fresh_state))
+        assert st.returncode == 1 and "supervisor is gone" in st.stdout, st.stdout
+        port = json.loads((fresh_state / "run" / "runtime.json").read_text())["ports"]["public"]
+        q = Platform.start(fresh_state, mode="personal", port=port)
+        assert "replacing its components" in "\n".join(q.output)
+        assert not any(pid_alive(r["pid"]) for r in rec.values())
+        assert requests.get(q.url + "hub/api/", timeout=10).status_code == 200
+    finally:
+        for x in (q, p):
+            if x is not None:
+                x.stop()
+    time.sleep(0.5)
+    assert instance_processes(fresh_state) == []
+
+
+def test_stop_on_failure_brings_back_one_death_stops_all(fresh_state):
+    p = Platform.start(
+        fresh_state,
+        mode="personal",
+        extra=[
+            "--TwinhubSupervisor.component_restart={'idle-culler': False}",
+            "--TwinhubSupervisor.stop_on_failure=True",
+        ],
+    )
     try:
         records = json.loads((fresh_state / "run" / "components.json").read_text())
         os.kill(records["idle-culler"]["pid"], signal.SIGKILL)
         p.proc.wait(60)
         out = "\n".join(p.output)
-        assert "idle-culler exited unexpectedly" in out
+        assert "idle-culler exited unexpectedly (killed by signal 9); restart is off" in out
+        assert "stopping the platform: idle-culler is down" in out
         assert p.proc.returncode == 1
     finally:
         p.stop()
