@@ -1,6 +1,7 @@
 """Spawn-to-ready latency and logins/s: twinhub vs a stock JupyterHub, same spawner, same run.
 
-    /opt/twinhub/venv/bin/python bench/spawn.py [--rounds 5] [--users 10]
+    /opt/twinhub/venv/bin/python bench/spawn.py [--rounds 5] [--users 10] [--burst 30]
+                                                [--burst-only]
 
 twinhub runs in multi-user mode (`twinhub up`), a stock JupyterHub 6.1 runs its own
 LocalProcessSpawner as the *same* OS accounts (created by twinhub's first spawn), from the
@@ -8,13 +9,19 @@ same Python environment, behind its own configurable-http-proxy.  Spawn-to-ready
 from the REST `POST /users/<name>/server` until the server answers `/api/status` through the
 proxy.  Logins/s: real form logins (twinhub: per-user passwords, hashed; stock: JupyterHub's
 DummyAuthenticator, no password check) -- the gap there is the price of password hashing.
-Needs root (OS accounts). Prints figures and ratios; asserts nothing.
+First-time burst (``--burst N``, default 30; 0 skips it): N users who never had a server (no
+OS account yet) all ask for one at the same moment, each with their own token, on a fresh
+twinhub.  Counted: answers other than 201/202 (a 429 is a failure), spawns that failed or
+did not become ready within ``--burst-timeout``, and the time from the request until the
+server answers through the proxy (p50/p95), plus how many progress streams said "queued".
+Target: 0 failures.  Needs root (OS accounts). Prints figures and ratios; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import json
 import os
 import secrets
 import shutil
@@ -22,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +106,95 @@ def spawn_round(url: str, names: list[str], tokens: dict[str, str]) -> list[floa
     return times
 
 
+def follow_progress(url: str, name: str, token: str, timeout: float) -> dict:
+    """Read ``name``'s spawn progress stream to its end: {"ready"|"failed", messages}."""
+    h = {"Authorization": f"token {token}"}
+    messages: list[str] = []
+    try:
+        with requests.get(
+            f"{url}hub/api/users/{name}/server/progress", headers=h, stream=True, timeout=timeout
+        ) as r:
+            if r.status_code != 200:
+                return {"failed": True, "messages": [f"progress: {r.status_code} {r.text[:200]}"]}
+            for line in r.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                messages.append(event.get("message", ""))
+                if event.get("ready") or event.get("failed"):
+                    return {**event, "messages": messages}
+    except requests.RequestException as e:
+        messages.append(f"progress stream: {e}")
+    return {"failed": True, "messages": messages}
+
+
+def first_time_burst(url: str, admin_token: str, n: int, timeout: float) -> dict:
+    """``n`` new users (no OS account yet) ask for a server at the same moment."""
+    names = [f"burst{i}" for i in range(n)]
+    ah = {"Authorization": f"token {admin_token}"}
+    r = requests.post(f"{url}hub/api/users", headers=ah, json={"usernames": names}, timeout=60)
+    r.raise_for_status()
+    tokens = {}
+    for name in names:
+        r = requests.post(f"{url}hub/api/users/{name}/tokens", headers=ah, json={}, timeout=60)
+        r.raise_for_status()
+        tokens[name] = r.json()["token"]
+    start = cf.ThreadPoolExecutor(n)
+    barrier = threading.Barrier(n)
+
+    def one(name: str) -> dict:
+        h = {"Authorization": f"token {tokens[name]}"}
+        barrier.wait()
+        t0 = time.monotonic()
+        try:
+            r = requests.post(f"{url}hub/api/users/{name}/server", headers=h, timeout=timeout)
+        except requests.RequestException as e:
+            return {"name": name, "status": 0, "error": f"request: {e}"}
+        out: dict = {"name": name, "status": r.status_code, "answer_s": time.monotonic() - t0}
+        if r.status_code not in (201, 202):
+            return {**out, "error": f"{r.status_code} {r.text[:200]}"}
+        ev = follow_progress(url, name, tokens[name], max(1.0, timeout - (time.monotonic() - t0)))
+        out["queued"] = any("queue" in m.lower() for m in ev["messages"])
+        if not ev.get("ready"):
+            last = ev["messages"][-1] if ev["messages"] else "(no progress events)"
+            return {**out, "error": f"spawn failed: {last[:300]}"}
+        try:
+            wait_ready(url, name, tokens[name], timeout=max(1.0, timeout - (time.monotonic() - t0)))
+        except TimeoutError:
+            return {**out, "error": "progress said ready but the server never answered"}
+        return {**out, "ready_s": time.monotonic() - t0}
+
+    t_all = time.monotonic()
+    with start:
+        results = list(start.map(one, names))
+    wall = time.monotonic() - t_all
+    for name in names:
+        requests.delete(f"{url}hub/api/users/{name}/server", headers=ah, timeout=60)
+    return {"results": results, "wall": wall}
+
+
+def print_burst(label: str, n: int, burst: dict) -> None:
+    res = burst["results"]
+    failed = [r for r in res if "error" in r]
+    ready = [r["ready_s"] for r in res if "ready_s" in r]
+    codes: dict[int, int] = {}
+    for r in res:
+        codes[r["status"]] = codes.get(r["status"], 0) + 1
+    print()
+    print(f"{label}: {n}-user first-time burst (OS accounts created during the burst)")
+    print(f"  answers          {dict(sorted(codes.items()))}")
+    print(f"  failures         {len(failed)} of {n}")
+    for r in failed:
+        print(f"    {r['name']}: {r['error']}")
+    if ready:
+        print(
+            f"  time to ready    p50 {pct(ready, 0.5):.1f} s  p95 {pct(ready, 0.95):.1f} s  "
+            f"max {max(ready):.1f} s  (wall {burst['wall']:.1f} s)"
+        )
+    print(f"  saw 'queued'     {sum(1 for r in res if r.get('queued'))} of {n}")
+    print("  target: 0 failures")
+
+
 def logins_per_s(url: str, creds: list[tuple[str, str]], seconds: float = 4.0) -> float:
     def worker(i: int) -> int:
         n = 0
@@ -145,6 +242,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--users", type=int, default=10)
+    ap.add_argument(
+        "--burst", type=int, default=30, help="first-time users in the burst (0: no burst)"
+    )
+    ap.add_argument(
+        "--burst-timeout", type=float, default=600, help="seconds each burst spawn may take"
+    )
+    ap.add_argument(
+        "--burst-only", action="store_true", help="run only the burst (no stock comparison)"
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/spawn.py needs root (multi-user mode creates OS accounts)")
@@ -154,9 +260,22 @@ def main() -> None:
     results: dict[str, dict] = {}
     logins: dict[str, float] = {}
 
-    print(f"twinhub: starting (multi-user), {args.users} users, {args.rounds} rounds")
+    what = (
+        f"{args.burst}-user burst"
+        if args.burst_only
+        else f"{args.users} users, {args.rounds} rounds"
+    )
+    print(f"twinhub: starting (multi-user), {what}")
     p = Platform.start(base / "twinhub", mode="multi-user")
     try:
+        if args.burst:
+            # First, on the fresh platform: no OS account of these users exists yet.
+            burst = first_time_burst(p.url, p.token("admin"), args.burst, args.burst_timeout)
+            print_burst("twinhub", args.burst, burst)
+        if args.burst_only:
+            p.stop()
+            purge(base)
+            return
         pw = {n: p.add_user(n) for n in names}
         tokens = {n: p.token(n) for n in names}
         spawn_round(p.url, names, tokens)  # warm-up: creates the OS accounts

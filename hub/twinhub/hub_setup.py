@@ -17,12 +17,12 @@ def own_sections() -> set[str]:
 def configure(c: Any, rt: Runtime | None = None) -> Runtime:
     """Apply the whole platform configuration to the JupyterHub config object ``c``."""
     rt = rt or Runtime.load()
-    from . import auth, core, gateway, objectstore, spawner
+    from . import auth, core, gateway, objectstore, os_spawners
     from .services import cache, datalake, projects
 
     core.configure_hub(c, rt)
     auth.configure_hub(c, rt)
-    spawner.configure_hub(c, rt)
+    os_spawners.configure_hub(c, rt)
     gateway.configure_hub(c, rt)
     objectstore.configure_hub(c, rt)
     datalake.configure_hub(c, rt)

@@ -18,6 +18,11 @@ Where the limits can go:
 When neither works the limits are *advisory*: they are still passed to the server as
 ``MEM_LIMIT`` / ``CPU_LIMIT`` (like KubeSpawner) and ``TWINHUB_LIMITS_ENFORCED=0``, and the
 spawn progress says why.
+
+Per *user* (multi-user mode, :class:`TwinhubUserLimits`): a cap on the processes and threads
+of each OS account (``RLIMIT_NPROC``, counted per UID by the kernel, so it holds across the
+user's server, kernels, terminals and Dask processes and needs no cgroup), set before the
+switch to the account in every process the platform starts for the user.
 """
 
 from __future__ import annotations
@@ -25,11 +30,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+
+from traitlets import Integer
+from traitlets.config import Configurable
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _CPU_PERIOD_US = 100_000
@@ -112,6 +121,29 @@ class Limits:
         if self.gpu:
             parts.append(f"{self.gpu} GPU")
         return ", ".join(parts) or "no limits"
+
+
+class TwinhubUserLimits(Configurable):
+    """Limits per platform user, whatever they run (``c.TwinhubUserLimits.*``)."""
+
+    max_processes = Integer(
+        1024,
+        min=0,
+        help="Most processes and threads (together) each user's OS account may run at once, "
+        "across their server, kernels, terminals and Dask schedulers/workers (RLIMIT_NPROC, "
+        "enforced by the kernel per account: a fork bomb stops there, other users are "
+        "unaffected). Multi-user mode only. Raise it for thread-heavy work on many-core "
+        "machines; 0: no limit.",
+    ).tag(config=True)
+
+
+def limit_processes(n: int) -> None:
+    """Cap the processes of the account this process is about to become (``n`` > 0).
+
+    Runs in a child before it switches to the user's account: as root the hard limit can be
+    set to anything, and the user cannot raise it again.
+    """
+    resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
 
 
 # -- what the machine allows -------------------------------------------------------------

@@ -1,12 +1,7 @@
-"""Single-user server spawners of the embedded platform.
+"""What the single-user server spawners of the embedded platform share.
 
-- :class:`PersonalSpawner` (``Twinhub.mode = "personal"``): every server runs as the OS
-  user who started the platform.  As root that would make every platform user root, so
-  only one platform user (the first to start a server) may have a server then.
-- :class:`MultiUserSpawner` (``"multi-user"``, the default as root): one OS account per
-  platform user (``twin-<name>``), created on first spawn; see :mod:`twinhub.accounts`.
-
-Both run ``<prefix>/bin/jupyterhub-singleuser`` from the platform's environment, apply the
+The two modes' spawners (:mod:`twinhub.os_spawners`: one OS user for everyone, or one OS
+account per platform user) derive from :class:`TwinhubSpawner`.  Both run ``<prefix>/bin/jupyterhub-singleuser`` from the platform's environment, apply the
 chosen profile (:mod:`twinhub.profiles`: env, memory/CPU limits through
 :mod:`twinhub.limits`), write the server's output to ``<state>/logs/servers/<name>.log``, and
 ``start()`` returns only once the server listens, so a server that dies at start-up fails
@@ -21,31 +16,26 @@ import asyncio
 import hashlib
 import json
 import os
-import pwd
 import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import maybe_future
 from tornado import web
 from traitlets import Any as AnyTrait
 from traitlets import Bool, Dict, Enum, Integer, List, Unicode, default
 from traitlets.config import Configurable
 
-from twinhub import accounts, limits, profiles
+from twinhub import accounts, limits, profiles, startqueue
 from twinhub.accounts import purge_accounts
 from twinhub.ports import SERVER_PORTS, NoFreePort, pick_port, release_port
-from twinhub.runtime import Runtime
 
 __all__ = [
-    "MultiUserSpawner",
-    "PersonalSpawner",
     "TwinhubSpawner",
     "TwinhubSpawnerConfig",
-    "configure_hub",
     "purge_accounts",  # for `twinhub down --purge-users`
 ]
 
@@ -66,6 +56,30 @@ class TwinhubSpawnerConfig(Configurable):
 
     log_tail_lines = Integer(
         20, help="Lines of a server's log quoted to the user when it fails to start."
+    ).tag(config=True)
+
+    concurrent_starts = Integer(
+        0,
+        min=0,
+        help="Servers started at the same time (OS account creation, process start, until it "
+        "listens). Further spawns wait their turn in a first-come, first-served queue and see "
+        "'Queued: N ahead of you' in their progress. 0: one per CPU, at least 2.",
+    ).tag(config=True)
+
+    start_timeout = Integer(
+        120,
+        min=1,
+        help="Seconds a server may take to start once it leaves the start queue (account, "
+        "cgroup, process, listening; then again to answer HTTP). Time spent queued does not "
+        "count: JupyterHub's Spawner.start_timeout is sized from this and the queue.",
+    ).tag(config=True)
+
+    max_pending_spawns = Integer(
+        100,
+        min=1,
+        help="Spawns that may be pending at once, starting or queued: the largest burst of "
+        "spawn requests the platform accepts (all answered 201/202). One more is answered 429 "
+        "with Retry-After (JupyterHub's concurrent_spawn_limit).",
     ).tag(config=True)
 
 
@@ -94,6 +108,12 @@ class TwinhubSpawner(LocalProcessSpawner):
     log_tail_lines = Integer(
         20, help="See TwinhubSpawnerConfig.log_tail_lines (copied by configure_hub)."
     ).tag(config=True)
+    concurrent_starts = Integer(
+        0, help="See TwinhubSpawnerConfig.concurrent_starts (copied by configure_hub)."
+    ).tag(config=True)
+    server_start_timeout = Integer(
+        120, help="See TwinhubSpawnerConfig.start_timeout (copied by configure_hub)."
+    ).tag(config=True)
     services = Dict(
         help="Service name -> public URL, given to servers as TWINHUB_SERVICES (JSON). "
         "Modules add theirs with c.TwinhubSpawner.services.update({...})."
@@ -121,6 +141,8 @@ class TwinhubSpawner(LocalProcessSpawner):
 
     # Set per spawn from the chosen profile.
     profile = Dict(help="The profile of the current/last spawn.")
+    # Spawns queued ahead of this one while it waits to start (None: not queued).
+    queue_ahead: int | None = None
 
     # -- profiles ---------------------------------------------------------------------
     async def profiles_for_user(self, user: Any = None) -> list[dict]:
@@ -260,6 +282,38 @@ class TwinhubSpawner(LocalProcessSpawner):
     async def start(self) -> tuple[str, int]:
         self._event_list = []
         self._event(f"Starting a {self.profile.get('display_name', 'default')} server.", 5)
+        queue = startqueue.start_queue(self.concurrent_starts)
+        try:
+            waited = await queue.acquire(self._queued)
+        finally:
+            self.queue_ahead = None
+        try:
+            if waited:
+                self._event(f"Your turn after {waited:.0f} s in the queue.", 8)
+            return await asyncio.wait_for(self._start_now(), self.server_start_timeout)
+        except TimeoutError:
+            raise _error(500, self._timeout_message()) from None
+        finally:
+            queue.release()
+
+    def _queued(self, ahead: int, running: int) -> None:
+        self.queue_ahead = ahead  # read by hub_handlers for the 202 answer
+        self._event(
+            f"Queued: {ahead} server{'s' if ahead != 1 else ''} ahead of you, "
+            f"{running} starting now.",
+            2,
+        )
+
+    def _timeout_message(self) -> str:
+        msg = (
+            f"Your server did not start within {self.server_start_timeout} s of its turn "
+            "(time queued is not counted; TwinhubSpawnerConfig.start_timeout)."
+        )
+        if self.proc is not None and self.proc.poll() is None:
+            msg += f" Last lines of its log:\n{self._log_tail()}"
+        return msg
+
+    async def _start_now(self) -> tuple[str, int]:
         try:
             _uid, home = await self.prepare_user()
         except accounts.AccountError as e:
@@ -278,6 +332,13 @@ class TwinhubSpawner(LocalProcessSpawner):
             raise _error(503, f"{e}; try again later") from e
         try:
             ip, port = await super().start()
+        except BlockingIOError as e:  # exec refused: the account is at its process limit
+            limit = getattr(self, "max_processes", 0)
+            raise _error(
+                429,
+                f"Your account already runs the most processes allowed ({limit}): stop some "
+                f"kernels, terminals or Dask clusters, then start your server again.",
+            ) from e
         finally:
             os.close(fd)
         self._event("Server process started, waiting for it to listen.", 50)
@@ -299,12 +360,15 @@ class TwinhubSpawner(LocalProcessSpawner):
             writer.close()
             return
 
-    def _exit_message(self, status: int) -> str:
+    def _log_tail(self) -> str:
         try:
             lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             lines = []
-        tail = "\n".join(lines[-self.log_tail_lines :]) or "(no output)"
+        return "\n".join(lines[-self.log_tail_lines :]) or "(no output)"
+
+    def _exit_message(self, status: int) -> str:
+        tail = self._log_tail()
         how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
         return f"Your server {how} while starting. Last lines of its log:\n{tail}"
 
@@ -384,132 +448,3 @@ def _error(status: int, message: str) -> web.HTTPError:
     e = web.HTTPError(status, "%s", message)
     e.jupyterhub_message = message  # type: ignore[attr-defined]
     return e
-
-
-class PersonalSpawner(TwinhubSpawner):
-    """Every server as the OS user running the hub (one person on their machine)."""
-
-    def _owner_file(self) -> Path:
-        return Path(self.state_dir) / "personal_owner.json"
-
-    async def prepare_user(self) -> tuple[int | None, str]:
-        if os.geteuid() == 0:
-            self._claim_root_owner()
-        return None, pwd.getpwuid(os.geteuid()).pw_dir
-
-    def _claim_root_owner(self) -> None:
-        """As root, the first platform user to start a server owns the platform."""
-        f = self._owner_file()
-        try:
-            owner = json.loads(f.read_text())["user"]
-        except (OSError, ValueError, KeyError):
-            owner = self.user.name
-            fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"user": owner}, fh)
-        if owner != self.user.name:
-            raise _error(
-                403,
-                f"This platform runs in personal mode as root, so every server would run as "
-                f"root: only {owner!r} may start one. Ask the administrator to run it in "
-                f"multi-user mode (Twinhub.mode = 'multi-user') to serve several users.",
-            )
-
-    def user_env(self, env: dict[str, str]) -> dict[str, str]:
-        pw = pwd.getpwuid(os.geteuid())
-        env["USER"] = pw.pw_name
-        env["HOME"] = pw.pw_dir
-        env["SHELL"] = pw.pw_shell or "/bin/bash"
-        return env
-
-    def user_preexec(self) -> Callable[[], None] | None:
-        return None
-
-    def get_args(self) -> list[str]:
-        args = super().get_args()
-        if os.geteuid() == 0:
-            args.append("--ServerApp.allow_root=True")
-        return args
-
-    async def move_certs(self, paths: dict) -> dict:
-        return paths  # same OS user: nothing to hand over
-
-
-class MultiUserSpawner(TwinhubSpawner):
-    """One OS account per platform user, created on first spawn."""
-
-    user_prefix = Unicode(
-        "twin-", help="Prefix of OS account names (from Twinhub.user_prefix)."
-    ).tag(config=True)
-    home_root = Unicode(
-        "/home", help="Where OS account homes are created (from Twinhub.home_root)."
-    ).tag(config=True)
-
-    account: accounts.Account | None = None
-
-    async def prepare_user(self) -> tuple[int | None, str]:
-        try:
-            accounts.os_account_name(self.user.name, self.user_prefix)
-        except ValueError as e:
-            raise _error(400, f"Cannot start a server: {e}") from None
-        self._event(f"Preparing OS account for {self.user.name}.", 10)
-        self.account = await asyncio.to_thread(
-            accounts.ensure_account,
-            self.user.name,
-            self.state_dir,
-            self.user_prefix,
-            self.home_root,
-        )
-        return self.account.uid, self.account.home
-
-    def user_env(self, env: dict[str, str]) -> dict[str, str]:
-        name = self.account.name if self.account else self._os_name()
-        pw = pwd.getpwnam(name)
-        env["USER"] = name
-        env["HOME"] = pw.pw_dir
-        env["SHELL"] = pw.pw_shell or "/bin/bash"
-        return env
-
-    def _os_name(self) -> str:
-        return accounts.os_account_name(self.user.name, self.user_prefix)
-
-    def user_preexec(self) -> Callable[[], None] | None:
-        return set_user_setuid(self.account.name if self.account else self._os_name())
-
-    async def move_certs(self, paths: dict) -> dict:
-        raise _error(500, "internal_ssl is not supported by twinhub's multi-user spawner")
-
-
-def configure_hub(c: Any, rt: Runtime) -> None:
-    """Apply the spawner of ``rt.mode`` to the JupyterHub config ``c``.
-
-    Raises ValueError (ProfileError) naming a bad option before changing anything.
-    """
-    from twinhub.config import Twinhub
-
-    tw = Twinhub(config=rt.config)
-    cfg = TwinhubSpawnerConfig(config=rt.config)
-    valid_profiles = profiles.validate_profiles(tw.profiles)
-    if rt.mode == "multi-user" and not re.fullmatch(r"[a-z][a-z0-9_-]*|", tw.user_prefix):
-        raise ValueError(
-            f"Twinhub.user_prefix {tw.user_prefix!r} is not valid for OS account names: use "
-            "lowercase letters, digits, '-' or '_', starting with a letter (default 'twin-')"
-        )
-    instance_id = rt.instance_id or Runtime.make_instance_id(rt.state_dir)
-
-    c.JupyterHub.spawner_class = MultiUserSpawner if rt.mode == "multi-user" else PersonalSpawner
-    c.Spawner.cmd = [rt.bin("jupyterhub-singleuser")]
-    c.TwinhubSpawner.state_dir = str(rt.state_dir)
-    c.TwinhubSpawner.instance_id = instance_id
-    c.TwinhubSpawner.profiles = valid_profiles
-    c.TwinhubSpawner.detect_gpu = tw.detect_gpu
-    c.TwinhubSpawner.enforce_limits = cfg.enforce_limits
-    c.TwinhubSpawner.log_tail_lines = cfg.log_tail_lines
-    c.MultiUserSpawner.user_prefix = tw.user_prefix
-    c.MultiUserSpawner.home_root = tw.home_root
-    if "public" in rt.ports or rt.public_url:
-        # Merge, never assign: other modules add their services the same way.
-        c.TwinhubSpawner.services.update({"dask-gateway": rt.url + "services/dask-gateway/"})
-    if cfg.enforce_limits != "off":
-        # One hub per instance: empty groups of this instance are leftovers of a killed hub.
-        limits.remove_stale(f"twinhub-{instance_id}")

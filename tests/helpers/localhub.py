@@ -1,7 +1,7 @@
 """A real JupyterHub (+ configurable-http-proxy) using twinhub's spawner, for tests.
 
 Independent of ``twinhub up``: the hub config builds a :class:`twinhub.runtime.Runtime` by
-hand and calls :func:`twinhub.spawner.configure_hub`, the way ``twinhub/hub_config.py``
+hand and calls :func:`twinhub.os_spawners.configure_hub`, the way ``twinhub/hub_config.py``
 does.  Authentication is JupyterHub's DummyAuthenticator (test-only) plus a service token
 with admin scopes; tests act as users through per-user API tokens.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 import requests
 
 from tests.helpers.platform import free_port
+from twinhub.accounts import RUNTIME_ROOT, remove_runtime_dirs
 from twinhub.core import find_proxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ import json, os
 from pathlib import Path
 from traitlets.config import Config
 from twinhub.runtime import Runtime
-from twinhub import spawner as twinhub_spawner
+from twinhub import os_spawners as twinhub_spawner
 
 spec = json.loads(Path(os.environ["LOCALHUB_SPEC"]).read_text())
 state = Path(spec["state"])
@@ -79,6 +80,7 @@ class LocalHub:
         self.url = f"http://127.0.0.1:{self.ports['public']}/"
         self.proc: subprocess.Popen | None = None
         self._user_tokens: dict[str, str] = {}
+        self.instance_id = "t" + secrets.token_hex(4)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, timeout: float = 60) -> LocalHub:
@@ -94,7 +96,7 @@ class LocalHub:
                     "config": self.config,
                     "ports": self.ports,
                     "mode": self.mode,
-                    "instance_id": "t" + secrets.token_hex(4),
+                    "instance_id": self.instance_id,
                     "chp": str(CHP),
                     "extra": self.extra,
                 }
@@ -149,6 +151,8 @@ class LocalHub:
         if pidfile.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pidfile.read_text()), signal.SIGTERM)
+        # as `twinhub down` does: servers of accounts a test removed leave their dirs
+        remove_runtime_dirs(RUNTIME_ROOT, self.instance_id)
         self.log.close()
 
     def log_text(self) -> str:

@@ -21,6 +21,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import requests
 import websocket
 
 from tests.helpers.platform import free_port
+from twinhub.accounts import ensure_account
 from twinhub.core import find_proxy
 from twinhub.gateway import SERVICE_PREFIX, components, prepare
 from twinhub.runtime import Runtime
@@ -534,14 +536,13 @@ def gw_multiuser(tmp_path_factory):
     shared.mkdir(mode=0o755)
     p = None
     try:
-        for u in MU_USERS:
-            r = subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", PREFIX + u],
-                               capture_output=True, text=True)  # fmt: skip
-            assert r.returncode == 0, f"useradd {PREFIX + u}: {r.stderr}"
-            made.append(PREFIX + u)
         p = GatewayPlatform.start(
             tmp_path_factory.mktemp("gw-multi") / "state", "multi-user", shared=shared
         )
+        # Made as the spawner makes them (recorded in this state dir): the gateway runs
+        # clusters only as accounts its own platform made.
+        for u in MU_USERS:
+            made.append(ensure_account(u, p.rt.state_dir, PREFIX).name)
         yield p
     finally:
         if p is not None:
@@ -632,6 +633,32 @@ except requests.exceptions.SSLError:
     # ...while A's dashboard is served to A (the root gateway reads A's private certificate).
     r = requests.get(f"{p.gateway}/clusters/{name}/status", headers=ha, timeout=60)
     assert r.status_code == 200 and "bokeh" in r.text.lower()
+
+    # A swaps the cluster's logs dir (A's own) for a link to a dir only root may write, then
+    # scales: the root gateway must not create the new worker's log there (it would hand A a
+    # root-owned file anywhere, e.g. in /etc/logrotate.d); the worker's start fails instead.
+    target = Path(tempfile.mkdtemp(prefix="twinhub-gw-target-"))  # root's, 0700
+    try:
+        swap = f"""
+import os
+from dask_gateway import Gateway
+w = {str(workdir)!r}
+os.rename(w + "/logs", w + "/logs-moved")
+os.symlink({str(target)!r}, w + "/logs")
+Gateway().connect({name!r}).scale(3)
+print("SCALED ok")
+"""
+        assert parse(run_code(url_a, p.token(a), swap)) == {"SCALED": "ok"}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "Failed to submit worker" not in p.log(
+            "dask-gateway"
+        ):
+            assert list(target.iterdir()) == []
+            time.sleep(0.5)
+        assert "Failed to submit worker" in p.log("dask-gateway")
+        assert list(target.iterdir()) == []
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
 
     # A's server stops: A's cluster and its processes are gone.
     p.stop_server(a)

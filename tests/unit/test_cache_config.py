@@ -68,7 +68,7 @@ def test_hub_registration_and_server_environment(tmp_path):
     rt = runtime(tmp_path)
     c = Config()
     c.TwinhubSpawner.services = {}
-    c.Spawner.environment = {}  # as spawner.configure_hub leaves them
+    c.Spawner.environment = {}  # as os_spawners.configure_hub leaves them
     cache.configure_hub(c, rt)
     (svc,) = [s for s in c.JupyterHub.services if s["name"] == "cache"]
     assert svc["url"] == f"http://127.0.0.1:{rt.ports['cache']}"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
 import time
 
 import pytest
+from traitlets.config import Config
 
 from twinhub import limits
 from twinhub.limits import Limits, human_bytes, parse_cpu, parse_memory
@@ -125,3 +127,80 @@ def test_cgroup_v2_files_on_a_fake_hierarchy(tmp_path) -> None:
     (tmp_path / "cgroup.controllers").write_text("cpuset io pids\n")
     why = limits._detect_v2(tmp_path, "twinhub-x")
     assert why.kind == "" and "memory, cpu not available" in why.reason
+
+
+# -- per-user limits -------------------------------------------------------------------------
+
+NOBODY = 65534
+
+
+def test_user_limits_config() -> None:
+    assert limits.TwinhubUserLimits().max_processes == 1024
+    cfg = Config({"TwinhubUserLimits": {"max_processes": 7}})
+    assert limits.TwinhubUserLimits(config=cfg).max_processes == 7
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root ignores RLIMIT_NPROC; needs to switch uid")
+def test_process_cap_set_before_the_uid_switch_stops_forks_with_eagain() -> None:
+    """As the spawner and the Dask backend do: cap in the child, then become the user."""
+    if any(d.isdigit() and _owner(d) == NOBODY for d in os.listdir("/proc")):
+        pytest.skip("processes of uid 65534 already run here: the count would be off")
+    cap = 5
+    code = (
+        "import resource, subprocess\n"
+        "print(*resource.getrlimit(resource.RLIMIT_NPROC))\n"
+        "kids = []\n"
+        "try:\n"
+        f"    for _ in range({cap} + 20):\n"
+        "        kids.append(subprocess.Popen(['sleep', '5']))\n"
+        "except BlockingIOError:\n"
+        "    print('EAGAIN after', len(kids))\n"
+        "for k in kids:\n"
+        "    k.kill(); k.wait()\n"
+    )
+
+    def preexec() -> None:
+        limits.limit_processes(cap)
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], preexec_fn=preexec, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"{cap} {cap}"
+    # The child itself counts: fewer than ``cap`` more processes, then EAGAIN.
+    assert lines[1] == f"EAGAIN after {cap - 1}", lines
+
+
+def _owner(pid: str) -> int:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return -1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes directories owned by another uid")
+def test_private_runtime_dir_is_the_users_alone_and_refuses_planted_entries(tmp_path) -> None:
+    """Kernels' IPC sockets live there: 0700, the user's, under root-owned 0711 parents."""
+    from twinhub.accounts import AccountError
+    from twinhub.os_spawners import private_runtime_dir
+
+    root = tmp_path / "run"
+    d = private_runtime_dir(root / "inst" / "4242", 4242, 4242)
+    st = d.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4242, 0o700)
+    assert (root / "inst").stat().st_mode & 0o777 == 0o711
+    # Again (a restart): the same directory, still private.
+    d.chmod(0o755)
+    assert private_runtime_dir(d, 4242, 4242) == d and d.stat().st_mode & 0o777 == 0o700
+    # Something that is not a directory there is refused, not followed.
+    (root / "inst" / "4343").symlink_to(tmp_path)
+    with pytest.raises(AccountError, match="not a directory"):
+        private_runtime_dir(root / "inst" / "4343", 4343, 4343)
+    assert tmp_path.stat().st_uid == 0
+    # A parent others may write to is refused.
+    (root / "inst").chmod(0o777)
+    with pytest.raises(AccountError, match="owned by root, not writable by others"):
+        private_runtime_dir(root / "inst" / "4444", 4444, 4444)

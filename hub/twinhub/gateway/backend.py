@@ -14,6 +14,12 @@ Both backends:
   :mod:`twinhub.gateway.dashboard` (hub login, owner only) over mutual TLS;
 - tie every scheduler/worker to the gateway process (parent-death signal) and tag it with
   ``TWINHUB_INSTANCE`` so none outlives the platform.
+
+The multi-user backend also caps each account's processes (``TwinhubUserLimits``) in its
+schedulers and workers, the same cap as in the user's server and kernels.  Where cgroups are
+usable (:mod:`twinhub.limits`), each scheduler and worker runs in its own cgroup with the
+memory and cores its cluster options gave it: workers run without a nanny, so nothing else
+would stop a worker growing past its ``worker_memory``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
 from traitlets import Bool, Integer, Unicode
 from traitlets.config import LoggingConfigurable
+
+from .. import limits
+from ..limits import limit_processes
 
 PRELOAD_FILE = str(Path(__file__).with_name("dashboard_tls.py"))
 _PR_SET_PDEATHSIG = 1
@@ -66,6 +75,11 @@ class TwinhubBackendMixin(LoggingConfigurable):
     hub_login_url = Unicode(help="Browser-facing URL of the hub's OAuth authorize endpoint.").tag(
         config=True
     )
+    process_cgroups = Bool(
+        False,
+        help="Run each scheduler/worker in a cgroup limited to its cluster's memory and cores "
+        "(where cgroups are usable; on unless TwinhubSpawnerConfig.enforce_limits is 'off').",
+    ).tag(config=True)
 
     # -- limits ---------------------------------------------------------------------------
     async def start_cluster(self, user: Any, cluster_options: dict) -> str:
@@ -110,6 +124,81 @@ class TwinhubBackendMixin(LoggingConfigurable):
             cluster.added_to_proxies = True
 
     # -- processes ------------------------------------------------------------------------
+    def _process_cgroup(self, cluster: Any, name: str) -> limits.ServerCgroup | None:
+        """The cgroup of one scheduler/worker, created with its limits; None: advisory."""
+        if not self.process_cgroups:
+            return None
+        support = limits.detect(f"twinhub-{self.instance_id}")
+        cfg = cluster.config
+        sched = name == "scheduler"
+        lim = limits.Limits(
+            cpu=float(cfg.scheduler_cores if sched else cfg.worker_cores),
+            memory=int(cfg.scheduler_memory if sched else cfg.worker_memory),
+        )
+        cg = limits.ServerCgroup(support, f"dask-{cluster.name}-{name}", lim)
+        if not cg.enforced:
+            return None
+        try:
+            cg.create()
+        except OSError as e:
+            self.log.warning("No cgroup for %s of cluster %s: %s", name, cluster.name, e)
+            return None
+        return cg
+
+    def _remove_cgroups(self, cluster: Any, name: str = "") -> None:
+        """Kill and remove the cgroups of ``name`` (default: every process) of ``cluster``."""
+        if not self.process_cgroups:
+            return
+        support = limits.detect(f"twinhub-{self.instance_id}")
+        prefix = f"dask-{cluster.name}-{name}"
+        leaves = {
+            d.name
+            for parent in support.parents.values()
+            if parent.is_dir()
+            for d in parent.iterdir()
+            if d.name == prefix or (not name and d.name.startswith(prefix))
+        }
+        for leaf in leaves:
+            limits.ServerCgroup(support, leaf, limits.Limits()).kill_and_remove()
+
+    async def start_process(self, cluster: Any, cmd: list, env: dict, name: str) -> int:
+        # Upstream's, with a preexec that also joins the process's own cgroup, and the log
+        # opened by the child once it runs as the cluster's user: the logs dir is the user's,
+        # who could swap it for a symlink to anywhere root may write (upstream opens the log
+        # as root); as the user, the open can only reach what the user could write anyway.
+        cg = await asyncio.to_thread(self._process_cgroup, cluster, name)
+        join = cg.join_paths() if cg is not None else []
+        inner = self.make_preexec_fn(cluster)
+        log_path = os.path.join(self.get_logs_directory(cluster.state["workdir"]), name + ".log")
+
+        def preexec() -> None:
+            if join:  # while still root
+                limits.join_cgroup(join)
+            inner()
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            preexec_fn=preexec,
+            start_new_session=True,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return proc.pid
+
+    async def do_stop_worker(self, worker: Any) -> None:
+        await super().do_stop_worker(worker)
+        await asyncio.to_thread(self._remove_cgroups, worker.cluster, f"worker-{worker.name}")
+
+    async def do_stop_cluster(self, cluster: Any) -> None:
+        await super().do_stop_cluster(cluster)
+        await asyncio.to_thread(self._remove_cgroups, cluster)
+
     def get_env(self, cluster: Any) -> dict:
         env = super().get_env(cluster)
         cert, key = self.get_tls_paths(cluster)
@@ -159,11 +248,13 @@ class TwinhubLocalBackend(TwinhubBackendMixin, LocalBackend):
     """Clusters as local processes of each user's OS account (multi-user mode, gateway as root)."""
 
     def _account(self, username: str) -> pwd.struct_passwd:
-        from ..accounts import os_account_name
+        from ..accounts import AccountError, check_account, os_account_name
 
         try:
             name = os_account_name(username, self.account_prefix)
-        except ValueError as e:  # e.g. 'service:x' (a hub service's token): no OS account
+            if self.state_dir:  # an account of another instance on this host is not theirs
+                check_account(username, self.state_dir, self.account_prefix)
+        except (ValueError, AccountError) as e:  # 'service:x' (a service's token): no account
             raise PublicException(f"cannot run clusters for {username!r}: {e}") from None
         try:
             return pwd.getpwnam(name)
@@ -174,6 +265,14 @@ class TwinhubLocalBackend(TwinhubBackendMixin, LocalBackend):
 
     account_prefix = Unicode(
         "twin-", help="Prefix of users' OS accounts (Twinhub.user_prefix)."
+    ).tag(config=True)
+    state_dir = Unicode(
+        "",
+        help="The platform's state dir: only OS accounts it recorded (accounts.json) run "
+        "clusters. Empty: any account of the right name (tests without a platform).",
+    ).tag(config=True)
+    max_user_processes = Integer(
+        0, min=0, help="RLIMIT_NPROC of each account's Dask processes (TwinhubUserLimits)."
     ).tag(config=True)
 
     async def start_cluster(self, user: Any, cluster_options: dict) -> str:
@@ -220,8 +319,11 @@ class TwinhubLocalBackend(TwinhubBackendMixin, LocalBackend):
         pw = self._account(cluster.username)
         uid, gid = pw.pw_uid, pw.pw_gid
         groups = [g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem]
+        nproc = self.max_user_processes
 
         def switch_user() -> None:
+            if nproc:  # while still root; counted per account with its server and kernels
+                limit_processes(nproc)
             os.setgid(gid)
             try:
                 os.setgroups(groups)

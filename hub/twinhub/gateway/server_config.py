@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..limits import TwinhubUserLimits
 from ..runtime import Runtime
 from . import SECRET_NAME, SERVICE_NAME, SERVICE_PREFIX, clusters_dir, port, settings
 
@@ -77,6 +78,9 @@ def configure_gateway(c: Any, state_dir: str | Path) -> Runtime:
     else:
         c.DaskGateway.backend_class = "twinhub.gateway.backend.TwinhubPersonalBackend"
     c.TwinhubLocalBackend.account_prefix = rt.config.get("Twinhub", {}).get("user_prefix", "twin-")
+    c.TwinhubLocalBackend.max_user_processes = TwinhubUserLimits(config=rt.config).max_processes
+    enforce = rt.config.get("TwinhubSpawnerConfig", {}).get("enforce_limits", "auto")
+    c.TwinhubBackendMixin.process_cgroups = enforce != "off"
     c.LocalBackend.clusters_directory = str(clusters_dir(rt))
     # Only what the dask processes need; notably not the gateway's own secrets.
     c.LocalBackend.inherited_environment = ["PATH", "LANG", "LC_ALL"]
@@ -91,6 +95,7 @@ def configure_gateway(c: Any, state_dir: str | Path) -> Runtime:
     c.DBBackendBase.worker_status_period = 10
 
     c.TwinhubBackendMixin.instance_id = rt.instance_id
+    c.TwinhubLocalBackend.state_dir = str(rt.state_dir)
     c.TwinhubBackendMixin.max_clusters_per_user = gw.max_clusters_per_user
     c.TwinhubBackendMixin.dashboard = gw.dashboard
     c.TwinhubBackendMixin.service_name = SERVICE_NAME
