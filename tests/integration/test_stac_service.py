@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from tests.helpers.kernel import run_code
+from tests.helpers.stac import collection
 from twinhub.runtime import Runtime
 from twinhub.services import datalake
 from twinhub.services.datalake.database import connection
@@ -18,22 +19,6 @@ from twinhub.services.datalake.database import connection
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
 USERS = ("stacy", "stan")
-
-
-def collection(cid: str, **extra) -> dict:
-    return {
-        "type": "Collection",
-        "id": cid,
-        "stac_version": "1.1.0",
-        "description": f"test collection {cid}",
-        "license": "CC-BY-4.0",
-        "extent": {
-            "spatial": {"bbox": [[-180, -90, 180, 90]]},
-            "temporal": {"interval": [["2024-01-01T00:00:00Z", None]]},
-        },
-        "links": [],
-        **extra,
-    }
 
 
 def item(cid: str, iid: str, **props) -> dict:

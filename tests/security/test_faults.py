@@ -21,6 +21,7 @@ import requests
 
 from tests.helpers.kernel import execute, start_kernel
 from tests.helpers.platform import Platform, purge_shared_dir, twinhub_cli
+from tests.helpers.stac import collection
 from twinhub.accounts import RUNTIME_ROOT
 from twinhub.runtime import Runtime
 from twinhub.supervisor import pid_alive, processes_of_instance
@@ -40,21 +41,6 @@ def records(state: Path) -> dict:
         return json.loads((state / "run" / "components.json").read_text())
     except (OSError, ValueError):
         return {}
-
-
-def collection(cid: str) -> dict:
-    return {
-        "type": "Collection",
-        "id": cid,
-        "stac_version": "1.1.0",
-        "description": f"kept across faults: {cid}",
-        "license": "CC-BY-4.0",
-        "extent": {
-            "spatial": {"bbox": [[-180, -90, 180, 90]]},
-            "temporal": {"interval": [["2024-01-01T00:00:00Z", None]]},
-        },
-        "links": [],
-    }
 
 
 @pytest.fixture(scope="module")

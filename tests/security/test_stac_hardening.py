@@ -14,27 +14,13 @@ import json
 import pytest
 import requests
 
+from tests.helpers.stac import collection
+
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
 OWNER = "twinhub:owner"
 USERS = ("hana", "hugo")
 SQUARE = [[0, 40], [10, 40], [10, 50], [0, 50], [0, 40]]
-
-
-def collection(cid: str, **extra) -> dict:
-    return {
-        "type": "Collection",
-        "id": cid,
-        "stac_version": "1.1.0",
-        "description": f"test collection {cid}",
-        "license": "CC-BY-4.0",
-        "extent": {
-            "spatial": {"bbox": [[-180, -90, 180, 90]]},
-            "temporal": {"interval": [["2024-01-01T00:00:00Z", None]]},
-        },
-        "links": [],
-        **extra,
-    }
 
 
 def item(cid: str, iid: str, geometry: dict | None = None, **extra) -> dict:
