@@ -14,6 +14,7 @@ import re
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -182,6 +183,31 @@ def test_another_users_server_port_refuses_alice_with_or_without_her_token(two) 
             break
     else:
         raise AssertionError(f"none of bob's ports {ports} is his server: {out}")
+
+
+def test_the_data_lake_page_server_listens_on_no_port_another_user_could_take(two) -> None:
+    """jupyter-server-proxy used to start the page's server on a loopback port named in its
+    command line: another user's process could bind that port first and serve its own script
+    at bob's origin. It listens on a Unix socket in a directory only bob can enter."""
+    p, urls, uids = two
+    bob_tok = p.token(BOB)
+    r = requests.get(
+        urls[BOB] + "datalake/", headers={"Authorization": f"token {bob_tok}"}, timeout=60
+    )
+    assert r.status_code == 200 and "<html" in r.text.lower(), r.text[:300]
+    pages = [
+        proc
+        for proc in psutil.process_iter(["cmdline", "uids"])
+        if proc.info["uids"] and proc.info["uids"].real == uids[BOB]
+        and "twinlab.browse" in (proc.info["cmdline"] or [])
+    ]  # fmt: skip
+    assert len(pages) == 1, pages
+    argv = pages[0].info["cmdline"]
+    assert "--port" not in argv and "--unix-socket" in argv, argv
+    sock = Path(argv[argv.index("--unix-socket") + 1])
+    st = sock.parent.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (uids[BOB], 0o700), oct(st.st_mode)
+    assert [c for c in pages[0].net_connections(kind="inet") if c.status == "LISTEN"] == []
 
 
 def test_dask_cluster_of_one_user_is_unusable_by_another_and_capped(two) -> None:
