@@ -229,6 +229,12 @@ def up(
         )
         if not _wait_url(rt.local_url + "hub/api/", 30):
             raise StartError("the hub does not answer through the proxy at " + rt.local_url)
+        # The hub answers before it has given the proxy its services' routes: until then a
+        # request to /services/<name>/ reaches the hub (404). Have it add them now.
+        try:
+            core.resync_proxy_routes(rt)
+        except (HubAPIError, OSError) as e:
+            raise StartError(f"the hub did not give the proxy its routes: {e}") from e
         say(f"twinhub is up at {rt.url} ({time.monotonic() - t0:.1f} s)")
         if keep_servers:
             sweep_orphans(rt, sup, say)

@@ -484,7 +484,9 @@ def supervisor_pid(rt: Runtime) -> int | None:
     if not pid_alive(pid):
         return None
     try:
+        owner = os.stat(f"/proc/{pid}").st_uid
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return pid  # not ours to read (another account): assume it is
-    return pid if b"twinhub" in cmdline else None
+    # Another account's process that reused the pid (and names twinhub) is not it either.
+    return pid if owner == os.geteuid() and b"twinhub" in cmdline else None

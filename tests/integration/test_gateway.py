@@ -639,16 +639,22 @@ except requests.exceptions.SSLError:
     # root-owned file anywhere, e.g. in /etc/logrotate.d); the worker's start fails instead.
     target = Path(tempfile.mkdtemp(prefix="twinhub-gw-target-"))  # root's, 0700
     try:
+        # (clusters here have at most 2 workers: one goes, then a new one is asked for)
+        scale = 'from dask_gateway import Gateway\nGateway().connect({!r}).scale({})\nprint("SCALED ok")'
+        assert parse(run_code(url_a, p.token(a), scale.format(name, 1))) == {"SCALED": "ok"}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not re.search(
+            r"Worker \w+ stopped", p.log("dask-gateway")
+        ):
+            time.sleep(0.5)
         swap = f"""
 import os
-from dask_gateway import Gateway
 w = {str(workdir)!r}
 os.rename(w + "/logs", w + "/logs-moved")
 os.symlink({str(target)!r}, w + "/logs")
-Gateway().connect({name!r}).scale(3)
-print("SCALED ok")
 """
-        assert parse(run_code(url_a, p.token(a), swap)) == {"SCALED": "ok"}
+        run_code(url_a, p.token(a), swap)
+        assert parse(run_code(url_a, p.token(a), scale.format(name, 2))) == {"SCALED": "ok"}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and "Failed to submit worker" not in p.log(
             "dask-gateway"
