@@ -50,9 +50,34 @@ function onClientError(err, socket) {
   socket.end(response);
 }
 
+// The proxy decodes the path to route it; a path that is not valid percent-encoding
+// (e.g. "%ff") makes that throw, and the request ends as the hub's HTML 500 page. Refuse
+// such a path with a JSON 400 before routing.
+function checkedPath(listener) {
+  return function (req, res) {
+    try {
+      decodeURIComponent(new URL(req.url, "http://localhost").pathname);
+    } catch (err) {
+      const body = JSON.stringify({
+        code: 400,
+        description: "the request path is not valid percent-encoded UTF-8",
+      });
+      res.writeHead(400, {
+        "Content-Type": "application/json",
+        "Content-Length": Buffer.byteLength(body),
+      });
+      res.end(body);
+      return;
+    }
+    return listener.call(this, req, res);
+  };
+}
+
 for (const mod of [http, https]) {
   const create = mod.createServer;
   mod.createServer = function (...args) {
+    const last = args.length - 1;
+    if (last >= 0 && typeof args[last] === "function") args[last] = checkedPath(args[last]);
     const server = create.apply(this, args);
     server.on("clientError", onClientError);
     return server;

@@ -66,3 +66,18 @@ def test_malformed_request_gets_400_with_a_message(proxy) -> None:
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head
     assert body.startswith(b'{"code":400,"description":"malformed HTTP request')
+
+
+@pytest.mark.parametrize("path", ["/services/stac/collections/%ff%fe", "/hub/%E0%A4%A", "/%"])
+def test_paths_that_are_not_percent_encoded_utf8_get_a_json_400(proxy, path: str) -> None:
+    """configurable-http-proxy decodes the path to route it; these made it throw, and the
+    request ended as the hub's HTML 500 page."""
+    with socket.create_connection(("127.0.0.1", int(proxy.rsplit(":", 1)[1])), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"percent-encoded" in body
+    assert requests.get(proxy + "/hub/%C3%A9t%C3%A9", timeout=10).status_code == 503  # routed
