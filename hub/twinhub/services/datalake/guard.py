@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, parse_qsl, urlencode
 
 from asyncpg import exceptions as pg_errors
 
+from ..asgi import replay
 from ..hubauth import Receive, Scope, Send, acts_as_admin, send_json
 from .cql2_text import TextParser
 from .limits import (
@@ -120,7 +121,7 @@ class GuardMiddleware:
         scope["headers"] = [
             (k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"
         ] + [(b"content-length", str(len(data)).encode())]
-        return _replay_bytes(data)
+        return replay(data, receive)
 
     # -- searches --------------------------------------------------------------------------
     def _check_query(self, query: dict[str, list[str]]) -> None:
@@ -411,16 +412,3 @@ def _normalize_forwarded_host(scope: Scope) -> None:
             v = v.rsplit(b":", 1)[0] if v.count(b":") == 1 else v
         fixed.append((k, v))
     scope["headers"] = fixed
-
-
-def _replay_bytes(data: bytes) -> Receive:
-    sent = False
-
-    async def receive() -> dict:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": data, "more_body": False}
-
-    return receive

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
+from ...asgi import replay
 from ...hubauth import ASGIApp, Receive, Scope, Send, send_json
 from ..guard import BadRequest
 from ..sources import LOCAL
@@ -156,7 +157,7 @@ class FederationMiddleware:
             body = json.dumps(doc).encode()
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
         scope = {**scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}
-        await self.app(scope, _replay(body), send)
+        await self.app(scope, replay(body, receive), send)
 
     async def _search(
         self, scope: Scope, receive: Receive, send: Send, rel: str, collection: str | None = None
@@ -361,16 +362,3 @@ async def _read_body(receive: Receive) -> bytes:
         chunks.append(msg.get("body", b""))
         if not msg.get("more_body"):
             return b"".join(chunks)
-
-
-def _replay(data: bytes) -> Receive:
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": data, "more_body": False}
-
-    return receive
