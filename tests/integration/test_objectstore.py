@@ -10,6 +10,7 @@ import json
 import os
 import textwrap
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -189,7 +190,8 @@ def test_anonymous_requests_and_expired_presigned_urls_are_refused(store):
 def test_seaweedfs_other_ports_are_closed_to_users(store):
     p, rt, urls, _ = store
     ports = {name: rt.ports[key] for name, key in seaweed.PORT_KEYS.items()}
-    sockets = [str(s) for s in seaweed.grpc_unix_sockets(rt)]
+    private = seaweed.private_network("auto")
+    sockets = [str(s) for s in seaweed.grpc_unix_sockets(rt, private)]
     out = kernel_json(
         urls["olga"],
         p.token("olga"),
@@ -276,10 +278,12 @@ def test_seaweedfs_other_ports_are_closed_to_users(store):
     for key, value in out.items():
         if key.startswith(("master ", "filer ", "volume ")):
             assert value == "refused", (key, value)
-        elif key.startswith("/tmp/"):
+        elif key.startswith("/"):
             assert value == "denied", (key, value)
-    # Those gRPC sockets exist (root's, 0755): the probe hit real files.
-    assert all(s.startswith("/tmp/seaweedfs-") for s in sockets)
+    # weed's gRPC sockets exist, in weed's own /tmp (a 0700 dir of the run dir): the probe hit
+    # real files; none is in the host's /tmp, where another platform's weed could take it.
+    assert all(Path(s).is_socket() and Path(s).parent == seaweed.private_tmp(rt) for s in sockets)
+    assert not any((Path("/tmp") / Path(s).name).exists() for s in sockets)
 
 
 @pytest.mark.slow

@@ -241,3 +241,51 @@ def test_relay_bounds_its_connections_and_cuts_idle_ones(tmp_path, monkeypatch):
             upstream.close()
 
     asyncio.run(go())
+
+
+def test_weeds_of_two_platforms_each_get_their_own_tmp(tmp_path):
+    """weed names its gRPC sockets /tmp/seaweedfs-<name>-grpc-<port>.sock, and two platforms'
+    private networks may use the same port: each weed gets its own /tmp, where a state dir
+    under the host's /tmp (``needed``) is still reachable."""
+    if not seaweed.private_network("auto"):
+        pytest.skip("no network namespace here (needs root with CAP_SYS_ADMIN)")
+    name = f"seaweedfs-filer-grpc-{free_port()}.sock"
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "marker").write_text("here")
+    code = textwrap.dedent(
+        f"""
+        import os, socket, sys
+        s = socket.socket(socket.AF_UNIX)
+        s.bind("/tmp/{name}")
+        s.listen()
+        print(open({str(state / "marker")!r}).read(), sorted(os.listdir("/tmp")), flush=True)
+        sys.stdin.read()
+        """
+    )
+    procs, lines = [], []
+    try:
+        for i in range(2):
+            private = tmp_path / f"tmp{i}"
+            private.mkdir(mode=0o700)
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", code],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    preexec_fn=seaweed.private_namespaces(private, [state]),
+                )
+            )
+            lines.append(procs[-1].stdout.readline().split(" ", 1))
+        for i, (marker, listing) in enumerate(lines):
+            assert marker == "here", procs[i].stderr.read()
+            assert name in listing
+            assert (tmp_path / f"tmp{i}" / name).is_socket()
+        assert not (Path("/tmp") / name).exists()
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(10)
+    assert [p.returncode for p in procs] == [0, 0]

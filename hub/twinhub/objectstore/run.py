@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,12 @@ async def _supervise(proc: subprocess.Popen, rt: Runtime, private: bool) -> int:
     return 0 if stopping else proc.returncode
 
 
+def _private(rt: Runtime):
+    return seaweed.private_namespaces(
+        seaweed.private_tmp(rt), [rt.run_dir, seaweed.base_dir(rt), seaweed.identities_path(rt)]
+    )
+
+
 def main() -> int:
     rt = Runtime.load()
     store = settings(rt)
@@ -129,11 +136,15 @@ def main() -> int:
         file=sys.stderr,
         flush=True,
     )
+    if private:
+        # weed's own /tmp: left over from the last run, or new.
+        shutil.rmtree(seaweed.private_tmp(rt), ignore_errors=True)
+        seaweed.private_tmp(rt).mkdir(mode=0o700)
     proc = subprocess.Popen(
         seaweed.argv(rt, weed, store.volume_size_limit_mb),
         cwd=seaweed.conf_dir(rt),  # weed reads ./security.toml
         stdin=subprocess.DEVNULL,
-        preexec_fn=seaweed.enter_private_network if private else seaweed.die_with_parent,
+        preexec_fn=_private(rt) if private else seaweed.die_with_parent,
     )
     try:
         return asyncio.run(_supervise(proc, rt, private))
@@ -141,9 +152,11 @@ def main() -> int:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for sock in seaweed.grpc_unix_sockets(rt):
+        for sock in seaweed.grpc_unix_sockets(rt, private):
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
+        if private:
+            shutil.rmtree(seaweed.private_tmp(rt), ignore_errors=True)
 
 
 if __name__ == "__main__":

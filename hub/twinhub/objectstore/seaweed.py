@@ -15,8 +15,11 @@ What is closed, and how (every user's kernel shares 127.0.0.1 in multi-user mode
   or read the filer's tree over HTTP.
 - volume HTTP: reads and writes need a JWT signed with keys in ``security.toml``.
 - filer HTTP (closed above) also gets JWT keys, in case it is ever re-enabled.
-- every gRPC port (master, volume, filer, s3): mutual TLS with a CA made here; SeaweedFS's
-  gRPC unix sockets in /tmp are root's, mode 0755 (connecting needs write permission).
+- every gRPC port (master, volume, filer, s3): mutual TLS with a CA made here. weed also
+  serves each gRPC server on a unix socket named after its port in a hard-coded /tmp; with
+  the private network weed gets its own /tmp too (a 0700 dir of the run dir), so two
+  platforms whose namespaces use the same port number never share (or delete) a socket;
+  otherwise the sockets are made with umask 077.
 - WebDAV, SFTP, Iceberg and Lance servers: off; telemetry: off; admin UI: not started.
 """
 
@@ -32,6 +35,7 @@ import os
 import signal
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from ..runtime import Runtime
@@ -233,10 +237,17 @@ def _port_flag(flag: str, port: int) -> str:
     return f"-{server}.port{'.grpc' if grpc else ''}={port}"
 
 
-def grpc_unix_sockets(rt: Runtime) -> list[Path]:
-    """The sockets weed creates in /tmp for its gRPC servers (it does not remove them)."""
+def private_tmp(rt: Runtime) -> Path:
+    """What weed sees as /tmp when it runs in its private namespaces (in the 0700 run dir)."""
+    return rt.run_dir / "objectstore-tmp"
+
+
+def grpc_unix_sockets(rt: Runtime, private: bool) -> list[Path]:
+    """The sockets weed makes in its /tmp for its gRPC servers (it does not remove them), as
+    seen from the host."""
+    tmp = private_tmp(rt) if private else Path("/tmp")
     return [
-        Path(f"/tmp/seaweedfs-{name}-grpc-{rt.ports[PORT_KEYS[name + '.grpc']]}.sock")
+        tmp / f"seaweedfs-{name}-grpc-{rt.ports[PORT_KEYS[name + '.grpc']]}.sock"
         for name in ("master", "volume", "filer", "s3")
     ]
 
@@ -247,7 +258,8 @@ def s3_socket(rt: Runtime) -> Path:
 
 
 # -- private network namespace ------------------------------------------------------------
-_CLONE_NEWNET = 0x40000000
+_CLONE_NEWNET, _CLONE_NEWNS = 0x40000000, 0x00020000
+_MS_BIND, _MS_REC, _MS_PRIVATE = 0x1000, 0x4000, 0x40000
 _PR_SET_PDEATHSIG = 1
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 # Loaded before any fork: the preexec functions below run between fork and exec.
@@ -275,12 +287,50 @@ def enter_private_network() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
 
 
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def private_namespaces(tmp: Path, needed: list[Path]) -> Callable[[], None]:
+    """A preexec function: the private network, plus a mount namespace where /tmp is ``tmp``
+    (weed's gRPC socket names are /tmp/seaweedfs-<name>-grpc-<port>.sock, and another
+    platform's namespace may use the same port). The top-level entries of the host's /tmp
+    that hold ``needed`` paths (a state dir under /tmp, as in tests) are bound back in."""
+    tmp_root = Path("/tmp").resolve()
+    keep = sorted(
+        {
+            p.resolve().relative_to(tmp_root).parts[0]
+            for p in needed
+            if p.resolve().is_relative_to(tmp_root) and p.resolve() != tmp_root
+        }
+    )
+    private = os.fsencode(tmp)
+
+    def enter() -> None:
+        enter_private_network()
+        _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        # Nothing mounted here may propagate back to the host's namespace.
+        _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount private /")
+        for name in keep:
+            target = private + b"/" + os.fsencode(name)
+            os.mkdir(target, 0o700)
+            source = b"/tmp/" + os.fsencode(name)
+            _check(_libc.mount(source, target, None, _MS_BIND | _MS_REC, None), "bind back")
+        _check(_libc.mount(private, b"/tmp", None, _MS_BIND | _MS_REC, None), "bind /tmp")
+
+    return enter
+
+
 def _private_network_works() -> bool:
     """Try it in a throwaway child (needs root with CAP_SYS_ADMIN: not in every container)."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         try:
             enter_private_network()
+            _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+            _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount")
             os._exit(0)
         except BaseException:
             os._exit(1)
