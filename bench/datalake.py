@@ -44,7 +44,7 @@ from tests.helpers.platform import (  # noqa: E402
     purge_shared_dir,
     wait_for_seed,
 )
-from twinhub.runtime import Runtime  # noqa: E402
+from twinhub.process.runtime import Runtime  # noqa: E402
 from twinhub.services import datalake  # noqa: E402
 from twinhub.services.datalake.loader import insert  # noqa: E402
 

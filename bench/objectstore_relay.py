@@ -26,9 +26,10 @@ sys.path.insert(0, str(ROOT / "hub"))
 
 from traitlets.config import Config  # noqa: E402
 
-from twinhub import objectstore, ports  # noqa: E402
+from twinhub import objectstore  # noqa: E402
 from twinhub.objectstore import seaweed  # noqa: E402
-from twinhub.runtime import Runtime  # noqa: E402
+from twinhub.process import ports  # noqa: E402
+from twinhub.process.runtime import Runtime  # noqa: E402
 
 
 def start(base: Path, private: str) -> tuple[subprocess.Popen, Runtime]:

@@ -37,7 +37,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.helpers.platform import Platform, free_port_pair  # noqa: E402
-from twinhub.core import find_proxy  # noqa: E402
+from twinhub.hubconf.core import find_proxy  # noqa: E402
 
 STOCK_CONFIG = """
 c = get_config()

@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    from .login import LoginError, login, logout
+    from .client.login import LoginError, login, logout
 
     def progress(left: float) -> None:
         print(
@@ -219,7 +219,7 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> Config:
 
 
 def cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
-    from .platform import up
+    from .process.platform import up
 
     if args.port is not None and not 0 < args.port < 65536:
         raise CLIError(f"--port {args.port} is not a valid port (1-65535)")
@@ -227,11 +227,11 @@ def cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from .platform import down, load_runtime
+    from .process.platform import down, load_runtime
 
     code = down(Path(args.state))
     if args.purge_users:
-        from .spawner import purge_accounts
+        from .spawn.base import purge_accounts
 
         removed = purge_accounts(load_runtime(Path(args.state)))
         print(f"removed OS accounts: {', '.join(removed) if removed else 'none'}")
@@ -239,7 +239,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .platform import status
+    from .process.platform import status
 
     return status(Path(args.state))
 
@@ -249,8 +249,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if args.size not in SEED_SIZES:
         raise CLIError(f"--size must be one of {', '.join(SEED_SIZES)}, got {args.size!r}")
-    from .platform import load_runtime
-    from .supervisor import supervisor_pid
+    from .process.platform import load_runtime
+    from .process.supervisor import supervisor_pid
 
     state = Path(args.state)
     rt = load_runtime(state) if (state / "run" / "runtime.json").exists() else None
@@ -274,8 +274,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_user(args: argparse.Namespace) -> int:
-    from .hubapi import HubAPIError, hub_request
-    from .platform import load_runtime
+    from .client.hubapi import HubAPIError, hub_request
+    from .process.platform import load_runtime
 
     rt = load_runtime(Path(args.state))
     try:
@@ -298,11 +298,11 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 
 def _user_add(rt, args: argparse.Namespace) -> int:
-    from .accounts import RESERVED_NAMES
     from .auth import create_account
+    from .auth.realm import TwinhubKeycloak, enabled
+    from .client.hubapi import hub_request
     from .config import Twinhub
-    from .hubapi import hub_request
-    from .keycloak import TwinhubKeycloak, enabled
+    from .spawn.os_accounts import RESERVED_NAMES
 
     if enabled(rt.config):
         url = TwinhubKeycloak(config=rt.config).url
@@ -334,7 +334,7 @@ def _user_add(rt, args: argparse.Namespace) -> int:
 
 
 def _user_list(rt, args: argparse.Namespace) -> int:
-    from .hubapi import hub_request
+    from .client.hubapi import hub_request
 
     users = hub_request(rt, "GET", "/users")
     rows = [
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "up":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .platform import PlatformError
+    from .process.platform import PlatformError
 
     try:
         if args.command == "up":

@@ -180,15 +180,15 @@ def config_classes() -> list[type[Configurable]]:
     """Every configurable the platform reads, for --help and the generated config file."""
     # Imported here: those modules import this one.
     from .auth import TwinhubLocalAuth
+    from .auth.realm import TwinhubKeycloak
     from .gateway import TwinhubGateway
-    from .hub_handlers import TwinhubHubRequests
-    from .keycloak import TwinhubKeycloak
-    from .limits import TwinhubUserLimits
+    from .hubconf.handlers import TwinhubHubRequests
     from .objectstore import TwinhubObjectStore
     from .services.cache import TwinhubCache
     from .services.datalake import TwinhubDataLake
     from .services.projects import TwinhubProjects
-    from .spawner import TwinhubSpawnerConfig
+    from .spawn.base import TwinhubSpawnerConfig
+    from .spawn.limits import TwinhubUserLimits
 
     return [
         Twinhub,

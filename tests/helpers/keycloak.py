@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.helpers.platform import Platform, free_port_pair
 from twinhub.auth import create_account
 from twinhub.db import upgrade
-from twinhub.runtime import Runtime
+from twinhub.process.runtime import Runtime
 
 
 @contextmanager

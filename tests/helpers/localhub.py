@@ -1,7 +1,7 @@
 """A real JupyterHub (+ configurable-http-proxy) using twinhub's spawner, for tests.
 
-Independent of ``twinhub up``: the hub config builds a :class:`twinhub.runtime.Runtime` by
-hand and calls :func:`twinhub.os_spawners.configure_hub`, the way ``twinhub/hub_config.py``
+Independent of ``twinhub up``: the hub config builds a :class:`twinhub.process.runtime.Runtime` by
+hand and calls :func:`twinhub.spawn.local.configure_hub`, the way ``twinhub/hubconf/config_file.py``
 does.  Authentication is JupyterHub's DummyAuthenticator (test-only) plus a service token
 with admin scopes; tests act as users through per-user API tokens.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 import requests
 
 from tests.helpers.platform import free_port
-from twinhub.accounts import RUNTIME_ROOT, remove_runtime_dirs
-from twinhub.core import find_proxy
+from twinhub.hubconf.core import find_proxy
+from twinhub.spawn.os_accounts import RUNTIME_ROOT, remove_runtime_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 CHP = find_proxy()
@@ -31,8 +31,8 @@ _CONFIG = """
 import json, os
 from pathlib import Path
 from traitlets.config import Config
-from twinhub.runtime import Runtime
-from twinhub import os_spawners as twinhub_spawner
+from twinhub.process.runtime import Runtime
+from twinhub.spawn import local as twinhub_spawner
 
 spec = json.loads(Path(os.environ["LOCALHUB_SPEC"]).read_text())
 state = Path(spec["state"])

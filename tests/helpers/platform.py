@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from twinhub.ports import UNPRIVILEGED_PORTS, pick_port
+from twinhub.process.ports import UNPRIVILEGED_PORTS, pick_port
 
 VENV_BIN = Path(sys.prefix) / "bin"
 TWINHUB = str(VENV_BIN / "twinhub")
@@ -222,7 +222,7 @@ def purge_shared_dir(state: Path) -> None:
 
 
 def free_port() -> int:
-    """A free loopback port, chosen as the platform chooses its own (see twinhub.ports)."""
+    """A free loopback port, chosen as the platform chooses its own (see twinhub.process.ports)."""
     return pick_port(UNPRIVILEGED_PORTS)
 
 

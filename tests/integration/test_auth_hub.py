@@ -21,8 +21,8 @@ from traitlets.config import Config
 
 from tests.helpers.platform import free_port
 from twinhub import auth, db
-from twinhub.core import find_proxy
-from twinhub.runtime import Runtime
+from twinhub.hubconf.core import find_proxy
+from twinhub.process.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ CHP = find_proxy()
 
 HUB_CONFIG = """\
 from twinhub.auth import configure_hub
-from twinhub.runtime import Runtime
+from twinhub.process.runtime import Runtime
 
 rt = Runtime.load({state!r})
 configure_hub(c, rt)

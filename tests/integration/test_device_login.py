@@ -26,10 +26,10 @@ from tornado import web
 
 from tests.helpers.keycloak import keycloak_platform
 from tests.helpers.platform import TWINHUB
-from twinhub import login as cli_login
 from twinhub.auth.keycloak import TwinhubKeycloakAuthenticator
 from twinhub.auth.token_exchange import access_token_auth_model
-from twinhub.hubapi import hub_request
+from twinhub.client import login as cli_login
+from twinhub.client.hubapi import hub_request
 
 CONFIG = """
 c.TwinhubKeycloak.allowed_groups = ["/projects/climate-adaptation", "/platform-admins"]

@@ -32,10 +32,10 @@ import requests
 import websocket
 
 from tests.helpers.platform import free_port
-from twinhub.accounts import ensure_account
-from twinhub.core import find_proxy
 from twinhub.gateway import SERVICE_PREFIX, components, prepare
-from twinhub.runtime import Runtime
+from twinhub.hubconf.core import find_proxy
+from twinhub.process.runtime import Runtime
+from twinhub.spawn.os_accounts import ensure_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -91,9 +91,9 @@ HUB_CONFIG = """
 # Throwaway hub config of tests/integration/test_gateway.py (DummyAuthenticator: tests only).
 import os, pwd
 from jupyterhub.spawner import LocalProcessSpawner
-from twinhub.accounts import os_account_name
+from twinhub.spawn.os_accounts import os_account_name
 from twinhub.gateway import configure_hub
-from twinhub.runtime import Runtime
+from twinhub.process.runtime import Runtime
 
 rt = Runtime.load({state!r})
 c.JupyterHub.bind_url = rt.local_url

@@ -16,7 +16,7 @@ import pytest
 from traitlets.config import Config
 
 from twinhub.gateway import ACCESS_SCOPE, components, configure_hub, prepare
-from twinhub.runtime import Runtime, world_reachable
+from twinhub.process.runtime import Runtime, world_reachable
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import requests
 
 from tests.helpers.keycloak import keycloak_platform
 from tests.helpers.platform import TWINHUB, free_port_pair
-from twinhub.hubapi import hub_request
+from twinhub.client.hubapi import hub_request
 
 CONFIG = """
 c.TwinhubKeycloak.allowed_groups = ["/projects/climate-adaptation", "/platform-admins"]

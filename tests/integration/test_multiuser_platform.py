@@ -13,8 +13,8 @@ import pytest
 
 from tests.helpers.kernel import run_code
 from tests.helpers.platform import Platform, twinhub_cli
-from twinhub.runtime import Runtime
-from twinhub.supervisor import processes_of_instance
+from twinhub.process.runtime import Runtime
+from twinhub.process.supervisor import processes_of_instance
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from tests.helpers.kernel import run_code
 from twinhub import objectstore
 from twinhub.objectstore import seaweed
-from twinhub.runtime import Runtime
+from twinhub.process.runtime import Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
@@ -263,7 +263,7 @@ def test_seaweedfs_other_ports_are_closed_to_users(store):
     assert {v for k, v in out.items() if k.endswith(" tls")} == {"refused"}, out
     # As root, weed runs in its own network namespace (TwinhubObjectStore.private_network):
     # on the host only the S3 port exists; the others are served inside, where weed is.
-    from twinhub.supervisor import port_in_use
+    from twinhub.process.supervisor import port_in_use
 
     weed = next(
         pr

@@ -36,7 +36,7 @@ from tests.helpers.platform import Platform, free_port, purge_shared_dir
 from tests.integration.test_objectstore import kernel_json
 from twinhub import objectstore
 from twinhub.objectstore import iam
-from twinhub.runtime import Runtime
+from twinhub.process.runtime import Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

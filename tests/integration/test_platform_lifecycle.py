@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from tests.helpers.platform import TWINHUB, Platform, twinhub_cli
-from twinhub.runtime import Runtime
-from twinhub.supervisor import pid_alive, processes_of_instance
+from twinhub.process.runtime import Runtime
+from twinhub.process.supervisor import pid_alive, processes_of_instance
 
 pytestmark = pytest.mark.integration
 

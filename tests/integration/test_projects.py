@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from tests.helpers.platform import Platform, free_port, purge_shared_dir, twinhub_cli
 from twinhub import db
-from twinhub.db.allocations import ProjectAllocation
+from twinhub.db.models import ProjectAllocation
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
@@ -265,7 +265,7 @@ def _s3_access(pp: Platform, user: str, bucket: str) -> str:
     from botocore.exceptions import ClientError
 
     from twinhub import objectstore
-    from twinhub.runtime import Runtime
+    from twinhub.process.runtime import Runtime
 
     rt = Runtime.load(pp.state)
     creds = objectstore.get_user(rt, user)
@@ -288,7 +288,7 @@ def _eventually(fn, want: str, timeout: float = 20) -> str:
 
 
 def test_project_buckets_follow_membership(pp: Platform) -> None:
-    from twinhub.objectstore.projects import project_bucket_name
+    from twinhub.objectstore.project_buckets import project_bucket_name
 
     climate, gpu = project_bucket_name(CLIMATE), project_bucket_name("gpu-lab")
     assert (climate, gpu) == ("project-climate-adaptation", "project-gpu-lab")

@@ -21,8 +21,9 @@ import requests
 
 from tests.helpers.kernel import KernelDied, execute, run_code, shutdown_kernel, start_kernel
 from tests.helpers.localhub import LocalHub
-from twinhub import accounts, limits, profiles
-from twinhub.runtime import Runtime
+from twinhub.process.runtime import Runtime
+from twinhub.spawn import limits, profiles
+from twinhub.spawn import os_accounts as accounts
 
 pytestmark = pytest.mark.integration
 

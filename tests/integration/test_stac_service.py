@@ -12,7 +12,7 @@ import requests
 
 from tests.helpers.kernel import run_code
 from tests.helpers.stac import collection
-from twinhub.runtime import Runtime
+from twinhub.process.runtime import Runtime
 from twinhub.services import datalake
 from twinhub.services.datalake.database import connection
 

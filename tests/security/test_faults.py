@@ -22,9 +22,9 @@ import requests
 from tests.helpers.kernel import execute, start_kernel
 from tests.helpers.platform import Platform, purge_shared_dir, twinhub_cli
 from tests.helpers.stac import collection
-from twinhub.accounts import RUNTIME_ROOT
-from twinhub.runtime import Runtime
-from twinhub.supervisor import pid_alive, processes_of_instance
+from twinhub.process.runtime import Runtime
+from twinhub.process.supervisor import pid_alive, processes_of_instance
+from twinhub.spawn.os_accounts import RUNTIME_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser, pytest.mark.slow]
 

@@ -23,11 +23,11 @@ import requests
 
 from tests.helpers.kernel import run_code
 from twinhub import objectstore
-from twinhub.accounts import RESERVED_NAMES, recorded_accounts
 from twinhub.gateway import gateway_url
 from twinhub.objectstore import seaweed
-from twinhub.ports import PRIVILEGED_PORTS
-from twinhub.runtime import Runtime
+from twinhub.process.ports import PRIVILEGED_PORTS
+from twinhub.process.runtime import Runtime
+from twinhub.spawn.os_accounts import RESERVED_NAMES, recorded_accounts
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 

@@ -416,7 +416,7 @@ def test_paths_that_are_not_utf8_get_a_json_400_from_the_service(stac):
     proxy cannot route it and hands it to the hub)."""
     import http.client
 
-    from twinhub.runtime import Runtime
+    from twinhub.process.runtime import Runtime
     from twinhub.services import datalake
 
     port = datalake.port(Runtime.load(stac.p.state))

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.helpers.kernel import KernelDied, execute, run_code, shutdown_kernel, start_kernel
-from twinhub import limits
+from twinhub.spawn import limits
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 

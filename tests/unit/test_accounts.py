@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from twinhub import accounts
-from twinhub.accounts import AccountError, os_account_name
-from twinhub.runtime import Runtime
+from twinhub.process.runtime import Runtime
+from twinhub.spawn import os_accounts as accounts
+from twinhub.spawn.os_accounts import AccountError, os_account_name
 
 
 @pytest.mark.parametrize(

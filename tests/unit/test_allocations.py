@@ -1,4 +1,4 @@
-"""twinhub.allocations (the pure logic) and the project catalog on a real SQLite database."""
+"""twinhub.services.projects.allocations (the pure logic) and the project catalog on a real SQLite database."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import asyncio
 import pytest
 from traitlets.config import Config
 
-from twinhub import allocations as al
 from twinhub import db
 from twinhub.config import DEFAULT_PROFILES
-from twinhub.db import allocations as stored
-from twinhub.profiles import kubespawner_profile_list, validate_profiles
-from twinhub.runtime import Runtime
+from twinhub.process.runtime import Runtime
 from twinhub.services.projects import ProjectCatalog, is_enabled
+from twinhub.services.projects import allocations as al
+from twinhub.services.projects import store as stored
+from twinhub.spawn.profiles import kubespawner_profile_list, validate_profiles
 
 PROFILES = validate_profiles(DEFAULT_PROFILES)  # small-cpu, large-cpu, gpu
 

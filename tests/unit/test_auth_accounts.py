@@ -10,7 +10,7 @@ from traitlets.config import Config
 
 from twinhub import auth, db
 from twinhub.auth import passwords
-from twinhub.runtime import Runtime
+from twinhub.process.runtime import Runtime
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

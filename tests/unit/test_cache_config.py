@@ -9,8 +9,8 @@ import stat
 import pytest
 from traitlets.config import Config
 
-from twinhub.platform import PlatformError
-from twinhub.runtime import Runtime
+from twinhub.process.platform import PlatformError
+from twinhub.process.runtime import Runtime
 from twinhub.services import cache
 
 

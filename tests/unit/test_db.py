@@ -12,6 +12,7 @@ from sqlalchemy import inspect, select, text
 
 from twinhub import __version__, db
 from twinhub.db.schema import VERSION_TABLE
+from twinhub.spawn import os_accounts
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -61,30 +62,30 @@ def test_upgrade_from_older_revision_keeps_data(db_url):
         alice = s.scalar(select(db.LocalAccount).where(db.LocalAccount.username == "alice"))
         assert alice.approved and len(alice.account_id) == 32
         assert s.get(db.PlatformMeta, "schema_revision").value == db.head_revision()
-    db.record_os_account(db_url, "alice", "twin-alice", 2001)
-    assert [r.os_name for r in db.list_os_accounts(db_url)] == ["twin-alice"]
+    os_accounts.record_os_account(db_url, "alice", "twin-alice", 2001)
+    assert [r.os_name for r in os_accounts.list_os_accounts(db_url)] == ["twin-alice"]
 
 
 def test_os_accounts_record_list_forget(db_url):
     db.upgrade(db_url)
-    rec = db.record_os_account(db_url, "bob", "twin-bob", 3001)
+    rec = os_accounts.record_os_account(db_url, "bob", "twin-bob", 3001)
     assert (rec.platform_user, rec.os_name, rec.uid) == ("bob", "twin-bob", 3001)
     assert isinstance(rec.created_at, datetime)
-    db.record_os_account(db_url, "alice", "twin-alice", 3002)
+    os_accounts.record_os_account(db_url, "alice", "twin-alice", 3002)
     # Re-recording updates the uid (account re-created), keeps one row.
-    db.record_os_account(db_url, "bob", "twin-bob", 3003)
-    assert [(r.platform_user, r.uid) for r in db.list_os_accounts(db_url)] == [
+    os_accounts.record_os_account(db_url, "bob", "twin-bob", 3003)
+    assert [(r.platform_user, r.uid) for r in os_accounts.list_os_accounts(db_url)] == [
         ("alice", 3002),
         ("bob", 3003),
     ]
     with pytest.raises(ValueError, match="twin-alice.*another platform user"):
-        db.record_os_account(db_url, "mallory", "twin-alice", 3004)
+        os_accounts.record_os_account(db_url, "mallory", "twin-alice", 3004)
     with pytest.raises(ValueError, match="uid"):
-        db.record_os_account(db_url, "carol", "twin-carol", -1)
-    assert db.get_os_account(db_url, "mallory") is None
-    assert db.forget_os_account(db_url, "bob") is True
-    assert db.forget_os_account(db_url, "bob") is False
-    assert [r.platform_user for r in db.list_os_accounts(db_url)] == ["alice"]
+        os_accounts.record_os_account(db_url, "carol", "twin-carol", -1)
+    assert os_accounts.get_os_account(db_url, "mallory") is None
+    assert os_accounts.forget_os_account(db_url, "bob") is True
+    assert os_accounts.forget_os_account(db_url, "bob") is False
+    assert [r.platform_user for r in os_accounts.list_os_accounts(db_url)] == ["alice"]
 
 
 def test_session_rolls_back_on_error(db_url):

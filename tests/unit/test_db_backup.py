@@ -14,7 +14,7 @@ from traitlets.config import Config
 
 from tests.helpers.databases import OLD_HUB_REVISION, hub_rev, make_old_hub_db
 from twinhub import db
-from twinhub.runtime import Runtime
+from twinhub.process.runtime import Runtime
 
 
 def make_state(tmp_path: Path, db_url: str = "") -> Runtime:

@@ -1,4 +1,4 @@
-"""twinhub.postgres: a real PostgreSQL 15 cluster, its access rules and its lifecycle."""
+"""twinhub.process.postgres: a real PostgreSQL 15 cluster, its access rules and its lifecycle."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from twinhub import db
-from twinhub.postgres import PG_BIN, LocalPostgres, PostgresError
+from twinhub.process.postgres import PG_BIN, LocalPostgres, PostgresError
+from twinhub.spawn import os_accounts
 
 pytestmark = pytest.mark.skipif(
     not (PG_BIN / "initdb").exists(), reason="PostgreSQL 15 is not installed"
@@ -76,7 +77,7 @@ def test_tcp_cluster_uses_scram_on_loopback_and_survives_restart(traversable_dir
         stored = pg._psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'twinhub'")
         assert stored.startswith("SCRAM-SHA-256$")
         db.upgrade(pg.url)
-        db.record_os_account(pg.url, "alice", "twin-alice", 1234)
+        os_accounts.record_os_account(pg.url, "alice", "twin-alice", 1234)
         db.dispose_engines()
         pg.stop()
         assert not pg.is_running()
@@ -84,7 +85,7 @@ def test_tcp_cluster_uses_scram_on_loopback_and_survives_restart(traversable_dir
         again = LocalPostgres(traversable_dir / "pg", listen="tcp")
         again.start()
         assert again.port == pg.port and again.password == pg.password
-        assert [r.os_name for r in db.list_os_accounts(again.url)] == ["twin-alice"]
+        assert [r.os_name for r in os_accounts.list_os_accounts(again.url)] == ["twin-alice"]
     finally:
         db.dispose_engines()
         pg.stop()

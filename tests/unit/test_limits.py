@@ -11,8 +11,8 @@ import time
 import pytest
 from traitlets.config import Config
 
-from twinhub import limits
-from twinhub.limits import Limits, human_bytes, parse_cpu, parse_memory
+from twinhub.spawn import limits
+from twinhub.spawn.limits import Limits, human_bytes, parse_cpu, parse_memory
 
 
 @pytest.mark.parametrize(
@@ -184,8 +184,8 @@ def _owner(pid: str) -> int:
 @pytest.mark.skipif(os.geteuid() != 0, reason="makes directories owned by another uid")
 def test_private_runtime_dir_is_the_users_alone_and_refuses_planted_entries(tmp_path) -> None:
     """Kernels' IPC sockets live there: 0700, the user's, under root-owned 0711 parents."""
-    from twinhub.accounts import AccountError
-    from twinhub.os_spawners import private_runtime_dir
+    from twinhub.spawn.local import private_runtime_dir
+    from twinhub.spawn.os_accounts import AccountError
 
     root = tmp_path / "run"
     d = private_runtime_dir(root / "inst" / "4242", 4242, 4242)

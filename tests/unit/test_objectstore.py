@@ -18,8 +18,8 @@ from traitlets.config import Config
 
 from twinhub import db, objectstore
 from twinhub.objectstore import credentials, seaweed
-from twinhub.runtime import Runtime
-from twinhub.supervisor import free_port, port_in_use
+from twinhub.process.runtime import Runtime
+from twinhub.process.supervisor import free_port, port_in_use
 
 
 @pytest.fixture

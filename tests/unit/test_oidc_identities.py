@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from twinhub.auth import create_account
-from twinhub.db import identities, upgrade
-from twinhub.keycloak import hub_group, role_group
+from twinhub.auth import create_account, identities
+from twinhub.auth.realm import hub_group, role_group
+from twinhub.db import upgrade
 
 ISS = "https://kc.example.org/realms/twinhub"
 

@@ -7,9 +7,9 @@ import copy
 
 import pytest
 
-from twinhub import profiles
 from twinhub.config import DEFAULT_PROFILES
-from twinhub.profiles import ProfileError
+from twinhub.spawn import profiles
+from twinhub.spawn.profiles import ProfileError
 
 P = profiles.validate_profiles(DEFAULT_PROFILES)
 
@@ -129,8 +129,8 @@ def test_profile_filter_hook_per_user() -> None:
 
     from tornado import web
 
-    from twinhub.os_spawners import PersonalSpawner
-    from twinhub.spawner import _apply_profile
+    from twinhub.spawn.base import _apply_profile
+    from twinhub.spawn.local import PersonalSpawner
 
     def only_small_for_guests(user, offered):
         return [p for p in offered if user.name != "guest" or p["slug"] == "small-cpu"]
@@ -158,8 +158,8 @@ def test_profile_filter_hook_per_user() -> None:
 def test_configure_hub_applies_mode_profiles_and_merges_environment(tmp_path) -> None:
     from traitlets.config import Config
 
-    from twinhub.os_spawners import MultiUserSpawner, PersonalSpawner, configure_hub
-    from twinhub.runtime import Runtime
+    from twinhub.process.runtime import Runtime
+    from twinhub.spawn.local import MultiUserSpawner, PersonalSpawner, configure_hub
 
     c = Config()
     c.Spawner.environment.update({"DASK_GATEWAY__ADDRESS": "http://gw"})  # another module's

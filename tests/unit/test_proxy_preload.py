@@ -11,9 +11,9 @@ import time
 import pytest
 import requests
 
-from twinhub import core
-from twinhub.runtime import Runtime
-from twinhub.supervisor import free_port, port_in_use
+from twinhub.hubconf import core
+from twinhub.process.runtime import Runtime
+from twinhub.process.supervisor import free_port, port_in_use
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from twinhub.startqueue import StartQueue, default_slots
+from twinhub.spawn.startqueue import StartQueue, default_slots
 
 
 def run(coro):
@@ -97,8 +97,8 @@ def test_hub_timeouts_are_sized_from_the_queue(tmp_path):
     """JupyterHub's start_timeout counts from the request: it must cover a full queue."""
     from traitlets.config import Config
 
-    from twinhub.os_spawners import MultiUserSpawner, configure_hub
-    from twinhub.runtime import Runtime
+    from twinhub.process.runtime import Runtime
+    from twinhub.spawn.local import MultiUserSpawner, configure_hub
 
     conf = Config(
         {

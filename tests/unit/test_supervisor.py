@@ -1,4 +1,4 @@
-"""twinhub.supervisor: restart policy, restarts of real processes, crash loops, PostgreSQL
+"""twinhub.process.supervisor: restart policy, restarts of real processes, crash loops, PostgreSQL
 after kill -9."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from twinhub.components import Component
-from twinhub.postgres import PG_BIN, LocalPostgres
-from twinhub.runtime import Runtime
-from twinhub.supervisor import (
+from twinhub.process.components import Component
+from twinhub.process.postgres import PG_BIN, LocalPostgres
+from twinhub.process.runtime import Runtime
+from twinhub.process.supervisor import (
     COMPONENTS_FILE,
     RestartPolicy,
     Supervisor,
@@ -227,7 +227,7 @@ def test_stale_lock_files_of_a_dead_server_are_removed_and_live_ones_kept(tmp_pa
 def test_status_shows_restarts_last_exit_and_crash_loops(tmp_path, capsys):
     import subprocess
 
-    from twinhub.platform import status
+    from twinhub.process.platform import status
 
     rt = Runtime(
         state_dir=tmp_path, ports={"public": 8000}, instance_id="test-" + uuid.uuid4().hex[:8]

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .accounts import (
+from .authenticator import TwinhubLocalAuth
+from .local_accounts import (
     AccountError,
     AccountInfo,
     create_account,
@@ -22,8 +23,7 @@ from .accounts import (
     set_password,
     verify_login,
 )
-from .accounts import ensure_first_admin as _ensure_local_admin
-from .authenticator import TwinhubLocalAuth
+from .local_accounts import ensure_first_admin as _ensure_local_admin
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 
@@ -48,8 +48,8 @@ __all__ = [
 def configure_hub(c: Any, rt) -> None:
     """Use TwinhubLocalAuth on ``rt.db_url``, make ``Twinhub.admin_user`` an admin and add
     the signup / approval / password pages and their templates; or, when
-    ``TwinhubKeycloak.url`` is set, log in through Keycloak (twinhub.keycloak)."""
-    from twinhub import keycloak
+    ``TwinhubKeycloak.url`` is set, log in through Keycloak (twinhub.auth.realm)."""
+    from twinhub.auth import realm as keycloak
     from twinhub.config import Twinhub
 
     if keycloak.enabled(rt.config):
@@ -77,7 +77,7 @@ def configure_hub(c: Any, rt) -> None:
 def ensure_first_admin(rt) -> str | None:
     """The first local admin's generated password, once; never in Keycloak mode, where
     accounts (and who is admin, TwinhubKeycloak.admin_groups) are managed in Keycloak."""
-    from twinhub import keycloak
+    from twinhub.auth import realm as keycloak
 
     if keycloak.enabled(rt.config):
         return None

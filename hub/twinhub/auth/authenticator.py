@@ -10,8 +10,8 @@ from jupyterhub.auth import Authenticator
 from tornado import web
 from traitlets import Bool, Integer, Unicode, default
 
-from . import accounts
-from .accounts import AccountError
+from . import local_accounts as accounts
+from .local_accounts import AccountError
 
 
 class TwinhubLocalAuth(Authenticator):
@@ -147,7 +147,7 @@ class TwinhubLocalAuth(Authenticator):
 
     # -- pages ----------------------------------------------------------------------------
     def get_handlers(self, app) -> list[tuple[str, type]]:
-        from ..hub_handlers import platform_handlers
+        from ..hubconf.handlers import platform_handlers
         from .handlers import AuthorizeHandler, ChangePasswordHandler, SignupHandler
 
         return [

@@ -12,8 +12,8 @@ from jupyterhub.handlers import BaseHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 
-from . import accounts
-from .accounts import AccountError
+from . import local_accounts as accounts
+from .local_accounts import AccountError
 from .passwords import generate_password
 
 

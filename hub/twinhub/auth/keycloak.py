@@ -1,6 +1,6 @@
 """``TwinhubKeycloakAuthenticator``: oauthenticator's GenericOAuthenticator for a Keycloak realm.
 
-Configured by :func:`twinhub.keycloak.configure_hub` from the realm's discovery document.
+Configured by :func:`twinhub.auth.realm.configure_hub` from the realm's discovery document.
 What it adds to GenericOAuthenticator:
 
 - the ID token of every login is verified (signature against the realm keys, issuer,
@@ -31,10 +31,10 @@ from oauthenticator.oauth2 import OAuthLoginHandler, OAuthLogoutHandler
 from tornado import web
 from traitlets import Bool, Dict, Int, List, Unicode
 
-from twinhub.db import identities
-from twinhub.keycloak import hub_group, role_group
+from twinhub.auth.realm import hub_group, role_group
 
-from .accounts import AccountError, normalize_username
+from . import identities
+from .local_accounts import AccountError, normalize_username
 from .token_exchange import AccessTokenLogin, access_token_auth_model
 
 
@@ -375,6 +375,6 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
 </div>"""
 
     def get_handlers(self, app) -> list[tuple[str, type]]:
-        from ..hub_handlers import platform_handlers
+        from ..hubconf.handlers import platform_handlers
 
         return [*super().get_handlers(app), *platform_handlers()]

@@ -13,7 +13,7 @@ def revoke_platform_access(name: str) -> None:
     Called by every twinhub authenticator's ``delete_user``, in the hub process.
     """
     from .. import objectstore
-    from ..runtime import Runtime
+    from ..process.runtime import Runtime
 
     try:
         rt = Runtime.load()

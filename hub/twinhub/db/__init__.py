@@ -6,14 +6,14 @@
 """
 
 from .backup import UpgradeReport, backup_and_upgrade, default_hub_db_url, upgrade_hub_db
-from .identities import IdentityConflict, OidcIdentity
-from .models import Base, LocalAccount, OsAccount, PlatformMeta
-from .os_accounts import (
-    OsAccountRecord,
-    forget_os_account,
-    get_os_account,
-    list_os_accounts,
-    record_os_account,
+from .models import (
+    Base,
+    LocalAccount,
+    OidcIdentity,
+    OsAccount,
+    PlatformMeta,
+    ProjectAllocation,
+    StorageCredential,
 )
 from .schema import (
     DatabaseError,
@@ -33,8 +33,9 @@ __all__ = [
     "LocalAccount",
     "OsAccount",
     "OidcIdentity",
-    "OsAccountRecord",
     "PlatformMeta",
+    "ProjectAllocation",
+    "StorageCredential",
     "UpgradeReport",
     "backup_and_upgrade",
     "check_schema",
@@ -42,18 +43,9 @@ __all__ = [
     "default_hub_db_url",
     "dispose_engines",
     "engine",
-    "forget_os_account",
-    "get_os_account",
     "head_revision",
-    "IdentityConflict",
-    "list_os_accounts",
-    "record_os_account",
     "redacted",
     "session",
     "upgrade",
     "upgrade_hub_db",
 ]
-
-# The object store's table is modelled beside its code; registering it here (last: its module
-# imports this package) keeps Base.metadata complete for migration checks in any import order.
-from ..objectstore import models as _storage_models  # noqa: E402,F401

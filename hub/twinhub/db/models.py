@@ -1,6 +1,7 @@
 """twinhub's own tables (SQLAlchemy 2 declarative models).
 
-Adding a table: define its model here (or in a module imported by ``twinhub.db``), then add a
+Every table of twinhub is here (as JupyterHub keeps all of its own in ``orm.py``); the code
+that reads and writes a table lives with its concern. Adding a table: define its model here, then add a
 migration under ``migrations/versions/`` whose ``down_revision`` is the current head (see
 docs/accounts.md, "Adding a table").  Models describe the *newest* schema; migrations are how
 an existing database gets there, so never edit a migration that has been released.
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Integer, MetaData, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Deterministic constraint names: SQLite can only change constraints through Alembic's batch
@@ -90,6 +92,52 @@ class PlatformMeta(Base):
     )
 
 
-# Tables whose models live in their own modules register on Base.metadata when imported:
-# import them here so migrations checks and sessions always see every table.
-from . import allocations as _allocations  # noqa: E402,F401
+class OidcIdentity(Base):
+    """One OpenID Connect identity and the platform user name it owns."""
+
+    __tablename__ = "oidc_identities"
+
+    issuer: Mapped[str] = mapped_column(String(512), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    username: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    # What the provider called the user at their latest login (renames are visible here).
+    provider_username: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    last_login_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
+    )
+
+
+class StorageCredential(Base):
+    """A platform user's object-store identity: access key, secret key, private bucket."""
+
+    __tablename__ = "storage_credentials"
+
+    platform_user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    access_key: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    # The object store needs the secret itself to check signatures (SigV4 is symmetric), so
+    # it is kept as is; this database file is 0600 and the value never goes to a log.
+    secret_key: Mapped[str] = mapped_column(String(128), nullable=False)
+    home_bucket: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+
+    def __repr__(self) -> str:  # never the secret
+        return f"<StorageCredential {self.platform_user} {self.access_key} {self.home_bucket}>"
+
+
+class ProjectAllocation(Base):
+    """An admin's allocation for one project (a hub group), winning over configuration."""
+
+    __tablename__ = "project_allocations"
+
+    project: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # The validated allocation (twinhub.services.projects.allocations.validate_allocation), all keys present.
+    allocation: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    updated_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
+    )

@@ -26,10 +26,10 @@ from typing import Any
 from traitlets import Bool, Float, Integer, default, validate
 from traitlets.config import Configurable
 
-from ..components import Component
-from ..runtime import Runtime, world_reachable
+from ..process.components import Component
+from ..process.runtime import Runtime, world_reachable
+from ..process.supervisor import http_ok
 from ..services.registration import grant_access, register_service
-from ..supervisor import http_ok
 
 SERVICE_NAME = "dask-gateway"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}"

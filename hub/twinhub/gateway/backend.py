@@ -17,7 +17,7 @@ Both backends:
 
 The multi-user backend also caps each account's processes (``TwinhubUserLimits``) in its
 schedulers and workers, the same cap as in the user's server and kernels.  Where cgroups are
-usable (:mod:`twinhub.limits`), each scheduler and worker runs in its own cgroup with the
+usable (:mod:`twinhub.spawn.limits`), each scheduler and worker runs in its own cgroup with the
 memory and cores its cluster options gave it: workers run without a nanny, so nothing else
 would stop a worker growing past its ``worker_memory``.
 """
@@ -40,8 +40,8 @@ from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
 from traitlets import Bool, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
-from .. import limits
-from ..limits import limit_processes
+from ..spawn import limits
+from ..spawn.limits import limit_processes
 
 PRELOAD_FILE = str(Path(__file__).with_name("dashboard_tls.py"))
 _PR_SET_PDEATHSIG = 1
@@ -248,7 +248,7 @@ class TwinhubLocalBackend(TwinhubBackendMixin, LocalBackend):
     """Clusters as local processes of each user's OS account (multi-user mode, gateway as root)."""
 
     def _account(self, username: str) -> pwd.struct_passwd:
-        from ..accounts import AccountError, check_account, os_account_name
+        from ..spawn.os_accounts import AccountError, check_account, os_account_name
 
         try:
             name = os_account_name(username, self.account_prefix)

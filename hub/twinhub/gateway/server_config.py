@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..limits import TwinhubUserLimits
-from ..runtime import Runtime
+from ..process.runtime import Runtime
+from ..spawn.limits import TwinhubUserLimits
 from . import SECRET_NAME, SERVICE_NAME, SERVICE_PREFIX, clusters_dir, port, settings
 
 GIB = 2**30

@@ -27,10 +27,10 @@ from tornado import web
 from traitlets import Bool, Enum, Float, Integer, Unicode, validate
 from traitlets.config import Configurable
 
-from ..accounts import AccountError, check_account
-from ..components import Component
-from ..runtime import Runtime
-from ..supervisor import free_port
+from ..process.components import Component
+from ..process.runtime import Runtime
+from ..process.supervisor import free_port
+from ..spawn.os_accounts import AccountError, check_account
 from . import seaweed
 from .credentials import (
     StorageError,
@@ -256,7 +256,7 @@ def prepare(rt: Runtime) -> None:
     try:
         _ = store.provisioner_kind  # fail at `twinhub up`, not at the first spawn
     except StorageError as e:
-        from ..platform import PlatformError  # printed as one line by the CLI
+        from ..process.platform import PlatformError  # printed as one line by the CLI
 
         raise PlatformError(str(e)) from None
     if not store.embedded:
@@ -294,7 +294,7 @@ def _ready(rt: Runtime) -> bool:
     """Ready once a signed request works and the lake bucket exists (created here once)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from ..supervisor import port_in_use
+    from ..process.supervisor import port_in_use
 
     if not port_in_use("127.0.0.1", rt.ports[seaweed.PORT_KEYS["s3"]]):
         return False
@@ -410,7 +410,7 @@ def _project_access(rt: Runtime, creds: UserStorage, timeout: float = 15.0) -> l
 
     from botocore.exceptions import ClientError
 
-    from .projects import sync_project_storage
+    from .project_buckets import sync_project_storage
 
     key = str(rt.state_dir)
     _last_grants[key] = sync_project_storage(rt, _last_grants.get(key))

@@ -29,9 +29,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ..db import session
-from ..runtime import Runtime
+from ..db.models import StorageCredential
+from ..process.runtime import Runtime
 from . import seaweed
-from .models import StorageCredential
 
 log = logging.getLogger("twinhub.objectstore")
 
@@ -170,7 +170,7 @@ def sync_identities(rt: Runtime, revoked: list[str] | tuple[str, ...] = ()) -> N
     with a fresh random key and no rights: that replaces (and kills) the old key.
     """
     from . import admin_keys, settings
-    from .projects import project_grants
+    from .project_buckets import project_grants
 
     store = settings(rt)
     try:
@@ -302,7 +302,7 @@ def ensure_bucket(rt: Runtime, bucket: str) -> None:
 
 def _grants_of(rt: Runtime, user: str) -> list[str]:
     """``user``'s project buckets; none when memberships are unreadable (never on doubt)."""
-    from .projects import project_grants
+    from .project_buckets import project_grants
 
     try:
         return project_grants(rt).get(user, [])

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from ..runtime import Runtime
+from ..process.runtime import Runtime
 from .credentials import StorageError, UserStorage
 
 log = logging.getLogger("twinhub.objectstore")
@@ -235,9 +235,9 @@ def provision(rt: Runtime, user: str, shared: list[str]) -> UserStorage:
     from sqlalchemy.exc import IntegrityError
 
     from ..db import session
+    from ..db.models import StorageCredential
     from . import settings
     from .credentials import ensure_bucket, get_user, home_bucket_name
-    from .models import StorageCredential
 
     store = settings(rt)
     bucket = home_bucket_name(store.home_bucket_prefix, user)

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 
-from ..runtime import Runtime
+from ..process.runtime import Runtime
 from . import seaweed, settings
 
 STOP_GRACE = 3.0

@@ -38,7 +38,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from ..runtime import Runtime
+from ..process.runtime import Runtime
 
 LAKE_ACTIONS = ("Read", "List")
 HOME_ACTIONS = ("Read", "List", "Write", "Tagging")

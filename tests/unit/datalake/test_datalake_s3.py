@@ -28,9 +28,10 @@ dask_array = pytest.importorskip("dask.array")
 
 import twinlab.datalake as dl  # noqa: E402
 import twinlab.grids as grids  # noqa: E402
-from twinhub import objectstore, ports  # noqa: E402
+from twinhub import objectstore  # noqa: E402
 from twinhub.objectstore import seaweed  # noqa: E402
-from twinhub.runtime import Runtime  # noqa: E402
+from twinhub.process import ports  # noqa: E402
+from twinhub.process.runtime import Runtime  # noqa: E402
 
 USER = ("alice", "DLTESTALICEKEY", "dl-test-alice-secret-0123456789", "home-alice")
 NSIDE = 16

@@ -23,8 +23,8 @@ from typing import Any
 from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
-from ...components import Component
-from ...runtime import Runtime
+from ...process.components import Component
+from ...process.runtime import Runtime
 from ..registration import (
     grant_access,
     register_service,
@@ -121,7 +121,7 @@ def settings(rt: Runtime) -> TwinhubCache:
     try:
         return TwinhubCache(config=rt.config)
     except (TraitError, ValueError) as e:
-        from ...platform import PlatformError
+        from ...process.platform import PlatformError
 
         raise PlatformError(f"bad cache configuration: {e}") from None
 
@@ -152,7 +152,7 @@ def active(rt: Runtime) -> bool:
 
 
 def allocate_ports(rt: Runtime) -> None:
-    from ...ports import PLATFORM_PORTS, pick_port
+    from ...process.ports import PLATFORM_PORTS, pick_port
 
     if settings(rt).enabled:
         rt.ports[SERVICE_NAME] = pick_port(PLATFORM_PORTS)
@@ -182,7 +182,7 @@ def prepare(rt: Runtime) -> None:
     """Before start: the service's config file (0600: it holds the sources' headers)."""
     if not active(rt):
         return
-    from ...supervisor import StartError
+    from ...process.supervisor import StartError
 
     try:
         doc = service_config(rt)
@@ -193,7 +193,7 @@ def prepare(rt: Runtime) -> None:
 
 
 def components(rt: Runtime) -> list[Component]:
-    from ...supervisor import http_ok
+    from ...process.supervisor import http_ok
 
     if not active(rt):
         return []

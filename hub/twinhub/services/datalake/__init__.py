@@ -20,8 +20,8 @@ from typing import Any
 from traitlets import Bool, Dict, Integer, List, Unicode, validate
 from traitlets.config import Configurable
 
-from ...components import Component
-from ...runtime import Runtime
+from ...process.components import Component
+from ...process.runtime import Runtime
 from ..registration import (
     grant_access,
     register_service,
@@ -130,7 +130,7 @@ def active(rt: Runtime) -> bool:
 
 
 def allocate_ports(rt: Runtime) -> None:
-    from ...ports import PLATFORM_PORTS, pick_port
+    from ...process.ports import PLATFORM_PORTS, pick_port
 
     if settings(rt).enabled:
         rt.ports[SERVICE_NAME] = pick_port(PLATFORM_PORTS)
@@ -173,7 +173,7 @@ def _cache_url(rt: Runtime) -> str:
 def components(rt: Runtime) -> list[Component]:
     if not active(rt):
         return []
-    from ...supervisor import StartError, http_ok
+    from ...process.supervisor import StartError, http_ok
     from .database import initialize, local_cluster, migrate_external, server_argv
 
     lake = settings(rt)

@@ -1,6 +1,6 @@
 """The STAC database: pgstac on PostgreSQL + PostGIS.
 
-Embedded: a private cluster (:class:`twinhub.postgres.LocalPostgres`, unix socket only, in a
+Embedded: a private cluster (:class:`twinhub.process.postgres.LocalPostgres`, unix socket only, in a
 0700 directory of the server account; SCRAM for the platform role) that the supervisor runs
 in the foreground as the component ``stac-db``.  pgstac's schema is installed by
 ``pypgstac migrate`` as the cluster's superuser (PostGIS and pgstac's roles need one); the
@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from ...postgres import LocalPostgres, PostgresError
-from ...runtime import Runtime
+from ...process.postgres import LocalPostgres, PostgresError
+from ...process.runtime import Runtime
 
 DBNAME = "stac"
 EXTENSIONS = ("postgis", "btree_gist", "unaccent")

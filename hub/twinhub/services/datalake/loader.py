@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ...runtime import Runtime
+from ...process.runtime import Runtime
 
 SEED_COLLECTION = "climate-dt"
 SEED_KEY = "twinhub:seed"

@@ -1,7 +1,7 @@
 """Projects and allocations: configuration, the ``projects`` service, hub enforcement.
 
 - :class:`TwinhubProjects` (``c.TwinhubProjects.*``): the projects (hub group -> allocation,
-  see :mod:`twinhub.allocations`) as configured, the default allocation, on/off;
+  see :mod:`twinhub.services.projects.allocations`) as configured, the default allocation, on/off;
 - :class:`ProjectCatalog`: configuration merged with admins' run-time changes (table
   ``project_allocations``), read at every use by the hub process and the service alike;
 - the ``projects`` component (:mod:`.app`, uvicorn), a hub service at ``/services/projects/``
@@ -21,10 +21,10 @@ from typing import Any
 from traitlets import Bool, Dict, Float
 from traitlets.config import Configurable
 
-from ... import allocations
-from ...components import Component
-from ...runtime import Runtime
+from ...process.components import Component
+from ...process.runtime import Runtime
 from ..registration import grant_access, register_service, service_environment, uvicorn_argv
+from . import allocations
 
 SERVICE_NAME = "projects"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}/"
@@ -84,7 +84,7 @@ class ProjectCatalog:
     def from_runtime(cls, rt: Runtime) -> ProjectCatalog:
         """Validate the configuration; raises AllocationError / ProfileError naming the problem."""
         from ...config import Twinhub
-        from ...profiles import validate_profiles
+        from ...spawn.profiles import validate_profiles
 
         profiles = validate_profiles(Twinhub(config=rt.config).profiles)
         cfg = TwinhubProjects(config=rt.config)
@@ -99,7 +99,7 @@ class ProjectCatalog:
 
     def entries(self) -> dict[str, dict[str, Any]]:
         """{project: {"allocation", "source", "configured", "updated_by", "updated_at"}}."""
-        from ...db.allocations import overrides
+        from .store import overrides
 
         out: dict[str, dict[str, Any]] = {
             name: {
@@ -152,7 +152,7 @@ def active(rt: Runtime) -> bool:
 
 
 def allocate_ports(rt: Runtime) -> None:
-    from ...ports import PLATFORM_PORTS, pick_port
+    from ...process.ports import PLATFORM_PORTS, pick_port
 
     if is_enabled(rt):
         rt.ports[SERVICE_NAME] = pick_port(PLATFORM_PORTS)
@@ -162,8 +162,8 @@ def prepare(rt: Runtime) -> None:
     """Before start: refuse a bad project configuration with a message naming it."""
     if not is_enabled(rt):
         return
-    from ...profiles import ProfileError
-    from ...supervisor import StartError
+    from ...process.supervisor import StartError
+    from ...spawn.profiles import ProfileError
 
     try:
         ProjectCatalog.from_runtime(rt)
@@ -172,7 +172,7 @@ def prepare(rt: Runtime) -> None:
 
 
 def components(rt: Runtime) -> list[Component]:
-    from ...supervisor import http_ok
+    from ...process.supervisor import http_ok
 
     if not active(rt):
         return []

@@ -38,12 +38,12 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from ... import __version__, allocations
-from ...db import allocations as stored
-from ...runtime import Runtime
+from ... import __version__
+from ...process.runtime import Runtime
 from ..asgi import RequestLimitsMiddleware
 from ..hubauth import HubAuthMiddleware, admin_refusal, has_scope
-from . import SERVICE_PREFIX, ProjectCatalog
+from . import SERVICE_PREFIX, ProjectCatalog, allocations
+from . import store as stored
 
 PUBLIC_PATHS = ("health",)
 #: Bodies are one allocation (a few hundred bytes).
@@ -66,7 +66,7 @@ log = logging.getLogger("twinhub.projects")
 async def _sync_storage_forever(rt: Runtime) -> None:
     """Keep project buckets and their members' access in step with hub groups."""
     from ...objectstore import syncs_project_storage
-    from ...objectstore.projects import sync_project_storage
+    from ...objectstore.project_buckets import sync_project_storage
     from . import TwinhubProjects
 
     if not syncs_project_storage(rt):

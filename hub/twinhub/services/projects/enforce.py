@@ -1,4 +1,4 @@
-"""Allocations enforced in the hub process, through :class:`twinhub.spawner.TwinhubSpawner`'s
+"""Allocations enforced in the hub process, through :class:`twinhub.spawn.base.TwinhubSpawner`'s
 hooks.  Every check reads the allocation at that moment (groups from the hub's database,
 run-time allocations from twinhub's): the service that changes them is another process.
 
@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ... import allocations
-from . import ProjectCatalog
+from . import ProjectCatalog, allocations
 
 
 def _groups(user: Any) -> list[str]:

@@ -45,7 +45,7 @@ def normalize_username(name: str, prefix: str = "twin-") -> str:
     Names are validated once, here, for every way an account is made, so the multi-user
     spawner never meets a name it cannot map.
     """
-    from twinhub.accounts import check_platform_name
+    from twinhub.spawn.os_accounts import check_platform_name
 
     name = (name or "").strip().lower()
     if not name:

@@ -1,9 +1,9 @@
 """What the single-user server spawners of the embedded platform share.
 
-The two modes' spawners (:mod:`twinhub.os_spawners`: one OS user for everyone, or one OS
+The two modes' spawners (:mod:`twinhub.spawn.local`: one OS user for everyone, or one OS
 account per platform user) derive from :class:`TwinhubSpawner`.  Both run ``<prefix>/bin/jupyterhub-singleuser`` from the platform's environment, apply the
-chosen profile (:mod:`twinhub.profiles`: env, memory/CPU limits through
-:mod:`twinhub.limits`), write the server's output to ``<state>/logs/servers/<name>.log``, and
+chosen profile (:mod:`twinhub.spawn.profiles`: env, memory/CPU limits through
+:mod:`twinhub.spawn.limits`), write the server's output to ``<state>/logs/servers/<name>.log``, and
 ``start()`` returns only once the server listens, so a server that dies at start-up fails
 the spawn with its own last log lines instead of JupyterHub's opaque 500 (JupyterHub 6.1
 calls ``Future.exception()`` on a still-running spawn future when the process died after
@@ -29,9 +29,10 @@ from traitlets import Any as AnyTrait
 from traitlets import Bool, Dict, Enum, Integer, List, Unicode, default
 from traitlets.config import Configurable
 
-from twinhub import accounts, limits, profiles, startqueue
-from twinhub.accounts import purge_accounts
-from twinhub.ports import SERVER_PORTS, NoFreePort, pick_port, release_port
+from twinhub.process.ports import SERVER_PORTS, NoFreePort, pick_port, release_port
+from twinhub.spawn import limits, profiles, startqueue
+from twinhub.spawn import os_accounts as accounts
+from twinhub.spawn.os_accounts import purge_accounts
 
 __all__ = [
     "TwinhubSpawner",

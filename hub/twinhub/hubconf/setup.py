@@ -6,8 +6,8 @@ from typing import Any
 
 from traitlets.config import Config
 
-from .config import config_classes
-from .runtime import Runtime
+from ..config import config_classes
+from ..process.runtime import Runtime
 
 
 def own_sections() -> set[str]:
@@ -17,8 +17,10 @@ def own_sections() -> set[str]:
 def configure(c: Any, rt: Runtime | None = None) -> Runtime:
     """Apply the whole platform configuration to the JupyterHub config object ``c``."""
     rt = rt or Runtime.load()
-    from . import auth, core, gateway, objectstore, os_spawners
-    from .services import cache, datalake, projects
+    from .. import auth, gateway, objectstore
+    from ..services import cache, datalake, projects
+    from ..spawn import local as os_spawners
+    from . import core
 
     core.configure_hub(c, rt)
     auth.configure_hub(c, rt)

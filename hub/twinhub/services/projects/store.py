@@ -8,28 +8,13 @@ the table, not process memory, is the shared truth.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, String, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import select
 
-from .models import Base, utcnow
-from .schema import session
-
-
-class ProjectAllocation(Base):
-    """An admin's allocation for one project (a hub group), winning over configuration."""
-
-    __tablename__ = "project_allocations"
-
-    project: Mapped[str] = mapped_column(String(255), primary_key=True)
-    # The validated allocation (twinhub.allocations.validate_allocation), all keys present.
-    allocation: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
-    updated_by: Mapped[str] = mapped_column(String(255), nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
-    )
+from ...db.models import ProjectAllocation, utcnow
+from ...db.schema import session
 
 
 def overrides(db_url: str) -> dict[str, dict[str, Any]]:

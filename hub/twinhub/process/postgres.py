@@ -145,14 +145,16 @@ class LocalPostgres:
             **self.settings,
         }
         conf = "".join(f"{k} = {v}\n" for k, v in lines.items())
-        (self.data_dir / "twinhub.conf").write_text("# written by twinhub.postgres\n" + conf)
+        (self.data_dir / "twinhub.conf").write_text(
+            "# written by twinhub.process.postgres\n" + conf
+        )
         main = self.data_dir / "postgresql.conf"
         text = main.read_text()
         if "include 'twinhub.conf'" not in text:
             main.write_text(text + "\ninclude 'twinhub.conf'\n")
         # Replaces initdb's file entirely: no 'trust' line survives.
         hba = (
-            "# written by twinhub.postgres: never 'trust'\n"
+            "# written by twinhub.process.postgres: never 'trust'\n"
             f"local all {self.os_user} peer\n"
             "local all all scram-sha-256\n"
         )

@@ -7,6 +7,6 @@ operator can tune anything JupyterHub offers.
 """
 
 # ruff: noqa: F821  (``c`` is injected by JupyterHub's config loader)
-from twinhub.hub_setup import configure
+from twinhub.hubconf.setup import configure
 
 configure(c)

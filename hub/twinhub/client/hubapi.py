@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .core import CLI_SERVICE
-from .runtime import Runtime
+from ..hubconf.core import CLI_SERVICE
+from ..process.runtime import Runtime
 
 
 class HubAPIError(RuntimeError):

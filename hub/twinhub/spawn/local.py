@@ -4,10 +4,10 @@
   user who started the platform.  As root that would make every platform user root, so
   only one platform user (the first to start a server) may have a server then.
 - :class:`MultiUserSpawner` (``"multi-user"``, the default as root): one OS account per
-  platform user (``twin-<name>``), created on first spawn; see :mod:`twinhub.accounts`.
+  platform user (``twin-<name>``), created on first spawn; see :mod:`twinhub.spawn.os_accounts`.
 
 What both share (profiles, limits, the start queue, start-up failures) is
-:class:`twinhub.spawner.TwinhubSpawner`.
+:class:`twinhub.spawn.base.TwinhubSpawner`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from typing import Any
 from jupyterhub.spawner import set_user_setuid
 from traitlets import Integer, Unicode
 
-from twinhub import accounts, limits, profiles, startqueue
-from twinhub.runtime import Runtime
-from twinhub.spawner import TwinhubSpawner, TwinhubSpawnerConfig, _error
+from twinhub.process.runtime import Runtime
+from twinhub.spawn import limits, profiles, startqueue
+from twinhub.spawn import os_accounts as accounts
+from twinhub.spawn.base import TwinhubSpawner, TwinhubSpawnerConfig, _error
 
 __all__ = ["MultiUserSpawner", "PersonalSpawner", "configure_hub", "private_runtime_dir"]
 
@@ -91,7 +92,7 @@ class MultiUserSpawner(TwinhubSpawner):
     (``KernelManager.transport = "ipc"``) in a 0700 runtime directory of the account, so no
     other account can reach them (over TCP loopback anyone could subscribe to a kernel's
     IOPub); the server's own TCP port answers only with the hub's OAuth/token checks; and
-    each account's processes are capped (:class:`twinhub.limits.TwinhubUserLimits`).
+    each account's processes are capped (:class:`twinhub.spawn.limits.TwinhubUserLimits`).
     """
 
     user_prefix = Unicode(

@@ -1,7 +1,7 @@
 """Projects and their allocations: the pure logic (no hub, no HTTP, no database).
 
 A *project* is a JupyterHub group (Keycloak group paths like ``/projects/climate-adaptation``
-arrive as ``projects:climate-adaptation``, see :func:`twinhub.keycloak.hub_group`) with an
+arrive as ``projects:climate-adaptation``, see :func:`twinhub.auth.realm.hub_group`) with an
 *allocation*::
 
     {"profiles": ["small-cpu", "gpu"],   # slugs its members may start; [] = every non-GPU one
@@ -45,7 +45,7 @@ class AllocationError(ValueError):
 # -- names, profiles -------------------------------------------------------------------------
 def project_name(name: Any) -> str:
     """The hub group name of a project: Keycloak paths are turned into hub group names."""
-    from twinhub.keycloak import hub_group
+    from twinhub.auth.realm import hub_group
 
     if not isinstance(name, str) or not name.strip():
         raise AllocationError(f"project name must be a non-empty string, not {name!r}")
@@ -251,7 +251,7 @@ def kubespawner_profile_list(
     profile_list: list[dict], resolve: Resolver
 ) -> Callable[[Any], Awaitable[list[dict]]]:
     """A callable for ``c.KubeSpawner.profile_list``: the same entries
-    (:func:`twinhub.profiles.kubespawner_profile_list`) filtered by the spawning user's
+    (:func:`twinhub.spawn.profiles.kubespawner_profile_list`) filtered by the spawning user's
     effective allocation (``resolve(user)``), so KubeSpawner offers and accepts only those."""
 
     async def profile_list_for(spawner: Any) -> list[dict]:

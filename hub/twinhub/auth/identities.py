@@ -9,32 +9,12 @@ whatever their username is then, and nobody else can get it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
-from sqlalchemy import DateTime, String, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
 
-from .models import Base, LocalAccount, OsAccount, utcnow
-from .schema import session
-
-
-class OidcIdentity(Base):
-    """One OpenID Connect identity and the platform user name it owns."""
-
-    __tablename__ = "oidc_identities"
-
-    issuer: Mapped[str] = mapped_column(String(512), primary_key=True)
-    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
-    username: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
-    # What the provider called the user at their latest login (renames are visible here).
-    provider_username: Mapped[str] = mapped_column(String(255), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, default=utcnow
-    )
-    last_login_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
-    )
+from ..db.models import LocalAccount, OidcIdentity, OsAccount, utcnow
+from ..db.schema import session
 
 
 class IdentityConflict(ValueError):

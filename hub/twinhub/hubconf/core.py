@@ -12,11 +12,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .components import Component
-from .runtime import Runtime
-from .supervisor import http_ready
+from ..process.components import Component
+from ..process.runtime import Runtime
+from ..process.supervisor import http_ready
 
-HUB_CONFIG_FILE = Path(__file__).with_name("hub_config.py")
+HUB_CONFIG_FILE = Path(__file__).with_name("config_file.py")
 PROXY_PRELOAD = Path(__file__).with_name("proxy_preload.cjs")
 CLI_SERVICE = "twinhub-cli"
 
@@ -107,7 +107,7 @@ def components(rt: Runtime) -> list[Component]:
 
 def resync_proxy_routes(rt: Runtime) -> None:
     """Ask the hub to add every route the proxy lacks (``POST /hub/api/proxy``)."""
-    from .hubapi import hub_request  # hubapi imports this module (CLI_SERVICE)
+    from ..client.hubapi import hub_request  # hubapi imports this module (CLI_SERVICE)
 
     hub_request(rt, "POST", "/proxy", timeout=30)
 

@@ -1,6 +1,6 @@
 """One supervisor for every process of the embedded platform.
 
-Starts :class:`~twinhub.components.Component` s in order, each in its own process session
+Starts :class:`~twinhub.process.components.Component` s in order, each in its own process session
 with its own log file and pid file, waits for readiness while printing progress, and stops
 them in reverse order.  Everything it starts carries ``TWINHUB_INSTANCE=<id>`` in its
 environment so that, after a stop, leftovers (user servers, Dask schedulers and workers
@@ -35,7 +35,7 @@ class StartError(RuntimeError):
 
 
 def free_port(ip: str = "127.0.0.1") -> int:
-    """A port for a platform component (see :mod:`twinhub.ports` for why not port 0)."""
+    """A port for a platform component (see :mod:`twinhub.process.ports` for why not port 0)."""
     return pick_port(PLATFORM_PORTS, ip)
 
 
@@ -141,7 +141,7 @@ class RestartPolicy:
 
     @classmethod
     def from_config(cls, config) -> RestartPolicy:
-        from .config import TwinhubSupervisor
+        from ..config import TwinhubSupervisor
 
         s = TwinhubSupervisor(config=config)
         return cls(s.restarts, s.backoff, s.backoff_max, s.crash_loop_restarts, s.crash_loop_window)

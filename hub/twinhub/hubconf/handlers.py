@@ -30,7 +30,7 @@ class PendingAwareServerAPIHandler(UserServerAPIHandler):
     and the progress URL when the same options were asked for, 409 naming both profiles
     when different ones were.  A first request still pending when JupyterHub answers (after
     its ``slow_spawn_timeout``) gets the same 202 body; both say how many spawns are queued
-    ahead in :mod:`twinhub.startqueue` (``queued_ahead``, null when not queued).
+    ahead in :mod:`twinhub.spawn.startqueue` (``queued_ahead``, null when not queued).
     """
 
     @needs_scope("start:servers")
@@ -112,7 +112,7 @@ class TwinhubHubRequests(Configurable):
 @functools.cache
 def request_limits() -> TwinhubHubRequests:
     """The limits from twinhub_config.py (defaults for a hub started without a state dir)."""
-    from .runtime import Runtime
+    from ..process.runtime import Runtime
 
     try:
         return TwinhubHubRequests(config=Runtime.load().config)
@@ -123,7 +123,7 @@ def request_limits() -> TwinhubHubRequests:
 def check_new_user_name(handler: web.RequestHandler, name: str) -> None:
     """400 naming the rule for a name that cannot become a platform user (an OS account
     ``<prefix><name>`` in multi-user mode, a bucket...): checked before anything is made."""
-    from .accounts import check_platform_name
+    from ..spawn.os_accounts import check_platform_name
 
     prefix = getattr(handler.authenticator, "user_prefix", "twin-")
     try:
@@ -192,7 +192,7 @@ class BoundedTokenAPIHandler(UserTokenListAPIHandler):
 
 
 def platform_handlers() -> list[tuple[str, type]]:
-    from .auth.token_exchange import login_handlers
+    from ..auth.token_exchange import login_handlers
 
     return [
         (r"/api/users", CheckedUserListAPIHandler),

@@ -16,10 +16,10 @@ from urllib.parse import quote
 
 from traitlets.config import Config, PyFileConfigLoader
 
-from . import __version__
-from .accounts import RUNTIME_ROOT, remove_runtime_dirs
-from .config import Twinhub, TwinhubSupervisor, config_classes
-from .hubapi import HubAPIError, hub_request
+from .. import __version__
+from ..client.hubapi import HubAPIError, hub_request
+from ..config import Twinhub, TwinhubSupervisor, config_classes
+from ..spawn.os_accounts import RUNTIME_ROOT, remove_runtime_dirs
 from .runtime import Runtime, world_reachable
 from .supervisor import (
     COMPONENTS_FILE,
@@ -97,7 +97,7 @@ def _resolve_lazy(cfg: Config) -> None:
     every process reads."""
     from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
-    from .config import config_classes
+    from ..config import config_classes
 
     classes = {cls.__name__: cls for cls in config_classes()}
     for section, values in cfg.items():
@@ -177,7 +177,7 @@ def up(
         )
     for name in ("proxy_api", "hub", "dask-gateway"):
         rt.ports[name] = free_port()
-    from .services import cache, datalake, projects
+    from ..services import cache, datalake, projects
 
     datalake.allocate_ports(rt)
     projects.allocate_ports(rt)
@@ -189,7 +189,7 @@ def up(
         stale = kill_orphans(rt)
         if stale:
             say(f"stopped {len(stale)} leftover process(es) of an earlier run: " + "; ".join(stale))
-    from .keycloak import prepare as prepare_keycloak
+    from ..auth.realm import prepare as prepare_keycloak
 
     # Before rt.save(): the Keycloak client secret moves from the config into a 0600 file.
     prepare_keycloak(rt)
@@ -197,7 +197,8 @@ def up(
     pid_file = rt.path(SUPERVISOR_PID)
     pid_file.write_text(str(os.getpid()))
 
-    from . import auth, core, db, gateway, objectstore
+    from .. import auth, db, gateway, objectstore
+    from ..hubconf import core
 
     sup = Supervisor(rt, say=say)
     stop_requested: list[int] = []
@@ -553,13 +554,13 @@ def status(state_dir: Path, say: Callable[[str], None] = print) -> int:
         line, healthy = _component_line(name, r)
         ok &= healthy
         say(line)
-    from .services.datalake import seed_state
+    from ..services.datalake import seed_state
 
     seed = seed_state(rt)
     if seed:
         detail = seed.get("error") or (f"{seed['items']} items" if "items" in seed else "")
         say(f"  sample data    {seed.get('status')} ({seed.get('size')}) {detail}".rstrip())
-    from .services.cache import status_line as cache_status
+    from ..services.cache import status_line as cache_status
 
     line = cache_status(rt)
     if line:

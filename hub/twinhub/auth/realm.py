@@ -182,7 +182,7 @@ def prepare(rt) -> None:
     the realm answers, so a mistake is one clear line before anything starts."""
     if not enabled(rt.config):
         return
-    from .platform import PlatformError
+    from ..process.platform import PlatformError
 
     section = rt.config.TwinhubKeycloak
     secret = section.pop("client_secret", "") or os.environ.get(SECRET_ENV, "")
@@ -217,8 +217,8 @@ def read_client_secret(rt) -> str:
 
 def configure_hub(c: Any, rt) -> None:
     """Hub side: GenericOAuthenticator (our subclass) configured from the realm URL alone."""
-    from .auth.keycloak import TwinhubKeycloakAuthenticator
-    from .config import Twinhub
+    from ..config import Twinhub
+    from .keycloak import TwinhubKeycloakAuthenticator
 
     kc = TwinhubKeycloak(config=rt.config)
     meta = discover(kc.url, kc.discovery_timeout, kc.validate_cert)

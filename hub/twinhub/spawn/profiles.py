@@ -20,7 +20,7 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-from twinhub.limits import Limits
+from twinhub.spawn.limits import Limits
 
 PROFILE_KEYS = frozenset(
     {

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from typing import Any
 
-from ..runtime import Runtime
+from ..process.runtime import Runtime
 from .credentials import home_bucket_name
 
 PROJECT_BUCKET_PREFIX = "project-"
@@ -44,7 +44,7 @@ def memberships(rt: Runtime, groups: list[str]) -> dict[str, list[str]]:
         return {}
     from sqlalchemy import bindparam, create_engine, text
 
-    from ..core import hub_db_url
+    from ..hubconf.core import hub_db_url
 
     url = hub_db_url(rt)
     engine = create_engine(url)
