@@ -36,7 +36,7 @@ class CLIError(Exception):
 
 
 def _config_help() -> str:
-    from .config import config_classes
+    from .parts import config_classes
 
     lines = ["configuration options (twinhub_config.py, or --Class.trait=value here):", ""]
     for cls in config_classes():
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "up":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .process.platform import PlatformError
+    from .errors import PlatformError
 
     try:
         if args.command == "up":

@@ -1,14 +1,14 @@
 """The platform's own configuration: the ``Twinhub`` configurable.
 
 Every option lives in a traitlets class with ``help=``; ``twinhub_config.py`` sets them as
-``c.Twinhub.port = 8000``.  Modules that own a concern (spawner, gateway, auth, ...) define
-their own configurable next to their code and list it in :data:`CONFIG_CLASSES` here so the
-CLI documents it and the generated config file shows it.
+``c.Twinhub.port = 8000``.  Each part of the platform (spawner, gateway, auth, ...) defines
+its own configurable next to its code and names it in its ``Part.settings``, so the CLI
+documents it and the generated config file shows it (:func:`twinhub.parts.config_classes`).
 """
 
 from __future__ import annotations
 
-from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Integer, List, Unicode, default
 from traitlets.config import Configurable
 
 DEFAULT_PROFILES: list[dict] = [
@@ -117,90 +117,3 @@ class Twinhub(Configurable):
     start_timeout = Integer(
         120, help="Seconds to wait for each component to become ready at start."
     ).tag(config=True)
-
-
-class TwinhubSupervisor(Configurable):
-    """What ``twinhub up`` does when one of its components exits on its own.
-
-    Like systemd's ``Restart=`` or a Kubernetes restart policy: the component is restarted
-    after a backoff that doubles with each recent restart; too many restarts within a window
-    is a crash loop, and the supervisor gives up on that component (reported by ``twinhub
-    status`` and in the log) while the rest of the platform, user servers included, keeps
-    running.
-    """
-
-    restart = Bool(
-        True,
-        help="Restart a component that exits unexpectedly. False: leave it down (reported by "
-        "`twinhub status`); see stop_on_failure.",
-    ).tag(config=True)
-
-    component_restart = Dict(
-        value_trait=Bool(),
-        help="Per-component override of `restart`, by component name, e.g. "
-        "{'idle-culler': False}. Names as `twinhub status` lists them.",
-    ).tag(config=True)
-
-    backoff = Float(
-        0.5, min=0.0, help="Seconds before the first restart of a component that exited."
-    ).tag(config=True)
-
-    backoff_max = Float(
-        30.0,
-        min=0.0,
-        help="Longest wait before a restart: the backoff doubles with each restart within "
-        "crash_loop_window, up to this.",
-    ).tag(config=True)
-
-    crash_loop_restarts = Integer(
-        5,
-        min=1,
-        help="Restarts of one component within crash_loop_window after which the supervisor "
-        "gives up on it (a crash loop): it stays down, the rest keeps running.",
-    ).tag(config=True)
-
-    crash_loop_window = Float(
-        120.0,
-        min=1.0,
-        help="Seconds over which restarts are counted for the backoff and the crash-loop limit.",
-    ).tag(config=True)
-
-    stop_on_failure = Bool(
-        False,
-        help="Stop the whole platform (user servers included) when a component is given up "
-        "on (crash loop, or exited with restart off) instead of keeping the rest running.",
-    ).tag(config=True)
-
-    def restarts(self, name: str) -> bool:
-        """Whether component ``name`` is restarted when it exits."""
-        return bool(self.component_restart.get(name, self.restart))
-
-
-def config_classes() -> list[type[Configurable]]:
-    """Every configurable the platform reads, for --help and the generated config file."""
-    # Imported here: those modules import this one.
-    from .auth import TwinhubLocalAuth
-    from .auth.realm import TwinhubKeycloak
-    from .gateway import TwinhubGateway
-    from .hubconf.handlers import TwinhubHubRequests
-    from .objectstore import TwinhubObjectStore
-    from .services.cache import TwinhubCache
-    from .services.datalake import TwinhubDataLake
-    from .services.projects import TwinhubProjects
-    from .spawn.base import TwinhubSpawnerConfig
-    from .spawn.limits import TwinhubUserLimits
-
-    return [
-        Twinhub,
-        TwinhubSupervisor,
-        TwinhubSpawnerConfig,
-        TwinhubUserLimits,
-        TwinhubGateway,
-        TwinhubLocalAuth,
-        TwinhubHubRequests,
-        TwinhubKeycloak,
-        TwinhubObjectStore,
-        TwinhubDataLake,
-        TwinhubCache,
-        TwinhubProjects,
-    ]

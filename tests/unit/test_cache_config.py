@@ -9,7 +9,7 @@ import stat
 import pytest
 from traitlets.config import Config
 
-from twinhub.process.platform import PlatformError
+from twinhub.errors import PlatformError
 from twinhub.process.runtime import Runtime
 from twinhub.services import cache
 

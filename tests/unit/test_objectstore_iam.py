@@ -14,9 +14,9 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from twinhub import db, objectstore
+from twinhub.errors import PlatformError
 from twinhub.objectstore import iam
 from twinhub.objectstore.credentials import StorageError, UserStorage
-from twinhub.process.platform import PlatformError
 from twinhub.process.runtime import Runtime
 
 EXTERNAL = "http://127.0.0.1:1"  # never contacted by these tests

@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..config import Twinhub
+from ..plugin import Part, Say
+from . import realm
 from .authenticator import TwinhubLocalAuth
 from .local_accounts import (
     AccountError,
@@ -49,11 +52,8 @@ def configure_hub(c: Any, rt) -> None:
     """Use TwinhubLocalAuth on ``rt.db_url``, make ``Twinhub.admin_user`` an admin and add
     the signup / approval / password pages and their templates; or, when
     ``TwinhubKeycloak.url`` is set, log in through Keycloak (twinhub.auth.realm)."""
-    from twinhub.auth import realm as keycloak
-    from twinhub.config import Twinhub
-
-    if keycloak.enabled(rt.config):
-        keycloak.configure_hub(c, rt)
+    if realm.enabled(rt.config):
+        realm.configure_hub(c, rt)
         return
 
     tw = Twinhub(config=rt.config)
@@ -77,8 +77,32 @@ def configure_hub(c: Any, rt) -> None:
 def ensure_first_admin(rt) -> str | None:
     """The first local admin's generated password, once; never in Keycloak mode, where
     accounts (and who is admin, TwinhubKeycloak.admin_groups) are managed in Keycloak."""
-    from twinhub.auth import realm as keycloak
-
-    if keycloak.enabled(rt.config):
+    if realm.enabled(rt.config):
         return None
     return _ensure_local_admin(rt)
+
+
+class AuthPart(Part):
+    """Login: local accounts, or a Keycloak realm (``TwinhubKeycloak.url``)."""
+
+    name = "auth"
+    settings = (TwinhubLocalAuth, realm.TwinhubKeycloak)
+
+    def __init__(self) -> None:
+        self.first_password: str | None = None
+
+    def plan(self, rt) -> None:
+        # Before runtime.json is written: the client secret leaves the configuration.
+        realm.prepare(rt)
+
+    def prepare(self, rt, say: Say) -> None:
+        self.first_password = ensure_first_admin(rt)
+
+    def after_up(self, rt, say: Say) -> None:
+        if self.first_password:
+            admin = Twinhub(config=rt.config).admin_user
+            say(f"  first admin account: {admin}  password: {self.first_password}")
+            say("  (shown once; change it after logging in)")
+
+    def configure_hub(self, c: Any, rt) -> None:
+        configure_hub(c, rt)

@@ -182,7 +182,7 @@ def prepare(rt) -> None:
     the realm answers, so a mistake is one clear line before anything starts."""
     if not enabled(rt.config):
         return
-    from ..process.platform import PlatformError
+    from ..errors import PlatformError
 
     section = rt.config.TwinhubKeycloak
     secret = section.pop("client_secret", "") or os.environ.get(SECRET_ENV, "")

@@ -7,8 +7,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from ..hubconf.core import CLI_SERVICE
 from ..process.runtime import Runtime
+
+#: The hub service whose token the CLI and the supervisor use (its role: hubconf.core).
+CLI_SERVICE = "twinhub-cli"
 
 
 class HubAPIError(RuntimeError):
@@ -41,3 +43,8 @@ def hub_request(rt: Runtime, method: str, path: str, body: Any = None, timeout: 
     except OSError as e:
         raise HubAPIError(0, f"the hub does not answer at {rt.hub_api_url} ({e})") from e
     return json.loads(raw) if raw else None
+
+
+def resync_proxy_routes(rt: Runtime) -> None:
+    """Ask the hub to add every route the proxy lacks (``POST /hub/api/proxy``)."""
+    hub_request(rt, "POST", "/proxy", timeout=30)

@@ -26,9 +26,10 @@ from typing import Any
 from traitlets import Bool, Float, Integer, default, validate
 from traitlets.config import Configurable
 
+from ..plugin import Part, Say
 from ..process.components import Component
 from ..process.runtime import Runtime, world_reachable
-from ..process.supervisor import http_ok
+from ..process.supervisor import free_port, http_ok
 from ..services.registration import grant_access, register_service
 
 SERVICE_NAME = "dask-gateway"
@@ -230,3 +231,23 @@ __all__ = [
     "prepare",
     "settings",
 ]
+
+
+class GatewayPart(Part):
+    """Dask Gateway at /services/dask-gateway/."""
+
+    name = "dask-gateway"
+    settings = (TwinhubGateway,)
+    start_rank = 60
+
+    def plan(self, rt: Runtime) -> None:
+        rt.ports[SERVICE_NAME] = free_port()
+
+    def prepare(self, rt: Runtime, say: Say) -> None:
+        prepare(rt)
+
+    def components(self, rt: Runtime) -> list[Component]:
+        return components(rt)
+
+    def configure_hub(self, c: Any, rt: Runtime) -> None:
+        configure_hub(c, rt)

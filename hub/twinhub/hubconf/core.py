@@ -12,13 +12,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .. import db
+from ..client.hubapi import CLI_SERVICE, resync_proxy_routes
+from ..config import Twinhub
+from ..plugin import Part, Say
 from ..process.components import Component
 from ..process.runtime import Runtime
-from ..process.supervisor import http_ready
+from ..process.supervisor import TwinhubSupervisor, free_port, http_ready
+from .handlers import TwinhubHubRequests
 
 HUB_CONFIG_FILE = Path(__file__).with_name("config_file.py")
 PROXY_PRELOAD = Path(__file__).with_name("proxy_preload.cjs")
-CLI_SERVICE = "twinhub-cli"
 
 
 def find_proxy() -> str:
@@ -105,13 +109,6 @@ def components(rt: Runtime) -> list[Component]:
     return [proxy, hub, culler]
 
 
-def resync_proxy_routes(rt: Runtime) -> None:
-    """Ask the hub to add every route the proxy lacks (``POST /hub/api/proxy``)."""
-    from ..client.hubapi import hub_request  # hubapi imports this module (CLI_SERVICE)
-
-    hub_request(rt, "POST", "/proxy", timeout=30)
-
-
 def _proxy_authorized(port: int, token: str) -> bool:
     import urllib.request
 
@@ -175,3 +172,25 @@ def configure_hub(c: Any, rt: Runtime) -> None:
     )
     # Every process started for this instance is findable for orphan cleanup.
     c.Spawner.environment.update({"TWINHUB_INSTANCE": rt.instance_id})
+
+
+class CorePart(Part):
+    """The proxy, the hub and the idle culler; the databases' backup and upgrade."""
+
+    name = "core"
+    settings = (Twinhub, TwinhubSupervisor, TwinhubHubRequests)
+
+    def plan(self, rt: Runtime) -> None:
+        for name in ("proxy_api", "hub"):
+            rt.ports[name] = free_port()
+
+    def prepare(self, rt: Runtime, say: Say) -> None:
+        say("  databases      checking...")
+        for line in db.backup_and_upgrade(rt, hub_db_url=hub_db_url(rt)):
+            say(f"  databases      {line}")
+
+    def components(self, rt: Runtime) -> list[Component]:
+        return components(rt)
+
+    def configure_hub(self, c: Any, rt: Runtime) -> None:
+        configure_hub(c, rt)

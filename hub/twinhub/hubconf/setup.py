@@ -1,4 +1,4 @@
-"""Assemble the JupyterHub configuration from every twinhub module (see hub_config.py)."""
+"""Assemble the JupyterHub configuration from every part of the platform (see config_file.py)."""
 
 from __future__ import annotations
 
@@ -6,31 +6,19 @@ from typing import Any
 
 from traitlets.config import Config
 
-from ..config import config_classes
+from .. import parts
 from ..process.runtime import Runtime
 
 
 def own_sections() -> set[str]:
-    return {cls.__name__ for cls in config_classes()}
+    return {cls.__name__ for cls in parts.config_classes()}
 
 
 def configure(c: Any, rt: Runtime | None = None) -> Runtime:
     """Apply the whole platform configuration to the JupyterHub config object ``c``."""
     rt = rt or Runtime.load()
-    from .. import auth, gateway, objectstore
-    from ..services import cache, datalake, projects
-    from ..spawn import local as os_spawners
-    from . import core
-
-    core.configure_hub(c, rt)
-    auth.configure_hub(c, rt)
-    os_spawners.configure_hub(c, rt)
-    gateway.configure_hub(c, rt)
-    objectstore.configure_hub(c, rt)
-    datalake.configure_hub(c, rt)
-    projects.configure_hub(c, rt)
-    cache.configure_hub(c, rt)
-
+    for part in parts.load():
+        part.configure_hub(c, rt)
     passthrough = Config({k: v for k, v in rt.config.items() if k not in own_sections()})
     c.merge(passthrough)
     return rt

@@ -27,6 +27,7 @@ from tornado import web
 from traitlets import Bool, Enum, Float, Integer, Unicode, validate
 from traitlets.config import Configurable
 
+from ..plugin import Part, Say
 from ..process.components import Component
 from ..process.runtime import Runtime
 from ..process.supervisor import free_port
@@ -256,7 +257,7 @@ def prepare(rt: Runtime) -> None:
     try:
         _ = store.provisioner_kind  # fail at `twinhub up`, not at the first spawn
     except StorageError as e:
-        from ..process.platform import PlatformError  # printed as one line by the CLI
+        from ..errors import PlatformError
 
         raise PlatformError(str(e)) from None
     if not store.embedded:
@@ -455,3 +456,21 @@ __all__ = [
     "syncs_project_storage",
     "user_environment",
 ]
+
+
+class ObjectStorePart(Part):
+    """S3 for the lake, each user's bucket and project buckets."""
+
+    name = "object-store"
+    settings = (TwinhubObjectStore,)
+    # First: the hub hands out its keys from the first spawn on.
+    start_rank = 10
+
+    def prepare(self, rt: Runtime, say: Say) -> None:
+        prepare(rt)
+
+    def components(self, rt: Runtime) -> list[Component]:
+        return components(rt)
+
+    def configure_hub(self, c: Any, rt: Runtime) -> None:
+        configure_hub(c, rt)

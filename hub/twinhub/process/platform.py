@@ -15,17 +15,19 @@ from pathlib import Path
 from urllib.parse import quote
 
 from traitlets.config import Config, PyFileConfigLoader
+from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
-from .. import __version__
-from ..client.hubapi import HubAPIError, hub_request
-from ..config import Twinhub, TwinhubSupervisor, config_classes
+from .. import __version__, parts
+from ..client.hubapi import HubAPIError, hub_request, resync_proxy_routes
+from ..config import Twinhub
+from ..errors import PlatformError, StartError
 from ..spawn.os_accounts import RUNTIME_ROOT, remove_runtime_dirs
 from .runtime import Runtime, world_reachable
 from .supervisor import (
     COMPONENTS_FILE,
     SUPERVISOR_PID,
-    StartError,
     Supervisor,
+    TwinhubSupervisor,
     free_port,
     http_ready,
     kill_orphans,
@@ -40,21 +42,17 @@ from .supervisor import (
 CONFIG_FILE = "twinhub_config.py"
 
 
-class PlatformError(RuntimeError):
-    """A problem the user must fix; the message says what and how."""
-
-
 def generate_config_text() -> str:
-    parts = [
+    lines = [
         "# twinhub configuration (traitlets). Generated on first run; uncomment to change.",
         "# Command-line flags of `twinhub up` override what is set here.",
         "# Options of JupyterHub's own classes (c.JupyterHub.*, c.Spawner.*, c.Authenticator.*)",
         "# set here are passed to the hub as they are.",
         "",
     ]
-    for cls in config_classes():
-        parts.append(cls.class_config_section())
-    return "\n".join(parts)
+    for cls in parts.config_classes():
+        lines.append(cls.class_config_section())
+    return "\n".join(lines)
 
 
 def check_writable(state_dir: Path) -> None:
@@ -95,11 +93,7 @@ def _resolve_lazy(cfg: Config) -> None:
     ``--stac-source``) and command-line strings not yet parsed for their trait
     (``--TwinhubDataLake.enabled=False``) into plain values, so runtime.json holds what
     every process reads."""
-    from traitlets.config.loader import DeferredConfig, LazyConfigValue
-
-    from ..config import config_classes
-
-    classes = {cls.__name__: cls for cls in config_classes()}
+    classes = {cls.__name__: cls for cls in parts.config_classes()}
     for section, values in cfg.items():
         if not isinstance(values, Config):
             continue
@@ -175,13 +169,10 @@ def up(
             f"port {rt.ports['public']} on {rt.ip} is already in use; "
             "choose another with --port N (or stop what uses it)"
         )
-    for name in ("proxy_api", "hub", "dask-gateway"):
-        rt.ports[name] = free_port()
-    from ..services import cache, datalake, projects
-
-    datalake.allocate_ports(rt)
-    projects.allocate_ports(rt)
-    cache.allocate_ports(rt)
+    platform_parts = parts.load()
+    # Ports, and secrets out of the configuration, before runtime.json is written.
+    for part in platform_parts:
+        part.plan(rt)
     keep_servers = old is not None and _reuse_ports(rt, old)
     layout_state_dir(rt)
     if not keep_servers:
@@ -189,16 +180,9 @@ def up(
         stale = kill_orphans(rt)
         if stale:
             say(f"stopped {len(stale)} leftover process(es) of an earlier run: " + "; ".join(stale))
-    from ..auth.realm import prepare as prepare_keycloak
-
-    # Before rt.save(): the Keycloak client secret moves from the config into a 0600 file.
-    prepare_keycloak(rt)
     rt.save()
     pid_file = rt.path(SUPERVISOR_PID)
     pid_file.write_text(str(os.getpid()))
-
-    from .. import auth, db, gateway, objectstore
-    from ..hubconf import core
 
     sup = Supervisor(rt, say=say)
     stop_requested: list[int] = []
@@ -210,40 +194,23 @@ def up(
     try:
         say(f"twinhub {__version__}: starting in {rt.mode} mode, state in {state_dir}")
         t0 = time.monotonic()
-        say("  databases      checking...")
-        for line in db.backup_and_upgrade(rt, hub_db_url=core.hub_db_url(rt)):
-            say(f"  databases      {line}")
-        first_password = auth.ensure_first_admin(rt)
-        gateway.prepare(rt)
-        objectstore.prepare(rt)
-        datalake.prepare(rt, say)
-        projects.prepare(rt)
-        cache.prepare(rt)
-        # The object store first: the hub hands out its keys from the first spawn on.
+        for part in platform_parts:
+            part.prepare(rt, say)
         sup.start_all(
-            objectstore.components(rt)
-            + datalake.components(rt)
-            + projects.components(rt)
-            + cache.components(rt)
-            + core.components(rt)
-            + gateway.components(rt)
+            [c for part in parts.start_order(platform_parts) for c in part.components(rt)]
         )
         if not _wait_url(rt.local_url + "hub/api/", 30):
             raise StartError("the hub does not answer through the proxy at " + rt.local_url)
         # The hub answers before it has given the proxy its services' routes: until then a
         # request to /services/<name>/ reaches the hub (404). Have it add them now.
         try:
-            core.resync_proxy_routes(rt)
+            resync_proxy_routes(rt)
         except (HubAPIError, OSError) as e:
             raise StartError(f"the hub did not give the proxy its routes: {e}") from e
         say(f"twinhub is up at {rt.url} ({time.monotonic() - t0:.1f} s)")
         if keep_servers:
             sweep_orphans(rt, sup, say)
-        seeding = datalake.start_seeding(rt, say)
-        if first_password:
-            admin = Twinhub(config=rt.config).admin_user
-            say(f"  first admin account: {admin}  password: {first_password}")
-            say("  (shown once; change it after logging in)")
+        background = [t for part in platform_parts if (t := part.after_up(rt, say))]
         sys.stdout.flush()
         if not wait:
             return 0
@@ -258,8 +225,9 @@ def up(
                 return 1
             time.sleep(0.3)
         say("stopping (signal received)...")
-        if seeding is not None and seeding.is_alive():
-            say("  (sample data loading interrupted: it restarts at the next start)")
+        for t in background:
+            if t.is_alive():
+                say(f"  ({t.name} interrupted: it runs again at the next start)")
         return 0
     except StartError as e:
         say(f"error: {e}")
@@ -554,15 +522,7 @@ def status(state_dir: Path, say: Callable[[str], None] = print) -> int:
         line, healthy = _component_line(name, r)
         ok &= healthy
         say(line)
-    from ..services.datalake import seed_state
-
-    seed = seed_state(rt)
-    if seed:
-        detail = seed.get("error") or (f"{seed['items']} items" if "items" in seed else "")
-        say(f"  sample data    {seed.get('status')} ({seed.get('size')}) {detail}".rstrip())
-    from ..services.cache import status_line as cache_status
-
-    line = cache_status(rt)
-    if line:
-        say(f"  cache          {line}")
+    for part in parts.load():
+        for line in part.status_lines(rt):
+            say(f"  {line}")
     return 0 if ok else 1

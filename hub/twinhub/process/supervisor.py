@@ -22,6 +22,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from traitlets import Bool, Dict, Float, Integer
+from traitlets.config import Configurable
+
+from ..errors import StartError
 from .components import Component
 from .ports import PLATFORM_PORTS, pick_port
 from .runtime import Runtime
@@ -30,8 +34,61 @@ COMPONENTS_FILE = "run/components.json"
 SUPERVISOR_PID = "run/supervisor.pid"
 
 
-class StartError(RuntimeError):
-    """A component failed to start; the message says which and why."""
+class TwinhubSupervisor(Configurable):
+    """What ``twinhub up`` does when one of its components exits on its own.
+
+    Like systemd's ``Restart=`` or a Kubernetes restart policy: the component is restarted
+    after a backoff that doubles with each recent restart; too many restarts within a window
+    is a crash loop, and the supervisor gives up on that component (reported by ``twinhub
+    status`` and in the log) while the rest of the platform, user servers included, keeps
+    running.
+    """
+
+    restart = Bool(
+        True,
+        help="Restart a component that exits unexpectedly. False: leave it down (reported by "
+        "`twinhub status`); see stop_on_failure.",
+    ).tag(config=True)
+
+    component_restart = Dict(
+        value_trait=Bool(),
+        help="Per-component override of `restart`, by component name, e.g. "
+        "{'idle-culler': False}. Names as `twinhub status` lists them.",
+    ).tag(config=True)
+
+    backoff = Float(
+        0.5, min=0.0, help="Seconds before the first restart of a component that exited."
+    ).tag(config=True)
+
+    backoff_max = Float(
+        30.0,
+        min=0.0,
+        help="Longest wait before a restart: the backoff doubles with each restart within "
+        "crash_loop_window, up to this.",
+    ).tag(config=True)
+
+    crash_loop_restarts = Integer(
+        5,
+        min=1,
+        help="Restarts of one component within crash_loop_window after which the supervisor "
+        "gives up on it (a crash loop): it stays down, the rest keeps running.",
+    ).tag(config=True)
+
+    crash_loop_window = Float(
+        120.0,
+        min=1.0,
+        help="Seconds over which restarts are counted for the backoff and the crash-loop limit.",
+    ).tag(config=True)
+
+    stop_on_failure = Bool(
+        False,
+        help="Stop the whole platform (user servers included) when a component is given up "
+        "on (crash loop, or exited with restart off) instead of keeping the rest running.",
+    ).tag(config=True)
+
+    def restarts(self, name: str) -> bool:
+        """Whether component ``name`` is restarted when it exits."""
+        return bool(self.component_restart.get(name, self.restart))
 
 
 def free_port(ip: str = "127.0.0.1") -> int:
@@ -121,7 +178,7 @@ def kill_pids(pids: Iterable[int], grace: float = 5.0) -> None:
 
 
 class RestartPolicy:
-    """When to restart a component that exited (see :class:`twinhub.config.TwinhubSupervisor`).
+    """When to restart a component that exited (see :class:`TwinhubSupervisor`).
 
     The backoff doubles with each restart within the window; ``limit`` restarts within the
     window is a crash loop: :meth:`next_delay` answers None (give up).
@@ -141,8 +198,6 @@ class RestartPolicy:
 
     @classmethod
     def from_config(cls, config) -> RestartPolicy:
-        from ..config import TwinhubSupervisor
-
         s = TwinhubSupervisor(config=config)
         return cls(s.restarts, s.backoff, s.backoff_max, s.crash_loop_restarts, s.crash_loop_window)
 

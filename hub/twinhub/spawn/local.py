@@ -28,6 +28,7 @@ from typing import Any
 from jupyterhub.spawner import set_user_setuid
 from traitlets import Integer, Unicode
 
+from twinhub.plugin import Part
 from twinhub.process.runtime import Runtime
 from twinhub.spawn import limits, profiles, startqueue
 from twinhub.spawn import os_accounts as accounts
@@ -257,3 +258,13 @@ def configure_hub(c: Any, rt: Runtime) -> None:
     if cfg.enforce_limits != "off":
         # One hub per instance: empty groups of this instance are leftovers of a killed hub.
         limits.remove_stale(f"twinhub-{instance_id}")
+
+
+class SpawnPart(Part):
+    """The spawner of the platform's mode, its profiles and per-user limits."""
+
+    name = "spawn"
+    settings = (TwinhubSpawnerConfig, limits.TwinhubUserLimits)
+
+    def configure_hub(self, c: Any, rt: Runtime) -> None:
+        configure_hub(c, rt)

@@ -23,6 +23,7 @@ from typing import Any
 from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
+from ...plugin import Part, Say
 from ...process.components import Component
 from ...process.runtime import Runtime
 from ..registration import (
@@ -121,7 +122,7 @@ def settings(rt: Runtime) -> TwinhubCache:
     try:
         return TwinhubCache(config=rt.config)
     except (TraitError, ValueError) as e:
-        from ...process.platform import PlatformError
+        from ...errors import PlatformError
 
         raise PlatformError(f"bad cache configuration: {e}") from None
 
@@ -182,7 +183,7 @@ def prepare(rt: Runtime) -> None:
     """Before start: the service's config file (0600: it holds the sources' headers)."""
     if not active(rt):
         return
-    from ...process.supervisor import StartError
+    from ...errors import StartError
 
     try:
         doc = service_config(rt)
@@ -257,3 +258,27 @@ __all__ = [
     "settings",
     "status_line",
 ]
+
+
+class CachePart(Part):
+    """The rolling cache of remote assets at /services/cache/."""
+
+    name = SERVICE_NAME
+    settings = (TwinhubCache,)
+    start_rank = 40
+
+    def plan(self, rt: Runtime) -> None:
+        allocate_ports(rt)
+
+    def prepare(self, rt: Runtime, say: Say) -> None:
+        prepare(rt)
+
+    def components(self, rt: Runtime) -> list[Component]:
+        return components(rt)
+
+    def configure_hub(self, c: Any, rt: Runtime) -> None:
+        configure_hub(c, rt)
+
+    def status_lines(self, rt: Runtime) -> list[str]:
+        line = status_line(rt)
+        return [f"cache          {line}"] if line else []

@@ -20,6 +20,7 @@ from typing import Any
 from traitlets import Bool, Dict, Integer, List, Unicode, validate
 from traitlets.config import Configurable
 
+from ...plugin import Part, Say
 from ...process.components import Component
 from ...process.runtime import Runtime
 from ..registration import (
@@ -173,7 +174,8 @@ def _cache_url(rt: Runtime) -> str:
 def components(rt: Runtime) -> list[Component]:
     if not active(rt):
         return []
-    from ...process.supervisor import StartError, http_ok
+    from ...errors import StartError
+    from ...process.supervisor import http_ok
     from .database import initialize, local_cluster, migrate_external, server_argv
 
     lake = settings(rt)
@@ -328,7 +330,7 @@ def start_seeding(rt: Runtime, say=print) -> threading.Thread | None:
             _write_seed_state(rt, status="failed", size=size, error=str(e))
             note(f"loading the sample data failed: {e}")
 
-    t = threading.Thread(target=run, name="twinhub-seed", daemon=True)
+    t = threading.Thread(target=run, name="sample data loading", daemon=True)
     t.start()
     return t
 
@@ -349,3 +351,33 @@ __all__ = [
     "settings",
     "start_seeding",
 ]
+
+
+class StacPart(Part):
+    """The data lake's STAC API at /services/stac/, its database and sample data."""
+
+    name = SERVICE_NAME
+    settings = (TwinhubDataLake,)
+    start_rank = 20
+
+    def plan(self, rt: Runtime) -> None:
+        allocate_ports(rt)
+
+    def prepare(self, rt: Runtime, say: Say) -> None:
+        prepare(rt, say)
+
+    def components(self, rt: Runtime) -> list[Component]:
+        return components(rt)
+
+    def after_up(self, rt: Runtime, say: Say) -> threading.Thread | None:
+        return start_seeding(rt, say)
+
+    def configure_hub(self, c: Any, rt: Runtime) -> None:
+        configure_hub(c, rt)
+
+    def status_lines(self, rt: Runtime) -> list[str]:
+        seed = seed_state(rt)
+        if not seed:
+            return []
+        detail = seed.get("error") or (f"{seed['items']} items" if "items" in seed else "")
+        return [f"sample data    {seed.get('status')} ({seed.get('size')}) {detail}".rstrip()]

@@ -21,6 +21,7 @@ from typing import Any
 from traitlets import Bool, Dict, Float
 from traitlets.config import Configurable
 
+from ...plugin import Part, Say
 from ...process.components import Component
 from ...process.runtime import Runtime
 from ..registration import grant_access, register_service, service_environment, uvicorn_argv
@@ -162,7 +163,7 @@ def prepare(rt: Runtime) -> None:
     """Before start: refuse a bad project configuration with a message naming it."""
     if not is_enabled(rt):
         return
-    from ...process.supervisor import StartError
+    from ...errors import StartError
     from ...spawn.profiles import ProfileError
 
     try:
@@ -221,3 +222,23 @@ __all__ = [
     "is_enabled",
     "prepare",
 ]
+
+
+class ProjectsPart(Part):
+    """Projects and allocations: the service at /services/projects/ and the spawn checks."""
+
+    name = SERVICE_NAME
+    settings = (TwinhubProjects,)
+    start_rank = 30
+
+    def plan(self, rt: Runtime) -> None:
+        allocate_ports(rt)
+
+    def prepare(self, rt: Runtime, say: Say) -> None:
+        prepare(rt)
+
+    def components(self, rt: Runtime) -> list[Component]:
+        return components(rt)
+
+    def configure_hub(self, c: Any, rt: Runtime) -> None:
+        configure_hub(c, rt)

@@ -1,0 +1,48 @@
+"""The platform's parts, in order: the one list ``twinhub up``, ``twinhub status``, the
+generated configuration file and the hub's configuration loop over.
+
+Adding a hub service: a package under ``services/`` whose ``Part`` subclass (usually of
+:class:`twinhub.services.base.AsgiService`) says what it needs, and one line here. The
+order is the order of the hub's configuration (later parts see what earlier ones set:
+the spawner before the hooks that wrap it) and of ``prepare``; components start in
+``start_rank`` order. See docs/ARCHITECTURE.md, "Adding a service".
+"""
+
+from __future__ import annotations
+
+from traitlets.config import Configurable
+
+from .auth import AuthPart
+from .gateway import GatewayPart
+from .hubconf.core import CorePart
+from .objectstore import ObjectStorePart
+from .plugin import Part
+from .services.cache import CachePart
+from .services.datalake import StacPart
+from .services.projects import ProjectsPart
+from .spawn.local import SpawnPart
+
+PARTS: tuple[type[Part], ...] = (
+    CorePart,
+    AuthPart,
+    SpawnPart,
+    GatewayPart,
+    ObjectStorePart,
+    StacPart,
+    ProjectsPart,
+    CachePart,
+)
+
+
+def load() -> list[Part]:
+    """One instance of every part, for this process."""
+    return [cls() for cls in PARTS]
+
+
+def config_classes() -> list[type[Configurable]]:
+    """Every configurable the platform reads, for --help and the generated config file."""
+    return [cls for part in PARTS for cls in part.settings]
+
+
+def start_order(parts: list[Part]) -> list[Part]:
+    return sorted(parts, key=lambda p: p.start_rank)
