@@ -25,8 +25,13 @@ import sys
 from pathlib import Path
 
 from traitlets.config import Config
+from traitlets.config.loader import KVArgParseConfigLoader
 
 from . import __version__
+from .errors import PlatformError
+
+# Each command imports what it runs inside its function: `twinhub login` on a laptop, or
+# `twinhub status`, must not load the whole platform (JupyterHub, SQLAlchemy, every part).
 
 DEFAULT_STATE = os.environ.get("TWINHUB_STATE_DIR", ".twinhub")
 
@@ -36,7 +41,7 @@ class CLIError(Exception):
 
 
 def _config_help() -> str:
-    from .parts import config_classes
+    from .parts import config_classes  # every part: only for --help-all
 
     lines = ["configuration options (twinhub_config.py, or --Class.trait=value here):", ""]
     for cls in config_classes():
@@ -156,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    from .client.login import LoginError, login, logout
+    from .client.login import LoginError, login, logout  # the laptop's command: nothing else
 
     def progress(left: float) -> None:
         print(
@@ -180,8 +185,6 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace, extra: list[str]) -> Config:
-    from traitlets.config.loader import KVArgParseConfigLoader
-
     cfg = Config()
     if extra:
         bad = [a for a in extra if not a.startswith("--") or "." not in a.split("=")[0]]
@@ -207,6 +210,7 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> Config:
         if value is not None:
             setattr(cfg.TwinhubKeycloak, trait, value)
     if getattr(args, "stac_source", None):
+        # the data lake package: only when a source is given
         from .services.datalake.sources import SourceError, parse_source_arg
 
         try:
@@ -219,7 +223,7 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> Config:
 
 
 def cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
-    from .process.platform import up
+    from .process.platform import up  # per command (see the top)
 
     if args.port is not None and not 0 < args.port < 65536:
         raise CLIError(f"--port {args.port} is not a valid port (1-65535)")
@@ -227,11 +231,11 @@ def cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from .process.platform import down, load_runtime
+    from .process.platform import down, load_runtime  # per command (see the top)
 
     code = down(Path(args.state))
     if args.purge_users:
-        from .spawn.base import purge_accounts
+        from .spawn.os_accounts import purge_accounts  # only with --purge-users
 
         removed = purge_accounts(load_runtime(Path(args.state)))
         print(f"removed OS accounts: {', '.join(removed) if removed else 'none'}")
@@ -239,31 +243,29 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .process.platform import status
+    from .process.platform import status  # per command (see the top)
 
     return status(Path(args.state))
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .services.datalake import SEED_SIZES
+    # per command (see the top)
+    from .process.platform import load_runtime
+    from .process.supervisor import supervisor_pid
+    from .services.datalake import SEED_SIZES, active, seed_into
+    from .services.datalake.seed import build
 
     if args.size not in SEED_SIZES:
         raise CLIError(f"--size must be one of {', '.join(SEED_SIZES)}, got {args.size!r}")
-    from .process.platform import load_runtime
-    from .process.supervisor import supervisor_pid
 
     state = Path(args.state)
     rt = load_runtime(state) if (state / "run" / "runtime.json").exists() else None
     if rt is None or not supervisor_pid(rt):
-        from .services.datalake.seed import build
-
         cache = Path(args.cache_dir) if args.cache_dir else None
         b = build(args.size, cache_dir=cache, progress=print)
         print(f"sample data ({args.size}) built in {b.root}")
         print(f"(no platform running for {state}: `twinhub up` loads it on first start)")
         return 0
-    from .services.datalake import active, seed_into
-
     if not active(rt):
         raise CLIError(f"the platform of {state} runs without the data lake (TwinhubDataLake)")
     if args.cache_dir:
@@ -274,6 +276,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_user(args: argparse.Namespace) -> int:
+    # per command (see the top)
     from .client.hubapi import HubAPIError, hub_request
     from .process.platform import load_runtime
 
@@ -298,6 +301,7 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 
 def _user_add(rt, args: argparse.Namespace) -> int:
+    # per command (see the top)
     from .auth import create_account
     from .auth.realm import TwinhubKeycloak, enabled
     from .client.hubapi import hub_request
@@ -334,7 +338,7 @@ def _user_add(rt, args: argparse.Namespace) -> int:
 
 
 def _user_list(rt, args: argparse.Namespace) -> int:
-    from .client.hubapi import hub_request
+    from .client.hubapi import hub_request  # per command (see the top)
 
     users = hub_request(rt, "GET", "/users")
     rows = [
@@ -361,8 +365,6 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "up":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .errors import PlatformError
-
     try:
         if args.command == "up":
             code = cmd_up(args, extra)

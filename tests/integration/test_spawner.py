@@ -22,8 +22,7 @@ import requests
 from tests.helpers.kernel import KernelDied, execute, run_code, shutdown_kernel, start_kernel
 from tests.helpers.localhub import LocalHub
 from twinhub.process.runtime import Runtime
-from twinhub.spawn import limits, profiles
-from twinhub.spawn import os_accounts as accounts
+from twinhub.spawn import limits, os_accounts, profiles
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +69,7 @@ def mu_hub() -> Iterator[LocalHub]:
     hub = LocalHub(base, "multi-user", _config()).start()
     yield hub
     hub.stop()
-    accounts.purge_accounts(Runtime(state_dir=hub.state))
+    os_accounts.purge_accounts(Runtime(state_dir=hub.state))
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -270,21 +269,21 @@ def test_purge_accounts_removes_accounts_homes_processes(mu_hub: LocalHub) -> No
     mu_hub.stop_server("ann")  # in case an earlier test left it running
     url = mu_hub.start_server("ann")
     assert run_code(url, mu_hub.user_token("ann"), "print('alive')") == "alive\n"
-    created = sorted(accounts.recorded_accounts(mu_hub.state))
+    created = sorted(os_accounts.recorded_accounts(mu_hub.state))
     assert PREFIX + "ann" in created and all(n.startswith(PREFIX) for n in created)
-    assert accounts.purge_accounts(Runtime(state_dir=mu_hub.state)) == created
+    assert os_accounts.purge_accounts(Runtime(state_dir=mu_hub.state)) == created
     for name in created:
         with pytest.raises(KeyError):
             pwd.getpwnam(name)
         assert not Path("/home", name).exists()
-    assert accounts.recorded_accounts(mu_hub.state) == {}
-    assert (mu_hub.state / "accounts.json").stat().st_mode & 0o777 == 0o600
+    assert os_accounts.recorded_accounts(mu_hub.state) == {}
+    assert (mu_hub.state / "os_accounts.json").stat().st_mode & 0o777 == 0o600
     # The hub still knows ann; her next start re-creates the missing account.
     url = mu_hub.start_server("ann")
     assert run_code(url, mu_hub.user_token("ann"), "import os; print(os.getuid())") == (
         f"{pwd.getpwnam(PREFIX + 'ann').pw_uid}\n"
     )
-    assert accounts.purge_accounts(Runtime(state_dir=mu_hub.state)) == [PREFIX + "ann"]
+    assert os_accounts.purge_accounts(Runtime(state_dir=mu_hub.state)) == [PREFIX + "ann"]
 
 
 # -- personal ------------------------------------------------------------------------------
@@ -322,7 +321,7 @@ def test_personal_mode_as_a_regular_user() -> None:
     if os.geteuid() != 0:
         pytest.skip("already covered by test_personal_mode_runs_as_the_calling_user")
     base = _base("solo")
-    acct = accounts.ensure_account("solo", base, prefix=PREFIX)  # registry in base
+    acct = os_accounts.ensure_account("solo", base, prefix=PREFIX)  # registry in base
     hub = LocalHub(base, "personal", _config(), run_as=acct.name)
     try:
         hub.start()
@@ -334,5 +333,5 @@ def test_personal_mode_as_a_regular_user() -> None:
         assert "allow_root" not in hub.log_text()
     finally:
         hub.stop()
-        accounts.purge_accounts(Runtime(state_dir=base))
+        os_accounts.purge_accounts(Runtime(state_dir=base))
         shutil.rmtree(base, ignore_errors=True)

@@ -17,6 +17,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .. import __version__
+from .models import PlatformMeta, utcnow
+
 # Not Alembic's default ``alembic_version``: that one is JupyterHub's when both share a database.
 VERSION_TABLE = "twinhub_alembic_version"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -121,8 +124,6 @@ def upgrade(db_url: str, revision: str = "head") -> tuple[str | None, str]:
 
     Idempotent: a database already at ``revision`` is left alone.
     """
-    from .models import PlatformMeta, utcnow
-
     cfg = _alembic_config()
     before = current_revision(db_url)
     try:
@@ -135,8 +136,6 @@ def upgrade(db_url: str, revision: str = "head") -> tuple[str | None, str]:
     if after is None:  # pragma: no cover - alembic always stamps
         raise DatabaseError(f"migrating {redacted(db_url)} left no revision")
     if after != before:
-        from twinhub import __version__
-
         with session(db_url) as s:
             for key, value in (("schema_revision", after), ("platform_version", __version__)):
                 row = s.get(PlatformMeta, key)

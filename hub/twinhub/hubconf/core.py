@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from twinlab.contract import ENV_INSTANCE
+
 from .. import db
 from ..client.hubapi import CLI_SERVICE, resync_proxy_routes
 from ..config import Twinhub
@@ -171,7 +173,7 @@ def configure_hub(c: Any, rt: Runtime) -> None:
         ]
     )
     # Every process started for this instance is findable for orphan cleanup.
-    c.Spawner.environment.update({"TWINHUB_INSTANCE": rt.instance_id})
+    c.Spawner.environment.update({ENV_INSTANCE: rt.instance_id})
 
 
 class CorePart(Part):

@@ -29,15 +29,14 @@ from traitlets import Any as AnyTrait
 from traitlets import Bool, Dict, Enum, Integer, List, Unicode, default
 from traitlets.config import Configurable
 
-from twinhub.process.ports import SERVER_PORTS, NoFreePort, pick_port, release_port
-from twinhub.spawn import limits, profiles, startqueue
-from twinhub.spawn import os_accounts as accounts
-from twinhub.spawn.os_accounts import purge_accounts
+from twinlab.contract import ENV_LIMITS_ENFORCED, ENV_SERVICES
+
+from ..process.ports import SERVER_PORTS, NoFreePort, pick_port, release_port
+from . import limits, os_accounts, profiles, startqueue
 
 __all__ = [
     "TwinhubSpawner",
     "TwinhubSpawnerConfig",
-    "purge_accounts",  # for `twinhub down --purge-users`
 ]
 
 # Never passed to user servers: users must not learn where platform state lives.
@@ -185,9 +184,9 @@ class TwinhubSpawner(LocalProcessSpawner):
                     if not k.startswith("JUPYTERHUB_")
                 }
             )
-        env["TWINHUB_SERVICES"] = json.dumps(self.services, sort_keys=True)
+        env[ENV_SERVICES] = json.dumps(self.services, sort_keys=True)
         cg = getattr(self, "_cgroup", None)
-        env["TWINHUB_LIMITS_ENFORCED"] = "1" if cg is not None and cg.enforced else "0"
+        env[ENV_LIMITS_ENFORCED] = "1" if cg is not None and cg.enforced else "0"
         return env
 
     # -- progress -------------------------------------------------------------------------
@@ -317,7 +316,7 @@ class TwinhubSpawner(LocalProcessSpawner):
     async def _start_now(self) -> tuple[str, int]:
         try:
             _uid, home = await self.prepare_user()
-        except accounts.AccountError as e:
+        except os_accounts.AccountError as e:
             raise _error(500, f"Cannot prepare the OS account for {self.user.name!r}: {e}") from e
         await asyncio.to_thread(self._setup_limits)
         log = self.log_path

@@ -28,11 +28,11 @@ from typing import Any
 from jupyterhub.spawner import set_user_setuid
 from traitlets import Integer, Unicode
 
-from twinhub.plugin import Part
-from twinhub.process.runtime import Runtime
-from twinhub.spawn import limits, profiles, startqueue
-from twinhub.spawn import os_accounts as accounts
-from twinhub.spawn.base import TwinhubSpawner, TwinhubSpawnerConfig, _error
+from ..config import Twinhub
+from ..plugin import Part
+from ..process.runtime import Runtime
+from . import limits, os_accounts, profiles, startqueue
+from .base import TwinhubSpawner, TwinhubSpawnerConfig, _error
 
 __all__ = ["MultiUserSpawner", "PersonalSpawner", "configure_hub", "private_runtime_dir"]
 
@@ -103,7 +103,7 @@ class MultiUserSpawner(TwinhubSpawner):
         "/home", help="Where OS account homes are created (from Twinhub.home_root)."
     ).tag(config=True)
     runtime_root = Unicode(
-        accounts.RUNTIME_ROOT,
+        os_accounts.RUNTIME_ROOT,
         help="Where each OS account gets its private (0700) Jupyter runtime directory, "
         "<runtime_root>/<instance>/<uid>: kernel connection files and IPC sockets. Keep it "
         "short: a Unix socket path holds at most 107 bytes.",
@@ -112,16 +112,16 @@ class MultiUserSpawner(TwinhubSpawner):
         1024, min=0, help="See TwinhubUserLimits.max_processes (copied by configure_hub)."
     ).tag(config=True)
 
-    account: accounts.Account | None = None
+    account: os_accounts.Account | None = None
 
     async def prepare_user(self) -> tuple[int | None, str]:
         try:
-            accounts.os_account_name(self.user.name, self.user_prefix)
+            os_accounts.os_account_name(self.user.name, self.user_prefix)
         except ValueError as e:
             raise _error(400, f"Cannot start a server: {e}") from None
         self._event(f"Preparing OS account for {self.user.name}.", 10)
         self.account = await asyncio.to_thread(
-            accounts.ensure_account,
+            os_accounts.ensure_account,
             self.user.name,
             self.state_dir,
             self.user_prefix,
@@ -167,7 +167,7 @@ class MultiUserSpawner(TwinhubSpawner):
         return [*super().get_args(), "--KernelManager.transport=ipc"]
 
     def _os_name(self) -> str:
-        return accounts.os_account_name(self.user.name, self.user_prefix)
+        return os_accounts.os_account_name(self.user.name, self.user_prefix)
 
     def user_preexec(self) -> Callable[[], None] | None:
         switch = set_user_setuid(self.account.name if self.account else self._os_name())
@@ -195,7 +195,7 @@ def private_runtime_dir(d: Path, uid: int, gid: int) -> Path:
         for parent in (d.parent.parent, d.parent):
             st = os.lstat(parent)
             if st.st_uid != 0 or not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o022:
-                raise accounts.AccountError(
+                raise os_accounts.AccountError(
                     f"{parent} must be a directory owned by root, not writable by others"
                 )
         try:
@@ -209,7 +209,7 @@ def private_runtime_dir(d: Path, uid: int, gid: int) -> Path:
         break
     st = os.lstat(d)
     if not stat.S_ISDIR(st.st_mode):
-        raise accounts.AccountError(f"{d} is not a directory")
+        raise os_accounts.AccountError(f"{d} is not a directory")
     os.chown(d, uid, gid, follow_symlinks=False)
     os.chmod(d, 0o700)  # a directory (checked above) that only root could have made
     return d
@@ -220,8 +220,6 @@ def configure_hub(c: Any, rt: Runtime) -> None:
 
     Raises ValueError (ProfileError) naming a bad option before changing anything.
     """
-    from twinhub.config import Twinhub
-
     tw = Twinhub(config=rt.config)
     cfg = TwinhubSpawnerConfig(config=rt.config)
     per_user = limits.TwinhubUserLimits(config=rt.config)

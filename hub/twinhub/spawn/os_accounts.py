@@ -29,7 +29,7 @@ from ..db.models import OsAccount
 from ..db.schema import session
 
 if TYPE_CHECKING:
-    from twinhub.process.runtime import Runtime
+    from ..process.runtime import Runtime
 
 # Platform names that are refused outright, even with the prefix, because they are confusing
 # or collide with service names.

@@ -20,7 +20,9 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-from twinhub.spawn.limits import Limits
+from twinlab.contract import ENV_PROFILE
+
+from .limits import Limits
 
 PROFILE_KEYS = frozenset(
     {
@@ -183,7 +185,7 @@ def kubespawner_profile_list(profiles: list[dict]) -> list[dict]:
             override["mem_limit"] = lim.memory
         if lim.gpu:
             override["extra_resource_limits"] = {"nvidia.com/gpu": str(lim.gpu)}
-        env = {"TWINHUB_PROFILE": p["slug"], **p["env"]}
+        env = {ENV_PROFILE: p["slug"], **p["env"]}
         override["environment"] = env
         override.update(p.get("kubespawner_override") or {})
         entry = {
@@ -200,4 +202,4 @@ def kubespawner_profile_list(profiles: list[dict]) -> list[dict]:
 
 def profile_env(profile: dict) -> dict[str, str]:
     """Environment a server of ``profile`` gets (TWINHUB_PROFILE first, the profile's env wins)."""
-    return {"TWINHUB_PROFILE": profile["slug"], **profile.get("env", {})}
+    return {ENV_PROFILE: profile["slug"], **profile.get("env", {})}
