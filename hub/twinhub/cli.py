@@ -302,7 +302,7 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 def _user_add(rt, args: argparse.Namespace) -> int:
     # per command (see the top)
-    from .auth import create_account
+    from .auth.local_accounts import create_account
     from .auth.realm import TwinhubKeycloak, enabled
     from .client.hubapi import hub_request
     from .config import Twinhub

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from traitlets.config import Configurable
 
-from .auth import AuthPart
+from .auth.part import AuthPart
 from .gateway import GatewayPart
 from .hubconf.core import CorePart
 from .objectstore import ObjectStorePart

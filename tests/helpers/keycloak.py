@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.helpers.platform import Platform, free_port_pair
-from twinhub.auth import create_account
+from twinhub.auth.local_accounts import create_account
 from twinhub.db import upgrade
 from twinhub.process.runtime import Runtime
 

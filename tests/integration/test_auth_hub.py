@@ -20,7 +20,8 @@ import requests
 from traitlets.config import Config
 
 from tests.helpers.platform import free_port
-from twinhub import auth, db
+from twinhub import db
+from twinhub.auth import local_accounts, part
 from twinhub.hubconf.core import find_proxy
 from twinhub.process.runtime import Runtime
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.integration
 CHP = find_proxy()
 
 HUB_CONFIG = """\
-from twinhub.auth import configure_hub
+from twinhub.auth.part import configure_hub
 from twinhub.process.runtime import Runtime
 
 rt = Runtime.load({state!r})
@@ -74,7 +75,7 @@ class AuthHub:
         self.rt.save()
         for line in db.backup_and_upgrade(self.rt):
             print("db:", line)
-        admin_password = auth.ensure_first_admin(self.rt)
+        admin_password = part.ensure_first_admin(self.rt)
         cfg = self.state / "jupyterhub_config.py"
         cfg.write_text(
             HUB_CONFIG.format(
@@ -176,7 +177,7 @@ def test_admin_logs_in_with_generated_password(hub):
 
 
 def test_wrong_password_fails_and_creates_no_user(hub):
-    auth.create_account(hub.rt.db_url, "walter", password="walter-password")
+    local_accounts.create_account(hub.rt.db_url, "walter", password="walter-password")
     _, r = login(hub, "walter", "not-the-password")
     assert r.status_code == 403 and "Invalid username or password" in r.text
     _, r = login(hub, "nobody-here", "whatever-password")
@@ -199,7 +200,7 @@ def test_signup_then_admin_approval_then_login(hub):
         s, hub.url + "signup", {"username": "tim", "password": "x", "password_confirm": "x"}
     )
     assert r.status_code == 400 and "at least 10 characters" in r.text
-    assert auth.get_account(hub.rt.db_url, "tim") is None
+    assert local_accounts.get_account(hub.rt.db_url, "tim") is None
 
     # Not approved: right password, clear message, no hub user.
     _, r = login(hub, "sam", "sam-password-1")
@@ -214,10 +215,10 @@ def test_signup_then_admin_approval_then_login(hub):
     r = admin.post(hub.url + "authorize", data={"action": "approve", "username": "sam"},
                    allow_redirects=False, timeout=10)  # fmt: skip
     assert r.status_code == 403
-    assert auth.get_account(hub.rt.db_url, "sam").approved is False
+    assert local_accounts.get_account(hub.rt.db_url, "sam").approved is False
     r = post_form(admin, hub.url + "authorize", {"action": "approve", "username": "sam"})
     assert r.status_code == 200 and "sam approved" in r.text
-    assert auth.get_account(hub.rt.db_url, "sam").approved is True
+    assert local_accounts.get_account(hub.rt.db_url, "sam").approved is True
 
     sam, r = login(hub, "sam", "sam-password-1")
     assert r.status_code == 302
@@ -233,8 +234,8 @@ def test_signup_then_admin_approval_then_login(hub):
 
 
 def test_non_admin_cannot_reach_approval_page(hub):
-    auth.create_account(hub.rt.db_url, "nora", password="nora-password")
-    auth.request_account(hub.rt.db_url, "pending1", "pending1-password")
+    local_accounts.create_account(hub.rt.db_url, "nora", password="nora-password")
+    local_accounts.request_account(hub.rt.db_url, "pending1", "pending1-password")
     anon = requests.Session()
     r = anon.get(hub.url + "authorize", allow_redirects=False, timeout=10)
     assert r.status_code == 302 and "/hub/login" in r.headers["Location"]
@@ -246,11 +247,11 @@ def test_non_admin_cannot_reach_approval_page(hub):
                   data={"action": "approve", "username": "pending1", "_xsrf": token},
                   allow_redirects=False, timeout=10)  # fmt: skip
     assert r.status_code == 403
-    assert auth.get_account(hub.rt.db_url, "pending1").approved is False
+    assert local_accounts.get_account(hub.rt.db_url, "pending1").approved is False
 
 
 def test_user_changes_password(hub):
-    auth.create_account(hub.rt.db_url, "pat", password="pat-password-1")
+    local_accounts.create_account(hub.rt.db_url, "pat", password="pat-password-1")
     pat, r = login(hub, "pat", "pat-password-1")
     assert r.status_code == 302
     url = hub.url + "change-password"
@@ -269,7 +270,7 @@ def test_user_changes_password(hub):
 
 
 def test_repeated_failures_lock_the_name(hub):
-    auth.create_account(hub.rt.db_url, "lou", password="lou-password-1")
+    local_accounts.create_account(hub.rt.db_url, "lou", password="lou-password-1")
     for _ in range(5):
         assert login(hub, "lou", "bad-password")[1].status_code == 403
     _, r = login(hub, "lou", "lou-password-1")
@@ -281,16 +282,16 @@ def test_admin_cannot_lock_themself_out_and_hub_deletion_removes_account(hub):
     assert r.status_code == 302
     r = post_form(admin, hub.url + "authorize", {"action": "revoke", "username": hub.admin})
     assert r.status_code == 400 and "cannot lock yourself out" in r.text
-    assert auth.get_account(hub.rt.db_url, hub.admin).approved is True
+    assert local_accounts.get_account(hub.rt.db_url, hub.admin).approved is True
 
-    auth.create_account(hub.rt.db_url, "gone", password="gone-password")
+    local_accounts.create_account(hub.rt.db_url, "gone", password="gone-password")
     assert login(hub, "gone", "gone-password")[1].status_code == 302
     # Deleting the user through the hub's own REST API (as its admin panel does) runs the
     # authenticator's delete_user hook.
     xsrf = admin.cookies.get("_xsrf", path="/hub/")
     r = admin.delete(hub.url + "api/users/gone", headers={"X-XSRFToken": xsrf}, timeout=10)
     assert r.status_code == 204, r.text
-    assert auth.get_account(hub.rt.db_url, "gone") is None
+    assert local_accounts.get_account(hub.rt.db_url, "gone") is None
     assert "gone" not in hub.hub_users()
     assert login(hub, "gone", "gone-password")[1].status_code == 403
 

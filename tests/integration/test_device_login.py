@@ -26,8 +26,8 @@ from tornado import web
 
 from tests.helpers.keycloak import keycloak_platform
 from tests.helpers.platform import TWINHUB
+from twinhub.auth.access_token import access_token_auth_model
 from twinhub.auth.keycloak import TwinhubKeycloakAuthenticator
-from twinhub.auth.token_exchange import access_token_auth_model
 from twinhub.client import login as cli_login
 from twinhub.client.hubapi import hub_request
 

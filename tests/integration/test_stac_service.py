@@ -138,7 +138,7 @@ def test_bad_post_search_and_paths_get_4xx(stac):
     import http.client
 
     rt = Runtime.load(stac[0].state)
-    conn = http.client.HTTPConnection("127.0.0.1", datalake.port(rt), timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", datalake.StacPart().port(rt), timeout=30)
     tok = stac[0].token("stacy")
     for path in ("collections/../search", "collections/%2e%2e/search"):
         conn.request(
@@ -283,7 +283,7 @@ def test_users_kernels_cannot_reach_the_database_or_the_api_without_a_token(stac
                     return r.status
             except urllib.error.HTTPError as e:
                 return e.code
-        out["direct"] = get({datalake.api_url(rt) + "collections"!r})
+        out["direct"] = get({datalake.StacPart().api_url(rt) + "collections"!r})
         out["env_url"] = os.environ.get("TWINHUB_STAC_URL", "")
         out["with_server_token"] = get(os.environ["TWINHUB_STAC_URL"] + "collections",
             {{"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}})

@@ -419,7 +419,7 @@ def test_paths_that_are_not_utf8_get_a_json_400_from_the_service(stac):
     from twinhub.process.runtime import Runtime
     from twinhub.services import datalake
 
-    port = datalake.port(Runtime.load(stac.p.state))
+    port = datalake.StacPart().port(Runtime.load(stac.p.state))
     tok = stac.p.token("hana")
     for path in ("collections/%ff%fe", "collections/hana-own/items/%ff", "search%00"):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

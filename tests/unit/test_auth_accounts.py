@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import select
 from traitlets.config import Config
 
-from twinhub import auth, db
-from twinhub.auth import passwords
+from twinhub import db
+from twinhub.auth import local_accounts, part, passwords
+from twinhub.auth.authenticator import TwinhubLocalAuth
 from twinhub.process.runtime import Runtime
 
 
@@ -61,75 +62,75 @@ def test_unknown_user_takes_as_long_as_wrong_password():
 def test_rehash_when_parameters_are_weaker(db_url):
     from argon2 import PasswordHasher
 
-    auth.create_account(db_url, "old", password="old-password-1")
+    local_accounts.create_account(db_url, "old", password="old-password-1")
     weak = PasswordHasher(time_cost=1, memory_cost=8192).hash("old-password-1")
     with db.session(db_url) as s:
         s.scalar(
             select(db.LocalAccount).where(db.LocalAccount.username == "old")
         ).password_hash = weak
-    assert auth.verify_login(db_url, "old", "old-password-1") is not None
+    assert local_accounts.verify_login(db_url, "old", "old-password-1") is not None
     new = stored_hash(db_url, "old")
     assert new != weak and not passwords.needs_rehash(new)
 
 
 def test_admin_created_account_gets_generated_password(db_url):
-    pw = auth.create_account(db_url, "Alice", admin=True)
+    pw = local_accounts.create_account(db_url, "Alice", admin=True)
     assert len(pw) >= 16
-    info = auth.get_account(db_url, "alice")  # names are lowercased
+    info = local_accounts.get_account(db_url, "alice")  # names are lowercased
     assert info.username == "alice" and info.is_admin and info.approved
     assert pw not in stored_hash(db_url, "alice")
-    assert auth.verify_login(db_url, "alice", pw).account_id == info.account_id
-    assert auth.verify_login(db_url, "alice", pw + "x") is None
-    assert auth.verify_login(db_url, "nobody", pw) is None
+    assert local_accounts.verify_login(db_url, "alice", pw).account_id == info.account_id
+    assert local_accounts.verify_login(db_url, "alice", pw + "x") is None
+    assert local_accounts.verify_login(db_url, "nobody", pw) is None
 
 
 def test_account_errors_name_the_problem(db_url):
-    auth.create_account(db_url, "bob")
-    with pytest.raises(auth.AccountError, match="'bob' already exists"):
-        auth.create_account(db_url, "bob")
+    local_accounts.create_account(db_url, "bob")
+    with pytest.raises(local_accounts.AccountError, match="'bob' already exists"):
+        local_accounts.create_account(db_url, "bob")
     with pytest.raises(ValueError, match="reserved"):  # the CLI catches ValueError
-        auth.create_account(db_url, "root")
-    with pytest.raises(auth.AccountError, match="not valid"):
-        auth.create_account(db_url, "9lives")
-    with pytest.raises(auth.AccountError, match="too long"):
-        auth.create_account(db_url, "a" * 40)
-    with pytest.raises(auth.AccountError, match="at least 10 characters"):
-        auth.request_account(db_url, "carol", "short")
-    with pytest.raises(auth.AccountError, match="differ from the user name"):
-        auth.request_account(db_url, "carolcarol", "CarolCarol")
-    with pytest.raises(auth.AccountError, match="no account 'ghost'"):
-        auth.set_password(db_url, "ghost", "long-enough-pw")
-    assert [a.username for a in auth.list_accounts(db_url)] == ["bob"]
+        local_accounts.create_account(db_url, "root")
+    with pytest.raises(local_accounts.AccountError, match="not valid"):
+        local_accounts.create_account(db_url, "9lives")
+    with pytest.raises(local_accounts.AccountError, match="too long"):
+        local_accounts.create_account(db_url, "a" * 40)
+    with pytest.raises(local_accounts.AccountError, match="at least 10 characters"):
+        local_accounts.request_account(db_url, "carol", "short")
+    with pytest.raises(local_accounts.AccountError, match="differ from the user name"):
+        local_accounts.request_account(db_url, "carolcarol", "CarolCarol")
+    with pytest.raises(local_accounts.AccountError, match="no account 'ghost'"):
+        local_accounts.set_password(db_url, "ghost", "long-enough-pw")
+    assert [a.username for a in local_accounts.list_accounts(db_url)] == ["bob"]
 
 
 def test_signup_waits_for_approval(db_url):
-    info = auth.request_account(db_url, "dave", "dave-password-1")
+    info = local_accounts.request_account(db_url, "dave", "dave-password-1")
     assert not info.approved
-    assert [a.username for a in auth.list_accounts(db_url, approved=False)] == ["dave"]
+    assert [a.username for a in local_accounts.list_accounts(db_url, approved=False)] == ["dave"]
     # Right password, but not approved: verify_login reports it, the authenticator refuses.
-    assert auth.verify_login(db_url, "dave", "dave-password-1").approved is False
-    assert auth.set_approved(db_url, "dave") is True
-    assert auth.verify_login(db_url, "dave", "dave-password-1").approved is True
-    assert auth.set_approved(db_url, "ghost") is False
+    assert local_accounts.verify_login(db_url, "dave", "dave-password-1").approved is False
+    assert local_accounts.set_approved(db_url, "dave") is True
+    assert local_accounts.verify_login(db_url, "dave", "dave-password-1").approved is True
+    assert local_accounts.set_approved(db_url, "ghost") is False
 
 
 def test_change_password_and_delete(db_url):
-    auth.create_account(db_url, "erin", password="first-password")
-    auth.set_password(db_url, "erin", "second-password")
-    assert auth.verify_login(db_url, "erin", "first-password") is None
-    assert auth.verify_login(db_url, "erin", "second-password") is not None
-    assert auth.delete_account(db_url, "erin") is True
-    assert auth.verify_login(db_url, "erin", "second-password") is None
-    assert auth.delete_account(db_url, "erin") is False
+    local_accounts.create_account(db_url, "erin", password="first-password")
+    local_accounts.set_password(db_url, "erin", "second-password")
+    assert local_accounts.verify_login(db_url, "erin", "first-password") is None
+    assert local_accounts.verify_login(db_url, "erin", "second-password") is not None
+    assert local_accounts.delete_account(db_url, "erin") is True
+    assert local_accounts.verify_login(db_url, "erin", "second-password") is None
+    assert local_accounts.delete_account(db_url, "erin") is False
 
 
 def test_ensure_first_admin_once(tmp_path):
     rt = Runtime(state_dir=tmp_path, config=Config({"Twinhub": {"admin_user": "boss"}}))
     db.upgrade(rt.db_url)
-    pw = auth.ensure_first_admin(rt)
-    assert pw and auth.verify_login(rt.db_url, "boss", pw).is_admin
-    assert auth.ensure_first_admin(rt) is None
-    assert auth.verify_login(rt.db_url, "boss", pw) is not None  # unchanged
+    pw = part.ensure_first_admin(rt)
+    assert pw and local_accounts.verify_login(rt.db_url, "boss", pw).is_admin
+    assert part.ensure_first_admin(rt) is None
+    assert local_accounts.verify_login(rt.db_url, "boss", pw) is not None  # unchanged
 
 
 def test_configure_hub_sets_authenticator_and_keeps_operator_options(tmp_path):
@@ -145,16 +146,16 @@ def test_configure_hub_sets_authenticator_and_keeps_operator_options(tmp_path):
     c = Config()
     c.Authenticator.admin_users = {"other"}
     c.JupyterHub.template_paths = ["/somewhere"]
-    auth.configure_hub(c, rt)
-    assert c.JupyterHub.authenticator_class is auth.TwinhubLocalAuth
+    part.configure_hub(c, rt)
+    assert c.JupyterHub.authenticator_class is TwinhubLocalAuth
     assert c.TwinhubLocalAuth.db_url == rt.db_url
     assert c.TwinhubLocalAuth.user_prefix == "u-"
     assert c.TwinhubLocalAuth.min_password_length == 14 and c.TwinhubLocalAuth.open_signup
     assert c.Authenticator.admin_users == {"other", "boss"}
-    assert c.JupyterHub.template_paths == [str(auth.TEMPLATES_DIR), "/somewhere"]
+    assert c.JupyterHub.template_paths == [str(part.TEMPLATES_DIR), "/somewhere"]
     # The configured class really reads these options.
     db.upgrade(rt.db_url)
-    a = auth.TwinhubLocalAuth(config=c)
+    a = TwinhubLocalAuth(config=c)
     assert (a.db_url, a.min_password_length, a.open_signup) == (rt.db_url, 14, True)
     assert a.refresh_pre_spawn  # a withdrawn approval stops spawns at once
 
@@ -163,19 +164,19 @@ def test_authenticator_refuses_a_database_that_was_not_upgraded(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     db.upgrade(url, "0001_local_accounts")
     with pytest.raises(db.DatabaseError, match="twinhub up"):
-        auth.TwinhubLocalAuth(db_url=url)
+        TwinhubLocalAuth(db_url=url)
     assert db.current_revision(url) == "0001_local_accounts"  # left for the backup step
     fresh = f"sqlite:///{tmp_path / 'fresh.sqlite'}"
-    auth.TwinhubLocalAuth(db_url=fresh)  # nothing to back up: tables are created
+    TwinhubLocalAuth(db_url=fresh)  # nothing to back up: tables are created
     assert db.current_revision(fresh) == db.head_revision()
 
 
 def test_first_admin_never_promotes_an_existing_request(tmp_path):
     rt = Runtime(state_dir=tmp_path, config=Config({"Twinhub": {"admin_user": "boss"}}))
     db.upgrade(rt.db_url)
-    auth.request_account(rt.db_url, "boss", "someones-password")
-    assert auth.ensure_first_admin(rt) is None
-    info = auth.get_account(rt.db_url, "boss")
+    local_accounts.request_account(rt.db_url, "boss", "someones-password")
+    assert part.ensure_first_admin(rt) is None
+    info = local_accounts.get_account(rt.db_url, "boss")
     assert not info.is_admin and not info.approved
 
 
@@ -184,13 +185,13 @@ def test_signup_requests_are_bounded(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'twinhub.sqlite'}"
     db.upgrade(url)
-    a = auth.TwinhubLocalAuth(db_url=url, max_pending_signups=2)
+    a = TwinhubLocalAuth(db_url=url, max_pending_signups=2)
     for name in ("one", "two"):
         asyncio.run(a.request_account(name, "password-" + name))
-    with pytest.raises(auth.AccountError, match="too many account requests"):
+    with pytest.raises(local_accounts.AccountError, match="too many account requests"):
         asyncio.run(a.request_account("three", "password-three"))
-    auth.set_approved(url, "one")  # approving frees a place
+    local_accounts.set_approved(url, "one")  # approving frees a place
     assert asyncio.run(a.request_account("three", "password-three")).approved is False
-    closed = auth.TwinhubLocalAuth(db_url=url, enable_signup=False)
-    with pytest.raises(auth.AccountError, match="signup is disabled"):
+    closed = TwinhubLocalAuth(db_url=url, enable_signup=False)
+    with pytest.raises(local_accounts.AccountError, match="signup is disabled"):
         asyncio.run(closed.request_account("four", "password-four"))

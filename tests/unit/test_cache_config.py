@@ -12,11 +12,14 @@ from traitlets.config import Config
 from twinhub.errors import PlatformError
 from twinhub.process.runtime import Runtime
 from twinhub.services import cache
+from twinhub.services.cache import CachePart
+
+PART = CachePart()
 
 
 def runtime(tmp_path, **sections) -> Runtime:
     rt = Runtime(state_dir=tmp_path, config=Config(sections), ports={"public": 8000})
-    cache.allocate_ports(rt)
+    PART.plan(rt)
     return rt
 
 
@@ -44,8 +47,8 @@ def test_the_service_config_carries_sources_and_limits_privately(tmp_path):
         TwinhubCache={"max_size": 0.5, "max_object_gb": 2, "max_age_hours": 1.5},
         TwinhubDataLake={"sources": [{**source, "headers": {"Authorization": "Bearer s3cr3t"}}]},
     )
-    assert cache.active(rt) and rt.ports["cache"] > 0
-    cache.prepare(rt)
+    assert PART.active(rt) and rt.ports["cache"] > 0
+    PART.prepare(rt)
     f = tmp_path / cache.CONFIG_FILE
     assert stat.S_IMODE(f.stat().st_mode) == 0o600
     doc = json.loads(f.read_text())
@@ -55,13 +58,13 @@ def test_the_service_config_carries_sources_and_limits_privately(tmp_path):
     assert doc["max_age"] == 5400
     assert (doc["max_downloads"], doc["max_user_downloads"], doc["download_wait"]) == (8, 4, 30)
     assert doc["sources"][0]["headers"] == {"Authorization": "Bearer s3cr3t"}
-    assert cache.status_line(rt) == "empty (nothing fetched yet)"
+    assert PART.status_line(rt) == "empty (nothing fetched yet)"
 
 
 def test_disabled_means_no_port_no_component_no_status(tmp_path):
     rt = runtime(tmp_path, TwinhubCache={"enabled": False})
-    assert not cache.active(rt)
-    assert cache.components(rt) == [] and cache.status_line(rt) is None
+    assert not PART.active(rt)
+    assert PART.components(rt) == [] and PART.status_line(rt) is None
 
 
 def test_hub_registration_and_server_environment(tmp_path):
@@ -69,7 +72,7 @@ def test_hub_registration_and_server_environment(tmp_path):
     c = Config()
     c.TwinhubSpawner.services = {}
     c.Spawner.environment = {}  # as os_spawners.configure_hub leaves them
-    cache.configure_hub(c, rt)
+    PART.configure_hub(c, rt)
     (svc,) = [s for s in c.JupyterHub.services if s["name"] == "cache"]
     assert svc["url"] == f"http://127.0.0.1:{rt.ports['cache']}"
     assert c.Spawner.environment["TWINHUB_CACHE_URL"] == "http://127.0.0.1:8000/services/cache/"

@@ -27,11 +27,11 @@ import uvicorn
 
 from tests.helpers.counting_origin import start_origin
 from tests.helpers.routes_server import RoutesServer
+from twinhub.services.asgi import header
 from twinhub.services.cache.app import CacheApp
 from twinhub.services.cache.store import CacheError
 from twinhub.services.cache.upstream import fetcher, make_client
 from twinhub.services.datalake.sources import cache_path, make_source, make_sources
-from twinhub.services.hubauth import header
 
 SECRET = "Bearer cache-s3cr3t"
 

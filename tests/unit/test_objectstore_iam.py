@@ -185,3 +185,44 @@ def test_project_sync_runs_for_iam_and_embedded_only(rt):
     assert objectstore.syncs_project_storage(rt)  # embedded, store running
     assert objectstore.syncs_project_storage(external(rt, "iam"))
     assert not objectstore.syncs_project_storage(external(rt, "none"))
+
+
+def test_provisioner_classes_chosen_by_name(rt):
+    from twinhub.objectstore import provisioners
+
+    # One class per value of the option ("auto" resolves to one of them).
+    assert set(provisioners.PROVISIONERS) == set(objectstore.PROVISIONERS) - {"auto"}
+    assert isinstance(provisioners.provisioner(rt), provisioners.SeaweedfsProvisioner)
+    assert isinstance(provisioners.provisioner(external(rt)), provisioners.IamProvisioner)
+    keyless = provisioners.provisioner(external(rt, "none", keys=False))
+    assert isinstance(keyless, provisioners.KeylessProvisioner)
+    rt.config.TwinhubObjectStore.admin_access_key = ""
+    with pytest.raises(StorageError, match="admin_access_key"):
+        provisioners.provisioner(external(rt, "iam", keys=False))
+
+
+def test_memberships_read_through_the_hubs_orm(rt):
+    from jupyterhub import orm
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from twinhub.objectstore import memberships
+
+    rt.hub_dir.mkdir(parents=True, exist_ok=True)
+    assert memberships.memberships(rt, ["climate"]) == {}  # no hub tables yet (first start)
+    engine = create_engine(db.default_hub_db_url(rt))
+    orm.Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        climate, ocean, other = (orm.Group(name=n) for n in ("climate", "ocean", "other"))
+        s.add_all(
+            [
+                orm.User(name="ana", groups=[climate, ocean]),
+                orm.User(name="ben", groups=[ocean, other]),
+                orm.User(name="cleo", groups=[other]),
+            ]
+        )
+        s.commit()
+    engine.dispose()
+    got = memberships.memberships(rt, ["climate", "ocean"])
+    assert {u: sorted(g) for u, g in got.items()} == {"ana": ["climate", "ocean"], "ben": ["ocean"]}
+    assert memberships.memberships(rt, []) == {}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from twinhub.auth import create_account, identities
-from twinhub.auth.realm import hub_group, role_group
+from twinhub.auth import identities
+from twinhub.auth.groups import hub_group, role_group
+from twinhub.auth.local_accounts import create_account
 from twinhub.db import upgrade
 
 ISS = "https://kc.example.org/realms/twinhub"
@@ -52,3 +53,22 @@ def test_group_names():
     assert hub_group("/projects/climate-adaptation") == "projects:climate-adaptation"
     assert hub_group("/platform-admins") == "platform-admins"
     assert role_group("gpu-user") == "realm-role:gpu-user"
+
+
+def test_only_keycloaks_authenticator_exchanges_access_tokens():
+    """The token-exchange handlers find Keycloak's authenticator by its mixin, without
+    importing it (token_exchange <-> keycloak was an import loop)."""
+    from twinhub.auth.access_token import ExchangesAccessTokens
+    from twinhub.auth.authenticator import TwinhubLocalAuth
+    from twinhub.auth.keycloak import TwinhubKeycloakAuthenticator
+
+    assert issubclass(TwinhubKeycloakAuthenticator, ExchangesAccessTokens)
+    assert not issubclass(TwinhubLocalAuth, ExchangesAccessTokens)
+    on = {
+        "cli_client_id": "twinhub-cli",
+        "device_authorization_url": "https://kc/device",
+        "introspection_url": "https://kc/introspect",
+    }
+    assert TwinhubKeycloakAuthenticator(**on).device_login_configured
+    for off in on:
+        assert not TwinhubKeycloakAuthenticator(**{**on, off: ""}).device_login_configured

@@ -10,8 +10,13 @@ from jupyterhub.auth import Authenticator
 from tornado import web
 from traitlets import Bool, Integer, Unicode, default
 
+from ..db import check_schema, current_revision, upgrade
+from ..hubconf.handlers import platform_handlers
 from . import local_accounts as accounts
+from .handlers import AuthorizeHandler, ChangePasswordHandler, SignupHandler
 from .local_accounts import AccountError
+from .revoke import revoke_platform_access
+from .token_exchange import login_handlers
 
 
 class TwinhubLocalAuth(Authenticator):
@@ -24,7 +29,7 @@ class TwinhubLocalAuth(Authenticator):
     db_url = Unicode(
         "",
         help="SQLAlchemy URL of twinhub's own database holding local_accounts. "
-        "Set by twinhub.auth.configure_hub from Twinhub.db_url.",
+        "Set by twinhub.auth.part.configure_hub from Twinhub.db_url.",
     ).tag(config=True)
 
     min_password_length = Integer(
@@ -79,8 +84,6 @@ class TwinhubLocalAuth(Authenticator):
         super().__init__(**kwargs)
         self._failures: dict[str, deque[float]] = defaultdict(deque)
         if self.db_url:
-            from twinhub.db import check_schema, current_revision, upgrade
-
             if current_revision(self.db_url) is None:
                 # A fresh database holds nothing to back up: create the tables here so a
                 # hub started without the supervisor's upgrade step still works.
@@ -90,7 +93,9 @@ class TwinhubLocalAuth(Authenticator):
 
     def _db(self) -> str:
         if not self.db_url:
-            raise RuntimeError("TwinhubLocalAuth.db_url is not set (twinhub.auth.configure_hub)")
+            raise RuntimeError(
+                "TwinhubLocalAuth.db_url is not set (twinhub.auth.part.configure_hub)"
+            )
         return self.db_url
 
     # -- login ----------------------------------------------------------------------------
@@ -138,8 +143,6 @@ class TwinhubLocalAuth(Authenticator):
         return bool(info and info.approved)
 
     def delete_user(self, user) -> None:
-        from .revoke import revoke_platform_access
-
         super().delete_user(user)
         if accounts.delete_account(self._db(), user.name):
             self.log.info("deleted local account %s with its hub user", user.name)
@@ -147,12 +150,10 @@ class TwinhubLocalAuth(Authenticator):
 
     # -- pages ----------------------------------------------------------------------------
     def get_handlers(self, app) -> list[tuple[str, type]]:
-        from ..hubconf.handlers import platform_handlers
-        from .handlers import AuthorizeHandler, ChangePasswordHandler, SignupHandler
-
         return [
             *super().get_handlers(app),
             *platform_handlers(),
+            *login_handlers(),
             (r"/signup", SignupHandler),
             (r"/authorize", AuthorizeHandler),
             (r"/change-password", ChangePasswordHandler),

@@ -31,11 +31,14 @@ from oauthenticator.oauth2 import OAuthLoginHandler, OAuthLogoutHandler
 from tornado import web
 from traitlets import Bool, Dict, Int, List, Unicode
 
-from twinhub.auth.realm import hub_group, role_group
-
+from ..db import check_schema, current_revision, upgrade
+from ..hubconf.handlers import platform_handlers
 from . import identities
+from .access_token import AccessTokenLogin, ExchangesAccessTokens, access_token_auth_model
+from .groups import hub_group, role_group
 from .local_accounts import AccountError, normalize_username
-from .token_exchange import AccessTokenLogin, access_token_auth_model
+from .revoke import revoke_platform_access
+from .token_exchange import login_handlers
 
 
 def _state_id(state: str) -> str:
@@ -94,7 +97,7 @@ class KeycloakLogoutHandler(OAuthLogoutHandler):
             await super().render_logout_page()
 
 
-class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
+class TwinhubKeycloakAuthenticator(GenericOAuthenticator, ExchangesAccessTokens):
     """Log in through a Keycloak realm; see docs/keycloak.md."""
 
     login_handler = KeycloakLoginHandler
@@ -154,8 +157,6 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
         super().__init__(**kwargs)
         self._jwks: jwt.PyJWKClient | None = None
         if self.db_url:
-            from twinhub.db import check_schema, current_revision, upgrade
-
             if current_revision(self.db_url) is None:
                 upgrade(self.db_url)
             check_schema(self.db_url)
@@ -341,8 +342,6 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
         )
 
     def delete_user(self, user) -> None:
-        from .revoke import revoke_platform_access
-
         super().delete_user(user)
         revoke_platform_access(user.name)
 
@@ -375,6 +374,4 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator):
 </div>"""
 
     def get_handlers(self, app) -> list[tuple[str, type]]:
-        from ..hubconf.handlers import platform_handlers
-
-        return [*super().get_handlers(app), *platform_handlers()]
+        return [*super().get_handlers(app), *platform_handlers(), *login_handlers()]

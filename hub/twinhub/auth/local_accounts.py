@@ -13,8 +13,9 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from twinhub.db import LocalAccount, session
-
+from ..config import Twinhub
+from ..db import LocalAccount, session
+from ..spawn.os_accounts import check_platform_name
 from .passwords import generate_password, hash_password, needs_rehash, verify_password
 
 log = logging.getLogger("twinhub.auth")
@@ -45,8 +46,6 @@ def normalize_username(name: str, prefix: str = "twin-") -> str:
     Names are validated once, here, for every way an account is made, so the multi-user
     spawner never meets a name it cannot map.
     """
-    from twinhub.spawn.os_accounts import check_platform_name
-
     name = (name or "").strip().lower()
     if not name:
         raise AccountError("user name must not be empty")
@@ -197,8 +196,6 @@ def ensure_first_admin(rt) -> str | None:
 
     None when the account already exists (its password is never shown again).
     """
-    from twinhub.config import Twinhub
-
     tw = Twinhub(config=rt.config)
     name = tw.admin_user
     existing = get_account(rt.db_url, name)

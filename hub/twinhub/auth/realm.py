@@ -3,7 +3,7 @@
 The :class:`TwinhubKeycloak` configurable holds what an operator sets; everything else
 (endpoints, issuer, keys) comes from the realm's OpenID discovery document.  The supervisor
 calls :func:`prepare` (moves the client secret into a 0600 secret file, checks the realm
-answers); the hub process calls :func:`configure_hub` (through ``twinhub.auth.configure_hub``),
+answers); the hub process calls :func:`configure_hub` (through ``twinhub.auth.part.configure_hub``),
 which configures :class:`twinhub.auth.keycloak.TwinhubKeycloakAuthenticator`.
 See docs/keycloak.md.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
@@ -19,9 +20,12 @@ from typing import Any
 from traitlets import Bool, Dict, Float, Int, List, Unicode
 from traitlets.config import Config, Configurable
 
+from ..config import Twinhub
+from ..errors import PlatformError
+from .groups import hub_group, role_group
+
 SECRET_NAME = "keycloak-client-secret"
 SECRET_ENV = "TWINHUB_KEYCLOAK_CLIENT_SECRET"
-ROLE_GROUP_PREFIX = "realm-role:"
 
 
 class TwinhubKeycloak(Configurable):
@@ -127,24 +131,12 @@ def enabled(config: Config) -> bool:
     return bool(config.get("TwinhubKeycloak", {}).get("url", ""))
 
 
-def hub_group(path: str) -> str:
-    """JupyterHub group for a Keycloak group path: '/projects/climate-adaptation' ->
-    'projects:climate-adaptation' (hub group names are path segments of its REST API)."""
-    return path.strip().strip("/").replace("/", ":")
-
-
-def role_group(role: str) -> str:
-    return ROLE_GROUP_PREFIX + role
-
-
 def discover(url: str, timeout: float = 10, validate_cert: bool = True) -> dict[str, Any]:
     """The realm's OpenID discovery document, checked for what the hub needs."""
     url = url.rstrip("/")
     where = url + "/.well-known/openid-configuration"
     ctx = None
     if not validate_cert:
-        import ssl
-
         ctx = ssl._create_unverified_context()
     try:
         with urllib.request.urlopen(where, timeout=timeout, context=ctx) as r:
@@ -182,8 +174,6 @@ def prepare(rt) -> None:
     the realm answers, so a mistake is one clear line before anything starts."""
     if not enabled(rt.config):
         return
-    from ..errors import PlatformError
-
     section = rt.config.TwinhubKeycloak
     secret = section.pop("client_secret", "") or os.environ.get(SECRET_ENV, "")
     path = rt.secrets_dir / SECRET_NAME
@@ -217,7 +207,8 @@ def read_client_secret(rt) -> str:
 
 def configure_hub(c: Any, rt) -> None:
     """Hub side: GenericOAuthenticator (our subclass) configured from the realm URL alone."""
-    from ..config import Twinhub
+    # oauthenticator and jwt take ~0.15 s to import: `twinhub up` and hubs with local
+    # accounts import this module too and never need them.
     from .keycloak import TwinhubKeycloakAuthenticator
 
     kc = TwinhubKeycloak(config=rt.config)

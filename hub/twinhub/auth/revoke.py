@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from .. import objectstore
+from ..process.runtime import Runtime
+
 log = logging.getLogger(__name__)
 
 
@@ -12,9 +15,6 @@ def revoke_platform_access(name: str) -> None:
 
     Called by every twinhub authenticator's ``delete_user``, in the hub process.
     """
-    from .. import objectstore
-    from ..process.runtime import Runtime
-
     try:
         rt = Runtime.load()
     except (KeyError, FileNotFoundError):

@@ -17,99 +17,25 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 from jupyterhub import orm
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.utils import isoformat
 from tornado import web
-from tornado.httpclient import HTTPClientError
+
+from .access_token import AccessTokenLogin, ExchangesAccessTokens
 
 TOKEN_NOTE = "twinhub login"
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class AccessTokenLogin:
-    """``data`` for ``Authenticator.get_authenticated_user``: a login by access token.
-
-    A class of its own (never form data) so nothing a browser posts can select this path.
-    """
-
-    token: str
-
-
 def _keycloak(handler) -> Any:
     """The hub's Keycloak authenticator when device login is configured, else None."""
-    from .keycloak import TwinhubKeycloakAuthenticator
-
     a = handler.authenticator
-    if (
-        isinstance(a, TwinhubKeycloakAuthenticator)
-        and a.cli_client_id
-        and a.device_authorization_url
-        and a.introspection_url
-    ):
+    if isinstance(a, ExchangesAccessTokens) and a.device_login_configured:
         return a
     return None
-
-
-async def access_token_auth_model(authenticator, token: str) -> tuple[dict, str]:
-    """Check ``token`` with Keycloak and build the auth model from userinfo, as a browser
-    login does; returns (model, sub).  HTTPError 401/403 says what is wrong."""
-    a = authenticator
-    body = urlencode(
-        {
-            "token": token,
-            "token_type_hint": "access_token",
-            "client_id": a.client_id,
-            "client_secret": a.client_secret,
-        }
-    )
-    try:
-        info = await a.httpfetch(
-            a.introspection_url,
-            "Introspecting a token for twinhub login...",
-            method="POST",
-            body=body,
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Accept": "application/json",
-            },
-            validate_cert=a.validate_server_cert,
-        )
-    except HTTPClientError as e:
-        a.log.error("Keycloak token introspection failed: %s", e)
-        raise web.HTTPError(
-            502, "Keycloak could not check the token (introspection failed)."
-        ) from e
-    if not isinstance(info, dict) or not info.get("active"):
-        raise web.HTTPError(
-            401,
-            "The Keycloak access token is not valid (expired, revoked or from another realm): "
-            "run `twinhub login` again.",
-        )
-    client = info.get("client_id") or info.get("azp")
-    allowed = {a.cli_client_id, a.client_id}
-    if client not in allowed:
-        raise web.HTTPError(
-            403,
-            f"The access token was issued to client {client!r}; this hub exchanges only tokens "
-            f"of {' or '.join(repr(c) for c in sorted(allowed))}.",
-        )
-    if not info.get("sub"):
-        raise web.HTTPError(401, "Keycloak's introspection names no user (sub) for the token.")
-    try:
-        model = await a._token_to_auth_model({"access_token": token, "token_type": "Bearer"})
-    except HTTPClientError as e:
-        if 400 <= e.code < 500:
-            raise web.HTTPError(
-                401, f"Keycloak's userinfo endpoint refused the token ({e.code})."
-            ) from e
-        raise
-    return model, info["sub"]
 
 
 class LoginConfigHandler(APIHandler):
@@ -120,11 +46,9 @@ class LoginConfigHandler(APIHandler):
         return None
 
     async def get(self) -> None:
-        from .keycloak import TwinhubKeycloakAuthenticator
-
         a = _keycloak(self)
         self.set_header("Content-Type", "application/json")
-        if a is None and isinstance(self.authenticator, TwinhubKeycloakAuthenticator):
+        if a is None and isinstance(self.authenticator, ExchangesAccessTokens):
             self.write(
                 json.dumps(
                     {
@@ -224,6 +148,7 @@ class TokenExchangeHandler(APIHandler):
 
 
 def login_handlers() -> list[tuple[str, type]]:
+    """The hub API handlers of ``twinhub login`` (every authenticator adds them)."""
     return [
         (r"/api/twinhub/login-config", LoginConfigHandler),
         (r"/api/twinhub/token-exchange", TokenExchangeHandler),

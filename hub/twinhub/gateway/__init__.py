@@ -26,11 +26,14 @@ from typing import Any
 from traitlets import Bool, Float, Integer, default, validate
 from traitlets.config import Configurable
 
+from twinlab.contract import ENV_INSTANCE
+
 from ..plugin import Part, Say
 from ..process.components import Component
 from ..process.runtime import Runtime, world_reachable
 from ..process.supervisor import free_port, http_ok
 from ..services.registration import grant_access, register_service
+from .hooks import make_post_stop_hook
 
 SERVICE_NAME = "dask-gateway"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}"
@@ -182,7 +185,7 @@ def components(rt: Runtime) -> list[Component]:
             argv=[rt.bin("dask-gateway-server"), "-f", str(config_path(rt))],
             env={
                 "TWINHUB_STATE": str(rt.state_dir),
-                "TWINHUB_INSTANCE": rt.instance_id,
+                ENV_INSTANCE: rt.instance_id,
                 # the proxy binary it starts reads PATH for nothing, but Python needs one
                 "PATH": f"{rt.prefix / 'bin'}:/usr/bin:/bin",
             },
@@ -216,10 +219,7 @@ def configure_hub(c: Any, rt: Runtime) -> None:
             "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
         }
     )
-
-    from .hooks import make_post_stop_hook
-
-    c.Spawner.post_stop_hook = make_post_stop_hook(gateway_url(rt))
+    c.Spawner.post_stop_hook = make_post_stop_hook(gateway_url(rt), ACCESS_SCOPE)
 
 
 __all__ = [

@@ -40,8 +40,12 @@ from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
 from traitlets import Bool, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
+from twinlab.contract import ENV_INSTANCE
+
 from ..spawn import limits
 from ..spawn.limits import limit_processes
+from ..spawn.os_accounts import AccountError, check_account, os_account_name
+from .dashboard import add_dashboard_routes
 
 PRELOAD_FILE = str(Path(__file__).with_name("dashboard_tls.py"))
 _PR_SET_PDEATHSIG = 1
@@ -110,8 +114,6 @@ class TwinhubBackendMixin(LoggingConfigurable):
     async def setup(self, app: Any) -> None:
         await super().setup(app)
         if self.dashboard:
-            from .dashboard import add_dashboard_routes
-
             add_dashboard_routes(app, self)
 
     async def _check_cluster_proxied(self, cluster: Any) -> None:
@@ -204,7 +206,7 @@ class TwinhubBackendMixin(LoggingConfigurable):
         cert, key = self.get_tls_paths(cluster)
         env.update(
             {
-                "TWINHUB_INSTANCE": self.instance_id,
+                ENV_INSTANCE: self.instance_id,
                 # HTTP servers of schedulers and workers: TLS with the cluster's certificate;
                 # dashboard_tls.py then requires a client certificate.
                 "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__TLS__CERT": cert,
@@ -248,8 +250,6 @@ class TwinhubLocalBackend(TwinhubBackendMixin, LocalBackend):
     """Clusters as local processes of each user's OS account (multi-user mode, gateway as root)."""
 
     def _account(self, username: str) -> pwd.struct_passwd:
-        from ..spawn.os_accounts import AccountError, check_account, os_account_name
-
         try:
             name = os_account_name(username, self.account_prefix)
             if self.state_dir:  # an account of another instance on this host is not theirs

@@ -15,8 +15,6 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from . import ACCESS_SCOPE
-
 log = logging.getLogger("twinhub.gateway")
 STOP_WAIT = 30.0  # seconds to wait for clusters to report stopped
 
@@ -52,7 +50,10 @@ async def stop_user_clusters(gateway: str, token: str, wait: float = STOP_WAIT) 
     return names
 
 
-def make_post_stop_hook(gateway: str) -> Callable[[Any], Awaitable[None]]:
+def make_post_stop_hook(gateway: str, scope: str) -> Callable[[Any], Awaitable[None]]:
+    """The hub's ``Spawner.post_stop_hook``: stop the user's clusters at ``gateway`` with a
+    short-lived token limited to ``scope`` (the gateway's access scope)."""
+
     async def post_stop_hook(spawner: Any) -> None:
         user = spawner.user
         # Clusters belong to the user, not to one server: keep them while another runs.
@@ -60,7 +61,7 @@ def make_post_stop_hook(gateway: str) -> Callable[[Any], Awaitable[None]]:
         if others:
             return
         token = user.new_api_token(
-            scopes=[ACCESS_SCOPE], expires_in=300, note="twinhub: stop Dask clusters"
+            scopes=[scope], expires_in=300, note="twinhub: stop Dask clusters"
         )
         try:
             names = await stop_user_clusters(gateway, token)
@@ -75,6 +76,8 @@ def make_post_stop_hook(gateway: str) -> Callable[[Any], Awaitable[None]]:
             # Never fail the server stop because of the gateway.
             spawner.log.exception("Could not stop the Dask clusters of %s", user.name)
         finally:
+            # jupyterhub.orm takes ~0.4 s to import: `twinhub up` and the gateway process
+            # import this package and never run the hook (the hub has it loaded).
             from jupyterhub import orm
 
             orm_token = orm.APIToken.find(user.db, token)

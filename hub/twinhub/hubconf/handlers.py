@@ -21,6 +21,9 @@ from tornado import web
 from traitlets import Integer
 from traitlets.config import Configurable
 
+from ..process.runtime import Runtime
+from ..spawn.os_accounts import check_platform_name
+
 
 class PendingAwareServerAPIHandler(UserServerAPIHandler):
     """``POST /api/users/<name>/server[s/<server>]`` that explains a spawn already pending.
@@ -112,8 +115,6 @@ class TwinhubHubRequests(Configurable):
 @functools.cache
 def request_limits() -> TwinhubHubRequests:
     """The limits from twinhub_config.py (defaults for a hub started without a state dir)."""
-    from ..process.runtime import Runtime
-
     try:
         return TwinhubHubRequests(config=Runtime.load().config)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError):
@@ -123,8 +124,6 @@ def request_limits() -> TwinhubHubRequests:
 def check_new_user_name(handler: web.RequestHandler, name: str) -> None:
     """400 naming the rule for a name that cannot become a platform user (an OS account
     ``<prefix><name>`` in multi-user mode, a bucket...): checked before anything is made."""
-    from ..spawn.os_accounts import check_platform_name
-
     prefix = getattr(handler.authenticator, "user_prefix", "twin-")
     try:
         check_platform_name(name, prefix)
@@ -192,14 +191,12 @@ class BoundedTokenAPIHandler(UserTokenListAPIHandler):
 
 
 def platform_handlers() -> list[tuple[str, type]]:
-    from ..auth.token_exchange import login_handlers
-
+    """The hub API handlers that replace JupyterHub's (the authenticators add them with
+    their own, ``twinhub login``'s among them: :mod:`twinhub.auth.token_exchange`)."""
     return [
         (r"/api/users", CheckedUserListAPIHandler),
         (r"/api/users/([^/]+)", CheckedUserAPIHandler),
         (r"/api/users/([^/]+)/tokens", BoundedTokenAPIHandler),
         (r"/api/users/([^/]+)/server", PendingAwareServerAPIHandler),
         (r"/api/users/([^/]+)/servers/([^/]*)", PendingAwareServerAPIHandler),
-        # `twinhub login` (answers "use the token page" with local accounts).
-        *login_handlers(),
     ]

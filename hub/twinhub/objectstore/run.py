@@ -23,7 +23,8 @@ import subprocess
 import sys
 
 from ..process.runtime import Runtime
-from . import seaweed, settings
+from . import seaweed
+from .options import settings
 
 STOP_GRACE = 3.0
 RELAY_CHUNK = 256 * 1024

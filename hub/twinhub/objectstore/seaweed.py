@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..process.runtime import Runtime
+from .options import StorageError
 
 LAKE_ACTIONS = ("Read", "List")
 HOME_ACTIONS = ("Read", "List", "Write", "Tagging")
@@ -86,6 +87,8 @@ def make_tls(conf: Path) -> None:
     """A private CA and one certificate (server and client) for SeaweedFS's gRPC mTLS."""
     if (conf / "grpc.crt").exists() and (conf / "grpc.key").exists():
         return
+    # cryptography's x509 takes ~30 ms to import and is needed once per state directory;
+    # every process that reads the store's settings imports this module.
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -347,8 +350,6 @@ def _private_network_works() -> bool:
 def private_network(setting: str) -> bool:
     """Whether weed runs in its own network namespace (``TwinhubObjectStore.private_network``:
     'on', 'off', or 'auto': when running as root and the kernel allows it)."""
-    from .credentials import StorageError
-
     if setting == "off":
         return False
     if setting == "auto" and os.geteuid() != 0:

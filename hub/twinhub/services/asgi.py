@@ -16,7 +16,10 @@ the limit is refused with a 4xx before it reaches a parser.
   otherwise as soon as the chunks read pass it; the rest is read and dropped, up to
   ``DRAIN_BYTES``, so that the proxy's connection stays usable); a body whose JSON nests
   deeper than ``max_json_depth``: 400. The body read is replayed downstream and left in
-  ``scope["state"]["body"]`` so that inner layers need not read it again;
+  ``scope["state"]["body"]`` so that inner layers need not read it again (they take it
+  with :func:`read_body`);
+- a refusal anywhere in a service is :class:`BadRequest` (message, status), answered by
+  :func:`send_refusal`;
 - every 4xx/5xx answer goes out as JSON ``{"code": status, "description": message}``:
   Starlette's plain-text 404/405/500, FastAPI's ``{"detail": ...}`` 422 included (bodies that
   already have ``code`` and ``description`` pass as they are);
@@ -213,14 +216,61 @@ def request_body(scope: Scope) -> bytes | None:
 
 
 class BadRequest(Exception):
-    """A request refused by the limits (status and message for the JSON answer)."""
+    """A request a service refuses: answered as JSON ``{"code": status, "description":
+    message}`` (see :func:`send_refusal`). The one such class of every service (the request
+    limits here, the STAC guard and federation, their parsers' bounds).
 
-    def __init__(self, status: int, message: str, close: bool = False) -> None:
+    ``close``: the body was left unread, so the connection cannot carry another request.
+    """
+
+    def __init__(self, message: str, status: int = 400, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        # the body was left unread: the connection cannot carry another request
         self.headers = [(b"connection", b"close")] if close else []
+
+
+async def send_refusal(send: Send, e: BadRequest, headers: Any = ()) -> None:
+    """The JSON answer to a refused request."""
+    await send_error(send, e.status, e.message, [*e.headers, *headers])
+
+
+async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
+    """The request's whole body: the one :class:`RequestLimitsMiddleware` already read, or
+    (an app used without it) read here, refused with 413 above ``max_bytes``. The caller
+    passes it on with :func:`replay`."""
+    body = request_body(scope)
+    if body is not None:
+        return body
+    body, size, _more = await _receive_body(receive, max_bytes)
+    if size > max_bytes:
+        raise BadRequest(_too_large(max_bytes), 413)
+    return body
+
+
+async def _receive_body(receive: Receive, max_bytes: int) -> tuple[bytes, int, bool]:
+    """``(body, bytes received, more to come)``: read to the end, or until past
+    ``max_bytes`` (then the body is incomplete and ``more`` says whether the client is
+    still sending)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise BadRequest("the client went away before sending the whole body")
+        data = msg.get("body", b"")
+        size += len(data)
+        more = bool(msg.get("more_body"))
+        if size > max_bytes:
+            return b"", size, more
+        chunks.append(data)
+        if not more:
+            return b"".join(chunks), size, False
+
+
+def _too_large(cap: int) -> str:
+    shown = f"{cap // (1024 * 1024)} MiB" if cap >= 1024 * 1024 else f"{cap} bytes"
+    return f"request body larger than {shown} (the limit)"
 
 
 # -- the middleware --------------------------------------------------------------------------
@@ -255,7 +305,7 @@ class RequestLimitsMiddleware:
             self._check_head(scope)
             receive = await self._read_body(scope, receive)
         except BadRequest as e:
-            await send_error(send, e.status, e.message, e.headers)
+            await send_refusal(send, e)
             return
         try:
             await self.app(scope, receive, answer)
@@ -274,17 +324,17 @@ class RequestLimitsMiddleware:
         size = sum(len(k) + len(v) + 4 for k, v in headers)
         if size > self.max_header_bytes or len(headers) > MAX_HEADERS:
             raise BadRequest(
-                431,
                 f"request headers too large: {len(headers)} headers, {size} bytes (at most "
                 f"{MAX_HEADERS} headers, {self.max_header_bytes} bytes)",
+                431,
             )
         raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8")
         try:
             path = unquote_to_bytes(raw_path.split(b"?", 1)[0]).decode("utf-8")
         except UnicodeDecodeError:
-            raise BadRequest(400, "the path is not UTF-8 once percent-decoded") from None
+            raise BadRequest("the path is not UTF-8 once percent-decoded") from None
         if _PATH_CONTROLS.search(path):
-            raise BadRequest(400, "control characters (such as NUL) are not allowed in paths")
+            raise BadRequest("control characters (such as NUL) are not allowed in paths")
         qs = scope.get("query_string", b"")
         if not qs:
             return
@@ -297,22 +347,19 @@ class RequestLimitsMiddleware:
                 max_num_fields=MAX_QUERY_FIELDS,
             )
         except UnicodeDecodeError:
-            raise BadRequest(400, "the query string is not UTF-8 once percent-decoded") from None
+            raise BadRequest("the query string is not UTF-8 once percent-decoded") from None
         except ValueError:
-            raise BadRequest(
-                400, f"too many query parameters (at most {MAX_QUERY_FIELDS})"
-            ) from None
+            raise BadRequest(f"too many query parameters (at most {MAX_QUERY_FIELDS})") from None
         for key, value in fields:
             if _QUERY_CONTROLS.search(key) or _QUERY_CONTROLS.search(value):
                 raise BadRequest(
-                    400, f"control characters (such as NUL) are not allowed in query parameter "
-                    f"{key[:64]!r}",
-                )  # fmt: skip
+                    "control characters (such as NUL) are not allowed in query parameter "
+                    f"{key[:64]!r}"
+                )
             if json_depth(value, stop_at=self.max_json_depth) > self.max_json_depth:
                 raise BadRequest(
-                    400,
                     f"query parameter {key[:64]!r} nests deeper than {self.max_json_depth} "
-                    "levels (the limit)",
+                    "levels (the limit)"
                 )
 
     async def _read_body(self, scope: Scope, receive: Receive) -> Receive:
@@ -322,25 +369,14 @@ class RequestLimitsMiddleware:
             return receive  # nothing to read (GET, HEAD, DELETE...)
         if length and not chunked:
             if not length.isdigit():
-                raise BadRequest(400, f"bad Content-Length {length[:32]!r}")
+                raise BadRequest(f"bad Content-Length {length[:32]!r}")
             if int(length) > self.max_body_bytes:
                 drained = int(length) <= DRAIN_BYTES and await _drain(receive, 0)
-                raise BadRequest(413, self._too_large(), close=not drained)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise BadRequest(400, "the client went away before sending the whole body")
-            data = msg.get("body", b"")
-            size += len(data)
-            if size > self.max_body_bytes:
-                drained = not msg.get("more_body") or await _drain(receive, size)
-                raise BadRequest(413, self._too_large(), close=not drained)
-            chunks.append(data)
-            if not msg.get("more_body"):
-                break
-        body = b"".join(chunks)
+                raise BadRequest(self._too_large(), 413, close=not drained)
+        body, size, more = await _receive_body(receive, self.max_body_bytes)
+        if size > self.max_body_bytes:
+            drained = not more or await _drain(receive, size)
+            raise BadRequest(self._too_large(), 413, close=not drained)
         media = header(scope, b"content-type").split(";", 1)[0].strip().lower()
         deep = (
             body
@@ -349,15 +385,13 @@ class RequestLimitsMiddleware:
         )
         if deep:
             raise BadRequest(
-                400, f"the body's JSON nests deeper than {self.max_json_depth} levels (the limit)"
+                f"the body's JSON nests deeper than {self.max_json_depth} levels (the limit)"
             )
         scope.setdefault("state", {})["body"] = body
         return replay(body, receive)
 
     def _too_large(self) -> str:
-        cap = self.max_body_bytes
-        shown = f"{cap // (1024 * 1024)} MiB" if cap >= 1024 * 1024 else f"{cap} bytes"
-        return f"request body larger than {shown} (the limit)"
+        return _too_large(self.max_body_bytes)
 
 
 async def _drain(receive: Receive, size: int) -> bool:

@@ -29,9 +29,7 @@ from urllib.parse import parse_qs, quote, urlencode
 
 from jupyterhub.services.auth import HubOAuth
 
-# send_json, header and the ASGI types live in .asgi (one home for every service); they are
-# re-exported here for the modules that import them from hubauth.
-from .asgi import ASGIApp, Receive, Scope, Send, header, send_json
+from .asgi import ASGIApp, Receive, Scope, Send, header, send_error
 
 log = logging.getLogger("twinhub.hubauth")
 
@@ -125,56 +123,44 @@ class HubAuthMiddleware:
         if not token:
             token, source = self._cookies(scope).get(self.cookie, ""), "cookie"
         if token and source == "cookie" and method not in SAFE_METHODS:
-            await send_json(
+            await send_error(
                 send,
                 403,
-                {
-                    "code": 403,
-                    "description": f"{method} needs an 'Authorization: token ...' header; a "
-                    "browser session may only read",
-                },
+                f"{method} needs an 'Authorization: token ...' header; a "
+                "browser session may only read",
             )
             return
         if not token:
             await self._login_or_401(scope, send)
             return
         if not _TOKEN.fullmatch(token):  # no hub token looks like this: not worth asking
-            await send_json(
+            await send_error(
                 send,
                 401,
-                {"code": 401, "description": "invalid token: not a JupyterHub API token"},
-                headers=[(b"www-authenticate", b'token realm="jupyterhub"')],
+                "invalid token: not a JupyterHub API token",
+                [(b"www-authenticate", b'token realm="jupyterhub"')],
             )
             return
         try:
             user = await self._user_for(token)
         except Exception:
-            await send_json(
-                send, 502, {"code": 502, "description": "cannot reach the hub to check the token"}
-            )
+            await send_error(send, 502, "cannot reach the hub to check the token")
             return
         if user is None:
             if source == "cookie" and method in SAFE_METHODS and _wants_html(scope):
                 await self._login_or_401(scope, send)  # expired session: log in again
                 return
-            await send_json(
+            await send_error(
                 send,
                 401,
-                {"code": 401, "description": "invalid or expired token"},
-                headers=[(b"www-authenticate", b'token realm="jupyterhub"')],
+                "invalid or expired token",
+                [(b"www-authenticate", b'token realm="jupyterhub"')],
             )
             return
         granted = self.hub_auth.check_scopes(self.hub_auth.access_scopes, user)
         if not granted:
             need = " or ".join(sorted(self.hub_auth.access_scopes))
-            await send_json(
-                send,
-                403,
-                {
-                    "code": 403,
-                    "description": f"the token of {user.get('name')!r} lacks the scope {need}",
-                },
-            )
+            await send_error(send, 403, f"the token of {user.get('name')!r} lacks the scope {need}")
             return
         scope.setdefault("state", {})["hub_user"] = user
         await self.app(scope, receive, send)
@@ -213,15 +199,12 @@ class HubAuthMiddleware:
                 headers=[self._set_cookie(self.state_cookie, state, scope, STATE_MAX_AGE)],
             )
             return
-        await send_json(
+        await send_error(
             send,
             401,
-            {
-                "code": 401,
-                "description": "authentication required: send 'Authorization: token <JupyterHub "
-                "API token>' (in a user server: $JUPYTERHUB_API_TOKEN), or log in with a browser",
-            },
-            headers=[(b"www-authenticate", b'token realm="jupyterhub"')],
+            "authentication required: send 'Authorization: token <JupyterHub "
+            "API token>' (in a user server: $JUPYTERHUB_API_TOKEN), or log in with a browser",
+            [(b"www-authenticate", b'token realm="jupyterhub"')],
         )
 
     async def _oauth_callback(self, scope: Scope, send: Send) -> None:
@@ -230,22 +213,16 @@ class HubAuthMiddleware:
         state = (query.get("state") or [""])[0]
         cookie_state = self._cookies(scope).get(self.state_cookie, "")
         if not code or not state:
-            await send_json(
-                send, 400, {"code": 400, "description": "oauth_callback needs code and state"}
-            )
+            await send_error(send, 400, "oauth_callback needs code and state")
             return
         if not secrets.compare_digest(state, cookie_state) or state not in self._states:
-            await send_json(
-                send,
-                403,
-                {"code": 403, "description": "OAuth state does not match this browser's login"},
-            )
+            await send_error(send, 403, "OAuth state does not match this browser's login")
             return
         next_url, verifier, _ = self._states.pop(state)
         try:
             token = await self.hub_auth.token_for_code(code, code_verifier=verifier, sync=False)
         except Exception as e:
-            await send_json(send, 403, {"code": 403, "description": f"OAuth login failed: {e}"})
+            await send_error(send, 403, f"OAuth login failed: {e}")
             return
         if not next_url.startswith(self.prefix):  # never redirect off the service
             next_url = self.prefix

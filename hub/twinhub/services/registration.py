@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+from twinlab.contract import ENV_HUB_API_URL, ENV_HUB_TOKEN
 
 #: JupyterHub's own default scopes of a server's token ($JUPYTERHUB_API_TOKEN).
 DEFAULT_SERVER_SCOPES = ["users:activity!user", "access:servers!server"]
@@ -64,8 +67,8 @@ def service_environment(rt: Any, name: str, api_token: str) -> dict[str, str]:
     prefix = f"/services/{name}/"
     return {
         "JUPYTERHUB_SERVICE_NAME": name,
-        "JUPYTERHUB_API_TOKEN": api_token,
-        "JUPYTERHUB_API_URL": rt.hub_api_url,
+        ENV_HUB_TOKEN: api_token,
+        ENV_HUB_API_URL: rt.hub_api_url,
         "JUPYTERHUB_CLIENT_ID": f"service-{name}",
         "JUPYTERHUB_SERVICE_PREFIX": prefix,
         "JUPYTERHUB_BASE_URL": "/",
@@ -89,8 +92,6 @@ MAX_HEAD_BYTES = 64 * 1024
 def uvicorn_argv(factory: str, port: int, *extra: str) -> list[str]:
     """The command of a service's ASGI process: ``factory`` (``module:function``) under
     uvicorn (h11) on loopback, quiet, with no Server header; ``extra`` uvicorn options."""
-    import sys
-
     return [
         sys.executable, "-m", "uvicorn", "--factory", factory,
         "--host", "127.0.0.1", "--port", str(port),
@@ -99,17 +100,3 @@ def uvicorn_argv(factory: str, port: int, *extra: str) -> list[str]:
         *extra,
         "--no-server-header", "--log-level", "warning",
     ]  # fmt: skip
-
-
-def write_service_config(path: Any, doc: dict[str, Any]) -> None:
-    """Write a service's JSON config file, readable by the platform's account only (0600,
-    in a 0700 dir): it may hold secrets (database passfile path, sources' headers)."""
-    import json
-    import os
-    from pathlib import Path
-
-    f = Path(path)
-    f.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=2)

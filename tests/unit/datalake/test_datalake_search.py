@@ -21,6 +21,7 @@ pytest.importorskip("pystac_client")
 pytest.importorskip("cql2")
 
 import twinlab.datalake as dl  # noqa: E402
+from twinlab.datalake.freetext import FreeText  # noqa: E402
 
 
 # ---- bbox / datetime ---------------------------------------------------------------------
@@ -462,3 +463,53 @@ def test_free_text_is_applied_to_items_when_the_api_cannot(lake_items):
     assert len(dl.search(q=["temperature", "precipitation"])) == 2
     assert len(dl.search(q="temperature precipitation", max_items=1)) == 1
     assert len(dl.search(q="snow")) == 0
+
+
+# ---- the data lake page's pages (twinlab.datalake.pages, through the same client) --------
+def test_page_search_sends_free_text_the_api_does_itself(lake_items):
+    from twinlab.datalake import pages
+
+    api = dl.client()
+    root = api.get_self_href()
+    FakeStac.seen.clear()
+    body = {"limit": 10, "q": "precipitation"}
+    doc, features, token = pages.search_page(api, root + "search", body, FreeText.parse("x"))
+    sent = next(r for r in FakeStac.seen if r["path"].endswith("/search"))
+    assert sent["body"] == body and sent["auth"] == "token tok123"
+    assert len(features) == 2 and token is None and doc["type"] == "FeatureCollection"
+
+
+def test_page_search_matches_free_text_here_when_the_api_cannot(lake_items):
+    from twinlab.datalake import pages
+
+    FakeStac.free_text = False
+    api = dl.client()
+    FakeStac.seen.clear()
+    body = {"limit": 10, "q": "PRECIPITATION"}
+    text = FreeText.parse(body["q"])
+    _, features, _ = pages.search_page(api, api.get_self_href() + "search", body, text)
+    assert [f["id"] for f in features] == ["h8-tp-20200101"]
+    assert "q" not in next(r["body"] for r in FakeStac.seen if r["path"].endswith("/search"))
+
+
+def test_page_reads_name_the_stac_answer(stac):
+    from twinlab.datalake import pages
+
+    api = dl.client()
+    root = api.get_self_href()
+    assert pages.read_json(api, root + "collections") == {"collections": [], "links": []}
+    FakeStac.mode = "403"
+    with pytest.raises(pages.StacAnswerError, match="answered 403") as err:
+        pages.read_json(api, root + "search", {"limit": 1})
+    assert err.value.status == 403 and "invalid token" in err.value.detail
+    FakeStac.mode = "html"
+    with pytest.raises(pages.StacAnswerError, match="did not answer JSON"):
+        pages.read_json(api, root + "collections")
+
+
+def test_next_token_from_a_post_body_or_a_get_query():
+    from twinlab.datalake.pages import next_token
+
+    assert next_token({"links": [{"rel": "next", "body": {"token": "n:2"}}]}) == "n:2"
+    assert next_token({"links": [{"rel": "next", "href": "http://h/search?token=n%3A3"}]}) == "n:3"
+    assert next_token({"links": [{"rel": "self", "href": "http://h/"}]}) is None

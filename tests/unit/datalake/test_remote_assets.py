@@ -8,13 +8,8 @@ import pystac
 import pytest
 
 from twinlab.datalake.items import choose_asset
-from twinlab.datalake.remote import (
-    RemoteAssetRefused,
-    asset_href,
-    cache_headers,
-    download_progress,
-    is_cache_href,
-)
+from twinlab.datalake.opening import download_progress
+from twinlab.datalake.remote import RemoteAssetRefused, asset_href, cache_headers, is_cache_href
 
 CACHE = "http://127.0.0.1:8000/services/cache/"
 REMOTE = "https://data.partner.example/climate/2t.zarr"

@@ -15,7 +15,7 @@ from twinlab.browse import STATIC
 
 
 def land_rgba(step: float = 0.5) -> np.ndarray:
-    from global_land_mask import globe
+    from global_land_mask import globe  # a hub-side package: this script is run by hand
 
     lats = 90 - step / 2 - step * np.arange(round(180 / step))
     lons = -180 + step / 2 + step * np.arange(round(360 / step))
@@ -26,7 +26,7 @@ def land_rgba(step: float = 0.5) -> np.ndarray:
 
 
 def main() -> Path:
-    from matplotlib.image import imsave
+    from matplotlib.image import imsave  # start-up cost: only when run
 
     out = STATIC / "land.png"
     imsave(out, land_rgba(), format="png")

@@ -16,12 +16,18 @@ nor other hosts.  The bytes read are capped (:data:`MAX_BYTES`).
 from __future__ import annotations
 
 import io
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from twinlab import environment
+from twinlab.contract import FIELD_SOURCE, LOCAL_SOURCE
+from twinlab.datalake.items import choose_asset, open_item
+from twinlab.datalake.remote import asset_href, cache_url, is_cache_href
+
+from .storage import StorageError, buckets
 
 #: The quick-look grid: 1 degree nodes, 181 x 360 (small enough to render in ~0.1 s).
 GRID_STEP = 1.0
@@ -45,17 +51,12 @@ class QuicklookTooLarge(Exception):
 
 
 def max_bytes() -> int:
-    raw = os.environ.get("TWINLAB_QUICKLOOK_MAX_BYTES", "")
-    try:
-        return int(raw) if raw else MAX_BYTES
-    except ValueError:
-        return MAX_BYTES
+    """The quick-look byte cap: ``$TWINLAB_QUICKLOOK_MAX_BYTES`` or :data:`MAX_BYTES`."""
+    return environment.integer(environment.ENV_QUICKLOOK_MAX_BYTES, MAX_BYTES)
 
 
 def readable_buckets() -> set[str]:
     """The user's buckets (home, lake, projects) as ``$TWINHUB_STORAGE`` lists them."""
-    from .storage import StorageError, buckets
-
     try:
         return {b["name"] for b in buckets()}
     except StorageError:  # not a twinhub server: no bucket is known to be the user's
@@ -68,8 +69,6 @@ def check_href(href: str) -> str:
     Allowed: ``s3://<bucket>/...`` on one of :func:`readable_buckets`, and URLs under
     ``$TWINHUB_CACHE_URL`` (federated assets; without ``.``/``..`` segments, which would
     leave the cache with the server's token)."""
-    from twinlab.datalake.remote import cache_url, is_cache_href
-
     parts = urlsplit(href)
     scheme = parts.scheme.lower()
     if scheme == "s3":
@@ -160,6 +159,7 @@ def pick_variable(ds: Any, variable: str | None) -> str:
 def pick_time(da: Any, time: str | None) -> tuple[Any, str]:
     """``da`` at one time step: ``time`` as an index ("0", "-1") or a timestamp (nearest);
     default the first.  Returns the field and the time's label."""
+    # start-up cost: the data stack loads with the first quick-look
     import numpy as np
     import pandas as pd
 
@@ -196,9 +196,10 @@ def pick_time(da: Any, time: str | None) -> tuple[Any, str]:
 
 def field_on_latlon(field: Any) -> tuple[Any, Any, Any]:
     """(values[lat, lon], lats, lons) with longitudes in -180..180, north first."""
+    # start-up cost: the data stack (xarray with twinlab.grids) loads with the first quick-look
     import numpy as np
 
-    from twinlab.grids import LatLon
+    from twinlab.grids import LatLon  # start-up cost (see above)
 
     target = LatLon(GRID_STEP)
     try:
@@ -214,6 +215,7 @@ def field_on_latlon(field: Any) -> tuple[Any, Any, Any]:
 
 def render_png(values: Any, lats: Any, lons: Any, title: str, units: str) -> bytes:
     """A 720 px wide PNG: the field (equirectangular), a colour bar, a title."""
+    # start-up cost: matplotlib loads with the first quick-look
     import numpy as np
     from matplotlib.figure import Figure
 
@@ -254,12 +256,9 @@ def quicklook(
 
     ``check(href)`` raises for data the picture must not read (default :func:`check_href`;
     tests drawing local files pass their own)."""
-    import pystac
+    import pystac  # start-up cost: loads with the first quick-look
 
-    from twinlab.datalake.items import choose_asset, open_item
-    from twinlab.datalake.remote import asset_href
-
-    source = (item.get("properties") or {}).get("twinhub:source", "local")
+    source = (item.get("properties") or {}).get(FIELD_SOURCE, LOCAL_SOURCE)
     try:
         stac_item = pystac.Item.from_dict(dict(item))
         asset_key, chosen, _ = choose_asset(stac_item, asset)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import re
 from collections.abc import Iterator
 from typing import IO, Any
+from urllib.parse import quote
+
+from twinlab import environment
+from twinlab.datalake.config import DatalakeError, s3_options, storage
 
 #: The most keys one listing returns (S3's own maximum page).
 MAX_LIST = 1000
@@ -39,17 +42,12 @@ class StorageError(Exception):
 
 
 def upload_limit() -> int:
-    raw = os.environ.get("TWINLAB_UPLOAD_MAX_BYTES", "")
-    try:
-        return int(raw) if raw else UPLOAD_MAX_BYTES
-    except ValueError:
-        return UPLOAD_MAX_BYTES
+    """The upload size cap: ``$TWINLAB_UPLOAD_MAX_BYTES`` or :data:`UPLOAD_MAX_BYTES`."""
+    return environment.integer(environment.ENV_UPLOAD_MAX_BYTES, UPLOAD_MAX_BYTES)
 
 
 def buckets() -> list[dict[str, str]]:
     """``[{"name", "kind"}]``: home first, then the lake, then project buckets."""
-    from twinlab.datalake.config import DatalakeError, storage
-
     try:
         doc = storage()
     except DatalakeError as e:
@@ -123,10 +121,9 @@ def client() -> Any:
     """A boto3 S3 client with the user's keys (from the environment) and the platform's
     endpoint (``twinlab.datalake.config.s3_options``); one per process (boto3 clients are
     thread-safe, and making one costs tens of milliseconds)."""
+    # start-up cost: boto3 loads when the page first lists or reads, not at server start
     import boto3
     from botocore.config import Config
-
-    from twinlab.datalake.config import s3_options
 
     return boto3.client(
         "s3",
@@ -150,6 +147,7 @@ def s3_call(what: str) -> Iterator[None]:
     """S3 errors as :class:`StorageError`: the object store's answers (ClientError) and
     botocore's own failures (no credentials, no endpoint, a bad endpoint URL...), which
     would otherwise be an "Unhandled error" 500 with no message."""
+    # start-up cost: boto3 loads when the page first lists or reads, not at server start
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import (
         BotoCoreError,
@@ -213,8 +211,6 @@ def stat(bucket: str, key: str) -> dict[str, Any]:
 
 def presign(bucket: str, key: str) -> dict[str, Any]:
     """A GET URL for ``bucket/key`` valid :data:`PRESIGN_SECONDS`; 404 if there is none."""
-    from urllib.parse import quote
-
     stat(bucket, key)  # a URL to nothing would only fail later, in the browser
     # the object store is another origin: browsers ignore <a download> there, so the
     # response itself says "attachment" (S3's response-content-disposition override)
@@ -236,7 +232,7 @@ def upload(
 ) -> dict[str, Any]:
     """``body`` (a binary file, read from its start; ``size`` bytes) as ``bucket/key``;
     boto3's managed transfer sends big files in parts, never all in memory."""
-    from boto3.s3.transfer import TransferConfig
+    from boto3.s3.transfer import TransferConfig  # start-up cost (see client)
 
     extra = {"ContentType": content_type} if content_type else None
     # parts in memory at once: boto3's defaults (10 threads, 10 parts read ahead, 8 MiB

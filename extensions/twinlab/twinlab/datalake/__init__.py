@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twinlab.contract import check_datetime
+
 from .config import DatalakeError, StacAuthError, StacUnreachable
 from .items import open, open_item, resolve_item
 from .opening import cache_dir, local_copy, open_href
@@ -20,7 +22,6 @@ from .search import (
     SourceWarning,
     build_filter,
     check_bbox,
-    check_datetime,
     client,
     item_source,
     search,
@@ -29,7 +30,7 @@ from .search import (
 
 def catalog(url: str | None = None, max_items: int | None = 1000) -> Any:
     """The lake as an intake Catalog (collections -> items -> xarray readers)."""
-    from .intake_view import catalog as _catalog
+    from .intake_view import catalog as _catalog  # start-up cost: intake loads on first use
 
     return _catalog(url, max_items)
 

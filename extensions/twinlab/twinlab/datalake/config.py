@@ -7,9 +7,10 @@ hub services) and the S3 settings (``AWS_*``, ``TWINHUB_STORAGE``) that s3fs rea
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
+
+from twinlab import environment
+from twinlab.contract import ENV_HUB_TOKEN, ENV_STAC_URL
 
 
 class DatalakeError(RuntimeError):
@@ -26,10 +27,10 @@ class StacUnreachable(DatalakeError, ConnectionError):
 
 def stac_url(url: str | None = None) -> str:
     """The STAC API root: ``url`` or ``$TWINHUB_STAC_URL``, with a trailing slash."""
-    url = url or os.environ.get("TWINHUB_STAC_URL", "")
+    url = url or environment.stac_url()
     if not url:
         raise DatalakeError(
-            "no STAC API URL: pass url=... or set TWINHUB_STAC_URL (twinhub sets it in user "
+            f"no STAC API URL: pass url=... or set {ENV_STAC_URL} (twinhub sets it in user "
             "servers, e.g. http://127.0.0.1:8000/services/stac/)"
         )
     if not url.startswith(("http://", "https://")):
@@ -44,10 +45,10 @@ def api_token(token: str | None = None) -> str:
     """
     if token is not None:
         return token
-    env = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    env = environment.hub_token()
     if not env:
         raise DatalakeError(
-            "no API token for the STAC service: set JUPYTERHUB_API_TOKEN (twinhub sets it in "
+            f"no API token for the STAC service: set {ENV_HUB_TOKEN} (twinhub sets it in "
             "user servers), pass token=..., or token='' for a STAC API without authentication"
         )
     return env
@@ -55,16 +56,10 @@ def api_token(token: str | None = None) -> str:
 
 def storage() -> dict[str, Any]:
     """``$TWINHUB_STORAGE`` decoded: ``endpoint``, ``lake_bucket``, ``home_bucket``."""
-    raw = os.environ.get("TWINHUB_STORAGE", "")
-    if not raw:
-        raise DatalakeError("TWINHUB_STORAGE is not set: this is not a twinhub user server")
     try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        raise DatalakeError(f"TWINHUB_STORAGE is not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise DatalakeError(f"TWINHUB_STORAGE must be a JSON object, got {raw[:80]!r}")
-    return doc
+        return environment.storage()
+    except environment.SettingError as e:
+        raise DatalakeError(str(e)) from None
 
 
 def s3_options() -> dict[str, Any]:
@@ -74,10 +69,7 @@ def s3_options() -> dict[str, Any]:
     ``AWS_ENDPOINT_URL``; we also pass the endpoint explicitly from the other variables so
     that older botocore versions (which ignore ``AWS_ENDPOINT_URL``) reach the same store.
     """
-    endpoint = (
-        os.environ.get("FSSPEC_S3_ENDPOINT_URL")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or os.environ.get("TWINHUB_STORAGE")
-        and storage().get("endpoint")
+    endpoint = environment.s3_endpoint() or (
+        environment.has_storage() and storage().get("endpoint")
     )
     return {"endpoint_url": endpoint} if endpoint else {}

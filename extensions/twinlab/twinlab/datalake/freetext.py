@@ -13,6 +13,7 @@ string property, and a term matches at the start of a word (``heal`` finds ``hea
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -46,8 +47,15 @@ class FreeText:
         return out
 
     def matches(self, item: Any) -> bool:
-        text = item_text(item)
+        """True when ``item`` (a ``pystac.Item``, or anything with ``id`` and
+        ``properties``) matches."""
+        return self._matches(item_text(item))
 
+    def matches_json(self, feature: Mapping[str, Any]) -> bool:
+        """:meth:`matches` for an item as JSON (a GeoJSON Feature)."""
+        return self._matches(_text(str(feature.get("id", "")), feature.get("properties") or {}))
+
+    def _matches(self, text: str) -> bool:
         def found(term: str) -> bool:
             return _word_start(term).search(text) is not None
 
@@ -66,8 +74,12 @@ def _word_start(term: str) -> re.Pattern[str]:
 
 def item_text(item: Any) -> str:
     """What free text is matched against, lower-cased."""
-    parts = [item.id]
-    for value in item.properties.values():
+    return _text(item.id, item.properties)
+
+
+def _text(item_id: str, properties: Mapping[str, Any]) -> str:
+    parts = [item_id]
+    for value in properties.values():
         if isinstance(value, str):
             parts.append(value)
         elif isinstance(value, list):

@@ -23,7 +23,7 @@ def _cfgrib() -> Any:
     # pyproj first: the ecCodes wheel bundles its own libproj, and loading it before
     # pyproj's makes the interpreter abort on pyproj's first use
     import pyproj  # noqa: F401, I001  (this order, see above)
-    import cfgrib
+    import cfgrib  # start-up cost: loaded on first use
 
     return cfgrib
 
@@ -47,7 +47,7 @@ def _chunks_per_message(ds: Any, chunks: Any) -> Any:
 
 
 def _open_one(path: Path, chunks: Any, filter_by_keys: dict[str, Any]) -> Any:
-    import xarray as xr
+    import xarray as xr  # start-up cost: loaded on first use
 
     cfgrib = _cfgrib()
     backend_kwargs = {
@@ -74,7 +74,7 @@ def _merge(parts: list[Any]) -> Any:
     """Merge cfgrib's hypercubes; a scalar coordinate whose value differs between them
     (``heightAboveGround`` 2 vs 10) becomes an attribute of each variable instead of
     wrongly claiming one value for all."""
-    import xarray as xr
+    import xarray as xr  # start-up cost: loaded on first use
 
     scalar: dict[str, set[Any]] = {}
     for ds in parts:
@@ -129,7 +129,7 @@ def with_grid(ds: Any, source: str = "", grid_attrs: dict[str, Any] | None = Non
     detected: from ``grid_attrs`` (e.g. a STAC item's ``twinhub:grid``) if they fit the
     data, else from the data itself; data on no known grid is returned unchanged, with a
     log line saying why."""
-    import twinlab.grids as grids
+    import twinlab.grids as grids  # start-up cost: xarray, loaded when data is opened
 
     if grid_attrs:
         dims = str(grid_attrs.get("grid_dims", "")).split()

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import pystac
 from intake.readers.entry import Catalog
 from intake.readers.readers import BaseReader
 
+from .config import stac_url
+from .items import open_item
+from .search import client, search, stac_errors
 
-class LakeReader(BaseReader):
+
+class LakeReader(BaseReader):  # type: ignore[misc]  # intake is not annotated
     """The lake: a Catalog with one entry per STAC collection."""
 
     imports = {"pystac_client"}
     output_instance = "intake.readers.entry:Catalog"
 
     def _read(self, url: str | None = None, max_items: int | None = 1000, **_: Any) -> Any:
-        from .config import stac_url
-        from .search import client, stac_errors
-
         cat = Catalog(metadata={"description": "twinhub data lake", "stac_url": stac_url(url)})
         api = client(url)
         with stac_errors(stac_url(url)):
@@ -41,7 +43,7 @@ class LakeReader(BaseReader):
         return _listed(cat)
 
 
-class CollectionReader(BaseReader):
+class CollectionReader(BaseReader):  # type: ignore[misc]  # intake is not annotated
     """One collection: a Catalog with one entry per item (``**properties`` filter them,
     as in :func:`twinlab.datalake.search`)."""
 
@@ -55,13 +57,11 @@ class CollectionReader(BaseReader):
         max_items: int | None = 1000,
         **properties: Any,
     ) -> Any:
-        from .search import search
-
         found = search(collections=[collection], max_items=max_items, url=url, **properties)
         return items_catalog(found.items, metadata={"collection": collection})
 
 
-class ItemReader(BaseReader):
+class ItemReader(BaseReader):  # type: ignore[misc]  # intake is not annotated
     """One STAC item (kept as its JSON): reading it is :func:`twinlab.datalake.open`."""
 
     imports = {"pystac", "xarray"}
@@ -75,10 +75,6 @@ class ItemReader(BaseReader):
         chunks: Any = "auto",
         **_: Any,
     ) -> Any:
-        import pystac
-
-        from .items import open_item
-
         return open_item(pystac.Item.from_dict(item), variable, asset=asset, chunks=chunks)
 
 

@@ -7,12 +7,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from twinlab.contract import FIELD_GRID, FIELD_VARIABLE
+
+from .grib import with_grid
 from .opening import PREFERRED, Progress, data_format, open_href
 from .remote import asset_href
+from .search import search
 
 #: The STAC item property naming the item's variable (the sample data's GRIB shortName).
 VARIABLE_PROPERTY = "param"
-GRID_PROPERTY = "twinhub:grid"
+GRID_PROPERTY = FIELD_GRID
 
 
 def _looks_like_href(text: str) -> bool:
@@ -30,8 +34,6 @@ def _looks_like_href(text: str) -> bool:
 
 def resolve_item(item_id: str, url: str | None = None, token: str | None = None) -> Any:
     """The one STAC item with id ``item_id`` (searched in every collection)."""
-    from .search import search
-
     found = search(ids=[item_id], max_items=2, url=url, token=token)
     if not found.items:
         raise KeyError(f"no STAC item with id {item_id!r} in the data lake")
@@ -75,7 +77,7 @@ def choose_asset(item: Any, asset: str | None = None) -> tuple[str, Any, str]:
 
 def _time_range(item: Any) -> tuple[Any, Any] | None:
     """The item's [start, end] as naive UTC numpy datetimes (what Zarr/cfgrib times are)."""
-    import numpy as np
+    import numpy as np  # start-up cost: only when an item is opened
 
     props = item.properties
     start, end = props.get("start_datetime"), props.get("end_datetime")
@@ -87,7 +89,7 @@ def _time_range(item: Any) -> tuple[Any, Any] | None:
     def naive(text: str | None) -> Any:
         if not text:
             return None
-        import pandas as pd
+        import pandas as pd  # start-up cost: only when an item is opened
 
         t = pd.Timestamp(text)
         if t.tzinfo is not None:
@@ -104,7 +106,7 @@ def select_valid_times(ds: Any, start: Any, end: Any, what: str = "data") -> Any
     reference time, 6 h before the valid time for a 6-hourly accumulation like ``tp``,
     whereas STAC datetimes (and the Zarr copies' ``time``) are valid times.
     """
-    import numpy as np
+    import numpy as np  # start-up cost: only when an item is opened
 
     name = "valid_time" if "valid_time" in ds.coords else "time"
     if name not in ds.coords or ds[name].ndim > 1:
@@ -135,7 +137,7 @@ def open_item(
     key, a, kind = choose_asset(item, asset)
     var = variable
     if var is None:  # the asset's own variable, else the item's (a Zarr store holds several)
-        named = a.extra_fields.get("twinhub:variable")
+        named = a.extra_fields.get(FIELD_VARIABLE)
         var = named if isinstance(named, str) else item.properties.get(VARIABLE_PROPERTY)
     # a relative href is relative to the item's own file: pystac resolves it; a federated
     # source's asset is read through the platform's cache (see .remote)
@@ -148,8 +150,6 @@ def open_item(
         ds = select_valid_times(ds, *rng, what=f"item {item.id!r}: asset {key!r}")
     grid = item.properties.get(GRID_PROPERTY)
     if isinstance(grid, Mapping) and "grid_type" not in ds.attrs:
-        from .grib import with_grid
-
         ds = with_grid(ds, source=a.href, grid_attrs=dict(grid))
     return ds.assign_attrs(
         stac_item=item.id, stac_collection=str(item.collection_id or ""), stac_asset=key
@@ -173,7 +173,7 @@ def open(  # noqa: A001 - the notebook API is dl.open, like xr.open_dataset's si
     ``chunks`` as in xarray (``"auto"``: Dask, one chunk per GRIB message); ``progress``
     is called as ``progress(bytes_done, total)`` while a remote GRIB file is copied.
     """
-    import pystac
+    import pystac  # start-up cost: only when something is opened
 
     if chunks is not None and not isinstance(chunks, str | int | Mapping):
         raise TypeError(f"chunks must be 'auto', an int, a dict or None, got {chunks!r}")

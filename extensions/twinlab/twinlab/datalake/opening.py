@@ -17,9 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twinlab import environment
+
 from .config import DatalakeError, s3_options
 from .grib import GRIB_SUFFIXES, open_grib, with_grid
-from .remote import cache_headers, download_progress, http_filesystem, is_cache_href
+from .remote import cache_headers, http_filesystem, is_cache_href
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +72,13 @@ def _unknown_format(href: str) -> ValueError:
 # ---- local copies of remote GRIB files ----------------------------------------------------
 def cache_dir() -> Path:
     """``$TWINLAB_CACHE_DIR`` or ``~/.cache/twinlab/datalake``, private to the user (0700)."""
-    root = Path(
-        os.environ.get("TWINLAB_CACHE_DIR") or Path.home() / ".cache" / "twinlab" / "datalake"
-    )
+    root = Path(environment.cache_dir() or Path.home() / ".cache" / "twinlab" / "datalake")
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     return root
 
 
 def _log_progress(url: str) -> Progress:
+    """A progress callback that logs every 10% of a file over :data:`PROGRESS_ABOVE`."""
     state = {"next": 0}
 
     def report(done: int, total: int) -> None:
@@ -91,11 +92,31 @@ def _log_progress(url: str) -> Progress:
     return report
 
 
+def download_progress(url: str) -> Progress:
+    """A tqdm bar when tqdm is installed (notebooks), else log lines for big files."""
+    try:  # optional dependency
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _log_progress(url)
+    state: dict[str, Any] = {}
+
+    def report(done: int, total: int) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            name = url.rsplit("/", 1)[-1]
+            bar = state["bar"] = tqdm(total=total, unit="B", unit_scale=True, desc=name)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return report
+
+
 def local_copy(url: str, fs: Any = None, progress: Progress | None = None) -> Path:
     """A local copy of the remote file ``url`` in :func:`cache_dir`, reused while the
     object's ETag and size stay the same; written to a temporary file first and renamed,
     so an interrupted download never leaves a partial file that looks complete."""
-    import fsspec
+    import fsspec  # start-up cost: loaded on first use
 
     if fs is None:
         fs, _ = fsspec.core.url_to_fs(url, **(s3_options() if url.startswith("s3://") else {}))
@@ -169,9 +190,9 @@ def open_href(
 
 
 def _open_zarr(href: str, remote: bool, chunks: Any) -> Any:
-    import xarray as xr
+    import xarray as xr  # start-up cost: loaded on first use
 
-    opts = {"storage_options": s3_options()} if href.startswith("s3://") else {}
+    opts: dict[str, Any] = {"storage_options": s3_options()} if href.startswith("s3://") else {}
     if is_cache_href(href):  # fsspec's HTTP store, with the token for the platform's cache
         opts = {"storage_options": {"headers": cache_headers(href)}}
     try:
@@ -191,11 +212,11 @@ def _open_zarr(href: str, remote: bool, chunks: Any) -> Any:
 
 
 def _open_netcdf(href: str, remote: bool, chunks: Any, engine: str | None) -> Any:
-    import xarray as xr
+    import xarray as xr  # start-up cost: loaded on first use
 
     try:
         if remote:
-            import fsspec
+            import fsspec  # start-up cost: loaded on first use
 
             opts = s3_options() if href.startswith("s3://") else {}
             if is_cache_href(href):
@@ -228,4 +249,11 @@ def select_variable(ds: Any, variable: str | None, what: str) -> Any:
     )
 
 
-__all__ = ["DatalakeError", "cache_dir", "local_copy", "open_href", "select_variable"]
+__all__ = [
+    "DatalakeError",
+    "cache_dir",
+    "download_progress",
+    "local_copy",
+    "open_href",
+    "select_variable",
+]

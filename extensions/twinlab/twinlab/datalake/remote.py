@@ -12,19 +12,18 @@ to the cache only, never to any other host.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
+
+from twinlab import environment
+from twinlab.contract import FIELD_REFUSED
 
 from .config import DatalakeError, api_token
 from .search import LOCAL, item_source
 
 log = logging.getLogger(__name__)
 
-REFUSED = "twinhub:refused"
-
-Progress = Callable[[int, int], None]
+REFUSED = FIELD_REFUSED
 
 
 class RemoteAssetRefused(DatalakeError, PermissionError):
@@ -33,7 +32,7 @@ class RemoteAssetRefused(DatalakeError, PermissionError):
 
 def cache_url() -> str:
     """``$TWINHUB_CACHE_URL`` with a trailing slash ("" when this is no twinhub server)."""
-    url = os.environ.get("TWINHUB_CACHE_URL", "")
+    url = environment.cache_url()
     return url if not url or url.endswith("/") else url + "/"
 
 
@@ -54,7 +53,7 @@ def asset_href(item: Any, key: str, asset: Any) -> str:
     that: :class:`RemoteAssetRefused` when the platform refused the asset or gave it none.
     """
     if item_source(item) == LOCAL:
-        return asset.get_absolute_href() or asset.href
+        return str(asset.get_absolute_href() or asset.href)
     source = item_source(item)
     what = f"asset {key!r} of item {item.id!r} (source {source!r})"
     refused = asset.extra_fields.get(REFUSED)
@@ -80,36 +79,14 @@ def asset_href(item: Any, key: str, asset: Any) -> str:
         raise RemoteAssetRefused(
             f"{what}: its cache link {href} is not under this platform's cache {cache_url()}"
         )
-    return href
+    return str(href)
 
 
 def http_filesystem(href: str) -> Any:
     """An fsspec HTTP filesystem for ``href``: with the token for the cache only."""
-    import fsspec
+    import fsspec  # start-up cost: only when a remote file is read
 
     return fsspec.filesystem("http", headers=cache_headers(href))
-
-
-def download_progress(url: str) -> Progress:
-    """A tqdm bar when tqdm is installed (notebooks), else log lines for big files."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        from .opening import _log_progress
-
-        return _log_progress(url)
-    state: dict[str, Any] = {}
-
-    def report(done: int, total: int) -> None:
-        bar = state.get("bar")
-        if bar is None:
-            name = url.rsplit("/", 1)[-1]
-            bar = state["bar"] = tqdm(total=total, unit="B", unit_scale=True, desc=name)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return report
 
 
 __all__ = [
@@ -117,7 +94,6 @@ __all__ = [
     "asset_href",
     "cache_headers",
     "cache_url",
-    "download_progress",
     "http_filesystem",
     "is_cache_href",
     "item_source",

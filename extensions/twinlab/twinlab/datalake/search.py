@@ -9,20 +9,31 @@ CQL2 parser) so both kinds combine into one JSON expression the server checks on
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import functools
-import math
+import json
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
+
+from twinlab import contract
+from twinlab.contract import (
+    FIELD_SOURCE,
+    FIELD_SOURCES,
+    FIELD_WARNINGS,
+    LOCAL_SOURCE,
+    BBox,
+    DatetimeLike,
+    Sources,
+    check_datetime,
+)
 
 from .config import DatalakeError, StacAuthError, StacUnreachable, api_token, stac_url
 from .freetext import FreeText, server_supports
 
 #: The platform's name for its own lake in ``sources`` and ``twinhub:source``.
-LOCAL = "local"
-SOURCE_PROPERTY = "twinhub:source"
+LOCAL = LOCAL_SOURCE
+SOURCE_PROPERTY = FIELD_SOURCE
 
 
 class SourceWarning(UserWarning):
@@ -32,7 +43,7 @@ class SourceWarning(UserWarning):
 @functools.cache
 def _item_collection_class() -> Any:
     """SearchResult, defined on first use: pystac is imported lazily (notebook start-up)."""
-    from pystac import ItemCollection
+    from pystac import ItemCollection  # start-up cost (see above)
 
     class SearchResult(ItemCollection):
         """The matching items (a ``pystac.ItemCollection``), plus what the federated search
@@ -58,7 +69,7 @@ def item_source(item: Any) -> str:
     return str(props.get(SOURCE_PROPERTY) or LOCAL)
 
 
-def check_sources(sources: Any) -> list[str] | None:
+def check_sources(sources: Sources | None) -> list[str] | None:
     """``sources`` as a list of names (a comma-separated string is accepted)."""
     if sources is None:
         return None
@@ -76,6 +87,8 @@ def check_sources(sources: Any) -> list[str] | None:
     return list(sources)
 
 
+#: A CQL2 filter: text (``"param = '2t'"``) or CQL2-JSON (a dict, or its JSON text).
+FilterLike: TypeAlias = str | Mapping[str, Any]
 #: Seconds to wait for the STAC service (connect, read).
 TIMEOUT = (10, 120)
 #: A property name usable in CQL2 (letters, digits, ``_``, ``:``, ``.``, ``-``).
@@ -85,6 +98,7 @@ _PROPERTY = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]*$")
 @contextlib.contextmanager
 def stac_errors(url: str) -> Iterator[None]:
     """Turn pystac-client's errors into ones that name the problem and what to do."""
+    # start-up cost: pystac and pystac-client load on the first request, not on import
     from pystac import STACError
     from pystac_client.exceptions import APIError
 
@@ -110,112 +124,33 @@ def stac_errors(url: str) -> Iterator[None]:
         ) from None
 
 
-def client(url: str | None = None, token: str | None = None) -> Any:
+def client(
+    url: str | None = None,
+    token: str | None = None,
+    timeout: float | tuple[float, float] = TIMEOUT,
+) -> Any:
     """A ``pystac_client.Client`` for the STAC API (``$TWINHUB_STAC_URL`` by default),
-    sending ``Authorization: token $JUPYTERHUB_API_TOKEN`` with every request."""
-    from pystac_client import Client
+    sending ``Authorization: token $JUPYTERHUB_API_TOKEN`` with every request (and waiting
+    ``timeout`` seconds for each answer)."""
+    from pystac_client import Client  # start-up cost: on the first request
 
     url = stac_url(url)
     tok = api_token(token)
     headers = {"Authorization": f"token {tok}"} if tok else {}
     with stac_errors(url):
-        return Client.open(url, headers=headers, timeout=TIMEOUT)
+        return Client.open(url, headers=headers, timeout=timeout)
 
 
 # ---- input checks and CQL2 assembly (pure functions) --------------------------------------
-def check_bbox(bbox: Any) -> list[float] | None:
-    """``bbox`` as 4 (2-D) or 6 (3-D) floats, west/south/(low)/east/north/(high).
-
-    West > east is allowed (a box across the antimeridian, as STAC says); south > north is
-    not.  A comma-separated string is accepted too.
-    """
-    if bbox is None:
-        return None
-    if isinstance(bbox, str):
-        bbox = [p for p in bbox.split(",") if p.strip()]
-    if not isinstance(bbox, Sequence) and not hasattr(bbox, "__len__"):
-        raise ValueError(f"bbox must be 4 or 6 numbers, got {type(bbox).__name__}")
-    try:
-        vals = [float(v) for v in bbox]
-    except (TypeError, ValueError):
-        raise ValueError(f"bbox must be 4 or 6 numbers, got {list(bbox)!r}") from None
-    if len(vals) not in (4, 6):
-        raise ValueError(f"bbox must have 4 or 6 numbers, got {len(vals)}: {vals}")
-    if not all(math.isfinite(v) for v in vals):
-        raise ValueError(f"bbox values must be finite, got {vals}")
-    half = len(vals) // 2
-    west, south, east, north = vals[0], vals[1], vals[half], vals[half + 1]
-    for name, v, lim in (("west", west, 180), ("east", east, 180)):
-        if not -lim <= v <= lim:
-            raise ValueError(f"bbox {name} longitude {v} outside -180..180")
-    for name, v in (("south", south), ("north", north)):
-        if not -90 <= v <= 90:
-            raise ValueError(f"bbox {name} latitude {v} outside -90..90")
-    if south > north:
-        raise ValueError(f"bbox south {south} is north of north {north}")
-    if len(vals) == 6 and vals[2] > vals[5]:
-        raise ValueError(f"bbox lowest elevation {vals[2]} above highest {vals[5]}")
-    return vals
+def check_bbox(bbox: BBox | None) -> list[float] | None:
+    """``bbox`` as 4 (2-D) or 6 (3-D) floats, west/south/(low)/east/north/(high); None
+    stays None. The rules are the hub's too (:func:`twinlab.contract.check_bbox`)."""
+    return None if bbox is None else contract.check_bbox(bbox)
 
 
-def _check_instant(text: str, whole: str) -> None:
-    if text in ("", ".."):
-        return
-    t = text.strip()
-    # RFC 3339 and the shorter forms pystac-client expands (YYYY, YYYY-MM, YYYY-MM-DD)
-    if re.fullmatch(r"\d{4}(-\d{2})?", t):
-        year, _, month = t.partition("-")
-        if month and not 1 <= int(month) <= 12:
-            raise ValueError(f"datetime {whole!r}: month {month} in {t!r} is not 1..12")
-        return
-    try:
-        _dt.datetime.fromisoformat(t.replace("z", "Z"))
-    except ValueError:
-        raise ValueError(
-            f"datetime {whole!r}: {t!r} is not a date or RFC 3339 timestamp "
-            "(e.g. 2020-01-01, 2020-01-01T00:00:00Z, 2020-01-01/2020-01-31, 2020-01-01/..)"
-        ) from None
-
-
-def check_datetime(value: Any) -> Any:
-    """Check a STAC datetime: a string (instant or ``start/end`` with ``..`` for open
-    ends), a ``datetime``/``date``, or a (start, end) pair of those; returned unchanged."""
-    if value is None or isinstance(value, _dt.date):
-        return value
-    if isinstance(value, str):
-        parts = value.split("/")
-        if len(parts) > 2 or not value.strip():
-            raise ValueError(f"datetime {value!r} must be one instant or 'start/end'")
-        for p in parts:
-            _check_instant(p, value)
-        if len(parts) == 2 and parts[0] in ("", "..") and parts[1] in ("", ".."):
-            raise ValueError(f"datetime {value!r} has no start and no end")
-        if len(parts) == 2 and ".." not in parts and "" not in parts:
-            start, end = (_as_datetime(p) for p in parts)
-            if start is not None and end is not None and start > end:
-                raise ValueError(f"datetime {value!r}: start is after end")
-        return value
-    if isinstance(value, Sequence) and len(value) == 2:
-        for v in value:
-            if v is not None and not isinstance(v, _dt.date):
-                check_datetime(str(v))
-        return value
-    raise ValueError(f"datetime must be a string, a datetime or a (start, end) pair, got {value!r}")
-
-
-def _as_datetime(text: str) -> _dt.datetime | None:
-    t = text.strip()
-    if re.fullmatch(r"\d{4}(-\d{2})?", t):
-        t = t + ("-01-01" if len(t) == 4 else "-01")
-    d = _dt.datetime.fromisoformat(t)
-    return d if d.tzinfo else d.replace(tzinfo=_dt.UTC)
-
-
-def _cql2_json(filter: Any) -> dict[str, Any]:
+def _cql2_json(filter: FilterLike) -> dict[str, Any]:
     """A CQL2 filter (text, or JSON as dict/str) as a validated CQL2-JSON dict."""
-    import json
-
-    import cql2
+    import cql2  # start-up cost: a compiled parser, needed only with a filter
 
     try:
         if isinstance(filter, Mapping):
@@ -256,7 +191,7 @@ def _scalar(name: str, value: Any) -> Any:
     )
 
 
-def build_filter(filter: Any = None, **properties: Any) -> dict[str, Any] | None:
+def build_filter(filter: FilterLike | None = None, **properties: Any) -> dict[str, Any] | None:
     """One CQL2-JSON expression: ``filter`` and ``property = value`` for each keyword
     (a list value means "in", ``None`` means "is null")."""
     parts = [] if filter is None else [_cql2_json(filter)]
@@ -268,15 +203,15 @@ def build_filter(filter: Any = None, **properties: Any) -> dict[str, Any] | None
 
 def search(
     collections: str | Sequence[str] | None = None,
-    bbox: Any = None,
-    datetime: Any = None,
-    filter: Any = None,
+    bbox: BBox | None = None,
+    datetime: DatetimeLike | None = None,
+    filter: FilterLike | None = None,
     q: str | Sequence[str] | None = None,
     ids: str | Sequence[str] | None = None,
     max_items: int | None = 100,
     limit: int = 100,
     *,
-    sources: str | Sequence[str] | None = None,
+    sources: Sources | None = None,
     url: str | None = None,
     token: str | None = None,
     **properties: Any,
@@ -335,7 +270,7 @@ def search(
 def _pages(found: Any) -> Iterator[dict[str, Any]]:
     """Every page of a search as JSON, the empty ones included: pystac-client's own page
     iterator stops silently at an empty page, whose warnings would be lost."""
-    from pystac import Link
+    from pystac import Link  # start-up cost: on the first request
 
     io = found._stac_io  # the client's StacApiIO (headers, timeout) for the next links
     params = found.get_parameters()
@@ -351,16 +286,16 @@ def _pages(found: Any) -> Iterator[dict[str, Any]]:
 def _collect(found: Any, max_items: int | None, text: FreeText | None) -> Any:
     """The matches (up to ``max_items``; only those matching ``text`` when the server has
     no free text) as a SearchResult, with every page's source warnings."""
-    from pystac import Item
+    from pystac import Item  # start-up cost: on the first request
 
     kept: list[Any] = []
     said: list[str] = []
     statuses: dict[str, dict[str, Any]] = {}
     for page in _pages(found):
-        for w in page.get("twinhub:warnings") or ():
+        for w in page.get(FIELD_WARNINGS) or ():
             if isinstance(w, str) and w not in said:
                 said.append(w)
-        for name, st in (page.get("twinhub:sources") or {}).items():
+        for name, st in (page.get(FIELD_SOURCES) or {}).items():
             if not isinstance(st, Mapping):
                 continue
             have = statuses.setdefault(name, {**st, "returned": 0})

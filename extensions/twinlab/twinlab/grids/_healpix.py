@@ -41,7 +41,7 @@ def check_nside(nside: Any) -> int:
         raise ValueError(f"HEALPix nside must be a power of two, got {nside}")
     if nside > 2**29:
         raise ValueError(f"HEALPix nside {nside} exceeds 2**29 (int64 pixel index limit)")
-    return nside
+    return int(nside)
 
 
 def _spread(v: Any, xp: Any) -> Any:
@@ -174,7 +174,9 @@ def ring2nest(nside: int, pix: Any) -> Any:
 
 
 # ---- pixel -> centre -------------------------------------------------------------------
-def _ring_lonlat(nside: int, iring: Any, iphi: Any, nr: Any, kshift: Any, xp: Any) -> tuple:
+def _ring_lonlat(
+    nside: int, iring: Any, iphi: Any, nr: Any, kshift: Any, xp: Any
+) -> tuple[Any, Any]:
     """Centre of pixel ``iphi`` on ring ``iring``; polar latitudes via the half-angle
     form so that rings next to the pole keep full precision."""
     north = iring < nside

@@ -15,11 +15,11 @@ import numpy as np
 def namespace(*arrays: Any) -> ModuleType:
     """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
     for a in arrays:
-        mod = type(a).__module__
-        if mod.startswith("cupy"):
-            import cupy
+        if type(a).__module__.startswith("cupy"):
+            import cupy  # optional dependency (the gpu extra)
 
-            return cupy
+            xp: ModuleType = cupy
+            return xp
     return np
 
 

@@ -33,21 +33,21 @@ def _areas(grid: Grid) -> np.ndarray:
     return a
 
 
-def _drop_grid_attrs(obj: Any) -> Any:
+def _drop_grid_attrs(obj: Any) -> xr.Dataset | xr.DataArray:
     """Reductions over the grid are no longer on it: drop the twinlab grid attributes
     (other attributes, units and names, are kept)."""
 
-    def clean(attrs: dict) -> dict:
+    def clean(attrs: dict[Any, Any]) -> dict[Any, Any]:
         return {k: v for k, v in attrs.items() if k not in GRID_ATTRS}
 
-    out = _with_attrs(obj, clean(obj.attrs))
+    out: xr.Dataset | xr.DataArray = _with_attrs(obj, clean(obj.attrs))
     if isinstance(out, xr.Dataset):
         for name in out.data_vars:
             out[name].attrs = clean(out[name].attrs)
     return out
 
 
-def _with_attrs(obj: Any, attrs: dict) -> Any:
+def _with_attrs(obj: Any, attrs: dict[Any, Any]) -> Any:
     out = obj.copy(deep=False)
     out.attrs = attrs
     return out
@@ -127,13 +127,15 @@ class GridAccessor:
             )
         g = self.grid
         if point is not None:
-            return self._sel_points(g, point)
+            picked: xr.Dataset | xr.DataArray = self._sel_points(g, point)
+            return picked
         cells = ops.bbox_cells(g, bbox) if bbox is not None else ops.polygon_cells(g, polygon)
         if len(g.shape) == 1:
             (dim,) = g.dims
             out = self._obj.isel({dim: cells})
             return out.assign_coords(cell_index=(dim, cells))
-        return self._sel_2d(g, cells, polygon)
+        region: xr.Dataset | xr.DataArray = self._sel_2d(g, cells, polygon)
+        return region
 
     def _sel_points(self, g: Grid, point: Any) -> Any:
         pts = np.asarray(point, dtype=np.float64)
@@ -142,7 +144,9 @@ class GridAccessor:
         idx = ops.nearest_cells(g, pts[..., 0], pts[..., 1])
         if pts.ndim == 1:
             idx = idx[0]
-            sel = dict(zip(g.dims, (int(i) for i in np.unravel_index(idx, g.shape)), strict=True))
+            sel: dict[str, Any] = dict(
+                zip(g.dims, (int(i) for i in np.unravel_index(idx, g.shape)), strict=True)
+            )
         else:
             sel = {
                 d: xr.DataArray(i, dims="point")
@@ -201,7 +205,7 @@ class GridAccessor:
                 raise ValueError(
                     "data already has a 'latitude' dimension; cannot add the zonal one"
                 )
-            return xr.apply_ufunc(
+            zonal: xr.DataArray = xr.apply_ufunc(
                 ops.zonal_mean_values,
                 da,
                 input_core_dims=[[dim]],
@@ -216,6 +220,7 @@ class GridAccessor:
                 },
                 keep_attrs=True,
             )
+            return zonal
 
         out = self._on_grid(g).map(one) if isinstance(self._obj, xr.Dataset) else one(self._obj)
         out = out.assign_coords(latitude=("latitude", rings.lat, {"units": "degrees_north"}))
@@ -224,7 +229,7 @@ class GridAccessor:
     # ---- regridding ------------------------------------------------------------------
     def regrid(self, target: Grid, method: str = "nearest", **kwargs: Any) -> Any:
         """Regrid onto ``target`` with :func:`twinlab.grids.regrid` (lazy on Dask data)."""
-        from .regrid import regrid
+        from .regrid import regrid  # start-up cost: numba's kernels load on first regrid
 
         out = regrid(self._obj, self.grid, target, method=method, **kwargs)
         attrs = grid_attrs(target)
@@ -242,5 +247,5 @@ class GridAccessor:
         return self._obj[keep]
 
 
-xr.register_dataset_accessor("grid")(GridAccessor)
-xr.register_dataarray_accessor("grid")(GridAccessor)
+xr.register_dataset_accessor("grid")(GridAccessor)  # type: ignore[no-untyped-call]
+xr.register_dataarray_accessor("grid")(GridAccessor)  # type: ignore[no-untyped-call]

@@ -148,11 +148,11 @@ class Grid(ABC):
             rc = np.clip(rr, 0, r.nrings - 1)
             p = r.start[rc] + np.mod(jj, r.nlon[rc])
             native = p if order is None else order[p]
-            return np.where(ok, native, -1)
+            return np.asarray(np.where(ok, native, -1))
 
         def nearest(rr: np.ndarray) -> np.ndarray:
             rc = np.clip(rr, 0, r.nrings - 1)
-            return np.floor((lon - r.lon0[rc]) * r.nlon[rc] / 360.0 + 0.5).astype(np.int64)
+            return np.asarray(np.floor((lon - r.lon0[rc]) * r.nlon[rc] / 360.0 + 0.5), np.int64)
 
         jn, js = nearest(ring - 1), nearest(ring + 1)
         cols = [

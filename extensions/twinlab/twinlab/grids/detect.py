@@ -71,7 +71,7 @@ def grid_attrs(grid: Grid) -> dict[str, Any]:
 
 def from_dataset(obj: Any, variable: str | None = None) -> Grid:
     """Detect the grid of an ``xarray.Dataset``/``DataArray``; its ``dims`` name the data's."""
-    import xarray as xr
+    import xarray as xr  # optional for the grid maths (the hub's sample data has no need)
 
     if isinstance(obj, xr.Dataset):
         if variable is not None:
@@ -148,7 +148,7 @@ def _with_dims(grid_cls: Any, da: Any, hint: Any, *args: Any, **kw: Any) -> Grid
         dims = _cell_dim(da, probe.size, hint)
     else:
         dims = tuple(str(hint).split()) if hint else _latlon_dims(da) or probe.dims
-    grid = grid_cls(*args, dims=dims, **kw)
+    grid: Grid = grid_cls(*args, dims=dims, **kw)
     check_data(grid, da)
     return grid
 
@@ -285,9 +285,11 @@ def _from_grib_attrs(da: Any, sources: list[Mapping[str, Any]]) -> Grid | None:
         pl = _get(sources, "GRIB_pl")
         if n is None or pl is None:
             raise ValueError("GRIB_gridType='reduced_gg' without GRIB_N and GRIB_pl attributes")
-        grid = ReducedGaussian(_int(n, "GRIB_N"), np.asarray(pl, dtype=np.int64))
+        reduced = ReducedGaussian(_int(n, "GRIB_N"), np.asarray(pl, dtype=np.int64))
         cls, args = (
-            (Octahedral, (grid.N,)) if grid.is_octahedral else (ReducedGaussian, (grid.N, grid.pl))
+            (Octahedral, (reduced.N,))
+            if reduced.is_octahedral
+            else (ReducedGaussian, (reduced.N, reduced.pl))
         )
         dim = next((d for d in CELL_DIMS if d in da.dims), None)
         return _with_dims(cls, da, dim, *args)
@@ -374,9 +376,9 @@ def _from_coords(da: Any) -> Grid | None:
                 f"Gaussian latitudes (N={nlat // 2}) but {lon.size} longitudes from {lon0:g}: "
                 f"a regular Gaussian grid has {2 * nlat} from 0"
             )
-        grid = Gaussian(nlat // 2, dims=dims)
-        check_data(grid, da)
-        return grid
+        gaussian = Gaussian(nlat // 2, dims=dims)
+        check_data(gaussian, da)
+        return gaussian
     raise ValueError("latitudes are neither equally spaced nor Gaussian latitudes")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -111,7 +112,7 @@ class HEALPix(Grid):
         return out.T
 
 
-def _blocks(n: int, block: int = 1 << 20):
+def _blocks(n: int, block: int = 1 << 20) -> Iterator[tuple[slice, np.ndarray]]:
     """(slice, pixel indices) in blocks: whole-grid maths on n1024+ stays in cache and
     its int64 temporaries stay small (12.6M pixels at once would need ~2 GB)."""
     for start in range(0, n, block):

@@ -72,7 +72,7 @@ class LatLon(Grid):
 
     def longitudes(self) -> np.ndarray:
         """Column longitudes in native order, in [0, 360)."""
-        return np.mod(self.lon0 + self.dlon * np.arange(self.nlon), 360.0)
+        return np.asarray(np.mod(self.lon0 + self.dlon * np.arange(self.nlon), 360.0))
 
     def rings(self) -> Rings:
         return rings_from_nlon(self.latitudes(), np.full(self.nlat, self.nlon), self.lon0)

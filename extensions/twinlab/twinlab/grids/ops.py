@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from twinlab.contract import check_finite, check_latitudes
+
 from .base import Grid, Rings
 from .healpix import HEALPix
 
@@ -22,6 +24,8 @@ def check_bbox(bbox: Any) -> tuple[float, float, float, float]:
     """Validate ``(west, south, east, north)`` degrees; returns (west, south, width, north).
 
     ``east < west`` means the box crosses the antimeridian (e.g. ``(170, -10, -170, 10)``).
+    Finite values and the latitudes follow the platform's bbox rule
+    (:mod:`twinlab.contract`); longitudes may be anywhere in [-360, 360] here.
     """
     try:
         vals = [float(v) for v in bbox]
@@ -32,12 +36,8 @@ def check_bbox(bbox: Any) -> tuple[float, float, float, float]:
     if len(vals) != 4:
         raise ValueError(f"bbox must be (west, south, east, north), got {len(vals)} values")
     west, south, east, north = vals
-    if not all(np.isfinite(vals)):
-        raise ValueError(f"bbox has non-finite values: {bbox!r}")
-    if not (-90.0 <= south <= north <= 90.0):
-        raise ValueError(
-            f"bbox needs -90 <= south <= north <= 90, got south={south}, north={north}"
-        )
+    check_finite(vals)
+    check_latitudes(south, north)
     if not (-360.0 <= west <= 360.0 and -360.0 <= east <= 360.0):
         raise ValueError(
             f"bbox longitudes must be within [-360, 360], got west={west}, east={east}"
@@ -186,7 +186,7 @@ def zonal_mean_values(values: np.ndarray, ids: np.ndarray, nrings: int) -> np.nd
     have equal areas on every supported grid, so the plain mean of a ring is its
     area-weighted mean.
     """
-    from .regrid._kernels import group_mean
+    from .regrid._kernels import group_mean  # start-up cost: numba loads on first use
 
     values = np.asarray(values)
     if values.shape[-1] != ids.size:

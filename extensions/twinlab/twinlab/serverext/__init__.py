@@ -16,10 +16,12 @@ __all__ = ["INFO_PROVIDERS", "info_provider"]
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
+    # the handlers need jupyter_server and tornado: loaded only in a running server, so
+    # the info registry above stays importable (and cheap) without them
     from jupyter_server.utils import url_path_join
 
-    from twinlab.serverext.handlers import InfoHandler
-    from twinlab.serverext.lake import handlers as lake_handlers
+    from twinlab.serverext.handlers import InfoHandler  # needs jupyter_server (see above)
+    from twinlab.serverext.lake import handlers as lake_handlers  # (the same)
 
     base = serverapp.web_app.settings["base_url"]
     serverapp.web_app.add_handlers(".*$", [(url_path_join(base, "twinlab/api/info"), InfoHandler)])

@@ -8,11 +8,11 @@ cheap: the standard library only, a short timeout, and the answer reused for a f
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from typing import Any
 
+from twinlab import environment
 from twinlab.serverext.info import info_provider
 
 TIMEOUT = 2.0
@@ -22,7 +22,7 @@ _last: dict[str, Any] = {}
 
 @info_provider("cache")
 def _cache() -> dict[str, Any] | None:
-    base = os.environ.get("TWINHUB_CACHE_URL", "")
+    base = environment.cache_url()
     if not base:
         return None
     now = time.monotonic()
@@ -30,7 +30,7 @@ def _cache() -> dict[str, Any] | None:
         return _last["value"]
     req = urllib.request.Request(
         base.rstrip("/") + "/stats",
-        headers={"Authorization": f"token {os.environ.get('JUPYTERHUB_API_TOKEN', '')}"},
+        headers={"Authorization": f"token {environment.hub_token()}"},
     )
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as r:

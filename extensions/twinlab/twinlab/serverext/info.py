@@ -11,12 +11,13 @@ Providers must be cheap (no heavy imports: this runs in the user's server on req
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import platform
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
+
+import twinlab
+from twinlab import environment
 
 INFO_PROVIDERS: dict[str, Callable[[], Any]] = {}
 
@@ -36,19 +37,17 @@ def info_provider(key: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
 
 @info_provider("user")
 def _user() -> str | None:
-    return os.environ.get("JUPYTERHUB_USER")
+    return environment.hub_user()
 
 
 @info_provider("profile")
 def _profile() -> str | None:
-    return os.environ.get("TWINHUB_PROFILE")
+    return environment.profile()
 
 
 @info_provider("versions")
 def _versions() -> dict[str, str]:
-    from twinlab import __version__
-
-    out = {"twinlab": __version__, "python": platform.python_version()}
+    out = {"twinlab": twinlab.__version__, "python": platform.python_version()}
     for dist in VERSIONED:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist.replace("-", "_")] = metadata.version(dist)
@@ -58,26 +57,16 @@ def _versions() -> dict[str, str]:
 @info_provider("services")
 def _services() -> dict[str, str]:
     """Service name -> URL, as the spawner passed them in ``TWINHUB_SERVICES`` (JSON)."""
-    try:
-        services = json.loads(os.environ.get("TWINHUB_SERVICES") or "{}")
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in services.items()} if isinstance(services, dict) else {}
+    return environment.services()
 
 
 @info_provider("limits")
 def _limits() -> dict[str, Any]:
-    def num(name: str) -> float | None:
-        try:
-            return float(os.environ[name])
-        except (KeyError, ValueError):
-            return None
-
-    mem = num("MEM_LIMIT")
+    mem = environment.mem_limit()
     return {
-        "enforced": os.environ.get("TWINHUB_LIMITS_ENFORCED") == "1",
+        "enforced": environment.limits_enforced(),
         "memory": int(mem) if mem else None,
-        "cpu": num("CPU_LIMIT"),
+        "cpu": environment.cpu_limit(),
     }
 
 

@@ -3,8 +3,10 @@
 Under ``<base_url>twinlab/api/``:
 
 - ``lake/collections``, ``lake/search``, ``lake/items/<collection>/<item>``: the STAC
-  service at ``$TWINHUB_STAC_URL`` asked with the server's ``$JUPYTERHUB_API_TOKEN``;
-  search answers carry the federation's ``twinhub:sources``/``twinhub:warnings`` through;
+  service at ``$TWINHUB_STAC_URL`` asked with the server's ``$JUPYTERHUB_API_TOKEN``,
+  through the notebooks' own client (:func:`twinlab.datalake.search.client`,
+  :mod:`twinlab.datalake.pages`); search answers carry the federation's
+  ``twinhub:sources``/``twinhub:warnings`` through;
 - ``lake/quicklook`` (PNG of one field) and ``lake/code`` (the line that opens an item);
 - ``storage/buckets|list|stat|presign`` (GET) and ``storage/upload?key=`` (PUT, home
   bucket only) with the user's own S3 keys (:mod:`twinlab.browse.storage`).
@@ -17,23 +19,39 @@ answers 4xx with ``{"message": ...}`` naming the problem.
 from __future__ import annotations
 
 import asyncio
+import calendar
+import functools
 import json
 import re
+import tempfile
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
 from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from twinlab.browse import storage as st
+from twinlab.browse.storage import StorageError
+from twinlab.contract import (
+    FIELD_SOURCE,
+    FIELD_SOURCES,
+    FIELD_WARNINGS,
+    LOCAL_SOURCE,
+    check_datetime,
+)
+from twinlab.datalake import pages
+from twinlab.datalake.config import DatalakeError, api_token, stac_url
+from twinlab.datalake.freetext import FreeText
+from twinlab.datalake.search import check_bbox, client
 
 T = TypeVar("T")
 
 #: Items per search page: default and most (beyond that, page with ``token``).
 SEARCH_DEFAULT, SEARCH_MAX = 50, 1000
 #: Free text on an API without item-search ``q``: at most this many items are scanned.
-FREE_TEXT_SCAN = 5000
+FREE_TEXT_SCAN = pages.FREE_TEXT_SCAN
 #: Seconds to wait for the STAC service.
 STAC_TIMEOUT = 60.0
 #: Quick-looks drawn at once: each holds a field and a figure in memory, and a user server
@@ -52,45 +70,49 @@ def _check_id(value: str | None, what: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=1)
+def _api(url: str, token: str) -> Any:
+    """The server's STAC client (the notebooks' :func:`client`), its landing page read once."""
+    return client(url, token, timeout=STAC_TIMEOUT)
+
+
 class LakeHandler(APIHandler):
     """Shared helpers: STAC requests, blocking work in threads, JSON answers."""
 
-    def stac_base(self) -> tuple[str, dict[str, str]]:
-        from twinlab.datalake.config import DatalakeError, api_token, stac_url
-
+    def stac_base(self) -> tuple[str, str]:
+        """The STAC API's root and the server's token; 503 when the server has none."""
         try:
-            url, token = stac_url(), api_token()
+            return stac_url(), api_token()
         except DatalakeError as e:
             raise web.HTTPError(503, str(e)) from None
-        return url, {"Authorization": f"token {token}", "Accept": "application/json"}
 
-    async def stac(self, path: str, body: dict | None = None, missing: str = "") -> Any:
-        """JSON from the STAC service; its 404 becomes ours (with ``missing`` as message)."""
-        base, headers = self.stac_base()
-        req = HTTPRequest(
-            base + path,
-            method="POST" if body is not None else "GET",
-            headers={**headers, "Content-Type": "application/json"},
-            body=json.dumps(body) if body is not None else None,
-            request_timeout=STAC_TIMEOUT,
-            follow_redirects=False,
-        )
+    async def stac_call(self, fn: Callable[[Any, str], T], missing: str = "") -> T:
+        """``fn(client, root)`` in a thread; the STAC service's errors as our answers (its
+        404 with ``missing`` as message, its 400 as ours, anything else a 502)."""
+        base, token = self.stac_base()
         try:
-            resp = await AsyncHTTPClient().fetch(req)
-        except HTTPClientError as e:
-            if e.code == 404 and missing:
+            api = await self.in_thread(_api, base, token)
+            return await self.in_thread(fn, api, base)
+        except pages.StacAnswerError as e:
+            if e.status == 404 and missing:
                 raise web.HTTPError(404, missing) from None
-            detail = ""
-            if e.response is not None and e.response.body:
-                detail = e.response.body.decode(errors="replace")[:300]
-            status = 400 if e.code == 400 else 502
-            raise web.HTTPError(status, f"STAC service answered {e.code}: {detail}") from None
-        except OSError as e:
-            raise web.HTTPError(502, f"cannot reach the STAC service at {base}: {e}") from None
-        try:
-            return json.loads(resp.body)
-        except ValueError:
-            raise web.HTTPError(502, f"the STAC service at {base} did not answer JSON") from None
+            if e.status is None:
+                msg = f"cannot reach the STAC service at {base}: {e.detail}"
+                raise web.HTTPError(502, msg) from None
+            if e.status == 200:
+                raise web.HTTPError(
+                    502, f"the STAC service at {base} did not answer JSON"
+                ) from None
+            status = 400 if e.status == 400 else 502
+            raise web.HTTPError(status, f"STAC service answered {e.status}: {e.detail}") from None
+        except DatalakeError as e:  # the client could not open the API's landing page
+            raise web.HTTPError(502, str(e)) from None
+
+    async def stac(self, path: str, body: dict[str, Any] | None = None, missing: str = "") -> Any:
+        """JSON from the STAC service; its 404 becomes ours (with ``missing`` as message)."""
+        return await self.stac_call(
+            lambda api, base: pages.read_json(api, base + path, body), missing=missing
+        )
 
     async def item(self, collection: str, item: str) -> dict[str, Any]:
         """The item, of the lake or of a federated source (the federated STAC service
@@ -132,7 +154,7 @@ class CollectionsHandler(LakeHandler):
                 "title": c.get("title") or c.get("id"),
                 "description": c.get("description", ""),
                 "extent": c.get("extent"),
-                "source": c.get("twinhub:source", "local"),
+                "source": c.get(FIELD_SOURCE, LOCAL_SOURCE),
             }
             for c in doc.get("collections", [])
         ]
@@ -143,7 +165,6 @@ def full_datetime(value: str) -> str:
     """``value`` with each date-only end made a full RFC 3339 timestamp (the STAC API
     takes only those): a start at the day's (month's, year's) first second, an end at its
     last one, as pystac-client expands them."""
-    import calendar
 
     def expand(part: str, end: bool) -> str:
         m = re.fullmatch(r"(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?", part.strip())
@@ -162,27 +183,8 @@ def full_datetime(value: str) -> str:
     return f"{expand(parts[0], False)}/{expand(parts[1], True)}"
 
 
-def _next_token(doc: dict[str, Any]) -> str | None:
-    """The paging token of the STAC answer's ``next`` link (POST body or GET query)."""
-    for link in doc.get("links", []):
-        if link.get("rel") != "next":
-            continue
-        body = link.get("body")
-        if isinstance(body, dict) and body.get("token"):
-            return str(body["token"])
-        token = parse_qs(urlsplit(link.get("href", "")).query).get("token")
-        if token:
-            return token[0]
-    return None
-
-
 class SearchHandler(LakeHandler):
-    _free_text_native: bool | None = None
-
     def _params(self) -> tuple[dict[str, Any], Any]:
-        from twinlab.datalake.freetext import FreeText
-        from twinlab.datalake.search import check_bbox, check_datetime
-
         body: dict[str, Any] = {}
         raw_limit = self.arg("limit") or str(SEARCH_DEFAULT)
         try:
@@ -196,7 +198,8 @@ class SearchHandler(LakeHandler):
             if bbox := self.arg("bbox"):
                 body["bbox"] = check_bbox(bbox)
             if dt := self.arg("datetime"):
-                body["datetime"] = full_datetime(check_datetime(dt))
+                check_datetime(dt)
+                body["datetime"] = full_datetime(dt)
             q = self.arg("q").strip()
             text = FreeText.parse(q) if q else None
         except ValueError as e:
@@ -218,57 +221,24 @@ class SearchHandler(LakeHandler):
         if unknown:
             raise web.HTTPError(404, f"unknown collection(s): {', '.join(unknown)}")
 
-    async def _native_free_text(self) -> bool:
-        from twinlab.datalake.freetext import ITEM_FREE_TEXT
-
-        if SearchHandler._free_text_native is None:
-            root = await self.stac("")
-            SearchHandler._free_text_native = any(
-                str(c).endswith(ITEM_FREE_TEXT) for c in root.get("conformsTo", [])
-            )
-        return SearchHandler._free_text_native
-
     @web.authenticated
     async def get(self) -> None:
         body, text = self._params()
         if body.get("collections") and not body.get("sources"):
             await self._check_collections(body["collections"])
-        if text is None or await self._native_free_text():
-            doc = await self.stac("search", body)
-            features, next_token = doc.get("features", []), _next_token(doc)
-        else:
-            doc, features, next_token = await self._scan(body, text)
+        doc, features, next_token = await self.stac_call(
+            lambda api, base: pages.search_page(api, base + "search", body, text, FREE_TEXT_SCAN)
+        )
         answer = {
             "type": "FeatureCollection",
             "features": features,
             "next_token": next_token,
             "numberMatched": doc.get("numberMatched") if text is None else None,
         }
-        for key in ("twinhub:sources", "twinhub:warnings"):  # federated search, if present
+        for key in (FIELD_SOURCES, FIELD_WARNINGS):  # federated search, if present
             if key in doc:
                 answer[key] = doc[key]
         self.send_json(answer)
-
-    async def _scan(self, body: dict[str, Any], text: Any) -> tuple[dict, list, str | None]:
-        """Free text the API ignores: page through its results, keeping the matches,
-        until ``limit`` matched (the answer may hold up to one page more) or the end."""
-        body = {k: v for k, v in body.items() if k != "q"}
-        limit, kept, scanned = body["limit"], [], 0
-        doc: dict[str, Any] = {}
-        while True:
-            doc = await self.stac("search", body)
-            page = doc.get("features", [])
-            scanned += len(page)
-            kept += [f for f in page if text.matches(_as_item(f))]
-            token = _next_token(doc)
-            if not token or len(kept) >= limit or scanned >= FREE_TEXT_SCAN:
-                return doc, kept, token
-            body["token"] = token
-
-
-def _as_item(feature: dict[str, Any]) -> Any:
-    """What twinlab.datalake.freetext matches against (an id and properties)."""
-    return SimpleNamespace(id=feature.get("id", ""), properties=feature.get("properties") or {})
 
 
 class ItemHandler(LakeHandler):
@@ -282,6 +252,7 @@ class ItemHandler(LakeHandler):
 class QuicklookHandler(LakeHandler):
     @web.authenticated
     async def get(self) -> None:
+        # start-up cost: the quick-look's data stack (xarray, matplotlib) loads on first use
         from twinlab.browse.quicklook import (
             QuicklookError,
             QuicklookRefused,
@@ -347,8 +318,6 @@ class CodeHandler(LakeHandler):
 # ---- storage ---------------------------------------------------------------------------
 class StorageHandler(LakeHandler):
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        from twinlab.browse.storage import StorageError
-
         try:
             return await self.in_thread(fn, *args)
         except StorageError as e:
@@ -356,8 +325,6 @@ class StorageHandler(LakeHandler):
 
     def checked(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Input checks (they read $TWINHUB_STORAGE only: no thread needed)."""
-        from twinlab.browse.storage import StorageError
-
         try:
             return fn(*args)
         except StorageError as e:
@@ -367,17 +334,13 @@ class StorageHandler(LakeHandler):
 class BucketsHandler(StorageHandler):
     @web.authenticated
     async def get(self) -> None:
-        from twinlab.browse import storage
-
         self.xsrf_token  # noqa: B018  # sets the _xsrf cookie the page echoes for uploads
-        self.send_json({"buckets": self.checked(storage.buckets)})
+        self.send_json({"buckets": self.checked(st.buckets)})
 
 
 class ListHandler(StorageHandler):
     @web.authenticated
     async def get(self) -> None:
-        from twinlab.browse import storage as st
-
         bucket = self.checked(st.check_bucket, self.arg("bucket"))
         prefix = self.checked(st.check_prefix, self.arg("prefix"))
         limit = self.checked(st.check_limit, self.arg("limit"))
@@ -388,8 +351,6 @@ class ListHandler(StorageHandler):
 class StatHandler(StorageHandler):
     @web.authenticated
     async def get(self) -> None:
-        from twinlab.browse import storage as st
-
         bucket = self.checked(st.check_bucket, self.arg("bucket"))
         key = self.checked(st.check_key, self.arg("key"))
         self.send_json(await self.call(st.stat, bucket, key))
@@ -398,8 +359,6 @@ class StatHandler(StorageHandler):
 class PresignHandler(StorageHandler):
     @web.authenticated
     async def get(self) -> None:
-        from twinlab.browse import storage as st
-
         bucket = self.checked(st.check_bucket, self.arg("bucket"))
         key = self.checked(st.check_key, self.arg("key"))
         self.send_json(await self.call(st.presign, bucket, key))
@@ -433,10 +392,6 @@ class UploadHandler(StorageHandler):
     body_read = False
 
     async def prepare(self) -> None:
-        import tempfile
-
-        from twinlab.browse import storage as st
-
         await super().prepare()  # jupyter_server: the user (403 if none) and the XSRF check
         if not self.current_user:
             raise web.HTTPError(403, "authentication required")
@@ -495,8 +450,6 @@ class UploadHandler(StorageHandler):
         super().on_connection_close()
 
     async def put(self) -> None:
-        from twinlab.browse import storage as st
-
         self.body_read = True
         if self.refusal is not None:
             raise self.refusal
@@ -510,8 +463,6 @@ class UploadHandler(StorageHandler):
 
 def handlers(base_url: str) -> list[tuple[str, type]]:
     """The routes, under the server's base URL."""
-    from jupyter_server.utils import url_path_join
-
     lake = url_path_join(base_url, "twinlab/api/lake")
     store = url_path_join(base_url, "twinlab/api/storage")
     return [

@@ -7,10 +7,9 @@ the environment) or ``none`` (the store gives no per-user keys); keys are never 
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
+from twinlab import environment
 from twinlab.serverext.info import info_provider
 
 FIELDS = ("endpoint", "lake_bucket", "home_bucket", "credentials")
@@ -18,13 +17,10 @@ FIELDS = ("endpoint", "lake_bucket", "home_bucket", "credentials")
 
 @info_provider("storage")
 def _storage() -> dict[str, Any] | None:
-    raw = os.environ.get("TWINHUB_STORAGE")
-    if not raw:
+    if not environment.has_storage():
         return None
     try:
-        doc = json.loads(raw)
-    except ValueError:
-        return {"error": "TWINHUB_STORAGE is not valid JSON"}
-    if not isinstance(doc, dict):
-        return {"error": "TWINHUB_STORAGE is not a JSON object"}
+        doc = environment.storage()
+    except environment.SettingError as e:
+        return {"error": str(e)}
     return {k: doc.get(k) for k in FIELDS}

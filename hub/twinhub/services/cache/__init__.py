@@ -15,7 +15,6 @@ it needs no world-traversable place even as root.  See docs/cache.md.
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,17 @@ from typing import Any
 from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
-from ...plugin import Part, Say
-from ...process.components import Component
+from twinlab.contract import ENV_CACHE_URL
+
+from ...errors import PlatformError, StartError
+from ...plugin import Say
 from ...process.runtime import Runtime
-from ..registration import (
-    grant_access,
-    register_service,
-    service_environment,
-    uvicorn_argv,
-    write_service_config,
-)
+from ..base import AsgiService
+from ..datalake.config import TwinhubDataLake
+from .index import read_stats
 
 SERVICE_NAME = "cache"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}/"
-SECRET_NAME = "service-cache"
 CONFIG_FILE = "run/cache.json"
 GB = 1e9
 
@@ -122,8 +118,6 @@ def settings(rt: Runtime) -> TwinhubCache:
     try:
         return TwinhubCache(config=rt.config)
     except (TraitError, ValueError) as e:
-        from ...errors import PlatformError
-
         raise PlatformError(f"bad cache configuration: {e}") from None
 
 
@@ -132,153 +126,65 @@ def cache_dir(rt: Runtime) -> Path:
     return Path(d).expanduser() if d else rt.path("cache")
 
 
-def port(rt: Runtime) -> int:
-    return rt.ports[SERVICE_NAME]
-
-
-def api_url(rt: Runtime) -> str:
-    """The service on loopback, straight (the platform's own calls)."""
-    return f"http://127.0.0.1:{port(rt)}{SERVICE_PREFIX}"
-
-
-def public_url(rt: Runtime) -> str:
-    """The service through the proxy on loopback (what user servers use)."""
-    return rt.local_url + SERVICE_PREFIX.lstrip("/")
-
-
-def active(rt: Runtime) -> bool:
-    """Enabled for this run: the supervisor allocated its port (see allocate_ports).  Other
-    processes (the hub) decide from runtime.json alone, without re-reading the options."""
-    return SERVICE_NAME in rt.ports
-
-
-def allocate_ports(rt: Runtime) -> None:
-    from ...process.ports import PLATFORM_PORTS, pick_port
-
-    if settings(rt).enabled:
-        rt.ports[SERVICE_NAME] = pick_port(PLATFORM_PORTS)
-
-
-def service_config(rt: Runtime) -> dict[str, Any]:
-    """What the service process reads: sources (with their secret headers) and limits."""
-    from ..datalake import TwinhubDataLake
-
-    cfg = settings(rt)
-    max_size = int(cfg.max_size * GB)
-    return {
-        "prefix": SERVICE_PREFIX,
-        "directory": str(cache_dir(rt)),
-        "max_size": max_size,
-        "max_age": cfg.max_age_hours * 3600,
-        "max_object": min(int(cfg.max_object_gb * GB), max_size),
-        "fetch_timeout": cfg.fetch_timeout,
-        "max_downloads": cfg.max_downloads,
-        "max_user_downloads": cfg.max_user_downloads,
-        "download_wait": cfg.download_wait,
-        "sources": [s.to_dict() for s in TwinhubDataLake(config=rt.config).stac_sources()],
-    }
-
-
-def prepare(rt: Runtime) -> None:
-    """Before start: the service's config file (0600: it holds the sources' headers)."""
-    if not active(rt):
-        return
-    from ...errors import StartError
-
-    try:
-        doc = service_config(rt)
-    except ValueError as e:  # a bad source definition (SourceError) or limit
-        raise StartError(str(e)) from None
-    Path(doc["directory"]).mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_service_config(rt.path(CONFIG_FILE), doc)
-
-
-def components(rt: Runtime) -> list[Component]:
-    from ...process.supervisor import http_ok
-
-    if not active(rt):
-        return []
-    env = service_environment(rt, SERVICE_NAME, rt.secret(SECRET_NAME))
-    env["TWINHUB_CACHE_CONFIG"] = str(rt.path(CONFIG_FILE))
-    return [
-        Component(
-            name=SERVICE_NAME,
-            argv=uvicorn_argv("twinhub.services.cache.app:create_app", port(rt)),
-            env=env,
-            port=port(rt),
-            ready=functools.partial(http_ok, api_url(rt) + "health"),
-            background=True,
-        )
-    ]
-
-
-def configure_hub(c: Any, rt: Runtime) -> None:
-    """Register the service, let every user (and server) reach it, tell servers where."""
-    if not active(rt):
-        return
-    register_service(c, SERVICE_NAME, f"http://127.0.0.1:{port(rt)}", rt.secret(SECRET_NAME))
-    grant_access(c, SERVICE_NAME)
-    c.Spawner.environment.update({"TWINHUB_CACHE_URL": public_url(rt)})
-    c.TwinhubSpawner.services.update({SERVICE_NAME: rt.url + SERVICE_PREFIX.lstrip("/")})
-
-
-def status_line(rt: Runtime) -> str | None:
-    """One line for ``twinhub status``: counts and size, read from the cache's index (where
-    and how large as the running service was told: its config file)."""
-    if not active(rt):
-        return None
-    from .store import read_stats
-
-    try:
-        doc = json.loads(rt.path(CONFIG_FILE).read_text())
-        s = read_stats(doc["directory"])
-    except Exception as e:  # being written right now, or damaged: say so, do not fail status
-        return f"unreadable ({type(e).__name__}: {e})"
-    if s is None:
-        return "empty (nothing fetched yet)"
-    return (
-        f"{s['hits']} hits, {s['misses']} misses, {s['evictions']} evicted, "
-        f"{s['objects']} objects, {s['size'] / GB:.2f} of {doc['max_size'] / GB:g} GB"
-    )
-
-
-__all__ = [
-    "SERVICE_NAME",
-    "SERVICE_PREFIX",
-    "TwinhubCache",
-    "active",
-    "allocate_ports",
-    "api_url",
-    "cache_dir",
-    "components",
-    "configure_hub",
-    "prepare",
-    "public_url",
-    "service_config",
-    "settings",
-    "status_line",
-]
-
-
-class CachePart(Part):
+class CachePart(AsgiService):
     """The rolling cache of remote assets at /services/cache/."""
 
     name = SERVICE_NAME
     settings = (TwinhubCache,)
     start_rank = 40
+    factory = "twinhub.services.cache.app:create_app"
+    url_env = ENV_CACHE_URL
+    listed = True
+    config_path = CONFIG_FILE
 
-    def plan(self, rt: Runtime) -> None:
-        allocate_ports(rt)
+    def enabled(self, rt: Runtime) -> bool:
+        return settings(rt).enabled
 
-    def prepare(self, rt: Runtime, say: Say) -> None:
-        prepare(rt)
+    def prepare_service(self, rt: Runtime, say: Say) -> None:
+        """Where it keeps objects (0700: only the service process reads them)."""
+        cache_dir(rt).mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def components(self, rt: Runtime) -> list[Component]:
-        return components(rt)
+    def service_config(self, rt: Runtime) -> dict[str, Any]:
+        """Sources (with their secret headers: the file is 0600) and limits."""
+        cfg = settings(rt)
+        max_size = int(cfg.max_size * GB)
+        try:
+            sources = [s.to_dict() for s in TwinhubDataLake(config=rt.config).stac_sources()]
+        except ValueError as e:  # a bad source definition (SourceError)
+            raise StartError(str(e)) from None
+        return {
+            "prefix": self.prefix(),
+            "directory": str(cache_dir(rt)),
+            "max_size": max_size,
+            "max_age": cfg.max_age_hours * 3600,
+            "max_object": min(int(cfg.max_object_gb * GB), max_size),
+            "fetch_timeout": cfg.fetch_timeout,
+            "max_downloads": cfg.max_downloads,
+            "max_user_downloads": cfg.max_user_downloads,
+            "download_wait": cfg.download_wait,
+            "sources": sources,
+        }
 
-    def configure_hub(self, c: Any, rt: Runtime) -> None:
-        configure_hub(c, rt)
+    def status_line(self, rt: Runtime) -> str | None:
+        """Counts and size, read from the cache's index (where and how large as the running
+        service was told: its config file)."""
+        if not self.active(rt):
+            return None
+        try:
+            doc = json.loads(rt.path(CONFIG_FILE).read_text())
+            s = read_stats(doc["directory"])
+        except Exception as e:  # being written right now, or damaged: say so, do not fail status
+            return f"unreadable ({type(e).__name__}: {e})"
+        if s is None:
+            return "empty (nothing fetched yet)"
+        return (
+            f"{s['hits']} hits, {s['misses']} misses, {s['evictions']} evicted, "
+            f"{s['objects']} objects, {s['size'] / GB:.2f} of {doc['max_size'] / GB:g} GB"
+        )
 
     def status_lines(self, rt: Runtime) -> list[str]:
-        line = status_line(rt)
+        line = self.status_line(rt)
         return [f"cache          {line}"] if line else []
+
+
+__all__ = ["SERVICE_NAME", "SERVICE_PREFIX", "CachePart", "TwinhubCache", "cache_dir", "settings"]

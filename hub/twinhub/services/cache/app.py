@@ -2,7 +2,7 @@
 
 ``uvicorn --factory twinhub.services.cache.app:create_app`` (the supervisor's ``cache``
 component).  Its config file (``$TWINHUB_CACHE_CONFIG``, written by
-:func:`twinhub.services.cache.prepare`) holds the sources (with their secret headers), the
+:class:`twinhub.services.cache.CachePart`) holds the sources (with their secret headers), the
 directory and the limits.
 
 =================================================  ==========================================
@@ -30,16 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from typing import Any
 
-from ..asgi import Receive, RequestLimitsMiddleware, Scope, Send, header, send_json
+from ..asgi import Receive, RequestLimitsMiddleware, Scope, Send, header, send_error, send_json
+from ..config_file import read_service_config
 from ..datalake.sources import SourceError, href_from_cache_path, make_sources
 from ..hubauth import HubAuthMiddleware, acts_as_admin
+from . import CachePart
+from .metrics import render
 from .store import CacheError, CacheStore, Handle, TooLarge
 from .upstream import clean_header, fetcher, head, make_client
 
@@ -52,11 +53,8 @@ RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def load_config(path: str | None = None) -> dict[str, Any]:
-    path = path or os.environ.get("TWINHUB_CACHE_CONFIG", "")
-    if not path:
-        raise RuntimeError("TWINHUB_CACHE_CONFIG is not set: it names the cache's config file")
-    with open(path) as f:
-        return json.load(f)
+    """The config file ``twinhub up`` wrote for this service (``$TWINHUB_CACHE_CONFIG``)."""
+    return read_service_config(CachePart.config_env(), path)
 
 
 def parse_range(value: str, size: int) -> tuple[int, int] | None:
@@ -127,15 +125,15 @@ class CacheApp:
         path = scope.get("path", "")
         method = scope.get("method", "GET")
         if not path.startswith(self.prefix):
-            await send_json(send, 404, {"code": 404, "description": "not found"})
+            await send_error(send, 404, "not found")
             return
         rel = path[len(self.prefix) :]
         if method not in ("GET", "HEAD"):
-            await send_json(
+            await send_error(
                 send,
                 405,
-                {"code": 405, "description": f"{method} not allowed: the cache is read-only"},
-                headers=[(b"allow", b"GET, HEAD")],
+                f"{method} not allowed: the cache is read-only",
+                [(b"allow", b"GET, HEAD")],
             )
             return
         if rel == "health":
@@ -147,7 +145,7 @@ class CacheApp:
         elif rel.startswith("assets/"):
             await self._asset(scope, receive, send)
         else:
-            await send_json(send, 404, {"code": 404, "description": f"no such endpoint: {rel}"})
+            await send_error(send, 404, f"no such endpoint: {rel}")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -176,8 +174,6 @@ class CacheApp:
                 log.info("expired %d cached object(s)", n)
 
     async def _metrics(self, send: Send) -> None:
-        from .metrics import render
-
         body, ctype = render(self.store.stats())
         await send(
             {
@@ -421,9 +417,7 @@ def asset_headers(content_type: str, cache_state: str = "") -> list[tuple[bytes,
 
 
 async def _error(send: Send, status: int, message: str, headers: Any = ()) -> None:
-    await send_json(
-        send, status, {"code": status, "description": message}, [*SAFE_HEADERS, *headers]
-    )
+    await send_error(send, status, message, [*SAFE_HEADERS, *headers])
 
 
 def create_app(config: dict[str, Any] | None = None) -> Any:

@@ -52,23 +52,10 @@ from .flight import (
     Upstream,
     as_cache_error,
 )
+from .index import COUNTERS, INDEX, connect_index, read_stats
 
 log = logging.getLogger("twinhub.cache")
 
-INDEX = "index.sqlite"
-#: hits: requests served without a fetch of their own (``joined``: of those, the ones that
-#: read a download another request started); misses: requests that started a fetch.
-COUNTERS = (
-    "hits",
-    "joined",
-    "misses",
-    "evictions",
-    "expired",
-    "errors",
-    "bytes_served",
-    "bytes_fetched",
-    "cancelled",
-)
 #: Readers of a download are woken after this many new bytes (or 50 ms).
 NOTIFY_BYTES = 1 << 20
 #: Seconds a source's 404 is remembered: a Zarr v3 open probes for v2 metadata files
@@ -79,21 +66,6 @@ ABSENT_SECONDS = 60.0
 TOO_LARGE_SECONDS = 3600.0
 #: Refusals remembered at most (the oldest are forgotten first).
 MAX_REFUSALS = 10_000
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS objects (
-    key TEXT PRIMARY KEY,
-    digest TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    content_type TEXT,
-    etag TEXT,
-    last_modified TEXT,
-    fetched REAL NOT NULL,
-    accessed REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS objects_accessed ON objects (accessed);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
 
 
 def digest(key: str) -> str:
@@ -160,7 +132,7 @@ class CacheStore:
         self.dir.chmod(0o700)
         path = self.dir / INDEX
         try:
-            db = self._connect(path)
+            db = connect_index(path)
             db.execute("SELECT count(*) FROM objects").fetchone()
             return db
         except sqlite3.DatabaseError as e:
@@ -170,15 +142,7 @@ class CacheStore:
                 db.close()
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
-            return self._connect(path)
-
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(SCHEMA)
-        return db
+            return connect_index(path)
 
     def _recover(self) -> None:
         """Make the index and the files agree; drop partial downloads; apply the limits."""
@@ -589,24 +553,6 @@ class CacheStore:
             with contextlib.suppress(BaseException):
                 await t
         self._db.close()
-
-
-def read_stats(directory: str | Path) -> dict[str, Any] | None:
-    """Counters, size and object count from a cache's index, read-only (another process);
-    None when there is no index yet."""
-    path = Path(directory) / INDEX
-    if not path.is_file():
-        return None
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        out: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
-        for name, value in db.execute("SELECT name, value FROM counters"):
-            out[name] = int(value)
-        n, total = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM objects").fetchone()
-        out.update(objects=int(n), size=int(total))
-        return out
-    finally:
-        db.close()
 
 
 __all__ = [

@@ -125,7 +125,7 @@ class TextParser:
 
 
 def main() -> None:
-    import cql2
+    import cql2  # only in the child process: the service's own process never parses text
 
     for line in sys.stdin:
         try:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from ...process.postgres import LocalPostgres, PostgresError
 from ...process.runtime import Runtime
@@ -52,8 +52,6 @@ class Connection:
 
     def asyncpg_dsn(self) -> str:
         """asyncpg has no passfile support: the DSN carries the password (never logged)."""
-        from urllib.parse import quote
-
         return (
             f"postgresql://{quote(self.user)}:{quote(self.password(), safe='')}@/"
             f"{self.dbname}?host={quote(self.host, safe='')}&port={self.port}"
@@ -145,6 +143,8 @@ def initialize(rt: Runtime, pg: LocalPostgres) -> None:
 
 def migrate_external(conn: Connection) -> None:
     """pgstac's schema in an external database (its role must be allowed to migrate)."""
+    # Here, not at the top: every process that lists the parts imports this module, and
+    # only an external database's migration needs pypgstac.
     from pypgstac.db import PgstacDB
     from pypgstac.migrate import Migrate
 

@@ -25,8 +25,10 @@ from urllib.parse import parse_qs, parse_qsl, urlencode
 
 from asyncpg import exceptions as pg_errors
 
-from ..asgi import replay
-from ..hubauth import Receive, Scope, Send, acts_as_admin, send_json
+from twinlab.contract import FIELD_OWNER
+
+from ..asgi import Receive, Scope, Send, read_body, replay, send_refusal
+from ..hubauth import acts_as_admin
 from .cql2_text import TextParser
 from .limits import (
     BadRequest,
@@ -43,7 +45,9 @@ from .limits import (
 )
 from .records import Budget, check_collection, check_geometry, check_item, check_record_bbox
 
-OWNER = "twinhub:owner"
+#: ``scope["state"]`` key of a checked ``POST /search`` body (a dict), for the layers below
+#: (federation) to use instead of parsing the body again.
+SEARCH_BODY = "search_body"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _COLLECTION_PATH = re.compile(r"^collections/([^/]+)(?:/(items|bulk_items)(?:/([^/]+))?)?/?$")
 
@@ -85,7 +89,7 @@ class GuardMiddleware:
         try:
             receive = await self._check(scope, receive)
         except BadRequest as e:
-            await send_json(send, e.status, {"code": e.status, "description": str(e)})
+            await send_refusal(send, e)
             return
         await self.app(scope, receive, send)
 
@@ -114,6 +118,7 @@ class GuardMiddleware:
             if isinstance(f, str) and f.strip() and not f.lstrip().startswith("{"):
                 body["filter"] = await self.cql2.to_json(f, _caller(scope))
                 body["filter-lang"] = "cql2-json"
+            scope.setdefault("state", {})[SEARCH_BODY] = body
         else:
             body = await self._authorize_write(scope, path, method, body)
         data = json.dumps(body).encode() if body is not None else b""
@@ -193,24 +198,7 @@ class GuardMiddleware:
             raise BadRequest("token must be a string")
 
     async def _read_json(self, scope: Scope, receive: Receive, required: bool) -> Any:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise BadRequest("the client went away", 400)
-            data = msg.get("body", b"")
-            size += len(data)
-            if size > self.max_body_bytes:
-                raise BadRequest(
-                    f"request body above {self.max_body_bytes // (1024 * 1024)} MB; send "
-                    "fewer items per request",
-                    413,
-                )
-            chunks.append(data)
-            if not msg.get("more_body"):
-                break
-        raw = b"".join(chunks)
+        raw = await read_body(scope, receive, self.max_body_bytes)
         if not raw.strip():
             if required:
                 raise BadRequest("this request needs a JSON body")
@@ -237,10 +225,10 @@ class GuardMiddleware:
                     "id, or PUT /collections/{id} to replace a collection of yours",
                     409,
                 )
-            if not admin or OWNER not in body:
-                body[OWNER] = name  # a user's collection is theirs, whatever the body says
-            elif not isinstance(body[OWNER], str):
-                raise BadRequest(f"{OWNER} must be a user name (or '' for the platform's)")
+            if not admin or FIELD_OWNER not in body:
+                body[FIELD_OWNER] = name  # a user's collection is theirs, whatever the body says
+            elif not isinstance(body[FIELD_OWNER], str):
+                raise BadRequest(f"{FIELD_OWNER} must be a user name (or '' for the platform's)")
             return body
         m = _COLLECTION_PATH.match(path)
         if not m:
@@ -281,7 +269,7 @@ class GuardMiddleware:
                 row = await conn.fetchrow(
                     "SELECT content->>$2 AS owner FROM pgstac.collections WHERE id = $1",
                     cid,
-                    OWNER,
+                    FIELD_OWNER,
                 )
         except UNAVAILABLE:
             raise BadRequest("the lake's database is not available; try again", 503) from None
@@ -299,9 +287,9 @@ def _collection_write(method: str, body: Any, cid: str, owner: str) -> Any:
     if method == "PUT":
         body = check_collection(body, cid)
         if owner:
-            body[OWNER] = owner
+            body[FIELD_OWNER] = owner
         else:
-            body.pop(OWNER, None)
+            body.pop(FIELD_OWNER, None)
     elif method == "PATCH":
         _check_patch(body, "collection", cid, owner=owner)
     elif method != "DELETE":
@@ -373,8 +361,8 @@ def _check_patch(
     for field, how, value in changes:
         if field == "id" and (how != "replace" or value != target):
             raise BadRequest(f"a PATCH cannot change the {kind}'s id ({target!r})")
-        if kind == "collection" and field == OWNER and (how != "replace" or value != owner):
-            raise BadRequest(f"{OWNER} cannot be changed", 403)
+        if kind == "collection" and field == FIELD_OWNER and (how != "replace" or value != owner):
+            raise BadRequest(f"{FIELD_OWNER} cannot be changed", 403)
         if kind == "item" and field == "collection" and (how != "replace" or value != collection):
             raise BadRequest("a PATCH cannot move an item to another collection")
         if kind == "item" and field in ("geometry", "bbox"):

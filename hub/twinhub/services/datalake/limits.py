@@ -27,7 +27,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..asgi import MAX_JSON_DEPTH, json_depth
+from twinlab import contract
+
+from ..asgi import MAX_JSON_DEPTH, BadRequest, json_depth
 
 #: Nesting of a CQL2 filter: parentheses, NOT, AND/OR, unary and arithmetic operators.
 MAX_FILTER_DEPTH = 64
@@ -47,48 +49,16 @@ MAX_ID_LIST = 10_000
 MAX_FREE_TEXT_CHARS = 1024
 
 
-class BadRequest(Exception):
-    """A request the STAC API refuses: the guard answers ``status`` with the message."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class LimitError(BadRequest):
     """An input over a limit or malformed (400)."""
 
 
 def check_bbox(value: Any) -> list[float]:
-    """A bbox as 4 or 6 finite numbers, lon in [-180, 180], lat in [-90, 90], south <= north.
-
-    west > east is allowed: the box crosses the antimeridian.
-    """
-    if isinstance(value, str):
-        parts = [p for p in value.split(",")]
-    elif isinstance(value, list | tuple):
-        parts = list(value)
-    else:
-        raise BadRequest(f"bbox must be 4 or 6 numbers, got {value!r}")
-    if len(parts) not in (4, 6):
-        raise BadRequest(f"bbox must have 4 or 6 numbers, got {len(parts)}")
+    """A bbox by the platform's one rule (:func:`twinlab.contract.check_bbox`), as a 400."""
     try:
-        nums = [float(p) for p in parts]
-    except (TypeError, ValueError):
-        raise BadRequest(f"bbox must be numbers, got {value!r}") from None
-    if not all(math.isfinite(n) for n in nums):
-        raise BadRequest(f"bbox must be finite numbers, got {value!r}")
-    half = len(nums) // 2
-    west, south, east, north = nums[0], nums[1], nums[half], nums[half + 1]
-    for name, v in (("west", west), ("east", east)):
-        if not -180 <= v <= 180:
-            raise BadRequest(f"bbox {name} longitude {v} is outside [-180, 180]")
-    for name, v in (("south", south), ("north", north)):
-        if not -90 <= v <= 90:
-            raise BadRequest(f"bbox {name} latitude {v} is outside [-90, 90]")
-    if south > north:
-        raise BadRequest(f"bbox south ({south}) is north of its north ({north})")
-    return nums
+        return contract.check_bbox(value)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
 
 
 def check_limit(value: Any, maximum: int) -> int:

@@ -15,19 +15,21 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
+
+from twinlab.contract import FIELD_SEED
+
+from ...objectstore import admin_client
+from ...objectstore import settings as store_settings
 from ...process.runtime import Runtime
+from .config import settings
+from .database import connection
 
 SEED_COLLECTION = "climate-dt"
-SEED_KEY = "twinhub:seed"
 BATCH = 500
 
 
-def _connect(rt: Runtime):
-    import psycopg
-
-    from . import settings
-    from .database import connection
-
+def _connect(rt: Runtime) -> psycopg.Connection:
     return psycopg.connect(connection(rt, settings(rt).database_url).libpq_dsn(), autocommit=False)
 
 
@@ -35,7 +37,8 @@ def loaded_seed(rt: Runtime) -> dict[str, Any] | None:
     """``{size, version}`` of the sample data in the STAC database, or None."""
     with _connect(rt) as db:
         row = db.execute(
-            "SELECT content->%s FROM pgstac.collections WHERE id = %s", (SEED_KEY, SEED_COLLECTION)
+            "SELECT content->%s FROM pgstac.collections WHERE id = %s",
+            (FIELD_SEED, SEED_COLLECTION),
         ).fetchone()
     return row[0] if row and row[0] else None
 
@@ -50,9 +53,6 @@ def rebucket(obj: Any, bucket: str) -> Any:
 
 def upload(rt: Runtime, objects: Iterable[tuple[str, Any]], say: Callable[[str], None]) -> int:
     """Copy (key, local path) pairs into the lake bucket; returns bytes sent."""
-    from ...objectstore import admin_client
-    from ...objectstore import settings as store_settings
-
     bucket = store_settings(rt).lake_bucket
     s3 = admin_client(rt)
     have: dict[str, int] = {}
@@ -86,8 +86,6 @@ def insert(
     say: Callable[[str], None] = print,
 ) -> int:
     """Upsert collections and items in one transaction; returns the number of items."""
-    from ...objectstore import settings as store_settings
-
     bucket = store_settings(rt).lake_bucket
     n = 0
     with _connect(rt) as db, db.transaction():
@@ -123,7 +121,7 @@ def load_build(rt: Runtime, build: Any, say: Callable[[str], None] = print) -> d
     sent = upload(rt, build.objects(), say)
     mark = {"size": build.manifest["size"], "version": build.manifest["version"]}
     collections = [
-        {**c, SEED_KEY: mark} if c["id"] == SEED_COLLECTION else c for c in build.collections()
+        {**c, FIELD_SEED: mark} if c["id"] == SEED_COLLECTION else c for c in build.collections()
     ]
     n = insert(rt, collections, build.items(), say)
     return {"items": n, "bytes_uploaded": sent, "seconds": round(time.monotonic() - t0, 1), **mark}

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from twinlab.contract import LOCAL_SOURCE
+
 #: The local lake's name in ``twinhub:source`` and in the ``sources`` search parameter.
-LOCAL = "local"
+LOCAL = LOCAL_SOURCE
 KINDS = ("api", "static")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 KEYS = ("name", "url", "kind", "collections", "headers", "asset_origins", "timeout")

@@ -2,7 +2,7 @@
 
 ``uvicorn --factory twinhub.services.datalake.stac_app:create_app`` (the supervisor's
 ``stac`` component, or the container of the ``stac`` deployment on Kubernetes).  Its config
-file (``$TWINHUB_STAC_CONFIG``, written by :func:`twinhub.services.datalake.prepare`) says
+file (``$TWINHUB_STAC_CONFIG``, written by :class:`twinhub.services.datalake.StacPart`) says
 how to reach the database; the hub's service environment (``JUPYTERHUB_*``) how to check
 users.  Layers, outermost first: request limits (:mod:`twinhub.services.asgi`), hub
 authentication (:mod:`twinhub.services.hubauth`), the guard (:mod:`.guard`: bad input,
@@ -13,8 +13,6 @@ when there are none), then stac-fastapi-pgstac.
 
 from __future__ import annotations
 
-import json
-import os
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,8 +27,10 @@ from stac_fastapi.pgstac.db import close_db_connection, connect_to_db
 from stac_fastapi.pgstac.models.extensions import Extensions
 
 from ... import __version__
-from ..asgi import RequestLimitsMiddleware
+from ..asgi import RequestLimitsMiddleware, error_body
+from ..config_file import read_service_config
 from ..hubauth import HubAuthMiddleware
+from . import StacPart
 from .database import Connection
 from .federation import FederationMiddleware, federation_from_config
 from .guard import REFUSALS, UNAVAILABLE, GuardMiddleware
@@ -49,11 +49,8 @@ class _SocketPostgresSettings(PostgresSettings):
 
 
 def load_config(path: str | None = None) -> dict[str, Any]:
-    path = path or os.environ.get("TWINHUB_STAC_CONFIG", "")
-    if not path:
-        raise RuntimeError("TWINHUB_STAC_CONFIG is not set: it names the STAC API's config file")
-    with open(path) as f:
-        return json.load(f)
+    """The config file ``twinhub up`` wrote for this service (``$TWINHUB_STAC_CONFIG``)."""
+    return read_service_config(StacPart.config_env(), path)
 
 
 def create_app(config: dict[str, Any] | None = None) -> FastAPI:
@@ -73,18 +70,18 @@ def add_database_error_handlers(app: FastAPI) -> None:
 
     async def refused(request: Request, exc: Exception) -> JSONResponse:
         message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-        return JSONResponse({"code": 400, "description": f"the lake refused it: {message}"}, 400)
+        return JSONResponse(error_body(400, f"the lake refused it: {message}"), 400)
 
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(
-            {"code": 503, "description": "the lake's database is not available; try again"},
+            error_body(503, "the lake's database is not available; try again"),
             503,
             headers={"Retry-After": "5"},
         )
 
     async def bad_patch(request: Request, exc: Exception) -> JSONResponse:
         message = f"the patch does not apply: {str(exc)[:300] or type(exc).__name__}"
-        return JSONResponse({"code": 400, "description": message}, 400)
+        return JSONResponse(error_body(400, message), 400)
 
     for exc in REFUSALS:
         app.add_exception_handler(exc, refused)

@@ -16,6 +16,7 @@ from typing import Any
 
 import jsonschema
 from jsonschema.exceptions import best_match
+from jsonschema_specifications import REGISTRY as METASCHEMAS
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
@@ -31,15 +32,13 @@ CORE = {
 
 
 def _pystac_schema_dir() -> Path:
-    import pystac.validation
+    import pystac.validation  # start-up cost: only validation (tests, tools) needs it
 
     return Path(pystac.validation.__file__).parent / "jsonschemas"
 
 
 @lru_cache(maxsize=1)
 def _registry() -> Registry:
-    from jsonschema_specifications import REGISTRY as METASCHEMAS
-
     base = _pystac_schema_dir()
     resources_: list[tuple[str, Resource]] = []
     spec_dir = base / "stac-spec" / "v1.1.0"

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ...auth.groups import hub_group
+
 BUDGETS = ("cpu_hours", "gpu_hours", "storage_gb")
 ALLOCATION_KEYS = ("profiles", "gpu", "max_servers_per_user", *BUDGETS)
 # What a project gets for keys it leaves out.
@@ -45,8 +47,6 @@ class AllocationError(ValueError):
 # -- names, profiles -------------------------------------------------------------------------
 def project_name(name: Any) -> str:
     """The hub group name of a project: Keycloak paths are turned into hub group names."""
-    from twinhub.auth.realm import hub_group
-
     if not isinstance(name, str) or not name.strip():
         raise AllocationError(f"project name must be a non-empty string, not {name!r}")
     group = hub_group(name) if name.strip().startswith("/") else name.strip()

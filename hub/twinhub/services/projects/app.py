@@ -38,12 +38,17 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from twinlab.contract import ENV_HUB_API_URL, ENV_HUB_TOKEN
+
 from ... import __version__
+from ...objectstore import syncs_project_storage
+from ...objectstore.project_buckets import sync_project_storage
 from ...process.runtime import Runtime
-from ..asgi import RequestLimitsMiddleware
+from ..asgi import BadRequest, RequestLimitsMiddleware, error_body
 from ..hubauth import HubAuthMiddleware, admin_refusal, has_scope
-from . import SERVICE_PREFIX, ProjectCatalog, allocations
+from . import SERVICE_PREFIX, allocations
 from . import store as stored
+from .catalog import ProjectCatalog, TwinhubProjects
 
 PUBLIC_PATHS = ("health",)
 #: Bodies are one allocation (a few hundred bytes).
@@ -53,22 +58,11 @@ READ_PROJECTS_SCOPE = "read:groups"
 READ_USER_GROUPS_SCOPE = "read:users:groups"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 log = logging.getLogger("twinhub.projects")
 
 
 async def _sync_storage_forever(rt: Runtime) -> None:
     """Keep project buckets and their members' access in step with hub groups."""
-    from ...objectstore import syncs_project_storage
-    from ...objectstore.project_buckets import sync_project_storage
-    from . import TwinhubProjects
-
     if not syncs_project_storage(rt):
         return
     interval = TwinhubProjects(config=rt.config).storage_sync_interval
@@ -85,8 +79,8 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
     """The service app; ``rt`` defaults to the running platform's ($TWINHUB_STATE)."""
     rt = rt or Runtime.load()
     catalog = catalog or ProjectCatalog.from_runtime(rt)
-    hub_api = os.environ.get("JUPYTERHUB_API_URL", rt.hub_api_url).rstrip("/")
-    token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    hub_api = os.environ.get(ENV_HUB_API_URL, rt.hub_api_url).rstrip("/")
+    token = os.environ.get(ENV_HUB_TOKEN, "")
     p = SERVICE_PREFIX
 
     @asynccontextmanager
@@ -110,9 +104,9 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
         openapi_url=None,
     )
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse({"code": e.status, "description": e.message}, status_code=e.status)
+    @app.exception_handler(BadRequest)
+    async def _refused(_request: Request, e: BadRequest) -> JSONResponse:
+        return JSONResponse(error_body(e.status, e.message), status_code=e.status)
 
     # -- helpers -----------------------------------------------------------------------------
     async def hub_user(request: Request, name: str) -> dict[str, Any] | None:
@@ -120,20 +114,20 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
         try:
             r = await request.app.state.hub.get(f"{hub_api}/users/{quote(name, safe='')}")
         except httpx.HTTPError as e:
-            raise ApiError(502, f"cannot reach the hub: {e}") from e
+            raise BadRequest(f"cannot reach the hub: {e}", 502) from e
         if r.status_code == 404:
             return None
         if r.status_code != 200:
-            raise ApiError(502, f"the hub answered {r.status_code} for user {name!r}")
+            raise BadRequest(f"the hub answered {r.status_code} for user {name!r}", 502)
         return r.json()
 
     async def caller(request: Request) -> dict[str, Any]:
         who = request.state.hub_user
         if who.get("kind", "user") != "user":
-            raise ApiError(403, f"{who.get('name')!r} is not a user: allocations are per user")
+            raise BadRequest(f"{who.get('name')!r} is not a user: allocations are per user", 403)
         model = await hub_user(request, who["name"])
         if model is None:
-            raise ApiError(403, f"user {who['name']!r} no longer exists")
+            raise BadRequest(f"user {who['name']!r} no longer exists", 403)
         return model
 
     def token_of(request: Request, me: dict[str, Any]) -> dict[str, Any]:
@@ -149,23 +143,23 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
         me = await caller(request)
         refusal = admin_refusal(token_of(request, me), "change allocations")
         if refusal:
-            raise ApiError(403, refusal)
+            raise BadRequest(refusal, 403)
         return me
 
     def name_of(raw: str) -> str:
         try:
             return allocations.project_name(raw)
         except allocations.AllocationError as e:
-            raise ApiError(400, str(e)) from None
+            raise BadRequest(str(e), 400) from None
 
     async def body_of(request: Request) -> dict[str, Any]:
         raw = await request.body()
         try:
             data = json.loads(raw or b"null")
         except ValueError as e:
-            raise ApiError(400, f"request body is not valid JSON: {e}") from None
+            raise BadRequest(f"request body is not valid JSON: {e}", 400) from None
         if not isinstance(data, dict):
-            raise ApiError(400, f"request body must be a JSON object, not {type(data).__name__}")
+            raise BadRequest(f"request body must be a JSON object, not {type(data).__name__}", 400)
         return data
 
     def validated(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -174,7 +168,7 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
                 data, catalog.profiles, f"allocation of {name!r}"
             )
         except allocations.AllocationError as e:
-            raise ApiError(400, str(e)) from None
+            raise BadRequest(str(e), 400) from None
 
     async def entries() -> dict[str, dict[str, Any]]:
         return await asyncio.to_thread(catalog.entries)
@@ -203,7 +197,7 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
         entry = (await entries()).get(name)
         mine = name in (me.get("groups") or [])
         if entry is None or not (mine or reads_every_project(request, me, name)):
-            raise ApiError(404, f"no project {name!r} among yours")
+            raise BadRequest(f"no project {name!r} among yours", 404)
         return view(name, entry)
 
     @app.put(p + "api/projects/{name:path}")
@@ -221,7 +215,7 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
         change = await body_of(request)
         entry = (await entries()).get(name)
         if entry is None:
-            raise ApiError(404, f"no project {name!r}: create it with PUT")
+            raise BadRequest(f"no project {name!r}: create it with PUT", 404)
         alloc = validated({**entry["allocation"], **change}, name)
         await asyncio.to_thread(stored.set_override, catalog.db_url, name, alloc, me["name"])
         return view(name, (await entries())[name])
@@ -235,22 +229,22 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
             return view(name, (await entries())[name])
         if had:
             return {"name": name, "deleted": True}
-        raise ApiError(404, f"no project {name!r}")
+        raise BadRequest(f"no project {name!r}", 404)
 
     @app.get(p + "api/users/{user}/allocation")
     async def user_allocation(request: Request, user: str) -> dict[str, Any]:
         me = await caller(request)
         token = token_of(request, me)
         if user != me["name"] and not has_scope(token, READ_USER_GROUPS_SCOPE, f"user={user}"):
-            raise ApiError(
-                403,
+            raise BadRequest(
                 f"{me['name']!r} may read only their own allocation: reading {user!r}'s "
                 f"needs a token with the scope {READ_USER_GROUPS_SCOPE!r} (or "
                 f"{READ_USER_GROUPS_SCOPE}!user={user})",
+                403,
             )
         model = me if user == me["name"] else await hub_user(request, user)
         if model is None:
-            raise ApiError(404, f"no user {user!r}")
+            raise BadRequest(f"no user {user!r}", 404)
         eff = await asyncio.to_thread(catalog.effective, list(model.get("groups") or []))
         return {"user": user, **eff.as_dict()}
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from . import ProjectCatalog, allocations
+from . import allocations
+from .catalog import ProjectCatalog
 
 
 def _groups(user: Any) -> list[str]:

@@ -7,23 +7,27 @@ parallel over all cores, accumulate in float64 and write each output once.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from twinlab import environment
+
 try:  # numba is in the ``lab`` extra; the NumPy fallback keeps everything working without it
-    if os.environ.get("TWINLAB_NO_NUMBA"):
+    if environment.no_numba():
         raise ImportError("disabled by TWINLAB_NO_NUMBA")
     import numba
 except ImportError:  # pragma: no cover - exercised with TWINLAB_NO_NUMBA in tests
-    numba = None
+    numba = None  # type: ignore[assignment]  # HAVE_NUMBA below says which path runs
 
 HAVE_NUMBA = numba is not None
+#: The kernels' array arguments (numba compiles them for the types it is given).
+Arr = np.ndarray
 
 if HAVE_NUMBA:
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _csr_apply(perm, indptr, indices, data, values, out):  # pragma: no cover - compiled
+    def _csr_apply(  # pragma: no cover - compiled
+        perm: Arr, indptr: Arr, indices: Arr, data: Arr, values: Arr, out: Arr
+    ) -> None:
         # Row r of the (source-sorted) layout is target perm[r].  The fast loop sums in
         # the field's dtype; only a row whose sum is NaN takes the slow path that skips
         # NaN sources and renormalises.  A row without entries is NaN.
@@ -49,7 +53,9 @@ if HAVE_NUMBA:
                 o[perm[r]] = s
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _ell_apply(perm, idx, data, values, out):  # pragma: no cover - compiled
+    def _ell_apply(  # pragma: no cover - compiled
+        perm: Arr, idx: Arr, data: Arr, values: Arr, out: Arr
+    ) -> None:
         # Fixed k terms per row (padded with weight 0): no row pointers to stream.
         zero = np.zeros(1, out.dtype)[0]
         k = idx.shape[1]
@@ -72,7 +78,7 @@ if HAVE_NUMBA:
                 o[perm[r]] = s
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def clip_area(sx, sy, cx, cy):  # pragma: no cover - compiled
+    def clip_area(sx: Arr, sy: Arr, cx: Arr, cy: Arr) -> Arr:  # pragma: no cover - compiled
         """Area of quad (sx, sy) ∩ convex CCW quad (cx, cy), per row (Sutherland-Hodgman)."""
         n_pairs = sx.shape[0]
         out = np.empty(n_pairs)
@@ -118,7 +124,7 @@ if HAVE_NUMBA:
         return out
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _gather(index, values, out):  # pragma: no cover - compiled
+    def _gather(index: Arr, values: Arr, out: Arr) -> None:  # pragma: no cover - compiled
         for f in range(values.shape[0]):
             v = values[f]
             o = out[f]
@@ -126,7 +132,9 @@ if HAVE_NUMBA:
                 o[j] = v[index[j]]
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _group_sums(ids, values, ngroups, nchunks):  # pragma: no cover - compiled
+    def _group_sums(  # pragma: no cover - compiled
+        ids: Arr, values: Arr, ngroups: int, nchunks: int
+    ) -> tuple[Arr, Arr]:
         # each chunk of cells accumulates into its own row: no atomics, no false sharing
         nf, n = values.shape
         sums = np.zeros((nchunks, nf, ngroups))
@@ -162,8 +170,10 @@ def group_mean(values: np.ndarray, ids: np.ndarray, ngroups: int) -> np.ndarray:
         counts = np.bincount(offs, ok, minlength=v.shape[0] * ngroups)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = sums / counts
-    return out.reshape(lead + (ngroups,)).astype(
-        np.result_type(values.dtype, np.float32), copy=False
+    return (
+        np.asarray(out)
+        .reshape(lead + (ngroups,))
+        .astype(np.result_type(values.dtype, np.float32), copy=False)
     )
 
 

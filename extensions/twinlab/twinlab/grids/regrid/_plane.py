@@ -43,7 +43,7 @@ class Quads:
 
 def _sigma(lat_deg: np.ndarray) -> np.ndarray:
     """sqrt(3 (1 - |sin lat|)) without cancellation near the poles."""
-    return np.sqrt(6.0) * np.sin(np.deg2rad(90.0 - np.abs(lat_deg)) / 2.0)
+    return np.asarray(np.sqrt(6.0) * np.sin(np.deg2rad(90.0 - np.abs(lat_deg)) / 2.0))
 
 
 def project(lon_deg: np.ndarray, lat_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +207,7 @@ def _clip_area(sx: np.ndarray, sy: np.ndarray, cx: np.ndarray, cy: np.ndarray) -
     i = np.arange(sx.shape[1])[None, :]
     nxt = np.where(i + 1 >= n[:, None], 0, i + 1)
     term = sx * sy[rowsel, nxt] - sx[rowsel, nxt] * sy
-    return 0.5 * np.where(i < n[:, None], term, 0.0).sum(1)
+    return np.asarray(0.5 * np.where(i < n[:, None], term, 0.0).sum(1))
 
 
 def intersect(subj: Quads, clip: Quads) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

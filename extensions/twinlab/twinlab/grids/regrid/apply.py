@@ -82,14 +82,17 @@ def apply_numpy(w: Weights, flat: np.ndarray) -> np.ndarray:
     """(nfields, n_source) NumPy -> (nfields, n_target): numba kernels, else SciPy."""
     flat = np.ascontiguousarray(flat)
     if not _kernels.HAVE_NUMBA:
-        import scipy.sparse
+        import scipy.sparse  # start-up cost: the fallback without numba only
 
-        return apply_sparse(w, flat, np, scipy.sparse)
+        out: np.ndarray = apply_sparse(w, flat, np, scipy.sparse)
+        return out
     index = w.gather_index
     if index is not None:
         return _kernels.gather(index, flat)
 
-    lay = w._memo("kernel-layout", lambda: _kernels.Layout(w.indptr, w.indices, w.data))
+    lay: _kernels.Layout = w._memo(
+        "kernel-layout", lambda: _kernels.Layout(w.indptr, w.indices, w.data)
+    )
     data = w._memo(f"kernel-data-{flat.dtype.str}", lambda: lay.data64.astype(flat.dtype))
     return lay.apply(data, flat, w.n_target)
 
@@ -102,7 +105,9 @@ def backend(values: Any) -> str:
     return "cupy" if type(values).__module__.split(".")[0] == "cupy" else "numpy"
 
 
-def apply_weights(w: Weights, values: Any, source_shape: tuple, target_shape: tuple) -> Any:
+def apply_weights(
+    w: Weights, values: Any, source_shape: tuple[int, ...], target_shape: tuple[int, ...]
+) -> Any:
     """Apply ``w`` to an array whose trailing dimensions have ``source_shape``."""
     kind = backend(values)
     if kind == "dask":
@@ -110,6 +115,7 @@ def apply_weights(w: Weights, values: Any, source_shape: tuple, target_shape: tu
     lead = values.shape[: values.ndim - len(source_shape)]
     dtype = _float_dtype(values.dtype)
     if kind == "cupy":
+        # optional dependency (the gpu extra): only CuPy input gets here
         import cupy
         import cupyx.scipy.sparse
 
@@ -125,20 +131,23 @@ def _apply_block(block: Any, w: Weights) -> Any:
     return apply_weights(w, block, (w.n_source,), (w.n_target,))
 
 
-def _apply_dask(w: Weights, arr: Any, source_shape: tuple, target_shape: tuple) -> Any:
+def _apply_dask(
+    w: Weights, arr: Any, source_shape: tuple[int, ...], target_shape: tuple[int, ...]
+) -> Any:
     """Lazy apply: one graph key holds the weights, every block task depends on it."""
-    import dask
+    # start-up cost: dask loads for Dask arrays only
     import dask.array as da
+    from dask.delayed import delayed
 
     nlead = arr.ndim - len(source_shape)
     # a spatial dimension split across chunks is merged: each block needs whole fields
     arr = arr.rechunk({i: -1 for i in range(nlead, arr.ndim)})
     flat = arr.reshape(arr.shape[:nlead] + (w.n_source,))
     # traverse=False: the Weights dataclass is one opaque object, not a graph of fields
-    wkey = dask.delayed(w, name=f"regrid-weights-{w.cache_id}", traverse=False)
+    wkey = delayed(w, name=f"regrid-weights-{w.cache_id}", traverse=False)
     dtype = _float_dtype(arr.dtype)
     meta = arr._meta.astype(dtype) if hasattr(arr, "_meta") else np.empty((0,) * arr.ndim, dtype)
-    out = da.map_blocks(
+    out = da.map_blocks(  # type: ignore[no-untyped-call]  # dask.array is not annotated
         _apply_block,
         flat,
         wkey,
@@ -152,7 +161,7 @@ def _apply_dask(w: Weights, arr: Any, source_shape: tuple, target_shape: tuple) 
 
 # ---- xarray -----------------------------------------------------------------------------
 def _regrid_xarray(obj: Any, source: Grid, target: Grid, method: str, cache_dir: Any) -> Any:
-    import xarray as xr
+    import xarray as xr  # optional for the grid maths: only xarray input gets here
 
     if isinstance(obj, xr.Dataset):
         out = {}
@@ -181,7 +190,7 @@ def _regrid_xarray(obj: Any, source: Grid, target: Grid, method: str, cache_dir:
     )
 
 
-def _target_coords(target: Grid) -> dict:
+def _target_coords(target: Grid) -> dict[str, Any]:
     """1-D latitude/longitude coordinates for regular 2-D targets (cheap, self-describing)."""
     if len(target.dims) == 2 and len(target.shape) == 2:
         lon, lat = target.centers()
@@ -196,7 +205,7 @@ def regrid(
     source: Grid,
     target: Grid,
     method: str = "nearest",
-    cache_dir: str | os.PathLike | None | bool = None,
+    cache_dir: str | os.PathLike[str] | None | bool = None,
 ) -> Any:
     """Regrid ``values`` (spatial dims last, matching ``source.shape``) onto ``target``.
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .weights import Weights, from_coo
+from .conservative import conservative
+from .matrix import Weights, from_coo
 
 
 def build(source: Any, target: Any, method: str) -> Weights:
@@ -19,8 +20,6 @@ def build(source: Any, target: Any, method: str) -> Weights:
     if method == "bilinear":
         return bilinear(source, target)
     if method == "conservative":
-        from .conservative import conservative
-
         return conservative(source, target)
     raise ValueError(f"unknown regrid method {method!r}")
 
@@ -43,7 +42,7 @@ def nearest(source: Any, target: Any) -> Weights:
     if locate is not None:
         idx = np.asarray(locate(lon, lat), dtype=np.int64)
     else:
-        from scipy.spatial import cKDTree
+        from scipy.spatial import cKDTree  # start-up cost: only for non-HEALPix sources
 
         tree = cKDTree(_unit_vectors(*source.centers()))
         idx = tree.query(_unit_vectors(lon, lat), workers=-1)[1]
@@ -113,14 +112,12 @@ def bilinear(source: Any, target: Any) -> Weights:
     )
 
     # polar caps: every cell of the outermost ring shares the pole's weight
-    for sel, ring, frac in (
-        (north, 0, lambda th: th / theta_r[0]),
-        (south, nr - 1, lambda th: (np.pi - th) / (np.pi - theta_r[-1])),
-    ):
+    for sel, ring, polar_north in ((north, 0, True), (south, nr - 1, False)):
         if not sel.any():
             continue
         j = t_idx[sel]
-        w_ring = frac(theta[sel])  # 1 on the ring, 0 at the pole
+        th = theta[sel]  # w_ring: 1 on the ring, 0 at the pole
+        w_ring = th / theta_r[0] if polar_north else (np.pi - th) / (np.pi - theta_r[-1])
         r = np.full(j.size, ring)
         c1, c2, w = _ring_interp(rings, r, lon[sel])
         n = int(rings.nlon[ring])
@@ -129,8 +126,10 @@ def bilinear(source: Any, target: Any) -> Weights:
         cols += [np.tile(everyone, j.size), c1, c2]
         vals += [np.repeat((1 - w_ring) / n, n), (1 - w) * w_ring, w * w_ring]
 
-    cols = np.concatenate(cols)
+    source_idx = np.concatenate(cols)
     order = source.ring_order()
     if order is not None:
-        cols = order[cols]
-    return from_coo(source, target, "bilinear", np.concatenate(rows), cols, np.concatenate(vals))
+        source_idx = order[source_idx]
+    return from_coo(
+        source, target, "bilinear", np.concatenate(rows), source_idx, np.concatenate(vals)
+    )

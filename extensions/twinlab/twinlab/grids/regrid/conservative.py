@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import _plane
-from .weights import Weights, from_coo
+from .matrix import Weights, from_coo
 
 
 def _is_healpix(grid: Any) -> bool:
@@ -78,12 +78,12 @@ def _box_box(source: Any, target: Any) -> tuple[np.ndarray, np.ndarray, np.ndarr
             rows.append(rt.start[it] + k[keep])
             cols.append(rs.start[js] + np.mod(m[keep], ns))
             vals.append(np.deg2rad(overlap[keep]) * dz[js])
-    rows, cols = np.concatenate(rows), np.concatenate(cols)
-    for grid, idx in ((target, rows), (source, cols)):
+    target_idx, source_idx = np.concatenate(rows), np.concatenate(cols)
+    for grid, idx in ((target, target_idx), (source, source_idx)):
         order = grid.ring_order()
         if order is not None:
             idx[:] = order[idx]
-    return rows, cols, np.concatenate(vals)
+    return target_idx, source_idx, np.concatenate(vals)
 
 
 def overlaps(source: Any, target: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,10 +13,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urljoin
 
-from ..sources import LOCAL, SourceError, StacSource, cache_path, origin
+from twinlab.contract import FIELD_REFUSED, FIELD_SOURCE
 
-SOURCE = "twinhub:source"
-REFUSED = "twinhub:refused"
+from ..sources import LOCAL, SourceError, StacSource, cache_path, origin
 
 
 def absolute(href: str, base: str | None) -> str:
@@ -42,7 +41,7 @@ def self_href(doc: dict[str, Any]) -> str | None:
 def tag_local(item: dict[str, Any]) -> dict[str, Any]:
     props = item.get("properties")
     if isinstance(props, dict):
-        props[SOURCE] = LOCAL
+        props[FIELD_SOURCE] = LOCAL
     return item
 
 
@@ -59,7 +58,7 @@ def annotate_item(
     props = item.setdefault("properties", {})
     if not isinstance(props, dict):
         item["properties"] = props = {}
-    props[SOURCE] = source.name
+    props[FIELD_SOURCE] = source.name
     assets = item.get("assets")
     if isinstance(assets, dict):
         for asset in assets.values():
@@ -88,24 +87,24 @@ def annotate_item(
 def annotate_asset(
     asset: dict[str, Any], source: StacSource, cache_url: str, base: str | None
 ) -> None:
-    asset.pop(REFUSED, None)
+    asset.pop(FIELD_REFUSED, None)
     alternates = asset.get("alternate")
     if isinstance(alternates, dict):
         alternates.pop("cache", None)  # only the platform names its cache
     href = asset.get("href")
     if not isinstance(href, str) or not href:
-        asset[REFUSED] = "the asset has no href"
+        asset[FIELD_REFUSED] = "the asset has no href"
         return
     try:
         href = absolute(href, base)
     except SourceError as e:
-        asset[REFUSED] = f"not fetched by the platform: {e}"
+        asset[FIELD_REFUSED] = f"not fetched by the platform: {e}"
         return
     asset["href"] = href
     try:
         path = cache_path(source, href)
     except SourceError:
-        asset[REFUSED] = _why_refused(source, href)
+        asset[FIELD_REFUSED] = _why_refused(source, href)
         return
     if not cache_url:
         return
@@ -131,7 +130,7 @@ def _why_refused(source: StacSource, href: str) -> str:
 def annotate_collection(
     coll: dict[str, Any], source: StacSource, api_base: str, doc_url: str | None = None
 ) -> dict[str, Any]:
-    coll[SOURCE] = source.name
+    coll[FIELD_SOURCE] = source.name
     base = doc_url or self_href(coll)
     cid = quote(str(coll.get("id", "")), safe="")
     links = [

@@ -21,9 +21,11 @@ from typing import Any
 
 import httpx
 
-from ..guard import BadRequest
+from twinlab.contract import ENV_HUB_TOKEN
+
+from ...asgi import BadRequest
 from ..sources import LOCAL, StacSource
-from .annotate import annotate_item, tag_local
+from .annotate import annotate_collection, annotate_item, tag_local
 from .api import RemoteApi
 from .fetch import SourceFailure
 from .local import LocalAnswer
@@ -66,7 +68,7 @@ class Federation:
         # "" means no cache runs: remote assets then get no cache link
         self.cache_url = cache_url if not cache_url or cache_url.endswith("/") else cache_url + "/"
         if token_key is None:
-            secret = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+            secret = os.environ.get(ENV_HUB_TOKEN, "")
             # The service's own secret makes tokens survive restarts; else a process key.
             token_key = hashlib.sha256(b"twinhub-federation:" + secret.encode()).digest()
             if not secret:
@@ -298,8 +300,6 @@ class Federation:
     # -- collections and single items ------------------------------------------------------
     async def remote_collections(self, names: list[str], api_base: str):
         """Collections of the remote sources among ``names``: (list, statuses, warnings)."""
-        from .annotate import annotate_collection
-
         remote = [n for n in names if n != LOCAL]
 
         async def one(n: str) -> list[dict[str, Any]]:

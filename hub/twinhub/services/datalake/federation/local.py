@@ -10,7 +10,8 @@ import json
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from ...hubauth import ASGIApp, Scope
+from ...asgi import ASGIApp, Scope
+from .fetch import SourceFailure
 from .merge import Page
 from .params import SearchParams
 
@@ -99,8 +100,6 @@ class LocalLake:
         if 400 <= status < 500:
             raise LocalAnswer(status, headers, body)
         if status != 200:
-            from .fetch import SourceFailure
-
             text = body[:200].decode("utf-8", "replace")
             raise SourceFailure(f"the lake's STAC API answered HTTP {status}: {text}")
         doc = json.loads(body)

@@ -88,7 +88,7 @@ class Matcher:
         self.collections = set(collections) if collections else None
         self.expr = None
         if params.filter is not None:
-            import cql2
+            import cql2  # start-up cost: only searches with a filter need it
 
             self.expr = cql2.parse_json(json.dumps(params.filter))
 

@@ -27,7 +27,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..guard import BadRequest
+from ...asgi import BadRequest
 
 TOKEN_PREFIX = "fed1."
 

@@ -5,7 +5,9 @@ It answers ``/search`` (GET, POST), ``/collections``, ``/collections/{id}``,
 ``/collections/{id}/items`` and ``/collections/{id}/items/{item}`` itself, asking the lake
 in-process (:mod:`.local`) and the remote sources (:mod:`.engine`); everything else goes
 to the lake unchanged.  With no source configured it only checks and removes the
-``sources`` parameter, so the lake-only path costs what it did before.
+``sources`` parameter, so the lake-only path costs what it did before.  A ``POST /search``
+body is the one the guard in front parsed and checked (``scope["state"][SEARCH_BODY]``), not
+read and parsed a second time.
 
 A user has at most :data:`MAX_REQUESTS_PER_USER` federated requests in flight; more is a 429:
 the remote requests of all users share a bounded pool (:mod:`.engine`), and one user's burst
@@ -22,9 +24,23 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
-from ...asgi import replay
-from ...hubauth import ASGIApp, Receive, Scope, Send, send_json
-from ..guard import BadRequest
+from stac_fastapi.api.middleware import ProxyHeaderMiddleware
+
+from twinlab.contract import FIELD_SOURCE, FIELD_SOURCES, FIELD_WARNINGS
+
+from ...asgi import (
+    MAX_BODY_BYTES,
+    ASGIApp,
+    BadRequest,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    replay,
+    send_json,
+    send_refusal,
+)
+from ..guard import SEARCH_BODY
 from ..sources import LOCAL
 from .annotate import tag_local
 from .engine import Federation, Outcome
@@ -78,7 +94,7 @@ class FederationMiddleware:
                         await self._collection_path(scope, receive, send, rel, m)
                     return
         except BadRequest as e:
-            await send_json(send, e.status, {"code": e.status, "description": str(e)})
+            await send_refusal(send, e)
             return
         except LocalAnswer as e:
             await _send_raw(send, e.status, e.headers, e.body)
@@ -118,8 +134,6 @@ class FederationMiddleware:
 
     def api_base(self, scope: Scope) -> str:
         """This API's public root URL, as stac-fastapi computes it for its own links."""
-        from stac_fastapi.api.middleware import ProxyHeaderMiddleware
-
         proto, domain, port = ProxyHeaderMiddleware(None)._get_forwarded_url_parts(scope)
         default = (proto == "http" and port == 80) or (proto == "https" and port == 443)
         return f"{proto}://{domain}{'' if default else f':{port}'}{self.prefix}"
@@ -142,12 +156,9 @@ class FederationMiddleware:
                 scope = {**scope, "query_string": rest.encode("latin-1")}
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
-        try:
-            doc = json.loads(body) if body.strip() else None
-        except (ValueError, RecursionError):
-            doc = None  # the lake says what is wrong with it
+        doc, receive = await _posted_search(scope, receive)
         if isinstance(doc, dict) and "sources" in doc:
+            doc = dict(doc)
             names = doc.pop("sources")
             if isinstance(names, str):
                 names = [n for n in names.split(",") if n]
@@ -155,21 +166,16 @@ class FederationMiddleware:
                 raise BadRequest("sources must be a list of source names")
             self.fed.choose(names or None)
             body = json.dumps(doc).encode()
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-        scope = {**scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}
-        await self.app(scope, replay(body, receive), send)
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+            scope = {**scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}
+            receive = replay(body, receive)
+        await self.app(scope, receive, send)
 
     async def _search(
         self, scope: Scope, receive: Receive, send: Send, rel: str, collection: str | None = None
     ) -> None:
         if scope["method"] == "POST":
-            body = await _read_body(receive)
-            try:
-                doc = json.loads(body) if body.strip() else {}
-            except ValueError as e:
-                raise BadRequest(f"the body is not valid JSON: {e}") from None
-            except RecursionError:
-                raise BadRequest("the body's JSON is nested too deeply") from None
+            doc, receive = await _posted_search(scope, receive)
             params = from_body(doc, self.max_page_size)
         else:
             params = from_query(
@@ -231,8 +237,8 @@ class FederationMiddleware:
         }
         if out.matched is not None:
             doc["numberMatched"] = out.matched
-        doc["twinhub:sources"] = out.statuses
-        doc["twinhub:warnings"] = out.warnings
+        doc[FIELD_SOURCES] = out.statuses
+        doc[FIELD_WARNINGS] = out.warnings
         return doc
 
     # -- collections -----------------------------------------------------------------------
@@ -255,7 +261,7 @@ class FederationMiddleware:
             doc = json.loads(body)
             for c in doc.get("collections") or ():
                 if isinstance(c, dict):
-                    c["twinhub:source"] = LOCAL
+                    c[FIELD_SOURCE] = LOCAL
             statuses[LOCAL] = {"status": "ok", "returned": len(doc.get("collections") or ())}
         else:
             doc = {"collections": [], "links": [{"rel": "root", "href": base}]}
@@ -269,8 +275,8 @@ class FederationMiddleware:
             statuses.update(st)
         doc["numberReturned"] = len(doc["collections"])
         doc.pop("numberMatched", None) if warnings or len(statuses) > 1 else None
-        doc["twinhub:sources"] = statuses
-        doc["twinhub:warnings"] = warnings
+        doc[FIELD_SOURCES] = statuses
+        doc[FIELD_WARNINGS] = warnings
         await _send_doc(send, 200, doc, b"application/json")
 
     async def _collection_path(
@@ -322,7 +328,7 @@ class FederationMiddleware:
         # /collections/{id}/items of a remote collection: a search of its source
         scope = {
             **scope,
-            "query_string": urlencode(q + [("sources", coll["twinhub:source"])]).encode(),
+            "query_string": urlencode(q + [("sources", coll[FIELD_SOURCE])]).encode(),
         }
         await self._search(scope, receive, send, rel, collection=cid)
 
@@ -331,7 +337,7 @@ async def _not_found(send: Send, what: str, warnings: list[str]) -> None:
     msg = f"{what} not found in the lake or any source"
     if warnings:
         msg += f" (some sources did not answer: {'; '.join(warnings)})"
-    await send_json(send, 404, {"code": 404, "description": msg, "twinhub:warnings": warnings})
+    await send_json(send, 404, {"code": 404, "description": msg, FIELD_WARNINGS: warnings})
 
 
 async def _send_doc(send: Send, status: int, doc: Any, ctype: bytes) -> None:
@@ -353,12 +359,18 @@ async def _send_raw(send: Send, status: int, headers, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise BadRequest("the client went away")
-        chunks.append(msg.get("body", b""))
-        if not msg.get("more_body"):
-            return b"".join(chunks)
+async def _posted_search(scope: Scope, receive: Receive) -> tuple[Any, Receive]:
+    """A ``POST /search`` body, parsed, and a ``receive`` that still gives it: the guard in
+    front checked and parsed it already (``scope["state"][SEARCH_BODY]``); without the guard
+    (this layer alone) it is read and parsed here."""
+    doc = (scope.get("state") or {}).get(SEARCH_BODY)
+    if doc is not None:
+        return doc, receive
+    body = await read_body(scope, receive, MAX_BODY_BYTES)
+    try:
+        doc = json.loads(body) if body.strip() else None
+    except ValueError as e:
+        raise BadRequest(f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("the body's JSON is nested too deeply") from None
+    return doc, replay(body, receive)

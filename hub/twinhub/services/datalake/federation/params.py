@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ..guard import BadRequest, check_bbox, check_limit
-from ..limits import check_filter
+from ...asgi import BadRequest
+from ..limits import check_bbox, check_filter, check_limit
 
 #: stac-fastapi's default page size: the same here, so a federated page is as long as a local one.
 DEFAULT_LIMIT = 10
@@ -138,7 +138,7 @@ def parse_filter(value: Any, lang: str | None) -> dict[str, Any] | None:
         return None
     # cql2 overflows the C stack on deep or very long filters: bound them before it parses
     check_filter(value)
-    import cql2
+    import cql2  # start-up cost: only searches with a filter need it
 
     try:
         if isinstance(value, Mapping):

@@ -18,6 +18,7 @@ import numpy as np
 
 
 def _sample(points: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # Here, not at the top: its mask (a large array) loads on import; only a build needs it.
     from global_land_mask import globe
 
     out = {}

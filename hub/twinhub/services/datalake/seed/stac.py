@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
+from twinlab.contract import FIELD_GRID, FIELD_GRID_ID, FIELD_SIZE, FIELD_VARIABLE
 from twinlab.grids import Gaussian, Grid, HEALPix, ReducedGaussian, grid_attrs
 
 from .fields import VARIABLES, Variable
@@ -128,7 +129,7 @@ def item(run: GridRun, grid: Grid, var: Variable, day: int, grib_size: int) -> d
             "levtype": "sfc",
             "param": var.short_name,
             "paramId": var.param_id,
-            "twinhub:grid": {"id": run.grid_id, **grid_attrs(grid)},
+            FIELD_GRID: {"id": run.grid_id, **grid_attrs(grid)},
             "cube:dimensions": {
                 "time": time_dimension(times[0], times[-1], run.step_hours),
                 **spatial_dimensions(grid),
@@ -141,14 +142,14 @@ def item(run: GridRun, grid: Grid, var: Variable, day: int, grib_size: int) -> d
                 "type": GRIB_TYPE,
                 "roles": ["data"],
                 "title": f"{var.long_name}, {d:%Y-%m-%d}, GRIB2",
-                "twinhub:size": grib_size,
+                FIELD_SIZE: grib_size,
             },
             "zarr": {
                 "href": f"s3://{BUCKET}/{zarr_key(run.grid_id)}",
                 "type": ZARR_TYPE,
                 "roles": ["data"],
                 "title": f"all variables on {run.grid_id}, Zarr v3 (select {var.short_name!r})",
-                "twinhub:variable": var.short_name,
+                FIELD_VARIABLE: var.short_name,
             },
         },
         # STAC requires a collection link beside "collection"; the API replaces it with its
@@ -215,7 +216,7 @@ def collection(runs: tuple[GridRun, ...], size: str, version: int) -> dict[str, 
             "levtype": ["sfc"],
             "param": [v.short_name for v in VARIABLES],
             "paramId": [v.param_id for v in VARIABLES],
-            "twinhub:grid_id": [r.grid_id for r in runs],
+            FIELD_GRID_ID: [r.grid_id for r in runs],
         },
         "item_assets": {
             "grib": {

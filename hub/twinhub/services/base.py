@@ -1,0 +1,191 @@
+"""What every hub service (an ASGI app under uvicorn, registered with the hub) shares.
+
+A service subclasses :class:`AsgiService` and says what is its own: its name, settings
+class, app factory and hooks. The base gives it a port (in ``plan``), its URLs, the uvicorn
+component, its config file (written 0600 by ``twinhub up``, read back by the service's
+process with :func:`twinhub.services.config_file.read_service_config`), its registration
+with the hub (API token, access scope for every user and user server, the servers'
+environment) and its status. A minimal service::
+
+    class TwinhubNotes(Configurable):
+        enabled = Bool(True, help="Run the notes service.").tag(config=True)
+
+    class NotesPart(AsgiService):
+        name = "notes"                                   # at /services/notes/
+        settings = (TwinhubNotes,)
+        factory = "twinhub.services.notes.app:create_app"
+
+        config_path = "run/notes.json"                   # optional: a 0600 config file
+
+        def enabled(self, rt):
+            return TwinhubNotes(config=rt.config).enabled
+
+        def service_config(self, rt):
+            return {"prefix": self.prefix()}
+
+and one line in :data:`twinhub.parts.PARTS`. Its app (``app.py``)::
+
+    def create_app(config=None):
+        cfg = config or read_service_config(NotesPart.config_env())
+        app = NotesApp(cfg)                              # answers ``health`` unauthenticated
+        authed = HubAuthMiddleware(app, prefix=cfg["prefix"], public_paths=("health",))
+        return RequestLimitsMiddleware(authed)
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..plugin import Part, Say
+from ..process.components import Component
+from ..process.ports import PLATFORM_PORTS, pick_port
+from ..process.runtime import Runtime
+from ..process.supervisor import http_ok
+from .config_file import write_service_config
+from .registration import grant_access, register_service, service_environment, uvicorn_argv
+
+
+class AsgiService(Part):
+    """A hub service at ``/services/<name>/`` (see the module's docstring).
+
+    Class attributes say what differs between services; hooks (:meth:`enabled`,
+    :meth:`service_config`, :meth:`prepare_service`, :meth:`extra_components`,
+    :meth:`configure_service`) add what is a service's own.
+    """
+
+    #: ``module:function`` uvicorn builds the app with (``--factory``).
+    factory: ClassVar[str] = ""
+    #: Path under the service's prefix that answers 200 once it is up (no authentication).
+    health_path: ClassVar[str] = "health"
+    #: Extra uvicorn options.
+    uvicorn_options: ClassVar[tuple[str, ...]] = ()
+    #: The variable (:mod:`twinlab.contract`) telling user servers the public URL; "": none.
+    url_env: ClassVar[str] = ""
+    #: Listed in the servers' ``$TWINHUB_SERVICES`` (``c.TwinhubSpawner.services``).
+    listed: ClassVar[bool] = False
+    #: Scopes of the service's own token (a role ``<name>-service``); (): none.
+    scopes: ClassVar[tuple[str, ...]] = ()
+    #: Its config file under the state dir (:meth:`service_config` says what it holds); "":
+    #: it has none.
+    config_path: ClassVar[str] = ""
+
+    # -- names ---------------------------------------------------------------------------
+    @classmethod
+    def prefix(cls) -> str:
+        """``/services/<name>/``, where the proxy routes it."""
+        return f"/services/{cls.name}/"
+
+    @classmethod
+    def secret_name(cls) -> str:
+        """The :meth:`Runtime.secret` holding its hub API token."""
+        return f"service-{cls.name}"
+
+    @classmethod
+    def config_env(cls) -> str:
+        """The variable naming its config file in its process (``TWINHUB_<NAME>_CONFIG``)."""
+        return f"TWINHUB_{cls.name.upper()}_CONFIG"
+
+    def config_file(self, rt: Runtime) -> Path:
+        return rt.path(self.config_path)
+
+    def port(self, rt: Runtime) -> int:
+        return rt.ports[self.name]
+
+    def api_url(self, rt: Runtime) -> str:
+        """The service on loopback, straight (the platform's own calls)."""
+        return f"http://127.0.0.1:{self.port(rt)}{self.prefix()}"
+
+    def public_url(self, rt: Runtime) -> str:
+        """The service through the proxy on loopback (what user servers use)."""
+        return public_url(rt, self.name)
+
+    # -- what a service says about itself --------------------------------------------------
+    def enabled(self, rt: Runtime) -> bool:
+        """Whether this run has the service (its configuration); read by ``plan`` only."""
+        return True
+
+    def active(self, rt: Runtime) -> bool:
+        """On in this run: ``plan`` gave it a port (other processes, such as the hub,
+        decide from runtime.json alone)."""
+        return self.name in rt.ports
+
+    def service_config(self, rt: Runtime) -> dict[str, Any]:
+        """What its process reads from its config file (with ``config_path``)."""
+        return {"prefix": self.prefix()}
+
+    def prepare_service(self, rt: Runtime, say: Say) -> None:
+        """Before the config file is written (checks, files, databases)."""
+
+    def extra_components(self, rt: Runtime) -> list[Component]:
+        """Components of its own, started before the service (which waits for them)."""
+        return []
+
+    def configure_service(self, c: Any, rt: Runtime) -> None:
+        """Its share of the hub's configuration beyond registration."""
+
+    # -- the Part hooks ----------------------------------------------------------------------
+    def plan(self, rt: Runtime) -> None:
+        if self.enabled(rt):
+            rt.ports[self.name] = pick_port(PLATFORM_PORTS)
+
+    def prepare(self, rt: Runtime, say: Say = print) -> None:
+        if not self.active(rt):
+            return
+        self.prepare_service(rt, say)
+        if self.config_path:
+            write_service_config(self.config_file(rt), self.service_config(rt))
+
+    def components(self, rt: Runtime) -> list[Component]:
+        if not self.active(rt):
+            return []
+        before = self.extra_components(rt)
+        env = service_environment(rt, self.name, rt.secret(self.secret_name()))
+        if self.config_path:
+            env[self.config_env()] = str(self.config_file(rt))
+        service = Component(
+            name=self.name,
+            argv=uvicorn_argv(self.factory, self.port(rt), *self.uvicorn_options),
+            env=env,
+            port=self.port(rt),
+            ready=functools.partial(http_ok, self.api_url(rt) + self.health_path),
+            # Its start-up overlaps the others' (it waits only for its own components).
+            background=True,
+            after=tuple(c.name for c in before),
+        )
+        return [*before, service]
+
+    def configure_hub(self, c: Any, rt: Runtime) -> None:
+        """Register the service, let every user (and server) reach it, give its token its
+        scopes, tell servers where it is; then :meth:`configure_service`."""
+        if not self.active(rt):
+            return
+        url = f"http://127.0.0.1:{self.port(rt)}"
+        register_service(c, self.name, url, rt.secret(self.secret_name()))
+        grant_access(c, self.name)
+        if self.scopes:
+            roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+            roles.append(
+                {
+                    "name": f"{self.name}-service",
+                    "scopes": list(self.scopes),
+                    "services": [self.name],
+                }
+            )
+            c.JupyterHub.load_roles = roles
+        if self.url_env:
+            c.Spawner.environment.update({self.url_env: self.public_url(rt)})
+        self.configure_service(c, rt)
+        if self.listed:
+            c.TwinhubSpawner.services.update({self.name: rt.url + self.prefix().lstrip("/")})
+
+
+def public_url(rt: Runtime, name: str) -> str:
+    """Service ``name`` through the proxy on loopback."""
+    return rt.local_url + f"services/{name}/"
+
+
+def running_public_url(rt: Runtime, name: str) -> str:
+    """:func:`public_url` of service ``name`` if it runs in this run, else ""."""
+    return public_url(rt, name) if name in rt.ports else ""
