@@ -20,7 +20,7 @@ from .plugin import Part
 from .services.cache import CachePart
 from .services.datalake import StacPart
 from .services.projects import ProjectsPart
-from .spawn.local import SpawnPart
+from .spawn.modes import SpawnPart
 
 PARTS: tuple[type[Part], ...] = (
     CorePart,

@@ -1,7 +1,7 @@
 """A real JupyterHub (+ configurable-http-proxy) using twinhub's spawner, for tests.
 
 Independent of ``twinhub up``: the hub config builds a :class:`twinhub.process.runtime.Runtime` by
-hand and calls :func:`twinhub.spawn.local.configure_hub`, the way ``twinhub/hubconf/config_file.py``
+hand and calls :func:`twinhub.spawn.modes.configure_hub`, the way ``twinhub/hubconf/config_file.py``
 does.  Authentication is JupyterHub's DummyAuthenticator (test-only) plus a service token
 with admin scopes; tests act as users through per-user API tokens.
 """
@@ -32,7 +32,7 @@ import json, os
 from pathlib import Path
 from traitlets.config import Config
 from twinhub.process.runtime import Runtime
-from twinhub.spawn import local as twinhub_spawner
+from twinhub.spawn import modes
 
 spec = json.loads(Path(os.environ["LOCALHUB_SPEC"]).read_text())
 state = Path(spec["state"])
@@ -40,7 +40,7 @@ cfg = Config(spec["config"])
 rt = Runtime(state_dir=state, config=cfg, ports=spec["ports"], mode=spec["mode"],
              instance_id=spec["instance_id"])
 c = get_config()
-twinhub_spawner.configure_hub(c, rt)
+modes.configure_hub(c, rt)
 c.JupyterHub.bind_url = rt.local_url
 c.JupyterHub.hub_port = rt.ports["hub"]
 c.JupyterHub.db_url = "sqlite:///" + str(state / "hub" / "jupyterhub.sqlite")

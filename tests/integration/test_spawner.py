@@ -22,7 +22,7 @@ import requests
 from tests.helpers.kernel import KernelDied, execute, run_code, shutdown_kernel, start_kernel
 from tests.helpers.localhub import LocalHub
 from twinhub.process.runtime import Runtime
-from twinhub.spawn import limits, os_accounts, profiles
+from twinhub.spawn import os_accounts, profiles, resource_limits
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def personal_hub() -> Iterator[LocalHub]:
 
 
 def _enforced() -> bool:
-    return bool(limits.detect("twinhub-probe").kind) if os.geteuid() == 0 else False
+    return bool(resource_limits.detect("twinhub-probe").kind) if os.geteuid() == 0 else False
 
 
 # -- multi-user ----------------------------------------------------------------------------
@@ -194,7 +194,7 @@ print(json.dumps(out))
 
 @pytest.mark.multiuser
 def test_limits_enforced_in_kernel(mu_hub: LocalHub) -> None:
-    support = limits.detect("twinhub-probe")
+    support = resource_limits.detect("twinhub-probe")
     if not support.kind:
         pytest.skip(f"limits are advisory on this machine: {support.reason}")
     mu_hub.stop_server("ann")

@@ -17,12 +17,12 @@ import pytest
 import requests
 
 from tests.helpers.kernel import KernelDied, execute, run_code, shutdown_kernel, start_kernel
-from twinhub.spawn import limits
+from twinhub.spawn import resource_limits
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
 ALICE, BOB = "klim-alice", "klim-bob"
-CAP = limits.TwinhubUserLimits().max_processes  # the session platform keeps the default
+CAP = resource_limits.TwinhubUserLimits().max_processes  # the session platform keeps the default
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ finally:
 def test_dask_worker_over_its_memory_is_stopped(two) -> None:
     """Workers run without a nanny: only their cgroup stops one growing past worker_memory."""
     p, urls = two
-    support = limits.detect("twinhub-probe")
+    support = resource_limits.detect("twinhub-probe")
     if not support.kind:
         pytest.skip(f"memory limits are advisory on this machine: {support.reason}")
     out = run_code(urls[ALICE], p.token(ALICE), _DASK_HOG, timeout=300)

@@ -10,9 +10,8 @@ from traitlets.config import Config
 from twinhub import db
 from twinhub.config import DEFAULT_PROFILES
 from twinhub.process.runtime import Runtime
-from twinhub.services.projects import ProjectCatalog, is_enabled
+from twinhub.services.projects import ProjectCatalog, is_enabled, overrides
 from twinhub.services.projects import allocations as al
-from twinhub.services.projects import store as stored
 from twinhub.spawn.profiles import kubespawner_profile_list, validate_profiles
 
 PROFILES = validate_profiles(DEFAULT_PROFILES)  # small-cpu, large-cpu, gpu
@@ -180,21 +179,21 @@ def catalog(request, tmp_path) -> ProjectCatalog:
 
 def test_admin_override_wins_until_reset(catalog: ProjectCatalog) -> None:
     assert catalog.entries()["projects:a"]["source"] == "config"
-    stored.set_override(catalog.db_url, "projects:a", alloc(gpu=False), "root")
+    overrides.set_override(catalog.db_url, "projects:a", alloc(gpu=False), "root")
     e = catalog.entries()["projects:a"]
     assert e["source"] == "admin" and e["updated_by"] == "root"
     assert e["updated_at"].endswith("+00:00")
     assert e["configured"]["gpu"] is True and e["allocation"]["gpu"] is False
     assert "gpu" not in catalog.effective(["projects:a"]).profiles
-    assert stored.delete_override(catalog.db_url, "projects:a") is True
-    assert stored.delete_override(catalog.db_url, "projects:a") is False
+    assert overrides.delete_override(catalog.db_url, "projects:a") is True
+    assert overrides.delete_override(catalog.db_url, "projects:a") is False
     assert "gpu" in catalog.effective(["projects:a"]).profiles
     assert catalog.effective([]).profiles == ("small-cpu",)
 
 
 def test_stale_override_is_ignored(catalog: ProjectCatalog, caplog) -> None:
     # Stored when a profile existed that the configuration has since dropped.
-    stored.set_override(catalog.db_url, "b", {**alloc(), "profiles": ["gone"]}, "root")
+    overrides.set_override(catalog.db_url, "b", {**alloc(), "profiles": ["gone"]}, "root")
     assert catalog.entries()["b"]["source"] == "config"
     assert "unknown profile 'gone'" in caplog.text
 

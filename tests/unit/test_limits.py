@@ -11,8 +11,8 @@ import time
 import pytest
 from traitlets.config import Config
 
-from twinhub.spawn import limits
-from twinhub.spawn.limits import Limits, human_bytes, parse_cpu, parse_memory
+from twinhub.spawn import resource_limits
+from twinhub.spawn.resource_limits import Limits, human_bytes, parse_cpu, parse_memory
 
 
 @pytest.mark.parametrize(
@@ -44,25 +44,25 @@ def test_parse_cpu_and_describe() -> None:
 @pytest.fixture
 def support():
     group = "twinhub-t" + secrets.token_hex(4)
-    s = limits.detect(group)
+    s = resource_limits.detect(group)
     if not s.kind:
         pytest.skip(f"no usable cgroup here, limits are advisory: {s.reason}")
     yield s
-    limits.remove_stale(group)
+    resource_limits.remove_stale(group)
 
 
 def test_memory_limit_kills_a_process_over_it(support) -> None:
-    cg = limits.ServerCgroup(support, "mem", Limits(cpu=None, memory=parse_memory("64M")))
+    cg = resource_limits.ServerCgroup(support, "mem", Limits(cpu=None, memory=parse_memory("64M")))
     assert cg.enforced
     cg.create()
     try:
         code = "b = bytearray({} * 2**20); print('survived')"
         join = cg.join_paths()
         small = subprocess.run([sys.executable, "-c", code.format(16)],
-                               preexec_fn=lambda: limits.join_cgroup(join), capture_output=True)  # fmt: skip
+                               preexec_fn=lambda: resource_limits.join_cgroup(join), capture_output=True)  # fmt: skip
         assert small.returncode == 0 and small.stdout == b"survived\n"
         big = subprocess.run([sys.executable, "-c", code.format(256)],
-                             preexec_fn=lambda: limits.join_cgroup(join), capture_output=True)  # fmt: skip
+                             preexec_fn=lambda: resource_limits.join_cgroup(join), capture_output=True)  # fmt: skip
         assert big.returncode == -9  # OOM-killed
     finally:
         cg.kill_and_remove()
@@ -70,12 +70,12 @@ def test_memory_limit_kills_a_process_over_it(support) -> None:
 
 
 def test_cpu_quota_throttles(support) -> None:
-    cg = limits.ServerCgroup(support, "cpu", Limits(cpu=0.25))
+    cg = resource_limits.ServerCgroup(support, "cpu", Limits(cpu=0.25))
     cg.create()
     busy = "import time\nw=time.monotonic()\nwhile time.monotonic()-w<1: pass\nprint(time.process_time())"
     try:
         join = cg.join_paths()
-        out = subprocess.run([sys.executable, "-c", busy], preexec_fn=lambda: limits.join_cgroup(join),
+        out = subprocess.run([sys.executable, "-c", busy], preexec_fn=lambda: resource_limits.join_cgroup(join),
                              capture_output=True, text=True, check=True)  # fmt: skip
     finally:
         cg.kill_and_remove()
@@ -83,17 +83,17 @@ def test_cpu_quota_throttles(support) -> None:
 
 
 def test_kill_and_remove_kills_leftovers_and_remove_stale_spares_busy_groups(support) -> None:
-    busy = limits.ServerCgroup(support, "busy", Limits(memory=2**30))
-    empty = limits.ServerCgroup(support, "empty", Limits(memory=2**30))
+    busy = resource_limits.ServerCgroup(support, "busy", Limits(memory=2**30))
+    empty = resource_limits.ServerCgroup(support, "empty", Limits(memory=2**30))
     busy.create()
     empty.create()
     join = busy.join_paths()
-    proc = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: limits.join_cgroup(join))
+    proc = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: resource_limits.join_cgroup(join))
     try:
         time.sleep(0.1)
         assert proc.pid in busy.pids()
         group = support.parents[next(iter(support.parents))].name
-        assert limits.remove_stale(group) == ["empty"]
+        assert resource_limits.remove_stale(group) == ["empty"]
         assert all(d.exists() for d in busy.dirs)
         busy.kill_and_remove()
         assert proc.wait(timeout=5) == -9
@@ -112,11 +112,11 @@ def test_cgroup_v2_files_on_a_fake_hierarchy(tmp_path) -> None:
     group.mkdir()
     (group / "cgroup.controllers").write_text("cpu memory\n")
     (group / "cgroup.subtree_control").write_text("")
-    support = limits._detect_v2(tmp_path, "twinhub-x")
-    assert support == limits.CgroupSupport("v2", {"unified": group})
+    support = resource_limits._detect_v2(tmp_path, "twinhub-x")
+    assert support == resource_limits.CgroupSupport("v2", {"unified": group})
     assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory +cpu"
     assert (group / "cgroup.subtree_control").read_text() == "+memory +cpu"
-    cg = limits.ServerCgroup(support, "alice", Limits(cpu=0.5, memory=100 * 2**20))
+    cg = resource_limits.ServerCgroup(support, "alice", Limits(cpu=0.5, memory=100 * 2**20))
     cg.create()
     leaf = group / "alice"
     assert (leaf / "memory.max").read_text() == str(100 * 2**20)
@@ -125,7 +125,7 @@ def test_cgroup_v2_files_on_a_fake_hierarchy(tmp_path) -> None:
     assert cg.join_paths() == [str(leaf / "cgroup.procs")]
     # Without the controllers, limits are advisory and the reason says which are missing.
     (tmp_path / "cgroup.controllers").write_text("cpuset io pids\n")
-    why = limits._detect_v2(tmp_path, "twinhub-x")
+    why = resource_limits._detect_v2(tmp_path, "twinhub-x")
     assert why.kind == "" and "memory, cpu not available" in why.reason
 
 
@@ -135,9 +135,9 @@ NOBODY = 65534
 
 
 def test_user_limits_config() -> None:
-    assert limits.TwinhubUserLimits().max_processes == 1024
+    assert resource_limits.TwinhubUserLimits().max_processes == 1024
     cfg = Config({"TwinhubUserLimits": {"max_processes": 7}})
-    assert limits.TwinhubUserLimits(config=cfg).max_processes == 7
+    assert resource_limits.TwinhubUserLimits(config=cfg).max_processes == 7
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="root ignores RLIMIT_NPROC; needs to switch uid")
@@ -160,7 +160,7 @@ def test_process_cap_set_before_the_uid_switch_stops_forks_with_eagain() -> None
     )
 
     def preexec() -> None:
-        limits.limit_processes(cap)
+        resource_limits.limit_processes(cap)
         os.setgid(NOBODY)
         os.setuid(NOBODY)
 
@@ -184,7 +184,7 @@ def _owner(pid: str) -> int:
 @pytest.mark.skipif(os.geteuid() != 0, reason="makes directories owned by another uid")
 def test_private_runtime_dir_is_the_users_alone_and_refuses_planted_entries(tmp_path) -> None:
     """Kernels' IPC sockets live there: 0700, the user's, under root-owned 0711 parents."""
-    from twinhub.spawn.local import private_runtime_dir
+    from twinhub.spawn.modes import private_runtime_dir
     from twinhub.spawn.os_accounts import AccountError
 
     root = tmp_path / "run"

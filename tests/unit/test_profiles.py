@@ -129,8 +129,8 @@ def test_profile_filter_hook_per_user() -> None:
 
     from tornado import web
 
-    from twinhub.spawn.base import _apply_profile
-    from twinhub.spawn.local import PersonalSpawner
+    from twinhub.spawn.modes import PersonalSpawner
+    from twinhub.spawn.spawner import _apply_profile
 
     def only_small_for_guests(user, offered):
         return [p for p in offered if user.name != "guest" or p["slug"] == "small-cpu"]
@@ -159,7 +159,7 @@ def test_configure_hub_applies_mode_profiles_and_merges_environment(tmp_path) ->
     from traitlets.config import Config
 
     from twinhub.process.runtime import Runtime
-    from twinhub.spawn.local import MultiUserSpawner, PersonalSpawner, configure_hub
+    from twinhub.spawn.modes import MultiUserSpawner, PersonalSpawner, configure_hub
 
     c = Config()
     c.Spawner.environment.update({"DASK_GATEWAY__ADDRESS": "http://gw"})  # another module's

@@ -18,12 +18,12 @@ from twinhub.process.runtime import Runtime
 from twinhub.services.asgi import BadRequest, read_body, send_refusal
 from twinhub.services.base import AsgiService, running_public_url
 from twinhub.services.cache import CachePart
-from twinhub.services.config_file import read_service_config
 from twinhub.services.datalake import StacPart
 from twinhub.services.datalake.federation.engine import Federation
 from twinhub.services.datalake.federation.middleware import FederationMiddleware
 from twinhub.services.datalake.guard import SEARCH_BODY, GuardMiddleware
 from twinhub.services.projects import ProjectsPart
+from twinhub.services.service_config import read_service_config
 
 
 class NotesPart(AsgiService):

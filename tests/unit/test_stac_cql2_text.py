@@ -10,7 +10,7 @@ import time
 import pytest
 
 from twinhub.services.datalake.cql2_text import TextParser
-from twinhub.services.datalake.limits import BadRequest, LimitError
+from twinhub.services.datalake.input_limits import BadRequest, LimitError
 
 
 def test_text_becomes_json_and_errors_name_the_problem():

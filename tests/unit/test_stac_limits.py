@@ -1,4 +1,4 @@
-"""The STAC API's bounds on parser input (twinhub.services.datalake.limits), as functions.
+"""The STAC API's bounds on parser input (twinhub.services.datalake.input_limits), as functions.
 
 The CQL2 cases that matter most are run through the real ``cql2`` parser in a child
 process: what the scanner lets through must never crash it.
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from twinhub.services.datalake.limits import (
+from twinhub.services.datalake.input_limits import (
     MAX_FILTER_CHARS,
     MAX_FILTER_DEPTH,
     LimitError,

@@ -98,7 +98,7 @@ def test_hub_timeouts_are_sized_from_the_queue(tmp_path):
     from traitlets.config import Config
 
     from twinhub.process.runtime import Runtime
-    from twinhub.spawn.local import MultiUserSpawner, configure_hub
+    from twinhub.spawn.modes import MultiUserSpawner, configure_hub
 
     conf = Config(
         {

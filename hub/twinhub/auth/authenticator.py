@@ -13,8 +13,8 @@ from traitlets import Bool, Integer, Unicode, default
 from ..db import check_schema, current_revision, upgrade
 from ..hubconf.handlers import platform_handlers
 from . import local_accounts as accounts
-from .handlers import AuthorizeHandler, ChangePasswordHandler, SignupHandler
 from .local_accounts import AccountError
+from .pages import AuthorizeHandler, ChangePasswordHandler, SignupHandler
 from .revoke import revoke_platform_access
 from .token_exchange import login_handlers
 

@@ -17,7 +17,7 @@ Both backends:
 
 The multi-user backend also caps each account's processes (``TwinhubUserLimits``) in its
 schedulers and workers, the same cap as in the user's server and kernels.  Where cgroups are
-usable (:mod:`twinhub.spawn.limits`), each scheduler and worker runs in its own cgroup with the
+usable (:mod:`twinhub.spawn.resource_limits`), each scheduler and worker runs in its own cgroup with the
 memory and cores its cluster options gave it: workers run without a nanny, so nothing else
 would stop a worker growing past its ``worker_memory``.
 """
@@ -42,9 +42,9 @@ from traitlets.config import LoggingConfigurable
 
 from twinlab.contract import ENV_INSTANCE
 
-from ..spawn import limits
-from ..spawn.limits import limit_processes
+from ..spawn import resource_limits
 from ..spawn.os_accounts import AccountError, check_account, os_account_name
+from ..spawn.resource_limits import limit_processes
 from .dashboard import add_dashboard_routes
 
 PRELOAD_FILE = str(Path(__file__).with_name("dashboard_tls.py"))
@@ -126,18 +126,18 @@ class TwinhubBackendMixin(LoggingConfigurable):
             cluster.added_to_proxies = True
 
     # -- processes ------------------------------------------------------------------------
-    def _process_cgroup(self, cluster: Any, name: str) -> limits.ServerCgroup | None:
+    def _process_cgroup(self, cluster: Any, name: str) -> resource_limits.ServerCgroup | None:
         """The cgroup of one scheduler/worker, created with its limits; None: advisory."""
         if not self.process_cgroups:
             return None
-        support = limits.detect(f"twinhub-{self.instance_id}")
+        support = resource_limits.detect(f"twinhub-{self.instance_id}")
         cfg = cluster.config
         sched = name == "scheduler"
-        lim = limits.Limits(
+        lim = resource_limits.Limits(
             cpu=float(cfg.scheduler_cores if sched else cfg.worker_cores),
             memory=int(cfg.scheduler_memory if sched else cfg.worker_memory),
         )
-        cg = limits.ServerCgroup(support, f"dask-{cluster.name}-{name}", lim)
+        cg = resource_limits.ServerCgroup(support, f"dask-{cluster.name}-{name}", lim)
         if not cg.enforced:
             return None
         try:
@@ -151,7 +151,7 @@ class TwinhubBackendMixin(LoggingConfigurable):
         """Kill and remove the cgroups of ``name`` (default: every process) of ``cluster``."""
         if not self.process_cgroups:
             return
-        support = limits.detect(f"twinhub-{self.instance_id}")
+        support = resource_limits.detect(f"twinhub-{self.instance_id}")
         prefix = f"dask-{cluster.name}-{name}"
         leaves = {
             d.name
@@ -161,7 +161,7 @@ class TwinhubBackendMixin(LoggingConfigurable):
             if d.name == prefix or (not name and d.name.startswith(prefix))
         }
         for leaf in leaves:
-            limits.ServerCgroup(support, leaf, limits.Limits()).kill_and_remove()
+            resource_limits.ServerCgroup(support, leaf, resource_limits.Limits()).kill_and_remove()
 
     async def start_process(self, cluster: Any, cmd: list, env: dict, name: str) -> int:
         # Upstream's, with a preexec that also joins the process's own cgroup, and the log
@@ -175,7 +175,7 @@ class TwinhubBackendMixin(LoggingConfigurable):
 
         def preexec() -> None:
             if join:  # while still root
-                limits.join_cgroup(join)
+                resource_limits.join_cgroup(join)
             inner()
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             os.dup2(fd, 1)

@@ -15,7 +15,7 @@ from dask_gateway_server.options import Float, Integer, Options
 from twinlab.contract import ENV_INSTANCE
 
 from ..process.runtime import Runtime
-from ..spawn.limits import TwinhubUserLimits
+from ..spawn.resource_limits import TwinhubUserLimits
 from . import SECRET_NAME, SERVICE_NAME, SERVICE_PREFIX, clusters_dir, port, settings
 
 GIB = 2**30

@@ -3,7 +3,7 @@
 A service subclasses :class:`AsgiService` and says what is its own: its name, settings
 class, app factory and hooks. The base gives it a port (in ``plan``), its URLs, the uvicorn
 component, its config file (written 0600 by ``twinhub up``, read back by the service's
-process with :func:`twinhub.services.config_file.read_service_config`), its registration
+process with :func:`twinhub.services.service_config.read_service_config`), its registration
 with the hub (API token, access scope for every user and user server, the servers'
 environment) and its status. A minimal service::
 
@@ -43,8 +43,8 @@ from ..process.components import Component
 from ..process.ports import PLATFORM_PORTS, pick_port
 from ..process.runtime import Runtime
 from ..process.supervisor import http_ok
-from .config_file import write_service_config
 from .registration import grant_access, register_service, service_environment, uvicorn_argv
+from .service_config import write_service_config
 
 
 class AsgiService(Part):

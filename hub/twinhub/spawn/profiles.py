@@ -22,7 +22,7 @@ from pathlib import Path
 
 from twinlab.contract import ENV_PROFILE
 
-from .limits import Limits
+from .resource_limits import Limits
 
 PROFILE_KEYS = frozenset(
     {

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twinlab.serverext import cache as _cache  # noqa: F401  (registers 'cache')
-from twinlab.serverext import storage as _storage  # noqa: F401  (registers 'storage')
+from twinlab.serverext import storage_info as _storage_info  # noqa: F401  (registers 'storage')
 from twinlab.serverext.info import INFO_PROVIDERS, info_provider
 
 __all__ = ["INFO_PROVIDERS", "info_provider"]

@@ -28,7 +28,7 @@ from ...errors import PlatformError, StartError
 from ...plugin import Say
 from ...process.runtime import Runtime
 from ..base import AsgiService
-from ..datalake.config import TwinhubDataLake
+from ..datalake.lake_settings import TwinhubDataLake
 from .index import read_stats
 
 SERVICE_NAME = "cache"

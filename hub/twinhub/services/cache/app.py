@@ -36,9 +36,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..asgi import Receive, RequestLimitsMiddleware, Scope, Send, header, send_error, send_json
-from ..config_file import read_service_config
 from ..datalake.sources import SourceError, href_from_cache_path, make_sources
 from ..hubauth import HubAuthMiddleware, acts_as_admin
+from ..service_config import read_service_config
 from . import CachePart
 from .metrics import render
 from .store import CacheError, CacheStore, Handle, TooLarge

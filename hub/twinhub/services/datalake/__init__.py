@@ -20,7 +20,6 @@ from ...plugin import Say
 from ...process.components import Component
 from ...process.runtime import Runtime
 from ..base import AsgiService, running_public_url
-from .config import SEED_SIZES, TwinhubDataLake, settings
 from .database import (
     connection,
     initialize,
@@ -29,6 +28,7 @@ from .database import (
     prepare_local,
     server_argv,
 )
+from .lake_settings import SEED_SIZES, TwinhubDataLake, settings
 from .seeding import seed_into, seed_state, start_seeding
 
 SERVICE_NAME = "stac"

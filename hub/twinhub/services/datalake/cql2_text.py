@@ -20,7 +20,7 @@ import json
 import sys
 from typing import Any
 
-from .limits import BadRequest, LimitError
+from .input_limits import BadRequest, LimitError
 
 #: Seconds a filter may take to parse (a valid one takes well under a millisecond).
 PARSE_TIMEOUT = 2.0

@@ -30,7 +30,7 @@ from twinlab.contract import FIELD_OWNER
 from ..asgi import Receive, Scope, Send, read_body, replay, send_refusal
 from ..hubauth import acts_as_admin
 from .cql2_text import TextParser
-from .limits import (
+from .input_limits import (
     BadRequest,
     check_bbox,
     check_fields,

@@ -22,8 +22,8 @@ from twinlab.contract import FIELD_SEED
 from ...objectstore import admin_client
 from ...objectstore import settings as store_settings
 from ...process.runtime import Runtime
-from .config import settings
 from .database import connection
+from .lake_settings import settings
 
 SEED_COLLECTION = "climate-dt"
 BATCH = 500

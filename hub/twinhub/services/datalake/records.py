@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .limits import BadRequest, check_bbox
+from .input_limits import BadRequest, check_bbox
 
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _ID = re.compile(ID_PATTERN)

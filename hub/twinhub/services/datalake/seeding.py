@@ -14,7 +14,7 @@ from typing import Any
 
 from ...plugin import Say
 from ...process.runtime import Runtime
-from .config import settings
+from .lake_settings import settings
 
 
 def seed_state_path(rt: Runtime) -> Path:

@@ -28,8 +28,8 @@ from stac_fastapi.pgstac.models.extensions import Extensions
 
 from ... import __version__
 from ..asgi import RequestLimitsMiddleware, error_body
-from ..config_file import read_service_config
 from ..hubauth import HubAuthMiddleware
+from ..service_config import read_service_config
 from . import StacPart
 from .database import Connection
 from .federation import FederationMiddleware, federation_from_config

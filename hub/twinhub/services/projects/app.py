@@ -46,8 +46,7 @@ from ...objectstore.project_buckets import sync_project_storage
 from ...process.runtime import Runtime
 from ..asgi import BadRequest, RequestLimitsMiddleware, error_body
 from ..hubauth import HubAuthMiddleware, admin_refusal, has_scope
-from . import SERVICE_PREFIX, allocations
-from . import store as stored
+from . import SERVICE_PREFIX, allocations, overrides
 from .catalog import ProjectCatalog, TwinhubProjects
 
 PUBLIC_PATHS = ("health",)
@@ -205,7 +204,7 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
         name = name_of(name)
         me = await admin(request)
         alloc = validated(await body_of(request), name)
-        await asyncio.to_thread(stored.set_override, catalog.db_url, name, alloc, me["name"])
+        await asyncio.to_thread(overrides.set_override, catalog.db_url, name, alloc, me["name"])
         return view(name, (await entries())[name])
 
     @app.patch(p + "api/projects/{name:path}")
@@ -217,14 +216,14 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
         if entry is None:
             raise BadRequest(f"no project {name!r}: create it with PUT", 404)
         alloc = validated({**entry["allocation"], **change}, name)
-        await asyncio.to_thread(stored.set_override, catalog.db_url, name, alloc, me["name"])
+        await asyncio.to_thread(overrides.set_override, catalog.db_url, name, alloc, me["name"])
         return view(name, (await entries())[name])
 
     @app.delete(p + "api/projects/{name:path}")
     async def reset_project(request: Request, name: str) -> dict[str, Any]:
         name = name_of(name)
         await admin(request)
-        had = await asyncio.to_thread(stored.delete_override, catalog.db_url, name)
+        had = await asyncio.to_thread(overrides.delete_override, catalog.db_url, name)
         if name in catalog.configured:
             return view(name, (await entries())[name])
         if had:

@@ -15,7 +15,7 @@ from ...config import Twinhub
 from ...process.runtime import Runtime
 from ...spawn.profiles import validate_profiles
 from . import allocations
-from .store import overrides
+from .overrides import overrides
 
 log = logging.getLogger("twinhub.projects")
 

@@ -1,4 +1,4 @@
-"""Allocations enforced in the hub process, through :class:`twinhub.spawn.base.TwinhubSpawner`'s
+"""Allocations enforced in the hub process, through :class:`twinhub.spawn.spawner.TwinhubSpawner`'s
 hooks.  Every check reads the allocation at that moment (groups from the hub's database,
 run-time allocations from twinhub's): the service that changes them is another process.
 

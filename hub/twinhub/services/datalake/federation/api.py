@@ -15,7 +15,7 @@ from ..sources import StacSource
 from .fetch import MAX_PAGE_BYTES, SourceFailure, check_url, decode, request
 from .merge import Page
 from .params import SearchParams
-from .validate import feature_problem, keep_valid
+from .shape import feature_problem, keep_valid
 
 #: Seconds a remote API's collection list is reused.
 COLLECTIONS_TTL = 30.0

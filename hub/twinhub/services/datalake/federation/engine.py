@@ -28,11 +28,11 @@ from ..sources import LOCAL, StacSource
 from .annotate import annotate_collection, annotate_item, tag_local
 from .api import RemoteApi
 from .fetch import SourceFailure
-from .local import LocalAnswer
+from .lake_source import LocalAnswer
 from .merge import TOKEN_PREFIX, Cursor, Page, advance, decode_token, encode_token, merge
 from .params import SearchParams
+from .shape import keep_valid
 from .static import StaticCatalogue
-from .validate import keep_valid
 
 #: Seconds the lake's own search may take before the answer goes on without it.
 LOCAL_TIMEOUT = 60.0

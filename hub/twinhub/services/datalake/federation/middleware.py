@@ -44,7 +44,7 @@ from ..guard import SEARCH_BODY
 from ..sources import LOCAL
 from .annotate import tag_local
 from .engine import Federation, Outcome
-from .local import LocalAnswer, LocalLake, call
+from .lake_source import LocalAnswer, LocalLake, call
 from .params import from_body, from_query
 
 GEOJSON = b"application/geo+json"

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ...asgi import BadRequest
-from ..limits import check_bbox, check_filter, check_limit
+from ..input_limits import check_bbox, check_filter, check_limit
 
 #: stac-fastapi's default page size: the same here, so a federated page is as long as a local one.
 DEFAULT_LIMIT = 10

@@ -35,7 +35,7 @@ from .fetch import SourceFailure, decode, request
 from .matching import Matcher
 from .merge import Page, timestamp
 from .params import SearchParams
-from .validate import SAMPLES, feature_problem
+from .shape import SAMPLES, feature_problem
 
 log = logging.getLogger("twinhub.federation")
 

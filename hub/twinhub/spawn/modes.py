@@ -7,7 +7,7 @@
   platform user (``twin-<name>``), created on first spawn; see :mod:`twinhub.spawn.os_accounts`.
 
 What both share (profiles, limits, the start queue, start-up failures) is
-:class:`twinhub.spawn.base.TwinhubSpawner`.
+:class:`twinhub.spawn.spawner.TwinhubSpawner`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from traitlets import Integer, Unicode
 from ..config import Twinhub
 from ..plugin import Part
 from ..process.runtime import Runtime
-from . import limits, os_accounts, profiles, startqueue
-from .base import TwinhubSpawner, TwinhubSpawnerConfig, _error
+from . import os_accounts, profiles, resource_limits, startqueue
+from .spawner import TwinhubSpawner, TwinhubSpawnerConfig, _error
 
 __all__ = ["MultiUserSpawner", "PersonalSpawner", "configure_hub", "private_runtime_dir"]
 
@@ -93,7 +93,7 @@ class MultiUserSpawner(TwinhubSpawner):
     (``KernelManager.transport = "ipc"``) in a 0700 runtime directory of the account, so no
     other account can reach them (over TCP loopback anyone could subscribe to a kernel's
     IOPub); the server's own TCP port answers only with the hub's OAuth/token checks; and
-    each account's processes are capped (:class:`twinhub.spawn.limits.TwinhubUserLimits`).
+    each account's processes are capped (:class:`twinhub.spawn.resource_limits.TwinhubUserLimits`).
     """
 
     user_prefix = Unicode(
@@ -175,7 +175,7 @@ class MultiUserSpawner(TwinhubSpawner):
 
         def preexec() -> None:
             if nproc:  # before setuid: as root any hard limit can be set
-                limits.limit_processes(nproc)
+                resource_limits.limit_processes(nproc)
             switch()
 
         return preexec
@@ -222,7 +222,7 @@ def configure_hub(c: Any, rt: Runtime) -> None:
     """
     tw = Twinhub(config=rt.config)
     cfg = TwinhubSpawnerConfig(config=rt.config)
-    per_user = limits.TwinhubUserLimits(config=rt.config)
+    per_user = resource_limits.TwinhubUserLimits(config=rt.config)
     valid_profiles = profiles.validate_profiles(tw.profiles)
     if rt.mode == "multi-user" and not re.fullmatch(r"[a-z][a-z0-9_-]*|", tw.user_prefix):
         raise ValueError(
@@ -255,14 +255,14 @@ def configure_hub(c: Any, rt: Runtime) -> None:
         c.TwinhubSpawner.services.update({"dask-gateway": rt.url + "services/dask-gateway/"})
     if cfg.enforce_limits != "off":
         # One hub per instance: empty groups of this instance are leftovers of a killed hub.
-        limits.remove_stale(f"twinhub-{instance_id}")
+        resource_limits.remove_stale(f"twinhub-{instance_id}")
 
 
 class SpawnPart(Part):
-    """The spawner of the platform's mode, its profiles and per-user limits."""
+    """The spawner of the platform's mode, its profiles and per-user resource_limits."""
 
     name = "spawn"
-    settings = (TwinhubSpawnerConfig, limits.TwinhubUserLimits)
+    settings = (TwinhubSpawnerConfig, resource_limits.TwinhubUserLimits)
 
     def configure_hub(self, c: Any, rt: Runtime) -> None:
         configure_hub(c, rt)

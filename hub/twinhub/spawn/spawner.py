@@ -1,9 +1,9 @@
 """What the single-user server spawners of the embedded platform share.
 
-The two modes' spawners (:mod:`twinhub.spawn.local`: one OS user for everyone, or one OS
+The two modes' spawners (:mod:`twinhub.spawn.modes`: one OS user for everyone, or one OS
 account per platform user) derive from :class:`TwinhubSpawner`.  Both run ``<prefix>/bin/jupyterhub-singleuser`` from the platform's environment, apply the
 chosen profile (:mod:`twinhub.spawn.profiles`: env, memory/CPU limits through
-:mod:`twinhub.spawn.limits`), write the server's output to ``<state>/logs/servers/<name>.log``, and
+:mod:`twinhub.spawn.resource_limits`), write the server's output to ``<state>/logs/servers/<name>.log``, and
 ``start()`` returns only once the server listens, so a server that dies at start-up fails
 the spawn with its own last log lines instead of JupyterHub's opaque 500 (JupyterHub 6.1
 calls ``Future.exception()`` on a still-running spawn future when the process died after
@@ -32,7 +32,7 @@ from traitlets.config import Configurable
 from twinlab.contract import ENV_LIMITS_ENFORCED, ENV_SERVICES
 
 from ..process.ports import SERVER_PORTS, NoFreePort, pick_port, release_port
-from . import limits, os_accounts, profiles, startqueue
+from . import os_accounts, profiles, resource_limits, startqueue
 
 __all__ = [
     "TwinhubSpawner",
@@ -167,8 +167,8 @@ class TwinhubSpawner(LocalProcessSpawner):
     def _default_apply_user_options(self) -> Callable:
         return _apply_profile
 
-    def _limits(self) -> limits.Limits:
-        return limits.Limits.from_profile(self.profile.get("limits"))
+    def _limits(self) -> resource_limits.Limits:
+        return resource_limits.Limits.from_profile(self.profile.get("limits"))
 
     # -- environment, arguments ---------------------------------------------------------
     def get_env(self) -> dict[str, str]:
@@ -243,16 +243,18 @@ class TwinhubSpawner(LocalProcessSpawner):
             return
         if self.enforce_limits == "off":
             reason = "cgroup enforcement is switched off (TwinhubSpawnerConfig.enforce_limits)"
-            support = limits.CgroupSupport("", reason=reason)
+            support = resource_limits.CgroupSupport("", reason=reason)
         else:
-            support = limits.detect(f"twinhub-{self.instance_id}")
-        cg = limits.ServerCgroup(support, self._safe_name, lim)
+            support = resource_limits.detect(f"twinhub-{self.instance_id}")
+        cg = resource_limits.ServerCgroup(support, self._safe_name, lim)
         if cg.enforced:
             try:
                 cg.create()
             except OSError as e:
-                cg = limits.ServerCgroup(
-                    limits.CgroupSupport("", reason=f"cannot set up cgroup: {e}"), cg.leaf, lim
+                cg = resource_limits.ServerCgroup(
+                    resource_limits.CgroupSupport("", reason=f"cannot set up cgroup: {e}"),
+                    cg.leaf,
+                    lim,
                 )
         self._cgroup = cg
         if cg.enforced:
@@ -261,7 +263,7 @@ class TwinhubSpawner(LocalProcessSpawner):
             raise _error(
                 500,
                 f"Limits {lim.describe()} cannot be enforced on this machine "
-                f"({cg.support.reason}) and the platform requires enforced limits.",
+                f"({cg.support.reason}) and the platform requires enforced resource_limits.",
             )
         else:
             self._event(f"Limits {lim.describe()} are advisory only: {cg.support.reason}.", 20)
@@ -273,7 +275,7 @@ class TwinhubSpawner(LocalProcessSpawner):
         def preexec() -> None:
             # Join the cgroup first, while still root: after setuid it is not allowed.
             if join:
-                limits.join_cgroup(join)
+                resource_limits.join_cgroup(join)
             if inner is not None:
                 inner()
 
@@ -393,8 +395,10 @@ class TwinhubSpawner(LocalProcessSpawner):
     async def _remove_cgroup(self) -> None:
         if getattr(self, "_cgroup", None) is None and self.enforce_limits != "off":
             # Hub restarted since the spawn: the group has a deterministic name.
-            support = limits.detect(f"twinhub-{self.instance_id}")
-            self._cgroup = limits.ServerCgroup(support, self._safe_name, limits.Limits())
+            support = resource_limits.detect(f"twinhub-{self.instance_id}")
+            self._cgroup = resource_limits.ServerCgroup(
+                support, self._safe_name, resource_limits.Limits()
+            )
         cg, self._cgroup = self._cgroup, None
         if cg is not None and cg.support.kind and any(d.exists() for d in cg.dirs):
             await asyncio.to_thread(cg.kill_and_remove)
@@ -438,7 +442,7 @@ async def _apply_profile(spawner: TwinhubSpawner, user_options: dict) -> None:
             spawner.orm_spawner.user_options = {}
         raise _error(400, str(e)) from None
     spawner.profile = profile
-    lim = limits.Limits.from_profile(profile.get("limits"))
+    lim = resource_limits.Limits.from_profile(profile.get("limits"))
     spawner.mem_limit = lim.memory
     spawner.cpu_limit = lim.cpu
 
