@@ -147,7 +147,7 @@ def test_renaming_a_user_to_a_name_that_cannot_be_one_is_refused(plat) -> None:
 def test_spawn_refused_for_another_instances_account_makes_no_storage(plat) -> None:
     """``twin-<name>`` made by someone else (another instance on this host) is refused,
     naming it, before an S3 identity or bucket is made (that this instance's purge leaves
-    such an account alone: tests/unit/test_accounts.py)."""
+    such an account alone: tests/unit/hub/test_accounts.py)."""
     p, rt = plat
     name = "leak-squat"
     os_name = f"twin-{name}"

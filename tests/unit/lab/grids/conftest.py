@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "grids"
+DATA = Path(__file__).resolve().parents[3] / "data" / "grids"
 
 
 @pytest.fixture(scope="session")
