@@ -277,7 +277,7 @@ def test_purge_accounts_removes_accounts_homes_processes(mu_hub: LocalHub) -> No
             pwd.getpwnam(name)
         assert not Path("/home", name).exists()
     assert os_accounts.recorded_accounts(mu_hub.state) == {}
-    assert (mu_hub.state / "os_accounts.json").stat().st_mode & 0o777 == 0o600
+    assert (mu_hub.state / "accounts.json").stat().st_mode & 0o777 == 0o600
     # The hub still knows ann; her next start re-creates the missing account.
     url = mu_hub.start_server("ann")
     assert run_code(url, mu_hub.user_token("ann"), "import os; print(os.getuid())") == (

@@ -125,6 +125,7 @@ def main() -> int:
     store = settings(rt)
     weed = store.weed_command()
     private = seaweed.private_network(store.private_network)
+    own_tmp = private and seaweed.private_tmp_works()
     if private:
         _raise_fd_limit()
     print(
@@ -137,7 +138,14 @@ def main() -> int:
         file=sys.stderr,
         flush=True,
     )
-    if private:
+    if private and not own_tmp:
+        print(
+            "object-store: no mount namespace here: weed's gRPC sockets are in the host's "
+            "/tmp (umask 077), named after ports another platform's namespace may also use",
+            file=sys.stderr,
+            flush=True,
+        )
+    if own_tmp:
         # weed's own /tmp: left over from the last run, or new.
         shutil.rmtree(seaweed.private_tmp(rt), ignore_errors=True)
         seaweed.private_tmp(rt).mkdir(mode=0o700)
@@ -145,7 +153,13 @@ def main() -> int:
         seaweed.argv(rt, weed, store.volume_size_limit_mb),
         cwd=seaweed.conf_dir(rt),  # weed reads ./security.toml
         stdin=subprocess.DEVNULL,
-        preexec_fn=_private(rt) if private else seaweed.die_with_parent,
+        preexec_fn=(
+            _private(rt)
+            if own_tmp
+            else seaweed.enter_private_network
+            if private
+            else seaweed.die_with_parent
+        ),
     )
     try:
         return asyncio.run(_supervise(proc, rt, private))
@@ -153,10 +167,10 @@ def main() -> int:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for sock in seaweed.grpc_unix_sockets(rt, private):
+        for sock in seaweed.grpc_unix_sockets(rt, own_tmp):
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
-        if private:
+        if own_tmp:
             shutil.rmtree(seaweed.private_tmp(rt), ignore_errors=True)
 
 

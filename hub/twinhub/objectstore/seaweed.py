@@ -29,6 +29,7 @@ import ctypes
 import datetime
 import errno
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -245,10 +246,10 @@ def private_tmp(rt: Runtime) -> Path:
     return rt.run_dir / "objectstore-tmp"
 
 
-def grpc_unix_sockets(rt: Runtime, private: bool) -> list[Path]:
+def grpc_unix_sockets(rt: Runtime, own_tmp: bool) -> list[Path]:
     """The sockets weed makes in its /tmp for its gRPC servers (it does not remove them), as
-    seen from the host."""
-    tmp = private_tmp(rt) if private else Path("/tmp")
+    seen from the host; ``own_tmp``: weed has its own (:func:`private_namespaces`)."""
+    tmp = private_tmp(rt) if own_tmp else Path("/tmp")
     return [
         tmp / f"seaweedfs-{name}-grpc-{rt.ports[PORT_KEYS[name + '.grpc']]}.sock"
         for name in ("master", "volume", "filer", "s3")
@@ -313,9 +314,8 @@ def private_namespaces(tmp: Path, needed: list[Path]) -> Callable[[], None]:
 
     def enter() -> None:
         enter_private_network()
-        _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         # Nothing mounted here may propagate back to the host's namespace.
-        _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount private /")
+        _enter_private_mounts()
         for name in keep:
             target = private + b"/" + os.fsencode(name)
             os.mkdir(target, 0o700)
@@ -326,14 +326,30 @@ def private_namespaces(tmp: Path, needed: list[Path]) -> Callable[[], None]:
     return enter
 
 
+def _enter_private_mounts() -> None:
+    _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount private /")
+
+
 def _private_network_works() -> bool:
     """Try it in a throwaway child (needs root with CAP_SYS_ADMIN: not in every container)."""
+    return _works_in_child(enter_private_network)
+
+
+@functools.lru_cache(maxsize=1)
+def private_tmp_works() -> bool:
+    """Whether weed can also have its own /tmp (a mount namespace: some hosts that allow
+    network namespaces deny mounts, e.g. a container under AppArmor's default profile).
+    Without it weed keeps the private network and makes its gRPC sockets in the host's
+    /tmp under umask 077."""
+    return _works_in_child(_enter_private_mounts)
+
+
+def _works_in_child(enter: Callable[[], None]) -> bool:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         try:
-            enter_private_network()
-            _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-            _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount")
+            enter()
             os._exit(0)
         except BaseException:
             os._exit(1)

@@ -241,6 +241,9 @@ async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
     passes it on with :func:`replay`."""
     body = request_body(scope)
     if body is not None:
+        # Read under the outer layer's cap, which need not be this caller's.
+        if len(body) > max_bytes:
+            raise BadRequest(_too_large(max_bytes), 413)
         return body
     body, size, _more = await _receive_body(receive, max_bytes)
     if size > max_bytes:

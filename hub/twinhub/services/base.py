@@ -103,13 +103,14 @@ class AsgiService(Part):
 
     # -- what a service says about itself --------------------------------------------------
     def enabled(self, rt: Runtime) -> bool:
-        """Whether this run has the service (its configuration); read by ``plan`` only."""
+        """Whether the configuration has the service on (read by ``plan`` and ``active``)."""
         return True
 
     def active(self, rt: Runtime) -> bool:
-        """On in this run: ``plan`` gave it a port (other processes, such as the hub,
-        decide from runtime.json alone)."""
-        return self.name in rt.ports
+        """On in this run: enabled in the configuration (runtime.json's, in every process)
+        and given a port by ``plan``. Both: a restart may take an earlier run's ports, a
+        service since switched off among them."""
+        return self.enabled(rt) and self.name in rt.ports
 
     def service_config(self, rt: Runtime) -> dict[str, Any]:
         """What its process reads from its config file (with ``config_path``)."""

@@ -81,6 +81,20 @@ def test_disabled_means_no_port_no_component_no_registration(tmp_path, monkeypat
     assert "services" not in c.JupyterHub
 
 
+def test_a_port_from_an_earlier_run_does_not_turn_a_disabled_service_on(tmp_path, monkeypatch):
+    """A restart after a crash takes the earlier run's ports; a service switched off since
+    keeps its old port key but must not run, register or be granted to users."""
+    rt = runtime(tmp_path)
+    rt.ports["notes"] = 12345  # what _reuse_ports copied from the earlier runtime.json
+    monkeypatch.setattr(NotesPart, "on", False)
+    part = NotesPart()
+    assert not part.active(rt)
+    assert part.components(rt) == []
+    c = Config()
+    part.configure_hub(c, rt)
+    assert "services" not in c.JupyterHub
+
+
 def test_the_config_file_is_private_and_read_back(tmp_path, monkeypatch):
     rt = runtime(tmp_path)
     part = NotesPart()
@@ -174,6 +188,10 @@ def test_read_body_takes_what_the_limits_layer_read_or_reads_with_a_cap():
 
     scope = {"state": {"body": b"{}"}}
     assert asyncio.run(read_body(scope, never, 10)) == b"{}"
+    # Read under an outer cap larger than this caller's: still refused here.
+    with pytest.raises(BadRequest, match="larger than 1 bytes") as e:
+        asyncio.run(read_body(scope, never, 1))
+    assert e.value.status == 413
     assert asyncio.run(read_body({}, receiver(b"ab", b"cd"), 10)) == b"abcd"
     with pytest.raises(BadRequest, match="larger than 3 bytes") as e:
         asyncio.run(read_body({}, receiver(b"ab", b"cd"), 3))

@@ -132,13 +132,20 @@ def client(
     """A ``pystac_client.Client`` for the STAC API (``$TWINHUB_STAC_URL`` by default),
     sending ``Authorization: token $JUPYTERHUB_API_TOKEN`` with every request (and waiting
     ``timeout`` seconds for each answer)."""
-    from pystac_client import Client  # start-up cost: on the first request
+    # start-up cost: on the first request
+    from pystac_client import Client
+    from pystac_client.stac_api_io import StacApiIO
 
     url = stac_url(url)
     tok = api_token(token)
     headers = {"Authorization": f"token {tok}"} if tok else {}
+    io = StacApiIO(headers=headers, timeout=timeout)
+    # The token goes to the platform's STAC API only: not through a proxy named in the
+    # environment, not replaced from ~/.netrc, not after a redirect.
+    io.session.trust_env = False
+    io.session.max_redirects = 0
     with stac_errors(url):
-        return Client.open(url, headers=headers, timeout=timeout)
+        return Client.open(url, stac_io=io)
 
 
 # ---- input checks and CQL2 assembly (pure functions) --------------------------------------

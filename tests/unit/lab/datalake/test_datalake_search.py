@@ -359,6 +359,19 @@ def test_unknown_item_id_is_a_key_error(stac):
     assert body["ids"] == ["nope-2t"]
 
 
+def test_the_token_goes_to_the_stac_api_only(stac, monkeypatch, tmp_path):
+    """Not through a proxy the environment names (it would see the token), not replaced
+    from ~/.netrc, not after a redirect."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens: would fail
+    monkeypatch.setenv("NO_PROXY", "")
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login mallory password stolen\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    api = dl.client()
+    assert api.id
+    assert FakeStac.seen[-1]["auth"] == "token tok123"
+    assert api._stac_io.session.max_redirects == 0
+
+
 @pytest.fixture
 def lake_items(stac, tmp_path) -> list[dict[str, Any]]:
     """Two items of one collection whose Zarr asset is a local store (the fake serves them)."""
