@@ -40,7 +40,7 @@ cfg = Config(spec["config"])
 rt = Runtime(state_dir=state, config=cfg, ports=spec["ports"], mode=spec["mode"],
              instance_id=spec["instance_id"])
 c = get_config()
-modes.configure_hub(c, rt)
+modes.SpawnPart().configure_hub(c, rt)
 c.JupyterHub.bind_url = rt.local_url
 c.JupyterHub.hub_port = rt.ports["hub"]
 c.JupyterHub.db_url = "sqlite:///" + str(state / "hub" / "jupyterhub.sqlite")

@@ -30,11 +30,11 @@ pytestmark = pytest.mark.integration
 CHP = find_proxy()
 
 HUB_CONFIG = """\
-from twinhub.auth.part import configure_hub
+from twinhub.auth.part import AuthPart
 from twinhub.process.runtime import Runtime
 
 rt = Runtime.load({state!r})
-configure_hub(c, rt)
+AuthPart().configure_hub(c, rt)
 c.JupyterHub.bind_url = "http://127.0.0.1:{public}"
 c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub}"
 c.JupyterHub.db_url = {hub_db!r}

@@ -1,6 +1,6 @@
 """Dask Gateway as a platform service, against real processes.
 
-A real JupyterHub (with its configurable-http-proxy) runs with ``twinhub.gateway.configure_hub``
+A real JupyterHub (with its configurable-http-proxy) runs with ``twinhub.gateway.GatewayPart.configure_hub``
 applied and the real ``dask-gateway`` component from ``twinhub.gateway.components``.  Users'
 real Jupyter servers run code in real kernels; ``Gateway()`` there takes no arguments.
 
@@ -32,7 +32,7 @@ import requests
 import websocket
 
 from tests.helpers.platform import free_port
-from twinhub.gateway import SERVICE_PREFIX, components, prepare
+from twinhub.gateway import SERVICE_PREFIX, GatewayPart
 from twinhub.hubconf.core import find_proxy
 from twinhub.process.runtime import Runtime
 from twinhub.spawn.os_accounts import ensure_account
@@ -92,7 +92,7 @@ HUB_CONFIG = """
 import os, pwd
 from jupyterhub.spawner import LocalProcessSpawner
 from twinhub.spawn.os_accounts import os_account_name
-from twinhub.gateway import configure_hub
+from twinhub.gateway import GatewayPart
 from twinhub.process.runtime import Runtime
 
 rt = Runtime.load({state!r})
@@ -139,7 +139,7 @@ else:
     c.Spawner.args = ["--ServerApp.allow_root=True"]
     c.SimpleLocalProcessSpawner.home_dir_template = str(rt.path("homes", "{{username}}"))
 
-configure_hub(c, rt)
+GatewayPart().configure_hub(c, rt)
 """
 
 
@@ -180,7 +180,7 @@ class GatewayPlatform:
         for d in ("hub", "run", "logs", "homes"):
             rt.path(d).mkdir(mode=0o700, exist_ok=True)
         rt.save()
-        prepare(rt)
+        GatewayPart().prepare(rt, print)
         p = cls(rt=rt, tester_token=uuid.uuid4().hex)
         hub_cfg = rt.path("hub", "jupyterhub_config.py")
         hub_cfg.write_text(
@@ -194,7 +194,7 @@ class GatewayPlatform:
         )
         env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "LANG": "C.UTF-8", "TWINHUB_STATE": str(state)}
         try:
-            (gw,) = components(rt)
+            (gw,) = GatewayPart().components(rt)
             p._launch(gw.name, gw.argv, {**env, **gw.env}, state)
             deadline = time.monotonic() + 60
             while not gw.ready():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from traitlets.config import Config
 
-from twinhub.gateway import ACCESS_SCOPE, components, configure_hub, prepare
+from twinhub.gateway import ACCESS_SCOPE, GatewayPart
 from twinhub.process.runtime import Runtime, world_reachable
 
 
@@ -38,7 +38,7 @@ def test_configure_hub_registers_service_and_user_env(rt):
     c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", "read:users"]
     c.Spawner.environment = {"TWINHUB_PROFILE": "small-cpu"}
     c.JupyterHub.load_roles = [{"name": "user", "scopes": ["self", "read:groups"]}]
-    configure_hub(c, rt)
+    GatewayPart().configure_hub(c, rt)
 
     (svc,) = [s for s in c.JupyterHub.services if s["name"] == "dask-gateway"]
     assert svc["url"] == "http://127.0.0.1:18502"
@@ -60,20 +60,20 @@ def test_configure_hub_registers_service_and_user_env(rt):
 
 def test_configure_hub_defaults_and_callable_scopes(rt):
     c = Config()
-    configure_hub(c, rt)
+    GatewayPart().configure_hub(c, rt)
     assert set(c.Spawner.server_token_scopes) == {
         "users:activity!user", "access:servers!server", ACCESS_SCOPE,
     }  # fmt: skip
     assert c.JupyterHub.load_roles == [{"name": "user", "scopes": ["self", ACCESS_SCOPE]}]
     c2 = Config()
     c2.Spawner.server_token_scopes = lambda spawner: ["read:users!user=" + spawner]
-    configure_hub(c2, rt)
+    GatewayPart().configure_hub(c2, rt)
     assert c2.Spawner.server_token_scopes("ann") == sorted(["read:users!user=ann", ACCESS_SCOPE])
 
 
 def test_component_keeps_secrets_off_the_command_line(rt):
-    prepare(rt)
-    (comp,) = components(rt)
+    GatewayPart().prepare(rt, print)
+    (comp,) = GatewayPart().components(rt)
     token = rt.secret("service-dask-gateway")
     assert comp.name == "dask-gateway" and comp.port == 18502
     assert not any(token in a for a in comp.argv) and token not in str(comp.env)
@@ -86,7 +86,7 @@ def test_component_keeps_secrets_off_the_command_line(rt):
 def test_generated_config_loads_in_dask_gateway_server(rt):
     from dask_gateway_server.app import DaskGateway
 
-    prepare(rt)
+    GatewayPart().prepare(rt, print)
     app = DaskGateway()
     app.initialize(["-f", str(rt.path("run", "dask_gateway_config.py"))])
     try:
@@ -105,14 +105,14 @@ def test_generated_config_loads_in_dask_gateway_server(rt):
 def test_bad_limits_are_refused_by_name(rt):
     rt.config.merge(Config({"TwinhubGateway": {"worker_cores": 64, "worker_cores_max": 2}}))
     with pytest.raises(ValueError, match="TwinhubGateway.worker_cores"):
-        prepare(rt)
+        GatewayPart().prepare(rt, print)
     rt.config = Config({"TwinhubGateway": {"worker_memory": 16.0, "worker_memory_max": 8.0}})
     with pytest.raises(ValueError, match="worker_memory"):
-        configure_hub(Config(), rt)
+        GatewayPart().configure_hub(Config(), rt)
     rt.config = Config()
     del rt.ports["dask-gateway"]
     with pytest.raises(RuntimeError, match="no port allocated for 'dask-gateway'"):
-        components(rt)
+        GatewayPart().components(rt)
 
 
 def test_multiuser_cluster_dir_must_be_reachable_by_accounts(rt):
@@ -124,10 +124,10 @@ def test_multiuser_cluster_dir_must_be_reachable_by_accounts(rt):
         base.chmod(0o700)
         rt.config.merge(Config({"Twinhub": {"shared_dir": str(base / "shared")}}))
         with pytest.raises(RuntimeError, match="not reachable by users' OS accounts"):
-            prepare(rt)
+            GatewayPart().prepare(rt, print)
         base.chmod(0o755)
         assert world_reachable(base)
-        prepare(rt)
+        GatewayPart().prepare(rt, print)
         d = base / "shared" / "dask-clusters"
         assert stat.S_IMODE(d.stat().st_mode) == 0o711 and d.stat().st_uid == 0
     finally:

@@ -19,32 +19,6 @@ from .local_accounts import ensure_first_admin as _ensure_local_admin
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 
 
-def configure_hub(c: Any, rt) -> None:
-    """Use TwinhubLocalAuth on ``rt.db_url``, make ``Twinhub.admin_user`` an admin and add
-    the signup / approval / password pages and their templates; or, when
-    ``TwinhubKeycloak.url`` is set, log in through Keycloak (twinhub.auth.realm)."""
-    if realm.enabled(rt.config):
-        realm.configure_hub(c, rt)
-        return
-
-    tw = Twinhub(config=rt.config)
-    c.JupyterHub.authenticator_class = TwinhubLocalAuth
-    own = rt.config.get("TwinhubLocalAuth", {})
-    # Options an operator set in twinhub_config.py win over what we derive here.
-    for key, value in (("db_url", rt.db_url), ("user_prefix", tw.user_prefix)):
-        if key not in own:
-            setattr(c.TwinhubLocalAuth, key, value)
-    if own:
-        c.TwinhubLocalAuth.merge(own)
-    admins = set(c.Authenticator.admin_users) if "admin_users" in c.Authenticator else set()
-    c.Authenticator.admin_users = admins | {tw.admin_user}
-    paths = list(c.JupyterHub.template_paths) if "template_paths" in c.JupyterHub else []
-    if str(TEMPLATES_DIR) not in paths:
-        # First, so our login.html (which extends JupyterHub's own) is the one found.
-        paths.insert(0, str(TEMPLATES_DIR))
-    c.JupyterHub.template_paths = paths
-
-
 def ensure_first_admin(rt) -> str | None:
     """The first local admin's generated password, once; never in Keycloak mode, where
     accounts (and who is admin, TwinhubKeycloak.admin_groups) are managed in Keycloak."""
@@ -76,4 +50,26 @@ class AuthPart(Part):
             say("  (shown once; change it after logging in)")
 
     def configure_hub(self, c: Any, rt) -> None:
-        configure_hub(c, rt)
+        """Use TwinhubLocalAuth on ``rt.db_url``, make ``Twinhub.admin_user`` an admin and add
+        the signup / approval / password pages and their templates; or, when
+        ``TwinhubKeycloak.url`` is set, log in through Keycloak (twinhub.auth.realm)."""
+        if realm.enabled(rt.config):
+            realm.configure_hub(c, rt)
+            return
+
+        tw = Twinhub(config=rt.config)
+        c.JupyterHub.authenticator_class = TwinhubLocalAuth
+        own = rt.config.get("TwinhubLocalAuth", {})
+        # Options an operator set in twinhub_config.py win over what we derive here.
+        for key, value in (("db_url", rt.db_url), ("user_prefix", tw.user_prefix)):
+            if key not in own:
+                setattr(c.TwinhubLocalAuth, key, value)
+        if own:
+            c.TwinhubLocalAuth.merge(own)
+        admins = set(c.Authenticator.admin_users) if "admin_users" in c.Authenticator else set()
+        c.Authenticator.admin_users = admins | {tw.admin_user}
+        paths = list(c.JupyterHub.template_paths) if "template_paths" in c.JupyterHub else []
+        if str(TEMPLATES_DIR) not in paths:
+            # First, so our login.html (which extends JupyterHub's own) is the one found.
+            paths.insert(0, str(TEMPLATES_DIR))
+        c.JupyterHub.template_paths = paths

@@ -1,8 +1,8 @@
 """The platform's core components: the proxy, the hub and the idle culler.
 
-``components(rt)`` is what the supervisor starts; ``configure_hub(c, rt)`` is the part of the
-JupyterHub configuration that ties the hub to them (external proxy, ports, database, secrets,
-services and their roles).
+:class:`CorePart`: ``components`` is what the supervisor starts; ``configure_hub`` is the
+part of the JupyterHub configuration that ties the hub to them (external proxy, ports,
+database, secrets, services and their roles).
 """
 
 from __future__ import annotations
@@ -49,68 +49,6 @@ def hub_db_url(rt: Runtime) -> str:
     return f"sqlite:///{rt.hub_dir / 'jupyterhub.sqlite'}"
 
 
-def components(rt: Runtime) -> list[Component]:
-    proxy_token = rt.secret("proxy-auth-token")
-    p = rt.ports
-    proxy = Component(
-        name="proxy",
-        argv=[
-            find_proxy(),
-            "--ip",
-            rt.ip,
-            "--port",
-            str(p["public"]),
-            "--api-ip",
-            "127.0.0.1",
-            "--api-port",
-            str(p["proxy_api"]),
-            "--default-target",
-            f"http://127.0.0.1:{p['hub']}",
-            "--error-target",
-            f"http://127.0.0.1:{p['hub']}/hub/error",
-            "--log-level",
-            "warn",
-        ],
-        env={
-            "CONFIGPROXY_AUTH_TOKEN": proxy_token,
-            # JSON 4xx answers and a lingering close for requests node refuses before routing
-            # (headers over node's 16 KiB: 431), so clients get a status, not a reset.
-            "NODE_OPTIONS": f'--require "{PROXY_PRELOAD}"',
-        },
-        port=p["public"],
-        ready_url=f"http://127.0.0.1:{p['proxy_api']}/api/routes",
-        ready=lambda: (
-            http_ready(f"http://127.0.0.1:{p['proxy_api']}/api/routes")
-            and _proxy_authorized(p["proxy_api"], proxy_token)
-        ),
-        # A restarted proxy knows only its default route (the hub): have the hub add every
-        # server's and service's route now rather than at its next periodic check (minutes).
-        after_restart=lambda: resync_proxy_routes(rt),
-    )
-    hub = Component(
-        name="hub",
-        argv=[rt.bin("jupyterhub"), "-f", str(HUB_CONFIG_FILE)],
-        cwd=rt.hub_dir,
-        port=p["hub"],
-        ready_url=f"{rt.hub_api_url}/",
-    )
-    culler = Component(
-        name="idle-culler",
-        argv=[
-            rt.bin("python"),
-            "-m",
-            "jupyterhub_idle_culler",
-            f"--timeout={int(rt.config.get('Twinhub', {}).get('idle_timeout', 3600))}",
-            "--cull-every=60",
-        ],
-        env={
-            "JUPYTERHUB_API_TOKEN": rt.secret("service-idle-culler"),
-            "JUPYTERHUB_API_URL": rt.hub_api_url,
-        },
-    )
-    return [proxy, hub, culler]
-
-
 def _proxy_authorized(port: int, token: str) -> bool:
     import urllib.request
 
@@ -122,58 +60,6 @@ def _proxy_authorized(port: int, token: str) -> bool:
             return r.status == 200
     except OSError:
         return False
-
-
-def configure_hub(c: Any, rt: Runtime) -> None:
-    p = rt.ports
-    c.JupyterHub.bind_url = rt.url
-    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{p['hub']}"
-    c.JupyterHub.db_url = hub_db_url(rt)
-    c.JupyterHub.cookie_secret_file = str(rt.secret_path("cookie-secret"))
-    c.JupyterHub.pid_file = str(rt.run_dir / "jupyterhub.pid")
-    # A hub restarted by the supervisor finds its servers still running (their pids are in
-    # the spawners' state); `twinhub down` stops them through the API first (platform.py).
-    c.JupyterHub.cleanup_servers = False
-    c.JupyterHub.cleanup_proxy = True
-    c.ConfigurableHTTPProxy.should_start = False
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{p['proxy_api']}"
-    c.ConfigurableHTTPProxy.auth_token = rt.secret("proxy-auth-token")
-    c.CryptKeeper.keys = [bytes.fromhex(rt.secret("crypt-key"))]
-
-    # Plain lists (not traitlets' lazy values): later modules read and extend them.
-    c.JupyterHub.services = list(
-        [
-            {"name": "idle-culler", "api_token": rt.secret("service-idle-culler")},
-            {"name": CLI_SERVICE, "api_token": rt.secret("service-twinhub-cli")},
-        ]
-    )
-    c.JupyterHub.load_roles = list(
-        [
-            {
-                "name": "idle-culler",
-                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-                "services": ["idle-culler"],
-            },
-            {
-                # What `twinhub user ...` needs: manage users, groups and tokens; and the
-                # supervisor: re-sync a restarted proxy's routes (proxy), stop every server
-                # at `twinhub down` and tell servers from orphans (admin:server_state: pids).
-                "name": "twinhub-cli",
-                "scopes": [
-                    "admin:users",
-                    "admin:groups",
-                    "admin:servers",
-                    "admin:server_state",
-                    "tokens",
-                    "read:hub",
-                    "proxy",
-                ],
-                "services": [CLI_SERVICE],
-            },
-        ]
-    )
-    # Every process started for this instance is findable for orphan cleanup.
-    c.Spawner.environment.update({ENV_INSTANCE: rt.instance_id})
 
 
 class CorePart(Part):
@@ -192,7 +78,118 @@ class CorePart(Part):
             say(f"  databases      {line}")
 
     def components(self, rt: Runtime) -> list[Component]:
-        return components(rt)
+        proxy_token = rt.secret("proxy-auth-token")
+        p = rt.ports
+        proxy = Component(
+            name="proxy",
+            argv=[
+                find_proxy(),
+                "--ip",
+                rt.ip,
+                "--port",
+                str(p["public"]),
+                "--api-ip",
+                "127.0.0.1",
+                "--api-port",
+                str(p["proxy_api"]),
+                "--default-target",
+                f"http://127.0.0.1:{p['hub']}",
+                "--error-target",
+                f"http://127.0.0.1:{p['hub']}/hub/error",
+                "--log-level",
+                "warn",
+            ],
+            env={
+                "CONFIGPROXY_AUTH_TOKEN": proxy_token,
+                # JSON 4xx answers and a lingering close for requests node refuses before routing
+                # (headers over node's 16 KiB: 431), so clients get a status, not a reset.
+                "NODE_OPTIONS": f'--require "{PROXY_PRELOAD}"',
+            },
+            port=p["public"],
+            ready_url=f"http://127.0.0.1:{p['proxy_api']}/api/routes",
+            ready=lambda: (
+                http_ready(f"http://127.0.0.1:{p['proxy_api']}/api/routes")
+                and _proxy_authorized(p["proxy_api"], proxy_token)
+            ),
+            # A restarted proxy knows only its default route (the hub): have the hub add every
+            # server's and service's route now rather than at its next periodic check (minutes).
+            after_restart=lambda: resync_proxy_routes(rt),
+        )
+        hub = Component(
+            name="hub",
+            argv=[rt.bin("jupyterhub"), "-f", str(HUB_CONFIG_FILE)],
+            cwd=rt.hub_dir,
+            port=p["hub"],
+            ready_url=f"{rt.hub_api_url}/",
+        )
+        culler = Component(
+            name="idle-culler",
+            argv=[
+                rt.bin("python"),
+                "-m",
+                "jupyterhub_idle_culler",
+                f"--timeout={int(rt.config.get('Twinhub', {}).get('idle_timeout', 3600))}",
+                "--cull-every=60",
+            ],
+            env={
+                "JUPYTERHUB_API_TOKEN": rt.secret("service-idle-culler"),
+                "JUPYTERHUB_API_URL": rt.hub_api_url,
+            },
+        )
+        return [proxy, hub, culler]
 
     def configure_hub(self, c: Any, rt: Runtime) -> None:
-        configure_hub(c, rt)
+        p = rt.ports
+        c.JupyterHub.bind_url = rt.url
+        c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{p['hub']}"
+        c.JupyterHub.db_url = hub_db_url(rt)
+        c.JupyterHub.cookie_secret_file = str(rt.secret_path("cookie-secret"))
+        c.JupyterHub.pid_file = str(rt.run_dir / "jupyterhub.pid")
+        # A hub restarted by the supervisor finds its servers still running (their pids are in
+        # the spawners' state); `twinhub down` stops them through the API first (platform.py).
+        c.JupyterHub.cleanup_servers = False
+        c.JupyterHub.cleanup_proxy = True
+        c.ConfigurableHTTPProxy.should_start = False
+        c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{p['proxy_api']}"
+        c.ConfigurableHTTPProxy.auth_token = rt.secret("proxy-auth-token")
+        c.CryptKeeper.keys = [bytes.fromhex(rt.secret("crypt-key"))]
+
+        # Plain lists (not traitlets' lazy values): later modules read and extend them.
+        c.JupyterHub.services = list(
+            [
+                {"name": "idle-culler", "api_token": rt.secret("service-idle-culler")},
+                {"name": CLI_SERVICE, "api_token": rt.secret("service-twinhub-cli")},
+            ]
+        )
+        c.JupyterHub.load_roles = list(
+            [
+                {
+                    "name": "idle-culler",
+                    "scopes": [
+                        "list:users",
+                        "read:users:activity",
+                        "read:servers",
+                        "delete:servers",
+                    ],
+                    "services": ["idle-culler"],
+                },
+                {
+                    # What `twinhub user ...` needs: manage users, groups and tokens; and the
+                    # supervisor: re-sync a restarted proxy's routes (proxy), stop every server
+                    # at `twinhub down` and tell servers from orphans (admin:server_state: pids).
+                    "name": "twinhub-cli",
+                    "scopes": [
+                        "admin:users",
+                        "admin:groups",
+                        "admin:servers",
+                        "admin:server_state",
+                        "tokens",
+                        "read:hub",
+                        "proxy",
+                    ],
+                    "services": [CLI_SERVICE],
+                },
+            ]
+        )
+        # Every process started for this instance is findable for orphan cleanup.
+        c.Spawner.environment.update({ENV_INSTANCE: rt.instance_id})

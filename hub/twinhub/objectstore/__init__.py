@@ -61,44 +61,6 @@ def syncs_project_storage(rt: Runtime) -> bool:
 
 
 # -- supervisor ------------------------------------------------------------------------------
-def prepare(rt: Runtime) -> None:
-    """Allocate ports, write certificates, security.toml and identities.json (before start)."""
-    store = settings(rt)
-    if not store.enabled:
-        return
-    try:
-        _ = store.provisioner_kind  # fail at `twinhub up`, not at the first spawn
-    except StorageError as e:
-        raise PlatformError(str(e)) from None
-    if not store.embedded:
-        return
-    store.weed_command()  # fail early, naming the fix
-    changed = False
-    for key in seaweed.PORT_KEYS.values():
-        if key not in rt.ports:
-            rt.ports[key] = free_port()
-            changed = True
-    if changed:
-        rt.save()
-    seaweed.write_config(rt)
-    sync_identities(rt)  # the component is not running yet: this only writes the file
-
-
-def components(rt: Runtime) -> list[Component]:
-    store = settings(rt)
-    if not store.enabled or not store.embedded:
-        return []
-    return [
-        Component(
-            name=COMPONENT,
-            argv=[rt.bin("python"), "-m", "twinhub.objectstore.run"],
-            env={"TWINHUB_STATE": str(rt.state_dir)},
-            port=rt.ports[seaweed.PORT_KEYS["s3"]],
-            ready=functools.partial(_ready, rt),
-            # SeaweedFS takes ~3 s (Raft bootstrap); nothing else needs it to start.
-            background=True,
-        )
-    ]
 
 
 def _ready(rt: Runtime) -> bool:
@@ -163,38 +125,6 @@ def cluster_environment(rt: Runtime, user: str) -> dict[str, str]:
     return user_environment(rt, ensure_user(rt, user))
 
 
-def configure_hub(c: Any, rt: Runtime) -> None:
-    """Before each spawn: make sure the user has storage, and put it in the server's env."""
-    store = settings(rt)
-    if not store.enabled:
-        return
-    if store.embedded and seaweed.PORT_KEYS["s3"] not in rt.ports:
-        return  # this instance runs no object store (prepare() allocates its ports)
-    previous = c.Spawner.pre_spawn_hook if "pre_spawn_hook" in c.Spawner else None
-
-    async def pre_spawn_hook(spawner: Any) -> None:
-        if previous is not None:
-            result = previous(spawner)
-            if asyncio.iscoroutine(result):
-                await result
-        await _refuse_before_storage(spawner)
-        creds = await asyncio.to_thread(ensure_user, rt, spawner.user.name)
-        shared = await asyncio.to_thread(_project_access, rt, creds)
-        env = user_environment(rt, creds)
-        if shared:
-            storage = {**json.loads(env[ENV_STORAGE]), "project_buckets": shared}
-            env[ENV_STORAGE] = json.dumps(storage)
-        spawner.environment = {**spawner.environment, **env}
-        spawner.log.info(
-            "storage for %s: key %s, bucket %s",
-            spawner.user.name,
-            creds.access_key or "(none: provisioner 'none')",
-            creds.home_bucket,
-        )
-
-    c.Spawner.pre_spawn_hook = pre_spawn_hook
-
-
 async def _refuse_before_storage(spawner: Any) -> None:
     """Multi-user mode: a spawn the OS account check will refuse must not first make an S3
     identity and a bucket for that user (seen for ``root`` and ``Bad Name``)."""
@@ -251,15 +181,12 @@ __all__ = [
     "admin_client",
     "client",
     "cluster_environment",
-    "components",
-    "configure_hub",
     "endpoint",
     "ensure_user",
     "forget_user",
     "get_user",
     "has_admin_keys",
     "home_bucket_name",
-    "prepare",
     "safe_key",
     "settings",
     "syncs_project_storage",
@@ -276,10 +203,70 @@ class ObjectStorePart(Part):
     start_rank = 10
 
     def prepare(self, rt: Runtime, say: Say) -> None:
-        prepare(rt)
+        """Allocate ports, write certificates, security.toml and identities.json (before start)."""
+        store = settings(rt)
+        if not store.enabled:
+            return
+        try:
+            _ = store.provisioner_kind  # fail at `twinhub up`, not at the first spawn
+        except StorageError as e:
+            raise PlatformError(str(e)) from None
+        if not store.embedded:
+            return
+        store.weed_command()  # fail early, naming the fix
+        changed = False
+        for key in seaweed.PORT_KEYS.values():
+            if key not in rt.ports:
+                rt.ports[key] = free_port()
+                changed = True
+        if changed:
+            rt.save()
+        seaweed.write_config(rt)
+        sync_identities(rt)  # the component is not running yet: this only writes the file
 
     def components(self, rt: Runtime) -> list[Component]:
-        return components(rt)
+        store = settings(rt)
+        if not store.enabled or not store.embedded:
+            return []
+        return [
+            Component(
+                name=COMPONENT,
+                argv=[rt.bin("python"), "-m", "twinhub.objectstore.run"],
+                env={"TWINHUB_STATE": str(rt.state_dir)},
+                port=rt.ports[seaweed.PORT_KEYS["s3"]],
+                ready=functools.partial(_ready, rt),
+                # SeaweedFS takes ~3 s (Raft bootstrap); nothing else needs it to start.
+                background=True,
+            )
+        ]
 
     def configure_hub(self, c: Any, rt: Runtime) -> None:
-        configure_hub(c, rt)
+        """Before each spawn: make sure the user has storage, and put it in the server's env."""
+        store = settings(rt)
+        if not store.enabled:
+            return
+        if store.embedded and seaweed.PORT_KEYS["s3"] not in rt.ports:
+            return  # this instance runs no object store (prepare() allocates its ports)
+        previous = c.Spawner.pre_spawn_hook if "pre_spawn_hook" in c.Spawner else None
+
+        async def pre_spawn_hook(spawner: Any) -> None:
+            if previous is not None:
+                result = previous(spawner)
+                if asyncio.iscoroutine(result):
+                    await result
+            await _refuse_before_storage(spawner)
+            creds = await asyncio.to_thread(ensure_user, rt, spawner.user.name)
+            shared = await asyncio.to_thread(_project_access, rt, creds)
+            env = user_environment(rt, creds)
+            if shared:
+                storage = {**json.loads(env[ENV_STORAGE]), "project_buckets": shared}
+                env[ENV_STORAGE] = json.dumps(storage)
+            spawner.environment = {**spawner.environment, **env}
+            spawner.log.info(
+                "storage for %s: key %s, bucket %s",
+                spawner.user.name,
+                creds.access_key or "(none: provisioner 'none')",
+                creds.home_bucket,
+            )
+
+        c.Spawner.pre_spawn_hook = pre_spawn_hook

@@ -34,7 +34,7 @@ from ..process.runtime import Runtime
 from . import os_accounts, profiles, resource_limits, startqueue
 from .spawner import TwinhubSpawner, TwinhubSpawnerConfig, _error
 
-__all__ = ["MultiUserSpawner", "PersonalSpawner", "configure_hub", "private_runtime_dir"]
+__all__ = ["MultiUserSpawner", "PersonalSpawner", "SpawnPart", "private_runtime_dir"]
 
 
 class PersonalSpawner(TwinhubSpawner):
@@ -215,49 +215,6 @@ def private_runtime_dir(d: Path, uid: int, gid: int) -> Path:
     return d
 
 
-def configure_hub(c: Any, rt: Runtime) -> None:
-    """Apply the spawner of ``rt.mode`` to the JupyterHub config ``c``.
-
-    Raises ValueError (ProfileError) naming a bad option before changing anything.
-    """
-    tw = Twinhub(config=rt.config)
-    cfg = TwinhubSpawnerConfig(config=rt.config)
-    per_user = resource_limits.TwinhubUserLimits(config=rt.config)
-    valid_profiles = profiles.validate_profiles(tw.profiles)
-    if rt.mode == "multi-user" and not re.fullmatch(r"[a-z][a-z0-9_-]*|", tw.user_prefix):
-        raise ValueError(
-            f"Twinhub.user_prefix {tw.user_prefix!r} is not valid for OS account names: use "
-            "lowercase letters, digits, '-' or '_', starting with a letter (default 'twin-')"
-        )
-    instance_id = rt.instance_id or Runtime.make_instance_id(rt.state_dir)
-
-    c.JupyterHub.spawner_class = MultiUserSpawner if rt.mode == "multi-user" else PersonalSpawner
-    c.Spawner.cmd = [rt.bin("jupyterhub-singleuser")]
-    c.TwinhubSpawner.state_dir = str(rt.state_dir)
-    c.TwinhubSpawner.instance_id = instance_id
-    c.TwinhubSpawner.profiles = valid_profiles
-    c.TwinhubSpawner.detect_gpu = tw.detect_gpu
-    c.TwinhubSpawner.enforce_limits = cfg.enforce_limits
-    c.TwinhubSpawner.log_tail_lines = cfg.log_tail_lines
-    # Burst of first-time users: starts queue (startqueue), so JupyterHub's own timeout, which
-    # counts from the request, must cover the wait of the last in a full queue plus its start.
-    slots = cfg.concurrent_starts or startqueue.default_slots()
-    c.TwinhubSpawner.concurrent_starts = slots
-    c.TwinhubSpawner.server_start_timeout = cfg.start_timeout
-    c.JupyterHub.concurrent_spawn_limit = cfg.max_pending_spawns
-    c.Spawner.start_timeout = cfg.start_timeout * (1 + -(-cfg.max_pending_spawns // slots))
-    c.Spawner.http_timeout = cfg.start_timeout
-    c.MultiUserSpawner.user_prefix = tw.user_prefix
-    c.MultiUserSpawner.home_root = tw.home_root
-    c.MultiUserSpawner.max_processes = per_user.max_processes
-    if "public" in rt.ports or rt.public_url:
-        # Merge, never assign: other modules add their services the same way.
-        c.TwinhubSpawner.services.update({"dask-gateway": rt.url + "services/dask-gateway/"})
-    if cfg.enforce_limits != "off":
-        # One hub per instance: empty groups of this instance are leftovers of a killed hub.
-        resource_limits.remove_stale(f"twinhub-{instance_id}")
-
-
 class SpawnPart(Part):
     """The spawner of the platform's mode, its profiles and per-user resource_limits."""
 
@@ -265,4 +222,45 @@ class SpawnPart(Part):
     settings = (TwinhubSpawnerConfig, resource_limits.TwinhubUserLimits)
 
     def configure_hub(self, c: Any, rt: Runtime) -> None:
-        configure_hub(c, rt)
+        """Apply the spawner of ``rt.mode`` to the JupyterHub config ``c``.
+
+        Raises ValueError (ProfileError) naming a bad option before changing anything.
+        """
+        tw = Twinhub(config=rt.config)
+        cfg = TwinhubSpawnerConfig(config=rt.config)
+        per_user = resource_limits.TwinhubUserLimits(config=rt.config)
+        valid_profiles = profiles.validate_profiles(tw.profiles)
+        if rt.mode == "multi-user" and not re.fullmatch(r"[a-z][a-z0-9_-]*|", tw.user_prefix):
+            raise ValueError(
+                f"Twinhub.user_prefix {tw.user_prefix!r} is not valid for OS account names: use "
+                "lowercase letters, digits, '-' or '_', starting with a letter (default 'twin-')"
+            )
+        instance_id = rt.instance_id or Runtime.make_instance_id(rt.state_dir)
+
+        c.JupyterHub.spawner_class = (
+            MultiUserSpawner if rt.mode == "multi-user" else PersonalSpawner
+        )
+        c.Spawner.cmd = [rt.bin("jupyterhub-singleuser")]
+        c.TwinhubSpawner.state_dir = str(rt.state_dir)
+        c.TwinhubSpawner.instance_id = instance_id
+        c.TwinhubSpawner.profiles = valid_profiles
+        c.TwinhubSpawner.detect_gpu = tw.detect_gpu
+        c.TwinhubSpawner.enforce_limits = cfg.enforce_limits
+        c.TwinhubSpawner.log_tail_lines = cfg.log_tail_lines
+        # Burst of first-time users: starts queue (startqueue), so JupyterHub's own timeout, which
+        # counts from the request, must cover the wait of the last in a full queue plus its start.
+        slots = cfg.concurrent_starts or startqueue.default_slots()
+        c.TwinhubSpawner.concurrent_starts = slots
+        c.TwinhubSpawner.server_start_timeout = cfg.start_timeout
+        c.JupyterHub.concurrent_spawn_limit = cfg.max_pending_spawns
+        c.Spawner.start_timeout = cfg.start_timeout * (1 + -(-cfg.max_pending_spawns // slots))
+        c.Spawner.http_timeout = cfg.start_timeout
+        c.MultiUserSpawner.user_prefix = tw.user_prefix
+        c.MultiUserSpawner.home_root = tw.home_root
+        c.MultiUserSpawner.max_processes = per_user.max_processes
+        if "public" in rt.ports or rt.public_url:
+            # Merge, never assign: other modules add their services the same way.
+            c.TwinhubSpawner.services.update({"dask-gateway": rt.url + "services/dask-gateway/"})
+        if cfg.enforce_limits != "off":
+            # One hub per instance: empty groups of this instance are leftovers of a killed hub.
+            resource_limits.remove_stale(f"twinhub-{instance_id}")

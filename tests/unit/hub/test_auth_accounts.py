@@ -146,7 +146,7 @@ def test_configure_hub_sets_authenticator_and_keeps_operator_options(tmp_path):
     c = Config()
     c.Authenticator.admin_users = {"other"}
     c.JupyterHub.template_paths = ["/somewhere"]
-    part.configure_hub(c, rt)
+    part.AuthPart().configure_hub(c, rt)
     assert c.JupyterHub.authenticator_class is TwinhubLocalAuth
     assert c.TwinhubLocalAuth.db_url == rt.db_url
     assert c.TwinhubLocalAuth.user_prefix == "u-"

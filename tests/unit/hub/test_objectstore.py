@@ -131,7 +131,7 @@ def test_credentials_table_and_external_endpoint_without_keys(rt):
     with pytest.raises(credentials.StorageError, match="admin_access_key"):
         objectstore.admin_keys(rt)
     assert objectstore.endpoint(rt) == "https://s3.example.org"
-    assert objectstore.components(rt) == []
+    assert objectstore.ObjectStorePart().components(rt) == []
 
 
 def test_user_storage_repr_hides_the_secret():

@@ -149,7 +149,7 @@ def test_provisioners_that_cannot_work_are_refused_by_name(
         _ = objectstore.settings(rt).provisioner_kind
     # ...at `twinhub up` (prepare), before any user spawns, as an error the CLI prints.
     with pytest.raises(PlatformError, match=message):
-        objectstore.prepare(rt)
+        objectstore.ObjectStorePart().prepare(rt, print)
 
 
 def test_none_gives_names_and_no_keys_without_touching_a_store(rt):

@@ -159,7 +159,7 @@ def test_configure_hub_applies_mode_profiles_and_merges_environment(tmp_path) ->
     from traitlets.config import Config
 
     from twinhub.process.runtime import Runtime
-    from twinhub.spawn.modes import MultiUserSpawner, PersonalSpawner, configure_hub
+    from twinhub.spawn.modes import MultiUserSpawner, PersonalSpawner, SpawnPart
 
     c = Config()
     c.Spawner.environment.update({"DASK_GATEWAY__ADDRESS": "http://gw"})  # another module's
@@ -170,7 +170,7 @@ def test_configure_hub_applies_mode_profiles_and_merges_environment(tmp_path) ->
         }
     )
     rt = Runtime(tmp_path, conf, ports={"public": 8123}, mode="multi-user", instance_id="i1")
-    configure_hub(c, rt)
+    SpawnPart().configure_hub(c, rt)
     c.TwinhubSpawner.services.update({"registry": "http://reg/"})  # a later module's
     assert c.JupyterHub.spawner_class is MultiUserSpawner
     sp = MultiUserSpawner(config=c)
@@ -185,12 +185,12 @@ def test_configure_hub_applies_mode_profiles_and_merges_environment(tmp_path) ->
     assert "post_stop_hook" not in c.Spawner  # owned by the gateway module
 
     off = Config({"TwinhubSpawnerConfig": {"enforce_limits": "off"}})
-    configure_hub(c, Runtime(tmp_path, off, mode="personal"))
+    SpawnPart().configure_hub(c, Runtime(tmp_path, off, mode="personal"))
     assert c.JupyterHub.spawner_class is PersonalSpawner
 
     bad = Config({"Twinhub": {"user_prefix": "Twin_"}})
     with pytest.raises(ValueError, match="user_prefix 'Twin_' is not valid"):
-        configure_hub(Config(), Runtime(tmp_path, bad, mode="multi-user"))
+        SpawnPart().configure_hub(Config(), Runtime(tmp_path, bad, mode="multi-user"))
     broken = Config({"Twinhub": {"profiles": [{"slug": "a", "limits": {"memory": "x"}}]}})
     with pytest.raises(ProfileError, match="memory limit 'x'"):
-        configure_hub(Config(), Runtime(tmp_path, broken, mode="personal"))
+        SpawnPart().configure_hub(Config(), Runtime(tmp_path, broken, mode="personal"))

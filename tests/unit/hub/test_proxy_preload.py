@@ -26,7 +26,7 @@ def proxy(tmp_path):
         (tmp_path / sub).mkdir(mode=0o700)
     rt = Runtime(state_dir=tmp_path, instance_id="t")
     rt.ports.update(public=free_port(), proxy_api=free_port(), hub=free_port())
-    comp = next(c for c in core.components(rt) if c.name == "proxy")
+    comp = next(c for c in core.CorePart().components(rt) if c.name == "proxy")
     proc = subprocess.Popen(
         comp.argv,
         env={**os.environ, **comp.env},

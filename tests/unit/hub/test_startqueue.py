@@ -98,7 +98,7 @@ def test_hub_timeouts_are_sized_from_the_queue(tmp_path):
     from traitlets.config import Config
 
     from twinhub.process.runtime import Runtime
-    from twinhub.spawn.modes import MultiUserSpawner, configure_hub
+    from twinhub.spawn.modes import MultiUserSpawner, SpawnPart
 
     conf = Config(
         {
@@ -111,7 +111,7 @@ def test_hub_timeouts_are_sized_from_the_queue(tmp_path):
         }
     )
     c = Config()
-    configure_hub(c, Runtime(tmp_path, conf, mode="multi-user", instance_id="i1"))
+    SpawnPart().configure_hub(c, Runtime(tmp_path, conf, mode="multi-user", instance_id="i1"))
     assert c.JupyterHub.concurrent_spawn_limit == 10  # a burst of 10 is never answered 429
     # Bound: the last waits at most ceil(10 / 3) rounds of starts of <= 50 s, then starts.
     assert c.Spawner.start_timeout == 50 * (1 + 4)
@@ -121,6 +121,6 @@ def test_hub_timeouts_are_sized_from_the_queue(tmp_path):
 
     c = Config()
     off = Config({"TwinhubSpawnerConfig": {"enforce_limits": "off"}})
-    configure_hub(c, Runtime(tmp_path, off, mode="multi-user", instance_id="i1"))
+    SpawnPart().configure_hub(c, Runtime(tmp_path, off, mode="multi-user", instance_id="i1"))
     assert c.TwinhubSpawner.concurrent_starts == default_slots()
     assert c.JupyterHub.concurrent_spawn_limit == 100
