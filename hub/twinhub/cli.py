@@ -223,7 +223,7 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> Config:
 
 
 def cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
-    from .process.platform import up  # per command (see the top)
+    from .platform import up  # per command (see the top)
 
     if args.port is not None and not 0 < args.port < 65536:
         raise CLIError(f"--port {args.port} is not a valid port (1-65535)")
@@ -231,7 +231,7 @@ def cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from .process.platform import down, load_runtime  # per command (see the top)
+    from .platform import down, load_runtime  # per command (see the top)
 
     code = down(Path(args.state))
     if args.purge_users:
@@ -243,14 +243,14 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .process.platform import status  # per command (see the top)
+    from .platform import status  # per command (see the top)
 
     return status(Path(args.state))
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     # per command (see the top)
-    from .process.platform import load_runtime
+    from .platform import load_runtime
     from .process.supervisor import supervisor_pid
     from .services.datalake import SEED_SIZES, active, seed_into
     from .services.datalake.seed import build
@@ -278,7 +278,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_user(args: argparse.Namespace) -> int:
     # per command (see the top)
     from .client.hubapi import HubAPIError, hub_request
-    from .process.platform import load_runtime
+    from .platform import load_runtime
 
     rt = load_runtime(Path(args.state))
     try:

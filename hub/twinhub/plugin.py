@@ -2,8 +2,8 @@
 
 A part is one concern of the platform: the hub's core (proxy, hub, culler), login, the
 spawners, Dask Gateway, the object store, each hub service. :mod:`twinhub.parts` lists them
-in order; ``twinhub up`` and ``twinhub status`` (:mod:`twinhub.process.platform`), the
-generated configuration file and the hub's configuration (:mod:`twinhub.hubconf.setup`) all
+in order; ``twinhub up`` and ``twinhub status`` (:mod:`twinhub.platform`), the
+generated configuration file and the hub's configuration (:func:`twinhub.parts.configure_jupyterhub`) all
 loop over that list, calling the hooks below. A part overrides only the hooks it needs; each
 hook decides for itself whether the part is on in this run (from ``rt``), as the hub's
 process reads runtime.json, not the command line.

@@ -1,7 +1,7 @@
 """A real JupyterHub (+ configurable-http-proxy) using twinhub's spawner, for tests.
 
 Independent of ``twinhub up``: the hub config builds a :class:`twinhub.process.runtime.Runtime` by
-hand and calls :func:`twinhub.spawn.modes.configure_hub`, the way ``twinhub/hubconf/config_file.py``
+hand and calls :func:`twinhub.spawn.modes.configure_hub`, the way ``twinhub/jupyterhub_config.py``
 does.  Authentication is JupyterHub's DummyAuthenticator (test-only) plus a service token
 with admin scopes; tests act as users through per-user API tokens.
 """

@@ -23,7 +23,8 @@ from ..process.runtime import Runtime
 from ..process.supervisor import TwinhubSupervisor, free_port, http_ready
 from .handlers import TwinhubHubRequests
 
-HUB_CONFIG_FILE = Path(__file__).with_name("config_file.py")
+# What the hub process runs: every part's configure_hub (jupyterhub -f).
+HUB_CONFIG_FILE = Path(__file__).parents[1] / "jupyterhub_config.py"
 PROXY_PRELOAD = Path(__file__).with_name("proxy_preload.cjs")
 
 

@@ -2,7 +2,7 @@
 
 The supervisor (``twinhub up``) resolves configuration (config file + CLI flags), allocates
 ports and writes them to ``<state>/run/runtime.json``; the hub process (``jupyterhub -f
-twinhub/hubconf/config_file.py``) and services read the same file back through :class:`Runtime`.
+twinhub/jupyterhub_config.py``) and services read the same file back through :class:`Runtime`.
 Secrets never travel in that file or on command lines: :meth:`Runtime.secret` reads (or
 creates) one 0600 file per secret under ``<state>/secrets``.
 """

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from twinhub.cli import CLIError, _overrides, build_parser
-from twinhub.process.platform import load_config
+from twinhub.platform import load_config
 
 
 def resolve(tmp_path, argv, config_text=None):

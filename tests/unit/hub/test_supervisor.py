@@ -227,7 +227,7 @@ def test_stale_lock_files_of_a_dead_server_are_removed_and_live_ones_kept(tmp_pa
 def test_status_shows_restarts_last_exit_and_crash_loops(tmp_path, capsys):
     import subprocess
 
-    from twinhub.process.platform import status
+    from twinhub.platform import status
 
     rt = Runtime(
         state_dir=tmp_path, ports={"public": 8000}, instance_id="test-" + uuid.uuid4().hex[:8]

@@ -17,13 +17,12 @@ from urllib.parse import quote
 from traitlets.config import Config, PyFileConfigLoader
 from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
-from .. import __version__, parts
-from ..client.hubapi import HubAPIError, hub_request, resync_proxy_routes
-from ..config import Twinhub
-from ..errors import PlatformError, StartError
-from ..spawn.os_accounts import RUNTIME_ROOT, remove_runtime_dirs
-from .runtime import Runtime, world_reachable
-from .supervisor import (
+from . import __version__, parts
+from .client.hubapi import HubAPIError, hub_request, resync_proxy_routes
+from .config import Twinhub
+from .errors import PlatformError, StartError
+from .process.runtime import Runtime, world_reachable
+from .process.supervisor import (
     COMPONENTS_FILE,
     SUPERVISOR_PID,
     Supervisor,
@@ -38,6 +37,7 @@ from .supervisor import (
     read_records,
     supervisor_pid,
 )
+from .spawn.os_accounts import RUNTIME_ROOT, remove_runtime_dirs
 
 CONFIG_FILE = "twinhub_config.py"
 
