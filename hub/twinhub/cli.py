@@ -23,6 +23,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 from traitlets.config import Config
 from traitlets.config.loader import KVArgParseConfigLoader
@@ -302,9 +303,9 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 def _user_add(rt, args: argparse.Namespace) -> int:
     # per command (see the top)
-    from .auth.local_accounts import create_account
+    from .auth.local_accounts import create_account, delete_account, get_account
     from .auth.realm import TwinhubKeycloak, enabled
-    from .client.hubapi import hub_request
+    from .client.hubapi import HubAPIError, hub_request
     from .config import Twinhub
     from .spawn.os_accounts import RESERVED_NAMES
 
@@ -317,13 +318,20 @@ def _user_add(rt, args: argparse.Namespace) -> int:
     name = args.name
     if name in RESERVED_NAMES:
         raise CLIError(f"user name {name!r} is reserved; choose another name")
+    # An existing name changes nothing: not its password, not its hub account.
+    if get_account(rt.db_url, name) is not None or _hub_user_exists(rt, name):
+        raise CLIError(f"user {name!r} already exists; nothing was changed")
     try:
         password = create_account(
             rt.db_url, name, admin=args.admin, prefix=Twinhub(config=rt.config).user_prefix
         )
     except ValueError as e:
         raise CLIError(str(e)) from e
-    hub_request(rt, "POST", f"/users/{name}", {"admin": args.admin} if args.admin else None)
+    try:
+        hub_request(rt, "POST", f"/users/{name}", {"admin": args.admin} if args.admin else None)
+    except HubAPIError:
+        delete_account(rt.db_url, name)  # made by someone else meanwhile: leave theirs
+        raise
     for group in args.group:
         try:
             hub_request(rt, "POST", f"/groups/{group}")
@@ -335,6 +343,18 @@ def _user_add(rt, args: argparse.Namespace) -> int:
     print(f"password: {password}")
     print("(shown once: pass it on securely)")
     return 0
+
+
+def _hub_user_exists(rt, name: str) -> bool:
+    from .client.hubapi import HubAPIError, hub_request  # per command (see the top)
+
+    try:
+        hub_request(rt, "GET", f"/users/{quote(name, safe='')}")
+    except HubAPIError as e:
+        if e.status == 404:
+            return False
+        raise
+    return True
 
 
 def _user_list(rt, args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers.kernel import run_code
 from tests.helpers.platform import Platform, twinhub_cli
+from twinhub.auth.local_accounts import get_account
 from twinhub.process.runtime import Runtime
 from twinhub.process.supervisor import processes_of_instance
 
@@ -123,6 +124,23 @@ def test_reserved_names_are_refused(people):
         assert "reserved" in r.stderr
     with pytest.raises(KeyError):
         pwd.getpwnam("twin-root")
+
+
+def test_adding_an_existing_user_fails_and_changes_nothing(people):
+    """`twinhub user add` of a name that exists (as a local account, or only on the hub:
+    made from the admin page) exits non-zero and leaves the account as it was."""
+    p, _ = people
+    password = p.add_user("ulla")
+    r = p.cli("user", "add", "ulla", "--admin", check=False)
+    assert r.returncode == 2 and "already exists" in r.stderr, r.stderr
+    assert p.login_session("ulla", password)  # the password is still the one given first
+    assert p.api("GET", "/users/ulla", user="admin").json()["admin"] is False
+    # Only on the hub (the admin page's "Add Users"): no local account is made either.
+    assert p.api("POST", "/users/vera", user="admin").status_code == 201
+    r = p.cli("user", "add", "vera", check=False)
+    assert r.returncode == 2 and "already exists" in r.stderr, r.stderr
+    assert "password:" not in r.stdout
+    assert get_account(Runtime.load(p.state).db_url, "vera") is None
 
 
 def test_second_spawn_while_pending_is_explained(people):

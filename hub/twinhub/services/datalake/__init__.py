@@ -49,6 +49,8 @@ class StacPart(AsgiService):
     health_path = "_mgmt/ping"
     uvicorn_options = ("--proxy-headers", "--forwarded-allow-ips", "127.0.0.1")
     url_env = ENV_STAC_URL
+    # In $TWINHUB_SERVICES (the info endpoint's list) like every service a user may use.
+    listed = True
     config_path = CONFIG_FILE
 
     def enabled(self, rt: Runtime) -> bool:
