@@ -253,7 +253,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     # per command (see the top)
     from .platform import load_runtime
     from .process.supervisor import supervisor_pid
-    from .services.datalake import SEED_SIZES, active, seed_into
+    from .services.datalake import SEED_SIZES, StacPart, seed_into
     from .services.datalake.seed import build
 
     if args.size not in SEED_SIZES:
@@ -267,7 +267,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"sample data ({args.size}) built in {b.root}")
         print(f"(no platform running for {state}: `twinhub up` loads it on first start)")
         return 0
-    if not active(rt):
+    if not StacPart().active(rt):
         raise CLIError(f"the platform of {state} runs without the data lake (TwinhubDataLake)")
     if args.cache_dir:
         rt.config.TwinhubDataLake.seed_cache_dir = args.cache_dir

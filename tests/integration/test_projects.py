@@ -288,7 +288,7 @@ def _eventually(fn, want: str, timeout: float = 20) -> str:
 
 
 def test_project_buckets_follow_membership(pp: Platform) -> None:
-    from twinhub.objectstore.project_buckets import project_bucket_name
+    from twinhub.objectstore.memberships import project_bucket_name
 
     climate, gpu = project_bucket_name(CLIMATE), project_bucket_name("gpu-lab")
     assert (climate, gpu) == ("project-climate-adaptation", "project-gpu-lab")

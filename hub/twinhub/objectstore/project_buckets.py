@@ -12,14 +12,6 @@ access at their next spawn or sync.
 from __future__ import annotations
 
 from ..process.runtime import Runtime
-from .memberships import (
-    PROJECT_BUCKET_PREFIX,
-    ensure_project_buckets,
-    memberships,
-    project_bucket_name,
-    project_grants,
-    project_names,
-)
 from .options import settings
 from .provisioners import provisioner
 
@@ -36,12 +28,4 @@ def sync_project_storage(rt: Runtime, last: dict[str, list[str]] | None = None) 
     return provisioner(rt).sync_projects(last)
 
 
-__all__ = [
-    "PROJECT_BUCKET_PREFIX",
-    "ensure_project_buckets",
-    "memberships",
-    "project_bucket_name",
-    "project_grants",
-    "project_names",
-    "sync_project_storage",
-]
+__all__ = ["sync_project_storage"]

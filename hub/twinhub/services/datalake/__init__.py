@@ -127,18 +127,12 @@ class StacPart(AsgiService):
         return [f"sample data    {seed.get('status')} ({seed.get('size')}) {detail}".rstrip()]
 
 
-def active(rt: Runtime) -> bool:
-    """Whether the STAC API runs in this platform (``twinhub seed`` asks)."""
-    return StacPart().active(rt)
-
-
 __all__ = [
     "SEED_SIZES",
     "SERVICE_NAME",
     "SERVICE_PREFIX",
     "StacPart",
     "TwinhubDataLake",
-    "active",
     "seed_into",
     "seed_state",
     "settings",

@@ -13,7 +13,7 @@ import scipy.sparse
 
 from twinlab.grids import HEALPix, LatLon, Octahedral
 from twinlab.grids.regrid import apply, backend, clear_memory_cache, get_weights, regrid, weights
-from twinlab.grids.regrid.weights import Weights, cache_id
+from twinlab.grids.regrid.matrix import Weights, cache_id
 
 
 @pytest.fixture

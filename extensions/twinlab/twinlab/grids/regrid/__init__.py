@@ -6,7 +6,8 @@ NumPy, CuPy, Dask or xarray fields.  See ``docs/regrid.md``.
 """
 
 from .apply import apply_weights, backend, regrid
-from .weights import METHODS, Weights, clear_memory_cache, default_cache_dir, get_weights
+from .matrix import Weights
+from .weights import METHODS, clear_memory_cache, default_cache_dir, get_weights
 
 __all__ = [
     "METHODS",

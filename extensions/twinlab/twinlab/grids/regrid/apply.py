@@ -16,7 +16,8 @@ import numpy as np
 
 from ..base import Grid
 from . import _kernels
-from .weights import METHODS, Weights, get_weights
+from .matrix import Weights
+from .weights import METHODS, get_weights
 
 
 def _check_grid(grid: Any, role: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from twinlab import environment
 
 from . import builders
-from .matrix import FORMAT_VERSION, Weights, cache_id, from_coo
+from .matrix import Weights, cache_id
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +89,9 @@ def get_weights(
 
 
 __all__ = [
-    "FORMAT_VERSION",
     "METHODS",
-    "Weights",
     "build_counts",
-    "cache_id",
     "clear_memory_cache",
     "default_cache_dir",
-    "from_coo",
     "get_weights",
 ]
