@@ -60,6 +60,10 @@ class Platform:
         argv = [TWINHUB, "up", "--state", str(state), "--port", str(port), "--mode", mode]
         if not any(a.startswith("--TwinhubDataLake.seed=") for a in extra or []):
             argv.append(f"--TwinhubDataLake.seed={seed}")
+        # Two test sessions on one machine (parallel work) would share OS accounts named
+        # twin-<user>: each may give its own prefix.
+        if os.environ.get("TWINHUB_TEST_USER_PREFIX"):
+            argv.append(f"--Twinhub.user_prefix={os.environ['TWINHUB_TEST_USER_PREFIX']}")
         proc = subprocess.Popen(
             argv + (extra or []),
             stdout=subprocess.PIPE,
