@@ -8,6 +8,7 @@ The command line is a contract other tools (tests, CI, docs) rely on::
     twinhub status [--state DIR]
     twinhub user add NAME [--admin] [--group G ...] [--state DIR]
     twinhub user token NAME [--state DIR]
+    twinhub user link NAME [--state DIR]
     twinhub user list [--json] [--state DIR]
     twinhub login --hub URL [--no-browser]     (token for scripts, Keycloak device flow)
     twinhub logout
@@ -133,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     tok = usub.add_parser("token", help="print a JupyterHub API token for a user (admin use)")
     tok.add_argument("name")
     _state_arg(tok)
+    link = usub.add_parser(
+        "link",
+        help="print a one-time set-password link for a user (one made on the admin page, or "
+        "a password reset); it expires after TwinhubLocalAuth.set_password_link_hours",
+    )
+    link.add_argument("name")
+    _state_arg(link)
     lst = usub.add_parser("list", help="list accounts")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     _state_arg(lst)
@@ -294,6 +302,8 @@ def cmd_user(args: argparse.Namespace) -> int:
             return 0
         if args.user_command == "list":
             return _user_list(rt, args)
+        if args.user_command == "link":
+            return _user_link(rt, args)
     except HubAPIError as e:
         if e.status == 404:
             raise CLIError(f"no such user: {args.name}") from e
@@ -342,6 +352,21 @@ def _user_add(rt, args: argparse.Namespace) -> int:
     print(f"created {'admin ' if args.admin else ''}user {name}")
     print(f"password: {password}")
     print("(shown once: pass it on securely)")
+    return 0
+
+
+def _user_link(rt, args: argparse.Namespace) -> int:
+    from .auth.realm import enabled  # per command (see the top)
+    from .client.hubapi import hub_request
+
+    if enabled(rt.config):
+        raise CLIError("accounts are managed in Keycloak: passwords are set there")
+    reply = hub_request(rt, "POST", f"/twinhub/users/{quote(args.name, safe='')}/set-password-link")
+    # The hub names the address the request came to (its own, internal one here): the
+    # link the user opens goes through the platform's public URL.
+    query = reply["url"].split("?", 1)[1]
+    print(f"{rt.url}hub/set-password?{query}")
+    print(f"(one use, expires {reply['expires_at']}: pass it on securely)")
     return 0
 
 

@@ -81,6 +81,18 @@ MATRIX: list[tuple[str, str, dict[str, set[int]]]] = [
         {"anon": DENIED, "owner": {404}, "other": {404}, "admin": {404}},
     ),
     ("POST", "services/cache/stats", {"anon": DENIED, "owner": {405}, "other": {405}}),
+    # twinhub's hub pages: the help pages are the platform's public docs; set-password links
+    # are made by admins and used with their token. Pages that take only the hub's cookie
+    # (/hub/home: each user sees only their own; /hub/authorize: admins) are checked with
+    # logged-in sessions in test_home_page.
+    ("GET", "hub/help/", {"anon": OK, "owner": OK, "other": OK, "admin": OK}),
+    ("GET", "hub/help/support", {"anon": OK, "owner": OK, "other": OK, "admin": OK}),
+    (
+        "POST",
+        "hub/api/twinhub/users/{owner}/set-password-link",
+        {"anon": DENIED, "owner": DENIED, "other": DENIED, "admin": OK},
+    ),
+    ("GET", "hub/set-password", {"anon": {400}, "owner": {400}, "other": {400}, "admin": {400}}),
 ]
 
 

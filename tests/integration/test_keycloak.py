@@ -285,3 +285,28 @@ def test_start_refused_with_a_clear_error(kc, tmp_path):
     assert r.returncode == 2 and "cannot read Keycloak discovery document" in r.stderr
     # Nothing was left running.
     assert not (tmp_path / "b" / "run" / "supervisor.pid").exists()
+
+
+# Last in the module: it makes "erin", whom the tests above expect not to exist.
+def test_user_made_on_the_admin_page_logs_in_through_keycloak(kc):
+    # What the admin page does (here with the CLI's admin token).
+    hub_request(kc.rt, "POST", "/users/erin")
+    assert hub_user(kc, "erin") is not None
+    # No local-password pages in Keycloak mode: nothing to set, nothing to approve.
+    for path in ("hub/authorize", "hub/set-password?token=x", "hub/signup"):
+        assert requests.get(kc.url + path, timeout=30).status_code == 404, path
+    s, r = login(kc, "erin", kc.realm.password("erin"))
+    assert logged_in(r), (r.status_code, r.text[:500])
+    erin = hub_user(kc, "erin")
+    assert "projects:climate-adaptation" in erin["groups"]
+    with sqlite3.connect(kc.state / "twinhub.sqlite") as db:
+        bound = dict(db.execute("SELECT username, subject FROM oidc_identities"))
+    assert bound["erin"] == kc.realm.sub("erin")
+    # The home page is the same face; no Accounts link (no local accounts here).
+    home = s.get(kc.url + "hub/home", timeout=30)
+    assert home.status_code == 200 and "Welcome to twinhub, erin" in home.text
+    assert "twinhub-nav-accounts" not in home.text
+    # The local account "bob" (from before Keycloak) is still not taken over: the admin-made
+    # exception is only for users made while Keycloak login is on.
+    _, r = login(kc, "bob", kc.realm.password("bob"))
+    assert r.status_code == 403 and "already exists on this platform" in r.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pwd
 import re
 import threading
@@ -18,6 +19,9 @@ from twinhub.process.runtime import Runtime
 from twinhub.process.supervisor import processes_of_instance
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
+
+# The OS-account prefix of the session platform (tests/helpers/platform.py).
+PREFIX = os.environ.get("TWINHUB_TEST_USER_PREFIX") or "twin-"
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,7 @@ def test_two_users_login_spawn_and_see_only_their_own_server(people):
         for pr in psutil.process_iter(["username", "cmdline"])
         if pr.info["cmdline"] and "jupyterhub-singleuser" in " ".join(pr.info["cmdline"])
     }
-    assert {"twin-carol", "twin-dave"} <= procs
+    assert {f"{PREFIX}carol", f"{PREFIX}dave"} <= procs
 
 
 def test_a_kernel_cannot_read_another_home_or_the_platform_state(people):
@@ -79,7 +83,7 @@ def test_a_kernel_cannot_read_another_home_or_the_platform_state(people):
     url = p.spawn("carol")
     secret = next((p.state / "secrets").iterdir())
     probes = {
-        "other home": "/home/twin-dave",
+        "other home": f"/home/{PREFIX}dave",
         "state dir": str(p.state),
         "secret": str(secret),
         "hub db": str(p.state / "hub" / "jupyterhub.sqlite"),
@@ -96,7 +100,7 @@ def test_a_kernel_cannot_read_another_home_or_the_platform_state(people):
     assert out.count("PermissionError") + out.count("FileNotFoundError") == len(probes), out
     # ...while the owner reads their own home.
     assert run_code(url, p.token("carol"), "import os; print(os.getcwd())").strip() == (
-        "/home/twin-carol"
+        f"/home/{PREFIX}carol"
     )
 
 
@@ -123,7 +127,7 @@ def test_reserved_names_are_refused(people):
         assert r.returncode == 2
         assert "reserved" in r.stderr
     with pytest.raises(KeyError):
-        pwd.getpwnam("twin-root")
+        pwd.getpwnam(f"{PREFIX}root")
 
 
 def test_adding_an_existing_user_fails_and_changes_nothing(people):
@@ -192,7 +196,7 @@ def test_kernel_dask_cluster_lives_and_dies_with_the_server(people):
     )
     assert "MEAN 499999.5" in out
     assert "WORKERS 2" in out
-    assert "USERS ['twin-carol']" in out
+    assert f"USERS ['{PREFIX}carol']" in out
     name = re.search(r"CLUSTER (\S+)", out).group(1)
     gw_api = f"{p.url}services/dask-gateway/api/v1/clusters/"
     headers = {"Authorization": f"jupyterhub {token}"}
@@ -213,7 +217,7 @@ def test_kernel_dask_cluster_lives_and_dies_with_the_server(people):
     leftovers = [
         pr.info["cmdline"]
         for pr in psutil.process_iter(["username", "cmdline"])
-        if pr.info["username"] == "twin-carol" and pr.info["cmdline"]
+        if pr.info["username"] == f"{PREFIX}carol" and pr.info["cmdline"]
     ]
     assert leftovers == []
 
@@ -239,11 +243,11 @@ def test_down_stops_servers_and_clusters_leaving_nothing(tmp_path):
         p.proc.wait(60)
         assert processes_of_instance(rt.instance_id) == []
         assert not [
-            pr for pr in psutil.process_iter(["username"]) if pr.info["username"] == "twin-erin"
+            pr for pr in psutil.process_iter(["username"]) if pr.info["username"] == f"{PREFIX}erin"
         ]
         with pytest.raises(KeyError):
-            pwd.getpwnam("twin-erin")
-        assert not Path("/home/twin-erin").exists()
+            pwd.getpwnam(f"{PREFIX}erin")
+        assert not Path(f"/home/{PREFIX}erin").exists()
     finally:
         p.stop()
         twinhub_cli("down", "--state", str(state), "--purge-users")

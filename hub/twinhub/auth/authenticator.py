@@ -13,6 +13,7 @@ from traitlets import Bool, Integer, Unicode, default
 from ..db import check_schema, current_revision, upgrade
 from ..hubconf.handlers import platform_handlers
 from . import local_accounts as accounts
+from .links import SetPasswordHandler, SetPasswordLinkAPIHandler
 from .local_accounts import AccountError
 from .pages import AuthorizeHandler, ChangePasswordHandler, SignupHandler
 from .revoke import revoke_platform_access
@@ -22,8 +23,10 @@ from .token_exchange import login_handlers
 class TwinhubLocalAuth(Authenticator):
     """Per-user passwords stored (as argon2id hashes) in twinhub's own database.
 
-    Accounts are created by an admin (``twinhub user add``) or requested on ``/hub/signup``
-    and approved on ``/hub/authorize``; only approved accounts may log in.
+    Accounts are created by an admin (``twinhub user add``; or on the admin page, then a
+    one-time set-password link from ``/hub/authorize``: :mod:`twinhub.auth.links`) or
+    requested on ``/hub/signup`` and approved on ``/hub/authorize``; only approved accounts
+    may log in.
     """
 
     db_url = Unicode(
@@ -52,6 +55,13 @@ class TwinhubLocalAuth(Authenticator):
         "twin-",
         help="Prefix of OS accounts (Twinhub.user_prefix): names are refused when "
         "<prefix><name> could not be an OS account.",
+    ).tag(config=True)
+
+    set_password_link_hours = Integer(
+        72,
+        min=1,
+        help="Hours a one-time set-password link stays valid (made by an admin on /hub/authorize "
+        "for a user added on the admin page, or to reset a password).",
     ).tag(config=True)
 
     max_pending_signups = Integer(
@@ -157,6 +167,8 @@ class TwinhubLocalAuth(Authenticator):
             (r"/signup", SignupHandler),
             (r"/authorize", AuthorizeHandler),
             (r"/change-password", ChangePasswordHandler),
+            (r"/set-password", SetPasswordHandler),
+            (r"/api/twinhub/users/([^/]+)/set-password-link", SetPasswordLinkAPIHandler),
         ]
 
     # -- account operations used by the handlers ------------------------------------------

@@ -40,6 +40,9 @@ from .local_accounts import AccountError, normalize_username
 from .revoke import revoke_platform_access
 from .token_exchange import login_handlers
 
+# auth_state of a hub user made by an admin and not logged in yet (see admin_created_user).
+ADMIN_CREATED = "twinhub_admin_created"
+
 
 def _state_id(state: str) -> str:
     """The random ``state_id`` in oauthenticator's state (base64url JSON); '' if unreadable."""
@@ -264,6 +267,10 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator, ExchangesAccessTokens)
                 "groups cannot be checked: the client's 'groups' mapper is missing in the realm.",
             )
         name = model["name"]
+        existing = handler.find_user(name)
+        # A hub user an admin made on the admin page while Keycloak login is on is waiting for
+        # the Keycloak identity of that name: not an account "from before" to protect.
+        exists = existing is not None and not await self._admin_created(existing)
         try:
             res = await asyncio.to_thread(
                 identities.resolve,
@@ -271,7 +278,7 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator, ExchangesAccessTokens)
                 self.issuer,
                 sub,
                 name,
-                hub_user_exists=handler.find_user(name) is not None,
+                hub_user_exists=exists,
                 adopt_existing=self.adopt_existing_users,
             )
         except identities.IdentityConflict as e:
@@ -283,6 +290,16 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator, ExchangesAccessTokens)
         model["auth_state"]["oidc_sub"] = sub
         model["auth_state"]["oidc_username"] = name
         return model
+
+    async def admin_created_user(self, user) -> None:
+        """Called for a user an admin made through the REST API (the admin page): mark it so
+        the first Keycloak login of that name takes it (twinhub.hubconf.handlers)."""
+        await user.save_auth_state({ADMIN_CREATED: True})
+
+    @staticmethod
+    async def _admin_created(user) -> bool:
+        state = await user.get_auth_state()
+        return bool(state and state.get(ADMIN_CREATED) and not state.get("oidc_sub"))
 
     async def run_post_auth_hook(self, handler, auth_model: dict) -> dict:
         # Only here is the login allowed: bind the identity now, not for refused logins.

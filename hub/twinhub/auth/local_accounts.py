@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..config import Twinhub
@@ -210,3 +210,28 @@ def ensure_first_admin(rt) -> str | None:
             )
         return None
     return create_account(rt.db_url, name, admin=True, prefix=tw.user_prefix)
+
+
+def password_state(db_url: str, name: str) -> str | None:
+    """The stored hash of ``name``'s password (None: no such account). A set-password link
+    is signed over it, so setting a password spends the link (:mod:`twinhub.auth.links`)."""
+    with session(db_url) as s:
+        row = s.scalar(select(LocalAccount).where(LocalAccount.username == name))
+        return row.password_hash if row else None
+
+
+def replace_password(
+    db_url: str, name: str, password: str, expected_hash: str, *, min_length: int
+) -> bool:
+    """Set ``name``'s password only if its hash is still ``expected_hash`` (one link, one use,
+    even for two requests at once); False when it changed meanwhile."""
+    check_password_policy(password, name, min_length)
+    new_hash = hash_password(password)
+    with session(db_url) as s:
+        # One UPDATE ... WHERE hash = expected: atomic in SQLite and PostgreSQL alike.
+        done = s.execute(
+            update(LocalAccount)
+            .where(LocalAccount.username == name, LocalAccount.password_hash == expected_hash)
+            .values(password_hash=new_hash)
+        )
+        return bool(done.rowcount)

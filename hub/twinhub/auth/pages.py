@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 
+from jupyterhub import orm
 from jupyterhub.handlers import BaseHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from . import local_accounts as accounts
+from .links import new_link
 from .local_accounts import AccountError
 from .passwords import generate_password
 
@@ -60,17 +62,24 @@ class SignupHandler(_AuthPage):
 
 
 class AuthorizeHandler(_AuthPage):
-    """``/hub/authorize``: admins approve, withdraw, reset or delete local accounts."""
+    """``/hub/authorize``: admins approve, withdraw, reset or delete local accounts, and make
+    one-time set-password links (for hub users added on the admin page, or to reset)."""
 
-    ACTIONS = ("approve", "revoke", "reset", "delete")
+    ACTIONS = ("approve", "revoke", "reset", "delete", "link")
 
     async def _render(self, status: int = 200, **ns) -> None:
         rows = await asyncio.to_thread(accounts.list_accounts, self.db_url)
+        known = {a.username for a in rows}
+        # Hub users with no local account (added on the admin page): no password, no way in
+        # until they get a set-password link.
+        no_way_in = sorted(u.name for u in self.db.query(orm.User) if u.name not in known)
         await self._page(
             "authorize.html",
             status=status,
             pending=[a for a in rows if not a.approved],
             approved=[a for a in rows if a.approved],
+            no_way_in=no_way_in,
+            link_hours=self.authenticator.set_password_link_hours,
             **ns,
         )
 
@@ -86,6 +95,14 @@ class AuthorizeHandler(_AuthPage):
         name = self.get_body_argument("username", "", strip=True)
         if action not in self.ACTIONS:
             await self._render(400, error=f"unknown action {action!r}")
+            return
+        if action == "link":
+            try:
+                made = await new_link(self, name)
+            except web.HTTPError as e:
+                await self._render(e.status_code, error=e.log_message)
+                return
+            await self._render(link=made)
             return
         info = await asyncio.to_thread(accounts.get_account, self.db_url, name)
         if info is None:

@@ -73,3 +73,7 @@ class AuthPart(Part):
             # First, so our login.html (which extends JupyterHub's own) is the one found.
             paths.insert(0, str(TEMPLATES_DIR))
         c.JupyterHub.template_paths = paths
+        # The hub's navigation links the Accounts page (approval, set-password links) for admins.
+        variables = dict(c.JupyterHub.template_vars) if "template_vars" in c.JupyterHub else {}
+        variables["accounts_page"] = True
+        c.JupyterHub.template_vars = variables

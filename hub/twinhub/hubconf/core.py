@@ -21,6 +21,7 @@ from ..plugin import Part, Say
 from ..process.components import Component
 from ..process.runtime import Runtime
 from ..process.supervisor import TwinhubSupervisor, free_port, http_ready
+from .face import TwinhubFace, configure_face
 from .handlers import TwinhubHubRequests
 
 # What the hub process runs: every part's configure_hub (jupyterhub -f).
@@ -67,7 +68,7 @@ class CorePart(Part):
     """The proxy, the hub and the idle culler; the databases' backup and upgrade."""
 
     name = "core"
-    settings = (Twinhub, TwinhubSupervisor, TwinhubHubRequests)
+    settings = (Twinhub, TwinhubSupervisor, TwinhubHubRequests, TwinhubFace)
 
     def plan(self, rt: Runtime) -> None:
         for name in ("proxy_api", "hub"):
@@ -192,5 +193,6 @@ class CorePart(Part):
                 },
             ]
         )
+        configure_face(c, rt)
         # Every process started for this instance is findable for orphan cleanup.
         c.Spawner.environment.update({ENV_INSTANCE: rt.instance_id})

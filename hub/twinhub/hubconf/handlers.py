@@ -23,6 +23,8 @@ from traitlets.config import Configurable
 
 from ..process.runtime import Runtime
 from ..spawn.os_accounts import check_platform_name
+from .help import HelpHandler
+from .home import TwinhubHomeHandler
 
 
 class PendingAwareServerAPIHandler(UserServerAPIHandler):
@@ -131,15 +133,30 @@ def check_new_user_name(handler: web.RequestHandler, name: str) -> None:
         raise web.HTTPError(400, "%s", f"Cannot create user: {e}") from None
 
 
+async def tell_authenticator(handler: web.RequestHandler, names: list[str]) -> None:
+    """Tell the authenticator which users an admin just made (``admin_created_user``, when it
+    has one: Keycloak lets their first Keycloak login take the account)."""
+    hook = getattr(handler.authenticator, "admin_created_user", None)
+    if hook is None:
+        return
+    for name in names:
+        user = handler.find_user(name)
+        if user is not None:
+            await hook(user)
+
+
 class CheckedUserAPIHandler(UserAPIHandler):
     """``POST /api/users/<name>``: JupyterHub checks no name rule here at all (``root`` and
     ``Bad Name`` were created); refuse names that cannot be platform users."""
 
     @needs_scope("admin:users")
     async def post(self, user_name: str) -> None:
-        if self.find_user(user_name) is None:
+        new = self.find_user(user_name) is None
+        if new:
             check_new_user_name(self, user_name)
         await UserAPIHandler.post.__wrapped__(self, user_name)
+        if new:
+            await tell_authenticator(self, [user_name])
 
     @needs_scope("admin:users")
     async def patch(self, user_name: str) -> None:
@@ -157,6 +174,7 @@ class CheckedUserListAPIHandler(UserListAPIHandler):
     @needs_scope("admin:users")
     async def post(self) -> None:
         data = self.get_json_body()
+        new = []
         if isinstance(data, dict) and isinstance(data.get("usernames"), list):
             for name in data["usernames"]:
                 if not isinstance(name, str):
@@ -164,7 +182,9 @@ class CheckedUserListAPIHandler(UserListAPIHandler):
                 name = self.authenticator.normalize_username(name)
                 if self.find_user(name) is None:
                     check_new_user_name(self, name)
+                    new.append(name)
         await UserListAPIHandler.post.__wrapped__(self)
+        await tell_authenticator(self, new)
 
 
 class BoundedTokenAPIHandler(UserTokenListAPIHandler):
@@ -191,9 +211,13 @@ class BoundedTokenAPIHandler(UserTokenListAPIHandler):
 
 
 def platform_handlers() -> list[tuple[str, type]]:
-    """The hub API handlers that replace JupyterHub's (the authenticators add them with
-    their own, ``twinhub login``'s among them: :mod:`twinhub.auth.token_exchange`)."""
+    """The hub handlers that replace or add to JupyterHub's (the authenticators add them with
+    their own, ``twinhub login``'s among them: :mod:`twinhub.auth.token_exchange`): the REST
+    API's checks, the home page and the help pages (:mod:`twinhub.hubconf.face`)."""
     return [
+        (r"/home", TwinhubHomeHandler),
+        (r"/help/?", HelpHandler),
+        (r"/help/([^/]+)", HelpHandler),
         (r"/api/users", CheckedUserListAPIHandler),
         (r"/api/users/([^/]+)", CheckedUserAPIHandler),
         (r"/api/users/([^/]+)/tokens", BoundedTokenAPIHandler),

@@ -146,20 +146,37 @@ def choose(profiles: list[dict], user_options: dict | None) -> dict:
 
 
 def options_form(profiles: list[dict]) -> str:
-    """HTML radio list for /hub/spawn (empty, i.e. no form, when there is nothing to choose)."""
-    if len(profiles) < 2:
-        return ""
+    """HTML for /hub/spawn: a radio list of ``profiles``, or the one profile described.
+
+    Never empty: JupyterHub starts a server at once, unasked, on GET /hub/spawn when a
+    spawner has no options form; with a form, only the user's click on Start does.
+    """
+    if not profiles:
+        return (
+            '<p class="twinhub-profile-none alert alert-warning">No server profile is '
+            "available to you: ask an administrator to add you to a project.</p>"
+        )
     chosen = default_profile(profiles)["slug"]
     rows = []
     for p in profiles:
         slug = html.escape(p["slug"], quote=True)
+        label = (
+            f"<strong>{html.escape(p['display_name'])}</strong> "
+            f"<small>({html.escape(Limits.from_profile(p['limits']).describe())})</small><br>"
+            f"<span>{html.escape(p['description'])}</span>"
+        )
+        if len(profiles) == 1:
+            # Nothing to choose: say what will start, and send the slug with the click.
+            rows.append(
+                f'<input type="hidden" name="profile" value="{slug}">'
+                f'<p class="twinhub-profile" id="profile-{slug}">{label}</p>'
+            )
+            break
         checked = " checked" if p["slug"] == chosen else ""
         rows.append(
             f'<label class="twinhub-profile" for="profile-{slug}" style="display:block">'
             f'<input type="radio" name="profile" id="profile-{slug}" value="{slug}"{checked}> '
-            f"<strong>{html.escape(p['display_name'])}</strong> "
-            f"<small>({html.escape(Limits.from_profile(p['limits']).describe())})</small><br>"
-            f"<span>{html.escape(p['description'])}</span></label>"
+            f"{label}</label>"
         )
     return "<h3>Server profile</h3>\n" + "\n".join(rows)
 

@@ -72,7 +72,12 @@ def test_options_form_and_form_data() -> None:
     form = profiles.options_form(P)
     assert 'value="small-cpu" checked' in form and 'value="large-cpu"' in form
     assert "memory 2 GiB, 1 CPU" in form
-    assert profiles.options_form(P[:1]) == ""  # nothing to choose: no form
+    # Nothing to choose: still a form (JupyterHub spawns unasked on GET /hub/spawn without
+    # one), naming the profile that the click on Start will send.
+    one = profiles.options_form(P[:1])
+    assert '<input type="hidden" name="profile" value="small-cpu">' in one
+    assert 'type="radio"' not in one and "memory 2 GiB, 1 CPU" in one
+    assert "No server profile is available to you" in profiles.options_form([])
     evil = profiles.validate_profiles([{"slug": "a", "display_name": "<b>x</b>"}, {"slug": "b"}])
     assert "<b>x</b>" not in profiles.options_form(evil)
     assert profiles.options_from_form({"profile": ["large-cpu"]}) == {"profile": "large-cpu"}
@@ -144,8 +149,9 @@ def test_profile_filter_hook_per_user() -> None:
         assert [p["slug"] for p in asyncio.run(guest.profiles_for_user())] == ["small-cpu"]
         other = SimpleNamespace(name="ada")
         assert len(asyncio.run(guest.profiles_for_user(other))) == 3
-        # One profile left: no form to show.
-        assert asyncio.run(guest.get_options_form()) == ""
+        # One profile left: a form naming it (never empty, see options_form).
+        form = asyncio.run(guest.get_options_form())
+        assert 'name="profile" value="small-cpu"' in form and 'type="radio"' not in form
         with pytest.raises(web.HTTPError) as e:
             asyncio.run(_apply_profile(guest, {"profile": "large-cpu"}))
         assert e.value.status_code == 400

@@ -13,6 +13,7 @@ See docs/projects.md.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ...errors import StartError
@@ -59,6 +60,17 @@ class ProjectsPart(AsgiService):
         # Operators may still turn it off in twinhub_config.py (passed through after this).
         c.JupyterHub.allow_named_servers = True
         install(c, catalog)
+        # The hub's home page (twinhub.hubconf.home) shows a user's projects and offers named
+        # servers only when their allocation allows more than one server.
+        c.TwinhubHomeHooks.allocation_reader = functools.partial(home_summary, catalog)
+
+
+def home_summary(catalog: ProjectCatalog, groups: list[str]) -> dict[str, Any]:
+    """What the home page shows of a member of ``groups``: the effective allocation and the
+    allocation of each of their projects (read now: admins change them at run time)."""
+    projects = catalog.allocations()
+    eff = allocations.effective_allocation(groups, projects, catalog.default, catalog.profiles)
+    return {"effective": eff.as_dict(), "projects": {n: projects[n] for n in eff.projects}}
 
 
 __all__ = [

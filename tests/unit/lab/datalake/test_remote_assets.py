@@ -86,9 +86,12 @@ def test_the_token_goes_to_the_cache_only():
         assert cache_headers(other) == {}, other
 
 
-def test_download_progress_reports_without_tqdm(caplog):
+def test_download_progress_reports_without_tqdm(caplog, monkeypatch):
     import logging
+    import sys
 
+    # The curated environment has tqdm (panel/datashader bring it): hide it, as on a worker.
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     report = download_progress(CACHED)
     with caplog.at_level(logging.INFO, logger="twinlab.datalake.opening"):
         for done in range(0, 101, 10):
