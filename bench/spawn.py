@@ -14,7 +14,10 @@ OS account yet) all ask for one at the same moment, each with their own token, o
 twinhub.  Counted: answers other than 201/202 (a 429 is a failure), spawns that failed or
 did not become ready within ``--burst-timeout``, and the time from the request until the
 server answers through the proxy (p50/p95), plus how many progress streams said "queued".
-Target: 0 failures.  Needs root (OS accounts). Prints figures and ratios; asserts nothing.
+Target: 0 failures.  ``--twinhub-only`` skips the stock hub (environment start-up checks:
+compare the 1-user p50 before and after a change); ``--extensions`` compares, in one
+platform and interleaved, 1-user spawns with the environment's server extensions as
+configured, without the Dask sidebar's, and with the new packages' loaded at start.  Needs root (OS accounts). Prints figures and ratios; asserts nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
+import pwd
 import secrets
 import shutil
 import statistics
@@ -229,6 +233,56 @@ def measure(url: str, names: list[str], tokens: dict[str, str], rounds: int) -> 
     return {"single": single, "concurrent": concurrent}
 
 
+# --extensions: per-user Jupyter configs (~/.jupyter, read at each start, over the
+# environment's) make users whose servers start like other environments would.
+EXTENSION_VARIANTS: dict[str, dict | None] = {
+    "configured": None,  # the environment as installed (twinhub.install_jupyter_config)
+    "without": {  # no Dask sidebar API at all: as before dask-labextension was installed
+        "ServerApp": {"jpserver_extensions": {"dask_labextension": False}},
+        "TwinlabDeferredExtensions": {"extensions": []},
+    },
+    "at-start": {  # the new packages' server extensions loaded at start (their default)
+        "ServerApp": {
+            "jpserver_extensions": {
+                "dask_labextension": True,
+                "panel.io.jupyter_server_extension": True,
+            }
+        }
+    },
+}
+
+
+def extensions_ab(p: Platform, rounds: int) -> None:
+    """Interleaved 1-user spawns of one user per variant, in one platform (same load)."""
+    prefix = os.environ.get("TWINHUB_TEST_USER_PREFIX") or "twin-"
+    names = {v: f"ext{i}" for i, v in enumerate(EXTENSION_VARIANTS)}
+    tokens = {}
+    for n in names.values():
+        p.add_user(n)
+        tokens[n] = p.token(n)
+    spawn_round(p.url, list(names.values()), tokens)  # warm-up: OS accounts, tutorials
+    for variant, cfg in EXTENSION_VARIANTS.items():
+        if cfg:
+            pw = pwd.getpwnam(prefix + names[variant])
+            d = Path(pw.pw_dir) / ".jupyter"
+            d.mkdir(exist_ok=True)
+            f = d / "jupyter_server_config.json"
+            f.write_text(json.dumps(cfg))
+            for x in (d, f):
+                os.chown(x, pw.pw_uid, pw.pw_gid)
+    times: dict[str, list[float]] = {v: [] for v in EXTENSION_VARIANTS}
+    order = list(EXTENSION_VARIANTS)
+    for i in range(rounds):
+        for v in order if i % 2 == 0 else order[::-1]:
+            times[v] += spawn_round(p.url, [names[v]], tokens)
+    print(f"\nserver extensions: 1-user spawn-to-ready, {rounds} interleaved rounds")
+    base = statistics.median(times["without"])
+    for v, xs in times.items():
+        med = statistics.median(xs)
+        print(f"  {v:<12} p50 {med:.2f} s  min {min(xs):.2f} s  vs without {med / base:.3f}")
+    print("  target: configured within 1.10 of without")
+
+
 def purge(base: Path) -> None:
     """Stop twinhub, remove the OS accounts it created, and the bench's files."""
     subprocess.run(
@@ -251,6 +305,17 @@ def main() -> None:
     ap.add_argument(
         "--burst-only", action="store_true", help="run only the burst (no stock comparison)"
     )
+    ap.add_argument(
+        "--extensions",
+        action="store_true",
+        help="only the server-extension A/B (start-up with the environment as configured, "
+        "without the Dask sidebar's extension, with the new packages' extensions at start)",
+    )
+    ap.add_argument(
+        "--twinhub-only",
+        action="store_true",
+        help="measure twinhub only (no stock comparison): start-up regressions of the environment",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/spawn.py needs root (multi-user mode creates OS accounts)")
@@ -267,6 +332,13 @@ def main() -> None:
     )
     print(f"twinhub: starting (multi-user), {what}")
     p = Platform.start(base / "twinhub", mode="multi-user")
+    if args.extensions:
+        try:
+            extensions_ab(p, max(args.rounds, 2))
+        finally:
+            p.stop()
+            purge(base)
+        return
     try:
         if args.burst:
             # First, on the fresh platform: no OS account of these users exists yet.
@@ -286,6 +358,16 @@ def main() -> None:
         purge(base)
         raise
     p.stop()
+    # printed now: a failure of the stock hub below must not lose twinhub's figures
+    single = results["twinhub"]["single"]
+    print(
+        f"twinhub spawn-to-ready: 1 user p50 {pct(single, 0.5):.2f} s  p95 {pct(single, 0.95):.2f} s"
+        f"  ({len(single)} spawns); {args.users} concurrent p50 "
+        f"{pct(results['twinhub']['concurrent'], 0.5):.2f} s"
+    )
+    if args.twinhub_only:
+        purge(base)
+        return
 
     print("stock JupyterHub: starting (LocalProcessSpawner, same OS accounts)")
     stock_state = base / "stock"
@@ -322,7 +404,9 @@ def main() -> None:
                     break
             except requests.RequestException:
                 time.sleep(0.2)
-        stock_names = [f"twin-{n}" for n in names]
+        # the OS accounts twinhub made: twin-<user>, or $TWINHUB_TEST_USER_PREFIX<user>
+        prefix = os.environ.get("TWINHUB_TEST_USER_PREFIX") or "twin-"
+        stock_names = [f"{prefix}{n}" for n in names]
         stock_tokens = {}
         for n in stock_names:
             requests.post(f"{url}hub/api/users/{n}", headers=h, timeout=10)

@@ -34,6 +34,12 @@ MATRIX: list[tuple[str, str, dict[str, set[int]]]] = [
     ("GET", "user/{owner}/api/status", {"anon": LOGIN, "owner": OK, "other": DENIED}),
     ("GET", "user/{owner}/api/contents", {"anon": LOGIN, "owner": OK, "other": DENIED}),
     ("GET", "user/{owner}/twinlab/api/info", {"anon": LOGIN, "owner": OK, "other": DENIED}),
+    ("GET", "user/{owner}/twinlab/api/tutorials", {"anon": LOGIN, "owner": OK, "other": DENIED}),
+    (
+        "POST",
+        "user/{owner}/twinlab/api/tutorials/01-getting-started.ipynb",
+        {"anon": LOGIN, "owner": OK, "other": DENIED},
+    ),
     (
         "GET",
         "services/dask-gateway/api/v1/clusters/",

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from importlib import metadata
 
@@ -100,6 +103,53 @@ print(p.pid)
         assert r.status_code == 200 and r.text == "hello from a proxied app"
     finally:
         run_code(url, token, f"import os, signal; os.kill({pid}, signal.SIGTERM)")
+
+
+def test_dask_sidebar_api_is_loaded_after_start(server: tuple[LocalHub, str]) -> None:
+    """dask-labextension's server extension is off the start path (twinlab.serverext.deferred)
+    but answers from the first request: the Dask sidebar lists this server's clusters."""
+    hub, url = server
+    h = {"Authorization": f"token {hub.user_token('tia')}"}
+    r = requests.get(url + "dask/clusters", headers=h, timeout=30)
+    assert r.status_code == 200 and r.json() == [], r.text
+    assert requests.get(url + "dask/clusters", timeout=30).status_code == 403
+
+
+def test_a_deferred_extension_loads_at_its_first_request(tmp_path) -> None:
+    """Before the timer fires, a request to the Dask sidebar's API loads the extension and
+    is redirected to itself (307): the sidebar never sees a 404. A bare Jupyter server."""
+    port = free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [f"{sys.prefix}/bin/jupyter-server", "--no-browser", f"--port={port}",
+         "--ServerApp.token=t0k", f"--ServerApp.root_dir={tmp_path}", "--allow-root",
+         "--TwinlabDeferredExtensions.delay=600", "--TwinlabTutorials.enabled=False"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        h = {"Authorization": "token t0k"}
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(base + "api/status", headers=h, timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        first = requests.get(base + "dask/clusters", headers=h, allow_redirects=False, timeout=30)
+        assert first.status_code == 307 and first.headers["Location"] == "/dask/clusters"
+        r = requests.get(base + "dask/clusters", headers=h, allow_redirects=False, timeout=30)
+        assert r.status_code == 200 and r.json() == []
+        # once loaded, the early route no longer answers: the extension's own handlers do
+        r = requests.put(base + "dask/clusters/not-a-uuid", headers=h, timeout=30)
+        assert r.status_code != 307
+        assert not (tmp_path / "tutorials").exists()  # TwinlabTutorials.enabled=False
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
 
 
 def test_adding_an_info_key_is_one_function() -> None:
