@@ -367,6 +367,12 @@ def _user_link(rt, args: argparse.Namespace) -> int:
     query = reply["url"].split("?", 1)[1]
     print(f"{rt.url}hub/set-password?{query}")
     print(f"(one use, expires {reply['expires_at']}: pass it on securely)")
+    if not rt.public_url:
+        print(
+            f"note: no public URL is configured (Twinhub.public_url, `twinhub up --public-url`): "
+            f"the link names {rt.url}, which only works where that address reaches the platform",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -251,6 +251,122 @@ def test_admin_made_user_gets_in_with_a_one_time_link(multiuser_platform: Platfo
     assert 'id="twinhub-admin-accounts"' in admin.get(p.url + "hub/admin", timeout=30).text
 
 
+def _post(s: requests.Session, url: str, data: dict) -> requests.Response:
+    """A form POST as the browser sends it (GET first for the _xsrf cookie)."""
+    if "_xsrf" not in s.cookies:
+        s.get(url, timeout=30)
+    return s.post(url, data={**data, "_xsrf": s.cookies["_xsrf"]}, timeout=30)
+
+
+def _set_password(url: str, password: str, s: requests.Session | None = None):
+    s = s or requests.Session()
+    s.get(url, timeout=30)
+    fields = {"new_password": password, "new_password_confirm": password}
+    return _post(s, url, fields)
+
+
+def _link(p: Platform, name: str, token: str | None = None) -> requests.Response:
+    path = f"/twinhub/users/{name}/set-password-link"
+    return p.api("POST", path, user=None if token else "admin", token=token)
+
+
+def _logged_in(s: requests.Session, p: Platform) -> bool:
+    r = s.get(p.url + "hub/home", timeout=30, allow_redirects=False)
+    return r.status_code == 200
+
+
+def test_admin_made_users_cannot_be_taken_by_signup(multiuser_platform: Platform) -> None:
+    p = multiuser_platform
+    name = "facesquat"
+    r = p.api("POST", "/users", user="admin", json={"usernames": [name], "admin": True})
+    assert r.status_code == 201, r.text
+    # Someone asks for the name on the signup page, in any spelling: refused, nothing stored
+    # (a pending request would make the admin's link a 409 below).
+    for spelling in (name, name.upper(), f" {name} "):
+        fields = {"username": spelling, "password": "squat-password-1"}
+        r = _post(
+            requests.Session(),
+            p.url + "hub/signup",
+            fields | {"password_confirm": fields["password"]},
+        )
+        assert r.status_code == 400 and "user name taken" in r.text, (spelling, r.text[-500:])
+    assert _link(p, name).status_code == 200
+    # A request made before the admin added the user: the admin is told to delete it, never
+    # to approve it (that would hand the user over).
+    pend = "facepend"
+    fields = {
+        "username": pend,
+        "password": "pend-password-1",
+        "password_confirm": "pend-password-1",
+    }
+    assert _post(requests.Session(), p.url + "hub/signup", fields).status_code == 200
+    assert p.api("POST", "/users", user="admin", json={"usernames": [pend]}).status_code == 201
+    r = _link(p, pend)
+    assert r.status_code == 409 and "delete the request" in r.json()["message"]
+    assert "approve it" not in r.json()["message"]
+    admin = p.login_session("admin", p.admin_password)
+    r = _post(admin, p.url + "hub/authorize", {"action": "delete", "username": pend})
+    assert r.status_code == 200 and f"account {pend} deleted" in r.text
+    assert _link(p, pend).status_code == 200
+
+
+def test_old_links_die_and_sessions_end_with_the_account(multiuser_platform: Platform) -> None:
+    p = multiuser_platform
+    name = "faceold"
+    assert p.api("POST", "/users", user="admin", json={"usernames": [name]}).status_code == 201
+    # Two "no account" links; the second is used.
+    first, second = _link(p, name).json()["url"], _link(p, name).json()["url"]
+    page = requests.get(first, timeout=30)
+    # The token is in the URL: no Referer carries it on, no cache keeps the page.
+    assert page.headers.get("Referrer-Policy") == "no-referrer"
+    assert page.headers.get("Cache-Control") == "no-store"
+    assert _set_password(second, "faceold-password-1").status_code == 200
+    user = p.login_session(name, "faceold-password-1")
+    assert _logged_in(user, p)
+    # The admin deletes the account on the Accounts page: the state is "no account" again,
+    # yet the first link stays dead, and the user's session ends.
+    admin = p.login_session("admin", p.admin_password)
+    r = _post(admin, p.url + "hub/authorize", {"action": "delete", "username": name})
+    assert r.status_code == 200 and f"account {name} deleted" in r.text
+    r = _set_password(first, "faceold-password-2")
+    assert r.status_code == 400 and "already used" in r.text
+    assert r.headers.get("Cache-Control") == "no-store"
+    assert not _logged_in(user, p)
+    # A new link gives the way in again; a reset link used in the user's own logged-in
+    # browser ends that session, and the new password logs in.
+    assert _set_password(_link(p, name).json()["url"], "faceold-password-3").status_code == 200
+    user = p.login_session(name, "faceold-password-3")
+    done = _set_password(_link(p, name).json()["url"], "faceold-password-4", s=user)
+    assert done.status_code == 200 and "Password set" in done.text
+    assert not _logged_in(user, p)
+    assert _logged_in(p.login_session(name, "faceold-password-4"), p)
+    # Withdrawn approval ends sessions at once too.
+    user = p.login_session(name, "faceold-password-4")
+    r = _post(admin, p.url + "hub/authorize", {"action": "revoke", "username": name})
+    assert r.status_code == 200 and not _logged_in(user, p)
+
+
+def test_links_need_admin_users_over_all_users(multiuser_platform: Platform) -> None:
+    p = multiuser_platform
+    target, group = "facetarget", "face-delegated"
+    body = {"usernames": [target], "admin": True}
+    assert p.api("POST", "/users", user="admin", json=body).status_code == 201
+    assert p.api("POST", f"/groups/{group}", user="admin").status_code in (201, 409)
+    r = p.api("POST", f"/groups/{group}/users", user="admin", json={"users": [target]})
+    assert r.status_code == 200, r.text
+    # A token that manages only the group's users: no links (here for a hub admin).
+    r = p.api(
+        "POST", "/users/admin/tokens", user="admin",
+        json={"scopes": [f"admin:users!group={group}"], "expires_in": 600},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    narrowed = r.json()["token"]
+    assert p.api("GET", f"/users/{target}", token=narrowed).status_code == 200
+    r = _link(p, target, token=narrowed)
+    assert r.status_code == 403 and "over all users" in r.json()["message"]
+    assert _link(p, target).status_code == 200
+
+
 def test_cli_link_gives_an_admin_made_user_a_way_in(multiuser_platform: Platform) -> None:
     p = multiuser_platform
     name = "facecli"
@@ -262,6 +378,8 @@ def test_cli_link_gives_an_admin_made_user_a_way_in(multiuser_platform: Platform
     r = p.cli("user", "link", name)
     url = r.stdout.splitlines()[0]
     assert url.startswith(p.url + "hub/set-password?token="), r.stdout
+    # This platform has no public URL: the link names the local address, and says so.
+    assert "Twinhub.public_url" in r.stderr
     u = requests.Session()
     assert f"Set your password for {name}" in u.get(url, timeout=30).text
     good = "another-good-password-7"

@@ -289,9 +289,19 @@ def test_start_refused_with_a_clear_error(kc, tmp_path):
 
 # Last in the module: it makes "erin", whom the tests above expect not to exist.
 def test_user_made_on_the_admin_page_logs_in_through_keycloak(kc):
-    # What the admin page does (here with the CLI's admin token).
-    hub_request(kc.rt, "POST", "/users/erin")
-    assert hub_user(kc, "erin") is not None
+    # What the admin page does, in a hub admin's browser (carol: /platform-admins), here
+    # making erin an admin.
+    admin, r = login(kc, "carol", kc.realm.password("carol"))
+    assert logged_in(r), (r.status_code, r.text[:500])
+    admin.get(kc.url + "hub/home", timeout=30)  # the _xsrf cookie, as the admin page has it
+    r = admin.post(
+        kc.url + "hub/api/users/erin",
+        json={"admin": True},
+        headers={"X-XSRFToken": admin.cookies.get("_xsrf", path="/hub/")},
+        timeout=30,
+    )
+    assert r.status_code == 201, r.text
+    assert hub_user(kc, "erin")["admin"] is True
     # No local-password pages in Keycloak mode: nothing to set, nothing to approve.
     for path in ("hub/authorize", "hub/set-password?token=x", "hub/signup"):
         assert requests.get(kc.url + path, timeout=30).status_code == 404, path
@@ -299,6 +309,10 @@ def test_user_made_on_the_admin_page_logs_in_through_keycloak(kc):
     assert logged_in(r), (r.status_code, r.text[:500])
     erin = hub_user(kc, "erin")
     assert "projects:climate-adaptation" in erin["groups"]
+    # Whoever logs in with the name takes the user, not the admin flag: erin is not in
+    # /platform-admins (the realm's admin group). Without admin_groups: the unit test
+    # test_keycloak_takeover_of_an_admin_made_user_never_keeps_its_admin_flag.
+    assert erin["admin"] is False
     with sqlite3.connect(kc.state / "twinhub.sqlite") as db:
         bound = dict(db.execute("SELECT username, subject FROM oidc_identities"))
     assert bound["erin"] == kc.realm.sub("erin")

@@ -156,6 +156,10 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator, ExchangesAccessTokens)
         help="TwinhubKeycloak.identity_providers (see there).",
     ).tag(config=True)
 
+    admin_created_takeover = Bool(
+        True, help="TwinhubKeycloak.admin_created_takeover (see there)."
+    ).tag(config=True)
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._jwks: jwt.PyJWKClient | None = None
@@ -270,7 +274,17 @@ class TwinhubKeycloakAuthenticator(GenericOAuthenticator, ExchangesAccessTokens)
         existing = handler.find_user(name)
         # A hub user an admin made on the admin page while Keycloak login is on is waiting for
         # the Keycloak identity of that name: not an account "from before" to protect.
-        exists = existing is not None and not await self._admin_created(existing)
+        takeover = (
+            existing is not None
+            and self.admin_created_takeover
+            and await self._admin_created(existing)
+        )
+        exists = existing is not None and not takeover
+        if takeover and model.get("admin") is None:
+            # Whoever claims the name gets the user, not the admin flag the admin page gave
+            # it: admin comes from Keycloak (admin_groups; admin_users) or not at all. None
+            # would keep the hub's flag.
+            model["admin"] = False
         try:
             res = await asyncio.to_thread(
                 identities.resolve,

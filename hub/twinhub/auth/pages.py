@@ -14,8 +14,8 @@ from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from . import local_accounts as accounts
-from .links import new_link
-from .local_accounts import AccountError
+from .links import end_sessions, new_link
+from .local_accounts import AccountError, normalize_username
 from .passwords import generate_password
 
 
@@ -46,6 +46,11 @@ class SignupHandler(_AuthPage):
         try:
             if password != confirm:
                 raise AccountError("the two passwords differ")
+            # A hub user of that name (added on the admin page, waiting for a set-password
+            # link) is someone else's: a request for it would hand over the user, admin flag
+            # and all, once approved (at once with open_signup).
+            if self.find_user(normalize_username(name, self.authenticator.user_prefix)):
+                raise AccountError("user name taken: choose another one")
             info = await self.authenticator.request_account(name, password)
         except AccountError as e:
             await self._page("signup.html", status=400, error=str(e), username=name)
@@ -126,6 +131,11 @@ class AuthorizeHandler(_AuthPage):
         else:
             await asyncio.to_thread(accounts.delete_account, self.db_url, name)
             ns["message"] = f"account {name} deleted."
+        hub_user = self.find_user(name)
+        if hub_user is not None and action in ("revoke", "delete"):
+            # Their browser sessions end now, and set-password links made before die: once
+            # deleted, the account's state is "no account" again, as when a link was made.
+            end_sessions(self, hub_user)
         self.log.info("admin %s: %s %s", me, action, name)
         await self._render(**ns)
 

@@ -90,6 +90,17 @@ class TwinhubKeycloak(Configurable):
         "to someone else; turn on only when the names are known to be the same people.",
     ).tag(config=True)
 
+    admin_created_takeover = Bool(
+        True,
+        help="Let the first Keycloak login with a user's name take a hub user an admin made on "
+        "the hub's admin page (its servers, groups and roles; never its admin flag: that "
+        "comes from admin_groups). The name is Keycloak's preferred_username: turn this off "
+        "when people other than the intended user can claim a name in the realm (self-"
+        "registration, federated identity providers choosing names at first login). Off: "
+        "such logins are refused like any existing user's (see adopt_existing_users); create "
+        "users in Keycloak instead.",
+    ).tag(config=True)
+
     cli_client_id = Unicode(
         "twinhub-cli",
         help="Public client of `twinhub login` in the realm (device authorization grant on). "
@@ -242,6 +253,7 @@ def configure_hub(c: Any, rt) -> None:
     a.db_url = rt.db_url
     a.user_prefix = Twinhub(config=rt.config).user_prefix
     a.adopt_existing_users = kc.adopt_existing_users
+    a.admin_created_takeover = kc.admin_created_takeover
     a.admin_groups = {hub_group(g) for g in kc.admin_groups}
     a.allowed_groups = {hub_group(g) for g in kc.allowed_groups}
     # Realm membership is the allow list unless groups narrow it.

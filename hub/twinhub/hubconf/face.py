@@ -20,8 +20,23 @@ from ..process.runtime import Runtime
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 LOGO_FILE = TEMPLATES_DIR / "twinhub-logo.svg"
+
+
+def checkout_docs(module: Path) -> Path | None:
+    """``<checkout>/docs`` when ``module`` (this file) lies in a source checkout
+    (``<checkout>/hub/twinhub/hubconf/face.py`` beside ``<checkout>/pyproject.toml``), else
+    None: an installed package's parents are site-packages and above, whose ``docs`` folder,
+    if any, is not ours and must not be served to anyone without a login."""
+    parents = module.resolve().parents
+    if len(parents) < 4 or parents[2].name != "hub":
+        return None
+    if not (parents[3] / "pyproject.toml").is_file():
+        return None
+    return parents[3] / "docs"
+
+
 # A source checkout: hub/twinhub/hubconf/face.py -> <checkout>/docs.
-CHECKOUT_DOCS = Path(__file__).resolve().parents[3] / "docs"
+CHECKOUT_DOCS = checkout_docs(Path(__file__))
 # An installed package: the docs are data files under the environment's prefix.
 INSTALLED_DOCS = Path(sys.prefix) / "share" / "twinhub" / "docs"
 
@@ -56,7 +71,7 @@ class TwinhubFace(Configurable):
         """The docs directory, or None when none is found (the help page then says so)."""
         candidates = [Path(self.docs_dir)] if self.docs_dir else [CHECKOUT_DOCS, INSTALLED_DOCS]
         for d in candidates:
-            if d.is_dir():
+            if d is not None and d.is_dir():
                 return d
         return None
 

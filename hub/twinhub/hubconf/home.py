@@ -28,7 +28,9 @@ GATEWAY = "dask-gateway"
 # One token per user for the home page's look at their clusters, renewed before it expires.
 _TOKEN_LIFETIME = 3600
 _TOKEN_MARGIN = 300
-_gateway_tokens: dict[str, tuple[str, float]] = {}
+# Keyed by (user id, cookie_id), never by name: a renamed user's token must not serve a new
+# user of the old name, and ended sessions (a new cookie_id) drop it too.
+_gateway_tokens: dict[tuple[int, str], tuple[str, float]] = {}
 # What each of the platform's services is for a user (others are listed by name alone).
 SERVICE_DESCRIPTIONS = {
     "stac": "the data lake's STAC API (twinlab.datalake, pystac-client)",
@@ -55,6 +57,28 @@ def named_servers_allowed(allow_named_servers: bool, summary: dict | None) -> bo
         return True
     limit = summary["effective"].get("max_servers_per_user")
     return limit is None or limit > 1
+
+
+def _token_key(user: Any) -> tuple[int, str]:
+    return (user.orm_user.id, user.orm_user.cookie_id)
+
+
+def gateway_token(user: Any) -> str:
+    """A token of hub user ``user`` for the gateway's API, cached until near its expiry."""
+    cached = _gateway_tokens.get(_token_key(user))
+    if cached and cached[1] - time.monotonic() > _TOKEN_MARGIN:
+        return cached[0]
+    token = user.new_api_token(
+        note="twinhub home page: your Dask clusters",
+        expires_in=_TOKEN_LIFETIME,
+        scopes=[f"access:services!service={GATEWAY}"],
+    )
+    now = time.monotonic()
+    # Expired entries go: those of renamed, deleted or logged-out users are never read again.
+    for key in [k for k, (_, until) in _gateway_tokens.items() if until < now]:
+        del _gateway_tokens[key]
+    _gateway_tokens[_token_key(user)] = (token, now + _TOKEN_LIFETIME)
+    return token
 
 
 class TwinhubHomeHandler(BaseHandler):
@@ -164,18 +188,6 @@ class TwinhubHomeHandler(BaseHandler):
             for name, url in sorted(listed.items())
         ]
 
-    def _gateway_token(self, user: Any) -> str:
-        cached = _gateway_tokens.get(user.name)
-        if cached and cached[1] - time.monotonic() > _TOKEN_MARGIN:
-            return cached[0]
-        token = user.new_api_token(
-            note="twinhub home page: your Dask clusters",
-            expires_in=_TOKEN_LIFETIME,
-            scopes=[f"access:services!service={GATEWAY}"],
-        )
-        _gateway_tokens[user.name] = (token, time.monotonic() + _TOKEN_LIFETIME)
-        return token
-
     async def _clusters(self, user: Any) -> dict:
         """``{"available", "items": [{name, status, dashboard}], "error"}``: the user's own
         clusters, as the gateway answers them for the user's token."""
@@ -187,13 +199,13 @@ class TwinhubHomeHandler(BaseHandler):
         try:
             r = await AsyncHTTPClient().fetch(
                 url,
-                headers={"Authorization": f"jupyterhub {self._gateway_token(user)}"},
+                headers={"Authorization": f"jupyterhub {gateway_token(user)}"},
                 request_timeout=5,
             )
             found = json.loads(r.body or b"{}")
         except (HTTPClientError, OSError, ValueError) as e:
             self.log.warning("home page: Dask clusters of %s unknown: %s", user.name, e)
-            _gateway_tokens.pop(user.name, None)
+            _gateway_tokens.pop(_token_key(user), None)
             return {"available": True, "items": [], "error": "the gateway did not answer"}
         items = []
         for name, c in sorted(found.items()):
