@@ -13,9 +13,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from dask_gateway import GatewayCluster
+from dask_gateway.auth import JupyterHubAuth, get_auth
 from traitlets.config import Config
 
 from twinhub.gateway import ACCESS_SCOPE, GatewayPart
+from twinhub.gateway.backend import HOLD_PRELOAD_FILE
 from twinhub.process.runtime import Runtime, world_reachable
 
 
@@ -32,7 +35,7 @@ def rt(tmp_path):
     return r
 
 
-def test_configure_hub_registers_service_and_user_env(rt):
+def test_configure_hub_registers_service_and_user_env(rt, monkeypatch):
     c = Config()
     # What other modules may already have set (spawner, auth): kept, merged.
     c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", "read:users"]
@@ -54,7 +57,14 @@ def test_configure_hub_registers_service_and_user_env(rt):
     assert env["DASK_GATEWAY__ADDRESS"] == "http://127.0.0.1:18502/services/dask-gateway"
     assert env["DASK_GATEWAY__PROXY_ADDRESS"] == "gateway://127.0.0.1:18502"
     assert env["DASK_GATEWAY__PUBLIC_ADDRESS"] == "http://127.0.0.1:18500/services/dask-gateway"
-    assert env["DASK_GATEWAY__AUTH__TYPE"] == "jupyterhub"
+    # JupyterHub auth, through the class whose module fixes dask-gateway's client.
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "a-server-token")  # as in a user's server
+    auth = get_auth(env["DASK_GATEWAY__AUTH__TYPE"])
+    assert isinstance(auth, JupyterHubAuth) and GatewayCluster._twinhub_fixed
+    # The Dask sidebar makes gateway clusters.
+    assert (env["DASK_LABEXTENSION__FACTORY__MODULE"], env["DASK_LABEXTENSION__FACTORY__CLASS"]) == (
+        "dask_gateway", "GatewayCluster",
+    )  # fmt: skip
     assert callable(c.Spawner.post_stop_hook)
 
 
@@ -98,6 +108,23 @@ def test_generated_config_loads_in_dask_gateway_server(rt):
         assert auth.use_service_access_scopes  # tokens need access:services!service=dask-gateway
         spec = app.backend.cluster_options.get_specification()
         assert {f["field"] for f in spec} == {"worker_cores", "worker_memory"}
+        # Schedulers load the lease preload, and learn the grace time from the environment.
+        assert app.backend.hold_grace == 10.0
+        assert HOLD_PRELOAD_FILE.endswith("/kernel_hold.py") and Path(HOLD_PRELOAD_FILE).is_file()
+    finally:
+        DaskGateway.clear_instance()
+
+
+def test_orphan_grace_reaches_the_backend(rt):
+    from dask_gateway_server.app import DaskGateway
+
+    rt.config.merge(Config({"TwinhubGateway": {"orphan_grace": 3.5}}))
+    rt.save()  # the gateway process loads the runtime from disk
+    GatewayPart().prepare(rt, print)
+    app = DaskGateway()
+    app.initialize(["-f", str(rt.path("run", "dask_gateway_config.py"))])
+    try:
+        assert app.backend.hold_grace == 3.5
     finally:
         DaskGateway.clear_instance()
 

@@ -10,6 +10,11 @@ needs no arguments: the address and JupyterHub auth come from ``DASK_GATEWAY__*`
   account (:class:`twinhub.gateway.backend.TwinhubLocalBackend`, which fixes upstream's chown
   bug), in a per-cluster 0700 directory under ``Runtime.shared_dir``.
 
+A cluster made with ``shutdown_on_close=True`` stops when the process that made it ends, however
+it ends (a lease held by the client, :mod:`twinhub.gateway.kernel_hold`); users' servers load
+the client side through ``DASK_GATEWAY__AUTH__TYPE`` (``twinlab.clusters.client``), and the
+Dask sidebar (dask-labextension) makes gateway clusters.
+
 Dashboards are reachable only through the gateway after hub (OAuth or token) authentication,
 and only by the cluster's owner; the schedulers' and workers' own HTTP ports require the
 cluster's TLS client certificate (see :mod:`twinhub.gateway.dashboard`).
@@ -40,6 +45,7 @@ SERVICE_PREFIX = f"/services/{SERVICE_NAME}"
 SECRET_NAME = "service-dask-gateway"
 CONFIG_FILE = "run/dask_gateway_config.py"
 ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
+CLIENT_AUTH = "twinlab.clusters.client.HubAuth"
 # Scopes JupyterHub gives $JUPYTERHUB_API_TOKEN of a server by default (its 'server' role);
 # the gateway's scope is added to them.
 
@@ -73,6 +79,13 @@ class TwinhubGateway(Configurable):
         1800.0,
         min=0,
         help="Seconds after which a cluster with no work is shut down (0: never).",
+    ).tag(config=True)
+
+    orphan_grace = Float(
+        10.0,
+        min=0,
+        help="Seconds a cluster made with shutdown_on_close=True (the default) outlives the "
+        "kernel or process that created it, however that ended (killed, crashed, shut down).",
     ).tag(config=True)
 
     cluster_start_timeout = Float(
@@ -232,7 +245,14 @@ class GatewayPart(Part):
                 "DASK_GATEWAY__ADDRESS": gateway_url(rt),
                 "DASK_GATEWAY__PUBLIC_ADDRESS": public,
                 "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{port(rt)}",
-                "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+                # JupyterHub auth, whose module also fixes dask-gateway's client (a refused
+                # cluster deadlocked the others) and leases clusters to the process that
+                # made them (twinlab/clusters/client.py).
+                "DASK_GATEWAY__AUTH__TYPE": CLIENT_AUTH,
+                # The Dask sidebar (dask-labextension) makes gateway clusters, owned by the
+                # user (the server's own token); scaling from the sidebar within the limits.
+                "DASK_LABEXTENSION__FACTORY__MODULE": "dask_gateway",
+                "DASK_LABEXTENSION__FACTORY__CLASS": "GatewayCluster",
             }
         )
         c.Spawner.post_stop_hook = make_post_stop_hook(gateway_url(rt), ACCESS_SCOPE)

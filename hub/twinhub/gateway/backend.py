@@ -12,6 +12,7 @@ Both backends:
 - refuse more than ``max_clusters_per_user`` active clusters per user;
 - never add the proxy's anonymous dashboard route: dashboards go through
   :mod:`twinhub.gateway.dashboard` (hub login, owner only) over mutual TLS;
+- stop a cluster when the process that created it is gone (``kernel_hold.py``);
 - tie every scheduler/worker to the gateway process (parent-death signal) and tag it with
   ``TWINHUB_INSTANCE`` so none outlives the platform.
 
@@ -37,7 +38,7 @@ from typing import Any
 
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
-from traitlets import Bool, Integer, Unicode
+from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from twinlab.contract import ENV_INSTANCE
@@ -46,8 +47,10 @@ from ..spawn import resource_limits
 from ..spawn.os_accounts import AccountError, check_account, os_account_name
 from ..spawn.resource_limits import limit_processes
 from .dashboard import add_dashboard_routes
+from .kernel_hold import GRACE_ENV
 
 PRELOAD_FILE = str(Path(__file__).with_name("dashboard_tls.py"))
+HOLD_PRELOAD_FILE = str(Path(__file__).with_name("kernel_hold.py"))
 _PR_SET_PDEATHSIG = 1
 
 
@@ -72,6 +75,11 @@ class TwinhubBackendMixin(LoggingConfigurable):
         2, min=1, help="Most pending or running clusters per user."
     ).tag(config=True)
     dashboard = Bool(True, help="Serve cluster dashboards to their owners.").tag(config=True)
+    hold_grace = Float(
+        10.0,
+        min=0,
+        help="Seconds a cluster outlives the process that created it (kernel_hold.py).",
+    ).tag(config=True)
     service_name = Unicode(
         "dask-gateway", help="This gateway's JupyterHub service name (OAuth client)."
     ).tag(config=True)
@@ -110,8 +118,17 @@ class TwinhubBackendMixin(LoggingConfigurable):
                 except OSError:
                     break  # not empty (or gone): keep it and its parent
 
-    # -- dashboards -------------------------------------------------------------------------
+    # -- setup: the clusters directory, dashboards ------------------------------------------
+    clusters_dir_mode = 0o700  # the multi-user backend's is traversable by users' accounts
+
     async def setup(self, app: Any) -> None:
+        d = self.clusters_directory
+        if d and not os.path.isdir(d):
+            # Restarted by the supervisor after cleanup() removed it (GatewayPart.prepare,
+            # which made it first, runs only at `twinhub up`).
+            os.makedirs(os.path.dirname(d), mode=0o755, exist_ok=True)
+            os.mkdir(d, self.clusters_dir_mode)
+            os.chmod(d, self.clusters_dir_mode)
         await super().setup(app)
         if self.dashboard:
             add_dashboard_routes(app, self)
@@ -214,12 +231,14 @@ class TwinhubBackendMixin(LoggingConfigurable):
                 "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__TLS__CA_FILE": cert,
                 # Spill and scratch files stay in the private, removed-at-stop cluster dir.
                 "DASK_TEMPORARY_DIRECTORY": cluster.state["workdir"],
+                GRACE_ENV: str(self.hold_grace),
             }
         )
         return env
 
     def get_scheduler_command(self, cluster: Any) -> list[str]:
-        return [*super().get_scheduler_command(cluster), "--preload", PRELOAD_FILE]
+        cmd = super().get_scheduler_command(cluster)
+        return [*cmd, "--preload", PRELOAD_FILE, "--preload", HOLD_PRELOAD_FILE]
 
     def get_worker_command(self, cluster: Any, worker_name: str, scheduler_address=None) -> list:
         cmd = super().get_worker_command(cluster, worker_name, scheduler_address)
@@ -248,6 +267,8 @@ class TwinhubPersonalBackend(TwinhubBackendMixin, UnsafeLocalBackend):
 
 class TwinhubLocalBackend(TwinhubBackendMixin, LocalBackend):
     """Clusters as local processes of each user's OS account (multi-user mode, gateway as root)."""
+
+    clusters_dir_mode = 0o711
 
     def _account(self, username: str) -> pwd.struct_passwd:
         try:

@@ -101,6 +101,7 @@ def configure_gateway(c: Any, state_dir: str | Path) -> Runtime:
     c.TwinhubLocalBackend.state_dir = str(rt.state_dir)
     c.TwinhubBackendMixin.max_clusters_per_user = gw.max_clusters_per_user
     c.TwinhubBackendMixin.dashboard = gw.dashboard
+    c.TwinhubBackendMixin.hold_grace = gw.orphan_grace
     c.TwinhubBackendMixin.service_name = SERVICE_NAME
     c.TwinhubBackendMixin.hub_api_url = rt.hub_api_url
     c.TwinhubBackendMixin.hub_login_url = rt.url.rstrip("/") + "/hub/api/oauth2/authorize"
