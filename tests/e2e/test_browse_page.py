@@ -10,6 +10,7 @@ Uses the system Chromium (``/usr/bin/chromium``); never ``playwright install``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,14 @@ def context(site) -> Iterator:
             browser.close()
 
 
+def meta_start(lake) -> tuple[str, str]:
+    """The selected item's start_datetime (from its metadata table) as (date, HH:MM)."""
+    row = lake.locator("#metadata tr", has_text="start_datetime").inner_text()
+    m = re.search(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d)", row)
+    assert m, row
+    return m.group(1), m.group(2)
+
+
 def test_login_launcher_search_item_quicklook_copy_and_buckets(site, context, shots, tmp_path):
     p, url, password = site
     page = context.new_page()
@@ -77,7 +86,7 @@ def test_login_launcher_search_item_quicklook_copy_and_buckets(site, context, sh
 
     # -- the Launcher shows the tile; clicking it opens the page in a new tab --------------
     page.goto(url + "lab")
-    tile = page.locator(".jp-LauncherCard", has_text="Data lake")
+    tile = page.locator(".jp-LauncherCard[title^='Data lake']")
     tile.wait_for()
     page.screenshot(path=str(shots / "1-launcher.png"))
     with context.expect_page() as opened:
@@ -90,8 +99,17 @@ def test_login_launcher_search_item_quicklook_copy_and_buckets(site, context, sh
     values = lake.eval_on_selector_all("#collection option", "os => os.map(o => o.value)")
     assert "climate-dt" in values
 
+    # -- a scientist's word: "temperature" finds the 2t items, first ---------------------
+    lake.fill("#q", "temperature")
+    lake.click("#search-button")
+    lake.wait_for_function("document.querySelectorAll('#results li').length > 0")
+    found = lake.locator("#results li .id").all_inner_texts()
+    assert all("-2t-" in i for i in found[:5]), found
+    assert all("-2t-" in i or "-sst-" in i for i in found), found
+    lake.screenshot(path=str(shots / "2-temperature.png"))
+
     # -- search: text + a box dragged on the map ------------------------------------------
-    lake.fill("#q", "+msl +healpix")  # both terms (plain words mean "any of")
+    lake.fill("#q", "msl healpix")  # both words must match
     lake.select_option("#collection", "climate-dt")
     box = lake.locator("#map").bounding_box()
     # Europe-ish: 0..40 E, 30..60 N on the 360 x 180 canvas (-180..180, 90..-90)
@@ -117,6 +135,7 @@ def test_login_launcher_search_item_quicklook_copy_and_buckets(site, context, sh
     assert lake.evaluate("document.getElementById('quicklook').naturalWidth") == 720
     meta = lake.locator("#metadata").inner_text()
     assert "param" in meta and "msl" in meta
+    assert "twinhub:search" not in meta  # the lake's search text is not metadata to read
     assets = lake.locator("#assets").inner_text()
     assert "zarr" in assets and "grib" in assets
     lake.wait_for_function("document.getElementById('code-line').textContent.includes('dl.open')")
@@ -127,15 +146,23 @@ def test_login_launcher_search_item_quicklook_copy_and_buckets(site, context, sh
     assert lake.evaluate("navigator.clipboard.readText()") == code
     lake.screenshot(path=str(shots / "3-item.png"), full_page=True)
 
-    # -- another time step redraws the quick-look ----------------------------------------
+    # -- the time picker: the item's valid times as datetimes; another one redraws --------
+    labels = lake.locator("#ql-time option").all_inner_texts()
+    assert len(labels) >= 3 and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", t) for t in labels), labels  # fmt: skip
+    assert labels[0] == "{} {} UTC".format(*meta_start(lake))
     first_src = lake.get_attribute("#quicklook", "src")
-    lake.fill("#ql-time", "2")
-    lake.click("#ql-draw")
+    first_png = lake.locator("#quicklook").screenshot()
+    chosen = lake.eval_on_selector("#ql-time", "s => s.options[2].value")
+    lake.select_option("#ql-time", index=2)  # the change event redraws
     lake.wait_for_function(
-        "() => { const i = document.getElementById('quicklook');"
-        " return i.src.includes('time=2') && i.complete && i.naturalWidth > 0; }"
+        "v => { const i = document.getElementById('quicklook');"
+        " return i.src.includes('time=' + encodeURIComponent(v)) && i.complete && i.naturalWidth > 0; }",
+        arg=chosen,
     )
     assert lake.get_attribute("#quicklook", "src") != first_src
+    lake.wait_for_function("document.getElementById('ql-status').textContent === ''")
+    assert lake.locator("#quicklook").screenshot() != first_png
+    lake.screenshot(path=str(shots / "3b-time-picked.png"), full_page=True)
 
     # -- buckets: upload into the home bucket, see it listed -----------------------------
     lake.click("#tab-buckets")

@@ -93,6 +93,25 @@ def test_search_by_text_time_and_box_returns_exactly_the_matches(env):
     assert r.status_code == 200 and not _ids(r.json()) & expected
 
 
+def test_search_understands_scientists_words(env):
+    """The page's search is the STAC API's free text: "temperature" finds 2t (first) and sst,
+    words must all match, OR joins."""
+    _, _, items, _, _ = env
+    r = _get(env, "twinlab/api/lake/search", q="temperature", limit=100)
+    assert r.status_code == 200, r.text
+    params = [f["properties"]["param"] for f in r.json()["features"]]
+    n2t = sum(1 for i in items if i["properties"]["param"] == "2t")
+    assert params[: min(n2t, 100)] == ["2t"] * min(n2t, 100)
+    assert set(params) <= {"2t", "sst"}
+    r = _get(env, "twinlab/api/lake/search", q="2t healpix", limit=100)
+    assert r.status_code == 200, r.text
+    for f in r.json()["features"]:
+        assert f["properties"]["param"] == "2t"
+        assert f["properties"]["twinhub:grid"]["grid_type"] == "healpix"
+    r = _get(env, "twinlab/api/lake/search", q="2t OR tp", limit=100)
+    assert {f["properties"]["param"] for f in r.json()["features"]} == {"2t", "tp"}
+
+
 def test_search_passes_the_federation_report_through(env):
     """Whatever the STAC service says about its sources (``twinhub:sources`` and
     ``twinhub:warnings`` of a federated search) reaches the page unchanged."""

@@ -178,3 +178,143 @@ def test_data_seed_cli_reloads_idempotently_and_names_bad_sizes(lake):
     assert len(served) == len(items)  # upserted, not duplicated
     r = p.cli("data", "seed", "--size", "huge", check=False)
     assert r.returncode == 2 and "--size must be one of small, medium, large" in r.stderr
+
+
+# ---- free text (q): AND by default, OR, synonyms, grids, exact parameters first ----------
+def _grid_type(i: dict) -> str:
+    return i["properties"]["twinhub:grid"]["grid_type"]
+
+
+def _stac_get(p, **params):
+    import requests
+
+    return requests.get(
+        p.url + "services/stac/search",
+        params=params,
+        headers={"Authorization": f"token {p.token(USER)}"},
+        timeout=60,
+    )
+
+
+def _all_pages(p, params: dict) -> list[dict]:
+    """Every page of a GET search, following the next links."""
+    import requests
+
+    out: list[dict] = []
+    r = _stac_get(p, **params)
+    for _ in range(100):
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        out += doc["features"]
+        nxt = [lk for lk in doc["links"] if lk["rel"] == "next"]
+        if not nxt:
+            return out
+        assert "filter" not in nxt[0]["href"]  # the client's own q, not the filter it became
+        r = requests.get(
+            nxt[0]["href"], headers={"Authorization": f"token {p.token(USER)}"}, timeout=60
+        )
+    raise AssertionError("more than 100 pages")
+
+
+def _post_all(p, q: str, limit: int = 100) -> list[dict]:
+    """Every page of a POST search, following the next links (their bodies)."""
+    import requests
+
+    out: list[dict] = []
+    body: dict = {"q": q, "limit": limit}
+    for _ in range(100):
+        r = requests.post(
+            p.url + "services/stac/search",
+            json=body,
+            headers={"Authorization": f"token {p.token(USER)}"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        out += doc["features"]
+        nxt = [lk for lk in doc["links"] if lk["rel"] == "next"]
+        if not nxt:
+            return out
+        body = nxt[0]["body"]
+        assert body["q"] == q and "filter" not in body
+    raise AssertionError("more than 100 pages")
+
+
+def _fids(features: list[dict]) -> set[str]:
+    return {f["id"] for f in features}
+
+
+def test_free_text_temperature_finds_2t_first(lake):
+    p, _, items, client = lake
+    got = _post_all(p, "temperature", limit=50)
+    params = [f["properties"]["param"] for f in got]
+    # "2 metre temperature" (2t, by synonym and long name) and "sea surface temperature"
+    expected = {i["id"] for i in items if i["properties"]["param"] in ("2t", "sst")}
+    assert got and {f["id"] for f in got} == expected and len(got) == len(expected)
+    n2t = params.count("2t")
+    assert n2t and params[:n2t] == ["2t"] * n2t  # every 2t item before any other
+    assert set(params[n2t:]) == {"sst"}
+    # GET, small pages: the same ranking across page boundaries, nothing twice
+    paged = _all_pages(p, {"q": "temperature", "limit": "7"})
+    assert [f["id"] for f in paged] == [f["id"] for f in got]
+
+
+def test_free_text_words_must_all_match(lake):
+    p, _, items, client = lake
+    got = _post_all(p, "2t healpix")
+    expected = {
+        i["id"] for i in items if i["properties"]["param"] == "2t" and _grid_type(i) == "healpix"
+    }
+    assert expected and {f["id"] for f in got} == expected
+    for f in got:
+        assert f["properties"]["param"] == "2t" and _grid_type(f) == "healpix"
+    # a multi-word variable name is one term: sst, not "sea" and "surface" and "temperature"
+    sst = _post_all(p, "sea surface temperature")
+    assert sst and {f["properties"]["param"] for f in sst} == {"sst"}
+    assert _fids(_post_all(p, '"total precipitation" octahedral')) == {
+        i["id"] for i in items if i["properties"]["param"] == "tp" and _grid_type(i) == "octahedral"
+    }
+
+
+def test_free_text_or_and_exclusion(lake):
+    p, _, items, client = lake
+    both = {i["id"] for i in items if i["properties"]["param"] in ("2t", "tp")}
+    # (OR separates groups of words that must all match: "-sst" belongs to "temperature")
+    for q in ("2t OR tp", "2t or tp", "2t,tp", "temperature -sst OR precipitation"):
+        assert _fids(_post_all(p, q, limit=200)) == both, q
+    assert {f["properties"]["param"] for f in _post_all(p, "wind")} == {"10u", "10v"}
+    assert {f["properties"]["param"] for f in _post_all(p, "pressure")} == {"msl"}
+
+
+@pytest.mark.parametrize(
+    ("q", "words"),
+    [
+        ('"unclosed', "unclosed quote"),
+        ("(2t OR tp) healpix", "parentheses"),
+        (",", "no search terms"),
+    ],
+)
+def test_bad_free_text_is_a_400_naming_it(lake, q, words):
+    p, _, _, _ = lake
+    r = _stac_get(p, q=q)
+    assert r.status_code == 400 and words in r.text, r.text
+
+
+def test_free_text_from_a_kernel_with_twinlab_datalake(lake):
+    p, _, items, _ = lake
+    out = _kernel(
+        p,
+        """
+        from twinlab import datalake as dl
+        t = dl.search(q="temperature", max_items=None)
+        h = dl.search(q="2t healpix", max_items=None)
+        o = dl.search(q="2t OR tp", max_items=None)
+        out = {"t": [i.properties["param"] for i in t.items],
+               "h": sorted((i.properties["param"], i.properties["twinhub:grid"]["grid_type"]) for i in h.items),
+               "o": sorted({i.properties["param"] for i in o.items})}
+        """,
+    )
+    n2t = sum(1 for i in items if i["properties"]["param"] == "2t")
+    assert out["t"][:n2t] == ["2t"] * n2t and set(out["t"][n2t:]) == {"sst"}
+    assert out["h"] and set(map(tuple, out["h"])) == {("2t", "healpix")}
+    assert out["o"] == ["2t", "tp"]

@@ -336,3 +336,62 @@ def test_without_sources_the_lake_alone_answers_and_checks_the_sources_parameter
         assert r.status_code == 400 and "unknown source(s) 'elsewhere'" in r.json()["description"]
     r = requests.post(url, json={"sources": ["elsewhere"]}, headers=headers, timeout=30)
     assert r.status_code == 400 and "this API searches local" in r.json()["description"]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_free_text_matches_static_and_remote_items_by_the_lakes_rules(fed, method):
+    """q over the lake, a static catalogue and a remote STAC API: every source's items by
+    the same rules (all words, synonyms, grid names in object fields), the items whose
+    parameter q names first, across sources and pages."""
+    from twinlab.contract import parse_free_text
+
+    q = "temperature healpix"
+    sources = "local,remote,api" if method == "GET" else ["local", "remote", "api"]
+    pages = search_all(fed, method, q=q, limit=5, sources=sources)
+    feats = [f for p in pages for f in p["features"]]
+    assert all(p["twinhub:warnings"] == [] for p in pages)
+    got = {k: set(v) for k, v in ids_by_source(feats).items()}
+    keys = [(f["properties"]["twinhub:source"], f["id"]) for f in feats]
+    assert len(keys) == len(set(keys))  # no item twice (the ranking phases do not overlap)
+    # "temperature": 2t by synonym and long name, sst by its long name (a word of the
+    # cube:variables object); "healpix" a word of the grid object. 2t (named) comes first.
+    for f in feats:
+        props = f["properties"]
+        assert props["param"] in ("2t", "sst") and "healpix" in props["twinhub:grid"]["id"], f
+    named = [f["properties"]["param"] == "2t" for f in feats]
+    assert named == sorted(named, reverse=True) and any(named) and not all(named)
+    query = parse_free_text(q)
+    static_want = {i["id"] for i in fed.static_items if query.matches(i)}
+    assert static_want and got["remote"] == static_want
+    assert got["local"] == {i["id"] for i in fed.local_items if query.matches(i)}
+    assert "api" not in got  # its items are on the gaussian grid: none matches "healpix"
+    # "tp OR temperature" names 2t and tp: those of every source come before sst (matched
+    # by its long name only), across pages; the api's msl items match neither
+    pages = search_all(fed, method, q="tp OR temperature", limit=7, sources=sources)
+    params = [f["properties"]["param"] for p in pages for f in p["features"]]
+    assert set(params) == {"2t", "tp", "sst"}
+    first_sst = params.index("sst")
+    assert set(params[first_sst:]) == {"sst"} and len(params[:first_sst]) > 7
+    by_source = ids_by_source([f for p in pages for f in p["features"]])
+    assert set(by_source["api"]) == expected_2t(fed)["api"]  # api: 2t and msl; q names 2t
+
+
+def test_remote_apis_get_the_users_q_and_filter_not_the_lakes_cql2():
+    """What a remote API is sent for a free-text search: the client's q (the free-text
+    extension) and the client's own filter, never the lake's filter on its search text."""
+    from twinhub.services.datalake.federation.params import FreeText, from_query
+    from twinlab.contract import parse_free_text
+
+    params = from_query("filter=param%3D%272t%27&q=ignored", 100)
+    own = params.filter
+    params.filter = {"op": "and", "args": [own, parse_free_text("wind").to_cql2()]}
+    params.free_text = FreeText(parse_free_text("wind"), "wind", own, exact=True)
+    body = params.remote_body(10, None)
+    assert body["q"] == "wind" and body["filter"] == own
+    query = params.remote_query(10, None)
+    assert query["q"] == "wind" and "twinhub:search" not in query["filter"]
+    # items the API returns are checked here: phase "exact" takes 10u/10v only
+    item = {"id": "x", "properties": {"param": "10u", "title": "10 metre wind"}}
+    assert params.free_text.accepts(item)
+    assert not FreeText(parse_free_text("wind"), "wind", own, exact=False).accepts(item)
+    assert not params.free_text.accepts({"id": "y", "properties": {"param": "tp"}})

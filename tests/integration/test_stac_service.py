@@ -298,3 +298,62 @@ def test_users_kernels_cannot_reach_the_database_or_the_api_without_a_token(stac
     assert out["direct"] == 401, out
     assert out["env_url"] == url, out
     assert out["with_server_token"] == 200, out
+
+
+def test_items_get_their_search_text_whatever_writes_them(stac):
+    """The lake's free-text search text (twinhub:search) is written by the database on every
+    insert and update (a client's value is replaced), filled in for items that lack it when
+    the platform starts (idempotent), and is what q finds."""
+    import psycopg
+
+    from twinhub.services.datalake.database import DBNAME, local_cluster
+    from twinhub.services.datalake.search_text import install_sql
+
+    p, _, call, _ = stac
+    r = call("POST", "collections", user="stacy", json=collection("stacy-text"))
+    assert r.status_code in (200, 201), r.text
+    variables = {"siconc": {"type": "data", "description": "Sea-ice area fraction", "unit": "%"}}
+    body = item("stacy-text", "t1", title="Sea ice concentration", **{"cube:variables": variables})
+    body["properties"]["twinhub:search"] = "FORGED"
+    r = call("POST", "collections/stacy-text/items", user="stacy", json=body)
+    assert r.status_code in (200, 201), r.text
+
+    def found(q: str) -> list[str]:
+        params = {"collections": "stacy-text", "q": q}
+        r = call("GET", "search", user="stan", params=params)
+        assert r.status_code == 200, r.text
+        return [f["id"] for f in r.json()["features"]]
+
+    text = call("GET", "collections/stacy-text/items/t1", user="stan").json()["properties"]
+    assert (
+        "FORGED" not in text["twinhub:search"] and "  ICE  CONCENTRATION" in text["twinhub:search"]
+    )
+    assert found("ice fraction") == ["t1"]  # title and a variable's description: both words
+    assert found("area") == ["t1"] and found("rea") == []  # at a word start only
+    assert found("ice -fraction") == [] and found("snow") == []
+    # an update rewrites it
+    body["properties"]["title"] = "Snow depth"
+    r = call("PUT", "collections/stacy-text/items/t1", user="stacy", json=body)
+    assert r.status_code == 200, r.text
+    assert found("snow") == ["t1"] and found("concentration") == []
+
+    # an item written without it (a database from before, triggers off) gets it at start-up
+    rt = Runtime.load(p.state)
+    pg = local_cluster(rt)
+    pg._psql(
+        "SET session_replication_role = replica;\n"
+        "UPDATE pgstac.items SET content = content #- '{properties,twinhub:search}' "
+        "WHERE collection = 'stacy-text';\n",
+        DBNAME,
+    )
+    assert found("snow") == []
+    pg._psql(install_sql(), DBNAME)  # what initialize runs at every start
+    pg._psql(install_sql(), DBNAME)  # twice: nothing changes
+    assert found("snow") == ["t1"]
+    with psycopg.connect(connection(rt).libpq_dsn()) as db:
+        stale = db.execute(
+            "SELECT count(*) FROM pgstac.items WHERE content->'properties'->>'twinhub:search' "
+            "IS DISTINCT FROM pgstac.twinhub_search_text(id, collection, content)"
+        ).fetchone()[0]
+    assert stale == 0  # every item of the lake (the seed included) carries its text
+    assert call("DELETE", "collections/stacy-text", user="stacy").status_code in (200, 204)

@@ -99,5 +99,5 @@ def search_page(
         kept += [f for f in page if text.matches_json(f)]
         token = next_token(doc)
         if not token or len(kept) >= limit or scanned >= scan:
-            return doc, kept, token
+            return doc, sorted(kept, key=text.rank), token
         req["token"] = token

@@ -231,8 +231,12 @@ def search(
     reported as a :class:`SourceWarning` and in the result's ``warnings``.
 
     ``**properties`` are equality filters on item properties (``param="2t"``,
-    ``resolution="standard"``; lists mean "any of").  ``q`` is free text; an API without
-    item-search free text (stac-fastapi-pgstac) gets it applied here, to each result.  ``max_items=None`` fetches every
+    ``resolution="standard"``; lists mean "any of").  ``q`` is free text: every word must
+    match unless ``OR`` separates them (``"2t healpix"``, ``"2t OR tp"``), ``"quoted
+    phrases"``, ``-word`` excludes; words match variables' long names and units
+    (``"temperature"`` finds ``2t``), titles, descriptions, collections and grids, and items
+    of the parameter named come first (:func:`twinlab.contract.parse_free_text`). An API
+    without item-search free text gets it applied here.  ``max_items=None`` fetches every
     match, page by page (``limit`` items per page).
     """
     bbox = check_bbox(bbox)
@@ -243,7 +247,7 @@ def search(
     if not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise ValueError(f"limit (page size) must be an integer in 1..10000, got {limit!r}")
     if q is not None and not isinstance(q, str):
-        q = ",".join(str(t) for t in q)  # the free-text extension's "any of these terms"
+        q = ",".join(str(t) for t in q)  # the free-text extension's list: any of these terms
     text = FreeText.parse(q) if q is not None else None
     names = check_sources(sources)
     cat = client(url, token)
@@ -314,10 +318,13 @@ def _collect(found: Any, max_items: int | None, text: FreeText | None) -> Any:
             if text is not None and not text.matches(item):
                 continue
             kept.append(item)
-            if max_items is not None and len(kept) >= max_items:
+            if text is None and max_items is not None and len(kept) >= max_items:
                 break
-        if max_items is not None and len(kept) >= max_items:
+        if text is None and max_items is not None and len(kept) >= max_items:
             break
+    if text is not None:  # matched here: every match is read, exact parameters first
+        kept.sort(key=text.rank)
+        kept = kept if max_items is None else kept[:max_items]
     result = _item_collection_class()(kept)
     result.warnings, result.sources = said, statuses
     for w in said:

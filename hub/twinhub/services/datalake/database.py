@@ -19,8 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
+import psycopg
+
 from ...process.postgres import LocalPostgres, PostgresError
 from ...process.runtime import Runtime
+from .search_text import install_sql
 
 DBNAME = "stac"
 EXTENSIONS = ("postgis", "btree_gist", "unaccent")
@@ -139,6 +142,7 @@ def initialize(rt: Runtime, pg: LocalPostgres) -> None:
     if r.returncode != 0:
         raise PostgresError(f"pypgstac migrate failed: {(r.stderr or r.stdout).strip()[-800:]}")
     pg._psql(f"GRANT pgstac_ingest TO {pg.role};\n", DBNAME)
+    pg._psql(install_sql(), DBNAME)  # free text's search text (its trigger, index, backfill)
 
 
 def migrate_external(conn: Connection) -> None:
@@ -150,3 +154,5 @@ def migrate_external(conn: Connection) -> None:
 
     with PgstacDB(dsn=conn.libpq_dsn()) as db:
         Migrate(db).run_migration()
+    with psycopg.connect(conn.libpq_dsn(), autocommit=True) as db:
+        db.execute(install_sql())  # free text's search text (its trigger, backfill)

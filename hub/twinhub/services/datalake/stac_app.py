@@ -13,14 +13,18 @@ when there are none), then stac-fastapi-pgstac.
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from typing import Any
 
+import cql2
 import jsonpatch
 import jsonpointer
 from brotli_asgi import BrotliMiddleware
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from stac_fastapi.pgstac import core as _pgstac_core
 from stac_fastapi.pgstac.app import instantiate_api
 from stac_fastapi.pgstac.config import PostgresSettings, Settings
 from stac_fastapi.pgstac.db import close_db_connection, connect_to_db
@@ -33,6 +37,7 @@ from ..service_config import read_service_config
 from . import StacPart
 from .database import Connection
 from .federation import FederationMiddleware, federation_from_config
+from .free_text import ITEM_FREE_TEXT, FreeTextMiddleware
 from .guard import REFUSALS, UNAVAILABLE, GuardMiddleware
 
 PUBLIC_PATHS = ("_mgmt/ping",)
@@ -91,6 +96,37 @@ def add_database_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(exc, unavailable)
 
 
+class _OnceValidatedExpr:
+    """stac-fastapi-pgstac's ``cql2.Expr`` for GET searches, validating each distinct filter
+    once: ``Expr.validate`` compiles the CQL2 JSON schema at every call (~15-30 ms, more than
+    pgstac's whole search), and the same filters come again and again (a free-text ``q``'s
+    ranking phases, page after page, the page's repeated searches)."""
+
+    def __init__(self, value: Any) -> None:
+        self._expr = cql2.Expr(value)
+        self._key = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+    def validate(self) -> None:
+        _validate(self._key, self._expr)
+
+    def to_json(self) -> Any:
+        return self._expr.to_json()
+
+
+def _validate(key: str, expr: Any) -> None:
+    if key in _VALID:
+        _VALID.move_to_end(key)
+        return
+    expr.validate()  # raises on an invalid filter: only valid ones are remembered
+    _VALID[key] = True
+    if len(_VALID) > _MAX_VALID:
+        _VALID.popitem(last=False)
+
+
+_VALID: OrderedDict[str, bool] = OrderedDict()
+_MAX_VALID = 4096
+
+
 def _build(cfg: dict[str, Any], wrapped: bool) -> FastAPI:
     conn = Connection(**cfg["connection"])
     prefix = "/" + cfg["prefix"].strip("/")
@@ -125,7 +161,10 @@ def _build(cfg: dict[str, Any], wrapped: bool) -> FastAPI:
     app = api.app
     if not wrapped:
         return app
+    # pgstac's item search ignores q; ours does it (FreeTextMiddleware), and says so
+    api.client.base_conformance_classes = [*api.client.base_conformance_classes, ITEM_FREE_TEXT]
     add_database_error_handlers(app)
+    _pgstac_core.Expr = _OnceValidatedExpr  # see _OnceValidatedExpr
     # Compression goes outermost (added last, below): every layer sees plain bodies (the JSON
     # errors of asgi rewrite them) and the federation's own answers get compressed too.
     app.user_middleware = [m for m in app.user_middleware if m.cls is not BrotliMiddleware]
@@ -137,6 +176,8 @@ def _build(cfg: dict[str, Any], wrapped: bool) -> FastAPI:
         federation=federation_from_config(cfg),
         max_page_size=int(cfg.get("max_page_size", 1000)),
     )
+    # Free text of item searches becomes a CQL2 filter (and a ranking) above the federation.
+    app.add_middleware(FreeTextMiddleware, prefix=prefix + "/")
     app.add_middleware(
         GuardMiddleware,
         prefix=prefix + "/",

@@ -438,32 +438,147 @@ def test_intake_catalog_lists_collections_then_items_then_reads(lake_items):
 
 
 # ---- free text --------------------------------------------------------------------------
-def test_free_text_parses_like_the_extension():
-    from twinlab.datalake.freetext import FreeText
+def test_free_text_words_must_all_match_unless_or():
+    from twinlab.contract import parse_free_text
 
-    t = FreeText.parse('temperature,"total precipitation" +climate -hourly OR x')
-    assert t.anyof == ["temperature", "total precipitation", "x"]
-    assert (t.required, t.excluded) == (["climate"], ["hourly"])
-    for bad, message in (('"open', "unclosed quote"), (" , ", "no search terms")):
+    q = parse_free_text('2t healpix OR "total precipitation" -hourly, x')
+    assert [[t.words for t in g] for g in q.groups] == [
+        [("2t",), ("healpix",)],
+        [("total precipitation",), ("hourly",)],
+        [("x",)],
+    ]
+    assert [t.negated for t in q.groups[1]] == [False, True]
+    assert parse_free_text("a or b").groups == parse_free_text("a OR b").groups
+    assert len(parse_free_text("a AND b").groups[0]) == 2  # AND is the default, said or not
+    for bad, message in (
+        ('"open', "unclosed quote"),
+        (" , ", "no search terms"),
+        ("(a OR b) c", "parentheses"),
+        (" ".join(f"w{i}" for i in range(17)), "more than 16 terms"),
+    ):
         with pytest.raises(ValueError, match=message):
-            FreeText.parse(bad)
+            parse_free_text(bad)
 
 
-def test_free_text_terms_match_at_word_starts():
-    from types import SimpleNamespace
+def test_free_text_synonyms_name_parameters():
+    from twinlab.contract import parse_free_text
 
-    from twinlab.datalake.freetext import FreeText
+    assert set(parse_free_text("temperature").params) >= {"2t", "t2m"}
+    assert set(parse_free_text("precipitation").params) >= {"tp"}
+    assert set(parse_free_text("wind").params) >= {"10u", "10v"}
+    assert set(parse_free_text("pressure").params) >= {"msl"}
+    assert set(parse_free_text("T2M").params) >= {"2t"}  # case does not matter
+    # a multi-word name is one term (and not "temperature": 2t)
+    (sst,) = parse_free_text("sea surface temperature").groups[0]
+    assert sst.words == ("sea surface temperature",) and "2t" not in sst.params
+    assert "sst" in sst.params
+    # grids: a user's word, the records' word
+    (hpx,) = parse_free_text("hpx").groups[0]
+    assert "healpix" in hpx.words
+    assert parse_free_text("-sst").params == ()  # only excludes: nothing ranks first
 
-    item = SimpleNamespace(
-        id="cdt-healpix-h128-msl-20300102",
-        properties={"param": "msl", "datetime": "2030-01-02T00:00:00Z", "title": "Mean sea level"},
-    )
-    assert not FreeText.parse("2t").matches(item)  # not the '02T00' of the date
-    assert FreeText.parse("heal").matches(item) and FreeText.parse("+msl +healpix").matches(item)
-    assert FreeText.parse('"sea level"').matches(item) and FreeText.parse("2030-01-02").matches(
-        item
-    )
-    assert not FreeText.parse("ea").matches(item)  # inside 'mean'/'sea' only
+
+def _item(param: str, long_name: str, grid: dict, iid: str = "", **props):
+    return {
+        "id": iid or f"cdt-{grid['id']}-{param}-20300102",
+        "collection": "climate-dt",
+        "properties": {
+            "param": param,
+            "datetime": "2030-01-02T00:00:00Z",
+            "cube:variables": {param: {"type": "data", "unit": "K", "description": long_name}},
+            "twinhub:grid": grid,
+            **props,
+        },
+    }
+
+
+HPX = {"id": "healpix-h128", "grid_type": "healpix", "healpix_nside": 128}
+OGRID = {"id": "octahedral-o96", "grid_type": "octahedral", "gaussian_N": 96}
+
+
+def test_free_text_matches_long_names_grids_and_word_starts():
+    from twinlab.contract import parse_free_text
+
+    t2 = _item("2t", "2 metre temperature", HPX)
+    sst = _item("sst", "sea surface temperature", OGRID)
+    msl = _item("msl", "mean sea level pressure", HPX, title="Mean sea level")
+
+    def found(q: str) -> list[str]:
+        return [i["properties"]["param"] for i in (t2, sst, msl) if parse_free_text(q).matches(i)]
+
+    assert found("temperature") == ["2t", "sst"]
+    assert found("2t healpix") == ["2t"]
+    assert found("2t OR msl") == ["2t", "msl"]
+    assert found("sea surface temperature") == ["sst"]
+    assert found("o96") == found("octahedral") == found("o-grid") == ["sst"]
+    assert found("hpx") == found("heal") == ["2t", "msl"]
+    assert found('"sea level"') == ["msl"]
+    assert found("temperature -healpix") == ["sst"]
+    assert found("2t") == ["2t"]  # datetimes are not searched: never the '02T00' of a date
+    assert found("ea") == []  # inside 'mean'/'sea' only: not a word start
+    assert found("k") == ["2t", "sst", "msl"]  # units: kelvin
+
+
+def test_free_text_ranks_exact_parameters_first():
+    from twinlab.contract import parse_free_text
+
+    q = parse_free_text("temperature")
+    sst = _item("sst", "sea surface temperature", OGRID)
+    t2 = _item("2t", "2 metre temperature", HPX)
+    assert sorted([sst, t2], key=q.rank) == [t2, sst]
+    assert q.rank(_item("T2M", "2 metre temperature", HPX)) == 0
+
+
+def test_free_text_as_cql2_is_one_like_per_word_on_the_search_text():
+    """The STAC API's filter (checked against the seeded lake by the integration tests):
+    one ``like`` per word on the lake's search text (word starts marked), the parameters by
+    equality; negated parameters only where the item has one (SQL's NULL)."""
+    from twinlab.contract import SEARCH_MARK, SEARCH_TEXT_PROPERTY, parse_free_text
+
+    f = parse_free_text("heal").to_cql2()
+    assert f["op"] == "or"
+    likes = [a for a in f["args"] if a["op"] == "like"]
+    assert len(likes) == 1 and likes[0]["args"][0] == {"property": SEARCH_TEXT_PROPERTY}
+    assert likes[0]["args"][1] == f"%{SEARCH_MARK}HEAL%"  # the text is upper-cased
+    assert [a for a in f["args"] if a["op"] == "in"] == [
+        {"op": "in", "args": [{"property": "param"}, ["heal", "HEAL"]]}
+    ]
+    accented = parse_free_text("température").to_cql2()["args"][-1]["args"][1]
+    assert accented == {"op": "casei", "args": [f"%{SEARCH_MARK}température%"]}  # the DB's upper
+    # a phrase: the mark after each word-start character, as in the stored text
+    phrase = parse_free_text('"2 metre"').to_cql2()  # a phrase is no parameter's name
+    assert phrase["args"][1] == f"%{SEARCH_MARK}2 {SEARCH_MARK}METRE%"
+    both = parse_free_text("2t OR tp").to_cql2()
+    assert both["op"] == "or" and len(both["args"]) == 2
+    neg = parse_free_text("-sst").to_cql2()
+    assert neg["op"] == "not" and "isNull" in json.dumps(neg)
+    assert parse_free_text("-sst").exact_cql2() is None
+
+
+@pytest.mark.parametrize(
+    "field, word, found",
+    [
+        ("2 metre temperature", "temperature", True),
+        ("2 metre temperature", "metre temp", True),
+        ("2 metre temperature", "etre", False),
+        ("healpix-h128", "h128", True),
+        ("reduced_gaussian", "gaussian", True),
+        ("reduced_gaussian", "reduced_gaussian", True),
+        ('{"name": "2t", "units": "k"}', "k", True),
+        ("surface (sfc)", "sfc", True),
+        ("a/b", "b", True),
+        ("ab", "b", False),
+        ("a  b", "b", True),
+        ("x-", "x-", True),
+    ],
+)
+def test_marked_search_text_finds_exactly_the_word_starts(field, word, found):
+    """The lake's search text (one ``LIKE '%<mark>word%'``) agrees with the word-start rule
+    of :meth:`FreeTextTerm.found` (what static catalogues and clients use)."""
+    from twinlab.contract import FreeTextTerm, mark_words
+
+    assert (mark_words(word) in mark_words(field)) is found
+    assert FreeTextTerm((word,), ()).found([field], "") is found
 
 
 def test_free_text_is_applied_to_items_when_the_api_cannot(lake_items):
@@ -473,9 +588,12 @@ def test_free_text_is_applied_to_items_when_the_api_cannot(lake_items):
     body = next(r["body"] for r in FakeStac.seen if r["path"].endswith("/search"))
     assert "q" not in body  # the server would ignore it and return everything
     assert [i.id for i in dl.search(q="+climate -accumulated")] == ["h8-2t-20200101"]
-    assert len(dl.search(q=["temperature", "precipitation"])) == 2
-    assert len(dl.search(q="temperature precipitation", max_items=1)) == 1
+    assert len(dl.search(q=["temperature", "precipitation"])) == 2  # a list: any of them
+    assert len(dl.search(q="temperature OR precipitation", max_items=1)) == 1
+    assert len(dl.search(q="temperature precipitation")) == 0  # both words: no item
     assert len(dl.search(q="snow")) == 0
+    # exact parameter matches first, whatever order the API gave
+    assert [i.id for i in dl.search(q="tp OR climate")] == ["h8-tp-20200101", "h8-2t-20200101"]
 
 
 # ---- the data lake page's pages (twinlab.datalake.pages, through the same client) --------

@@ -205,6 +205,7 @@ async function showItem(f) {
   const meta = $("metadata").tBodies[0];
   meta.textContent = "";
   for (const [k, v] of Object.entries(f.properties || {}).sort()) {
+    if (k === "twinhub:search") continue; // the lake's search text: for q, not for reading
     const tr = el("tr");
     tr.appendChild(el("th", k));
     tr.appendChild(el("td", typeof v === "object" ? JSON.stringify(v) : v));
@@ -221,7 +222,7 @@ async function showItem(f) {
   const sel = $("ql-asset");
   sel.textContent = "";
   for (const [k] of dataAssets(f)) sel.appendChild(el("option", k));
-  $("ql-time").value = "0";
+  fillTimes(f);
   $("code-line").textContent = "";
   $("copy-status").textContent = "";
   drawQuicklook();
@@ -232,6 +233,55 @@ async function showItem(f) {
     $("code-line").textContent = "# " + e.message;
   }
 }
+
+// ---- time picker: the item's valid times, from its datacube time dimension -------------
+const MAX_TIMES = 2000;
+
+function isoDuration(text) {
+  // PnDTnHnMnS (what datacube steps say) in milliseconds; 0 when not understood
+  const m = /^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$/.exec(text || "");
+  if (!m) return 0;
+  return (((+(m[1] || 0) * 24 + +(m[2] || 0)) * 60 + +(m[3] || 0)) * 60 + +(m[4] || 0)) * 1000;
+}
+
+function validTimes(f) {
+  // the item's time dimension (extent + step), else its start/end, else its datetime
+  const props = f.properties || {};
+  const dims = props["cube:dimensions"] || {};
+  const tdim = Object.values(dims).find((d) => d && d.type === "temporal");
+  const start = Date.parse((tdim && tdim.extent && tdim.extent[0]) || props.start_datetime || props.datetime || "");
+  const end = Date.parse((tdim && tdim.extent && tdim.extent[1]) || props.end_datetime || "");
+  const step = isoDuration(tdim && tdim.step);
+  if (isNaN(start)) return [];
+  if (isNaN(end) || end <= start) return [new Date(start)];
+  if (!step) return [new Date(start), new Date(end)];
+  const out = [];
+  for (let t = start; t <= end && out.length < MAX_TIMES; t += step) out.push(new Date(t));
+  return out;
+}
+
+function timeLabel(d) {
+  return d.toISOString().replace("T", " ").replace(/:00\.000Z$/, " UTC");
+}
+
+function fillTimes(f) {
+  const sel = $("ql-time");
+  sel.textContent = "";
+  const times = validTimes(f);
+  for (const d of times) {
+    const o = el("option", timeLabel(d));
+    o.value = d.toISOString().replace(/\.000Z$/, "Z");
+    sel.appendChild(o);
+  }
+  if (!times.length) {
+    const o = el("option", "first time step");
+    o.value = "0";
+    sel.appendChild(o);
+  }
+  sel.disabled = times.length < 2;
+}
+
+$("ql-time").addEventListener("change", drawQuicklook);
 
 function drawQuicklook() {
   const f = state.selected, img = $("quicklook");

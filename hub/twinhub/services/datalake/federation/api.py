@@ -68,6 +68,8 @@ class RemoteApi:
         warnings = [dropped] if dropped else []
         if src.collections:  # whatever the API does with the filter, expose only these
             items = [f for f in items if f.get("collection") in src.collections]
+        if params.free_text is not None:  # whatever the API made of q: the platform's rules
+            items = [f for f in items if params.free_text.accepts(f)]
         matched = doc.get("numberMatched", (doc.get("context") or {}).get("matched"))
         nxt, warning = self._next_cursor(doc)
         if warning:

@@ -106,12 +106,12 @@ class LocalLake:
         matched = doc.get("numberMatched", (doc.get("context") or {}).get("matched"))
         return Page(
             [f for f in doc.get("features") or () if isinstance(f, dict)],
-            next=_next_token(doc),
+            next=next_token(doc),
             matched=matched if isinstance(matched, int) else None,
         )
 
 
-def _next_token(doc: dict[str, Any]) -> str | None:
+def next_token(doc: dict[str, Any]) -> str | None:
     """pgstac's paging token from its ``next`` link (GET: in the query; POST: in the body)."""
     for link in doc.get("links") or ():
         if isinstance(link, dict) and link.get("rel") == "next":

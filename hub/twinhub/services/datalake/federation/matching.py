@@ -1,5 +1,6 @@
 """Item search on items held in memory (static catalogues): ids, collections, bbox,
-datetime and CQL2 ``filter`` with the same meaning as the STAC API item search."""
+datetime, CQL2 ``filter`` and free text ``q`` with the same meaning as the STAC API item
+search (free text by :meth:`twinlab.contract.FreeTextQuery.matches`, the lake's own rules)."""
 
 from __future__ import annotations
 
@@ -87,10 +88,12 @@ class Matcher:
         self.ids = set(params.ids) if params.ids else None
         self.collections = set(collections) if collections else None
         self.expr = None
-        if params.filter is not None:
+        # free text: the platform's rules in Python (the lake's CQL2 form needs its search text)
+        self.free_text = params.free_text
+        if params.source_filter is not None:
             import cql2  # start-up cost: only searches with a filter need it
 
-            self.expr = cql2.parse_json(json.dumps(params.filter))
+            self.expr = cql2.parse_json(json.dumps(params.source_filter))
 
     def __call__(self, item: dict[str, Any]) -> bool:
         p = self.params
@@ -101,6 +104,8 @@ class Matcher:
         if p.bbox is not None and not bbox_intersects(p.bbox, item):
             return False
         if p.interval is not None and not datetime_overlaps(p.interval, item):
+            return False
+        if self.free_text is not None and not self.free_text.accepts(item):
             return False
         if self.expr is not None:
             try:

@@ -45,7 +45,7 @@ from ..sources import LOCAL
 from .annotate import tag_local
 from .engine import Federation, Outcome
 from .lake_source import LocalAnswer, LocalLake, call
-from .params import from_body, from_query
+from .params import FREE_TEXT_STATE, from_body, from_query
 
 GEOJSON = b"application/geo+json"
 #: Federated requests (searches, collection and item reads) one user may have in flight.
@@ -183,6 +183,7 @@ class FederationMiddleware:
             )
         if collection is not None:  # /collections/{id}/items: a search in that collection
             params.collections = [collection]
+        params.free_text = (scope.get("state") or {}).get(FREE_TEXT_STATE)
         base = self.api_base(scope)
         local = LocalLake(self.app, scope, self.prefix + "search")
         out = await self.fed.search(params, local, base)

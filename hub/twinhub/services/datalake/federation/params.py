@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+from twinlab.contract import FreeTextQuery
+
 from ...asgi import BadRequest
 from ..input_limits import check_bbox, check_filter, check_limit
 
@@ -24,6 +26,28 @@ DEFAULT_LIMIT = 10
 OWN_KEYS = ("sources", "token")
 
 Interval = tuple[dt.datetime | None, dt.datetime | None]
+#: Key in the ASGI scope's state of a search's :class:`FreeText` (set by :mod:`..free_text`).
+FREE_TEXT_STATE = "twinhub.free_text"
+
+
+@dataclass(frozen=True)
+class FreeText:
+    """A search's free text (``q``) for the sources that are not the lake: the lake gets it
+    as a CQL2 filter on its search text (:mod:`..free_text`); static catalogues and remote
+    APIs get the request's own filter (``own``), remote APIs the client's ``q`` as it was
+    written (they interpret it, the free-text extension), and every item they give is checked
+    here by the platform's rules (:meth:`accepts`). ``exact``: the ranking phase (True: only
+    items whose parameter ``q`` names, False: the others, None: no ranking)."""
+
+    query: FreeTextQuery
+    q: str
+    own: dict[str, Any] | None
+    exact: bool | None = None
+
+    def accepts(self, item: Mapping[str, Any]) -> bool:
+        if not self.query.matches(item):
+            return False
+        return self.exact is None or self.query.named(item) == self.exact
 
 
 @dataclass
@@ -42,6 +66,13 @@ class SearchParams:
     sources: list[str] | None = None
     intersects: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Free text, when the search has one: what the other sources get instead of ``filter``.
+    free_text: FreeText | None = None
+
+    @property
+    def source_filter(self) -> dict[str, Any] | None:
+        """The filter for sources other than the lake (without the lake's free-text filter)."""
+        return self.free_text.own if self.free_text is not None else self.filter
 
     def fingerprint(self, sources: list[str]) -> str:
         """A digest of what decides the result set (not ``limit``, not the token), with the
@@ -62,9 +93,11 @@ class SearchParams:
             body["bbox"] = self.bbox
         if self.datetime:
             body["datetime"] = self.datetime
-        if self.filter is not None:
-            body["filter"] = self.filter
+        if self.source_filter is not None:
+            body["filter"] = self.source_filter
             body["filter-lang"] = "cql2-json"
+        if self.free_text is not None:
+            body["q"] = self.free_text.q
         return body
 
     def remote_query(self, limit: int, collections: list[str] | None) -> dict[str, str]:
@@ -78,9 +111,11 @@ class SearchParams:
             q["bbox"] = ",".join(f"{v:g}" for v in self.bbox)
         if self.datetime:
             q["datetime"] = self.datetime
-        if self.filter is not None:
-            q["filter"] = json.dumps(self.filter, separators=(",", ":"))
+        if self.source_filter is not None:
+            q["filter"] = json.dumps(self.source_filter, separators=(",", ":"))
             q["filter-lang"] = "cql2-json"
+        if self.free_text is not None:
+            q["q"] = self.free_text.q
         return q
 
 
