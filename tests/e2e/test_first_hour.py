@@ -95,8 +95,10 @@ def test_first_hour(newcomer, page, shots):
     assert "twinhub" in page.title()
     assert page.locator("#twinhub-server").get_attribute("data-state") == "stopped"
     assert page.locator("#twinhub-projects").is_visible()
-    assert page.locator("#twinhub-datalake-link").first.get_attribute("href").startswith(
-        f"/user/{USER}/"
+    assert (
+        page.locator("#twinhub-datalake-link")
+        .first.get_attribute("href")
+        .startswith(f"/user/{USER}/")
     )
     assert page.locator("#twinhub-support-link").is_visible()
     # Nothing started by itself: the server waits for the click.
