@@ -5,7 +5,10 @@
   ``shutdown_on_close=False``;
 - ``twinlab.clusters`` lists and stops all of a user's clusters;
 - the Dask sidebar's REST API (dask-labextension) makes gateway clusters owned by the user,
-  which no other user can see or stop.
+  which no other user can see or stop;
+- the sidebar's dashboard proxy and check (twinlab.serverext.dashboards) reach the cluster's
+  dashboard on the platform's gateway with the server's token, HTTP and websocket, and
+  nothing else: no other user, no anonymous page, no other host.
 
 Everything runs for real: ``twinhub up``, the hub, users' servers and kernels, the gateway, the
 schedulers and workers as the users' OS accounts.
@@ -17,12 +20,14 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import time
 import uuid
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
+import websocket
 
 from tests.helpers.kernel import execute, run_code, shutdown_kernel, start_kernel
 
@@ -228,20 +233,76 @@ def test_sidebar_clusters_are_the_users_gateway_clusters(users):
     assert name in clusters_of(p, alice)
     r = requests.get(model["dashboard_link"], headers={"Authorization": ha["Authorization"]})
     assert r.status_code == 200 and "bokeh" in r.text.lower()
-    # The sidebar checks the link from alice's server (no hub login there): it finds the plots.
+    # The sidebar checks the link from alice's server (its token): it finds the plots.
     check = requests.get(
         f"{url_a.rstrip('/')}/dask/dashboard-check/{quote(link, safe='')}", headers=ha, timeout=60
     ).json()
     assert check["isActive"] is True and "Individual Task Stream" in check["plots"], check
-    # ...while without login only that list answers, no plot and no status page.
-    plot = link.removesuffix("/status") + check["plots"]["Individual Task Stream"]
-    assert requests.get(plot, timeout=30).status_code == 401
-    assert requests.get(link, timeout=30).status_code == 401
+    # Without login no page of the gateway answers, the list of plots included.
+    plot_path = check["plots"]["Individual Task Stream"]
+    base = link.removesuffix("/status")
+    for page in ("/individual-plots.json", plot_path, "/status"):
+        assert requests.get(base + page, timeout=30).status_code == 401, page
+
+    # Clicking the cluster in the sidebar: its plots through alice's server.
+    proxied = f"{url_a.rstrip('/')}/dask/dashboard/{model['id']}"
+    r = requests.get(f"{proxied}/individual-plots.json", headers=ha, timeout=60)
+    assert r.status_code == 200 and r.json() == check["plots"], r.text[:300]
+    r = requests.get(proxied + plot_path, headers=ha, timeout=60)
+    assert r.status_code == 200 and "bokeh" in r.text.lower(), r.text[:300]
+    # ...and Bokeh's websocket (its session token is in the page; ACK is its first message)
+    bokeh_token = re.search(r'"token":\s*"([^"]+)"', r.text)
+    assert bokeh_token, r.text[:500]
+    ws = websocket.create_connection(
+        proxied.replace("http", "ws", 1) + plot_path + "/ws",
+        header=[f"Authorization: {ha['Authorization']}"],
+        subprotocols=["bokeh", bokeh_token.group(1)],
+        timeout=60,
+    )
+    try:
+        assert '"msgtype":"ACK"' in ws.recv().replace(" ", "")
+    finally:
+        ws.close()
+    # The dashboard's own redirect (/ -> /status) stays on this proxy.
+    r = requests.get(proxied + "/", headers=ha, allow_redirects=False, timeout=30)
+    assert r.status_code in (301, 302, 307), r.status_code
+    assert urlsplit(r.headers["Location"]).path == urlsplit(proxied).path + "/status", r.headers
+    # Read-only: no other method reaches the dashboard with the server's token.
+    r = requests.post(f"{proxied}/individual-plots.json", headers=ha, timeout=30)
+    assert r.status_code == 405, r.text[:300]
+    # No way out of the cluster's dashboard: dot segments (here encoded) are refused.
+    r = requests.get(f"{proxied}/%2e%2e/%2e%2e/api/v1/clusters/", headers=ha, timeout=30)
+    assert r.status_code == 404, r.text[:300]
+    # A link elsewhere is "not a dashboard" and is not fetched: nothing connects to it.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(1.0)
+        elsewhere = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+        r = requests.get(
+            f"{url_a.rstrip('/')}/dask/dashboard-check/{quote(elsewhere, safe='')}",
+            headers=ha,
+            timeout=60,
+        )
+        assert r.status_code == 200 and r.json()["isActive"] is False, r.text
+        with pytest.raises(TimeoutError):
+            listener.accept()
 
     # Bob: not through alice's server, not through the gateway, not its dashboard.
-    assert requests.get(sidebar_a, headers=hb, timeout=30).status_code in (403, 404)
+    for u in (
+        sidebar_a,
+        f"{proxied}/individual-plots.json",
+        proxied + plot_path,
+        f"{url_a.rstrip('/')}/dask/dashboard-check/{quote(link, safe='')}",
+    ):
+        assert requests.get(u, headers=hb, timeout=30).status_code in (403, 404), u
     assert requests.delete(f"{sidebar_a}/{model['id']}", headers=hb).status_code in (403, 404)
     assert requests.get(sidebar_b, headers=hb, timeout=30).json() == []
+    # A cluster id the sidebar of bob's server does not manage: 404, nothing forwarded.
+    r = requests.get(
+        f"{url_b.rstrip('/')}/dask/dashboard/{model['id']}/individual-plots.json", headers=hb
+    )
+    assert r.status_code == 404, r.text[:300]
     assert name not in clusters_of(p, bob)
     gb = {"Authorization": f"jupyterhub {p.token(bob)}"}
     assert requests.delete(gw_api(p) + name, headers=gb, timeout=30).status_code in (403, 404)

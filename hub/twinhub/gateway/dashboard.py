@@ -5,11 +5,9 @@ no authentication at all.  Here the gateway's own aiohttp app serves that path i
 
 1. who is asking: a JupyterHub token (``Authorization: jupyterhub|token <t>``), or a session
    cookie set after JupyterHub OAuth (browsers are redirected to the hub's authorize page);
-2. the cluster must belong to that user (anything else is a 404, revealing nothing);
-   one exception: ``individual-plots.json`` (the list of plot pages every scheduler of the
-   platform's Dask version serves, no data) is answered without login for a running
-   cluster, because the Dask sidebar checks a dashboard link from the user's server, which
-   holds no hub login; the plots themselves need the owner's login like every other page;
+2. the cluster must belong to that user (anything else is a 404, revealing nothing); the
+   Dask sidebar comes through the user's server with the server's token
+   (``twinlab.serverext.dashboards``), like any client;
 3. the request (HTTP or WebSocket, for Bokeh) is forwarded to the scheduler's dashboard over
    TLS with the cluster's client certificate -- the only way in, see ``dashboard_tls.py``.
 """
@@ -30,7 +28,6 @@ from dask_gateway_server.models import User
 
 SESSION_COOKIE = "twinhub-dask-dashboard"
 STATE_COOKIE = "twinhub-dask-oauth-state"
-PLOTS_LIST = "/individual-plots.json"
 SESSION_MAX_AGE = 3600
 STATE_MAX_AGE = 600
 HOP_HEADERS = {
@@ -160,10 +157,6 @@ class DashboardProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         user = await self.user_for(request)
         name = request.match_info["cluster_name"]
-        if user is None and request.match_info["tail"] == PLOTS_LIST and request.method == "GET":
-            cluster = self.backend.db.get_cluster(name)
-            if cluster is not None and cluster.is_active() and cluster.dashboard_address:
-                return await self.forward(request, cluster, PLOTS_LIST)
         if user is None:
             accepts_html = "text/html" in request.headers.get("Accept", "")
             if request.method == "GET" and accepts_html:

@@ -34,6 +34,18 @@ def _offer_tutorials(serverapp: Any) -> Tutorials:
     return tutorials
 
 
+def _dask_dashboards(serverapp: Any) -> None:
+    # Imported only here, once dask-labextension is loaded: its base, jupyter_server_proxy,
+    # costs start-up time like dask-labextension itself
+    try:
+        # (imported after the server's start, see above)
+        from twinlab.serverext import dashboards
+    except ImportError as e:  # no Dask sidebar in this environment
+        serverapp.log.info("twinlab: no Dask dashboard proxy: %s", e)
+        return
+    dashboards.register(serverapp)
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     # the handlers need jupyter_server and tornado: loaded only in a running server, so
     # the info registry above stays importable (and cheap) without them
@@ -75,6 +87,12 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
             for prefix in deferred.prefixes()
         ],
     )
+    # the Dask sidebar's dashboard proxy and check, to the platform's gateway only; ahead of
+    # dask-labextension's own, so registered once it is loaded
+    if deferred.loaded:
+        _dask_dashboards(serverapp)
+    else:
+        deferred.after_load.append(lambda: _dask_dashboards(serverapp))
     # the data lake page's API (twinlab.browse): lake/... and storage/...
     serverapp.web_app.add_handlers(".*$", lake_handlers(base))
     serverapp.log.info("twinlab extension loaded: %stwinlab/api/info", base)

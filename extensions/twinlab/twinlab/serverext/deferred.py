@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from traitlets import Dict, Float, List, Unicode
@@ -65,6 +66,8 @@ class Deferred:
         self.names = [n for n in self.settings.extensions if not enabled.get(n)]
         self.loaded = not self.names
         self._lock = threading.Lock()
+        #: Called once the extensions are loaded (routes that must win over theirs).
+        self.after_load: list[Callable[[], None]] = []
 
     def prefixes(self) -> list[str]:
         """URL prefixes (under the base URL) of the extensions not loaded yet."""
@@ -86,6 +89,11 @@ class Deferred:
                 log.warning("twinlab: deferred extension %s not loaded: %s", name, e)
             else:
                 log.info("twinlab: loaded deferred extension %s", name)
+        for hook in self.after_load:
+            try:
+                hook()
+            except Exception as e:  # as above: the server keeps running without it
+                log.warning("twinlab: after loading %s: %s", self.names, e)
 
     def schedule(self) -> None:
         """After ``delay`` s: preload in a thread, then :meth:`load_now` on the loop."""
