@@ -3,8 +3,8 @@ multi-user platform with the sample data (issue 18's check):
 
 log in → land on the twinhub home (name, server, projects, links) → start the server with an
 explicit click → open a tutorial from the Launcher → run it to the end with no warning
-output → open the Data lake page and search "temperature" (2t items first) → open the Dask
-sidebar with a running cluster.
+output → open the Dask sidebar, start a cluster there and see its Task Stream through the
+user's server → open the Data lake page and search "temperature" (2t items first).
 
 Screenshots go to ``$TWINHUB_SCREENSHOTS`` (default: a pytest tmp dir) to be looked at.
 Uses the system Chromium (``/usr/bin/chromium``); never ``playwright install``.
@@ -146,6 +146,33 @@ def test_first_hour(newcomer, page, shots):
     # Nothing in red on the page either (what the user sees).
     assert page.locator(f'.jp-OutputArea-output[data-mime-type="{STDERR}"]').count() == 0
 
+    # -- the Dask sidebar: a cluster on the gateway, its plots through the user's server ----
+    page.locator(".jp-SideBar [data-id='dask-dashboard-launcher']").click()
+    sidebar = page.locator("#dask-dashboard-launcher")
+    sidebar.wait_for()
+    sidebar.get_by_role("button", name="NEW").first.click()
+    item = sidebar.locator(".dask-ClusterListingItem")
+    item.first.wait_for()
+    item.first.click()
+    task_stream = sidebar.locator(".dask-DashboardListing-item button[value='Task Stream']")
+    page.wait_for_function(
+        "b => b && !b.disabled", arg=task_stream.element_handle(), timeout=TIMEOUT_MS
+    )
+    assert sidebar.locator(".dask-URLInput input").input_value().startswith("dask/dashboard/")
+    mine = requests.get(
+        f"{p.url}services/dask-gateway/api/v1/clusters/",
+        headers={"Authorization": f"jupyterhub {p.token(USER)}"},
+        timeout=30,
+    ).json()
+    assert len(mine) == 1, mine  # the sidebar's cluster is the user's, on the gateway
+    task_stream.click()
+    frame = page.locator(".jp-MainAreaWidget iframe").last
+    frame.wait_for()
+    assert "/dask/dashboard/" in (frame.get_attribute("src") or "")
+    frame.content_frame.locator("canvas").first.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(1500)  # let Bokeh draw before the screenshot
+    page.screenshot(path=str(shots / "4-dask-sidebar.png"))
+
     # -- the Data lake page: "temperature" finds the 2t items first -----------------------
     lake = page.context.new_page()
     lake.on("pageerror", lambda e: errors.append(str(e)))
@@ -156,7 +183,7 @@ def test_first_hour(newcomer, page, shots):
     lake.wait_for_function("document.querySelectorAll('#results li').length > 0")
     found = lake.locator("#results li .id").all_inner_texts()
     assert found and all("-2t-" in i for i in found[:5]), found
-    lake.screenshot(path=str(shots / "4-datalake-temperature.png"))
+    lake.screenshot(path=str(shots / "5-datalake-temperature.png"))
     lake.close()
 
     assert not errors, errors
