@@ -3,34 +3,23 @@ platform with the sample data: log in through the hub's login page, open the pag
 JupyterLab Launcher tile, search (text + a box dragged on the map), open an item, see its
 quick-look, copy the code line, and upload/list in the Buckets tab.
 
-Screenshots go to ``$TWINHUB_SCREENSHOTS`` (default: a pytest tmp dir) to be looked at.
-Uses the system Chromium (``/usr/bin/chromium``); never ``playwright install``.
+Screenshots go to ``$TWINHUB_SCREENSHOTS`` (tests/e2e/conftest.py) to be looked at.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.browser import log_in
 from tests.helpers.platform import wait_for_seed
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
 USER = "lakepage"
 TIMEOUT_MS = 90_000
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    out = os.environ.get("TWINHUB_SCREENSHOTS")
-    d = Path(out) if out else tmp_path_factory.mktemp("browse-screenshots")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +34,12 @@ def site(multiuser_platform) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def context(site) -> Iterator:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
+def context(site, browser_context):
     p, _, _ = site
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        ctx.set_default_timeout(TIMEOUT_MS)
-        ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=p.url.rstrip("/"))
-        try:
-            yield ctx
-        finally:
-            ctx.close()
-            browser.close()
+    browser_context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=p.url.rstrip("/")
+    )
+    return browser_context
 
 
 def meta_start(lake) -> tuple[str, str]:
@@ -78,11 +57,7 @@ def test_login_launcher_search_item_quicklook_copy_and_buckets(site, context, sh
     page.on("pageerror", lambda e: errors.append(str(e)))
 
     # -- log in through the hub's own login form ------------------------------------------
-    page.goto(p.url + "hub/login")
-    page.fill("input[name=username]", USER)
-    page.fill("input[name=password]", password)
-    page.click("[type=submit]")
-    page.wait_for_url(lambda u: "/hub/login" not in u)
+    log_in(page, p.url, USER, password)
 
     # -- the Launcher shows the tile; clicking it opens the page in a new tab --------------
     page.goto(url + "lab")

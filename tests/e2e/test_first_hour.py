@@ -6,38 +6,26 @@ explicit click → open a tutorial from the Launcher → run it to the end with 
 output → open the Dask sidebar, start a cluster there and see its Task Stream through the
 user's server → open the Data lake page and search "temperature" (2t items first).
 
-Screenshots go to ``$TWINHUB_SCREENSHOTS`` (default: a pytest tmp dir) to be looked at.
-Uses the system Chromium (``/usr/bin/chromium``); never ``playwright install``.
+Screenshots go to ``$TWINHUB_SCREENSHOTS`` (tests/e2e/conftest.py) to be looked at.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.helpers.browser import log_in
 from tests.helpers.platform import wait_for_seed
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
 USER = "firsthour"
 TUTORIAL = "01-getting-started.ipynb"
 TIMEOUT_MS = 120_000
 STDERR = "application/vnd.jupyter.stderr"
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    out = os.environ.get("TWINHUB_SCREENSHOTS")
-    d = Path(out) if out else tmp_path_factory.mktemp("first-hour-screenshots")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +38,8 @@ def newcomer(multiuser_platform) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def page(newcomer) -> Iterator:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-        ctx.set_default_timeout(TIMEOUT_MS)
-        try:
-            yield ctx.new_page()
-        finally:
-            ctx.close()
-            browser.close()
+def page(browser_context):
+    return browser_context.new_page()
 
 
 def saved_notebook(p, name: str) -> dict:
@@ -84,11 +60,7 @@ def test_first_hour(newcomer, page, shots):
     user_url = f"{p.url}user/{USER}/"
 
     # -- log in: the twinhub home, not a bare form ------------------------------------------
-    page.goto(p.url + "hub/login")
-    page.fill("input[name=username]", USER)
-    page.fill("input[name=password]", password)
-    page.click("[type=submit]")
-    page.wait_for_url(lambda u: "/hub/login" not in u)
+    log_in(page, p.url, USER, password)
     assert page.url.rstrip("/").endswith("/hub/home"), page.url
     page.locator("#twinhub-home").wait_for()
     page.screenshot(path=str(shots / "1-home.png"), full_page=True)

@@ -3,50 +3,27 @@ platform: log in, land on /hub/home (screenshot: the platform's name, the server
 projects, the links), start the server with an explicit click, see it running on the home
 page, stop it with the Stop button, and open the help pages from the navigation.
 
-Screenshots go to ``$TWINHUB_SCREENSHOTS`` (default: a pytest tmp dir) to be looked at.
-Uses the system Chromium (``/usr/bin/chromium``); never ``playwright install``.
+Screenshots go to ``$TWINHUB_SCREENSHOTS`` (tests/e2e/conftest.py) to be looked at.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.helpers.browser import log_in
+
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
 USER = "facefirst"
 TIMEOUT_MS = 90_000
 
 
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    out = os.environ.get("TWINHUB_SCREENSHOTS")
-    d = Path(out) if out else tmp_path_factory.mktemp("face-screenshots")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-@pytest.fixture(scope="module")
-def browser_page(multiuser_platform) -> Iterator:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-        ctx.set_default_timeout(TIMEOUT_MS)
-        try:
-            yield ctx.new_page()
-        finally:
-            ctx.close()
-            browser.close()
+def browser_page(multiuser_platform, browser_context):
+    return browser_context.new_page()
 
 
 def test_new_user_lands_on_home_starts_with_a_click_and_finds_help(
@@ -67,10 +44,7 @@ def test_new_user_lands_on_home_starts_with_a_click_and_finds_help(
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
 
-    page.goto(p.url + "hub/login")
-    page.fill("input[name=username]", USER)
-    page.fill("input[name=password]", password)
-    page.click("[type=submit]")
+    log_in(page, p.url, USER, password)
     page.wait_for_url("**/hub/home")
     assert page.title() == "twinhub"
     assert page.locator("#twinhub-logo img").evaluate("i => i.naturalWidth") > 0
@@ -119,10 +93,7 @@ def test_admin_gives_a_user_from_the_admin_page_a_way_in(multiuser_platform, bro
         pytest.skip(f"{name} existed before this module")
     page = browser_page
     page.context.clear_cookies()
-    page.goto(p.url + "hub/login")
-    page.fill("input[name=username]", "admin")
-    page.fill("input[name=password]", p.admin_password)
-    page.click("[type=submit]")
+    log_in(page, p.url, "admin", p.admin_password)
     page.wait_for_url("**/hub/home")
     # What the admin page's "Add Users" sends.
     r = p.api("POST", "/users", user="admin", json={"usernames": [name]})

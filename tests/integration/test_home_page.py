@@ -291,8 +291,8 @@ def test_admin_made_users_cannot_be_taken_by_signup(multiuser_platform: Platform
         )
         assert r.status_code == 400 and "user name taken" in r.text, (spelling, r.text[-500:])
     assert _link(p, name).status_code == 200
-    # A request made before the admin added the user: the admin is told to delete it, never
-    # to approve it (that would hand the user over).
+    # A request made before the admin added the user came from someone else: it goes when
+    # the admin makes the user (approving it would hand the user over); the link works.
     pend = "facepend"
     fields = {
         "username": pend,
@@ -300,13 +300,13 @@ def test_admin_made_users_cannot_be_taken_by_signup(multiuser_platform: Platform
         "password_confirm": "pend-password-1",
     }
     assert _post(requests.Session(), p.url + "hub/signup", fields).status_code == 200
-    assert p.api("POST", "/users", user="admin", json={"usernames": [pend]}).status_code == 201
-    r = _link(p, pend)
-    assert r.status_code == 409 and "delete the request" in r.json()["message"]
-    assert "approve it" not in r.json()["message"]
     admin = p.login_session("admin", p.admin_password)
-    r = _post(admin, p.url + "hub/authorize", {"action": "delete", "username": pend})
-    assert r.status_code == 200 and f"account {pend} deleted" in r.text
+    assert f'data-user="{pend}"' in admin.get(p.url + "hub/authorize", timeout=30).text
+    assert p.api("POST", "/users", user="admin", json={"usernames": [pend]}).status_code == 201
+    r = _post(admin, p.url + "hub/authorize", {"action": "approve", "username": pend})
+    assert r.status_code == 404 and "no account" in r.text
+    with pytest.raises(RuntimeError):  # the requester's password is no way in
+        p.login_session(pend, "pend-password-1")
     assert _link(p, pend).status_code == 200
 
 

@@ -158,6 +158,18 @@ class TwinhubLocalAuth(Authenticator):
             self.log.info("deleted local account %s with its hub user", user.name)
         revoke_platform_access(user.name)
 
+    async def admin_created_user(self, user) -> None:
+        """An admin made ``user`` (the admin page, the REST API; twinhub.hubconf.handlers).
+        A sign-up request of that name still waiting for approval was made by someone else
+        before the user existed: approving it would hand the admin's user to them. It goes;
+        the user gets in with a set-password link."""
+        info = await asyncio.to_thread(accounts.get_account, self._db(), user.name)
+        if info is not None and not info.approved:
+            await asyncio.to_thread(accounts.delete_account, self._db(), user.name)
+            self.log.warning(
+                "removed the sign-up request %s: an admin made a user of that name", user.name
+            )
+
     # -- pages ----------------------------------------------------------------------------
     def get_handlers(self, app) -> list[tuple[str, type]]:
         return [
