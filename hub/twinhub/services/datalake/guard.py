@@ -187,6 +187,9 @@ class GuardMiddleware:
             raise BadRequest("query must be a JSON object")
         check_sortby(body.get("sortby"))
         check_fields(body.get("fields"))
+        q = body.get("q")
+        for value in q if isinstance(q, list) else ([] if q is None else [q]):
+            check_free_text(value)
         for key in ("ids", "collections"):
             if isinstance(body.get(key), str):  # GET's comma-separated form
                 raise BadRequest(f"{key} must be a list of strings in a search body")
