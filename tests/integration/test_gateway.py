@@ -35,6 +35,7 @@ from tests.helpers.platform import free_port
 from twinhub.gateway import SERVICE_PREFIX, GatewayPart
 from twinhub.hubconf.core import find_proxy
 from twinhub.process.runtime import Runtime
+from twinhub.spawn import resource_limits
 from twinhub.spawn.os_accounts import ensure_account
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -234,6 +235,8 @@ class GatewayPlatform:
         # The hub first (it stops user servers, whose hook stops their clusters), then the rest.
         self.stop_process("hub")
         self.stop_process("dask-gateway")
+        # As `twinhub down` leaves none: the servers' and clusters' cgroups go with the platform.
+        resource_limits.remove_stale(f"twinhub-{self.rt.instance_id}")
 
     # -- hub API (as the admin 'tester' service) -----------------------------------------------
     def api(self, method: str, path: str, **kw) -> requests.Response:
