@@ -208,34 +208,14 @@ def test_admin_made_user_gets_in_with_a_one_time_link(multiuser_platform: Platfo
     u = requests.Session()
     form = u.get(url, timeout=30)
     assert form.status_code == 200 and f"Set your password for {name}" in form.text
-    bad = u.post(
-        url,
-        data={
-            "new_password": "short",
-            "new_password_confirm": "short",
-            "_xsrf": u.cookies["_xsrf"],
-        },
-        timeout=30,
-    )
+    bad = _set_password(url, "short", u)
     assert bad.status_code == 400 and "too short" in bad.text
     good = "a-good-long-password-42"
-    done = u.post(
-        url,
-        data={"new_password": good, "new_password_confirm": good, "_xsrf": u.cookies["_xsrf"]},
-        timeout=30,
-    )
+    done = _set_password(url, good, u)
     assert done.status_code == 200 and "Password set" in done.text
     p.login_session(name, good)  # raises unless the login succeeds
     # One use only.
-    again = u.post(
-        url,
-        data={
-            "new_password": good + "x",
-            "new_password_confirm": good + "x",
-            "_xsrf": u.cookies["_xsrf"],
-        },  # fmt: skip
-        timeout=30,
-    )
+    again = _set_password(url, good + "x", u)
     assert again.status_code == 400 and "already used" in again.text
     p.login_session(name, good)
     # No longer listed as without a way in.
@@ -383,11 +363,7 @@ def test_cli_link_gives_an_admin_made_user_a_way_in(multiuser_platform: Platform
     u = requests.Session()
     assert f"Set your password for {name}" in u.get(url, timeout=30).text
     good = "another-good-password-7"
-    done = u.post(
-        url,
-        data={"new_password": good, "new_password_confirm": good, "_xsrf": u.cookies["_xsrf"]},
-        timeout=30,
-    )
+    done = _set_password(url, good, u)
     assert done.status_code == 200 and "Password set" in done.text
     p.login_session(name, good)
     r = p.cli("user", "link", "nobody-here", check=False)
