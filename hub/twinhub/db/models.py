@@ -13,7 +13,20 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Deterministic constraint names: SQLite can only change constraints through Alembic's batch
@@ -141,3 +154,146 @@ class ProjectAllocation(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow
     )
+
+
+# -- accounting (issue 12; services/accounting/store.py writes, query.py reads) ---------------
+
+#: 64-bit ids on PostgreSQL (raw records run into billions over the years); SQLite's
+#: autoincrementing rowid must be spelled INTEGER.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UsageSource(Base):
+    """Something usage is charged for (a server run, a cluster, a job, a bucket, a home dir).
+
+    Written only by trusted processes (hub, gateway, the accounting service), never from
+    a user's environment: ``user`` and ``project`` here decide who pays.
+    """
+
+    __tablename__ = "usage_sources"
+    # A project's members (query.usage by_member) are the users of its sources.
+    __table_args__ = (Index("ix_usage_sources_project", "project"),)
+
+    source_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user: Mapped[str] = mapped_column(String(255), nullable=False)
+    # None: charged to no project's budget (a home bucket), still shown to its user.
+    project: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    name: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Where the meter reads it (cgroup paths, uid, pid, pod): the charge file's content.
+    probe: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The meter read it one last time after it ended (its cgroup may then go).
+    final_read: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+
+
+class UsageCursor(Base):
+    """The last value the store charged of one counter or gauge of one source."""
+
+    __tablename__ = "usage_cursors"
+    __table_args__ = (PrimaryKeyConstraint("source_id", "counter", name="pk_usage_cursors"),)
+
+    source_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    # A resource ("cpu", "memory", ...) or "<resource>:energy_j" for a measured energy counter.
+    counter: Mapped[str] = mapped_column(String(128), nullable=False)
+    value: Mapped[float] = mapped_column(Float, nullable=False)
+    read_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class UsageRecord(Base):
+    """One interval of one resource of one source, in base units (raw, pruned after
+    ``TwinhubAccounting.raw_retention_days``; roll-ups keep the sums)."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        # The idempotency key: a tick replayed after a crash inserts nothing new.
+        UniqueConstraint("source_id", "resource", "start", name="uq_usage_records_source_id"),
+        Index("ix_usage_records_user_start", "user", "start"),
+        Index("ix_usage_records_project_start", "project", "start"),
+        Index("ix_usage_records_end", "end"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    user: Mapped[str] = mapped_column(String(255), nullable=False)
+    project: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    source_kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    resource: Mapped[str] = mapped_column(String(32), nullable=False)
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    end: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # core-s (cpu), GiB-s (memory, storage), GPU-s (gpu), worker-s (dask_worker).
+    quantity: Mapped[float] = mapped_column(Float, nullable=False)
+    method: Mapped[str] = mapped_column(String(32), nullable=False)
+    energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
+    energy_method: Mapped[str] = mapped_column(String(16), nullable=False)
+    co2e_g: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class UsageRollup(Base):
+    """Sums of records per scope and hour or day, what the usage API reads.
+
+    ``scope_kind`` user (scope = user), project (scope = project) or member (scope =
+    ``project + "\\x1f" + user``, so one project's members are one index range).
+    ``methods``: bitmask of the measure and energy methods seen (store.METHOD_BITS).
+    """
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = (
+        PrimaryKeyConstraint(
+            "scope_kind", "scope", "step", "bucket_start", name="pk_usage_rollups"
+        ),
+    )
+
+    scope_kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    scope: Mapped[str] = mapped_column(String(511), nullable=False)
+    step: Mapped[str] = mapped_column(String(8), nullable=False)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    cpu_core_s: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    memory_gib_s: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    gpu_s: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    dask_worker_s: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    storage_gib_s: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    energy_j: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    co2e_g: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    methods: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class BudgetState(Base):
+    """Where one budget of one project stands (written by the service each tick, read by the
+    hub's spawn and running checks)."""
+
+    __tablename__ = "budget_states"
+    __table_args__ = (PrimaryKeyConstraint("project", "budget", name="pk_budget_states"),)
+
+    project: Mapped[str] = mapped_column(String(255), nullable=False)
+    budget: Mapped[str] = mapped_column(String(32), nullable=False)
+    used: Mapped[float | None] = mapped_column(Float, nullable=True)
+    limit: Mapped[float | None] = mapped_column(Float, nullable=True)
+    fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    level: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # When level first reached 100 (the grace counts from here); None below 100.
+    over_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+
+
+class EnforcementEvent(Base):
+    """A warning, refusal or stop because of a budget (shown to the user, logged)."""
+
+    __tablename__ = "enforcement_events"
+    __table_args__ = (Index("ix_enforcement_events_project_at", "project", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    user: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    server: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    cluster: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    project: Mapped[str] = mapped_column(String(255), nullable=False)
+    budget: Mapped[str] = mapped_column(String(32), nullable=False)
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
