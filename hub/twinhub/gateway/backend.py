@@ -26,6 +26,7 @@ would stop a worker growing past its ``worker_memory``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import grp
 import os
@@ -33,6 +34,8 @@ import pwd
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +46,10 @@ from traitlets.config import LoggingConfigurable
 
 from twinlab.contract import ENV_INSTANCE
 
-from ..spawn import resource_limits
+from ..spawn import charges, resource_limits
 from ..spawn.os_accounts import AccountError, check_account, os_account_name
 from ..spawn.resource_limits import limit_processes
+from . import budget
 from .dashboard import add_dashboard_routes
 from .kernel_hold import GRACE_ENV
 
@@ -63,6 +67,16 @@ def _die_with_parent() -> None:
         pass
     if os.getppid() == 1:  # the gateway died before prctl took effect
         os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError):
+        return True
+    return True
 
 
 class TwinhubBackendMixin(LoggingConfigurable):
@@ -91,6 +105,14 @@ class TwinhubBackendMixin(LoggingConfigurable):
         False,
         help="Run each scheduler/worker in a cgroup limited to its cluster's memory and cores "
         "(where cgroups are usable; on unless TwinhubSpawnerConfig.enforce_limits is 'off').",
+    ).tag(config=True)
+
+    accounting_dir = Unicode(
+        "",
+        help="Directory of the accounting charge files (twinhub.spawn.charges), set by the "
+        "accounting service's configure_service; '' when accounting is off. When set, each "
+        "cluster has a charge file and (with process_cgroups) an accounting cgroup with a "
+        "child per scheduler/worker.",
     ).tag(config=True)
 
     # -- limits ---------------------------------------------------------------------------
@@ -130,6 +152,7 @@ class TwinhubBackendMixin(LoggingConfigurable):
             os.mkdir(d, self.clusters_dir_mode)
             os.chmod(d, self.clusters_dir_mode)
         await super().setup(app)
+        budget.start(self)  # the gateway's own budget checks (gateway/budget.py)
         if self.dashboard:
             add_dashboard_routes(app, self)
 
@@ -141,6 +164,19 @@ class TwinhubBackendMixin(LoggingConfigurable):
                 kind="SNI", sni=cluster.name, target=cluster.scheduler_address
             )
             cluster.added_to_proxies = True
+
+    async def _check_cluster_scale(self, cluster: Any) -> None:
+        # No new workers while the cluster's project is at 100 % of its CPU budget.
+        if not budget.may_add_workers(self, cluster):
+            return
+        await super()._check_cluster_scale(cluster)
+
+    async def forward_message_to_scheduler(self, cluster: Any, msg: dict) -> None:
+        # Scale-ups / adaptive scaling refused (409 with the figures) while at 100 %.
+        why = budget.message_refusal(self, cluster, msg)
+        if why:
+            raise PublicException(why)
+        await super().forward_message_to_scheduler(cluster, msg)
 
     # -- processes ------------------------------------------------------------------------
     def _process_cgroup(self, cluster: Any, name: str) -> resource_limits.ServerCgroup | None:
@@ -164,6 +200,91 @@ class TwinhubBackendMixin(LoggingConfigurable):
             return None
         return cg
 
+    # -- accounting -------------------------------------------------------------------------
+    def _cluster_uid(self, cluster: Any) -> int:
+        account = getattr(self, "_account", None)  # the multi-user backend's accounts
+        return account(cluster.username).pw_uid if account is not None else os.getuid()
+
+    def _accounting_cgroup(
+        self, cluster: Any, name: str, limits: resource_limits.ServerCgroup | None
+    ) -> resource_limits.AccountingCgroup | None:
+        """Open the cluster's charge at its first process; the process's accounting leaf
+        (a child of the cluster's: the parent keeps what removed children used)."""
+        if not self.accounting_dir:
+            return None
+        group = f"twinhub-{self.instance_id}-acct" if self.process_cgroups else ""
+        support = resource_limits.detect_accounting(group) if group else None
+        if support is not None and (not support.kind or support.meters_in_limits(limits)):
+            # One cgroup per process (v2, or v1 with cpu,cpuacct co-mounted): the limits one;
+            # an accounting leaf would lift its CPU limit. Per-process accounting instead.
+            support = None
+        sid = charges.cluster_source_id(cluster.name)
+        top = f"dask-{cluster.name}"
+        if charges.read(self.accounting_dir, sid) is None:
+            cgroups: dict = {}
+            if support is not None:
+                acct = resource_limits.AccountingCgroup(support, top, memory=limits is None)
+                memory = []
+                if limits is not None and "memory" in limits.support.parents:
+                    memory = [str(limits.support.parents["memory"] / f"{top}-*")]
+                cgroups = acct.charge_cgroups(memory)
+            options = getattr(cluster, "options", None) or {}
+            project = options.get("project") if isinstance(options, dict) else None
+            charge = charges.Charge(
+                source_id=sid,
+                user=cluster.username,
+                project=str(project) if project else None,
+                kind="cluster",
+                name=cluster.name,
+                started_at=datetime.now(UTC),
+                cgroups=cgroups,
+                uid=self._cluster_uid(cluster),
+            )
+            charges.write(self.accounting_dir, charge)  # before any leaf exists
+        if support is None:
+            return None
+        acct = resource_limits.AccountingCgroup(support, f"{top}/{name}", memory=limits is None)
+        try:
+            acct.create()
+        except OSError as e:
+            self.log.warning("No accounting cgroup for %s of %s: %s", name, cluster.name, e)
+            return None
+        return acct
+
+    def _charge_pid(self, cluster: Any, pid: int) -> None:
+        """Add a scheduler/worker pid to the charge (per-process accounting's roots)."""
+        sid = charges.cluster_source_id(cluster.name)
+        charge = charges.read(self.accounting_dir, sid) if self.accounting_dir else None
+        if charge is not None and charge.ended_at is None:
+            pids = [p for p in (charge.extra or {}).get("pids", []) if _alive(p)] + [pid]
+            charges.write(
+                self.accounting_dir, replace(charge, extra={**charge.extra, "pids": pids})
+            )
+
+    def _end_accounting(self, cluster: Any, name: str = "") -> None:
+        """Kill what is left in the process's (default: the cluster's) accounting leaves; a
+        worker's leaf goes (its parent keeps the usage), a cluster's charge is ended."""
+        if not self.accounting_dir:
+            return
+        sid = charges.cluster_source_id(cluster.name)
+        charge = charges.read(self.accounting_dir, sid)
+        if charge is None:
+            return
+        top = [Path(d) for d in (charge.cgroups or {}).get("leaves", [])]
+        if name:
+            leaves = [d / name for d in top if (d / name).is_dir()]
+            resource_limits.kill_cgroup_procs(leaves)
+            for d in leaves:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            return
+        resource_limits.kill_cgroup_procs(top)
+        charges.end(self.accounting_dir, sid)
+        # The user's last source: what no cgroup held (detached) would go unmetered.
+        n = charges.end_leftovers(self.accounting_dir, user=charge.user, uid=charge.uid)
+        if n:
+            self.log.info("Killed %d leftover process(es) of uid %s", n, charge.uid)
+
     def _remove_cgroups(self, cluster: Any, name: str = "") -> None:
         """Kill and remove the cgroups of ``name`` (default: every process) of ``cluster``."""
         if not self.process_cgroups:
@@ -186,7 +307,9 @@ class TwinhubBackendMixin(LoggingConfigurable):
         # who could swap it for a symlink to anywhere root may write (upstream opens the log
         # as root); as the user, the open can only reach what the user could write anyway.
         cg = await asyncio.to_thread(self._process_cgroup, cluster, name)
+        acct = await asyncio.to_thread(self._accounting_cgroup, cluster, name, cg)
         join = cg.join_paths() if cg is not None else []
+        join += acct.join_paths() if acct is not None else []
         inner = self.make_preexec_fn(cluster)
         log_path = os.path.join(self.get_logs_directory(cluster.state["workdir"]), name + ".log")
 
@@ -208,15 +331,18 @@ class TwinhubBackendMixin(LoggingConfigurable):
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
+        await asyncio.to_thread(self._charge_pid, cluster, proc.pid)
         return proc.pid
 
     async def do_stop_worker(self, worker: Any) -> None:
         await super().do_stop_worker(worker)
         await asyncio.to_thread(self._remove_cgroups, worker.cluster, f"worker-{worker.name}")
+        await asyncio.to_thread(self._end_accounting, worker.cluster, f"worker-{worker.name}")
 
     async def do_stop_cluster(self, cluster: Any) -> None:
         await super().do_stop_cluster(cluster)
         await asyncio.to_thread(self._remove_cgroups, cluster)
+        await asyncio.to_thread(self._end_accounting, cluster)
 
     def get_env(self, cluster: Any) -> dict:
         env = super().get_env(cluster)

@@ -6,29 +6,58 @@ Called from the generated ``<state>/run/dask_gateway_config.py``; reads secrets 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dask_gateway_server.options import Float, Integer, Options
+from dask_gateway_server.options import Float, Integer, Options, Select
+from sqlalchemy.exc import SQLAlchemyError
 
 from twinlab.contract import ENV_INSTANCE
 
+from ..db.schema import DatabaseError
 from ..process.runtime import Runtime
+from ..services.accounting.config import TwinhubAccounting
+from ..services.accounting.config import is_enabled as accounting_enabled
 from ..spawn.resource_limits import TwinhubUserLimits
 from . import SECRET_NAME, SERVICE_NAME, SERVICE_PREFIX, clusters_dir, port, settings
 
 GIB = 2**30
+log = logging.getLogger("twinhub.gateway")
 
 
-def cluster_options(gw: Any, user_env: Callable[[str], dict] | None = None) -> Any:
+class ProjectSelect(Select):
+    """The ``project`` option: one of the user's projects, refused by name otherwise."""
+
+    def validate(self, x: Any) -> str:
+        if not isinstance(x, str) or x not in self.options:
+            raise ValueError(
+                f"project {x!r} is not one of your projects; allowed: {', '.join(self.options)}"
+            )
+        return x
+
+
+def cluster_options(
+    gw: Any,
+    user_env: Callable[[str], dict] | None = None,
+    projects: list[str] | None = None,
+    refusal: Callable[[str], str | None] | None = None,
+) -> Any:
     """What a user may choose per cluster (``gateway.cluster_options()``), within the limits.
 
     ``user_env(username)``: the whole environment of that user's clusters (it replaces
-    ``ClusterConfig.environment``), e.g. with their own S3 keys.
+    ``ClusterConfig.environment``), e.g. with their own S3 keys. ``projects``: the projects
+    the cluster may be charged to (an option ``project``, the first by default; the backend
+    reads ``cluster.options["project"]``); ``refusal(project)``: why a new cluster may not be
+    charged to it now (a budget used up), or None.
     """
 
     def to_config(options: Any, user: Any) -> dict:
+        if refusal is not None and "project" in options:
+            why = refusal(options.project)
+            if why:
+                raise ValueError(why)  # the gateway answers it to the user
         out = {
             "worker_cores": options.worker_cores,
             "worker_threads": options.worker_cores,
@@ -38,7 +67,7 @@ def cluster_options(gw: Any, user_env: Callable[[str], dict] | None = None) -> A
             out["environment"] = user_env(user.name)
         return out
 
-    return Options(
+    fields: list[Any] = [
         Integer(
             "worker_cores",
             default=gw.worker_cores,
@@ -53,8 +82,66 @@ def cluster_options(gw: Any, user_env: Callable[[str], dict] | None = None) -> A
             max=gw.worker_memory_max,
             label="Worker memory (GiB)",
         ),
-        handler=to_config,
-    )
+    ]
+    if projects:
+        fields.append(ProjectSelect("project", options=list(projects), label="Project"))
+    return Options(*fields, handler=to_config)
+
+
+def user_cluster_options(
+    gw: Any,
+    user_env: Callable[[str], dict] | None,
+    user_projects: Callable[[list[str]], list[str]],
+    personal: str,
+    refusal: Callable[[str], str | None] | None = None,
+) -> Callable[[Any], Any]:
+    """``c.Backend.cluster_options`` as a callable(user): the options above with the user's
+    projects (``user_projects(groups)``, read at each call: admins change them at run time;
+    ``personal`` when in none), like the server they charge (docs/projects.md)."""
+
+    def for_user(user: Any) -> Any:
+        mine = user_projects(list(getattr(user, "groups", None) or []))
+        return cluster_options(gw, user_env, mine or [personal], refusal)
+
+    return for_user
+
+
+def _project_hooks(rt: Runtime) -> tuple[Callable[[list[str]], list[str]], Any]:
+    """(groups -> the user's projects, project -> budget refusal or None), from the same
+    catalog and budget states as the hub's spawn checks."""
+    state: dict[str, Any] = {}
+
+    def catalog() -> Any:
+        if "catalog" not in state:
+            # Imported at the first cluster request: ~0.3 s the gateway's start need not wait
+            # for (twinhub up waits for the gateway).
+            from ..services.projects.catalog import ProjectCatalog
+
+            state["catalog"] = ProjectCatalog.from_runtime(rt)
+        return state["catalog"]
+
+    def user_projects(groups: list[str]) -> list[str]:
+        cat = catalog()
+        try:
+            return list(cat.effective(groups).projects)
+        except (SQLAlchemyError, DatabaseError) as e:
+            # Admins' run-time projects unreadable now: the configured ones still hold.
+            log.warning("projects changed at run time unreadable (%s): configured ones only", e)
+            return sorted(set(groups) & set(cat.configured))
+
+    def refusal(project: str) -> str | None:
+        # Imported at the first cluster request, as above.
+        from ..services.accounting import enforce
+
+        try:
+            return enforce.spawn_refusal(rt.db_url, project, ("cpu_hours",))
+        except (SQLAlchemyError, DatabaseError) as e:
+            # The hub's running checks still stop what goes over; a cluster is not refused
+            # for a database hiccup.
+            log.warning("budget states unreadable (%s): cluster of %s not checked", e, project)
+            return None
+
+    return user_projects, refusal
 
 
 def configure_gateway(c: Any, state_dir: str | Path) -> Runtime:
@@ -126,5 +213,30 @@ def configure_gateway(c: Any, state_dir: str | Path) -> Runtime:
         # That user's object-store keys and nobody else's (created at their first spawn).
         return {**base_env, **objectstore.cluster_environment(rt, username)}
 
-    c.Backend.cluster_options = cluster_options(gw, user_env)
+    if rt.mode == "multi-user" and _projects_enabled(rt):
+        # Charged like servers: a project option of the user's projects (docs/projects.md).
+        user_projects, refusal = _project_hooks(rt)
+        personal = TwinhubAccounting(config=rt.config).personal_project
+        c.Backend.cluster_options = user_cluster_options(
+            gw, user_env, user_projects, personal, refusal if accounting_enabled(rt) else None
+        )
+    else:
+        c.Backend.cluster_options = cluster_options(gw, user_env)
+    if accounting_enabled(rt):
+        # Where the backend writes each cluster's charge file (twinhub.spawn.charges).
+        c.TwinhubBackendMixin.accounting_dir = str(rt.path("run/accounting/charges"))
+        # The gateway's own budget checks (gateway/budget.py): clusters over budget stop
+        # even when their user runs no server.
+        acct = TwinhubAccounting(config=rt.config)
+        c.TwinhubGatewayBudget.db_url = rt.db_url
+        c.TwinhubGatewayBudget.grace = acct.grace
+        c.TwinhubGatewayBudget.interval = acct.interval
+        c.TwinhubGatewayBudget.personal_project = acct.personal_project
     return rt
+
+
+def _projects_enabled(rt: Runtime) -> bool:
+    # TwinhubProjects.enabled, read from the raw config: importing the projects package costs
+    # the gateway's start ~0.3 s (see _project_hooks). Unset: on in multi-user mode.
+    value = rt.config.get("TwinhubProjects", {}).get("enabled")
+    return True if value is None else bool(value)

@@ -48,6 +48,14 @@ def _profile_of(spawner: Any) -> str:
     )
 
 
+def _project_of(spawner: Any, orm_spawner: Any) -> str:
+    """The project a server is charged to ('' when unknown: not started since the hub did)."""
+    project = getattr(spawner, "project", "") if spawner else ""
+    if not project:
+        project = (orm_spawner.user_options or {}).get("project") or ""
+    return project if isinstance(project, str) else ""
+
+
 def named_servers_allowed(allow_named_servers: bool, summary: dict | None) -> bool:
     """Offer named servers when the hub allows them and the user's allocation allows more
     than one server at once (no allocation known: as the hub says)."""
@@ -153,6 +161,7 @@ class TwinhubHomeHandler(BaseHandler):
                     "url": user.server_url(name),
                     "profile": slug,
                     "profile_name": names.get(slug, slug),
+                    "project": _project_of(spawner, orm_spawner),
                     "last_activity": orm_spawner.last_activity,
                 }
             )
@@ -168,6 +177,7 @@ class TwinhubHomeHandler(BaseHandler):
                     "url": user.server_url(""),
                     "profile": "",
                     "profile_name": "",
+                    "project": "",
                     "last_activity": None,
                 },
             )

@@ -120,18 +120,23 @@ def default_profile(profiles: list[dict]) -> dict:
     return profiles[0]
 
 
+#: What ``user_options`` (REST body, form) may hold.
+OPTION_KEYS = ("profile", "project")
+
+
 def choose(profiles: list[dict], user_options: dict | None) -> dict:
-    """The profile ``user_options`` (``{"profile": slug}``) asks for, or the default.
+    """The profile ``user_options`` (``{"profile": slug, "project": ...}``) asks for, or the
+    default. The project is :func:`choose_project`'s.
 
     Raises :class:`ProfileError` for an unknown or unavailable slug or unexpected options.
     """
     if not profiles:
         raise ProfileError("no server profile is available to you; ask an administrator")
     opts = dict(user_options or {})
-    unknown = set(opts) - {"profile"}
+    unknown = set(opts) - set(OPTION_KEYS)
     if unknown:
         raise ProfileError(
-            f"unknown server option(s) {sorted(unknown)}: only 'profile' is accepted"
+            f"unknown server option(s) {sorted(unknown)}: only 'profile' and 'project' are accepted"
         )
     slug = opts.get("profile")
     if slug in (None, ""):
@@ -145,8 +150,44 @@ def choose(profiles: list[dict], user_options: dict | None) -> dict:
     raise ProfileError(f"unknown profile {slug!r}; available: {names}")
 
 
-def options_form(profiles: list[dict]) -> str:
-    """HTML for /hub/spawn: a radio list of ``profiles``, or the one profile described.
+def slug_to_check(profiles: list[dict], user_options: dict | None) -> str:
+    """The slug a spawn with ``user_options`` will start from ``profiles`` (the user's): the
+    one asked for (checked, even if unknown or not offered: the checks say why), else the
+    default; "" when nothing can start (:func:`choose` refuses it)."""
+    asked = (user_options or {}).get("profile")
+    if isinstance(asked, str) and asked:
+        return asked
+    if asked not in (None, "") or not profiles:
+        return ""
+    return str(default_profile(profiles)["slug"])
+
+
+def choose_project(projects: list[str], user_options: dict | None, fallback: str) -> str:
+    """The project a server is charged to: ``user_options["project"]`` if it is one of
+    ``projects`` (the user's, in order), else the first of them; ``fallback`` (the personal
+    project) when the user is in none.
+
+    Raises :class:`ProfileError` naming the allowed projects for any other choice.
+    """
+    allowed = list(projects) or [fallback]
+    asked = (user_options or {}).get("project")
+    if asked in (None, ""):
+        return allowed[0]
+    if not isinstance(asked, str):
+        raise ProfileError(f"project must be a string, not {type(asked).__name__}")
+    if asked not in allowed:
+        raise ProfileError(
+            f"project {asked!r} is not one of your projects; allowed: {', '.join(allowed)}"
+        )
+    return asked
+
+
+def options_form(
+    profiles: list[dict], projects: list[str] | tuple[str, ...] = (), project: str = ""
+) -> str:
+    """HTML for /hub/spawn: a radio list of ``profiles``, or the one profile described; then
+    the project the server is charged to (a select when ``projects`` has more than one,
+    ``project`` chosen, else the first).
 
     Never empty: JupyterHub starts a server at once, unasked, on GET /hub/spawn when a
     spawner has no options form; with a form, only the user's click on Start does.
@@ -178,13 +219,37 @@ def options_form(profiles: list[dict]) -> str:
             f'<input type="radio" name="profile" id="profile-{slug}" value="{slug}"{checked}> '
             f"{label}</label>"
         )
-    return "<h3>Server profile</h3>\n" + "\n".join(rows)
+    return "<h3>Server profile</h3>\n" + "\n".join(rows) + _project_field(list(projects), project)
+
+
+def _project_field(projects: list[str], chosen: str) -> str:
+    if not projects:
+        return ""
+    if len(projects) == 1:
+        name = html.escape(projects[0])
+        return f'\n<p class="twinhub-project">Charged to project <strong>{name}</strong>.</p>'
+    chosen = chosen if chosen in projects else projects[0]
+    opts = "".join(
+        f'<option value="{html.escape(p, quote=True)}"{" selected" if p == chosen else ""}>'
+        f"{html.escape(p)}</option>"
+        for p in projects
+    )
+    return (
+        '\n<h3>Project</h3>\n<label for="twinhub-project" class="twinhub-project">Charge this '
+        "server (and the Dask clusters it makes) to "
+        f'<select name="project" id="twinhub-project" class="form-control">{opts}</select>'
+        "</label>"
+    )
 
 
 def options_from_form(formdata: dict) -> dict:
-    """Form fields (lists of strings) -> ``{"profile": slug}``."""
-    values = formdata.get("profile") or [""]
-    return {"profile": values[0]} if values[0] else {}
+    """Form fields (lists of strings) -> ``{"profile": slug, "project": name}`` (those set)."""
+    out = {}
+    for key in OPTION_KEYS:
+        values = formdata.get(key) or [""]
+        if values[0]:
+            out[key] = values[0]
+    return out
 
 
 def kubespawner_profile_list(profiles: list[dict]) -> list[dict]:

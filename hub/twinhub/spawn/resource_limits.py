@@ -41,6 +41,9 @@ from traitlets import Integer
 from traitlets.config import Configurable
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Read for the cgroup mounts and this process's own cgroups (tests point them at fakes).
+MOUNTS_FILE = "/proc/self/mounts"
+OWN_CGROUP_FILE = "/proc/self/cgroup"
 _CPU_PERIOD_US = 100_000
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B?)?\s*$", re.IGNORECASE)
@@ -162,7 +165,7 @@ class CgroupSupport:
 def _mounts() -> list[tuple[str, str, set[str]]]:
     """(fstype, mountpoint, options) of every cgroup mount."""
     out = []
-    with contextlib.suppress(OSError), open("/proc/self/mounts") as f:
+    with contextlib.suppress(OSError), open(MOUNTS_FILE) as f:
         for line in f:
             parts = line.split()
             if len(parts) >= 4 and parts[2] in ("cgroup", "cgroup2"):
@@ -173,7 +176,7 @@ def _mounts() -> list[tuple[str, str, set[str]]]:
 def _own_cgroups() -> dict[str, str]:
     """Controller (or "" for v2) -> this process's cgroup path, from /proc/self/cgroup."""
     out: dict[str, str] = {}
-    with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
+    with contextlib.suppress(OSError), open(OWN_CGROUP_FILE) as f:
         for line in f:
             _, ctrls, path = line.rstrip("\n").split(":", 2)
             for c in ctrls.split(",") if ctrls else [""]:
@@ -307,6 +310,11 @@ class ServerCgroup:
             (cpu / "cpu.cfs_quota_us").write_text(
                 str(int(lim.cpu * _CPU_PERIOD_US)) if lim.cpu else "-1"
             )
+            # cpuacct co-mounted with cpu: the meter reads this leaf's counter, which must
+            # start from zero even if a leaf of the same name outlived a crash.
+            if (cpu / "cpuacct.usage").exists():
+                with contextlib.suppress(OSError):
+                    (cpu / "cpuacct.usage").write_text("0")
 
     def join_paths(self) -> list[str]:
         """Files the server process writes its pid to (computed before fork)."""
@@ -319,8 +327,10 @@ class ServerCgroup:
                 out.update(int(p) for p in (d / "cgroup.procs").read_text().split())
         return out
 
-    def kill_and_remove(self, timeout: float = 5.0) -> None:
-        """SIGKILL whatever is left in the group (stray kernels) and remove it."""
+    def kill_and_remove(self, timeout: float = 5.0) -> float | None:
+        """SIGKILL whatever is left in the group (stray kernels) and remove it; returns its
+        final CPU counter (core-seconds; None: none), read once nothing runs in it: where
+        the accounting meters this leaf (v2, v1 co-mounted) its last interval is not lost."""
         for d in self.dirs:
             if self.support.kind == "v2" and (d / "cgroup.kill").exists():
                 with contextlib.suppress(OSError):
@@ -331,12 +341,33 @@ class ServerCgroup:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)
+        final = next((c for d in self.dirs if (c := cpu_seconds(d)) is not None), None)
         for d in self.dirs:
             with contextlib.suppress(OSError):
                 d.rmdir()
             if self.support.kind == "v1":
                 with contextlib.suppress(OSError):  # busy while other servers run: fine
                     d.parent.rmdir()
+        return final
+
+
+def cpu_seconds(cpu_dir: Path) -> float | None:
+    """Cumulative CPU time (core-seconds) of a cgroup -- v1 ``cpuacct.usage`` (ns), v2
+    ``cpu.stat`` ``usage_usec`` -- or None when it is gone or has neither."""
+    try:
+        return int((cpu_dir / "cpuacct.usage").read_text()) / 1e9
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        return None
+    try:
+        for line in (cpu_dir / "cpu.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def join_cgroup(procs_files: list[str]) -> None:
@@ -370,3 +401,176 @@ def remove_stale(group: str) -> list[str]:
             with contextlib.suppress(OSError):
                 parent.rmdir()
     return sorted(set(removed))
+
+
+# -- accounting cgroups --------------------------------------------------------------------
+#
+# With accounting on, every server and every Dask scheduler/worker runs in an accounting
+# cgroup, limits or not, under ``twinhub-<id>-acct`` (a group of its own: ``remove_stale``
+# never touches it). Its CPU counter (cgroup v1 ``cpuacct.usage``; v2 ``cpu.stat``, which
+# exists without the cpu controller) counts every process in it, detached or not, and a
+# parent keeps the usage of removed children: a cluster is one leaf with a child per
+# process. The spawner and the gateway kill what is left at stop but never remove these
+# leaves: the accounting meter does, after its last read.
+
+
+@dataclass(frozen=True)
+class AccountingSupport:
+    """Where accounting cgroups go: ``kind`` "v1", "v2" or "" (none: per-process accounting)."""
+
+    kind: str
+    cpu: Path | None = None  # parent of the CPU-counter leaves
+    memory: Path | None = None  # parent of the memory leaves (v2: the same as cpu)
+    reason: str = ""
+    # v1 with cpuacct mounted together with cpu (systemd's "cpu,cpuacct"): a process is in
+    # one cgroup of that hierarchy, so joining an accounting leaf would take it out of its
+    # CPU-limits leaf. There, a process with limits is metered in its limits leaf instead.
+    cpu_shared: bool = False
+
+    def meters_in_limits(self, limits: ServerCgroup | None) -> bool:
+        """Whether a process with these enforced ``limits`` must be metered in its limits
+        cgroup instead of an accounting leaf (v2: one cgroup per process; v1 co-mounted)."""
+        if limits is None or not limits.enforced:
+            return False
+        return self.kind == "v2" or (
+            self.kind == "v1" and self.cpu_shared and limits.support.kind == "v1"
+        )
+
+
+@lru_cache(maxsize=8)
+def detect_accounting(group: str) -> AccountingSupport:
+    """Find where accounting cgroups ``<parent>/<group>/<leaf>`` can be made (root only)."""
+    if os.geteuid() != 0:
+        return AccountingSupport("", reason="not root: no cgroups, per-process accounting")
+    mounts = _mounts()
+    own = _own_cgroups()
+    v1: dict[str, Path] = {}
+    shared = False
+    unified: list[Path] = []
+    for fs, mp, opts in mounts:
+        if fs == "cgroup":
+            for ctrl in ("cpuacct", "memory"):
+                if ctrl in opts and ctrl not in v1:
+                    v1[ctrl] = Path(mp)
+                    shared = shared or (ctrl == "cpuacct" and "cpu" in opts)
+        elif fs == "cgroup2":
+            unified.append(Path(mp))
+    if "cpuacct" in v1:
+        cpu = v1["cpuacct"] / own.get("cpuacct", "/").lstrip("/")
+        mem = v1["memory"] / own.get("memory", "/").lstrip("/") if "memory" in v1 else None
+        if os.access(cpu, os.W_OK):
+            writable = mem is not None and os.access(mem, os.W_OK)
+            return AccountingSupport(
+                "v1", cpu / group, mem / group if writable else None, cpu_shared=shared
+            )
+    for mount in unified:
+        mine = mount / own.get("", "/").lstrip("/")
+        base = mount if (mount / "cgroup.controllers").exists() else None
+        if base is None or not os.access(mine, os.W_OK):
+            continue
+        # Memory only when the controller can be delegated; cpu.stat exists regardless.
+        why = _enable_controllers(mount, ("memory",))
+        parent = mount / group
+        try:
+            parent.mkdir(exist_ok=True)
+        except OSError as e:
+            return AccountingSupport("", reason=f"cannot create {parent}: {e.strerror}")
+        if not why:
+            why = _enable_controllers(parent, ("memory",))
+        return AccountingSupport("v2", parent, None if why else parent)
+    return AccountingSupport("", reason="no cpuacct or cgroup2 hierarchy usable")
+
+
+@dataclass
+class AccountingCgroup:
+    """One source's accounting leaf (``leaf`` may be ``cluster/worker``: a child leaf)."""
+
+    support: AccountingSupport
+    leaf: str
+    memory: bool = True  # False: the memory is in a limits cgroup already (v1)
+
+    @property
+    def cpu_dir(self) -> Path | None:
+        return self.support.cpu / self.leaf if self.support.cpu else None
+
+    @property
+    def memory_dir(self) -> Path | None:
+        if not self.memory or self.support.memory is None:
+            return None
+        return self.support.memory / self.leaf
+
+    @property
+    def dirs(self) -> list[Path]:
+        return sorted({d for d in (self.cpu_dir, self.memory_dir) if d is not None})
+
+    def create(self) -> None:
+        for d in self.dirs:
+            d.mkdir(parents=True, exist_ok=True)
+
+    def join_paths(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def pids(self) -> set[int]:
+        out: set[int] = set()
+        for d in self.dirs:
+            for procs in [d / "cgroup.procs", *d.glob("*/cgroup.procs")]:
+                with contextlib.suppress(OSError):
+                    out.update(int(p) for p in procs.read_text().split())
+        return out
+
+    def kill(self, timeout: float = 5.0) -> None:
+        """SIGKILL what is left (stray or detached processes); the leaves stay for the meter."""
+        kill_cgroup_procs(self.dirs, timeout)
+
+    def charge_cgroups(self, memory: list[str] | None = None) -> dict:
+        """The ``cgroups`` entry of the source's charge file."""
+        mem = [str(self.memory_dir)] if self.memory_dir is not None else []
+        return {
+            "kind": self.support.kind,
+            "cpu": str(self.cpu_dir) if self.cpu_dir else "",
+            "memory": mem + list(memory or []),
+            "leaves": [str(d) for d in self.dirs],
+        }
+
+
+def kill_cgroup_procs(dirs: list[Path] | list[str], timeout: float = 5.0) -> None:
+    """SIGKILL every process in ``dirs`` and their child groups, without removing any."""
+
+    def pids() -> set[int]:
+        out: set[int] = set()
+        for d in map(Path, dirs):
+            for procs in [d / "cgroup.procs", *d.glob("*/cgroup.procs")]:
+                with contextlib.suppress(OSError, ValueError):
+                    out.update(int(p) for p in procs.read_text().split())
+        return out
+
+    deadline = time.monotonic() + timeout
+    while (left := pids()) and time.monotonic() < deadline:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def remove_accounting_group(group: str) -> list[str]:
+    """Kill and remove every accounting leaf of ``group`` and the group itself.
+
+    Only for a platform whose state is being deleted (``twinhub down --purge``): its usage
+    records go with it, so unread counters no longer matter. Returns the removed dirs.
+    """
+    support = detect_accounting(group)
+    removed = []
+    for parent in {p for p in (support.cpu, support.memory) if p is not None}:
+        if not parent.is_dir():
+            continue
+        dirs = sorted(
+            (d for d in parent.rglob("*") if d.is_dir()),
+            key=lambda d: len(d.parts),
+            reverse=True,
+        )
+        kill_cgroup_procs(dirs)
+        for d in [*dirs, parent]:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+                removed.append(str(d))
+    return removed

@@ -13,6 +13,7 @@ calls ``Future.exception()`` on a still-running spawn future when the process di
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,10 +30,10 @@ from traitlets import Any as AnyTrait
 from traitlets import Bool, Dict, Enum, Integer, List, Unicode, default
 from traitlets.config import Configurable
 
-from twinlab.contract import ENV_LIMITS_ENFORCED, ENV_SERVICES
+from twinlab.contract import ENV_LIMITS_ENFORCED, ENV_PROJECT, ENV_SERVICES
 
 from ..process.ports import SERVER_PORTS, NoFreePort, pick_port, release_port
-from . import os_accounts, profiles, resource_limits, startqueue
+from . import charges, os_accounts, profiles, resource_limits, startqueue
 
 __all__ = [
     "TwinhubSpawner",
@@ -93,6 +94,12 @@ class TwinhubSpawner(LocalProcessSpawner):
         "default",
         help="Platform instance id: names this platform's cgroups (set by configure_hub).",
     ).tag(config=True)
+    accounting_dir = Unicode(
+        "",
+        help="Directory of the accounting charge files (twinhub.spawn.charges), set by the "
+        "accounting service's configure_service; '' when accounting is off. When set, every "
+        "server runs in an accounting cgroup (limits or not) and has a charge file.",
+    ).tag(config=True)
     profiles = List(
         Dict(),
         help="Validated server profiles (from Twinhub.profiles, set by configure_hub).",
@@ -138,9 +145,23 @@ class TwinhubSpawner(LocalProcessSpawner):
         "running server: a message stops the server and is logged as the reason (e.g. its "
         "user lost the project that allowed its profile). None: no check.",
     ).tag(config=True)
+    project_choices = AnyTrait(
+        None,
+        allow_none=True,
+        help="Callable (user) -> list of project names (may be async): the projects a user "
+        "may charge a server to, the first being the default (set by twinhub.services."
+        "projects). None, or an empty list: everything goes to personal_project.",
+    ).tag(config=True)
+    personal_project = Unicode(
+        "personal",
+        help="The project a server is charged to when its user is in no project (and in "
+        "personal mode); from TwinhubAccounting.personal_project.",
+    ).tag(config=True)
 
     # Set per spawn from the chosen profile.
     profile = Dict(help="The profile of the current/last spawn.")
+    # Set per spawn from user_options (before spawn_check runs, which reads it).
+    project = Unicode("", help="The project the current/last spawn is charged to.")
     # Spawns queued ahead of this one while it waits to start (None: not queued).
     queue_ahead: int | None = None
 
@@ -152,10 +173,23 @@ class TwinhubSpawner(LocalProcessSpawner):
             offered = list(await maybe_future(self.profile_filter(user or self.user, offered)))
         return offered
 
+    async def projects_for_user(self, user: Any = None) -> list[str]:
+        """Projects ``user`` (default: this spawner's user) may charge a server to, the
+        default first; [] when in none (then it is charged to ``personal_project``)."""
+        if self.project_choices is None:
+            return []
+        return [str(p) for p in await maybe_future(self.project_choices(user or self.user))]
+
     @default("options_form")
     def _default_options_form(self) -> Callable:
         async def form(spawner: TwinhubSpawner) -> str:
-            return profiles.options_form(await spawner.profiles_for_user())
+            # The last choice stays selected (JupyterHub keeps the last user_options).
+            last = (spawner.user_options or {}).get("project")
+            return profiles.options_form(
+                await spawner.profiles_for_user(),
+                await spawner.projects_for_user(),
+                last if isinstance(last, str) else "",
+            )
 
         return form
 
@@ -185,6 +219,9 @@ class TwinhubSpawner(LocalProcessSpawner):
                 }
             )
         env[ENV_SERVICES] = json.dumps(self.services, sort_keys=True)
+        # Informational (the hub's records say what is charged where): the default project
+        # of the Dask clusters this server makes (twinlab.clusters.client).
+        env[ENV_PROJECT] = self.project or self.personal_project
         cg = getattr(self, "_cgroup", None)
         env[ENV_LIMITS_ENFORCED] = "1" if cg is not None and cg.enforced else "0"
         return env
@@ -236,6 +273,11 @@ class TwinhubSpawner(LocalProcessSpawner):
         return Path(self.state_dir) / "logs" / "servers" / f"{self._safe_name}.log"
 
     def _setup_limits(self) -> None:
+        self._setup_limit_cgroup()
+        if self.accounting_dir:
+            self._setup_accounting()
+
+    def _setup_limit_cgroup(self) -> None:
         lim = self._limits()
         self._cgroup = None
         if not (lim.memory or lim.cpu):
@@ -268,8 +310,57 @@ class TwinhubSpawner(LocalProcessSpawner):
         else:
             self._event(f"Limits {lim.describe()} are advisory only: {cg.support.reason}.", 20)
 
+    def _setup_accounting(self) -> None:
+        """Open this run's charge file and, where cgroups work, its accounting cgroup."""
+        limits_cg = self._cgroup if self._cgroup is not None and self._cgroup.enforced else None
+        uid = getattr(self, "_run_uid", None)
+        self._acct, self._charge = charges.open_server_charge(
+            self.accounting_dir,
+            user=self.user.name,
+            name=self.name,
+            safe_name=self._safe_name,
+            project=self.project or self.personal_project,
+            uid=os.getuid() if uid is None else uid,
+            profile=str(self.profile.get("slug", "")),
+            gpus=self._limits().gpu,
+            group=f"twinhub-{self.instance_id}-acct" if self.enforce_limits != "off" else "",
+            limits=limits_cg,
+        )
+
+    async def _end_accounting(self, final_cpu: dict[str, float] | None = None) -> None:
+        """Kill what is left in this server's accounting cgroups and mark its charge ended;
+        the meter reads the last counters, then removes the leaves and the file. The user's
+        last source ended: what is left of their dedicated account goes too (processes no
+        cgroup held, detached from the server: unmetered otherwise). ``final_cpu``: removed
+        limits cgroup -> its last CPU counter (where the charge metered it)."""
+        if not self.accounting_dir:
+            return
+        self._acct = self._charge = None
+        uids = set()
+        # From the files, not memory: the hub may have restarted since the spawn.
+        for c in charges.find_open(
+            self.accounting_dir, user=self.user.name, name=self.name, kind="server"
+        ):
+            leaves = (c.cgroups or {}).get("leaves") or []
+            if leaves:
+                await asyncio.to_thread(resource_limits.kill_cgroup_procs, leaves)
+            last = (final_cpu or {}).get(str((c.cgroups or {}).get("cpu", "")))
+            charges.end(self.accounting_dir, c.source_id, final_cpu=last)
+            uids.add(c.uid)
+        for uid in uids:
+            n = await asyncio.to_thread(
+                charges.end_leftovers, self.accounting_dir, user=self.user.name, uid=uid
+            )
+            if n:
+                self.log.info(
+                    "%s: killed %d leftover process(es) of uid %s", self._log_name, n, uid
+                )
+
     def make_preexec_fn(self, name: str) -> Callable[[], None]:
         join = self._cgroup.join_paths() if self._cgroup and self._cgroup.enforced else []
+        acct = getattr(self, "_acct", None)
+        if acct is not None:
+            join = join + acct.join_paths()
         inner = self.user_preexec()
 
         def preexec() -> None:
@@ -294,7 +385,11 @@ class TwinhubSpawner(LocalProcessSpawner):
                 self._event(f"Your turn after {waited:.0f} s in the queue.", 8)
             return await asyncio.wait_for(self._start_now(), self.server_start_timeout)
         except TimeoutError:
+            await self._end_accounting()
             raise _error(500, self._timeout_message()) from None
+        except BaseException:
+            await self._end_accounting()
+            raise
         finally:
             queue.release()
 
@@ -317,7 +412,7 @@ class TwinhubSpawner(LocalProcessSpawner):
 
     async def _start_now(self) -> tuple[str, int]:
         try:
-            _uid, home = await self.prepare_user()
+            self._run_uid, home = await self.prepare_user()
         except os_accounts.AccountError as e:
             raise _error(500, f"Cannot prepare the OS account for {self.user.name!r}: {e}") from e
         await asyncio.to_thread(self._setup_limits)
@@ -343,6 +438,10 @@ class TwinhubSpawner(LocalProcessSpawner):
             ) from e
         finally:
             os.close(fd)
+        charge = getattr(self, "_charge", None)
+        if charge is not None:  # the root of its process tree, for per-process accounting
+            self._charge = dataclasses.replace(charge, pid=self.pid)
+            await asyncio.to_thread(charges.write, self.accounting_dir, self._charge)
         self._event("Server process started, waiting for it to listen.", 50)
         await self._wait_listening(ip or "127.0.0.1", port)
         self._event("Server is listening.", 90)
@@ -400,8 +499,11 @@ class TwinhubSpawner(LocalProcessSpawner):
                 support, self._safe_name, resource_limits.Limits()
             )
         cg, self._cgroup = self._cgroup, None
+        final: dict[str, float] = {}
         if cg is not None and cg.support.kind and any(d.exists() for d in cg.dirs):
-            await asyncio.to_thread(cg.kill_and_remove)
+            cpu = await asyncio.to_thread(cg.kill_and_remove)
+            final = {str(d): cpu for d in cg.dirs if cpu is not None}
+        await self._end_accounting(final)
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
@@ -410,13 +512,24 @@ class TwinhubSpawner(LocalProcessSpawner):
 
 
 async def _apply_profile(spawner: TwinhubSpawner, user_options: dict) -> None:
-    """``apply_user_options`` hook: choose the profile, refusing bad choices with a 400."""
+    """``apply_user_options`` hook: choose the profile and the project charged, refusing bad
+    choices with a 400 (and what ``spawn_check`` refuses with a 403)."""
     offered = await spawner.profiles_for_user()
-    if spawner.spawn_check is not None:
-        asked = (user_options or {}).get("profile")
-        why = await maybe_future(
-            spawner.spawn_check(spawner, asked if isinstance(asked, str) else "")
+    try:
+        project = profiles.choose_project(
+            await spawner.projects_for_user(), user_options, spawner.personal_project
         )
+    except profiles.ProfileError as e:
+        if spawner.orm_spawner is not None:  # not the next spawn's defaults either
+            spawner.orm_spawner.user_options = {}
+        raise _error(400, str(e)) from None
+    # Before the check: spawn_check reads the chosen project here (its signature is kept).
+    spawner.project = project
+    if spawner.spawn_check is not None:
+        # The slug that will start (the default when none is asked): budgets and the
+        # project's allocation are checked against the profile really chosen.
+        slug = profiles.slug_to_check(offered, user_options)
+        why = await maybe_future(spawner.spawn_check(spawner, slug))
         if why:
             if spawner.orm_spawner is not None:  # not the next spawn's defaults either
                 spawner.orm_spawner.user_options = {}

@@ -20,11 +20,15 @@ Loaded through dask's config, not by users: the hub sets ``DASK_GATEWAY__AUTH__T
    restart, crash, ``kill -9``, OOM), the operating system closes the connection and the
    scheduler stops the cluster after a short grace time.  ``close(shutdown=False)`` releases
    the lease first; clusters made with ``shutdown_on_close=False`` are never held.
+3. **charges clusters like the server that makes them**: when the gateway offers a ``project``
+   option, its default is the server's project (``$TWINHUB_PROJECT``), unless the caller or
+   the dask config (``gateway.cluster.options.project``) chooses one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import threading
@@ -32,9 +36,13 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import dask.config
 from dask_gateway import client as gw_client
 from dask_gateway.auth import JupyterHubAuth
 from distributed.comm import connect
+
+from twinlab import environment
+from twinlab.contract import ENV_PROJECT
 
 # The scheduler's comm handler (``twinhub.gateway.kernel_hold``) answers this op.
 HOLD_OP = "twinhub_hold"
@@ -150,6 +158,53 @@ def _releasing_stop_internal(original: Callable) -> Callable:
     return _stop_internal
 
 
+# -- 3. the server's project as the clusters' default ---------------------------------------
+PROJECT_OPTION = "project"
+
+
+def _configured_project() -> bool:
+    return PROJECT_OPTION in (dask.config.get("gateway.cluster.options", {}) or {})
+
+
+def _default_project(options: Any) -> None:
+    """Set the ``project`` option of ``options`` (a gateway's) to the server's project, when
+    the gateway has that option and allows it; anything else is left to the gateway."""
+    project = environment.text(ENV_PROJECT)
+    if not project or PROJECT_OPTION not in options:
+        return
+    # Not one of this user's projects at the gateway (any more): the gateway's default holds.
+    with contextlib.suppress(ValueError, TypeError):
+        options[PROJECT_OPTION] = project
+
+
+def _project_cluster_options(original: Callable) -> Callable:
+    async def _cluster_options(self: Any, use_local_defaults: bool = True) -> Any:
+        options = await original(self, use_local_defaults=use_local_defaults)
+        if use_local_defaults and not _configured_project():
+            _default_project(options)
+        return options
+
+    _cluster_options.__wrapped__ = original  # type: ignore[attr-defined]
+    return _cluster_options
+
+
+def _project_submit(original: Callable) -> Callable:
+    async def _submit(self: Any, cluster_options: Any = None, **kwargs: Any) -> Any:
+        if (
+            cluster_options is None
+            and PROJECT_OPTION not in kwargs
+            and environment.text(ENV_PROJECT)
+            and not _configured_project()
+        ):
+            # GatewayCluster() / new_cluster() without options (the Dask sidebar too): the
+            # gateway's options with the project defaulted, the config's defaults included.
+            cluster_options = await self._cluster_options()
+        return await original(self, cluster_options=cluster_options, **kwargs)
+
+    _submit.__wrapped__ = original  # type: ignore[attr-defined]
+    return _submit
+
+
 def install() -> None:
     """Apply both fixes to dask-gateway's client classes (idempotent)."""
     gw, cluster = gw_client.Gateway, gw_client.GatewayCluster
@@ -161,6 +216,8 @@ def install() -> None:
     cluster._stop_internal = _releasing_stop_internal(cluster._stop_internal)  # type: ignore[method-assign]
     cluster._twinhub_hold_task = None
     cluster._twinhub_hold_comm = None
+    gw._cluster_options = _project_cluster_options(gw._cluster_options)  # type: ignore[method-assign]
+    gw._submit = _project_submit(gw._submit)  # type: ignore[method-assign]
     cluster._twinhub_fixed = True
 
 

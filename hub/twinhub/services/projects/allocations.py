@@ -9,9 +9,10 @@ arrive as ``projects:climate-adaptation``, see :func:`twinhub.auth.realm.hub_gro
      "max_servers_per_user": 2,          # concurrent default + named servers; None = no limit
      "cpu_hours": 1000, "gpu_hours": 50, "storage_gb": 500}   # budgets; None = not set
 
-Budgets are stored and reported only: the accounting issue will meter them.  A user in
-several projects gets the union (:func:`effective_allocation`); a user in none gets the
-default allocation.  Used by the hub (profile filter, spawn checks: :mod:`twinhub.services.
+Budgets are held per project against that project's own metered use
+(:mod:`twinhub.services.accounting.enforce`).  A user in several projects gets the union
+(:func:`effective_allocation`; its budget sums are for display only); a user in none gets
+the default allocation.  Used by the hub (profile filter, spawn checks: :mod:`twinhub.services.
 projects.enforce`), by the ``projects`` service, and by KubeSpawner (:func:`kubespawner_
 profile_list`).
 """
@@ -175,7 +176,8 @@ def effective_allocation(
     profiles: list[Mapping[str, Any]],
 ) -> Effective:
     """The allocation of a member of ``groups``: profiles and GPU are the union of their
-    projects', the server limit the largest (no limit wins), budgets the sum of those set."""
+    projects', the server limit the largest (no limit wins), budgets the sum of those set
+    (shown only: each project's budget is held against its own use)."""
     mine = sorted(set(groups) & set(projects))
     allocs = [projects[n] for n in mine] or [default]
     allowed: set[str] = set()
@@ -227,6 +229,38 @@ def profile_refusal(
     else:
         how = f"ask an admin of a project that allows it{where} to add you, or to add it to yours"
     return f"profile {slug!r} is not in {_yours(eff)}; {how}"
+
+
+def project_profile_refusal(
+    project: str,
+    slug: str,
+    profiles: list[Mapping[str, Any]],
+    projects: Mapping[str, Mapping[str, Any]],
+    mine: Iterable[str] = (),
+    *,
+    running: bool = False,
+) -> str | None:
+    """Why a server of profile ``slug`` may not be charged to ``project`` (None: it may, or
+    ``project`` is no project with an allocation, e.g. the personal one). The union of a
+    user's projects is not enough: each project's budgets pay only for what its own
+    allocation allows (a GPU server charged to a project without GPUs would draw on no GPU
+    budget). ``mine``: the user's projects, named as the ones to charge it to instead."""
+    alloc = projects.get(project)
+    profile = next((p for p in profiles if p["slug"] == slug), None)
+    if alloc is None or profile is None:
+        return None
+    gpu_refused = is_gpu_profile(profile) and not alloc["gpu"]
+    if slug in allowed_profiles(alloc, profiles) and not gpu_refused:
+        return None
+    what = f"profile {slug!r} is not in project {project}'s allocation"
+    if running:
+        return what + " (the project it is charged to)"
+    others = [
+        n for n in sorted(mine) if n in projects and slug in allowed_profiles(projects[n], profiles)
+    ]
+    if others:
+        return f"{what}; charge it to one of: {', '.join(others)}"
+    return f"{what}; choose another profile, or ask an admin of {project} to add it"
 
 
 def server_limit_refusal(eff: Effective, running: list[str]) -> str | None:

@@ -34,8 +34,9 @@ class TwinhubProjects(Configurable):
         help="Project (JupyterHub group, or Keycloak group path such as "
         "/projects/climate-adaptation) -> allocation: {profiles: [slugs] ([] = every non-GPU "
         "profile), gpu: bool, max_servers_per_user: int or None, cpu_hours, gpu_hours, "
-        "storage_gb (budgets: stored and reported; metering comes with accounting)}. The "
-        "initial state: admins' changes through the service win until reset.",
+        "storage_gb (budgets held against the project's own metered use: CPU/GPU hours "
+        "all-time, storage the latest size in GB; docs/projects.md)}. The initial state: "
+        "admins' changes through the service win until reset.",
     ).tag(config=True)
 
     storage_sync_interval = Float(
