@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.platforms",
     "tests.fixtures.oidc",
+    "tests.fixtures.prometheus",
 ]
 
 
