@@ -43,7 +43,7 @@ from . import seaweed
 from .connection import admin_client, admin_keys, client, endpoint, has_admin_keys
 from .credentials import UserStorage, get_user, home_bucket_name, safe_key
 from .options import PROVISIONERS, REGION, StorageError, TwinhubObjectStore, settings
-from .project_buckets import sync_project_storage
+from .project_buckets import ProjectAccess, sync_project_storage
 from .provisioners import ensure_user, forget_user, sync_identities
 
 COMPONENT = "object-store"
@@ -141,7 +141,7 @@ async def _refuse_before_storage(spawner: Any) -> None:
         raise err from None
 
 
-_last_grants: dict[str, dict] = {}
+_last_access: dict[str, ProjectAccess] = {}
 
 
 def _project_access(rt: Runtime, creds: UserStorage, timeout: float = 15.0) -> list[str]:
@@ -150,8 +150,8 @@ def _project_access(rt: Runtime, creds: UserStorage, timeout: float = 15.0) -> l
     from botocore.exceptions import ClientError
 
     key = str(rt.state_dir)
-    _last_grants[key] = sync_project_storage(rt, _last_grants.get(key))
-    mine = _last_grants[key].get(creds.user, [])
+    _last_access[key] = sync_project_storage(rt, _last_access.get(key))
+    mine = _last_access[key].grants.get(creds.user, [])
     if not mine or not creds.has_keys:
         return mine
     c = client(rt, creds.access_key, creds.secret_key)

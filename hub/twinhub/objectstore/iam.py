@@ -2,7 +2,8 @@
 
 One IAM user per platform user (``<iam_user_prefix><name>``), one access key, and one inline
 policy (:data:`POLICY_NAME`) that names exactly the buckets the user may touch: the lake
-(list, read), their home bucket and their project buckets (list, read, write, delete).  The
+(list, read), their home bucket and their project buckets (list, read, write, delete; list
+and read only for a project over its storage budget, see ``memberships.frozen_buckets``).  The
 platform's admin key makes the calls; it needs IAM rights on users, keys and user policies.
 
 Spoken by AWS IAM, Ceph RGW (IAM API with accounts) and SeaweedFS's embedded IAM API
@@ -58,6 +59,8 @@ OWN_OBJECT_ACTIONS = (
     "s3:PutObjectTagging",
     "s3:DeleteObjectTagging",
 )
+#: Objects of a project bucket over its storage budget: read only.
+FROZEN_OBJECT_ACTIONS = ("s3:GetObject", "s3:GetObjectTagging")
 
 
 def iam_user_name(prefix: str, user: str) -> str:
@@ -80,14 +83,19 @@ def _arn(bucket: str, objects: bool = False) -> str:
     return f"arn:aws:s3:::{bucket}" + ("/*" if objects else "")
 
 
-def user_policy(lake: str, home: str, shared: Iterable[str] = ()) -> dict:
-    """The inline policy of one user: lake read/list, home and project buckets read/write.
+def user_policy(
+    lake: str, home: str, shared: Iterable[str] = (), frozen: Iterable[str] = ()
+) -> dict:
+    """The inline policy of one user: lake read/list, home and project buckets read/write,
+    the project buckets in ``frozen`` (over their storage budget) read/list only.
 
     No ``s3:ListAllMyBuckets``: on AWS it would list every bucket of the account (other
     users' names); tools open ``s3://bucket/...`` without it.  Bucket creation is not granted.
     """
     own = [home, *sorted(set(shared) - {home})]
-    return {
+    read_only = [b for b in own if b in set(frozen) and b != home]
+    writable = [b for b in own if b not in read_only]
+    doc: dict = {
         "Version": "2012-10-17",
         "Statement": [
             {
@@ -112,10 +120,20 @@ def user_policy(lake: str, home: str, shared: Iterable[str] = ()) -> dict:
                 "Sid": "OwnObjects",
                 "Effect": "Allow",
                 "Action": list(OWN_OBJECT_ACTIONS),
-                "Resource": [_arn(b, objects=True) for b in own],
+                "Resource": [_arn(b, objects=True) for b in writable],
             },
         ],
     }
+    if read_only:
+        doc["Statement"].append(
+            {
+                "Sid": "FrozenObjects",
+                "Effect": "Allow",
+                "Action": list(FROZEN_OBJECT_ACTIONS),
+                "Resource": [_arn(b, objects=True) for b in read_only],
+            }
+        )
+    return doc
 
 
 def policy_json(doc: dict) -> str:
@@ -156,8 +174,10 @@ class IamUsers:
     def name(self, user: str) -> str:
         return iam_user_name(self.store.iam_user_prefix, user)
 
-    def put_policy(self, user: str, home: str, shared: Iterable[str] = ()) -> None:
-        doc = policy_json(user_policy(self.store.lake_bucket, home, shared))
+    def put_policy(
+        self, user: str, home: str, shared: Iterable[str] = (), frozen: Iterable[str] = ()
+    ) -> None:
+        doc = policy_json(user_policy(self.store.lake_bucket, home, shared, frozen))
         if len(doc) > AWS_INLINE_POLICY_LIMIT:
             log.warning(
                 "storage policy of %s is %d characters: AWS IAM refuses inline policies over "
@@ -173,7 +193,9 @@ class IamUsers:
         except Exception as e:
             raise StorageError(f"IAM PutUserPolicy for {user} failed: {e}") from e
 
-    def create(self, user: str, home: str, shared: Iterable[str] = ()) -> tuple[str, str]:
+    def create(
+        self, user: str, home: str, shared: Iterable[str] = (), frozen: Iterable[str] = ()
+    ) -> tuple[str, str]:
         """IAM user (kept if there), policy, and a new access key; returns (access, secret)."""
         name = self.name(user)
         try:
@@ -181,7 +203,7 @@ class IamUsers:
         except Exception as e:
             if _code(e) != "EntityAlreadyExists":
                 raise StorageError(f"IAM CreateUser {name} failed: {e}") from e
-        self.put_policy(user, home, shared)
+        self.put_policy(user, home, shared, frozen)
         try:
             key = self.iam.create_access_key(UserName=name)["AccessKey"]
         except Exception as e:
@@ -231,14 +253,14 @@ def _is_aws(url: str) -> bool:
     return host == "amazonaws.com" or host.endswith(".amazonaws.com")
 
 
-def provision(rt: Runtime, user: str, shared: list[str]) -> UserStorage:
+def provision(rt: Runtime, user: str, shared: list[str], frozen: Iterable[str] = ()) -> UserStorage:
     """Create ``user``'s home bucket, IAM user, policy and key, and record them (see module
     doc for races); returns the recorded storage, which may be another process's."""
     store = settings(rt)
     bucket = home_bucket_name(store.home_bucket_prefix, user)
     ensure_bucket(rt, bucket)
     prov = IamUsers(rt)
-    access, secret = prov.create(user, bucket, shared)
+    access, secret = prov.create(user, bucket, shared, frozen)
     try:
         with session(rt.db_url) as s:
             s.add(
@@ -265,17 +287,25 @@ def provision(rt: Runtime, user: str, shared: list[str]) -> UserStorage:
 
 
 def sync_policies(
-    rt: Runtime, grants: dict[str, list[str]], last: dict[str, list[str]] | None = None
+    rt: Runtime,
+    grants: dict[str, list[str]],
+    last: dict[str, list[str]] | None = None,
+    frozen: Iterable[str] = (),
+    last_frozen: Iterable[str] = (),
 ) -> list[str]:
-    """Rewrite the policy of every user whose project buckets changed since ``last`` (all
-    users when None); returns the users whose policy was written."""
+    """Rewrite the policy of every user whose project buckets, or which of them are
+    ``frozen`` (read-only), changed since ``last`` and ``last_frozen`` (all users when
+    ``last`` is None); returns the users whose policy was written."""
+    frozen, last_frozen = set(frozen), set(last_frozen)
     prov: IamUsers | None = None
     done = []
     for creds in all_users(rt):
         mine = sorted(grants.get(creds.user, []))
-        if last is not None and sorted(last.get(creds.user, [])) == mine:
-            continue
+        if last is not None:
+            before = sorted(last.get(creds.user, []))
+            if before == mine and last_frozen & set(before) == frozen & set(mine):
+                continue
         prov = prov or IamUsers(rt)
-        prov.put_policy(creds.user, creds.home_bucket, mine)
+        prov.put_policy(creds.user, creds.home_bucket, mine, frozen & set(mine))
         done.append(creds.user)
     return done

@@ -4,6 +4,10 @@ members, and the buckets themselves.
 A project's bucket is ``project-<group>`` (made bucket-safe like home buckets).  Membership
 is the hub's (its groups), read through JupyterHub's ORM at every sync: whoever is no longer
 in the group loses the bucket at the next sync (see :mod:`.project_buckets`).
+
+A project whose storage budget is used up (``storage_gb`` at level 100 in the accounting
+service's ``budget_states`` table) has its bucket *frozen*: members keep reading and listing
+it, none of them may write (:func:`frozen_buckets`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import functools
 import logging
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Engine, column, create_engine, inspect, select, table
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -23,6 +27,12 @@ from .connection import admin_client
 from .credentials import home_bucket_name
 
 PROJECT_BUCKET_PREFIX = "project-"
+#: The accounting service's table of budget levels, read as a plain table: the object store
+#: knows no service (twinhub.services.accounting.enforce writes it each tick).
+BUDGET_STATES = table("budget_states", column("project"), column("budget"), column("level"))
+STORAGE_BUDGET = "storage_gb"
+#: The level (percent of the budget used, as the accounting service rounds it) that freezes.
+FROZEN_LEVEL = 100
 #: Keycloak group paths arrive as "projects:<name>": the bucket needs the name only.
 _GROUP_PREFIX = "projects:"
 
@@ -110,3 +120,35 @@ def ensure_project_buckets(rt: Runtime, admin: Any = None) -> list[str]:
                 admin.create_bucket(Bucket=b)
                 log.info("created project bucket %s", b)
     return buckets
+
+
+def frozen_projects(rt: Runtime) -> set[str]:
+    """Projects whose storage budget is used up (``storage_gb`` at level 100 in
+    ``budget_states``); none when accounting never ran here (no such table)."""
+    eng = db.engine(rt.db_url)
+    with eng.connect() as conn:
+        if not inspect(conn).has_table(BUDGET_STATES.name):
+            return set()
+        rows = conn.execute(
+            select(BUDGET_STATES.c.project).where(
+                BUDGET_STATES.c.budget == STORAGE_BUDGET, BUDGET_STATES.c.level >= FROZEN_LEVEL
+            )
+        ).scalars()
+        return set(rows)
+
+
+#: The frozen buckets last read per database: kept when a read fails, so a passing database
+#: error neither thaws a full bucket nor freezes a healthy one.
+_last_frozen: dict[str, frozenset[str]] = {}
+
+
+def frozen_buckets(rt: Runtime) -> frozenset[str]:
+    """The buckets of :func:`frozen_projects` (read and list only for their members)."""
+    try:
+        frozen = frozenset(project_bucket_name(p) for p in frozen_projects(rt))
+    except Exception as e:
+        frozen = _last_frozen.get(rt.db_url, frozenset())
+        log.error("budget states unreadable, frozen project buckets kept as %s: %s", frozen, e)
+        return frozen
+    _last_frozen[rt.db_url] = frozen
+    return frozen

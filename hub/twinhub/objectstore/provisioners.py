@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..process.runtime import Runtime
@@ -31,10 +32,19 @@ from .credentials import (
     new_keys,
     wait_usable,
 )
-from .memberships import ensure_project_buckets, grants_or_none, project_grants
+from .memberships import ensure_project_buckets, frozen_buckets, grants_or_none, project_grants
 from .options import settings
 
 log = logging.getLogger("twinhub.objectstore")
+
+
+@dataclass(frozen=True)
+class ProjectAccess:
+    """Project bucket rights in force: who may use which bucket, and which buckets are
+    frozen (over their project's storage budget: members read and list only)."""
+
+    grants: dict[str, list[str]] = field(default_factory=dict)  # {user: [bucket, ...]}
+    frozen: frozenset[str] = frozenset()
 
 
 class Provisioner:
@@ -60,20 +70,22 @@ class Provisioner:
         """Revoke ``user``'s keys (the bucket and its objects stay); True if there were any."""
         return delete_row(self.rt, user)
 
-    def sync_projects(self, last: dict[str, list[str]] | None) -> dict[str, list[str]]:
-        """Create missing project buckets and, when memberships changed since ``last``,
-        rewrite the members' rights; returns the grants now in force."""
+    def sync_projects(self, last: ProjectAccess | None) -> ProjectAccess:
+        """Create missing project buckets and, when memberships or frozen buckets changed
+        since ``last``, rewrite the members' rights; returns the access now in force."""
         ensure_project_buckets(self.rt)
-        grants = project_grants(self.rt)
-        if grants != last:
-            self.grant_projects(grants, last)
-            log.info("project storage access updated: %s", grants)
-        return grants
+        now = ProjectAccess(project_grants(self.rt), frozen_buckets(self.rt))
+        if now != last:
+            self.grant_projects(now, last)
+            log.info(
+                "project storage access updated: %s; read-only (over budget): %s",
+                now.grants,
+                sorted(now.frozen),
+            )
+        return now
 
-    def grant_projects(
-        self, grants: dict[str, list[str]], last: dict[str, list[str]] | None
-    ) -> None:
-        """Give every user the rights on exactly their project buckets (``grants``), which
+    def grant_projects(self, now: ProjectAccess, last: ProjectAccess | None) -> None:
+        """Give every user the rights on exactly their project buckets (``now``), which
         changed since ``last``."""
 
 
@@ -101,9 +113,7 @@ class SeaweedfsProvisioner(Provisioner):
             sync_identities(self.rt, revoked=[user])
         return True
 
-    def grant_projects(
-        self, grants: dict[str, list[str]], last: dict[str, list[str]] | None
-    ) -> None:
+    def grant_projects(self, now: ProjectAccess, last: ProjectAccess | None) -> None:
         with lock(self.rt):
             sync_identities(self.rt)
 
@@ -115,7 +125,9 @@ class IamProvisioner(Provisioner):
 
     def create_user(self, user: str, timeout: float) -> UserStorage:
         ensure_bucket(self.rt, self.store.lake_bucket)
-        creds = iam.provision(self.rt, user, grants_or_none(self.rt).get(user, []))
+        creds = iam.provision(
+            self.rt, user, grants_or_none(self.rt).get(user, []), frozen_buckets(self.rt)
+        )
         # AWS IAM is eventually consistent: a new key may take seconds to be accepted.
         wait_usable(self.rt, creds, max(timeout, self.store.key_propagation_timeout))
         return creds
@@ -127,10 +139,14 @@ class IamProvisioner(Provisioner):
         iam.IamUsers(self.rt).remove(user)
         return delete_row(self.rt, user)
 
-    def grant_projects(
-        self, grants: dict[str, list[str]], last: dict[str, list[str]] | None
-    ) -> None:
-        iam.sync_policies(self.rt, grants, last)
+    def grant_projects(self, now: ProjectAccess, last: ProjectAccess | None) -> None:
+        iam.sync_policies(
+            self.rt,
+            now.grants,
+            last.grants if last else None,
+            now.frozen,
+            last.frozen if last else (),
+        )
 
 
 class KeylessProvisioner(Provisioner):
@@ -147,12 +163,12 @@ class KeylessProvisioner(Provisioner):
             ensure_bucket(self.rt, creds.home_bucket)
         return creds
 
-    def sync_projects(self, last: dict[str, list[str]] | None) -> dict[str, list[str]]:
+    def sync_projects(self, last: ProjectAccess | None) -> ProjectAccess:
         """Nobody's rights are touched: the grants only name the buckets, made when the
-        platform has an admin key."""
+        platform has an admin key (so nothing is frozen either: the operator's keys rule)."""
         if has_admin_keys(self.rt):
             ensure_project_buckets(self.rt)
-        return project_grants(self.rt)
+        return ProjectAccess(project_grants(self.rt))
 
 
 #: ``TwinhubObjectStore.provisioner`` (as in force, "auto" resolved) -> its class.
@@ -179,6 +195,7 @@ def sync_identities(rt: Runtime, revoked: list[str] | tuple[str, ...] = ()) -> N
         [(u.user, u.access_key, u.secret_key, u.home_bucket) for u in all_users(rt)],
         settings(rt).lake_bucket,
         grants_or_none(rt),
+        frozen_buckets(rt),
     )
     for user in revoked:
         access, secret = new_keys()

@@ -36,7 +36,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ..process.runtime import Runtime
@@ -44,6 +44,8 @@ from .options import StorageError
 
 LAKE_ACTIONS = ("Read", "List")
 HOME_ACTIONS = ("Read", "List", "Write", "Tagging")
+#: A project bucket over its storage budget: members read and list, nobody writes or tags.
+FROZEN_ACTIONS = ("Read", "List")
 # Every port weed listens on; allocated by prepare() and kept in runtime.json.
 PORT_KEYS = {
     "s3": "object-store",
@@ -167,9 +169,11 @@ def identities(
     users: list[tuple[str, str, str, str]],
     lake: str,
     shared: dict[str, list[str]] | None = None,
+    frozen: Collection[str] = (),
 ) -> dict:
     """SeaweedFS's S3 identities: the platform's admin, then (name, access, secret, bucket);
-    ``shared`` adds, per user name, buckets they may use like their own (project buckets)."""
+    ``shared`` adds, per user name, buckets they may use like their own (project buckets),
+    but those in ``frozen`` (over their storage budget) only to read and list."""
     shared = shared or {}
     out = [
         {
@@ -180,7 +184,8 @@ def identities(
     ]
     for name, access, secret, bucket in users:
         actions = [f"{a}:{lake}" for a in LAKE_ACTIONS] + [f"{a}:{bucket}" for a in HOME_ACTIONS]
-        actions += [f"{a}:{b}" for b in shared.get(name, []) for a in HOME_ACTIONS]
+        for b in shared.get(name, []):
+            actions += [f"{a}:{b}" for a in (FROZEN_ACTIONS if b in frozen else HOME_ACTIONS)]
         out.append(
             {
                 "name": f"user-{name}",
