@@ -10,6 +10,8 @@ The command line is a contract other tools (tests, CI, docs) rely on::
     twinhub user token NAME [--state DIR]
     twinhub user link NAME [--state DIR]
     twinhub user list [--json] [--state DIR]
+    twinhub usage [--user U] [--project P [--by-member]] [--since T] [--until T] [--step S]
+                  [--json] [--state DIR]           (operators: reads the database directly)
     twinhub login --hub URL [--no-browser]     (token for scripts, Keycloak device flow)
     twinhub logout
 
@@ -156,6 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seed.add_argument("--cache-dir", default=None, help="where builds are kept (default: cache)")
     _state_arg(seed)
+    usage = sub.add_parser(
+        "usage",
+        help="metered usage (CPU, memory, GPU, Dask workers, storage, energy, CO2e) of a user "
+        "or a project, or of everyone, read from the platform's database (operators)",
+        description="Without --user or --project: all-time (or --since/--until, in whole "
+        "days) totals of every user in every project. With them: the usage API's answer "
+        "(totals, methods, series by --step, the project's budgets).",
+    )
+    usage.add_argument("--user", metavar="U", help="this user's usage")
+    usage.add_argument("--project", metavar="P", help="this project's usage (and budgets)")
+    usage.add_argument(
+        "--by-member", action="store_true", help="with --project: one series per member"
+    )
+    usage.add_argument(
+        "--since", metavar="T", help="from T: ISO 8601 (2026-01-31, 2026-01-31T12:00Z) or ago (7d)"
+    )
+    usage.add_argument("--until", metavar="T", help="up to T (same forms; default: now)")
+    usage.add_argument("--step", metavar="S", help="series step: hour, day, month or seconds")
+    usage.add_argument("--json", action="store_true", help="machine-readable output")
+    _state_arg(usage)
     login = sub.add_parser(
         "login",
         help="get a JupyterHub API token for scripts and CLIs (Keycloak device login); "
@@ -245,8 +267,12 @@ def cmd_down(args: argparse.Namespace) -> int:
     code = down(Path(args.state))
     if args.purge_users:
         from .spawn.os_accounts import purge_accounts  # only with --purge-users
+        from .spawn.resource_limits import remove_accounting_group  # only with --purge-users
 
-        removed = purge_accounts(load_runtime(Path(args.state)))
+        rt = load_runtime(Path(args.state))
+        removed = purge_accounts(rt)
+        # Usage nobody will read any more: the accounting cgroups go with the accounts.
+        remove_accounting_group(f"twinhub-{rt.instance_id}-acct")
         print(f"removed OS accounts: {', '.join(removed) if removed else 'none'}")
     return code
 
@@ -309,6 +335,45 @@ def cmd_user(args: argparse.Namespace) -> int:
             raise CLIError(f"no such user: {args.name}") from e
         raise CLIError(str(e)) from e
     raise CLIError(f"unknown user command {args.user_command}")
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    # per command (see the top)
+    from .db.schema import DatabaseError, check_schema
+    from .platform import load_runtime
+    from .services.accounting import report
+    from .services.projects.catalog import ProjectCatalog
+
+    if args.by_member and not args.project:
+        raise CLIError("--by-member needs --project")
+    try:
+        start = report.parse_since(args.since) if args.since else None
+        end = report.parse_since(args.until) if args.until else None
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    rt = load_runtime(Path(args.state))
+    try:
+        check_schema(rt.db_url)  # a platform not upgraded yet: say so, not a traceback
+        if not args.user and not args.project:
+            if args.step:
+                raise CLIError("--step needs --user or --project (a series is of one scope)")
+            rows = report.everyone(rt.db_url, start, end)
+            print(json.dumps(rows, indent=2) if args.json else report.everyone_table(rows))
+            return 0
+        doc = report.one(
+            rt.db_url,
+            user=args.user,
+            project=args.project,
+            start=start,
+            end=end,
+            step=args.step,
+            by_member=args.by_member,
+            allocations=ProjectCatalog.from_runtime(rt).allocations(),
+        )
+    except (ValueError, DatabaseError) as e:  # a bad step or range; an old schema
+        raise CLIError(str(e)) from None
+    print(json.dumps(doc, indent=2) if args.json else report.table(doc))
+    return 0
 
 
 def _user_add(rt, args: argparse.Namespace) -> int:
@@ -425,6 +490,8 @@ def main(argv: list[str] | None = None) -> None:
             code = cmd_status(args)
         elif args.command == "data":
             code = cmd_data(args)
+        elif args.command == "usage":
+            code = cmd_usage(args)
         elif args.command in ("login", "logout"):
             code = cmd_login(args)
         else:

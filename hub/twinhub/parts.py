@@ -21,6 +21,7 @@ from .hubconf.core import CorePart
 from .objectstore import ObjectStorePart
 from .plugin import Part
 from .process.runtime import Runtime
+from .services.accounting import AccountingPart
 from .services.cache import CachePart
 from .services.datalake import StacPart
 from .services.projects import ProjectsPart
@@ -34,6 +35,7 @@ PARTS: tuple[type[Part], ...] = (
     ObjectStorePart,
     StacPart,
     ProjectsPart,
+    AccountingPart,
     CachePart,
 )
 

@@ -1,8 +1,8 @@
 """Who may do what: a matrix of actors x endpoints against the real multi-user platform.
 
 Each row is one endpoint; each column an actor (anonymous, the owner ``alice``, another user
-``bob``, an admin).  Later issues add their endpoints (registry, accounting, data lake...)
-as rows here.  Expected statuses are sets because JupyterHub answers "not yours" with 403 or
+``bob``, ``carol`` who shares a project with alice, an admin).  Later issues add their
+endpoints (registry, accounting, data lake...) as rows here.  Expected statuses are sets because JupyterHub answers "not yours" with 403 or
 404 depending on the endpoint, and browser-like requests without a token get redirected.
 """
 
@@ -16,6 +16,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 OK = {200, 201, 204}
 DENIED = {401, 403, 404}
 LOGIN = {302, 401, 403}  # anonymous: redirected to the login page or refused
+
+#: A hub group alice and carol (the "member" actor) are in: a project for accounting.
+PROJECT = "authz-project"
 
 # (method, path template, {actor: allowed statuses}); {owner} is alice's name.
 MATRIX: list[tuple[str, str, dict[str, set[int]]]] = [
@@ -99,6 +102,40 @@ MATRIX: list[tuple[str, str, dict[str, set[int]]]] = [
         {"anon": DENIED, "owner": DENIED, "other": DENIED, "admin": OK},
     ),
     ("GET", "hub/set-password", {"anon": {400}, "owner": {400}, "other": {400}, "admin": {400}}),
+    # accounting: one's own usage; a project's totals for its members; someone else's usage
+    # and a project's per-member breakdown for admins; metrics need read:metrics (admins)
+    (
+        "GET",
+        "services/accounting/api/v1/usage",
+        {"anon": DENIED, "owner": OK, "other": OK, "member": OK, "admin": OK},
+    ),
+    (
+        "GET",
+        "services/accounting/api/v1/usage?user={owner}",
+        {"anon": DENIED, "owner": OK, "other": {403}, "member": {403}, "admin": OK},
+    ),
+    (
+        "GET",
+        "services/accounting/api/v1/usage?project=" + PROJECT,
+        {"anon": DENIED, "owner": OK, "other": {403}, "member": OK, "admin": OK},
+    ),
+    (
+        "GET",
+        "services/accounting/api/v1/usage?project=" + PROJECT + "&by=member",
+        {"anon": DENIED, "owner": {403}, "other": {403}, "member": {403}, "admin": OK},
+    ),
+    (
+        "GET",
+        "services/accounting/api/v1/usage?project=" + PROJECT + "&user={owner}",
+        {"anon": DENIED, "owner": OK, "other": {403}, "member": {403}, "admin": OK},
+    ),
+    (
+        "GET",
+        "services/accounting/metrics",
+        {"anon": {401}, "owner": {403}, "other": {403}, "member": {403}, "admin": OK},
+    ),
+    ("GET", "services/accounting/health", {"anon": OK, "owner": OK, "other": OK, "admin": OK}),
+    ("POST", "services/accounting/api/v1/usage", {"anon": DENIED, "owner": {405}, "admin": {405}}),
 ]
 
 
@@ -113,14 +150,23 @@ def scheme_for(path: str) -> str:
 @pytest.fixture(scope="module")
 def actors(multiuser_platform):
     p = multiuser_platform
-    for name in ("alice", "bob"):
+    for name in ("alice", "bob", "carol"):
         if p.api("GET", f"/users/{name}", token=p.token("admin")).status_code == 404:
             p.add_user(name)
+    p.api("POST", f"/groups/{PROJECT}", token=p.token("admin"))  # 409 if it exists
+    r = p.api(
+        "POST",
+        f"/groups/{PROJECT}/users",
+        token=p.token("admin"),
+        json={"users": ["alice", "carol"]},
+    )
+    assert r.status_code == 200, r.text
     p.spawn("alice")
     tokens = {
         "anon": None,
         "owner": p.token("alice"),
         "other": p.token("bob"),
+        "member": p.token("carol"),
         "admin": p.token("admin"),
     }
     return p, tokens

@@ -70,7 +70,8 @@ def test_servers_get_their_own_keys_and_the_info_endpoint_says_where(store):
     # Every service a user may use, the data lake's STAC API included (issue 18, item 8).
     base = p.url if p.url.endswith("/") else p.url + "/"
     assert r.json()["services"] == {
-        name: f"{base}services/{name}/" for name in ("cache", "dask-gateway", "projects", "stac")
+        name: f"{base}services/{name}/"
+        for name in ("accounting", "cache", "dask-gateway", "projects", "stac")
     }
     assert r.json()["storage"] == {
         "endpoint": objectstore.endpoint(rt),

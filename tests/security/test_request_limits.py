@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 DEEP = "[" * 100_000 + "]" * 100_000  # 200 KB: over the projects and cache body caps
 DEEP_SMALL = "[" * 30_000 + "]" * 30_000  # 60 KB: under them (json.loads: RecursionError)
 DEEP_OBJ = '{"a":' * 5000 + "1" + "}" * 5000
-SERVICES = ("projects", "cache", "stac", "hub", "proxy")
+SERVICES = ("projects", "cache", "accounting", "stac", "hub", "proxy")
 
 
 def pids(p) -> dict[str, int]:
@@ -133,6 +133,25 @@ CORPUS = [
     ("stac: q too long", "stac/search?q=" + "a" * 5000, "GET", "alice", {}, {400},
      "at most 1024 characters"),
     ("stac: NUL in q", "stac/search?q=a%00b", "GET", "alice", {}, {400}, "control characters"),
+    # the accounting service's usage API (its parameter checks: services/accounting/access.py)
+    ("accounting: bad start", "accounting/api/v1/usage?start=yesterday", "GET", "alice", {},
+     {400}, "ISO 8601"),
+    ("accounting: unknown parameter", "accounting/api/v1/usage?who=bob", "GET", "alice", {},
+     {400}, "unknown parameter"),
+    ("accounting: repeated parameter", "accounting/api/v1/usage?step=day&step=hour", "GET",
+     "alice", {}, {400}, "more than once"),
+    ("accounting: long parameter", "accounting/api/v1/usage?project=" + "p" * 5000, "GET",
+     "alice", {}, {400}, "longer than"),
+    ("accounting: start after end",
+     "accounting/api/v1/usage?start=2026-02-01&end=2026-01-01", "GET", "alice", {}, {400},
+     "must be before"),
+    ("accounting: bad format", "accounting/api/v1/usage?format=xml", "GET", "alice", {}, {400},
+     "format="),
+    ("accounting: NUL in user", "accounting/api/v1/usage?user=a%00b", "GET", "alice", {},
+     {400}, "control characters"),
+    ("accounting: write", "accounting/api/v1/usage", "POST", "alice", {"json": {}}, {405}, ""),
+    ("accounting: deep body", "accounting/api/v1/usage", "GET", "alice", {"data": DEEP}, {413},
+     "larger than"),
     ("control bytes in a header", "cache/stats", "GET", None,
      {"headers": {"Authorization": "token \x01garbage"}}, {400, 401}, ""),
 ]  # fmt: skip

@@ -22,12 +22,17 @@ from typing import Any, Final, TypeAlias
 ENV_STAC_URL: Final = "TWINHUB_STAC_URL"
 #: The rolling cache's root through the proxy on loopback.
 ENV_CACHE_URL: Final = "TWINHUB_CACHE_URL"
+#: The accounting service's root through the proxy on loopback (usage and budgets).
+ENV_ACCOUNTING_URL: Final = "TWINHUB_ACCOUNTING_URL"
 #: JSON: {"endpoint", "lake_bucket", "home_bucket", "credentials", "project_buckets"}.
 ENV_STORAGE: Final = "TWINHUB_STORAGE"
 #: JSON: service name -> public URL of every service the user may use.
 ENV_SERVICES: Final = "TWINHUB_SERVICES"
 #: The slug of the profile the server was started with.
 ENV_PROFILE: Final = "TWINHUB_PROFILE"
+#: The project the server is charged to (informational: the hub's records are the truth);
+#: the default project of the Dask clusters it makes.
+ENV_PROJECT: Final = "TWINHUB_PROJECT"
 #: "1" when the server's memory/CPU limits are enforced (cgroups), "0" when advisory.
 ENV_LIMITS_ENFORCED: Final = "TWINHUB_LIMITS_ENFORCED"
 #: The platform instance every process of it carries (orphan clean-up).

@@ -15,6 +15,7 @@ from traitlets.config import Config
 
 from twinhub.process.components import Component
 from twinhub.process.runtime import Runtime
+from twinhub.services.accounting import AccountingPart
 from twinhub.services.asgi import BadRequest, read_body, send_refusal
 from twinhub.services.base import AsgiService, running_public_url
 from twinhub.services.cache import CachePart
@@ -147,12 +148,12 @@ def test_hub_registration(tmp_path):
 
 
 def test_the_platforms_services_use_the_base():
-    for part in (StacPart, CachePart, ProjectsPart):
+    for part in (StacPart, CachePart, ProjectsPart, AccountingPart):
         assert issubclass(part, AsgiService)
     assert StacPart.config_env() == "TWINHUB_STAC_CONFIG"
     assert CachePart.config_env() == "TWINHUB_CACHE_CONFIG"
     # Every service a user may use is in $TWINHUB_SERVICES (the info endpoint lists them).
-    assert (StacPart.listed, CachePart.listed, ProjectsPart.listed) == (True, True, True)
+    assert all(p.listed for p in (StacPart, CachePart, ProjectsPart, AccountingPart))
 
 
 # -- asgi helpers ----------------------------------------------------------------------------
