@@ -3,7 +3,11 @@
 //   GET twinlab/api/tutorials (twinlab.serverext.tutorials); a card opens the user's copy
 //   in <root>/tutorials/, copying it back first if the user deleted it;
 // - the platform's docs and support in the Help menu, served by the hub at
-//   <hubPrefix>help/ and <hubPrefix>help/support (no internet needed).
+//   <hubPrefix>help/ and <hubPrefix>help/support (no internet needed);
+// - warnings when a project's budget reaches 80 % or 95 % and an error at 100 % (with the
+//   time its servers stop, when known) or when a server was stopped for a budget, once per
+//   level per project and budget: it polls the server's GET twinlab/api/info, whose "usage"
+//   key lists them (twinlab.serverext.usage_info).
 import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { ILauncher } from '@jupyterlab/launcher';
 import { IMainMenu } from '@jupyterlab/mainmenu';
@@ -14,6 +18,10 @@ const CATEGORY = 'twinhub';
 const OPEN_TUTORIAL = 'twinhub:open-tutorial';
 const HELP_DOCS = 'twinhub:help-docs';
 const HELP_SUPPORT = 'twinhub:help-support';
+const OPEN_USAGE = 'twinhub:open-usage';
+// JupyterLab's own command for a notification toast (no extra package needed)
+const NOTIFY = 'apputils:notify';
+const USAGE_POLL_MS = 60 * 1000;
 
 async function api(path, init) {
   const settings = ServerConnection.makeSettings();
@@ -92,4 +100,101 @@ const help = {
   }
 };
 
-export default [tutorials, help];
+async function info() {
+  const settings = ServerConnection.makeSettings();
+  const url = URLExt.join(settings.baseUrl, 'twinlab/api/info');
+  const response = await ServerConnection.makeRequest(url, {}, settings);
+  if (!response.ok) {
+    throw new Error(`${url}: ${response.status}`);
+  }
+  return response.json();
+}
+
+function noticeText(n) {
+  const text = n.message || `project ${n.project}: ${n.budget} at ${n.level} %`;
+  if (n.kind !== 'stopped' && n.level >= 100 && n.stop_at) {
+    // first: a toast shows only the start of a long message
+    const at = new Date(n.stop_at);
+    const when = at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    const sameDay = at.toDateString() === new Date().toDateString();
+    return `Stopping at ${sameDay ? when : at.toLocaleString()}: ${text}`;
+  }
+  return text;
+}
+
+const usageNotices = {
+  id: '@twinhub/lab:usage-notices',
+  description: "Warnings when a project's budget is at 80 % or 95 %, an error when used up.",
+  autoStart: true,
+  activate: app => {
+    const usagePage = URLExt.join(PageConfig.getBaseUrl(), 'usage/');
+    app.commands.addCommand(OPEN_USAGE, {
+      label: 'Usage',
+      caption: 'Your usage, budgets left, energy and CO2e',
+      execute: () => window.open(usagePage, '_blank', 'noopener')
+    });
+    // levels already shown, per "project/budget"; kept across reloads of this server's
+    // JupyterLab so a level is shown once, forgotten when the budget drops below it
+    const storeKey = `twinhub:usage-notices:${PageConfig.getBaseUrl()}`;
+    let shown = {};
+    try {
+      shown = JSON.parse(window.localStorage.getItem(storeKey) || '{}') || {};
+    } catch (error) {
+      shown = {};
+    }
+    const poll = async () => {
+      let usage;
+      try {
+        usage = (await info()).usage;
+      } catch (error) {
+        console.warn('twinhub: usage not read:', error);
+        return;
+      }
+      if (!usage || usage.error || !Array.isArray(usage.notices)) {
+        return;
+      }
+      const now = {};
+      for (const n of usage.notices) {
+        // a budget's level is shown once; each stop of a server once
+        const key =
+          n.kind === 'stopped'
+            ? `stopped/${n.project}/${n.server || ''}/${n.at || ''}`
+            : `${n.project}/${n.budget}`;
+        const level = Number(n.level || 0);
+        now[key] = level;
+        if ((shown[key] || 0) >= level) {
+          continue;
+        }
+        try {
+          await app.commands.execute(NOTIFY, {
+            message: noticeText(n),
+            type: level >= 100 ? 'error' : 'warning',
+            options: {
+              autoClose: level >= 95 ? false : 30000,
+              actions: [{ label: 'Open Usage', commandId: OPEN_USAGE }]
+            }
+          });
+          shown[key] = level;
+        } catch (error) {
+          console.warn('twinhub: no notification shown:', error);
+        }
+      }
+      for (const key of Object.keys(shown)) {
+        if (!(key in now)) {
+          delete shown[key];
+        } else if (now[key] < shown[key]) {
+          shown[key] = now[key];
+        }
+      }
+      try {
+        window.localStorage.setItem(storeKey, JSON.stringify(shown));
+      } catch (error) {
+        // private mode or full storage: levels are then remembered for this page only
+      }
+    };
+    app.restored.then(poll);
+    window.setInterval(poll, USAGE_POLL_MS);
+  }
+};
+
+export default [tutorials, help, usageNotices];

@@ -12,6 +12,7 @@ from typing import Any
 
 from twinlab.serverext import cache as _cache  # noqa: F401  (registers 'cache')
 from twinlab.serverext import storage_info as _storage_info  # noqa: F401  (registers 'storage')
+from twinlab.serverext import usage_info as _usage_info  # noqa: F401  (registers 'usage')
 from twinlab.serverext.deferred import Deferred
 from twinlab.serverext.info import INFO_PROVIDERS, info_provider
 from twinlab.serverext.tutorials import Tutorials, TwinlabTutorials
