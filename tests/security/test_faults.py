@@ -5,6 +5,11 @@ Expected (issue 17, item 2): the supervisor restarts what died within seconds an
 (`twinhub status`); the users' servers keep answering and their kernels keep their state;
 a new `twinhub up` replaces the components a dead supervisor left, keeps the users'
 servers, and leaves one platform and no orphan.
+
+Accounting (issue 12, durability): a kernel burns CPU (measured inside) from before the
+supervisor's and the meter's kill -9 until after the new `twinhub up`; the meter's records
+of that server then match the truth within 10 % (plus its start-up and idle cost, measured
+first), with no record stored twice, none overlapping, and no gap longer than one interval.
 """
 
 from __future__ import annotations
@@ -14,16 +19,19 @@ import os
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.helpers import accounting as acct
 from tests.helpers.kernel import execute, start_kernel
 from tests.helpers.platform import Platform, purge_shared_dir, twinhub_cli
 from tests.helpers.stac import collection
 from twinhub.process.runtime import Runtime
 from twinhub.process.supervisor import pid_alive, processes_of_instance
+from twinhub.spawn import charges
 from twinhub.spawn.os_accounts import RUNTIME_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser, pytest.mark.slow]
@@ -31,7 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.multiuser, pytest.mark.slow]
 USERS = ("faultann", "faultben")
 # The order matters only for the time it takes: the hub and proxy last.
 KILL_ORDER = (
-    "object-store", "stac-db", "stac", "projects", "cache", "dask-gateway", "idle-culler",
+    "object-store", "stac-db", "stac", "projects", "accounting", "cache", "dask-gateway", "idle-culler",
     "proxy", "hub",
 )  # fmt: skip
 
@@ -170,6 +178,16 @@ def test_kill_9_of_the_supervisor_then_up_again(work):
     rt = Runtime.load(p.state)
     before = records(p.state)
     port = rt.ports["public"]
+    # Ground truth for the meter across the restart: the first user's kernel burns CPU from
+    # before the kills until the new platform is up; its server's start-up and idle cost first.
+    burner = USERS[0]
+    url, tok, kid = users[burner]
+    charge = acct.open_charge(p.state, burner)
+    assert charge.cgroups.get("cpu"), charge
+    base = acct.Baseline.measure(Path(charge.cgroups["cpu"]), idle=10, settle=2)
+    execute(url, tok, kid, acct.BURN_UNTIL_STOPPED)
+    burn_start = datetime.now(UTC)
+    time.sleep(acct.interval(p.state) + 3)  # the meter ticks mid-burn before the kills
     # What a spawn cut short by a dead hub leaves: a process of the instance that no
     # server record names.
     stray = subprocess.Popen(
@@ -178,8 +196,15 @@ def test_kill_9_of_the_supervisor_then_up_again(work):
     )  # fmt: skip
     p.proc.kill()
     p.proc.wait(10)
-    # Everything it started still runs: it is reported, and `up` does not refuse.
-    assert all(pid_alive(r["pid"]) for r in before.values())
+    # The meter dies too, mid-burn: with no supervisor nothing restarts it before `up`.
+    os.kill(before["accounting"]["pid"], signal.SIGKILL)
+    killed_at = datetime.now(UTC)
+    deadline = time.monotonic() + 10
+    while pid_alive(before["accounting"]["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(before["accounting"]["pid"])
+    # Everything else it started still runs: it is reported, and `up` does not refuse.
+    assert all(pid_alive(r["pid"]) for n, r in before.items() if n != "accounting")
     st = twinhub_cli("status", "--state", str(p.state))
     assert st.returncode == 1 and "supervisor is gone" in st.stdout, st.stdout
     q = Platform.start(p.state, mode="multi-user", port=port)
@@ -202,6 +227,7 @@ def test_kill_9_of_the_supervisor_then_up_again(work):
     orphans = [(pid, cmd) for pid, cmd in procs if not ({pid, *ancestors(pid)} & (keep | servers))]
     assert orphans == []
     users_still_work(q, users)  # the servers were kept, with their kernels
+    _metered_across_the_restart(q, users[burner], charge, base, burn_start, killed_at)
     for name, (url, tok, kid) in users.items():
         assert execute(url, tok, kid, "open('keep.txt').read()").strip() == repr(name)
     r = requests.get(
@@ -217,3 +243,30 @@ def test_kill_9_of_the_supervisor_then_up_again(work):
     assert processes_of_instance(rt.instance_id) == []
     # and the servers' private kernel-socket dirs go with them
     assert not (Path(RUNTIME_ROOT) / rt.instance_id).exists()
+
+
+def _metered_across_the_restart(
+    q: Platform,
+    kernel: tuple[str, str, str],
+    charge: charges.Charge,
+    base: acct.Baseline,
+    burn_start: datetime,
+    killed_at: datetime,
+) -> None:
+    """Stops the burn, waits for the new meter's tick after it, compares with the truth."""
+    url, tok, kid = kernel
+    out = execute(url, tok, kid, "stop_burn()", timeout=60)
+    done = datetime.now(UTC)
+    truth = acct.value(out, "BURNED")
+    # The server was kept: the same source, still open, metered by the new service.
+    assert acct.open_charge(q.state, charge.user).source_id == charge.source_id
+    metered, at = acct.metered_after(q.state, charge.source_id, done, timeout=120)
+    rows = acct.records(q.state, charge.source_id, "cpu")
+    ends = [r["end"] for r in rows]
+    assert any(burn_start < e < killed_at for e in ends), "the meter ticked mid-burn"
+    base.check(f"{charge.user} (supervisor and meter killed, up again)", truth, metered, at)
+    assert acct.duplicates(q.state, charge.source_id, "cpu") == []
+    acct.no_overlap(rows)
+    gap = acct.largest_gap(rows)
+    print(f"{len(rows)} cpu records, largest gap {gap:.1f} s")
+    assert gap <= acct.interval(q.state), gap
