@@ -248,33 +248,28 @@ def bench_queries(db_url: str, users: int, n: int, seed: int = 3) -> dict:
     def user_year():
         query.usage(db_url, user=f"user{rng.randrange(users):04d}", start=year[0], end=year[1])
 
-    def user_year_anchor():
+    def bare_select(kind: str, scope: str, step: str, span: tuple[datetime, datetime]) -> None:
+        """The anchor: the roll-up rows a query reads, fetched with nothing around."""
         with db.engine(db_url).connect() as conn:
             conn.execute(
                 select(ROLLUPS).where(
-                    ROLLUPS.c.scope_kind == "user",
-                    ROLLUPS.c.scope == f"user{rng.randrange(users):04d}",
-                    ROLLUPS.c.step == "day",
-                    ROLLUPS.c.bucket_start >= year[0],
-                    ROLLUPS.c.bucket_start < year[1],
+                    ROLLUPS.c.scope_kind == kind,
+                    ROLLUPS.c.scope == scope,
+                    ROLLUPS.c.step == step,
+                    ROLLUPS.c.bucket_start >= span[0],
+                    ROLLUPS.c.bucket_start < span[1],
                 )
             ).all()
+
+    def user_year_anchor():
+        bare_select("user", f"user{rng.randrange(users):04d}", "day", year)
 
     def project_month():
         p = f"project{rng.randrange(n_projects):03d}"
         query.usage(db_url, project=p, start=month[0], end=month[1], step="day")
 
     def project_month_anchor():
-        with db.engine(db_url).connect() as conn:
-            conn.execute(
-                select(ROLLUPS).where(
-                    ROLLUPS.c.scope_kind == "project",
-                    ROLLUPS.c.scope == f"project{rng.randrange(n_projects):03d}",
-                    ROLLUPS.c.step == "hour",
-                    ROLLUPS.c.bucket_start >= month[0],
-                    ROLLUPS.c.bucket_start < month[1],
-                )
-            ).all()
+        bare_select("project", f"project{rng.randrange(n_projects):03d}", "hour", month)
 
     def project_month_members():
         p = f"project{rng.randrange(n_projects):03d}"
