@@ -1,7 +1,7 @@
 """Who may do what: a matrix of actors x endpoints against the real multi-user platform.
 
 Each row is one endpoint; each column an actor (anonymous, the owner ``alice``, another user
-``bob``, ``carol`` who shares a project with alice, an admin).  Later issues add their
+``bob``, ``mira`` who shares a project with alice, an admin).  Later issues add their
 endpoints (registry, accounting, data lake...) as rows here.  Expected statuses are sets because JupyterHub answers "not yours" with 403 or
 404 depending on the endpoint, and browser-like requests without a token get redirected.
 """
@@ -17,7 +17,7 @@ OK = {200, 201, 204}
 DENIED = {401, 403, 404}
 LOGIN = {302, 401, 403}  # anonymous: redirected to the login page or refused
 
-#: A hub group alice and carol (the "member" actor) are in: a project for accounting.
+#: A hub group alice and mira (the "member" actor) are in: a project for accounting.
 PROJECT = "authz-project"
 
 # (method, path template, {actor: allowed statuses}); {owner} is alice's name.
@@ -150,7 +150,7 @@ def scheme_for(path: str) -> str:
 @pytest.fixture(scope="module")
 def actors(multiuser_platform):
     p = multiuser_platform
-    for name in ("alice", "bob", "carol"):
+    for name in ("alice", "bob", "mira"):
         if p.api("GET", f"/users/{name}", token=p.token("admin")).status_code == 404:
             p.add_user(name)
     p.api("POST", f"/groups/{PROJECT}", token=p.token("admin"))  # 409 if it exists
@@ -158,7 +158,7 @@ def actors(multiuser_platform):
         "POST",
         f"/groups/{PROJECT}/users",
         token=p.token("admin"),
-        json={"users": ["alice", "carol"]},
+        json={"users": ["alice", "mira"]},
     )
     assert r.status_code == 200, r.text
     p.spawn("alice")
@@ -166,7 +166,7 @@ def actors(multiuser_platform):
         "anon": None,
         "owner": p.token("alice"),
         "other": p.token("bob"),
-        "member": p.token("carol"),
+        "member": p.token("mira"),
         "admin": p.token("admin"),
     }
     return p, tokens

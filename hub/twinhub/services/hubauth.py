@@ -27,9 +27,10 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
+import httpx
 from jupyterhub.services.auth import HubOAuth
 
-from .asgi import ASGIApp, Receive, Scope, Send, header, send_error
+from .asgi import ASGIApp, BadRequest, Receive, Scope, Send, header, send_error
 
 log = logging.getLogger("twinhub.hubauth")
 
@@ -234,6 +235,22 @@ class HubAuthMiddleware:
                 self._set_cookie(self.state_cookie, "", scope, 0),
             ],
         )
+
+
+async def hub_user_model(
+    client: httpx.AsyncClient, hub_api: str, name: str
+) -> dict[str, Any] | None:
+    """The hub's model of user ``name`` (admin flag, groups), asked with the service's own
+    token (``client``'s); None if there is none. The hub out of reach or failing: a 502."""
+    try:
+        r = await client.get(f"{hub_api}/users/{quote(name, safe='')}")
+    except httpx.HTTPError as e:
+        raise BadRequest(f"cannot reach the hub: {e}", 502) from e
+    if r.status_code == 404:
+        return None
+    if r.status_code != 200:
+        raise BadRequest(f"the hub answered {r.status_code} for user {name!r}", 502)
+    return r.json()
 
 
 def has_scope(user: dict[str, Any], scope: str, target: str = "") -> bool:

@@ -9,16 +9,12 @@ page's server, ``twinlab.browse``): whoever opens the page is the server's owner
 
 from __future__ import annotations
 
-import argparse
-import functools
 import json
-import os
-import socketserver
 import sys
 import urllib.parse
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from twinlab import pageserver
 from twinlab.usage import STATIC
 from twinlab.usage.client import UsageError, fetch
 
@@ -28,16 +24,8 @@ PAGE_PARAMS = ("start", "end", "step", "project", "format")
 MAX_QUERY = 2048
 
 
-class PageHandler(SimpleHTTPRequestHandler):
+class PageHandler(pageserver.StaticHandler):
     """Files of ``static/`` (no listings) and ``api/usage``."""
-
-    extensions_map = {
-        **SimpleHTTPRequestHandler.extensions_map,
-        ".html": "text/html; charset=utf-8",
-        ".js": "text/javascript; charset=utf-8",
-        ".css": "text/css; charset=utf-8",
-        ".svg": "image/svg+xml",
-    }
 
     def do_GET(self) -> None:  # noqa: N802  (http.server's name)
         path, _, qs = self.path.partition("?")
@@ -88,61 +76,8 @@ class PageHandler(SimpleHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def list_directory(self, path: str | os.PathLike[str]) -> None:  # never list directories
-        self.send_error(404, "not found")
-        return None
-
-    def end_headers(self) -> None:
-        # usage changes every interval and the page with the package: always revalidate
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        super().end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # quiet server log
-        pass
-
-    def address_string(self) -> str:
-        # a Unix socket's peer has no address (client_address is "")
-        return self.client_address[0] if self.client_address else "unix"
-
-
-class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-
-def make_server(port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    handler = functools.partial(PageHandler, directory=str(STATIC))
-    return ThreadingHTTPServer((host, port), handler)
-
-
-def make_unix_server(path: str) -> UnixHTTPServer:
-    handler = functools.partial(PageHandler, directory=str(STATIC))
-    old = os.umask(0o077)  # the socket itself private too, whatever its directory
-    try:
-        return UnixHTTPServer(path, handler)
-    finally:
-        os.umask(old)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m twinlab.usage", description=__doc__)
-    where = ap.add_mutually_exclusive_group(required=True)
-    where.add_argument("--unix-socket", help="Unix socket path to listen on")
-    where.add_argument("--port", type=int, help="loopback port to listen on")
-    args = ap.parse_args(argv)
-    if args.port is not None and not 0 < args.port < 65536:
-        ap.error(f"--port {args.port} is not a TCP port (1..65535)")
-    server: socketserver.BaseServer = (
-        make_unix_server(args.unix_socket) if args.unix_socket else make_server(args.port)
-    )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        pageserver.main(PageHandler, STATIC, prog="python -m twinlab.usage", description=__doc__)
+    )

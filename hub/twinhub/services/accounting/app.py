@@ -35,7 +35,6 @@ import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from fastapi import FastAPI, Request
@@ -47,7 +46,7 @@ from twinlab.contract import ENV_HUB_API_URL, ENV_HUB_TOKEN
 from ... import __version__
 from ...process.runtime import Runtime
 from ..asgi import BadRequest, RequestLimitsMiddleware, error_body, header
-from ..hubauth import HubAuthMiddleware
+from ..hubauth import HubAuthMiddleware, hub_user_model
 from ..projects.catalog import ProjectCatalog
 from . import SERVICE_PREFIX, access, enforce, metrics, query
 from .config import TwinhubAccounting
@@ -181,20 +180,9 @@ def create_app(
         hit, model = models.get(name)
         if hit:
             return model
-        model = await fetch_user(request, name)
+        model = await hub_user_model(request.app.state.hub, hub_api, name)
         models.put(name, model)
         return model
-
-    async def fetch_user(request: Request, name: str) -> dict[str, Any] | None:
-        try:
-            r = await request.app.state.hub.get(f"{hub_api}/users/{quote(name, safe='')}")
-        except httpx.HTTPError as e:
-            raise BadRequest(f"cannot reach the hub: {e}", 502) from e
-        if r.status_code == 404:
-            return None
-        if r.status_code != 200:
-            raise BadRequest(f"the hub answered {r.status_code} for user {name!r}", 502)
-        return r.json()
 
     async def caller(request: Request) -> access.Caller:
         who = request.state.hub_user

@@ -32,7 +32,6 @@ import logging
 import os
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from fastapi import FastAPI, Request
@@ -45,7 +44,7 @@ from ...objectstore import syncs_project_storage
 from ...objectstore.project_buckets import sync_project_storage
 from ...process.runtime import Runtime
 from ..asgi import BadRequest, RequestLimitsMiddleware, error_body
-from ..hubauth import HubAuthMiddleware, admin_refusal, has_scope
+from ..hubauth import HubAuthMiddleware, admin_refusal, has_scope, hub_user_model
 from . import SERVICE_PREFIX, allocations, overrides
 from .catalog import ProjectCatalog, TwinhubProjects
 
@@ -110,15 +109,7 @@ def create_app(rt: Runtime | None = None, catalog: ProjectCatalog | None = None)
     # -- helpers -----------------------------------------------------------------------------
     async def hub_user(request: Request, name: str) -> dict[str, Any] | None:
         """The hub's model of user ``name`` (admin flag, groups); None if there is none."""
-        try:
-            r = await request.app.state.hub.get(f"{hub_api}/users/{quote(name, safe='')}")
-        except httpx.HTTPError as e:
-            raise BadRequest(f"cannot reach the hub: {e}", 502) from e
-        if r.status_code == 404:
-            return None
-        if r.status_code != 200:
-            raise BadRequest(f"the hub answered {r.status_code} for user {name!r}", 502)
-        return r.json()
+        return await hub_user_model(request.app.state.hub, hub_api, name)
 
     async def caller(request: Request) -> dict[str, Any]:
         who = request.state.hub_user
