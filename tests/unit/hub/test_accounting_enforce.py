@@ -34,15 +34,9 @@ P = profiles.validate_profiles([{"slug": "small", "default": True}, {"slug": "gp
 SETTINGS = TwinhubAccounting(grace=60.0)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> str:
-    url = (
-        f"sqlite:///{tmp_path / 'twinhub.sqlite'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_db")
-    )
-    db.upgrade(url)
-    return url
+@pytest.fixture
+def db_url(twinhub_db: str) -> str:  # tests/fixtures/postgres.py: SQLite and PostgreSQL
+    return twinhub_db
 
 
 def catalog(db_url: str) -> ProjectCatalog:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from twinhub import db
 from twinhub.services.accounting import query
 from twinhub.services.accounting.energy import EnergyModel
 from twinhub.services.accounting.readings import Reading, Source
@@ -26,15 +25,9 @@ KEYS = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> str:
-    url = (
-        f"sqlite:///{tmp_path / 'twinhub.sqlite'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_db")
-    )
-    db.upgrade(url)
-    return url
+@pytest.fixture
+def db_url(twinhub_db: str) -> str:  # tests/fixtures/postgres.py: SQLite and PostgreSQL
+    return twinhub_db
 
 
 def model() -> EnergyModel:

@@ -21,15 +21,9 @@ T0 = datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)
 ALICE = Source("server:alice/#aaaaaaaaaaaa", "alice", "climate", "server", "", started_at=T0)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> str:
-    url = (
-        f"sqlite:///{tmp_path / 'twinhub.sqlite'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_db")
-    )
-    db.upgrade(url)
-    return url
+@pytest.fixture
+def db_url(twinhub_db: str) -> str:  # tests/fixtures/postgres.py: SQLite and PostgreSQL
+    return twinhub_db
 
 
 def model(**kw) -> EnergyModel:
