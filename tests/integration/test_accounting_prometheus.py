@@ -18,7 +18,7 @@ from twinhub.db.models import UsageRecord
 from twinhub.services.accounting.backend_prometheus import GIB, PrometheusBackend
 from twinhub.services.accounting.config import TwinhubAccounting
 from twinhub.services.accounting.energy import EnergyModel
-from twinhub.services.accounting.meter import Meter, MeteredSource, to_source
+from twinhub.services.accounting.meter import Meter, to_source
 from twinhub.services.accounting.readings import (
     CLUSTER,
     CPU,
@@ -26,6 +26,7 @@ from twinhub.services.accounting.readings import (
     MEMORY,
     NAMED_SERVER,
     SERVER,
+    MeteredSource,
     Reading,
 )
 from twinhub.services.accounting.store import UsageStore

@@ -33,8 +33,15 @@ from twinhub.services.accounting.backend_cgroup import CgroupBackend, cpu_second
 from twinhub.services.accounting.backend_proc import ProcBackend
 from twinhub.services.accounting.config import TwinhubAccounting
 from twinhub.services.accounting.energy import EnergyModel
-from twinhub.services.accounting.meter import Meter, MeterBackend, MeteredSource, to_source
-from twinhub.services.accounting.readings import CPU, DASK_WORKER, GPU, MEMORY
+from twinhub.services.accounting.meter import Meter, to_source
+from twinhub.services.accounting.readings import (
+    CPU,
+    DASK_WORKER,
+    GPU,
+    MEMORY,
+    MeterBackend,
+    MeteredSource,
+)
 from twinhub.services.accounting.store import UsageStore
 from twinhub.spawn import charges, resource_limits
 

@@ -18,9 +18,9 @@ from twinhub import db
 from twinhub.db.models import UsageRecord
 from twinhub.services.accounting.config import TwinhubAccounting
 from twinhub.services.accounting.energy import EnergyModel
-from twinhub.services.accounting.meter import MeteredSource, to_source
+from twinhub.services.accounting.meter import to_source
 from twinhub.services.accounting.nvml import NvmlBackend, prefer_nvml
-from twinhub.services.accounting.readings import GPU, Reading
+from twinhub.services.accounting.readings import GPU, MeteredSource, Reading
 from twinhub.services.accounting.store import UsageStore
 from twinhub.spawn.charges import Charge
 

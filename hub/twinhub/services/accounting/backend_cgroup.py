@@ -26,15 +26,11 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psutil
 
 from ...spawn.resource_limits import cpu_seconds
-from .readings import CLUSTER, CPU, DASK_WORKER, GPU, MEMORY, Reading
-
-if TYPE_CHECKING:
-    from .meter import MeteredSource
+from .readings import CLUSTER, CPU, DASK_WORKER, GPU, MEMORY, MeteredSource, Reading
 
 log = logging.getLogger("twinhub.accounting.cgroup")
 GIB = 1024**3

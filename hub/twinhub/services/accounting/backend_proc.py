@@ -33,14 +33,11 @@ import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 
-from .readings import CPU, GPU, MEMORY, Reading
-
-if TYPE_CHECKING:
-    from .meter import MeteredSource
+from .readings import CPU, GPU, MEMORY, MeteredSource, Reading
 
 log = logging.getLogger("twinhub.accounting.proc")
 GIB = 1024**3

@@ -19,10 +19,9 @@ import contextlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 from ...process.runtime import Runtime
 from ...spawn import charges as charge_files
@@ -33,41 +32,20 @@ from .backend_prometheus import PrometheusBackend
 from .backend_storage import StorageBackend
 from .config import TwinhubAccounting
 from .nvml import NvmlBackend, prefer_nvml
-from .readings import CLUSTER, NAMED_SERVER, SERVER, Reading, Source
+from .readings import (
+    CLUSTER,
+    NAMED_SERVER,
+    SERVER,
+    MeterBackend,
+    MeteredSource,
+    Reading,
+    Source,
+)
 
 if TYPE_CHECKING:  # the store is only called, never built here
     from .store import UsageStore
 
 log = logging.getLogger("twinhub.accounting.meter")
-
-
-@dataclass(frozen=True)
-class MeteredSource:
-    """An open (or just ended) source: what the store knows it as, and its charge file."""
-
-    source: Source
-    charge: Charge
-
-    @property
-    def ended(self) -> bool:
-        return self.charge.ended_at is not None
-
-
-@runtime_checkable
-class MeterBackend(Protocol):
-    """What the meter asks each backend, once per tick.
-
-    ``read`` gets every source the meter knows (open ones and those ended since the last
-    tick: their final read) and returns the readings of those it can measure, ignoring the
-    others (e.g. the cgroup backend skips sources without cgroups). It must not raise for one
-    bad source (skip it and log); it may return readings of sources it finds itself (storage:
-    buckets), with their own :class:`Source`. Readings of an ended source should be counters
-    only: a gauge read after the end would charge time the source did not run.
-    """
-
-    name: str
-
-    def read(self, sources: Sequence[MeteredSource], now: datetime) -> list[Reading]: ...
 
 
 def to_source(charge: Charge, default_project: str) -> Source:

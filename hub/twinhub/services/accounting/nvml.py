@@ -33,13 +33,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .readings import GPU, Reading
-
-if TYPE_CHECKING:  # what the meter hands over; the meter builds this backend
-    from ...spawn.charges import Charge
-    from .meter import MeteredSource
+from ...spawn.charges import Charge
+from .readings import GPU, MeteredSource, Reading
 
 log = logging.getLogger(__name__)
 

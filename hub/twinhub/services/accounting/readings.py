@@ -1,4 +1,5 @@
-"""What a meter backend hands to the store: one reading of one resource of one source.
+"""What the meter hands to a backend (:class:`MeteredSource`, the :class:`MeterBackend`
+protocol) and what a backend hands to the store: one reading of one resource of one source.
 
 Backends (cgroups and /proc here, Prometheus in Kubernetes, NVML for GPUs) only *read*;
 turning readings into interval records (deltas against cursors, idempotent writes,
@@ -7,9 +8,12 @@ roll-ups, energy and CO2e) is :mod:`.store`'s job, the same for every backend.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, Protocol, runtime_checkable
+
+from ...spawn.charges import Charge
 
 #: Resources and the base unit of a record's ``quantity`` (the API converts to hours/days).
 CPU: Final = "cpu"  # core-seconds (counter: cumulative CPU time)
@@ -78,3 +82,32 @@ class Reading:
     at: datetime
     #: Measured energy counter in joules for this source (NVML), cumulative; None: modelled.
     energy_j: float | None = None
+
+
+@dataclass(frozen=True)
+class MeteredSource:
+    """An open (or just ended) source: what the store knows it as, and its charge file."""
+
+    source: Source
+    charge: Charge
+
+    @property
+    def ended(self) -> bool:
+        return self.charge.ended_at is not None
+
+
+@runtime_checkable
+class MeterBackend(Protocol):
+    """What the meter asks each backend, once per tick.
+
+    ``read`` gets every source the meter knows (open ones and those ended since the last
+    tick: their final read) and returns the readings of those it can measure, ignoring the
+    others (e.g. the cgroup backend skips sources without cgroups). It must not raise for one
+    bad source (skip it and log); it may return readings of sources it finds itself (storage:
+    buckets), with their own :class:`Source`. Readings of an ended source should be counters
+    only: a gauge read after the end would charge time the source did not run.
+    """
+
+    name: str
+
+    def read(self, sources: Sequence[MeteredSource], now: datetime) -> list[Reading]: ...
