@@ -237,6 +237,9 @@ class GatewayPlatform:
         self.stop_process("dask-gateway")
         # As `twinhub down` leaves none: the servers' and clusters' cgroups go with the platform.
         resource_limits.remove_stale(f"twinhub-{self.rt.instance_id}")
+        # Its state dir goes too, so no meter will read the accounting cgroups again (as
+        # `twinhub down --purge-users`).
+        resource_limits.remove_accounting_group(f"twinhub-{self.rt.instance_id}-acct")
 
     # -- hub API (as the admin 'tester' service) -----------------------------------------------
     def api(self, method: str, path: str, **kw) -> requests.Response:
