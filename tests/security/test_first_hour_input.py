@@ -42,12 +42,26 @@ CORPUS = [
      "user", {400, 404}),
     ("dashboard-check: other host", f"user/{USER}/dask/dashboard-check/"
      "http%3A%2F%2F169.254.169.254%2Flatest", "GET", "user", {200, 400, 404}),
+    # the Usage page's API (twinlab.usage): what it passes on, and what the service refuses
+    ("usage page: another user", f"user/{USER}/usage/api/usage?user=admin", "GET", "user",
+     {400}),
+    ("usage page: long query", f"user/{USER}/usage/api/usage?start=" + "1" * 5000, "GET",
+     "user", {400, 414}),
+    ("usage page: NUL", f"user/{USER}/usage/api/usage?project=a%00b", "GET", "user", {400}),
+    ("usage page: step not a step", f"user/{USER}/usage/api/usage?step=abc", "GET", "user",
+     {400}),
+    ("usage page: bad bytes", f"user/{USER}/usage/api/usage?start=%ff%fe", "GET", "user",
+     {400}),
+    ("usage page: traversal", f"user/{USER}/usage/..%2f..%2fetc%2fpasswd", "GET", "user",
+     {400, 404}),
 ]  # fmt: skip
 
 
 def pids(p) -> dict[str, int]:
     records = json.loads((p.state / "run" / "components.json").read_text())
-    return {name: records[name]["pid"] for name in ("hub", "proxy") if name in records}
+    return {
+        name: records[name]["pid"] for name in ("hub", "proxy", "accounting") if name in records
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +77,7 @@ def env(multiuser_platform):
     tutorials = sorted(requests.get(server + "twinlab/api/tutorials", headers=auth(p, "user"),
                                     timeout=30).json()["tutorials"], key=str)  # fmt: skip
     yield p, server
-    assert pids(p) == before, "the hub or the proxy was replaced while taking bad input"
+    assert pids(p) == before, "a component was replaced while taking bad input"
     after = requests.get(server + "twinlab/api/tutorials", headers=auth(p, "user"), timeout=30)
     assert sorted(after.json()["tutorials"], key=str) == tutorials  # nothing stored
     p.stop_server(USER)
@@ -87,3 +101,5 @@ def test_bad_input_gets_a_4xx_and_everything_keeps_serving(env, label, path, met
         assert r.json().get("isActive") is False, r.text  # said "not a dashboard", fetched nothing
     assert requests.get(p.url + "hub/help/", timeout=30).status_code == 200
     assert requests.get(server + "api/status", headers=auth(p, "user"), timeout=30).ok
+    if label.startswith("usage page"):  # its server (jupyter-server-proxy's child) still serves
+        assert requests.get(server + "usage/", headers=auth(p, "user"), timeout=30).ok
