@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..asgi import BadRequest
 from ..hubauth import ADMIN_SCOPE
 from .rollup import EARLIEST, LATEST
 
@@ -30,13 +31,12 @@ FORMATS = ("json", "csv")
 MAX_PARAM = 256
 
 
-class Refused(Exception):
-    """A request the caller may not make: ``status`` (400 or 403) and the message."""
+class Refused(BadRequest):
+    """A request the caller may not make: ``status`` (400 or 403, by default 403) and the
+    message; answered like every service's refusal (:class:`~..asgi.BadRequest`)."""
 
     def __init__(self, message: str, status: int = 403) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
+        super().__init__(message, status)
 
 
 @dataclass(frozen=True)

@@ -167,10 +167,6 @@ def create_app(
     async def _refused(_request: Request, e: BadRequest) -> JSONResponse:
         return JSONResponse(error_body(e.status, e.message), status_code=e.status)
 
-    @app.exception_handler(access.Refused)
-    async def _not_allowed(_request: Request, e: access.Refused) -> JSONResponse:
-        return JSONResponse(error_body(e.status, e.message), status_code=e.status)
-
     models = UserModels(USER_MODEL_TTL, USER_MODEL_MAX)
     app.state.user_models = models
 

@@ -21,11 +21,12 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from .config import TwinhubAccounting
 from .readings import CPU, GPU, MEMORY
+from .rollup import utc
 
 POWERCAP = Path("/sys/class/powercap")
 PROC_STAT = Path("/proc/stat")
@@ -65,7 +66,7 @@ def read_carbon_series(path: str | Path) -> tuple[list[datetime], list[float]]:
             if len(row) < 2:
                 raise ValueError(f"{path}:{lineno}: expected 'time,g_per_kwh', got {row!r}")
             try:
-                at = _utc(datetime.fromisoformat(row[0].strip()))
+                at = utc(datetime.fromisoformat(row[0].strip()))
                 value = float(row[1])
             except ValueError as e:
                 raise ValueError(f"{path}:{lineno}: {e}") from e
@@ -78,10 +79,6 @@ def read_carbon_series(path: str | Path) -> tuple[list[datetime], list[float]]:
     if not times:
         raise ValueError(f"{path}: no carbon intensity rows")
     return times, values
-
-
-def _utc(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -167,7 +164,7 @@ class EnergyModel:
         first before the series starts), else the constant."""
         if not self.carbon_times:
             return self.carbon_intensity
-        i = bisect.bisect_right(self.carbon_times, _utc(at)) - 1
+        i = bisect.bisect_right(self.carbon_times, utc(at)) - 1
         return self.carbon_values[max(i, 0)]
 
     def co2e_g(self, joules: float | None, at: datetime) -> float | None:

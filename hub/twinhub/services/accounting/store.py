@@ -241,9 +241,11 @@ class UsageStore:
         col = rollup.SUM_COLUMNS.index(rollup.COLUMN[row["resource"]])
         e_col, c_col = len(rollup.SUM_COLUMNS) - 2, len(rollup.SUM_COLUMNS) - 1
         bits = rollup.method_bits(row["resource"], row["method"], row["energy_method"])
-        for scope_kind, scope in rollup.scopes(row["user"], row["project"]):
-            for step in rollup.STEPS:
-                for bucket, frac in rollup.split(row["start"], row["end"], step):
+        scopes = rollup.scopes(row["user"], row["project"])
+        for step in rollup.STEPS:
+            parts = rollup.split(row["start"], row["end"], step)  # the same for every scope
+            for scope_kind, scope in scopes:
+                for bucket, frac in parts:
                     key = (scope_kind, scope, step, bucket)
                     acc = sums[key]
                     acc[col] += row["quantity"] * frac
