@@ -93,7 +93,8 @@ def user_policy(
     users' names); tools open ``s3://bucket/...`` without it.  Bucket creation is not granted.
     """
     own = [home, *sorted(set(shared) - {home})]
-    read_only = [b for b in own if b in set(frozen) and b != home]
+    over = set(frozen)
+    read_only = [b for b in own if b in over and b != home]
     writable = [b for b in own if b not in read_only]
     doc: dict = {
         "Version": "2012-10-17",

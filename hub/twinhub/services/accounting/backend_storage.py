@@ -42,6 +42,7 @@ home directory         ``home:<user>``      its user   None            ``du``
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -154,6 +155,7 @@ def _size_of(w: storage_walk.Walk) -> Size:
     return Size(w.bytes, bool(why), "; ".join(why))
 
 
+@functools.cache  # the walker's code does not change while the service runs
 def _walk_source() -> str:
     return Path(storage_walk.__file__).read_text(encoding="utf-8")
 

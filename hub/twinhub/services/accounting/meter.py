@@ -92,23 +92,24 @@ class Meter:
     def add_backend(self, backend: MeterBackend) -> None:
         self.backends.append(backend)
 
-    def sources(self) -> list[MeteredSource]:
+    def sources(self, charges: list[Charge] | None = None) -> list[MeteredSource]:
+        """What every charge file (or ``charges``, read already) says, as the store knows it."""
         project = self.settings.personal_project
-        return [
-            MeteredSource(to_source(c, project), c)
-            for c in charge_files.list_charges(self.directory)
-        ]
+        if charges is None:
+            charges = charge_files.list_charges(self.directory)
+        return [MeteredSource(to_source(c, project), c) for c in charges]
 
     def tick(self, now: datetime | None = None) -> int:
         """One sample of every source; returns the records the store wrote."""
         now = now or datetime.now(UTC)
-        for c in charge_files.list_charges(self.directory):
+        charges = charge_files.list_charges(self.directory)  # read once per tick
+        for i, c in enumerate(charges):
             if _orphaned_cluster(c, now, self.settings.interval):
                 # The gateway died with its clusters (its database is in memory): no stop
                 # will come. The leaves are empty; read them one last time.
                 log.warning("cluster %s has no process left: ended", c.source_id)
-                charge_files.end(self.directory, c.source_id, now)
-        sources = self.sources()
+                charges[i] = charge_files.end(self.directory, c.source_id, now) or c
+        sources = self.sources(charges)
         new = [m for m in sources if m.source.source_id not in self._registered]
         if new:  # where each is read (the charge file), for operators: once per meter run
             probes = {m.source.source_id: m.charge.to_json() for m in new}

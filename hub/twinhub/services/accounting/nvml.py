@@ -153,12 +153,14 @@ class NvmlBackend:
         except nvml.NVMLError as e:
             log.warning("accounting: no GPU readings this tick: %s", e)
             return []
-        owner = _Owners(sources, self.proc)
+        # Who runs on a GPU: only worth walking the sources' cgroups when some process does.
+        owner = _Owners(sources, self.proc) if any(d.pids for d in devices) else None
         used: dict[str, set[str]] = {}  # source id -> device uuids its processes run on
         util: dict[str, float] = {}
         for dev in devices:
             shares: dict[str | None, float] = {}  # None: processes of nobody known
             for pid in dev.pids:
+                assert owner is not None  # made above whenever a device has a pid
                 sid = owner.of(pid)
                 if sid is not None:
                     used.setdefault(sid, set()).add(dev.uuid)
