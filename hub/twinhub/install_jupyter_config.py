@@ -1,7 +1,7 @@
 """Set up every Jupyter server started from an environment: twinhub's share of it.
 
 Run by ``scripts/setup`` (and by image builds) as
-``python -m twinhub.install_jupyter_config <prefix> [--tutorials DIR] [--labextension DIR]``:
+``python -m twinhub.install_jupyter_config <prefix> [--tutorials D] [--labextension D] [--r R]``:
 
 - ``<prefix>/etc/jupyter/jupyter_server_config.d/twinlab.json``: the twinlab server
   extension on; server extensions not needed at start off (see :data:`SERVER_EXTENSIONS`);
@@ -12,7 +12,9 @@ Run by ``scripts/setup`` (and by image builds) as
   ``scripts/setup`` from ``extensions/twinlab/labextension``;
 - ``<prefix>/share/jupyter/lab/settings/overrides.json``: JupyterLab defaults (no news
   popup, no update check: a platform's users cannot act on either, and servers may have no
-  internet).
+  internet);
+- ``<prefix>/share/jupyter/kernels/ir/``: the R kernel (IRkernel in Debian's R), when R with
+  IRkernel is installed (see :func:`r_kernel`); none, and no error, without it.
 
 The Dask sidebar's "+ New" is pointed at Dask Gateway by the hub (the gateway part's
 spawner environment), not here: only where the platform runs a gateway.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,6 +59,28 @@ LAB_OVERRIDES = {
         "checkForUpdates": False,
     }
 }
+
+#: The R kernel's name: IRkernel's own, which Debian's r-cran-irkernel also registers
+#: system-wide (/usr/share/jupyter/kernels/ir). Jupyter looks in an environment's
+#: share/jupyter before /usr/share/jupyter and takes the first spec of each name, so the one
+#: written here replaces Debian's in this environment's servers: one R in the Launcher, not
+#: two; and notebooks saved elsewhere with kernel "ir" open with it.
+R_KERNEL = "ir"
+#: In the kernel.json written here, so that a run without R removes that spec and no other.
+WRITTEN_BY = "twinhub.install_jupyter_config"
+#: Run by every R kernel before IRkernel: creates the user's library (R_LIBS_USER, by default
+#: ~/R/<platform>-library/<R version>) and puts it first. R only uses that folder when it
+#: exists, and a non-interactive R (a kernel is one) refuses to create it, so without this
+#: install.packages() in a notebook fails with "unable to install packages".
+#: Wrapped in try(): whatever happens here, the kernel starts.
+R_USER_LIBRARY = (
+    "try(local({u <- path.expand(strsplit(Sys.getenv('R_LIBS_USER'), .Platform$path.sep)[[1]][1]); "
+    "if (!is.na(u) && nzchar(u) && (dir.exists(u) || dir.create(u, recursive = TRUE, "
+    "showWarnings = FALSE))) .libPaths(c(u, .libPaths()))}), silent = TRUE)"
+)
+#: Where the installed IRkernel keeps its logos (the Launcher tile's icon), or "" without it.
+_R_PROBE = "cat(system.file('kernelspec', package = 'IRkernel'))"
+_R_LOGOS = ("logo-64x64.png", "logo-svg.svg")
 
 
 def _write(path: Path, text: str) -> Path:
@@ -123,13 +148,82 @@ def labextension(prefix: Path, build: Path) -> Path:
     return target
 
 
+def _find_r(r: str) -> tuple[str, Path] | None:
+    """The R that ``r`` names (its absolute path) and IRkernel's kernelspec folder in it, or
+    None: no such R, or no IRkernel in its site or system libraries (--vanilla: not in the
+    installing account's own library, which no other account can read)."""
+    exe = shutil.which(r)
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--vanilla", "--no-echo", "-e", _R_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (exe, Path(out)) if out else None
+
+
+def _ours(spec_dir: Path) -> bool:
+    try:
+        meta = json.loads((spec_dir / "kernel.json").read_text()).get("metadata") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(meta, dict) and meta.get("written_by") == WRITTEN_BY
+
+
+def r_kernel(prefix: Path, r: str = "R") -> Path | None:
+    """Register the R kernel for ``prefix``'s servers; returns its folder, or None when
+    ``r`` (a command on PATH or a path) is no R with IRkernel. Then a spec written by an
+    earlier run is removed (it would start an R that is gone) and any other is left alone."""
+    target = prefix / "share" / "jupyter" / "kernels" / R_KERNEL
+    found = _find_r(r)
+    if found is None:
+        if _ours(target):
+            shutil.rmtree(target)
+        return None
+    # The absolute path: a server's PATH is the spawner's choice, not this environment's.
+    exe, files = found
+    spec = {
+        "argv": [exe, "--no-echo", "-e", f"{R_USER_LIBRARY}; IRkernel::main()"]
+        + ["--args", "{connection_file}"],
+        "display_name": "R",
+        "language": "R",
+        "interrupt_mode": "signal",
+        "metadata": {"written_by": WRITTEN_BY},
+    }
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write(tmp / "kernel.json", json.dumps(spec, indent=1) + "\n")
+    for logo in _R_LOGOS:
+        if (files / logo).is_file():
+            shutil.copyfile(files / logo, tmp / logo)
+            (tmp / logo).chmod(0o644)
+    for d in (tmp, *tmp.parents[:3]):  # kernels/, jupyter/, share/
+        d.chmod(0o755)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
 def install(
-    prefix: str | Path, tutorials_dir: Path | None = None, labextension_dir: Path | None = None
+    prefix: str | Path,
+    tutorials_dir: Path | None = None,
+    labextension_dir: Path | None = None,
+    r: str = "R",
 ) -> list[Path]:
     """Everything above; the tutorials and the labextension only when their source exists
-    (an installed, non-editable twinhub has no checkout beside it: pass them explicitly)."""
+    (an installed, non-editable twinhub has no checkout beside it: pass them explicitly),
+    the R kernel only when ``r`` is an R with IRkernel."""
     prefix = Path(prefix)
     done = [server_config(prefix), lab_overrides(prefix)]
+    spec = r_kernel(prefix, r)
+    if spec is not None:
+        done.append(spec)
     src = tutorials_dir or TUTORIALS
     if tutorials_dir or src.is_dir():
         done.append(tutorials(prefix, src))
@@ -146,9 +240,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--labextension", type=Path, help=f"the built labextension (default {LABEXTENSION_BUILD})"
     )
+    ap.add_argument(
+        "--r",
+        default="R",
+        help="the R to register a kernel for: a command on PATH or a path (default R); "
+        "without IRkernel in it, no R kernel",
+    )
     args = ap.parse_args(argv)
-    for path in install(args.prefix, args.tutorials, args.labextension):
+    done = install(args.prefix, args.tutorials, args.labextension, args.r)
+    for path in done:
         print(f"twinhub: wrote {path}")
+    if not any(p.name == R_KERNEL for p in done):
+        print(f"twinhub: no R kernel: {args.r} is no R with IRkernel", file=sys.stderr)
 
 
 if __name__ == "__main__":

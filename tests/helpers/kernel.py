@@ -86,8 +86,13 @@ def execute(server_url: str, token: str, kernel_id: str, code: str, timeout: flo
         result = ""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            # Short reads, so the deadline holds: the server's pings (every 30 s) would
+            # otherwise keep one long read alive past it.
+            ws.settimeout(max(0.1, min(5.0, deadline - time.monotonic())))
             try:
                 msg = json.loads(ws.recv())
+            except websocket.WebSocketTimeoutException:
+                continue
             except websocket.WebSocketConnectionClosedException as e:
                 raise KernelDied(f"kernel connection closed while running code: {e}") from e
             mtype = msg.get("msg_type") or msg["header"]["msg_type"]
