@@ -188,7 +188,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-browser", action="store_true", help="only print the URL and code to open"
     )
     sub.add_parser("logout", help="revoke the token `twinhub login` stored and remove it")
+    service = sub.add_parser("service", help="run one hub service (Kubernetes pods)")
+    ssub = service.add_subparsers(dest="service_command", required=True)
+    run = ssub.add_parser(
+        "run",
+        help="the process of a service's pod: load $TWINHUB_STATE/run/runtime.json, migrate, "
+        "prepare the service, then serve it on 0.0.0.0 (its port in runtime.json)",
+    )
+    run.add_argument("name", help="the service (stac, cache, projects, accounting...)")
     return parser
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    # per command (see the top): the service's part, found in the one list of parts
+    from .errors import StartError
+    from .parts import load
+    from .process.runtime import RUNTIME_FILE, Runtime
+    from .services.base import AsgiService
+
+    if not os.environ.get("TWINHUB_STATE"):
+        raise CLIError("$TWINHUB_STATE is not set (the directory holding run/runtime.json)")
+    try:
+        rt = Runtime.load()
+    except FileNotFoundError as e:
+        raise CLIError(f"no {RUNTIME_FILE} in $TWINHUB_STATE: {e}") from None
+    services = {p.name: p for p in load() if isinstance(p, AsgiService)}
+    part = services.get(args.name)
+    if part is None:
+        raise CLIError(f"unknown service {args.name!r}; services: {', '.join(sorted(services))}")
+    try:
+        part.serve(rt)  # returns only by an error: it becomes uvicorn
+    except StartError as e:  # a check of the service's prepare: one line, no traceback
+        raise CLIError(str(e)) from None
+    return 1
 
 
 def cmd_login(args: argparse.Namespace) -> int:
@@ -494,6 +526,8 @@ def main(argv: list[str] | None = None) -> None:
             code = cmd_usage(args)
         elif args.command in ("login", "logout"):
             code = cmd_login(args)
+        elif args.command == "service":
+            code = cmd_service(args)
         else:
             code = cmd_user(args)
     except (CLIError, PlatformError) as e:

@@ -4,8 +4,9 @@ There is no Kubernetes here. :class:`FakeCadvisorExporter` is a small HTTP serve
 127.0.0.1 that serves, at ``/metrics``, series shaped like the kubelet's cAdvisor endpoint
 (``container_cpu_usage_seconds_total``, ``container_memory_working_set_bytes``, with the
 pod-level cgroup ``container=""`` and the pause container ``POD`` that real cAdvisor also
-exports) and like kube-state-metrics' ``kube_pod_labels``. The values are whatever the test
-sets; a real Prometheus scrapes it (tests/fixtures/prometheus.py).
+exports) and like kube-state-metrics' ``kube_pod_labels``, ``kube_pod_annotations`` and
+``kube_pod_start_time``. The values are whatever the test sets; a real Prometheus scrapes it
+(tests/fixtures/prometheus.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class FakePod:
     namespace: str
     name: str
     labels: dict[str, str]
+    annotations: dict[str, str] = field(default_factory=dict)
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
     start_time: float = field(default_factory=time.time)  # Unix seconds
     #: container -> cumulative CPU seconds / working set bytes
@@ -45,10 +47,14 @@ class FakeCadvisorExporter:
 
     ``add_pod``/``remove_pod`` and ``set_cpu``/``add_cpu``/``set_memory`` change what the next
     scrape sees; ``scrapes`` counts scrapes, ``wait_scrapes(n)`` waits for ``n`` more.
+    ``annotations_allowlist`` plays kube-state-metrics' ``--metric-annotations-allowlist`` for
+    pods: None exports every annotation (``pods=[*]``), a tuple of keys only those, and an
+    empty tuple no ``kube_pod_annotations`` series at all (kube-state-metrics without the flag).
     """
 
     def __init__(self) -> None:
         self._pods: dict[tuple[str, str], FakePod] = {}
+        self.annotations_allowlist: tuple[str, ...] | None = None
         self._lock = threading.Condition()
         self.scrapes = 0
         exporter = self
@@ -92,10 +98,11 @@ class FakeCadvisorExporter:
         name: str,
         labels: dict[str, str] | None = None,
         containers: tuple[str, ...] = ("notebook",),
+        annotations: dict[str, str] | None = None,
     ) -> FakePod:
-        """A pod (labels as Kubernetes keys, e.g. ``hub.jupyter.org/username``), CPU and
-        memory 0 in each container."""
-        pod = FakePod(namespace, name, dict(labels or {}))
+        """A pod (labels and annotations as Kubernetes keys, e.g. ``twinhub.io/user``), CPU
+        and memory 0 in each container."""
+        pod = FakePod(namespace, name, dict(labels or {}), dict(annotations or {}))
         for c in containers:
             pod.cpu[c] = 0.0
             pod.memory[c] = 0.0
@@ -108,8 +115,10 @@ class FakeCadvisorExporter:
             self._pods.pop((namespace, name), None)
 
     def clear(self) -> None:
+        """No pods, every annotation exported."""
         with self._lock:
             self._pods.clear()
+            self.annotations_allowlist = None
 
     def set_cpu(self, namespace: str, name: str, seconds: float, container: str = "") -> None:
         with self._lock:
@@ -138,11 +147,13 @@ class FakeCadvisorExporter:
     # -- the exposition ----------------------------------------------------------------------
     def render(self) -> str:
         with self._lock:
+            allow = self.annotations_allowlist
             pods = [
                 FakePod(
                     p.namespace,
                     p.name,
                     dict(p.labels),
+                    dict(p.annotations),
                     p.uid,
                     p.start_time,
                     dict(p.cpu),
@@ -212,6 +223,20 @@ class FakeCadvisorExporter:
             labels = {"namespace": p.namespace, "pod": p.name, "uid": p.uid}
             labels |= {"label_" + _UNSAFE.sub("_", k): v for k, v in p.labels.items()}
             lines.append("kube_pod_labels" + _labels(**labels) + " 1")
+        if allow is None or allow:  # kube-state-metrics with no allowlist: no series
+            lines += [
+                "# HELP kube_pod_annotations Kubernetes annotations converted to Prometheus "
+                "labels.",
+                "# TYPE kube_pod_annotations gauge",
+            ]
+            for p in pods:
+                labels = {"namespace": p.namespace, "pod": p.name, "uid": p.uid}
+                labels |= {
+                    "annotation_" + _UNSAFE.sub("_", k): v
+                    for k, v in p.annotations.items()
+                    if allow is None or k in allow
+                }
+                lines.append("kube_pod_annotations" + _labels(**labels) + " 1")
         lines += [
             "# HELP kube_pod_start_time Start time in unix timestamp for a pod.",
             "# TYPE kube_pod_start_time gauge",

@@ -4,17 +4,20 @@ there is no Kubernetes here)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from kubespawner.slugs import is_valid_label, safe_slug
 from sqlalchemy import select
 
 from tests.fixtures.prometheus import SCRAPE_INTERVAL
 from tests.helpers.fake_cadvisor import FakeCadvisorExporter
 from twinhub import db
 from twinhub.db.models import UsageRecord
+from twinhub.services.accounting import backend_prometheus
 from twinhub.services.accounting.backend_prometheus import GIB, PrometheusBackend
 from twinhub.services.accounting.config import TwinhubAccounting
 from twinhub.services.accounting.energy import EnergyModel
@@ -38,23 +41,40 @@ pytestmark = [pytest.mark.integration]
 NS = "twinhub"
 
 
-def _server_labels(user: str, project: str, server: str = "") -> dict[str, str]:
-    return {
-        "hub.jupyter.org/username": user,
-        "hub.jupyter.org/servername": server,
+def _slug(name: str) -> str:
+    """A name as a label value, escaped as TwinhubKubeSpawner and the gateway escape it."""
+    return safe_slug(name, is_valid=is_valid_label)
+
+
+def _server_pod(user: str, project: str, server: str = "") -> dict[str, dict[str, str]]:
+    """The labels and annotations TwinhubKubeSpawner gives a server's pod (the keys:
+    tests/unit/hub/test_kubespawner.py)."""
+    labels = {
+        "hub.jupyter.org/username": _slug(user),
+        "hub.jupyter.org/servername": _slug(server),
+        "app.kubernetes.io/component": "singleuser-server",
         "component": "singleuser-server",
-        "twinhub.io/project": project,
+        "twinhub.io/user": _slug(user),
+        "twinhub.io/project": _slug(project),
     }
+    annotations = {"hub.jupyter.org/username": user, "twinhub.io/user": user}
+    annotations |= {"hub.jupyter.org/servername": server} if server else {}
+    annotations["twinhub.io/project"] = project
+    return {"labels": labels, "annotations": annotations}
 
 
-def _dask_labels(user: str, project: str, cluster: str, component: str) -> dict[str, str]:
-    return {
-        "hub.jupyter.org/username": user,
-        "twinhub.io/project": project,
+def _dask_pod(user: str, project: str, cluster: str, component: str) -> dict[str, dict[str, str]]:
+    """The labels dask-gateway gives a scheduler or worker pod, with the chart's
+    ``twinhub-labels`` extraConfig's labels and annotations (requests-A.md)."""
+    labels = {
         "gateway.dask.org/cluster": cluster,
-        "gateway.dask.org/instance": "twinhub-gateway",
+        "gateway.dask.org/instance": "twinhub-dask-gateway",
         "app.kubernetes.io/component": component,
+        "twinhub.io/user": _slug(user),
+        "twinhub.io/project": _slug(project),
     }
+    annotations = {"twinhub.io/user": user, "twinhub.io/project": project}
+    return {"labels": labels, "annotations": annotations}
 
 
 def _metered(charge: Charge) -> MeteredSource:
@@ -79,9 +99,12 @@ def backend(prometheus_url: str):
 
 
 def test_two_users_cpu_and_memory_through_prometheus(cadvisor: FakeCadvisorExporter, backend):
-    alice = cadvisor.add_pod(NS, "jupyter-alice", _server_labels("alice", "ocean"))
+    alice = cadvisor.add_pod(NS, "jupyter-alice", **_server_pod("alice", "ocean"))
     bob = cadvisor.add_pod(
-        NS, "jupyter-bob--gpu", _server_labels("bob", "atmos", "gpu"), ("notebook", "sidecar")
+        NS,
+        "jupyter-bob--gpu",
+        **_server_pod("bob", "atmos", "gpu"),
+        containers=("notebook", "sidecar"),
     )
     cadvisor.set_cpu(NS, "jupyter-alice", 12.5)
     cadvisor.set_cpu(NS, "jupyter-bob--gpu", 3.25, "notebook")
@@ -93,7 +116,7 @@ def test_two_users_cpu_and_memory_through_prometheus(cadvisor: FakeCadvisorExpor
     # in another namespace with our labels: out of the backend's namespace).
     cadvisor.add_pod(NS, "coredns-5d78c9869d-abcde", {"k8s-app": "kube-dns"})
     cadvisor.set_cpu(NS, "coredns-5d78c9869d-abcde", 99.0)
-    cadvisor.add_pod("elsewhere", "jupyter-carol", _server_labels("carol", "ocean"))
+    cadvisor.add_pod("elsewhere", "jupyter-carol", **_server_pod("carol", "ocean"))
     cadvisor.set_cpu("elsewhere", "jupyter-carol", 7.0)
     cadvisor.wait_scrapes(2)
 
@@ -135,7 +158,7 @@ def test_two_users_cpu_and_memory_through_prometheus(cadvisor: FakeCadvisorExpor
 def test_a_burning_pod_is_read_within_one_scrape(cadvisor: FakeCadvisorExporter, backend):
     """A pod's counter grows continuously (one core busy); what the backend reads lags the
     truth by no more than one scrape interval (plus the scrape's own latency)."""
-    cadvisor.add_pod(NS, "jupyter-dora", _server_labels("dora", "ocean"))
+    cadvisor.add_pod(NS, "jupyter-dora", **_server_pod("dora", "ocean"))
     stop = threading.Event()
     start = time.monotonic()
 
@@ -165,7 +188,7 @@ def test_charge_files_name_pods_before_labels(cadvisor: FakeCadvisorExporter, ba
     label is read when a charge names it."""
     cadvisor.add_pod(NS, "jupyter-erin", {})  # no labels at all
     cadvisor.set_cpu(NS, "jupyter-erin", 5.0)
-    cadvisor.add_pod(NS, "jupyter-fred", _server_labels("fred", "label-project"))
+    cadvisor.add_pod(NS, "jupyter-fred", **_server_pod("fred", "label-project"))
     cadvisor.set_cpu(NS, "jupyter-fred", 6.0)
     cadvisor.wait_scrapes(2)
     erin = Charge(
@@ -195,7 +218,7 @@ def test_a_dask_cluster_is_read_pod_by_pod(cadvisor: FakeCadvisorExporter, backe
         "dask-worker-0f1e2d3c-bbbbb": "dask-worker",
     }
     for i, (pod, component) in enumerate(pods.items()):
-        cadvisor.add_pod(NS, pod, _dask_labels("gina", "ocean", name, component))
+        cadvisor.add_pod(NS, pod, **_dask_pod("gina", "ocean", name, component))
         cadvisor.set_cpu(NS, pod, 1.0 + i)
         cadvisor.set_memory(NS, pod, 0.5 * GIB)
     # The gateway's charge file for the cluster carries the project (labels may be absent).
@@ -212,9 +235,10 @@ def test_a_dask_cluster_is_read_pod_by_pod(cadvisor: FakeCadvisorExporter, backe
         (r.source.user, r.source.project, r.source.kind, r.source.name) for r in got.values()
     } == {("gina", "from-charge", CLUSTER, name)}
 
-    # Without the charge file (e.g. the gateway's is gone): labels still name user and project.
+    # Without the charge file (e.g. the gateway's is gone): the pods' annotations name user
+    # and project.
     got = _by(backend.read([], datetime.now(UTC)))
-    assert {r.source.project for r in got.values()} == {"ocean"}
+    assert {(r.source.user, r.source.project) for r in got.values()} == {("gina", "ocean")}
 
     # A worker ends: its pod's series go stale; the others read on, unchanged.
     cadvisor.remove_pod(NS, "dask-worker-0f1e2d3c-aaaaa")
@@ -245,7 +269,7 @@ def test_readings_become_records_once_and_a_restart_counts_from_zero(
     cadvisor.add_pod(NS, "jupyter-hank", {})
     cadvisor.set_cpu(NS, "jupyter-hank", 40.0)
     cadvisor.set_memory(NS, "jupyter-hank", 2 * GIB)
-    cadvisor.add_pod(NS, "jupyter-ivy", _server_labels("ivy", "atmos"))
+    cadvisor.add_pod(NS, "jupyter-ivy", **_server_pod("ivy", "atmos"))
     cadvisor.set_cpu(NS, "jupyter-ivy", 1.0)
 
     times: list[datetime] = []
@@ -306,7 +330,7 @@ def test_prometheus_down_or_oversized_gives_no_readings(
     down.close()
 
     for i in range(3):
-        cadvisor.add_pod(NS, f"jupyter-u{i}", _server_labels(f"u{i}", "ocean"))
+        cadvisor.add_pod(NS, f"jupyter-u{i}", **_server_pod(f"u{i}", "ocean"))
     cadvisor.wait_scrapes(2)
     small = PrometheusBackend(prometheus_url, namespace=NS, max_series=2)
     assert small.read([], datetime.now(UTC)) == []
@@ -355,3 +379,106 @@ def test_the_meter_ticks_through_prometheus(
     assert sum(r.quantity for r in rows if r.resource == CPU) == 7.0
     assert {r.user for r in rows} == {"lena"}
     backend.close()
+
+
+# -- names that are no label values ----------------------------------------------------------
+DANA, OCEAN, RUN = "Dana@Example.org", "Ocean Science", "GPU_1"
+DANA_SERVER, DANA_WORKER = "jupyter-dana-example-org---8adfdf65--gpu-1", "dask-worker-5e6f-aaaaa"
+
+
+def _dana(cadvisor: FakeCadvisorExporter) -> None:
+    """A named server and a Dask worker (no charge files) of a user and a project whose names
+    are no label values."""
+    cadvisor.add_pod(NS, DANA_SERVER, **_server_pod(DANA, OCEAN, RUN))
+    cadvisor.add_pod(NS, DANA_WORKER, **_dask_pod(DANA, OCEAN, "twinhub.5e6f", "dask-worker"))
+    cadvisor.set_cpu(NS, DANA_SERVER, 8.0)
+    cadvisor.set_cpu(NS, DANA_WORKER, 2.0)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == backend_prometheus.__name__ and r.levelno == logging.WARNING
+    ]
+
+
+def test_names_that_are_no_label_values_are_charged_under_the_names(
+    cadvisor: FakeCadvisorExporter, backend, tmp_path, caplog
+):
+    """The labels hold slugs ("Ocean Science" -> ``ocean-science---884a542d``); the pods'
+    annotations hold the names, and the records carry the names."""
+    assert (_slug(DANA), _slug(OCEAN), _slug(RUN)) != (DANA, OCEAN, RUN)  # the premise
+    caplog.set_level(logging.WARNING, logger=backend_prometheus.__name__)
+    url = f"sqlite:///{tmp_path / 'twinhub.sqlite'}"
+    db.upgrade(url)
+    store = UsageStore(url, EnergyModel.from_settings(TwinhubAccounting()), interval=1.0)
+    _dana(cadvisor)
+    cadvisor.wait_scrapes(2)
+    readings = backend.read([], datetime.now(UTC))
+    store.apply(readings)
+    got = {r.source.kind: r.source for r in readings if r.resource == CPU}
+    assert (got[NAMED_SERVER].user, got[NAMED_SERVER].project) == (DANA, OCEAN)
+    assert got[NAMED_SERVER].name == RUN
+    assert got[NAMED_SERVER].source_id.startswith(f"server:{DANA}/{RUN}#")
+    assert (got[CLUSTER].user, got[CLUSTER].project, got[CLUSTER].name) == (
+        DANA,
+        OCEAN,
+        "twinhub.5e6f",
+    )
+    cadvisor.add_cpu(NS, DANA_SERVER, 1.5)
+    cadvisor.wait_scrapes(2)
+    store.apply(backend.read([], datetime.now(UTC)))
+
+    with db.session(url) as s:
+        rows = list(s.scalars(select(UsageRecord)))
+    assert {(r.user, r.project) for r in rows} == {(DANA, OCEAN)}
+    assert sum(r.quantity for r in rows if r.resource == CPU) == 11.5
+    assert _warnings(caplog) == []
+
+
+def test_without_the_annotation_series_the_slugs_are_charged_and_logged_once_per_pod(
+    cadvisor: FakeCadvisorExporter, backend, caplog
+):
+    """kube-state-metrics without ``--metric-annotations-allowlist``: no
+    ``kube_pod_annotations``; the label slugs are charged (as before annotations were read)
+    and the log says, once per pod, which annotations the allowlist lacks."""
+    caplog.set_level(logging.WARNING, logger=backend_prometheus.__name__)
+    cadvisor.annotations_allowlist = ()
+    _dana(cadvisor)
+    cadvisor.wait_scrapes(2)
+    got = {r.source.kind: r.source for r in backend.read([], datetime.now(UTC))}
+    assert {(s.user, s.project) for s in got.values()} == {(_slug(DANA), _slug(OCEAN))}
+    assert got[NAMED_SERVER].name == _slug(RUN)
+    warnings = _warnings(caplog)
+    assert len(warnings) == 2, warnings
+    for pod, missing in (
+        (
+            DANA_SERVER,
+            "annotation_twinhub_io_user, annotation_twinhub_io_project, "
+            "annotation_hub_jupyter_org_servername",
+        ),
+        (DANA_WORKER, "annotation_twinhub_io_user, annotation_twinhub_io_project"),
+    ):
+        (line,) = [w for w in warnings if f"{NS}/{pod} " in w]
+        assert f"has no {missing} for it" in line
+        assert "--metric-annotations-allowlist" in line
+
+    # Once per pod: the next tick charges the same and logs nothing.
+    caplog.clear()
+    again = {r.source.kind: r.source for r in backend.read([], datetime.now(UTC))}
+    assert again[NAMED_SERVER].user == _slug(DANA)
+    assert _warnings(caplog) == []
+
+    # An allowlist without the project: the user's name, the project's slug, and new pods
+    # (new uids, as after a restart) are logged again, naming only what is missing.
+    cadvisor.annotations_allowlist = ("twinhub.io/user", "hub.jupyter.org/servername")
+    _dana(cadvisor)
+    cadvisor.wait_scrapes(2)
+    got = {r.source.kind: r.source for r in backend.read([], datetime.now(UTC))}
+    assert {(s.user, s.project) for s in got.values()} == {(DANA, _slug(OCEAN))}
+    assert got[NAMED_SERVER].name == RUN
+    warnings = _warnings(caplog)
+    assert len(warnings) == 2 and all(
+        "has no annotation_twinhub_io_project for it" in w for w in warnings
+    ), warnings

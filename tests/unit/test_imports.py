@@ -188,8 +188,14 @@ FORBIDDEN = [
     ),
     (
         "twinhub",
-        ("twinhub.parts", "twinhub.platform", "twinhub.cli", "twinhub.jupyterhub_config"),
-        "only the top of the house (the CLI, the platform, the hub's config file) lists parts",
+        (
+            "twinhub.parts",
+            "twinhub.platform",
+            "twinhub.cli",
+            "twinhub.jupyterhub_config",
+            "twinhub.hub_config",
+        ),
+        "only the top of the house (the CLI, the platform, the hub's config files) lists parts",
     ),
     ("twinhub.client", ("twinhub",), "a laptop client needs only the runtime's facts"),
     (
@@ -219,6 +225,7 @@ ALLOWED = {
     ("twinhub.cli", "twinhub.parts"): "--help-all lists every part's options",
     ("twinhub.platform", "twinhub.parts"): "twinhub up runs every part",
     ("twinhub.jupyterhub_config", "twinhub.parts"): "the hub's config is every part's",
+    ("twinhub.hub_config", "twinhub.parts"): "the chart hub's config is every part's",
     ("twinhub.client", "twinhub.client"): "itself",
     ("twinhub.client", "twinhub.process.runtime"): "where the hub is",
     ("twinhub.client", "twinhub.errors"): "one-line errors",

@@ -58,6 +58,15 @@ class AuthPart(Part):
             return
 
         tw = Twinhub(config=rt.config)
+        if rt.kubernetes:
+            # No `twinhub up` to print it: the hub pod's log shows it once (kubectl logs).
+            password = ensure_first_admin(rt)
+            if password:
+                print(
+                    f"twinhub: first admin account: {tw.admin_user}  password: {password}  "
+                    "(shown once; change it after logging in)",
+                    flush=True,
+                )
         c.JupyterHub.authenticator_class = TwinhubLocalAuth
         own = rt.config.get("TwinhubLocalAuth", {})
         # Options an operator set in twinhub_config.py win over what we derive here.

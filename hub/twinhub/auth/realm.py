@@ -209,6 +209,9 @@ def prepare(rt) -> None:
 
 
 def read_client_secret(rt) -> str:
+    if rt.kubernetes:
+        # The chart's Secret, mounted: a missing key is named by Runtime.secret.
+        return rt.secret(SECRET_NAME)
     path = rt.secrets_dir / SECRET_NAME
     try:
         return path.read_text().strip()
@@ -223,6 +226,13 @@ def configure_hub(c: Any, rt) -> None:
     from .keycloak import TwinhubKeycloakAuthenticator
 
     kc = TwinhubKeycloak(config=rt.config)
+    if rt.kubernetes and not rt.public_url:
+        # Browsers come back from Keycloak to the hub's public address; the in-cluster one
+        # (service_urls["proxy"]) is no address a browser can reach.
+        raise KeycloakError(
+            "Keycloak login needs the platform's public URL for its OAuth callback: set "
+            "twinhub.publicUrl in the chart's values"
+        )
     meta = discover(kc.url, kc.discovery_timeout, kc.validate_cert)
     c.JupyterHub.authenticator_class = TwinhubKeycloakAuthenticator
     a = c.TwinhubKeycloakAuthenticator

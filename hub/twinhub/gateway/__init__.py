@@ -15,6 +15,11 @@ it ends (a lease held by the client, :mod:`twinhub.gateway.kernel_hold`); users'
 the client side through ``DASK_GATEWAY__AUTH__TYPE`` (``twinlab.clusters.client``), and the
 Dask sidebar (dask-labextension) makes gateway clusters.
 
+Kubernetes: the dask-gateway chart runs the gateway (its own pods, its KubeBackend); the hub
+registers it at its in-cluster address (``rt.service_urls["dask-gateway"]``, the chart's
+traefik with ``gateway.prefix`` /services/dask-gateway) and points servers at it and at its
+TLS proxy (``service_urls["dask-gateway-proxy"]``).
+
 Dashboards are reachable only through the gateway after hub (OAuth or token) authentication,
 and only by the cluster's owner; the schedulers' and workers' own HTTP ports require the
 cluster's TLS client certificate (see :mod:`twinhub.gateway.dashboard`).
@@ -137,9 +142,24 @@ def port(rt: Runtime) -> int:
         ) from None
 
 
+def base_url(rt: Runtime) -> str:
+    """Where the hub registers the gateway: loopback, or the chart's in-cluster Service."""
+    if rt.kubernetes:
+        return rt.service_url(SERVICE_NAME).rstrip("/")
+    return f"http://127.0.0.1:{port(rt)}"
+
+
+def proxy_address(rt: Runtime) -> str:
+    """The gateway's scheduler proxy (``gateway://``: TLS connections of Dask clients)."""
+    if rt.kubernetes:
+        return rt.service_url(f"{SERVICE_NAME}-proxy")
+    return f"gateway://127.0.0.1:{port(rt)}"
+
+
 def gateway_url(rt: Runtime) -> str:
-    """The gateway on loopback (API, dashboards) as the platform's own processes reach it."""
-    return f"http://127.0.0.1:{port(rt)}{SERVICE_PREFIX}"
+    """The gateway (API, dashboards) as the platform's own processes and, in Kubernetes,
+    user servers reach it: straight, not through the proxy."""
+    return base_url(rt) + SERVICE_PREFIX
 
 
 def clusters_dir(rt: Runtime) -> Path:
@@ -232,9 +252,9 @@ class GatewayPart(Part):
     def configure_hub(self, c: Any, rt: Runtime) -> None:
         """Register the gateway with the hub and point user servers at it."""
         gw = settings(rt)
-        if not gw.enabled:
-            return
-        register_service(c, SERVICE_NAME, f"http://127.0.0.1:{port(rt)}", rt.secret(SECRET_NAME))
+        if not gw.enabled or (rt.kubernetes and SERVICE_NAME not in rt.service_urls):
+            return  # Kubernetes: the chart's dask-gateway is off
+        register_service(c, SERVICE_NAME, base_url(rt), rt.secret(SECRET_NAME))
         # Users reach it, and $JUPYTERHUB_API_TOKEN of a user server is accepted by it.
         grant_access(c, SERVICE_NAME)
 
@@ -244,7 +264,7 @@ class GatewayPart(Part):
             {
                 "DASK_GATEWAY__ADDRESS": gateway_url(rt),
                 "DASK_GATEWAY__PUBLIC_ADDRESS": public,
-                "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{port(rt)}",
+                "DASK_GATEWAY__PROXY_ADDRESS": proxy_address(rt),
                 # JupyterHub auth, whose module also fixes dask-gateway's client (a refused
                 # cluster deadlocked the others) and leases clusters to the process that
                 # made them (twinlab/clusters/client.py).

@@ -3,6 +3,12 @@
 :class:`CorePart`: ``components`` is what the supervisor starts; ``configure_hub`` is the
 part of the JupyterHub configuration that ties the hub to them (external proxy, ports,
 database, secrets, services and their roles).
+
+In Kubernetes z2jh owns the hub's bind URLs, its own database, the proxy, the cookie
+secret, the crypt key and the idle culler (its jupyterhub_config.py runs before
+``twinhub.hub_config``): ``configure_hub`` then only migrates twinhub's own tables and
+adds what is twinhub's (the face, the instance's environment), keeping z2jh's services
+and roles.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from ..plugin import Part, Say
 from ..process.components import Component
 from ..process.runtime import Runtime
 from ..process.supervisor import TwinhubSupervisor, free_port, http_ready
+from ..services.base import migrate
 from .face import TwinhubFace, configure_face
 from .handlers import TwinhubHubRequests
 
@@ -141,6 +148,9 @@ class CorePart(Part):
         return [proxy, hub, culler]
 
     def configure_hub(self, c: Any, rt: Runtime) -> None:
+        if rt.kubernetes:
+            self.configure_kubernetes(c, rt)
+            return
         p = rt.ports
         c.JupyterHub.bind_url = rt.url
         c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{p['hub']}"
@@ -195,4 +205,16 @@ class CorePart(Part):
         )
         configure_face(c, rt)
         # Every process started for this instance is findable for orphan cleanup.
+        c.Spawner.environment.update({ENV_INSTANCE: rt.instance_id})
+
+    def configure_kubernetes(self, c: Any, rt: Runtime) -> None:
+        """The hub's share under z2jh: twinhub's tables migrated (the auth and spawn hooks
+        read them from the first request on), z2jh's services and roles kept as plain lists
+        (later parts read and extend them)."""
+        print(f"twinhub: {migrate(rt)}", flush=True)
+        c.JupyterHub.services = list(c.JupyterHub.services) if "services" in c.JupyterHub else []
+        c.JupyterHub.load_roles = (
+            list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+        )
+        configure_face(c, rt)
         c.Spawner.environment.update({ENV_INSTANCE: rt.instance_id})

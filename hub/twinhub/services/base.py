@@ -30,14 +30,24 @@ and one line in :data:`twinhub.parts.PARTS`. Its app (``app.py``)::
         app = NotesApp(cfg)                              # answers ``health`` unauthenticated
         authed = HubAuthMiddleware(app, prefix=cfg["prefix"], public_paths=("health",))
         return RequestLimitsMiddleware(authed)
+
+In Kubernetes (``rt.kubernetes``) the same part runs in its own pod: ``twinhub service run
+<name>`` calls :meth:`AsgiService.serve` (migrations, ``prepare``, then uvicorn on
+0.0.0.0), and the hub registers it at its in-cluster address (``rt.service_urls``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
+from sqlalchemy import text
+
+from .. import db
+from ..errors import PlatformError
 from ..plugin import Part, Say
 from ..process.components import Component
 from ..process.ports import PLATFORM_PORTS, pick_port
@@ -93,9 +103,15 @@ class AsgiService(Part):
     def port(self, rt: Runtime) -> int:
         return rt.ports[self.name]
 
+    def base_url(self, rt: Runtime) -> str:
+        """Where the hub reaches it, straight: loopback, or its in-cluster Service."""
+        if rt.kubernetes:
+            return rt.service_url(self.name).rstrip("/")
+        return f"http://127.0.0.1:{self.port(rt)}"
+
     def api_url(self, rt: Runtime) -> str:
-        """The service on loopback, straight (the platform's own calls)."""
-        return f"http://127.0.0.1:{self.port(rt)}{self.prefix()}"
+        """The service straight, not through the proxy (the platform's own calls)."""
+        return self.base_url(rt) + self.prefix()
 
     def public_url(self, rt: Runtime) -> str:
         """The service through the proxy on loopback (what user servers use)."""
@@ -125,6 +141,39 @@ class AsgiService(Part):
 
     def configure_service(self, c: Any, rt: Runtime) -> None:
         """Its share of the hub's configuration beyond registration."""
+
+    def prepare_pod(self, rt: Runtime, say: Say) -> None:
+        """Kubernetes, in its own pod before serving: what ``twinhub up`` does for it
+        embedded (``prepare``; a service whose extra components prepare more adds that)."""
+        self.prepare(rt, say)
+
+    # -- Kubernetes: the service's own pod --------------------------------------------------
+    def serve(self, rt: Runtime, say: Say = print) -> None:
+        """``twinhub service run <name>``: migrate twinhub's tables, :meth:`prepare_pod`,
+        then become uvicorn on 0.0.0.0 (exec: the pod's signals reach the server)."""
+        if not self.active(rt):
+            raise PlatformError(
+                f"service {self.name!r} is not enabled in this deployment's runtime.json "
+                f"(enabled services: {', '.join(sorted(rt.ports)) or 'none'})"
+            )
+        if rt.kubernetes and not os.access(rt.run_dir, os.W_OK):
+            # The container runtime makes run/ (root's) for the ConfigMap's file mount
+            # unless a volume is mounted there: config files and state go there.
+            raise PlatformError(
+                f"{rt.run_dir} is not writable by this process (uid {os.geteuid()}): mount "
+                "an emptyDir at that path (the chart's twinhub.runtimeVolumeMounts does)"
+            )
+        say(f"{self.name}: {migrate(rt)}")
+        self.prepare_pod(rt, say)
+        env = service_environment(rt, self.name, rt.secret(self.secret_name()))
+        if self.config_path:
+            env[self.config_env()] = str(self.config_file(rt))
+        argv = uvicorn_argv(
+            self.factory, self.port(rt), *pod_options(self.uvicorn_options), host="0.0.0.0"
+        )
+        say(f"{self.name}: serving {self.prefix()} on 0.0.0.0:{self.port(rt)}")
+        sys.stdout.flush()
+        os.execve(argv[0], argv, {**os.environ, **env})
 
     # -- the Part hooks ----------------------------------------------------------------------
     def plan(self, rt: Runtime) -> None:
@@ -162,8 +211,7 @@ class AsgiService(Part):
         scopes, tell servers where it is; then :meth:`configure_service`."""
         if not self.active(rt):
             return
-        url = f"http://127.0.0.1:{self.port(rt)}"
-        register_service(c, self.name, url, rt.secret(self.secret_name()))
+        register_service(c, self.name, self.base_url(rt), rt.secret(self.secret_name()))
         grant_access(c, self.name)
         if self.scopes:
             roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
@@ -190,3 +238,41 @@ def public_url(rt: Runtime, name: str) -> str:
 def running_public_url(rt: Runtime, name: str) -> str:
     """:func:`public_url` of service ``name`` if it runs in this run, else ""."""
     return public_url(rt, name) if name in rt.ports else ""
+
+
+def pod_options(options: tuple[str, ...]) -> list[str]:
+    """uvicorn options for a pod: the proxy is another pod, so forwarded headers are
+    trusted from any address (NetworkPolicies decide who reaches the pod) rather than
+    loopback's."""
+    out = list(options)
+    for i, opt in enumerate(out[:-1]):
+        if opt == "--forwarded-allow-ips":
+            out[i + 1] = "*"
+    return out
+
+
+#: PostgreSQL advisory lock key held while twinhub's tables are migrated: the hub and every
+#: service pod migrate at start, so a new release's pods take turns.
+MIGRATION_LOCK = 0x7477696E  # "twin"
+
+
+def migrate(rt: Runtime) -> str:
+    """Bring twinhub's own tables (``rt.db_url``) to the newest revision; in Kubernetes one
+    process at a time (PostgreSQL advisory lock). Returns a line saying what happened."""
+    url = rt.db_url
+    try:
+        if url.startswith("postgresql"):
+            with db.engine(url).connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+                try:
+                    before, after = db.upgrade(url)
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+                    conn.commit()
+        else:
+            before, after = db.upgrade(url)
+    except db.DatabaseError as e:
+        raise PlatformError(str(e)) from None
+    if before == after:
+        return f"database {db.redacted(url)} at {after}"
+    return f"database {db.redacted(url)} migrated {before or 'empty'} -> {after}"

@@ -89,12 +89,13 @@ KEEP_ALIVE_S = 300
 MAX_HEAD_BYTES = 64 * 1024
 
 
-def uvicorn_argv(factory: str, port: int, *extra: str) -> list[str]:
+def uvicorn_argv(factory: str, port: int, *extra: str, host: str = "127.0.0.1") -> list[str]:
     """The command of a service's ASGI process: ``factory`` (``module:function``) under
-    uvicorn (h11) on loopback, quiet, with no Server header; ``extra`` uvicorn options."""
+    uvicorn (h11) on ``host`` (loopback; a pod's every address in Kubernetes), quiet, with
+    no Server header; ``extra`` uvicorn options."""
     return [
         sys.executable, "-m", "uvicorn", "--factory", factory,
-        "--host", "127.0.0.1", "--port", str(port),
+        "--host", host, "--port", str(port),
         "--http", "h11", "--h11-max-incomplete-event-size", str(MAX_HEAD_BYTES),
         "--timeout-keep-alive", str(KEEP_ALIVE_S),
         *extra,

@@ -7,7 +7,8 @@
   platform user (``twin-<name>``), created on first spawn; see :mod:`twinhub.spawn.os_accounts`.
 
 What both share (profiles, limits, the start queue, start-up failures) is
-:class:`twinhub.spawn.spawner.TwinhubSpawner`.
+:class:`twinhub.spawn.spawner.TwinhubSpawner`. In Kubernetes (``rt.deployment``) the hub uses
+:class:`twinhub.spawn.kube.TwinhubKubeSpawner` instead, with the same profiles and hooks.
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ class SpawnPart(Part):
     settings = (TwinhubSpawnerConfig, resource_limits.TwinhubUserLimits)
 
     def configure_hub(self, c: Any, rt: Runtime) -> None:
-        """Apply the spawner of ``rt.mode`` to the JupyterHub config ``c``.
+        """Apply the spawner of ``rt.mode`` (Kubernetes: :mod:`twinhub.spawn.kube`'s) to the
+        JupyterHub config ``c``.
 
         Raises ValueError (ProfileError) naming a bad option before changing anything.
         """
@@ -230,6 +232,9 @@ class SpawnPart(Part):
         cfg = TwinhubSpawnerConfig(config=rt.config)
         per_user = resource_limits.TwinhubUserLimits(config=rt.config)
         valid_profiles = profiles.validate_profiles(tw.profiles)
+        if rt.deployment == "kubernetes":
+            self._configure_kubernetes(c, rt, valid_profiles)
+            return
         if rt.mode == "multi-user" and not re.fullmatch(r"[a-z][a-z0-9_-]*|", tw.user_prefix):
             raise ValueError(
                 f"Twinhub.user_prefix {tw.user_prefix!r} is not valid for OS account names: use "
@@ -264,3 +269,17 @@ class SpawnPart(Part):
         if cfg.enforce_limits != "off":
             # One hub per instance: empty groups of this instance are leftovers of a killed hub.
             resource_limits.remove_stale(f"twinhub-{instance_id}")
+
+    def _configure_kubernetes(self, c: Any, rt: Runtime, valid_profiles: list[dict]) -> None:
+        """KubeSpawner with twinhub's profiles (twinhub.spawn.kube). z2jh's configuration
+        keeps the rest: the user image (singleuser.image; the chart fills each profile's
+        kubespawner_override.image, the GPU image for GPU profiles), start timeout, storage,
+        concurrent spawn limit. Nothing of the local process spawners applies (command from
+        the platform's environment, OS accounts, cgroups, start queue)."""
+        # By name: kubespawner's Kubernetes client is imported only where it is used.
+        c.JupyterHub.spawner_class = "twinhub.spawn.kube.TwinhubKubeSpawner"
+        c.TwinhubKubeSpawner.profiles = valid_profiles
+        if rt.service_urls.get("dask-gateway"):  # rendered only when the chart runs one
+            # Merge, never assign: other modules add their services the same way (read by
+            # TwinhubKubeSpawner from this section).
+            c.TwinhubSpawner.services.update({"dask-gateway": rt.url + "services/dask-gateway/"})

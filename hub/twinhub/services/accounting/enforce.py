@@ -446,7 +446,9 @@ def install(c: Any, settings: TwinhubAccounting, rt: Runtime) -> BudgetEnforcer:
     if isinstance(existing, BudgetEnforcer):
         return existing
     gateway = None
-    if "dask-gateway" in rt.ports and gateway_settings(rt).enabled:
+    # Kubernetes: the dask-gateway chart's, when the chart renders its address.
+    running = "dask-gateway" in (rt.service_urls if rt.kubernetes else rt.ports)
+    if running and gateway_settings(rt).enabled:
         gateway = gateway_api_url(rt)
     enforcer = BudgetEnforcer(rt.db_url, settings.grace, inner_spawn, inner_running, gateway)
     section.spawn_check = enforcer.spawn_check

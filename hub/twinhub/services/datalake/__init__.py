@@ -5,20 +5,28 @@ Components (embedded): ``stac-db`` (PostgreSQL + PostGIS + pgstac, see :mod:`.da
 collections), registered with the hub at ``/services/stac/``.  On first start the sample
 collection (:mod:`.seed`) is built (or taken from its cache) and loaded (:mod:`.loader`) in
 the background while the platform is already usable.
+
+Kubernetes: no ``stac-db`` component; pgstac lives in the chart's PostgreSQL, reached with
+the ``db-url`` secret (:func:`kubernetes_database_url`), and the pod migrates it before
+serving (:meth:`StacPart.prepare_pod`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+import psycopg
 
 from twinlab.contract import ENV_STAC_URL
 
-from ...errors import StartError
+from ...errors import PlatformError, StartError
 from ...plugin import Say
 from ...process.components import Component
-from ...process.runtime import Runtime
+from ...process.runtime import DB_URL_SECRET, Runtime
 from ..base import AsgiService, running_public_url
 from .database import (
     connection,
@@ -116,6 +124,15 @@ class StacPart(AsgiService):
             )
         ]
 
+    def prepare_pod(self, rt: Runtime, say: Say) -> None:
+        """Kubernetes: the chart's database (no ``stac-db``), pgstac migrated before serving
+        (what ``extra_components`` does for an external database embedded)."""
+        url = kubernetes_database_url(rt)
+        super().prepare_pod(rt, say)
+        if rt.kubernetes and url:
+            join_pgstac_roles(connection(rt, url).libpq_dsn())
+        self.extra_components(rt)
+
     def after_up(self, rt: Runtime, say: Say) -> threading.Thread | None:
         return start_seeding(rt, say) if self.active(rt) else None
 
@@ -125,6 +142,60 @@ class StacPart(AsgiService):
             return []
         detail = seed.get("error") or (f"{seed['items']} items" if "items" in seed else "")
         return [f"sample data    {seed.get('status')} ({seed.get('size')}) {detail}".rstrip()]
+
+
+PASSFILE = "run/pgstac.pgpass"
+PGSTAC_ROLES = ("pgstac_admin", "pgstac_read", "pgstac_ingest")
+
+
+def join_pgstac_roles(dsn: str) -> None:
+    """Kubernetes: pgstac's migrations switch to its roles (SET ROLE), which a superuser
+    may always do and the chart's database owner may not: with the CREATEROLE the chart's
+    bootstrap grants it, the owner makes those roles (once per cluster) and joins them."""
+    statements = [
+        f"DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        for role in PGSTAC_ROLES
+    ]
+    statements.append(f"GRANT {', '.join(PGSTAC_ROLES)} TO current_user")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for sql in statements:
+                conn.execute(sql)
+    except psycopg.Error as e:
+        raise StartError(
+            f"cannot give the database owner pgstac's roles ({e}): it needs CREATEROLE "
+            "(the chart's CNPG bootstrap grants it; grant it on an external PostgreSQL)"
+        ) from None
+
+
+def kubernetes_database_url(rt: Runtime) -> str:
+    """Kubernetes, unless ``TwinhubDataLake.database_url`` is set: pgstac in the database of
+    the ``db-url`` secret (a ``postgresql://user:password@host:port/db`` URI). The password
+    goes into a 0600 libpq passfile in the pod's state dir, never into the URL; the URL is
+    set in this process's configuration (what the service's config file is made from)."""
+    lake = rt.config.TwinhubDataLake
+    if lake.get("database_url") or not rt.kubernetes:
+        return lake.get("database_url", "")
+    u = urlsplit(rt.secret(DB_URL_SECRET))
+    query = {k: v[0] for k, v in parse_qs(u.query).items()}
+    # A host (CNPG: twinhub-db-rw.<ns>) or, in libpq's query form, a socket directory.
+    host = u.hostname or query.get("host", "")
+    port = u.port or int(query.get("port", 5432))
+    password = unquote(u.password or "")
+    if not (host and u.username and password) or any(ch in password for ch in ":\\\n"):
+        raise PlatformError(
+            f"secret {DB_URL_SECRET!r} must be postgresql://user:password@host:port/db with a "
+            "password of no ':', '\\' or newline (pgstac reads it from a libpq passfile)"
+        )
+    f = rt.path(PASSFILE)
+    f.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"*:*:*:{unquote(u.username)}:{password}\n")
+    dbname = u.path.lstrip("/") or "app"
+    where = urlencode({"host": host, "port": port, "passfile": str(f)})
+    lake.database_url = f"postgresql://{u.username}@/{dbname}?{where}"
+    return lake.database_url
 
 
 __all__ = [
