@@ -1,0 +1,295 @@
+{{- /*
+Twinhub's hub services as workloads (services.yaml) and the peers the NetworkPolicies name
+(networkpolicies.yaml). Every twinhub service pod runs `twinhub service run <name>`, listens
+on 8000 and answers its health route (below) without auth.
+*/}}
+
+{{- define "twinhub.workloads.port" -}}8000{{- end }}
+
+{{- /*
+The unauthenticated health route of service <name> under /services/<name>/: each part's
+AsgiService.health_path ("health", but stac-fastapi's own "_mgmt/ping" for stac).
+tests/kubernetes/test_workloads.py compares these with the Python classes.
+*/}}
+{{- define "twinhub.workloads.healthPath" -}}
+{{- $paths := dict "stac" "_mgmt/ping" -}}
+{{- printf "/services/%s/%s" . (get $paths . | default "health") -}}
+{{- end }}
+
+{{- /*
+The deployed services: C1's twinhub.enabledServices, the same list runtime.json's "ports"
+come from, so a service has a Deployment exactly when the hub registers it.
+*/}}
+{{- define "twinhub.workloads.activeNames" -}}
+{{- include "twinhub.enabledServices" . -}}
+{{- end }}
+
+{{- /* "true" when service <name> is deployed, else "". (dict "root" $ "name" "stac") */}}
+{{- define "twinhub.workloads.active" -}}
+{{- if has .name (include "twinhub.workloads.activeNames" .root | fromJsonArray) }}true{{ end -}}
+{{- end }}
+
+{{- /* Deployment twinhub-<name>. Usage: (dict "root" $ "name" $name "svc" $svc) */}}
+{{- define "twinhub.workloads.deployment" -}}
+{{- $root := .root -}}
+{{- $name := .name -}}
+{{- $svc := .svc -}}
+{{- $health := include "twinhub.workloads.healthPath" $name -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: twinhub-{{ $name }}
+  labels:
+    {{- include "twinhub.labels" (dict "root" $root "component" $name) | nindent 4 }}
+spec:
+  replicas: {{ $svc.replicas | default 1 }}
+  selector:
+    matchLabels:
+      {{- include "twinhub.selectorLabels" (dict "root" $root "component" $name) | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "twinhub.selectorLabels" (dict "root" $root "component" $name) | nindent 8 }}
+        # z2jh's hub NetworkPolicy admits pods with this label to the hub API (8081).
+        hub.jupyter.org/network-access-hub: "true"
+      annotations:
+        # A changed runtime.json must restart the pods: they read it once at start.
+        checksum/runtime: {{ include (print $root.Template.BasePath "/runtime.yaml") $root | sha256sum }}
+    spec:
+      # Services talk to the hub API, never to Kubernetes: no API token in the pod.
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      securityContext:
+        {{- include "twinhub.podSecurityContext" $root | nindent 8 }}
+      {{- if gt (int ($svc.replicas | default 1)) 1 }}
+      # Spread replicas over nodes so one node's loss leaves the service up.
+      topologySpreadConstraints:
+        - maxSkew: 1
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: ScheduleAnyway
+          labelSelector:
+            matchLabels:
+              {{- include "twinhub.selectorLabels" (dict "root" $root "component" $name) | nindent 14 }}
+      {{- end }}
+      {{- with $svc.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: {{ $name }}
+          image: {{ include "twinhub.image" $root }}
+          imagePullPolicy: {{ $root.Values.twinhub.image.pullPolicy | default "IfNotPresent" }}
+          command: ["twinhub", "service", "run", {{ $name | quote }}]
+          env:
+            - name: TWINHUB_STATE
+              value: /srv/twinhub/state
+            # The image's home is on the read-only root filesystem: ~/.cache (e.g. the
+            # sample-data builds) must land somewhere writable.
+            - name: HOME
+              value: /tmp
+          ports:
+            - name: http
+              containerPort: {{ include "twinhub.workloads.port" . }}
+              protocol: TCP
+          # The first start runs the part's prepare step (migrations, seeding): give it time
+          # before liveness counts.
+          startupProbe:
+            httpGet: {path: {{ $health }}, port: http}
+            periodSeconds: 5
+            failureThreshold: 60
+          readinessProbe:
+            httpGet: {path: {{ $health }}, port: http}
+            periodSeconds: 10
+            timeoutSeconds: 5
+            failureThreshold: 3
+          livenessProbe:
+            httpGet: {path: {{ $health }}, port: http}
+            periodSeconds: 20
+            timeoutSeconds: 5
+            failureThreshold: 6
+          {{- with $svc.resources }}
+          resources:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+          securityContext:
+            {{- include "twinhub.containerSecurityContext" $root | nindent 12 }}
+          volumeMounts:
+            {{- include "twinhub.runtimeVolumeMounts" $root | nindent 12 }}
+            # The root filesystem is read-only; Python and libraries still want a scratch dir.
+            - name: tmp
+              mountPath: /tmp
+      volumes:
+        {{- include "twinhub.serviceRuntimeVolumes" (dict "root" $root "name" $name) | nindent 8 }}
+        - name: tmp
+          emptyDir: {}
+{{- end }}
+
+{{- /* Service twinhub-<name> (ClusterIP, 8000). Usage: (dict "root" $ "name" $name) */}}
+{{- define "twinhub.workloads.service" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: twinhub-{{ .name }}
+  labels:
+    {{- include "twinhub.labels" (dict "root" .root "component" .name) | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "twinhub.selectorLabels" (dict "root" .root "component" .name) | nindent 4 }}
+  ports:
+    - name: http
+      port: {{ include "twinhub.workloads.port" . }}
+      targetPort: http
+      protocol: TCP
+{{- end }}
+
+{{- /* PodDisruptionBudget twinhub-<name>. Usage: (dict "root" $ "name" $name "svc" $svc) */}}
+{{- define "twinhub.workloads.pdb" -}}
+{{- $pdb := .svc.podDisruptionBudget | default dict -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: twinhub-{{ .name }}
+  labels:
+    {{- include "twinhub.labels" (dict "root" .root "component" .name) | nindent 4 }}
+spec:
+  minAvailable: {{ hasKey $pdb "minAvailable" | ternary $pdb.minAvailable 1 }}
+  selector:
+    matchLabels:
+      {{- include "twinhub.selectorLabels" (dict "root" .root "component" .name) | nindent 6 }}
+{{- end }}
+
+{{- /*
+NetworkPolicy peers. One release per namespace, so podSelectors (same namespace) are enough;
+z2jh's pods are chosen by its legacy labels (component/app/release), which every z2jh version has.
+Each prints a YAML list item to be nindent'ed under `from:` or `to:`.
+*/}}
+{{- define "twinhub.netpol.hub" -}}
+- podSelector:
+    matchLabels:
+      component: hub
+      app: jupyterhub
+      release: {{ .Release.Name }}
+{{- end }}
+
+{{- define "twinhub.netpol.proxy" -}}
+- podSelector:
+    matchLabels:
+      component: proxy
+      app: jupyterhub
+      release: {{ .Release.Name }}
+{{- end }}
+
+{{- define "twinhub.netpol.userPods" -}}
+- podSelector:
+    matchLabels:
+      component: singleuser-server
+      app: jupyterhub
+      release: {{ .Release.Name }}
+{{- end }}
+
+{{- define "twinhub.netpol.services" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: twinhub
+      app.kubernetes.io/instance: {{ .Release.Name }}
+    matchExpressions:
+      - key: app.kubernetes.io/component
+        operator: In
+        values: {{ include "twinhub.workloads.activeNames" . }}
+{{- end }}
+
+{{- define "twinhub.netpol.database" -}}
+- podSelector:
+    matchLabels:
+      cnpg.io/cluster: twinhub-db
+{{- end }}
+
+{{- define "twinhub.netpol.keycloak" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: keycloakx
+      app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "twinhub.netpol.seaweedfs" -}}
+- podSelector:
+    matchLabels:
+      {{- include "twinhub.selectorLabels" (dict "root" . "component" "seaweedfs") | nindent 6 }}
+{{- end }}
+
+{{- define "twinhub.netpol.traefik" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: dask-gateway
+      app.kubernetes.io/instance: {{ .Release.Name }}
+      app.kubernetes.io/component: traefik
+{{- end }}
+
+{{- define "twinhub.netpol.gatewayApi" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: dask-gateway
+      app.kubernetes.io/instance: {{ .Release.Name }}
+      app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- /* The Dask schedulers and workers: made by the gateway's controller, not by Helm. */}}
+{{- define "twinhub.netpol.daskPods" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: dask-gateway
+      gateway.dask.org/instance: twinhub-dask-gateway
+    matchExpressions:
+      - key: app.kubernetes.io/component
+        operator: In
+        values: [dask-scheduler, dask-worker]
+{{- end }}
+
+{{- define "twinhub.netpol.daskSchedulers" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: dask-gateway
+      gateway.dask.org/instance: twinhub-dask-gateway
+      app.kubernetes.io/component: dask-scheduler
+{{- end }}
+
+{{- /*
+The ports Dask pods use among themselves: the scheduler's 8786 and the workers' and nannies'
+listeners, which `dask worker` binds to random ports (never 8787/8788: the dashboards and the
+scheduler's gateway API are reached only from Traefik and the gateway server). A YAML list
+of NetworkPolicyPorts.
+*/}}
+{{- define "twinhub.netpol.daskCommPorts" -}}
+- {port: 8786, protocol: TCP}
+- {port: 8789, endPort: 65535, protocol: TCP}
+{{- end }}
+
+{{- /* DNS: kube-dns/CoreDNS in kube-system, as z2jh's own policies allow it. */}}
+{{- define "twinhub.netpol.dnsEgress" -}}
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: kube-system
+  ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+{{- end }}
+
+{{- /* S3 egress: the in-cluster SeaweedFS when on, plus the operator's external S3 peers. */}}
+{{- define "twinhub.netpol.s3Egress" -}}
+{{- if .Values.twinhub.s3.seaweedfs.enabled }}
+- to:
+    {{- include "twinhub.netpol.seaweedfs" . | nindent 4 }}
+  ports:
+    - {port: 8333, protocol: TCP}
+{{- end }}
+{{- with .Values.twinhub.networkPolicy.s3Egress }}
+- to:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- end }}
