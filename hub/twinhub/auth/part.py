@@ -7,6 +7,7 @@ database, with signup, approval and password pages) by default; a Keycloak realm
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,14 @@ from ..config import Twinhub
 from ..plugin import Part, Say
 from . import realm
 from .authenticator import TwinhubLocalAuth
+from .local_accounts import create_account, get_account
 from .local_accounts import ensure_first_admin as _ensure_local_admin
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
+
+#: Kubernetes: the key of the chart's Secret (twinhub-secrets) holding the first admin's
+#: password, mounted in the hub pod's secrets directory.
+FIRST_ADMIN_SECRET = "admin-password"
 
 
 def ensure_first_admin(rt) -> str | None:
@@ -25,6 +31,30 @@ def ensure_first_admin(rt) -> str | None:
     if realm.enabled(rt.config):
         return None
     return _ensure_local_admin(rt)
+
+
+def ensure_first_admin_from_secret(rt) -> bool:
+    """Kubernetes: create ``Twinhub.admin_user`` with the password of the mounted secret
+    :data:`FIRST_ADMIN_SECRET` unless the account exists; True when it was created. Only
+    read when needed, so a hub whose admin exists starts without the key."""
+    tw = Twinhub(config=rt.config)
+    if get_account(rt.db_url, tw.admin_user) is not None:
+        _ensure_local_admin(rt)  # its warning when that account is no approved admin
+        return False
+    create_account(rt.db_url, tw.admin_user, admin=True,
+                   password=rt.secret(FIRST_ADMIN_SECRET), prefix=tw.user_prefix)  # fmt: skip
+    return True
+
+
+def first_admin_notice(admin: str) -> str:
+    """The hub pod's log line: where the password is, never the password (pods/log is
+    readable by more people than Secrets are, and log shippers keep lines)."""
+    ns = os.environ.get("POD_NAMESPACE") or "<namespace>"  # z2jh sets it in the hub pod
+    return (
+        f"twinhub: first admin account: {admin}; its password is key {FIRST_ADMIN_SECRET!r} of "
+        f"the Secret twinhub-secrets (or twinhub.existingSecret): kubectl -n {ns} get secret "
+        f"twinhub-secrets -o jsonpath='{{.data.{FIRST_ADMIN_SECRET}}}' | base64 -d"
+    )
 
 
 class AuthPart(Part):
@@ -58,15 +88,8 @@ class AuthPart(Part):
             return
 
         tw = Twinhub(config=rt.config)
-        if rt.kubernetes:
-            # No `twinhub up` to print it: the hub pod's log shows it once (kubectl logs).
-            password = ensure_first_admin(rt)
-            if password:
-                print(
-                    f"twinhub: first admin account: {tw.admin_user}  password: {password}  "
-                    "(shown once; change it after logging in)",
-                    flush=True,
-                )
+        if rt.kubernetes and ensure_first_admin_from_secret(rt):
+            print(first_admin_notice(tw.admin_user), flush=True)
         c.JupyterHub.authenticator_class = TwinhubLocalAuth
         own = rt.config.get("TwinhubLocalAuth", {})
         # Options an operator set in twinhub_config.py win over what we derive here.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,14 @@ def redacted(db_url: str) -> str:
         return "<invalid URL>"
 
 
+def _scheme(db_url: str) -> str:
+    """What an unparseable ``db_url`` may say about itself: its scheme, never the rest."""
+    scheme, sep, _ = db_url.partition("://")
+    if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,40}", scheme):
+        return f"scheme {scheme!r}"
+    return "no scheme"
+
+
 def _prepare_sqlite_file(db_url: str) -> None:
     url = make_url(db_url)
     path = url.database
@@ -63,8 +72,13 @@ def engine(db_url: str) -> Engine:
             return eng
         try:
             url = make_url(db_url)
-        except ArgumentError as e:
-            raise DatabaseError(f"db_url {db_url!r} is not a valid SQLAlchemy URL: {e}") from e
+        except (ArgumentError, ValueError):
+            # Neither the URL nor the parser's message (which may quote it): a db_url read
+            # from a Kubernetes Secret carries its password, and this goes to the pod's log.
+            raise DatabaseError(
+                f"db_url ({_scheme(db_url)}) is not a valid SQLAlchemy URL: expected "
+                "dialect[+driver]://user:password@host[:port]/database"
+            ) from None
         kwargs: dict = {"pool_pre_ping": True}
         if url.get_backend_name() == "sqlite":
             _prepare_sqlite_file(db_url)

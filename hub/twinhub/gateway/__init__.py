@@ -22,7 +22,10 @@ TLS proxy (``service_urls["dask-gateway-proxy"]``).
 
 Dashboards are reachable only through the gateway after hub (OAuth or token) authentication,
 and only by the cluster's owner; the schedulers' and workers' own HTTP ports require the
-cluster's TLS client certificate (see :mod:`twinhub.gateway.dashboard`).
+cluster's TLS client certificate (see :mod:`twinhub.gateway.dashboard`). On Kubernetes
+(:mod:`twinhub.gateway.kube`) the schedulers' and workers' HTTP servers require that
+certificate too, and no twinhub route serves dashboards: the dask-gateway controller's own
+Traefik route to them gets no answer (docs/kubernetes.md, "Dask Gateway").
 """
 
 from __future__ import annotations

@@ -38,9 +38,11 @@ In Kubernetes (``rt.kubernetes``) the same part runs in its own pod: ``twinhub s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -163,8 +165,7 @@ class AsgiService(Part):
                 f"{rt.run_dir} is not writable by this process (uid {os.geteuid()}): mount "
                 "an emptyDir at that path (the chart's twinhub.runtimeVolumeMounts does)"
             )
-        say(f"{self.name}: {migrate(rt)}")
-        self.prepare_pod(rt, say)
+        self.prepare_to_serve(rt, say)
         env = service_environment(rt, self.name, rt.secret(self.secret_name()))
         if self.config_path:
             env[self.config_env()] = str(self.config_file(rt))
@@ -174,6 +175,14 @@ class AsgiService(Part):
         say(f"{self.name}: serving {self.prefix()} on 0.0.0.0:{self.port(rt)}")
         sys.stdout.flush()
         os.execve(argv[0], argv, {**os.environ, **env})
+
+    def prepare_to_serve(self, rt: Runtime, say: Say = print) -> None:
+        """What a service pod does before serving: migrate twinhub's tables, then
+        :meth:`prepare_pod` (stac: pgstac's migration). One pod at a time: a new release,
+        or replicas > 1, starts several at once on one database."""
+        with migration_lock(rt.db_url):
+            say(f"{self.name}: {migrate(rt, locked=True)}")
+            self.prepare_pod(rt, say)
 
     # -- the Part hooks ----------------------------------------------------------------------
     def plan(self, rt: Runtime) -> None:
@@ -251,26 +260,45 @@ def pod_options(options: tuple[str, ...]) -> list[str]:
     return out
 
 
-#: PostgreSQL advisory lock key held while twinhub's tables are migrated: the hub and every
-#: service pod migrate at start, so a new release's pods take turns.
+#: PostgreSQL advisory lock key held while twinhub's tables (and in a stac pod pgstac's
+#: schema) are migrated: the hub and every service pod migrate at start, so a new
+#: release's pods take turns.
 MIGRATION_LOCK = 0x7477696E  # "twin"
 
 
-def migrate(rt: Runtime) -> str:
+@contextlib.contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """Hold :data:`MIGRATION_LOCK` on PostgreSQL ``url`` (a session lock: released if the
+    process dies); nothing to hold on SQLite (one embedded platform)."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    try:
+        conn = db.engine(url).connect()
+    except db.DatabaseError as e:
+        raise PlatformError(str(e)) from None
+    with conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+        # The lock is the session's; no transaction stays open (idle) while it is held.
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+            conn.commit()
+
+
+def migrate(rt: Runtime, *, locked: bool = False) -> str:
     """Bring twinhub's own tables (``rt.db_url``) to the newest revision; in Kubernetes one
-    process at a time (PostgreSQL advisory lock). Returns a line saying what happened."""
+    process at a time (:func:`migration_lock`, taken here unless the caller holds it).
+    Returns a line saying what happened."""
     url = rt.db_url
     try:
-        if url.startswith("postgresql"):
-            with db.engine(url).connect() as conn:
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
-                try:
-                    before, after = db.upgrade(url)
-                finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
-                    conn.commit()
-        else:
+        if locked:
             before, after = db.upgrade(url)
+        else:
+            with migration_lock(url):
+                before, after = db.upgrade(url)
     except db.DatabaseError as e:
         raise PlatformError(str(e)) from None
     if before == after:

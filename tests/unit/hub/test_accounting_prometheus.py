@@ -4,6 +4,7 @@ run against a real one in tests/integration/test_accounting_prometheus.py)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from dask_gateway_server.backends.kubernetes.backend import KubeClusterConfig
 from dask_gateway_server.backends.kubernetes.controller import KubeController
 from traitlets.config import Config
 
+from twinhub import db
 from twinhub.services.accounting import backend_prometheus as bp
 from twinhub.services.accounting.readings import CLUSTER, NAMED_SERVER, SERVER, Source
 
@@ -150,17 +152,31 @@ def _as_kube_state_metrics(pod: dict, uid: str) -> tuple[dict, dict]:
     return labels, annotations
 
 
-def test_the_charts_dask_pods_are_charged_to_the_names(backend, caplog) -> None:
+def test_the_charts_dask_pods_are_charged_to_the_names(
+    backend, caplog, monkeypatch, tmp_path
+) -> None:
     """The chart's ``twinhub-labels`` gateway configuration (values.yaml), run as the gateway
     runs it; dask-gateway's own controller builds the worker pod (``make_pod``: no API server
     is asked); that pod's labels and annotations name the user and project accounting
     charges."""
     values = yaml.safe_load((Path(__file__).parents[3] / "helm/twinhub/values.yaml").read_text())
     snippet = values["dask-gateway"]["gateway"]["extraConfig"]["twinhub-labels"]
+    # The gateway pod's variables (twinhub.gateway.kube): a runtime with the project, and
+    # twinhub's database (a real SQLite file).
+    url = f"sqlite:///{tmp_path / 'twinhub.sqlite'}"
+    db.upgrade(url)
+    runtime = {
+        "deployment": "kubernetes",
+        "mode": "multi-user",
+        "config": {"TwinhubProjects": {"projects": {"Ocean Science": {}}}},
+    }
+    monkeypatch.setenv("TWINHUB_RUNTIME_JSON", json.dumps(runtime))
+    monkeypatch.setenv("TWINHUB_DB_URL", url)
     c = Config()
     exec(snippet, {"c": c})  # noqa: S102 (the chart's own configuration, as the gateway runs it)
     user = SimpleNamespace(name="Dana@Example.org", groups=["Ocean Science"])
-    overrides = c.Backend.cluster_options.get_configuration({"project": "Ocean Science"}, user)
+    options = c.Backend.cluster_options(user)  # per user: their projects
+    overrides = options.get_configuration(options.parse_options({"project": "Ocean Science"}), user)
     controller = KubeController(gateway_instance="twinhub-dask-gateway", api_url="http://x")
     pod = controller.make_pod(NS, "twinhub.5e6f", KubeClusterConfig(**overrides), is_worker=True)
     for value in pod["metadata"]["labels"].values():

@@ -4,6 +4,7 @@ started for real as a pod would run it."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -16,13 +17,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+import psycopg
 import pytest
 from traitlets.config import Config
 
+from tests.helpers import helm
 from twinhub import parts
-from twinhub.errors import PlatformError
+from twinhub.errors import PlatformError, StartError
 from twinhub.gateway import GatewayPart
 from twinhub.hubconf.core import CorePart
 from twinhub.process.runtime import Runtime, sqlalchemy_url
@@ -30,8 +33,12 @@ from twinhub.process.supervisor import free_port
 from twinhub.services.accounting import AccountingPart
 from twinhub.services.base import AsgiService, pod_options
 from twinhub.services.cache import CachePart
-from twinhub.services.datalake import StacPart, kubernetes_database_url
-from twinhub.services.datalake.database import EXTENSIONS
+from twinhub.services.datalake import (
+    StacPart,
+    kubernetes_database_url,
+    migrate_pgstac_as_owner,
+    without_role_statements,
+)
 from twinhub.services.projects import ProjectsPart
 from twinhub.services.registration import uvicorn_argv
 
@@ -156,6 +163,26 @@ def test_sqlalchemy_url_of_a_libpq_uri() -> None:
     assert sqlalchemy_url(same) == same and sqlalchemy_url("sqlite:///x") == "sqlite:///x"
 
 
+@pytest.mark.parametrize(
+    "bad",
+    ["app:s3cr3t-pw@twinhub-db-rw/app", "postgresql://app:s3cr3t-pw@twinhub-db-rw:54x2/app"],
+    ids=["no-scheme", "bad-port"],
+)
+def test_an_invalid_db_url_secret_keeps_its_password_out_of_the_log(
+    tmp_path: Path, bad: str
+) -> None:
+    """A malformed db-url Secret stops the pod with a message that a pod log may carry: the
+    scheme at most, never the URL (whose password is the database's)."""
+    from twinhub.services.base import migrate
+
+    rt = Runtime.load(chart_runtime(tmp_path, secrets={"db-url": bad}))
+    with pytest.raises(PlatformError, match="is not a valid SQLAlchemy URL") as e:
+        migrate(rt)
+    assert "s3cr3t" not in str(e.value) and "twinhub-db-rw" not in str(e.value)
+    scheme = "scheme 'postgresql+psycopg'" if "://" in bad else "no scheme"
+    assert f"db_url ({scheme})" in str(e.value)
+
+
 def test_services_and_gateway_register_in_cluster_addresses(tmp_path: Path) -> None:
     chart_runtime(tmp_path, secrets={"service-cache": "c-token", "service-dask-gateway": "g"})
     rt = Runtime.load(tmp_path)
@@ -211,6 +238,39 @@ def test_core_leaves_the_hub_to_z2jh(tmp_path: Path) -> None:
     from twinhub import db
 
     db.check_schema(rt.db_url)
+
+
+def test_first_admin_password_comes_from_the_secret_and_stays_out_of_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Local accounts in Kubernetes: the hub creates the first admin with the chart's
+    admin-password key, logs where it is (not what), and reads the key only while that
+    account does not exist."""
+    from twinhub import db
+    from twinhub.auth.local_accounts import verify_login
+    from twinhub.auth.part import AuthPart
+
+    password = secrets.token_urlsafe(30)
+    db_url = f"sqlite:///{tmp_path / 'own.sqlite'}"
+    chart_runtime(tmp_path, secrets={"db-url": db_url, "admin-password": password})
+    rt = Runtime.load(tmp_path)
+    db.upgrade(rt.db_url)
+    AuthPart().configure_hub(Config(), rt)
+    log = capsys.readouterr().out
+    assert "first admin account: admin; its password is key 'admin-password'" in log
+    assert password not in log
+    account = verify_login(rt.db_url, "admin", password)
+    assert account is not None and account.is_admin
+    # Restarted hub: the account exists, the key is not needed and nothing is logged.
+    (tmp_path / "secrets" / "admin-password").unlink()
+    AuthPart().configure_hub(Config(), Runtime.load(tmp_path))
+    assert "first admin" not in capsys.readouterr().out
+    # A fresh database without the key: the missing key is named.
+    (tmp_path / "own.sqlite").unlink()
+    db.dispose_engines()
+    db.upgrade(rt.db_url)
+    with pytest.raises(PlatformError, match="secret 'admin-password' is missing"):
+        AuthPart().configure_hub(Config(), Runtime.load(tmp_path))
 
 
 def test_pgstac_connection_from_the_db_url_secret(tmp_path: Path) -> None:
@@ -285,18 +345,103 @@ def test_service_run_refuses_unknown_and_disabled_services(tmp_path: Path) -> No
 _databases = itertools.count()
 
 
-def cnpg_like_database(pg) -> str:
-    """A new database and its owner, made as the chart's CNPG Cluster bootstraps them
-    (helm/twinhub/templates/database.yaml: owner role with a password, extensions and
-    CREATEROLE granted by the superuser in postInitApplicationSQL, for pgstac's roles);
-    the owner is no superuser. Returns the URI as CNPG's ``uri`` key names it (here a
-    socket directory for the host)."""
+@functools.cache
+def cnpg_bootstrap() -> dict:
+    """``spec.bootstrap.initdb`` of the chart's CNPG Cluster twinhub-db, as Helm renders it
+    (helm/twinhub/templates/database.yaml): the tests run this SQL, so they cannot drift."""
+    if helm.missing_helm():
+        pytest.skip(f"Helm is not installed ({', '.join(helm.missing_helm())}): scripts/fetch-helm")
+    return helm.find(helm.render("default"), "Cluster", "twinhub-db")["spec"]["bootstrap"]["initdb"]
+
+
+def cnpg_database(pg) -> tuple[str, str]:
+    """A new database bootstrapped as the chart's CNPG Cluster is: what the operator does
+    itself (owner role with a password, its database), then the chart's ``postInitSQL`` (in
+    ``postgres``) and ``postInitApplicationSQL`` (in the new database), both as superuser.
+    The session cluster is shared, so the chart's names (``twinhub``, ``keycloak``) become
+    this test's own; pgstac's roles are the cluster's, as in CNPG. Returns the owner's URI
+    as CNPG's ``uri`` key names it (here a socket directory for the host) and the name of
+    Keycloak's database."""
+    initdb = cnpg_bootstrap()
     n = f"k8s_{os.getpid()}_{next(_databases)}"
+    names = {initdb["owner"]: n, initdb["database"]: n, "keycloak": f"kc_{n}"}
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+
+    def run(statements: list[str], dbname: str) -> None:
+        pg._psql("".join(f"{pattern.sub(lambda m: names[m[1]], sql)};\n" for sql in statements),
+                 dbname)  # fmt: skip
+
     password = secrets.token_hex(16)
     pg._psql(f"CREATE ROLE {n} LOGIN PASSWORD '{password}';\nCREATE DATABASE {n} OWNER {n};\n")
-    bootstrap = [f"CREATE EXTENSION IF NOT EXISTS {e}" for e in EXTENSIONS]
-    pg._psql("".join(f"{sql};\n" for sql in [*bootstrap, f"ALTER ROLE {n} WITH CREATEROLE"]), n)
-    return f"postgresql://{n}:{password}@/{n}?host={pg.run_dir}&port={pg.port}"
+    run(initdb.get("postInitSQL", []), "postgres")
+    run(initdb["postInitApplicationSQL"], n)
+    return f"postgresql://{n}:{password}@/{n}?host={pg.run_dir}&port={pg.port}", names["keycloak"]
+
+
+def cnpg_like_database(pg) -> str:
+    """The owner's URI of a new database bootstrapped as the chart's (:func:`cnpg_database`)."""
+    return cnpg_database(pg)[0]
+
+
+def test_the_database_owner_cannot_take_other_roles(postgres_cluster) -> None:
+    """The chart's owner role is no superuser and has no CREATEROLE (on PostgreSQL 15 it
+    could grant itself any role: a shell through COPY ... FROM PROGRAM, Keycloak's realm),
+    and Keycloak's database refuses it; pgstac's roles are its own."""
+    url, keycloak = cnpg_database(postgres_cluster)
+    with psycopg.connect(url, autocommit=True) as conn:
+        attrs = conn.execute("SELECT rolsuper, rolcreaterole FROM pg_roles "
+                             "WHERE rolname = current_user").fetchone()  # fmt: skip
+        assert attrs == (False, False)
+        for sql in (
+            "GRANT pg_execute_server_program TO current_user",
+            f"GRANT {keycloak} TO current_user",
+            f"ALTER ROLE {keycloak} PASSWORD 'taken'",
+            "CREATE ROLE intruder LOGIN",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SET ROLE {keycloak}")
+        for role in ("pgstac_admin", "pgstac_read", "pgstac_ingest"):
+            conn.execute(f"SET ROLE {role}")
+            conn.execute("RESET ROLE")
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(urlsplit(url)._replace(path=f"/{keycloak}").geturl())
+
+
+def test_pgstac_migration_names_what_an_owner_without_the_bootstrap_lacks(
+    postgres_cluster,
+) -> None:
+    """An external PostgreSQL whose owner was not given pgstac's roles: the stac pod stops
+    before migrating, naming what a superuser must do; nothing of pgstac is made."""
+    pg = postgres_cluster
+    n = f"bare_{os.getpid()}_{next(_databases)}"
+    password = secrets.token_hex(16)
+    pg._psql(f"CREATE ROLE {n} LOGIN PASSWORD '{password}';\nCREATE DATABASE {n} OWNER {n};\n")
+    dsn = f"postgresql://{n}:{password}@/{n}?host={pg.run_dir}&port={pg.port}"
+    with pytest.raises(StartError, match="lacks pgstac's roles pgstac_admin, pgstac_read, "
+                                         "pgstac_ingest .*docs/kubernetes.md"):  # fmt: skip
+        migrate_pgstac_as_owner(dsn)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT to_regnamespace('pgstac')").fetchone() == (None,)
+
+
+def test_pgstac_role_statements_are_left_out_of_every_migration() -> None:
+    """Every migration file pypgstac ships keeps no role statement once rewritten (the owner
+    cannot run them); one it does not know is refused, never dropped."""
+    from pypgstac.migrate import get_sql, migrations_dir
+
+    files = sorted(Path(migrations_dir).glob("pgstac.*.sql"))
+    assert len(files) > 50
+    for f in files:
+        sql = get_sql(f.name)
+        out = without_role_statements(sql)
+        if "CREATE ROLE pgstac_admin" in sql:
+            assert "SET ROLE pgstac_admin" in out and "NULL;" in out, f.name
+    with pytest.raises(StartError, match="'ALTER ROLE pgstac_read NOLOGIN;'"):
+        without_role_statements("SELECT 1;\nALTER ROLE pgstac_read NOLOGIN;\n")
+    with pytest.raises(StartError, match="GRANT pgstac_admin TO someone"):
+        without_role_statements("GRANT pgstac_admin TO someone;")
 
 
 def _wait_health(proc: subprocess.Popen, url: str, timeout: float = 60) -> int:
@@ -363,29 +508,37 @@ def test_service_run_serves_health(tmp_path: Path, postgres_cluster, part: type)
 
 
 def test_pods_starting_together_migrate_one_at_a_time(tmp_path: Path, postgres_cluster) -> None:
-    """A new release starts the hub and every service pod at once; each migrates twinhub's
-    tables at start. Separate processes on one empty PostgreSQL database all succeed."""
-    chart_runtime(tmp_path, secrets={"db-url": cnpg_like_database(postgres_cluster)})
+    """A new release starts the hub and every service pod at once (stac with replicas > 1
+    too): each migrates twinhub's tables, and stac pgstac's schema, before serving.
+    Separate processes, each with its own pod state, on one empty database all succeed."""
+    db_url = cnpg_like_database(postgres_cluster)
     code = (
+        "import sys\n"
         "from twinhub.process.runtime import Runtime\n"
         "from twinhub.services.base import migrate\n"
-        "print(migrate(Runtime.load()))\n"
+        "from twinhub.services.datalake import StacPart\n"
+        "rt = Runtime.load()\n"
+        "if sys.argv[1] == 'stac':\n"
+        "    StacPart().prepare_to_serve(rt)\n"
+        "else:\n"
+        "    print(migrate(rt))\n"
     )
-    env = {**os.environ, "TWINHUB_STATE": str(tmp_path)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for _ in range(4)
-    ]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
+    pods = ["hub", "stac", "stac", "stac"]
+    procs = []
+    for i, pod in enumerate(pods):
+        state = chart_runtime(tmp_path / f"pod{i}", secrets={"db-url": db_url})
+        env = {**os.environ, "TWINHUB_STATE": str(state)}
+        procs.append(subprocess.Popen([sys.executable, "-c", code, pod], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))  # fmt: skip
+    outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
     # One of them migrated the empty database; the others found it done.
     assert sum("migrated empty ->" in o for o in outs) == 1, outs
+    from pypgstac import __version__ as pgstac_version
+
     from twinhub import db
 
-    db.check_schema(Runtime.load(tmp_path).db_url)
+    db.check_schema(Runtime.load(tmp_path / "pod0").db_url)
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT pgstac.get_version()").fetchone() == (pgstac_version,)

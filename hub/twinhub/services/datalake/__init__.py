@@ -8,12 +8,14 @@ the background while the platform is already usable.
 
 Kubernetes: no ``stac-db`` component; pgstac lives in the chart's PostgreSQL, reached with
 the ``db-url`` secret (:func:`kubernetes_database_url`), and the pod migrates it before
-serving (:meth:`StacPart.prepare_pod`).
+serving (:meth:`StacPart.prepare_pod`) as the database owner, which has no CREATEROLE
+(:func:`migrate_pgstac_as_owner`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from typing import Any
@@ -130,7 +132,7 @@ class StacPart(AsgiService):
         url = kubernetes_database_url(rt)
         super().prepare_pod(rt, say)
         if rt.kubernetes and url:
-            join_pgstac_roles(connection(rt, url).libpq_dsn())
+            migrate_pgstac_as_owner(connection(rt, url).libpq_dsn())
         self.extra_components(rt)
 
     def after_up(self, rt: Runtime, say: Say) -> threading.Thread | None:
@@ -147,25 +149,91 @@ class StacPart(AsgiService):
 PASSFILE = "run/pgstac.pgpass"
 PGSTAC_ROLES = ("pgstac_admin", "pgstac_read", "pgstac_ingest")
 
+#: The role statements every pypgstac migration file repeats, and what runs instead for an
+#: owner without CREATEROLE: the chart's bootstrap (superuser) already did each of them.
+_SEARCH_PATH = (
+    r"^\s*ALTER\s+ROLE\s+pgstac_(admin|read|ingest)\s+SET\s+SEARCH_PATH\s+TO\s+pgstac,\s*public\s*;"
+)
+_ROLE_STATEMENTS = (
+    # Inside a DO block: PL/pgSQL's empty statement keeps the block valid.
+    (re.compile(r"\bCREATE\s+ROLE\s+pgstac_(admin|read|ingest)\s*;", re.I), "NULL;"),
+    (re.compile(_SEARCH_PATH, re.I | re.M), ""),
+    (re.compile(r"^\s*GRANT\s+pgstac_admin\s+TO\s+current_user\s*;", re.I | re.M), ""),
+    (re.compile(r"^\s*GRANT\s+pgstac_read\s+TO\s+pgstac_ingest\s*;", re.I | re.M), ""),
+)
+#: A role statement left over: a pypgstac release doing more with roles than the above.
+_ROLE_LEFT = re.compile(r"\b(CREATE|ALTER|DROP)\s+ROLE\b|\bGRANT\s+pgstac_\w+\s+TO\b", re.I)
 
-def join_pgstac_roles(dsn: str) -> None:
-    """Kubernetes: pgstac's migrations switch to its roles (SET ROLE), which a superuser
-    may always do and the chart's database owner may not: with the CREATEROLE the chart's
-    bootstrap grants it, the owner makes those roles (once per cluster) and joins them."""
-    statements = [
-        f"DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
-        for role in PGSTAC_ROLES
-    ]
-    statements.append(f"GRANT {', '.join(PGSTAC_ROLES)} TO current_user")
+#: What the owner must have been given (helm/twinhub/templates/database.yaml's bootstrap;
+#: docs/kubernetes.md for an external PostgreSQL): one row per pgstac role.
+_BOOTSTRAP_CHECK = """
+SELECT r.rolname,
+       pg_has_role(current_user, r.oid, 'MEMBER'),
+       EXISTS (SELECT FROM pg_db_role_setting s WHERE s.setrole = r.oid AND s.setdatabase = 0
+               AND 'search_path=pgstac, public' = ANY (s.setconfig)),
+       r.rolname <> 'pgstac_ingest' OR pg_has_role(r.oid, 'pgstac_read', 'MEMBER')
+FROM pg_roles r WHERE r.rolname = ANY (%s)
+"""
+
+
+def without_role_statements(sql: str) -> str:
+    """A pypgstac migration file's SQL without the role statements the bootstrap did;
+    refused when any other role statement remains (never silently skipped)."""
+    for pattern, replacement in _ROLE_STATEMENTS:
+        sql = pattern.sub(replacement, sql)
+    left = _ROLE_LEFT.search(sql)
+    if left:
+        line = sql[sql.rfind("\n", 0, left.start()) + 1 : sql.find("\n", left.end())]
+        raise StartError(
+            f"pgstac's migration has a role statement twinhub does not know ({line.strip()!r}): "
+            "its database owner has no CREATEROLE; run this migration as a superuser"
+        )
+    return sql
+
+
+def migrate_pgstac_as_owner(dsn: str) -> None:
+    """Kubernetes: pgstac's migrations as the database owner, which holds no CREATEROLE
+    (with it, PostgreSQL 15 lets a role grant itself any role: pg_execute_server_program,
+    Keycloak's). The bootstrap made pgstac's roles and gave them to the owner; the
+    migration files' role statements (which need CREATEROLE even when they change
+    nothing) are left out. An owner with CREATEROLE or superuser migrates unchanged
+    (``extra_components``)."""
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            for sql in statements:
-                conn.execute(sql)
+            row = conn.execute(
+                "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()
+            if row and row[0]:
+                return
+            rows = conn.execute(_BOOTSTRAP_CHECK, [list(PGSTAC_ROLES)]).fetchall()
     except psycopg.Error as e:
+        raise StartError(f"cannot check the STAC database's roles: {e}") from None
+    done = {name for name, member, path, ingest in rows if member and path and ingest}
+    missing = [r for r in PGSTAC_ROLES if r not in done]
+    if missing:
         raise StartError(
-            f"cannot give the database owner pgstac's roles ({e}): it needs CREATEROLE "
-            "(the chart's CNPG bootstrap grants it; grant it on an external PostgreSQL)"
-        ) from None
+            f"the database owner lacks pgstac's roles {', '.join(missing)} (each made, with "
+            "search_path pgstac, public, pgstac_read granted to pgstac_ingest, and all three "
+            "granted to the owner): the chart's CNPG bootstrap does this; on an external "
+            "PostgreSQL a superuser must (docs/kubernetes.md)"
+        )
+    # Here, not at the top: only a migration needs pypgstac (see database.migrate_external).
+    from pypgstac import migrate as pgstac_migrate
+    from pypgstac.db import PgstacDB
+
+    # pypgstac offers no hook for the SQL it runs: its file reader is swapped for this
+    # call (pod start-up, one thread), so its own checks and queue handling still apply.
+    read = pgstac_migrate.get_sql
+    pgstac_migrate.get_sql = lambda f: without_role_statements(read(f))
+    try:
+        with PgstacDB(dsn=dsn) as db:
+            pgstac_migrate.Migrate(db).run_migration()
+    except StartError:
+        raise
+    except Exception as e:
+        raise StartError(f"cannot migrate pgstac: {e}") from e
+    finally:
+        pgstac_migrate.get_sql = read
 
 
 def kubernetes_database_url(rt: Runtime) -> str:
