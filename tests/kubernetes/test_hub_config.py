@@ -30,18 +30,10 @@ from jupyterhub.utils import maybe_future
 from tornado import web
 
 from tests.helpers import helm
+from tests.helpers.fake_kube import use_fake_kube_config
 
 pytestmark = pytest.mark.usefixtures("helm_binaries")
 
-#: A FAKE Kubernetes API endpoint (nothing listens there and nothing here calls it).
-FAKE_KUBECONFIG = """
-apiVersion: v1
-kind: Config
-clusters: [{name: fake, cluster: {server: "http://127.0.0.1:9"}}]
-users: [{name: fake, user: {token: fake}}]
-contexts: [{name: fake, context: {cluster: fake, user: fake}}]
-current-context: fake
-"""
 
 GPU_PROFILE = {
     "slug": "gpu",
@@ -125,10 +117,7 @@ def z2jh_config_file(values: dict, tmp: Path) -> Path:
 
 @pytest.fixture(params=helm.HELM_VERSIONS, ids=lambda v: f"helm{v}")
 def hub(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from kubernetes_asyncio.config import kube_config
-
-    (tmp_path / "kubeconfig").write_text(FAKE_KUBECONFIG)
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    use_fake_kube_config(tmp_path, monkeypatch)
     extra = chart_extra()
     objects = helm.render("default", helm=request.param, extra=extra)
     state = tmp_path / "state"
@@ -342,10 +331,7 @@ def test_every_value_profile_configures_the_hub(
     into spawns when it has one, its profiles offered. A profile that logs in through
     Keycloak (production) gets the OpenID Connect stand-in's address for the realm: the hub
     reads the realm's discovery document at start."""
-    from kubernetes_asyncio.config import kube_config
-
-    (tmp_path / "kubeconfig").write_text(FAKE_KUBECONFIG)
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    use_fake_kube_config(tmp_path, monkeypatch)
     extra: dict = {}
     realm = None
     plain = helm.find(helm.render(profile), "ConfigMap", "twinhub-runtime")["data"]

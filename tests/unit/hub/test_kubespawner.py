@@ -28,6 +28,7 @@ from jupyterhub.user import User
 from tornado import web
 from traitlets.config import Config
 
+from tests.helpers.fake_kube import use_fake_kube_config
 from twinhub import db
 from twinhub.db.models import BudgetState
 from twinhub.process.runtime import Runtime
@@ -61,25 +62,10 @@ PROJECTS = {
 }
 MEMBERS = {"alice": ["A"], "bob": ["B"], "carol": [], "Dana@Example.org": ["Ocean Science"]}
 
-# A FAKE kube config: KubeSpawner loads one when constructed; this address is never contacted.
-_FAKE_KUBECONFIG = """
-apiVersion: v1
-kind: Config
-clusters: [{name: fake, cluster: {server: "http://127.0.0.1:9"}}]
-users: [{name: fake, user: {token: fake}}]
-contexts: [{name: fake, context: {cluster: fake, user: fake}}]
-current-context: fake
-"""
-
 
 @pytest.fixture(autouse=True)
 def fake_kube_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubernetes_asyncio.config import kube_config
-
-    (tmp_path / "fake-kubeconfig").write_text(_FAKE_KUBECONFIG)
-    monkeypatch.setattr(
-        kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "fake-kubeconfig")
-    )
+    use_fake_kube_config(tmp_path, monkeypatch)
 
 
 @pytest.fixture

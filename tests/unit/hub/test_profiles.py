@@ -7,6 +7,7 @@ import copy
 
 import pytest
 
+from tests.helpers.fake_kube import use_fake_kube_config
 from twinhub.config import DEFAULT_PROFILES
 from twinhub.spawn import profiles
 from twinhub.spawn.profiles import ProfileError
@@ -84,24 +85,10 @@ def test_options_form_and_form_data() -> None:
     assert profiles.options_from_form({}) == {}
 
 
-# A fake Kubernetes API endpoint (never contacted): KubeSpawner loads a kube config when
-# constructed, and there is no cluster here.  Profile loading itself is KubeSpawner's real code.
-_FAKE_KUBECONFIG = """
-apiVersion: v1
-kind: Config
-clusters: [{name: fake, cluster: {server: "http://127.0.0.1:9"}}]
-users: [{name: fake, user: {token: fake}}]
-contexts: [{name: fake, context: {cluster: fake, user: fake}}]
-current-context: fake
-"""
-
-
 def test_kubespawner_profile_list_is_valid_for_kubespawner(tmp_path, monkeypatch) -> None:
-    from kubernetes_asyncio.config import kube_config
     from kubespawner import KubeSpawner
 
-    (tmp_path / "kubeconfig").write_text(_FAKE_KUBECONFIG)
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    use_fake_kube_config(tmp_path, monkeypatch)
 
     source = copy.deepcopy(DEFAULT_PROFILES)
     source[1]["kubespawner_override"] = {"image": "twinhub/lab:gpu", "cpu_limit": 1.5}
