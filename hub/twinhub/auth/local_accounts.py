@@ -7,6 +7,7 @@ every function takes the database URL and opens its own short session.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -191,8 +192,15 @@ def verify_login(db_url: str, name: str, password: str) -> AccountInfo | None:
         return _info(row)
 
 
-def ensure_first_admin(rt) -> str | None:
-    """Create ``Twinhub.admin_user`` with a generated password the first time; returns it.
+def ensure_first_admin(
+    rt,
+    password: Callable[[], str] | None = None,
+    *,
+    min_length: int = DEFAULT_MIN_PASSWORD_LENGTH,
+) -> str | None:
+    """Create ``Twinhub.admin_user`` the first time; returns its password: ``password()``
+    (checked against ``min_length``; called only then, so a restarted hub needs no secret)
+    or a generated one.
 
     None when the account already exists (its password is never shown again).
     """
@@ -209,7 +217,9 @@ def ensure_first_admin(rt) -> str | None:
                 name,
             )
         return None
-    return create_account(rt.db_url, name, admin=True, prefix=tw.user_prefix)
+    return create_account(rt.db_url, name, admin=True, prefix=tw.user_prefix,
+                          password=password() if password else None,
+                          min_length=min_length)  # fmt: skip
 
 
 def password_state(db_url: str, name: str) -> str | None:

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Twinhub
+from ..errors import PlatformError
 from ..plugin import Part, Say
 from . import realm
 from .authenticator import TwinhubLocalAuth
-from .local_accounts import create_account, get_account
+from .local_accounts import DEFAULT_MIN_PASSWORD_LENGTH, AccountError
 from .local_accounts import ensure_first_admin as _ensure_local_admin
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -36,14 +37,16 @@ def ensure_first_admin(rt) -> str | None:
 def ensure_first_admin_from_secret(rt) -> bool:
     """Kubernetes: create ``Twinhub.admin_user`` with the password of the mounted secret
     :data:`FIRST_ADMIN_SECRET` unless the account exists; True when it was created. Only
-    read when needed, so a hub whose admin exists starts without the key."""
-    tw = Twinhub(config=rt.config)
-    if get_account(rt.db_url, tw.admin_user) is not None:
-        _ensure_local_admin(rt)  # its warning when that account is no approved admin
-        return False
-    create_account(rt.db_url, tw.admin_user, admin=True,
-                   password=rt.secret(FIRST_ADMIN_SECRET), prefix=tw.user_prefix)  # fmt: skip
-    return True
+    read when needed, so a hub whose admin exists starts without the key. A password the
+    policy refuses (an operator's ``existingSecret``) is a PlatformError naming the key."""
+    # Read from the config, not an instance: TwinhubLocalAuth() would touch its db_url.
+    own = rt.config.get("TwinhubLocalAuth", {})
+    min_length = int(own.get("min_password_length", DEFAULT_MIN_PASSWORD_LENGTH))
+    try:
+        made = _ensure_local_admin(rt, lambda: rt.secret(FIRST_ADMIN_SECRET), min_length=min_length)
+    except AccountError as e:
+        raise PlatformError(f"key {FIRST_ADMIN_SECRET!r} of twinhub-secrets: {e}") from None
+    return made is not None
 
 
 def first_admin_notice(admin: str) -> str:

@@ -279,3 +279,6 @@ class GatewayPart(Part):
             }
         )
         c.Spawner.post_stop_hook = make_post_stop_hook(gateway_url(rt), ACCESS_SCOPE)
+        # Listed in the servers' $TWINHUB_SERVICES (both spawners read this section). Merge,
+        # never assign: other parts add theirs the same way.
+        c.TwinhubSpawner.services.update({SERVICE_NAME: public + "/"})

@@ -79,14 +79,34 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class TwinhubBackendMixin(LoggingConfigurable):
+class ClusterLimitMixin(LoggingConfigurable):
+    """The per-user cluster limit of every twinhub backend (embedded ones and Kubernetes')."""
+
+    max_clusters_per_user = Integer(
+        2, min=1, help="Most pending or running clusters per user (TwinhubGateway)."
+    ).tag(config=True)
+
+    @property
+    def cluster_start_lock(self) -> asyncio.Lock:
+        """Held from the count to the creation: two concurrent requests must not both pass."""
+        if not hasattr(self, "_start_lock"):
+            self._start_lock = asyncio.Lock()
+        return self._start_lock
+
+    def refuse_if_at_limit(self, username: str, active: int) -> None:
+        """Raise the user-facing refusal when ``active`` clusters are already the most."""
+        if active >= self.max_clusters_per_user:
+            raise PublicException(
+                f"user {username} already has {active} active cluster(s), the most allowed is "
+                f"{self.max_clusters_per_user}; shut one down first"
+            )
+
+
+class TwinhubBackendMixin(ClusterLimitMixin):
     """Platform behaviour shared by the personal and multi-user backends."""
 
     instance_id = Unicode(
         "", help="The platform instance; set as TWINHUB_INSTANCE in every process started."
-    ).tag(config=True)
-    max_clusters_per_user = Integer(
-        2, min=1, help="Most pending or running clusters per user."
     ).tag(config=True)
     dashboard = Bool(True, help="Serve cluster dashboards to their owners.").tag(config=True)
     hold_grace = Float(
@@ -117,16 +137,9 @@ class TwinhubBackendMixin(LoggingConfigurable):
 
     # -- limits ---------------------------------------------------------------------------
     async def start_cluster(self, user: Any, cluster_options: dict) -> str:
-        # Serialised: two concurrent requests must not both pass the count.
-        if not hasattr(self, "_start_lock"):
-            self._start_lock = asyncio.Lock()
-        async with self._start_lock:
+        async with self.cluster_start_lock:
             active = [c for c in self.db.list_clusters(username=user.name) if c.is_active()]
-            if len(active) >= self.max_clusters_per_user:
-                raise PublicException(
-                    f"user {user.name} already has {len(active)} active cluster(s), the most "
-                    f"allowed is {self.max_clusters_per_user}; shut one down first"
-                )
+            self.refuse_if_at_limit(user.name, len(active))
             return await super().start_cluster(user, cluster_options)
 
     async def cleanup(self) -> None:

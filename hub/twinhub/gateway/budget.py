@@ -23,8 +23,9 @@ workers and :func:`message_refusal` before forwarding a scale/adapt request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from traitlets import Float, Unicode
@@ -176,10 +177,16 @@ def may_add_workers(backend: Any, cluster: Any) -> bool:
     return False
 
 
-def message_refusal(backend: Any, cluster: Any, msg: Mapping[str, Any]) -> str | None:
+def message_refusal(
+    backend: Any,
+    cluster: Any,
+    msg: Mapping[str, Any],
+    current_workers: Callable[[Any], int] | None = None,
+) -> str | None:
     """Why a scale/adapt request for ``cluster`` is refused (None: forward it): while its
     project is at 100 %, scaling up or switching adaptive scaling on; scaling down, and
-    switching adaptive off, stay allowed."""
+    switching adaptive off, stay allowed. ``current_workers(cluster)``: its size now (default:
+    its active workers in the backend's database, as the embedded backends keep them)."""
     budget = _budget(backend)
     why = budget.refusal(cluster) if budget is not None else None
     if why is None:
@@ -188,8 +195,12 @@ def message_refusal(backend: Any, cluster: Any, msg: Mapping[str, Any]) -> str |
     if op == "adapt" and msg.get("active", True):
         return why
     if op == "scale":
-        live = backend.db.get_cluster(cluster.name)
-        current = len(live.active_workers()) if live is not None else 0
+        current = (current_workers or partial(_db_workers, backend))(cluster)
         if int(msg.get("count") or 0) > current:
             return why
     return None
+
+
+def _db_workers(backend: Any, cluster: Any) -> int:
+    live = backend.db.get_cluster(cluster.name)
+    return len(live.active_workers()) if live is not None else 0

@@ -26,9 +26,9 @@ What it sets, as :func:`twinhub.gateway.server_config.configure_gateway` does em
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,22 +39,23 @@ from dask_gateway_server.backends.kubernetes.backend import KubeBackend
 from dask_gateway_server.models import ClusterStatus
 from dask_gateway_server.traitlets import MemoryLimit
 from dask_gateway_server.utils import TaskPool
-from kubespawner.slugs import is_valid_label, safe_slug
-from traitlets import Integer
 from traitlets.config import Config
 
 from ..errors import PlatformError
 from ..process.runtime import Runtime, sqlalchemy_url
 from ..services.accounting.config import TwinhubAccounting
 from ..services.accounting.config import is_enabled as accounting_enabled
+from ..spawn import podmeta
 from . import settings
-from .budget import TwinhubGatewayBudget, may_add_workers
+from .backend import ClusterLimitMixin
+from .budget import TwinhubGatewayBudget, may_add_workers, message_refusal
 from .server_config import GIB, _project_hooks, _projects_enabled, cluster_options
 
 ENV_RUNTIME = "TWINHUB_RUNTIME_JSON"
 ENV_DB_URL = "TWINHUB_DB_URL"
-LABEL_USER = "twinhub.io/user"
-LABEL_PROJECT = "twinhub.io/project"
+#: Seconds a created cluster counts against its user's limit before the informer reports it;
+#: past this the informer's own view decides (a watch that missed the object must not keep it).
+CREATED_TTL = 120.0
 #: Where dask-gateway's controller mounts each cluster's own Secret (certificate, key, token).
 CREDENTIALS = "/etc/dask-credentials"
 #: The preload that requires the cluster's client certificate (twinhub is in the user image).
@@ -99,11 +100,8 @@ def load_runtime(environ: Mapping[str, str] | None = None) -> Runtime:
 def pod_metadata(user: str, project: str | None) -> dict[str, dict[str, str]]:
     """KubeClusterConfig overrides naming the user and project on scheduler and worker pods:
     labels are label-safe slugs (as on user servers' pods), annotations the names."""
-    labels = {LABEL_USER: safe_slug(user, is_valid=is_valid_label)}
-    annotations = {LABEL_USER: user}
-    if project:
-        labels[LABEL_PROJECT] = safe_slug(project, is_valid=is_valid_label)
-        annotations[LABEL_PROJECT] = project
+    labels = podmeta.labels(user, project)
+    annotations = podmeta.annotations(user, project)
     return {
         "scheduler_extra_pod_labels": labels,
         "worker_extra_pod_labels": labels,
@@ -216,20 +214,15 @@ class _BudgetView:
         await self.backend.stop_cluster(name, failed=failed)
 
 
-class TwinhubKubeBackend(KubeBackend):
+class TwinhubKubeBackend(ClusterLimitMixin, KubeBackend):
     """dask-gateway's KubeBackend with the embedded gateway's per-user cluster limit and
     budget checks."""
 
-    max_clusters_per_user = Integer(
-        2, min=1, help="Most pending or running clusters per user (TwinhubGateway)."
-    ).tag(config=True)
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._start_lock = asyncio.Lock()
-        # Clusters created but not yet seen by the informer, per user: counted too.
-        self._created: dict[str, set[str]] = defaultdict(set)
-        self._workers: dict[str, int] = {}  # active workers at each cluster's last heartbeat
+        # Clusters this replica created that the informer has not reported yet, per user,
+        # with their creation time (monotonic): counted too, until reported or CREATED_TTL.
+        self._created: dict[str, dict[str, float]] = defaultdict(dict)
         self._twinhub_budget = TwinhubGatewayBudget(parent=self, log=self.log)
 
     async def setup(self, app: Any) -> None:
@@ -246,26 +239,46 @@ class TwinhubKubeBackend(KubeBackend):
     async def active_cluster_count(self, username: str) -> int:
         listed = {c.name for c in await self.list_clusters(username=username)}
         created = self._created[username]
-        created -= set(self.clusters)  # seen since: counted (or ended) by the cache
-        return len(listed | created)
+        now = time.monotonic()
+        for name, at in list(created.items()):
+            if name in self.clusters or now - at > CREATED_TTL:
+                del created[name]  # counted (or ended) by the informer's cache from now on
+        if not created:
+            self._created.pop(username, None)
+        return len(listed | set(created))
+
+    async def sync_cluster(self, cluster_name: str) -> None:
+        """KubeBackend's cache update from the informer, which also forgets the name among
+        the clusters created but not yet seen: whether the object is there or gone, the
+        informer now decides (a cluster deleted before its user's next request must not
+        count against the limit for the life of the pod)."""
+        await super().sync_cluster(cluster_name)
+        for user in [u for u, names in self._created.items() if cluster_name in names]:
+            del self._created[user][cluster_name]
+            if not self._created[user]:
+                del self._created[user]
 
     async def start_cluster(self, user: Any, cluster_options: dict) -> str:
-        async with self._start_lock:  # two concurrent requests must not both pass
-            n = await self.active_cluster_count(user.name)
-            if n >= self.max_clusters_per_user:
-                raise PublicException(
-                    f"user {user.name} already has {n} active cluster(s), the most allowed is "
-                    f"{self.max_clusters_per_user}; shut one down first"
-                )
+        # Per replica: two requests that land on two gateway replicas at once can both pass
+        # (docs/kubernetes.md, "Dask Gateway").
+        async with self.cluster_start_lock:
+            self.refuse_if_at_limit(user.name, await self.active_cluster_count(user.name))
             name = await super().start_cluster(user, cluster_options)
-            self._created[user.name].add(name)
+            self._created[user.name][name] = time.monotonic()
             return name
+
+    def requested_workers(self, cluster_name: str) -> int:
+        """The cluster's size as its DaskCluster object holds it (``spec.replicas``, which
+        every gateway replica's heartbeat handling writes): shared by all replicas, unlike
+        the heartbeats one replica happened to receive. 0 when the informer has no object."""
+        informer = getattr(self, "informer", None)
+        obj = informer.get(cluster_name) if informer is not None else None
+        return int(((obj or {}).get("spec") or {}).get("replicas") or 0)
 
     def capped_heartbeat(self, cluster_name: str, msg: dict) -> dict:
         """A scheduler's heartbeat with the workers it asks for capped at those it has while
         its project is at 100 % (no new workers, as embedded)."""
         active = len(msg.get("active_workers", ()))
-        self._workers[cluster_name] = active
         cluster = self.clusters.get(cluster_name)
         grows = cluster is not None and msg.get("count", 0) > active
         if grows and not may_add_workers(self, cluster):
@@ -273,17 +286,9 @@ class TwinhubKubeBackend(KubeBackend):
         return msg
 
     def scale_refusal(self, cluster: Any, msg: Mapping[str, Any]) -> str | None:
-        """Why a scale/adapt request is refused (None: forwarded): growing while the
-        project is at 100 %; scaling down and switching adaptive off stay allowed."""
-        why = self._twinhub_budget.refusal(cluster)
-        if why is None:
-            return None
-        op = msg.get("op")
-        if op == "adapt":
-            return why if msg.get("active", True) else None
-        if op == "scale" and int(msg.get("count") or 0) > self._workers.get(cluster.name, 0):
-            return why
-        return None
+        """Why a scale/adapt request is refused (None: forwarded): the embedded rule
+        (growing while the project is at 100 %), the size now read from the cluster object."""
+        return message_refusal(self, cluster, msg, lambda c: self.requested_workers(c.name))
 
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:
         await super().on_cluster_heartbeat(cluster_name, self.capped_heartbeat(cluster_name, msg))

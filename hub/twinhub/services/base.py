@@ -42,11 +42,13 @@ import contextlib
 import functools
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from .. import db
 from ..errors import PlatformError
@@ -152,13 +154,20 @@ class AsgiService(Part):
     # -- Kubernetes: the service's own pod --------------------------------------------------
     def serve(self, rt: Runtime, say: Say = print) -> None:
         """``twinhub service run <name>``: migrate twinhub's tables, :meth:`prepare_pod`,
-        then become uvicorn on 0.0.0.0 (exec: the pod's signals reach the server)."""
+        then become uvicorn on 0.0.0.0 (exec: the pod's signals reach the server). Only in
+        a chart's pod: embedded services listen on loopback, started by ``twinhub up``."""
+        if not rt.kubernetes:
+            raise PlatformError(
+                f"twinhub service run is for the Helm chart's pods (deployment 'kubernetes'); "
+                f"the runtime in {rt.state_dir} is {rt.deployment!r}, whose services "
+                "twinhub up starts"
+            )
         if not self.active(rt):
             raise PlatformError(
                 f"service {self.name!r} is not enabled in this deployment's runtime.json "
                 f"(enabled services: {', '.join(sorted(rt.ports)) or 'none'})"
             )
-        if rt.kubernetes and not os.access(rt.run_dir, os.W_OK):
+        if not os.access(rt.run_dir, os.W_OK):
             # The container runtime makes run/ (root's) for the ConfigMap's file mount
             # unless a volume is mounted there: config files and state go there.
             raise PlatformError(
@@ -177,12 +186,12 @@ class AsgiService(Part):
         os.execve(argv[0], argv, {**os.environ, **env})
 
     def prepare_to_serve(self, rt: Runtime, say: Say = print) -> None:
-        """What a service pod does before serving: migrate twinhub's tables, then
-        :meth:`prepare_pod` (stac: pgstac's migration). One pod at a time: a new release,
-        or replicas > 1, starts several at once on one database."""
-        with migration_lock(rt.db_url):
-            say(f"{self.name}: {migrate(rt, locked=True)}")
-            self.prepare_pod(rt, say)
+        """What a service pod does before serving: migrate twinhub's tables (one pod at a
+        time: a new release, or replicas > 1, starts several at once on one database), then
+        :meth:`prepare_pod` outside that lock, so the hub's start never waits on a
+        service's own (stac: pgstac's, under :data:`PGSTAC_LOCK`)."""
+        say(f"{self.name}: {migrate(rt, say=say)}")
+        self.prepare_pod(rt, say)
 
     # -- the Part hooks ----------------------------------------------------------------------
     def plan(self, rt: Runtime) -> None:
@@ -260,47 +269,94 @@ def pod_options(options: tuple[str, ...]) -> list[str]:
     return out
 
 
-#: PostgreSQL advisory lock key held while twinhub's tables (and in a stac pod pgstac's
-#: schema) are migrated: the hub and every service pod migrate at start, so a new
-#: release's pods take turns.
+#: PostgreSQL advisory lock key held while twinhub's tables are migrated: the hub and
+#: every service pod migrate at start, so a new release's pods take turns.
 MIGRATION_LOCK = 0x7477696E  # "twin"
+#: Its sibling held by stac pods while pgstac's schema is migrated (possibly long): apart
+#: from :data:`MIGRATION_LOCK`, so the hub's config load does not wait for it.
+PGSTAC_LOCK = MIGRATION_LOCK + 1
+
+#: How long a pod waits for its database (CNPG's cluster bootstraps while the release's
+#: pods start) before it stops with an error, and how often it says it is waiting.
+DB_WAIT_SECONDS = 120.0
+DB_WAIT_NOTICE_SECONDS = 10.0
+
+
+def _reason(e: Exception) -> str:
+    """The driver's first line (psycopg's names host and port, never the password)."""
+    lines = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def database_error(url: str, e: Exception) -> PlatformError:
+    """One line naming the database (its password masked) and the driver's reason: a
+    traceback in a pod's log helps nobody, and SQLAlchemy's text quotes statements."""
+    return PlatformError(f"database {db.redacted(url)}: {_reason(e)}")
+
+
+def _connect_and_lock(url: str, key: int, wait: float, say: Say) -> Connection:
+    """A connection holding advisory lock ``key``, retried while the server refuses
+    connections (not while another pod holds the lock: that is waited for, unbounded)."""
+    start = next_notice = time.monotonic()
+    while True:
+        try:
+            conn = db.engine(url).connect()
+        except db.DatabaseError as e:
+            raise PlatformError(str(e)) from None
+        except OperationalError as e:
+            now = time.monotonic()
+            if now - start >= wait:
+                raise database_error(url, e) from None
+            if now >= next_notice:
+                say(f"waiting for the database {db.redacted(url)} ({now - start:.0f} of "
+                    f"{wait:.0f} s): {_reason(e)}")  # fmt: skip
+                next_notice = now + DB_WAIT_NOTICE_SECONDS
+            time.sleep(min(1.0, wait - (now - start)))
+            continue
+        try:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            # The lock is the session's; no transaction stays open (idle) while it is held.
+            conn.commit()
+        except SQLAlchemyError as e:
+            conn.close()
+            raise database_error(url, e) from None
+        return conn
 
 
 @contextlib.contextmanager
-def migration_lock(url: str) -> Iterator[None]:
-    """Hold :data:`MIGRATION_LOCK` on PostgreSQL ``url`` (a session lock: released if the
-    process dies); nothing to hold on SQLite (one embedded platform)."""
+def migration_lock(
+    url: str, *, key: int = MIGRATION_LOCK, wait: float = DB_WAIT_SECONDS, say: Say = print
+) -> Iterator[None]:
+    """Hold advisory lock ``key`` on PostgreSQL ``url`` (a session lock: released if the
+    process dies), waiting up to ``wait`` seconds for the server to accept connections;
+    nothing to hold on SQLite (one embedded platform)."""
     if not url.startswith("postgresql"):
         yield
         return
-    try:
-        conn = db.engine(url).connect()
-    except db.DatabaseError as e:
-        raise PlatformError(str(e)) from None
+    conn = _connect_and_lock(url, key, wait, say)
     with conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
-        # The lock is the session's; no transaction stays open (idle) while it is held.
-        conn.commit()
         try:
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
-            conn.commit()
+            # A broken connection must not hide the error that broke it; closing the
+            # session releases the lock anyway.
+            with contextlib.suppress(SQLAlchemyError):
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
 
 
-def migrate(rt: Runtime, *, locked: bool = False) -> str:
+def migrate(rt: Runtime, *, wait: float = DB_WAIT_SECONDS, say: Say = print) -> str:
     """Bring twinhub's own tables (``rt.db_url``) to the newest revision; in Kubernetes one
-    process at a time (:func:`migration_lock`, taken here unless the caller holds it).
-    Returns a line saying what happened."""
+    process at a time (:func:`migration_lock`), after waiting up to ``wait`` seconds for
+    the database. Returns a line saying what happened."""
     url = rt.db_url
     try:
-        if locked:
+        with migration_lock(url, wait=wait, say=say):
             before, after = db.upgrade(url)
-        else:
-            with migration_lock(url):
-                before, after = db.upgrade(url)
     except db.DatabaseError as e:
         raise PlatformError(str(e)) from None
+    except SQLAlchemyError as e:
+        raise database_error(url, e) from None
     if before == after:
         return f"database {db.redacted(url)} at {after}"
     return f"database {db.redacted(url)} migrated {before or 'empty'} -> {after}"

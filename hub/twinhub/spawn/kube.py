@@ -27,23 +27,21 @@ from typing import Any
 
 from jupyterhub.utils import maybe_future
 from kubespawner import KubeSpawner
-from kubespawner.slugs import is_valid_label, safe_slug
 from tornado import web
-from traitlets import Any as AnyTrait
-from traitlets import Dict, List, Unicode, default
+from traitlets import default
 from traitlets.config import Config
 
 from twinlab.contract import ENV_LIMITS_ENFORCED, ENV_PROJECT, ENV_SERVICES
 
-from . import profiles
-from .spawner import _error
+from . import podmeta, profiles
+from .choices import SpawnerChoices, http_error
 
 __all__ = ["LABEL_PROJECT", "LABEL_USER", "SHARED_OPTIONS", "TwinhubKubeSpawner", "apply_choice"]
 
 #: Pod labels (label-safe slugs like KubeSpawner's ``hub.jupyter.org/username``) and pod
 #: annotations of the same keys holding the raw names (a label value cannot hold every name).
-LABEL_USER = "twinhub.io/user"
-LABEL_PROJECT = "twinhub.io/project"
+LABEL_USER = podmeta.USER_KEY
+LABEL_PROJECT = podmeta.PROJECT_KEY
 
 #: Options of the ``TwinhubSpawner`` section this spawner takes too (its own sections win).
 SHARED_OPTIONS = (
@@ -61,52 +59,8 @@ _STATE_PROFILE = "twinhub_profile"
 _STATE_PROJECT = "twinhub_project"
 
 
-class TwinhubKubeSpawner(KubeSpawner):
+class TwinhubKubeSpawner(SpawnerChoices, KubeSpawner):
     """KubeSpawner offering twinhub's profiles filtered by allocation, charging a project."""
-
-    profiles = List(
-        Dict(),
-        help="Validated server profiles (Twinhub.profiles, set by SpawnPart.configure_hub); "
-        "each becomes a KubeSpawner profile_list entry.",
-    ).tag(config=True)
-    services = Dict(
-        help="Service name -> public URL, given to servers as TWINHUB_SERVICES (JSON); read "
-        "from c.TwinhubSpawner.services, where the parts add theirs."
-    ).tag(config=True)
-    profile_filter = AnyTrait(
-        None,
-        allow_none=True,
-        help="Callable (user, profiles) -> profiles (may be async): the profiles a user may "
-        "start (set on c.TwinhubSpawner by twinhub.services.projects). None: every profile.",
-    ).tag(config=True)
-    project_choices = AnyTrait(
-        None,
-        allow_none=True,
-        help="Callable (user) -> project names (may be async), the default first (set on "
-        "c.TwinhubSpawner by twinhub.services.projects). None or []: personal_project.",
-    ).tag(config=True)
-    spawn_check = AnyTrait(
-        None,
-        allow_none=True,
-        help="Callable (spawner, profile_slug) -> message or None (may be async), run before "
-        "the profile is applied: a message refuses the spawn with 403 (set on "
-        "c.TwinhubSpawner by the projects and accounting parts).",
-    ).tag(config=True)
-    running_check = AnyTrait(
-        None,
-        allow_none=True,
-        help="Callable (spawner) -> message or None (may be async), run at each periodic "
-        "poll of a running server: a message stops it (set on c.TwinhubSpawner).",
-    ).tag(config=True)
-    personal_project = Unicode(
-        "personal",
-        help="The project a server is charged to when its user is in no project (from "
-        "TwinhubAccounting.personal_project, via c.TwinhubSpawner).",
-    ).tag(config=True)
-
-    # Set per spawn by apply_choice (kept in the spawner's state across hub restarts).
-    profile = Dict(help="The twinhub profile of the current/last spawn.")
-    project = Unicode("", help="The project the current/last spawn is charged to.")
 
     def _find_my_config(self, cfg: Config) -> Any:
         mine = super()._find_my_config(cfg)
@@ -130,20 +84,8 @@ class TwinhubKubeSpawner(KubeSpawner):
         return shared
 
     # -- what a user may choose -----------------------------------------------------------
-    async def profiles_for_user(self, user: Any = None) -> list[dict]:
-        """Twinhub profiles ``user`` (default: this spawner's) may start. Every configured
-        GPU profile counts: GPU nodes are the cluster's, not the hub pod's."""
-        offered = list(self.profiles)
-        if self.profile_filter is not None:
-            offered = list(await maybe_future(self.profile_filter(user or self.user, offered)))
-        return offered
-
-    async def projects_for_user(self, user: Any = None) -> list[str]:
-        """Projects ``user`` may charge a server to, the default first; [] when in none."""
-        if self.project_choices is None:
-            return []
-        return [str(p) for p in await maybe_future(self.project_choices(user or self.user))]
-
+    # offered_profiles is every configured profile, GPU ones included: GPU nodes are the
+    # cluster's, not the hub pod's (the allocation's filter still applies).
     @default("profile_list")
     def _default_profile_list(self) -> Callable:
         async def for_user(spawner: TwinhubKubeSpawner) -> list[dict]:
@@ -151,22 +93,6 @@ class TwinhubKubeSpawner(KubeSpawner):
             return profiles.kubespawner_profile_list(offered) if offered else []
 
         return for_user
-
-    @default("options_form")
-    def _default_options_form(self) -> Callable:
-        async def form(spawner: TwinhubKubeSpawner) -> str:
-            last = (spawner.user_options or {}).get("project")
-            return profiles.options_form(
-                await spawner.profiles_for_user(),
-                await spawner.projects_for_user(),
-                last if isinstance(last, str) else "",
-            )
-
-        return form
-
-    @default("options_from_form")
-    def _default_options_from_form(self) -> Callable:
-        return profiles.options_from_form
 
     @default("apply_user_options")
     def _default_apply_user_options(self) -> Callable:
@@ -196,33 +122,35 @@ class TwinhubKubeSpawner(KubeSpawner):
     def _build_pod_labels(self, extra_labels: dict) -> dict:
         labels = super()._build_pod_labels(extra_labels)
         # Set after the templates are expanded: a project name is never a format string.
-        labels[LABEL_USER] = safe_slug(self.user.name, is_valid=is_valid_label)
-        labels[LABEL_PROJECT] = safe_slug(self.charged_project, is_valid=is_valid_label)
+        labels.update(podmeta.labels(self.user.name, self.charged_project))
         return labels
 
     def _build_common_annotations(self, extra_annotations: dict) -> dict:
         annotations = super()._build_common_annotations(extra_annotations)
         # Raw names: accounting charges these, not the label slugs.
-        annotations[LABEL_USER] = self.user.name
-        annotations[LABEL_PROJECT] = self.charged_project
+        annotations.update(podmeta.annotations(self.user.name, self.charged_project))
         return annotations
 
     # -- state, polling ---------------------------------------------------------------------
     def get_state(self) -> dict:
         state = super().get_state()
         if self.profile:
-            state[_STATE_PROFILE] = self.profile["slug"]
+            # The whole profile: one removed from the configuration since keeps what judges
+            # it (gpu, limits) after a hub restart.
+            state[_STATE_PROFILE] = dict(self.profile)
         if self.project:
             state[_STATE_PROJECT] = self.project
         return state
 
     def load_state(self, state: dict) -> None:
         super().load_state(state)
-        slug = state.get(_STATE_PROFILE)
-        if isinstance(slug, str) and slug:
-            # A profile removed from the configuration since: its slug is all there is.
+        saved = state.get(_STATE_PROFILE)
+        if isinstance(saved, dict) and isinstance(saved.get("slug"), str) and saved["slug"]:
+            self.profile = saved
+        elif isinstance(saved, str) and saved:
+            # Only a slug (saved by an earlier version): what the configuration says now.
             by_slug = {p["slug"]: p for p in self.profiles}
-            self.profile = by_slug.get(slug, {"slug": slug})
+            self.profile = by_slug.get(saved, {"slug": saved})
         project = state.get(_STATE_PROJECT)
         if isinstance(project, str):
             self.project = project
@@ -231,15 +159,6 @@ class TwinhubKubeSpawner(KubeSpawner):
         super().clear_state()
         self.profile = {}
         self.project = ""
-
-    async def poll_and_notify(self):  # type: ignore[override]
-        # Only the periodic poll of a running server: stop what its user may no longer run.
-        if self.running_check is not None and self.ready:
-            why = await maybe_future(self.running_check(self))
-            if why:
-                self.log.warning("Stopping %s: %s", self._log_name, why)
-                await self.stop(now=True)
-        return await super().poll_and_notify()
 
 
 async def apply_choice(spawner: TwinhubKubeSpawner, user_options: dict | None) -> None:
@@ -258,37 +177,37 @@ async def apply_choice(spawner: TwinhubKubeSpawner, user_options: dict | None) -
 async def _choose(spawner: TwinhubKubeSpawner, opts: dict) -> None:
     unknown = set(opts) - set(profiles.OPTION_KEYS)
     if unknown:
-        raise _error(
+        raise http_error(
             400,
             f"unknown server option(s) {sorted(unknown)}: only 'profile' and 'project' "
             "are accepted",
         )
     for key in profiles.OPTION_KEYS:
         if opts.get(key) not in (None, "") and not isinstance(opts[key], str):
-            raise _error(400, f"{key} must be a string, not {type(opts[key]).__name__}")
+            raise http_error(400, f"{key} must be a string, not {type(opts[key]).__name__}")
     offered = await spawner.profiles_for_user()
     available = ", ".join(p["slug"] for p in offered) or "none"
     asked = opts.get("profile") or ""
     if asked and asked not in {p["slug"] for p in spawner.profiles}:
-        raise _error(400, f"unknown profile {asked!r}; available: {available}")
+        raise http_error(400, f"unknown profile {asked!r}; available: {available}")
     try:
         project = profiles.choose_project(
             await spawner.projects_for_user(), opts, spawner.personal_project
         )
     except profiles.ProfileError as e:
-        raise _error(403, str(e)) from None
+        raise http_error(403, str(e)) from None
     # Before the check: spawn_check reads the chosen project here.
     spawner.project = project
     if spawner.spawn_check is not None:
         slug = profiles.slug_to_check(offered, opts)
         why = await maybe_future(spawner.spawn_check(spawner, slug))
         if why:
-            raise _error(403, why)
+            raise http_error(403, why)
     if not offered:
-        raise _error(
+        raise http_error(
             403,
             "no server profile is available to you; ask an administrator to add you to a project",
         )
     if asked and asked not in {p["slug"] for p in offered}:
-        raise _error(403, f"profile {asked!r} is not available to you; available: {available}")
+        raise http_error(403, f"profile {asked!r} is not available to you; available: {available}")
     spawner.profile = profiles.choose(offered, opts)

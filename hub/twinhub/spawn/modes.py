@@ -33,7 +33,8 @@ from ..config import Twinhub
 from ..plugin import Part
 from ..process.runtime import Runtime
 from . import os_accounts, profiles, resource_limits, startqueue
-from .spawner import TwinhubSpawner, TwinhubSpawnerConfig, _error
+from .choices import http_error
+from .spawner import TwinhubSpawner, TwinhubSpawnerConfig
 
 __all__ = ["MultiUserSpawner", "PersonalSpawner", "SpawnPart", "private_runtime_dir"]
 
@@ -60,7 +61,7 @@ class PersonalSpawner(TwinhubSpawner):
             with os.fdopen(fd, "w") as fh:
                 json.dump({"user": owner}, fh)
         if owner != self.user.name:
-            raise _error(
+            raise http_error(
                 403,
                 f"This platform runs in personal mode as root, so every server would run as "
                 f"root: only {owner!r} may start one. Ask the administrator to run it in "
@@ -119,7 +120,7 @@ class MultiUserSpawner(TwinhubSpawner):
         try:
             os_accounts.os_account_name(self.user.name, self.user_prefix)
         except ValueError as e:
-            raise _error(400, f"Cannot start a server: {e}") from None
+            raise http_error(400, f"Cannot start a server: {e}") from None
         self._event(f"Preparing OS account for {self.user.name}.", 10)
         self.account = await asyncio.to_thread(
             os_accounts.ensure_account,
@@ -182,7 +183,7 @@ class MultiUserSpawner(TwinhubSpawner):
         return preexec
 
     async def move_certs(self, paths: dict) -> dict:
-        raise _error(500, "internal_ssl is not supported by twinhub's multi-user spawner")
+        raise http_error(500, "internal_ssl is not supported by twinhub's multi-user spawner")
 
 
 def private_runtime_dir(d: Path, uid: int, gid: int) -> Path:
@@ -263,9 +264,6 @@ class SpawnPart(Part):
         c.MultiUserSpawner.user_prefix = tw.user_prefix
         c.MultiUserSpawner.home_root = tw.home_root
         c.MultiUserSpawner.max_processes = per_user.max_processes
-        if "public" in rt.ports or rt.public_url:
-            # Merge, never assign: other modules add their services the same way.
-            c.TwinhubSpawner.services.update({"dask-gateway": rt.url + "services/dask-gateway/"})
         if cfg.enforce_limits != "off":
             # One hub per instance: empty groups of this instance are leftovers of a killed hub.
             resource_limits.remove_stale(f"twinhub-{instance_id}")
@@ -279,7 +277,3 @@ class SpawnPart(Part):
         # By name: kubespawner's Kubernetes client is imported only where it is used.
         c.JupyterHub.spawner_class = "twinhub.spawn.kube.TwinhubKubeSpawner"
         c.TwinhubKubeSpawner.profiles = valid_profiles
-        if rt.service_urls.get("dask-gateway"):  # rendered only when the chart runs one
-            # Merge, never assign: other modules add their services the same way (read by
-            # TwinhubKubeSpawner from this section).
-            c.TwinhubSpawner.services.update({"dask-gateway": rt.url + "services/dask-gateway/"})

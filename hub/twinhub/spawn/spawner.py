@@ -25,15 +25,14 @@ from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import maybe_future
-from tornado import web
-from traitlets import Any as AnyTrait
-from traitlets import Bool, Dict, Enum, Integer, List, Unicode, default
+from traitlets import Bool, Enum, Integer, Unicode, default
 from traitlets.config import Configurable
 
 from twinlab.contract import ENV_LIMITS_ENFORCED, ENV_PROJECT, ENV_SERVICES
 
 from ..process.ports import SERVER_PORTS, NoFreePort, pick_port, release_port
 from . import charges, os_accounts, profiles, resource_limits, startqueue
+from .choices import SpawnerChoices, http_error
 
 __all__ = [
     "TwinhubSpawner",
@@ -84,7 +83,7 @@ class TwinhubSpawnerConfig(Configurable):
     ).tag(config=True)
 
 
-class TwinhubSpawner(LocalProcessSpawner):
+class TwinhubSpawner(SpawnerChoices, LocalProcessSpawner):
     """Common part of both modes: profiles, env, limits, server log, start-up failures."""
 
     state_dir = Unicode(
@@ -99,10 +98,6 @@ class TwinhubSpawner(LocalProcessSpawner):
         help="Directory of the accounting charge files (twinhub.spawn.charges), set by the "
         "accounting service's configure_service; '' when accounting is off. When set, every "
         "server runs in an accounting cgroup (limits or not) and has a charge file.",
-    ).tag(config=True)
-    profiles = List(
-        Dict(),
-        help="Validated server profiles (from Twinhub.profiles, set by configure_hub).",
     ).tag(config=True)
     detect_gpu = Bool(
         True, help="Offer GPU profiles only when a GPU is detected (from Twinhub.detect_gpu)."
@@ -121,81 +116,14 @@ class TwinhubSpawner(LocalProcessSpawner):
     server_start_timeout = Integer(
         120, help="See TwinhubSpawnerConfig.start_timeout (copied by configure_hub)."
     ).tag(config=True)
-    services = Dict(
-        help="Service name -> public URL, given to servers as TWINHUB_SERVICES (JSON). "
-        "Modules add theirs with c.TwinhubSpawner.services.update({...})."
-    ).tag(config=True)
-    profile_filter = AnyTrait(
-        None,
-        allow_none=True,
-        help="Callable (user, profiles) -> profiles (may be async) choosing which profiles a "
-        "user may start, e.g. by project. None: every profile this machine offers.",
-    ).tag(config=True)
-    spawn_check = AnyTrait(
-        None,
-        allow_none=True,
-        help="Callable (spawner, profile_slug) -> message or None (may be async), run before "
-        "each spawn: a message refuses the spawn with 403 (e.g. a project allocation's server "
-        "limit; set by twinhub.services.projects). None: no check.",
-    ).tag(config=True)
-    running_check = AnyTrait(
-        None,
-        allow_none=True,
-        help="Callable (spawner) -> message or None (may be async), run at each poll of a "
-        "running server: a message stops the server and is logged as the reason (e.g. its "
-        "user lost the project that allowed its profile). None: no check.",
-    ).tag(config=True)
-    project_choices = AnyTrait(
-        None,
-        allow_none=True,
-        help="Callable (user) -> list of project names (may be async): the projects a user "
-        "may charge a server to, the first being the default (set by twinhub.services."
-        "projects). None, or an empty list: everything goes to personal_project.",
-    ).tag(config=True)
-    personal_project = Unicode(
-        "personal",
-        help="The project a server is charged to when its user is in no project (and in "
-        "personal mode); from TwinhubAccounting.personal_project.",
-    ).tag(config=True)
 
-    # Set per spawn from the chosen profile.
-    profile = Dict(help="The profile of the current/last spawn.")
-    # Set per spawn from user_options (before spawn_check runs, which reads it).
-    project = Unicode("", help="The project the current/last spawn is charged to.")
     # Spawns queued ahead of this one while it waits to start (None: not queued).
     queue_ahead: int | None = None
 
     # -- profiles ---------------------------------------------------------------------
-    async def profiles_for_user(self, user: Any = None) -> list[dict]:
-        """Profiles ``user`` (default: this spawner's user) may start on this machine."""
-        offered = profiles.offered_profiles(self.profiles, self.detect_gpu)
-        if self.profile_filter is not None:
-            offered = list(await maybe_future(self.profile_filter(user or self.user, offered)))
-        return offered
-
-    async def projects_for_user(self, user: Any = None) -> list[str]:
-        """Projects ``user`` (default: this spawner's user) may charge a server to, the
-        default first; [] when in none (then it is charged to ``personal_project``)."""
-        if self.project_choices is None:
-            return []
-        return [str(p) for p in await maybe_future(self.project_choices(user or self.user))]
-
-    @default("options_form")
-    def _default_options_form(self) -> Callable:
-        async def form(spawner: TwinhubSpawner) -> str:
-            # The last choice stays selected (JupyterHub keeps the last user_options).
-            last = (spawner.user_options or {}).get("project")
-            return profiles.options_form(
-                await spawner.profiles_for_user(),
-                await spawner.projects_for_user(),
-                last if isinstance(last, str) else "",
-            )
-
-        return form
-
-    @default("options_from_form")
-    def _default_options_from_form(self) -> Callable:
-        return profiles.options_from_form
+    def offered_profiles(self) -> list[dict]:
+        """The profiles this machine offers (GPU ones only where a GPU is detected)."""
+        return profiles.offered_profiles(self.profiles, self.detect_gpu)
 
     @default("apply_user_options")
     def _default_apply_user_options(self) -> Callable:
@@ -302,7 +230,7 @@ class TwinhubSpawner(LocalProcessSpawner):
         if cg.enforced:
             self._event(f"Limits {lim.describe()} enforced (cgroup {support.kind}).", 20)
         elif self.enforce_limits == "require":
-            raise _error(
+            raise http_error(
                 500,
                 f"Limits {lim.describe()} cannot be enforced on this machine "
                 f"({cg.support.reason}) and the platform requires enforced resource_limits.",
@@ -386,7 +314,7 @@ class TwinhubSpawner(LocalProcessSpawner):
             return await asyncio.wait_for(self._start_now(), self.server_start_timeout)
         except TimeoutError:
             await self._end_accounting()
-            raise _error(500, self._timeout_message()) from None
+            raise http_error(500, self._timeout_message()) from None
         except BaseException:
             await self._end_accounting()
             raise
@@ -414,7 +342,9 @@ class TwinhubSpawner(LocalProcessSpawner):
         try:
             self._run_uid, home = await self.prepare_user()
         except os_accounts.AccountError as e:
-            raise _error(500, f"Cannot prepare the OS account for {self.user.name!r}: {e}") from e
+            raise http_error(
+                500, f"Cannot prepare the OS account for {self.user.name!r}: {e}"
+            ) from e
         await asyncio.to_thread(self._setup_limits)
         log = self.log_path
         # Private like the rest of <state>/logs: servers' output may hold tokens in URLs.
@@ -426,12 +356,12 @@ class TwinhubSpawner(LocalProcessSpawner):
         try:
             self.port = pick_port(SERVER_PORTS)
         except NoFreePort as e:
-            raise _error(503, f"{e}; try again later") from e
+            raise http_error(503, f"{e}; try again later") from e
         try:
             ip, port = await super().start()
         except BlockingIOError as e:  # exec refused: the account is at its process limit
             limit = getattr(self, "max_processes", 0)
-            raise _error(
+            raise http_error(
                 429,
                 f"Your account already runs the most processes allowed ({limit}): stop some "
                 f"kernels, terminals or Dask clusters, then start your server again.",
@@ -452,7 +382,7 @@ class TwinhubSpawner(LocalProcessSpawner):
         while True:
             status = self.proc.poll() if self.proc is not None else 0
             if status is not None:
-                raise _error(500, self._exit_message(status))
+                raise http_error(500, self._exit_message(status))
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 0.5)
             except (OSError, TimeoutError):
@@ -472,15 +402,6 @@ class TwinhubSpawner(LocalProcessSpawner):
         tail = self._log_tail()
         how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
         return f"Your server {how} while starting. Last lines of its log:\n{tail}"
-
-    async def poll_and_notify(self):  # type: ignore[override]
-        # Only the periodic poll of a running server: revoke what its user may no longer run.
-        if self.running_check is not None and self.ready:
-            why = await maybe_future(self.running_check(self))
-            if why:
-                self.log.warning("Stopping %s: %s", self._log_name, why)
-                await self.stop(now=True)
-        return await super().poll_and_notify()
 
     async def poll(self) -> int | None:
         had_process = self.proc is not None or bool(self.pid)
@@ -522,7 +443,7 @@ async def _apply_profile(spawner: TwinhubSpawner, user_options: dict) -> None:
     except profiles.ProfileError as e:
         if spawner.orm_spawner is not None:  # not the next spawn's defaults either
             spawner.orm_spawner.user_options = {}
-        raise _error(400, str(e)) from None
+        raise http_error(400, str(e)) from None
     # Before the check: spawn_check reads the chosen project here (its signature is kept).
     spawner.project = project
     if spawner.spawn_check is not None:
@@ -533,7 +454,7 @@ async def _apply_profile(spawner: TwinhubSpawner, user_options: dict) -> None:
         if why:
             if spawner.orm_spawner is not None:  # not the next spawn's defaults either
                 spawner.orm_spawner.user_options = {}
-            raise _error(403, why)
+            raise http_error(403, why)
     try:
         slug = (user_options or {}).get("profile")
         known = {p["slug"] for p in spawner.profiles}
@@ -553,15 +474,8 @@ async def _apply_profile(spawner: TwinhubSpawner, user_options: dict) -> None:
         # JupyterHub stored these options as the next spawn's defaults: forget them.
         if spawner.orm_spawner is not None:
             spawner.orm_spawner.user_options = {}
-        raise _error(400, str(e)) from None
+        raise http_error(400, str(e)) from None
     spawner.profile = profile
     lim = resource_limits.Limits.from_profile(profile.get("limits"))
     spawner.mem_limit = lim.memory
     spawner.cpu_limit = lim.cpu
-
-
-def _error(status: int, message: str) -> web.HTTPError:
-    """An HTTPError whose message JupyterHub shows as is (API, progress stream, pages)."""
-    e = web.HTTPError(status, "%s", message)
-    e.jupyterhub_message = message  # type: ignore[attr-defined]
-    return e

@@ -21,9 +21,11 @@ import pytest
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.kubernetes.backend import KubeClusterConfig
 from dask_gateway_server.backends.kubernetes.controller import KubeController
+from dask_gateway_server.backends.kubernetes.utils import Informer
 from dask_gateway_server.models import Cluster, ClusterStatus, User
 from dask_gateway_server.tls import new_keypair
-from dask_gateway_server.utils import FrozenAttrDict
+from dask_gateway_server.utils import Flag, FrozenAttrDict
+from dask_gateway_server.workqueue import WorkQueue
 from distributed import Scheduler
 from traitlets.config import Config
 
@@ -267,23 +269,96 @@ def test_dask_pods_are_locked_down_and_labelled(make_backend, profile) -> None:
             assert args[args.index("--dg-idle-timeout") + 1] == "600.0"
 
 
-def test_the_per_user_cluster_limit_counts_clusters_not_yet_seen(make_backend) -> None:
-    backend = make_backend()  # max_clusters_per_user = 1
-    # The informer's cache as KubeBackend.setup makes it (empty: nothing listed yet).
+class FakeCustomObjects:
+    """A fake of the Kubernetes API's custom objects client (absent here): records the
+    DaskCluster objects the backend creates, with what the API adds to them."""
+
+    def __init__(self) -> None:
+        self.created: list[dict] = []
+
+    async def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        body["metadata"].update(namespace=namespace, creationTimestamp="2026-12-05T07:00:00Z")
+        self.created.append(body)
+        return body
+
+
+def _as_set_up(backend: kube.TwinhubKubeBackend) -> FakeCustomObjects:
+    """What KubeBackend.setup makes, without its API client: the cache, the work queue and
+    the real Informer (never started: its cache is filled by the events the test delivers)."""
     backend.clusters, backend.username_to_clusters = {}, defaultdict(dict)
-    assert asyncio.run(backend.active_cluster_count("dana")) == 0
-    # A cluster created a moment ago, not yet in the informer's cache: still counted.
-    backend._created["dana"].add(f"{NS}.aaaa")
-    assert asyncio.run(backend.active_cluster_count("dana")) == 1
-    with pytest.raises(PublicException, match="already has 1 active cluster"):
-        asyncio.run(backend.start_cluster(User("dana"), {}))
-    # Once the cache has it, it is counted from there (and no longer twice).
-    backend.clusters[f"{NS}.aaaa"] = _cluster("aaaa", "dana", "climate")
-    backend.username_to_clusters["dana"][f"{NS}.aaaa"] = backend.clusters[f"{NS}.aaaa"]
-    assert asyncio.run(backend.active_cluster_count("dana")) == 1
-    assert backend._created["dana"] == set()
-    backend.clusters[f"{NS}.aaaa"].status = ClusterStatus.STOPPED
-    assert asyncio.run(backend.active_cluster_count("dana")) == 0
+    backend.cluster_waiters = defaultdict(Flag)
+    backend.queue = WorkQueue()
+    backend.informer = Informer(
+        parent=backend, name="cluster",
+        on_update=backend.on_cluster_event, on_delete=backend.on_cluster_event,
+    )  # fmt: skip
+    backend.informer.cache = {}
+    backend.custom_client = FakeCustomObjects()
+    return backend.custom_client
+
+
+async def _deliver(backend, obj: dict, event: str) -> None:
+    """A watch event from the informer, then KubeBackend's sync loop until its queue is empty."""
+    backend.informer.handle(obj, event)
+    while not backend.queue.is_empty():
+        name = await backend.queue.get()
+        await backend.sync_cluster(name)
+        backend.queue.task_done(name)
+
+
+def test_the_per_user_cluster_limit_counts_clusters_not_yet_seen(make_backend) -> None:
+    backend = make_backend()
+    backend.max_clusters_per_user = 2
+    dana = User("dana", groups=["climate"])
+
+    async def main() -> None:
+        api = _as_set_up(backend)
+        assert await backend.active_cluster_count("dana") == 0
+        a = await backend.start_cluster(dana, {})
+        b = await backend.start_cluster(dana, {})
+        # Neither reported by the informer yet: both counted, a third refused.
+        assert backend.clusters == {} and await backend.active_cluster_count("dana") == 2
+        with pytest.raises(PublicException, match="already has 2 active cluster"):
+            await backend.start_cluster(dana, {})
+        assert len(api.created) == 2
+        # The informer reports the first: counted from its cache, once.
+        await _deliver(backend, api.created[0], "ADDED")
+        assert a in backend.clusters and a not in backend._created["dana"]
+        assert await backend.active_cluster_count("dana") == 2
+        # Both objects deleted (the controller's clean-up, kubectl) before dana comes back,
+        # the second never seen alive: neither counts any more, and dana gets a new one.
+        await _deliver(backend, api.created[0], "DELETED")
+        await _deliver(backend, api.created[1], "DELETED")
+        assert a not in backend.clusters and b not in backend.clusters
+        assert await backend.active_cluster_count("dana") == 0
+        assert backend._created == {}
+        await backend.start_cluster(dana, {})
+        assert await backend.active_cluster_count("dana") == 1
+        backend.queue.close()
+
+    asyncio.run(main())
+
+
+def test_an_unreported_cluster_stops_counting_after_a_while(make_backend, monkeypatch) -> None:
+    # A watch that missed the object (created and deleted between two lists) must not keep
+    # the user locked out: past CREATED_TTL only the informer's view counts.
+    backend = make_backend()  # max_clusters_per_user = 1
+    dana = User("dana", groups=["climate"])
+    now = [1000.0]
+    monkeypatch.setattr(kube.time, "monotonic", lambda: now[0])
+
+    async def main() -> None:
+        _as_set_up(backend)
+        await backend.start_cluster(dana, {})
+        now[0] += kube.CREATED_TTL - 1
+        with pytest.raises(PublicException, match="already has 1 active cluster"):
+            await backend.start_cluster(dana, {})
+        now[0] += 2
+        assert await backend.active_cluster_count("dana") == 0
+        await backend.start_cluster(dana, {})
+        backend.queue.close()
+
+    asyncio.run(main())
 
 
 def _cluster(name: str, user: str, project: str) -> Cluster:
@@ -315,9 +390,15 @@ def test_budget_blocks_growth_then_stops_clusters(make_backend, db_url) -> None:
     heartbeat = {"count": 3, "active_workers": ["w1"]}
     assert backend.capped_heartbeat(big.name, heartbeat)["count"] == 1
     assert backend.capped_heartbeat(other.name, heartbeat)["count"] == 3
-    backend._workers[big.name] = 1
-    assert "climate used 1.5 of 1" in backend.scale_refusal(big, {"op": "scale", "count": 2})
-    assert backend.scale_refusal(big, {"op": "scale", "count": 1}) is None  # not more
+    # The size now is the cluster object's spec.replicas, which every gateway replica sees
+    # (not the heartbeats that reached this one): scaling down from it stays allowed.
+    backend.informer = Informer(name="cluster")
+    backend.informer.cache = {big.name: {"spec": {"replicas": 5}}}
+    assert "climate used 1.5 of 1" in backend.scale_refusal(big, {"op": "scale", "count": 6})
+    assert backend.scale_refusal(big, {"op": "scale", "count": 5}) is None  # not more
+    assert backend.scale_refusal(big, {"op": "scale", "count": 3}) is None  # 5 -> 3
+    backend.informer.cache = {}  # object gone: nothing to keep, any growth refused
+    assert backend.scale_refusal(big, {"op": "scale", "count": 1}) is not None
     assert backend.scale_refusal(big, {"op": "adapt", "maximum": 4}) is not None
     assert backend.scale_refusal(big, {"op": "adapt", "active": False}) is None
     assert backend.scale_refusal(other, {"op": "scale", "count": 9}) is None

@@ -31,6 +31,7 @@ from traitlets.config import Config
 from tests.helpers.fake_kube import use_fake_kube_config
 from twinhub import db
 from twinhub.db.models import BudgetState
+from twinhub.gateway import GatewayPart
 from twinhub.process.runtime import Runtime
 from twinhub.services.accounting import AccountingPart, backend_prometheus
 from twinhub.services.accounting.enforce import BudgetEnforcer
@@ -84,6 +85,10 @@ def rt(tmp_path: Path) -> Runtime:
             },
         }
     )
+    # The gateway's hub API token, as the chart's projected Secret volume mounts it.
+    secrets = tmp_path / "state" / "secrets"
+    secrets.mkdir(parents=True)
+    (secrets / "service-dask-gateway").write_text("gateway-token")
     return Runtime(
         state_dir=tmp_path / "state",
         config=config,
@@ -94,6 +99,7 @@ def rt(tmp_path: Path) -> Runtime:
             "hub_api": "http://hub:8081/hub/api",
             "proxy": "http://proxy-public",
             "dask-gateway": "http://traefik-twinhub-dask-gateway",
+            "dask-gateway-proxy": "gateway://traefik-twinhub-dask-gateway:80",
         },
     )
 
@@ -102,6 +108,7 @@ def hub_config(rt: Runtime) -> Config:
     """What the hub's configuration sets for spawning, in the order twinhub.parts runs it."""
     c = Config()
     SpawnPart().configure_hub(c, rt)
+    GatewayPart().configure_hub(c, rt)
     ProjectsPart().configure_service(c, rt)
     AccountingPart().configure_service(c, rt)
     # As twinhub.services.base does for each service (registration itself is P1's test).
@@ -183,11 +190,6 @@ def test_configure_hub_in_kubernetes_sets_the_kube_spawner_only(rt: Runtime) -> 
     assert c.TwinhubSpawner.spawn_check.__self__.gateway == (
         "http://traefik-twinhub-dask-gateway/services/dask-gateway"
     )
-    # Without the chart's dask-gateway, servers are not pointed at one.
-    rt.service_urls.pop("dask-gateway")
-    without = Config()
-    SpawnPart().configure_hub(without, rt)
-    assert "services" not in without.TwinhubSpawner
     # A bad profile list is refused before anything is set, as embedded.
     bad = Runtime(
         state_dir=rt.state_dir,
@@ -507,3 +509,32 @@ def test_module_names_what_it_shares() -> None:
     for name in kube.SHARED_OPTIONS:
         assert TwinhubKubeSpawner.class_traits(config=True).get(name) is not None, name
         assert PersonalSpawner.class_traits(config=True).get(name) is not None, name
+
+
+def test_a_restarted_hub_keeps_a_removed_gpu_profile_and_a_failing_check_stops_nothing(
+    rt: Runtime,
+) -> None:
+    hub = Hubdb(hub_config(rt), spawner_class=FakeApiKubeSpawner)
+
+    async def scenario() -> None:
+        bob = hub.user("bob")
+        sp = bob.spawner
+        await spawn_options(sp, {"profile": "gpu"})
+        mark_running(sp)
+        assert sp.profile.get("gpu") or sp.profile.get("limits", {}).get("gpu")
+        saved = sp.get_state()
+        # The GPU profile leaves the configuration, then the hub restarts.
+        sp.orm_spawner.state = saved
+        restarted = User(bob.orm_user, hub.settings).spawner
+        restarted.profiles = [p for p in restarted.profiles if p["slug"] != "gpu"]
+        restarted.load_state(saved)
+        assert restarted.profile == sp.profile  # still judged as the GPU profile it runs
+
+        # A check that cannot judge (its database away) stops nothing; the poll still runs.
+        def broken(spawner: Any) -> str | None:
+            raise RuntimeError("database away")
+
+        sp.running_check = broken
+        assert await sp.poll_and_notify() is None and sp.stops == []
+
+    asyncio.run(scenario())

@@ -169,10 +169,7 @@ def test_configure_hub_applies_mode_profiles_and_merges_environment(tmp_path) ->
     sp = MultiUserSpawner(config=c)
     assert sp.cmd == [rt.bin("jupyterhub-singleuser")]
     assert sp.environment == {"DASK_GATEWAY__ADDRESS": "http://gw"}
-    assert sp.services == {
-        "dask-gateway": "http://127.0.0.1:8123/services/dask-gateway/",
-        "registry": "http://reg/",
-    }
+    assert sp.services == {"registry": "http://reg/"}  # the gateway part lists its own
     assert [p["slug"] for p in sp.profiles] == ["small-cpu", "large-cpu"]
     assert (sp.user_prefix, sp.state_dir, sp.instance_id) == ("u-", str(tmp_path), "i1")
     assert "post_stop_hook" not in c.Spawner  # owned by the gateway module

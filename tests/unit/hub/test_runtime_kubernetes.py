@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import psycopg
 import pytest
@@ -183,6 +183,28 @@ def test_an_invalid_db_url_secret_keeps_its_password_out_of_the_log(
     assert f"db_url ({scheme})" in str(e.value)
 
 
+def test_a_pod_waits_for_its_database_then_stops_with_one_line(tmp_path: Path) -> None:
+    """CNPG's cluster bootstraps while the release's pods start: a pod retries, saying so,
+    for a bounded time (shortened here), then stops with one line naming the database's
+    host and the driver's reason: no traceback, never the password. Nothing listens on
+    the port."""
+    from twinhub.services.base import migrate
+
+    port = free_port()
+    db_url = f"postgresql://app:s3cr3t-pw@127.0.0.1:{port}/app"
+    rt = Runtime.load(chart_runtime(tmp_path, secrets={"db-url": db_url}))
+    said: list[str] = []
+    start = time.monotonic()
+    with pytest.raises(PlatformError) as e:
+        migrate(rt, wait=3, say=said.append)
+    assert 3 <= time.monotonic() - start < 30
+    where = f"postgresql+psycopg://app:***@127.0.0.1:{port}/app"
+    assert str(e.value).startswith(f"database {where}: ") and "\n" not in str(e.value)
+    assert "refused" in str(e.value).lower()
+    assert said and said[0].startswith(f"waiting for the database {where} (0 of 3 s): ")
+    assert all("s3cr3t" not in line for line in [str(e.value), *said])
+
+
 def test_services_and_gateway_register_in_cluster_addresses(tmp_path: Path) -> None:
     chart_runtime(tmp_path, secrets={"service-cache": "c-token", "service-dask-gateway": "g"})
     rt = Runtime.load(tmp_path)
@@ -247,7 +269,7 @@ def test_first_admin_password_comes_from_the_secret_and_stays_out_of_the_log(
     admin-password key, logs where it is (not what), and reads the key only while that
     account does not exist."""
     from twinhub import db
-    from twinhub.auth.local_accounts import verify_login
+    from twinhub.auth.local_accounts import get_account, verify_login
     from twinhub.auth.part import AuthPart
 
     password = secrets.token_urlsafe(30)
@@ -271,6 +293,16 @@ def test_first_admin_password_comes_from_the_secret_and_stays_out_of_the_log(
     db.upgrade(rt.db_url)
     with pytest.raises(PlatformError, match="secret 'admin-password' is missing"):
         AuthPart().configure_hub(Config(), Runtime.load(tmp_path))
+    # An operator's existingSecret whose password the configured policy refuses: the key
+    # is named, the password is not, and no account is made.
+    config = {"TwinhubLocalAuth": {"min_password_length": 16}}
+    chart_runtime(tmp_path, config=config, secrets={"admin-password": "fifteen-chars-x"})
+    with pytest.raises(PlatformError) as e:
+        AuthPart().configure_hub(Config(), Runtime.load(tmp_path))
+    assert str(e.value) == (
+        "key 'admin-password' of twinhub-secrets: password too short: at least 16 characters"
+    )
+    assert get_account(rt.db_url, "admin") is None
 
 
 def test_pgstac_connection_from_the_db_url_secret(tmp_path: Path) -> None:
@@ -285,6 +317,11 @@ def test_pgstac_connection_from_the_db_url_secret(tmp_path: Path) -> None:
     assert "s3cr" not in url and passfile.read_text() == "*:*:*:app:s3cr/t\n"
     assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
     assert rt.config.TwinhubDataLake.database_url == url
+    # A percent-encoded owner name: decoded once, so the passfile's user is the URL's.
+    chart_runtime(tmp_path, secrets={"db-url": "postgresql://app%40x%3Ay:pw@h/app"})
+    url = kubernetes_database_url(Runtime.load(tmp_path))
+    assert urlsplit(url).username == "app%40x%3Ay" and unquote("app%40x%3Ay") == "app@x:y"
+    assert passfile.read_text() == "*:*:*:app@x\\:y:pw\n"  # libpq's escape of ':'
     chart_runtime(tmp_path, secrets={"db-url": "postgresql://app:a:b@h/app"})
     with pytest.raises(PlatformError, match="password of no ':'"):
         kubernetes_database_url(Runtime.load(tmp_path))
@@ -340,6 +377,17 @@ def test_service_run_refuses_unknown_and_disabled_services(tmp_path: Path) -> No
     assert r.returncode == 2
     assert "service 'cache' is not enabled in this deployment's runtime.json" in r.stderr
     assert "(enabled services: projects)" in r.stderr
+
+
+def test_service_run_refuses_an_embedded_runtime(tmp_path: Path) -> None:
+    """Embedded services listen on loopback, started by twinhub up: a pod's command on an
+    embedded state dir would serve on every interface. Refused before anything is done."""
+    Runtime(state_dir=tmp_path, ports={"public": 1, "hub": 2, "projects": 3}).save()
+    r = _run_cli(tmp_path, "projects")
+    assert r.returncode == 2, r.stderr
+    assert "twinhub service run is for the Helm chart's pods (deployment 'kubernetes')" in r.stderr
+    assert f"the runtime in {tmp_path} is 'embedded'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "twinhub.sqlite").exists() and not list(tmp_path.glob("*.sqlite"))
 
 
 _databases = itertools.count()
@@ -507,6 +555,58 @@ def test_service_run_serves_health(tmp_path: Path, postgres_cluster, part: type)
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
 
 
+def test_a_broken_lock_connection_does_not_hide_the_error(postgres_cluster) -> None:
+    """The lock's session dies during a migration (the server restarts): the migration's
+    own error is what the pod reports, not the failed unlock's."""
+    from twinhub.services.base import migration_lock
+
+    owner = cnpg_like_database(postgres_cluster)  # a database of its own: its own locks
+    key = 0x74657374
+    with (
+        pytest.raises(RuntimeError, match="the migration's error"),
+        migration_lock(sqlalchemy_url(owner), key=key),
+    ):
+        with psycopg.connect(owner, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
+                "'advisory' AND objid = %s::oid AND granted", [key]
+            ).fetchall()  # fmt: skip
+        assert killed == [(True,)]
+        raise RuntimeError("the migration's error")
+
+
+def test_the_hubs_migration_does_not_wait_for_pgstacs(tmp_path: Path, postgres_cluster) -> None:
+    """A stac pod migrates pgstac under a lock of its own: while another stac pod holds
+    it (here the test), the hub's migration of twinhub's tables goes ahead."""
+    from twinhub.services.base import PGSTAC_LOCK, migrate, migration_lock
+
+    db_url = cnpg_like_database(postgres_cluster)
+    hub = Runtime.load(chart_runtime(tmp_path / "hub", secrets={"db-url": db_url}))
+    stac_state = chart_runtime(tmp_path / "stac", secrets={"db-url": db_url})
+    code = ("from twinhub.process.runtime import Runtime\n"
+            "from twinhub.services.datalake import StacPart\n"
+            "StacPart().prepare_to_serve(Runtime.load())\n")  # fmt: skip
+    with migration_lock(hub.db_url, key=PGSTAC_LOCK):
+        proc = subprocess.Popen([sys.executable, "-u", "-c", code], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "TWINHUB_STATE": str(stac_state)})  # fmt: skip
+        try:
+            line = proc.stdout.readline()  # twinhub's tables: then it waits for pgstac's lock
+            assert line.startswith("stac: database "), line + proc.stdout.read()
+            assert migrate(hub).startswith("database "), "the hub's migration"
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.stdout.read()
+        except BaseException:
+            proc.kill()
+            raise
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    from pypgstac import __version__ as pgstac_version
+
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT pgstac.get_version()").fetchone() == (pgstac_version,)
+
+
 def test_pods_starting_together_migrate_one_at_a_time(tmp_path: Path, postgres_cluster) -> None:
     """A new release starts the hub and every service pod at once (stac with replicas > 1
     too): each migrates twinhub's tables, and stac pgstac's schema, before serving.
@@ -542,3 +642,14 @@ def test_pods_starting_together_migrate_one_at_a_time(tmp_path: Path, postgres_c
     db.check_schema(Runtime.load(tmp_path / "pod0").db_url)
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT pgstac.get_version()").fetchone() == (pgstac_version,)
+
+
+def test_a_percent_encoded_user_name_reaches_libpq_decoded() -> None:
+    """The connection pgstac's loader and stac use names the user the passfile names."""
+    from twinhub.services.datalake.database import _from_url
+
+    conn = _from_url("postgresql://app%40x%3Ay@db.example:5432/app?passfile=/run/pgpass")
+    assert conn.user == "app@x:y"
+    assert "user=app@x:y" in conn.libpq_dsn() or "user='app@x:y'" in conn.libpq_dsn()
+    spaced = _from_url("postgresql://my%20app@db/app?passfile=/p")
+    assert "user='my app'" in spaced.libpq_dsn()

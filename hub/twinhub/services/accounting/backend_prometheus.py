@@ -50,6 +50,7 @@ from typing import Any
 
 import httpx
 
+from ...spawn import podmeta
 from .readings import (
     CLUSTER,
     CPU,
@@ -67,14 +68,14 @@ GIB = float(1 << 30)
 METHOD = "prometheus"
 
 #: The pod label and annotation keys kube-state-metrics must export (its allowlists).
-USER_KEY = "twinhub.io/user"
-PROJECT_KEY = "twinhub.io/project"
+USER_KEY = podmeta.USER_KEY
+PROJECT_KEY = podmeta.PROJECT_KEY
 KUBESPAWNER_USER_KEY = "hub.jupyter.org/username"
 SERVER_KEY = "hub.jupyter.org/servername"
 CLUSTER_KEY = "gateway.dask.org/cluster"
 COMPONENT_KEY = "app.kubernetes.io/component"
 POD_LABEL_KEYS = (USER_KEY, PROJECT_KEY, SERVER_KEY, CLUSTER_KEY, COMPONENT_KEY)
-POD_ANNOTATION_KEYS = (USER_KEY, PROJECT_KEY, SERVER_KEY)
+POD_ANNOTATION_KEYS = (USER_KEY, KUBESPAWNER_USER_KEY, PROJECT_KEY, SERVER_KEY)
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 

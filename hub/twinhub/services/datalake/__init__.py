@@ -19,7 +19,7 @@ import re
 import signal
 import threading
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import psycopg
 
@@ -29,7 +29,7 @@ from ...errors import PlatformError, StartError
 from ...plugin import Say
 from ...process.components import Component
 from ...process.runtime import DB_URL_SECRET, Runtime
-from ..base import AsgiService, running_public_url
+from ..base import PGSTAC_LOCK, AsgiService, migration_lock, running_public_url
 from .database import (
     connection,
     initialize,
@@ -128,12 +128,14 @@ class StacPart(AsgiService):
 
     def prepare_pod(self, rt: Runtime, say: Say) -> None:
         """Kubernetes: the chart's database (no ``stac-db``), pgstac migrated before serving
-        (what ``extra_components`` does for an external database embedded)."""
+        (what ``extra_components`` does for an external database embedded), one stac pod at
+        a time under its own lock: twinhub's (the hub's start) does not wait for it."""
         url = kubernetes_database_url(rt)
         super().prepare_pod(rt, say)
-        if rt.kubernetes and url:
-            migrate_pgstac_as_owner(connection(rt, url).libpq_dsn())
-        self.extra_components(rt)
+        with migration_lock(rt.db_url, key=PGSTAC_LOCK, say=say):
+            if rt.kubernetes and url:
+                migrate_pgstac_as_owner(connection(rt, url).libpq_dsn())
+            self.extra_components(rt)
 
     def after_up(self, rt: Runtime, say: Say) -> threading.Thread | None:
         return start_seeding(rt, say) if self.active(rt) else None
@@ -249,8 +251,10 @@ def kubernetes_database_url(rt: Runtime) -> str:
     # A host (CNPG: twinhub-db-rw.<ns>) or, in libpq's query form, a socket directory.
     host = u.hostname or query.get("host", "")
     port = u.port or int(query.get("port", 5432))
+    # Decoded once: the passfile's user must be the one the URL connects as.
+    user = unquote(u.username or "")
     password = unquote(u.password or "")
-    if not (host and u.username and password) or any(ch in password for ch in ":\\\n"):
+    if not (host and user and password) or any(ch in password for ch in ":\\\n") or "\n" in user:
         raise PlatformError(
             f"secret {DB_URL_SECRET!r} must be postgresql://user:password@host:port/db with a "
             "password of no ':', '\\' or newline (pgstac reads it from a libpq passfile)"
@@ -259,10 +263,12 @@ def kubernetes_database_url(rt: Runtime) -> str:
     f.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"*:*:*:{unquote(u.username)}:{password}\n")
+        # libpq's passfile format: a backslash escapes ':' and itself within a field.
+        escaped = user.replace("\\", "\\\\").replace(":", "\\:")
+        fh.write(f"*:*:*:{escaped}:{password}\n")
     dbname = u.path.lstrip("/") or "app"
     where = urlencode({"host": host, "port": port, "passfile": str(f)})
-    lake.database_url = f"postgresql://{u.username}@/{dbname}?{where}"
+    lake.database_url = f"postgresql://{quote(user, safe='')}@/{dbname}?{where}"
     return lake.database_url
 
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import psycopg
 
@@ -48,15 +48,19 @@ class Connection:
 
     def libpq_dsn(self) -> str:
         """A libpq/psycopg DSN (the password stays in the passfile)."""
-        return (
-            f"host={self.host} port={self.port} user={self.user} dbname={self.dbname} "
-            f"passfile={self.passfile}"
+        # make_conninfo quotes values as libpq wants (a user name with a space or a quote).
+        return psycopg.conninfo.make_conninfo(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            dbname=self.dbname,
+            passfile=self.passfile,
         )
 
     def asyncpg_dsn(self) -> str:
         """asyncpg has no passfile support: the DSN carries the password (never logged)."""
         return (
-            f"postgresql://{quote(self.user)}:{quote(self.password(), safe='')}@/"
+            f"postgresql://{quote(self.user, safe='')}:{quote(self.password(), safe='')}@/"
             f"{self.dbname}?host={quote(self.host, safe='')}&port={self.port}"
         )
 
@@ -101,7 +105,7 @@ def _from_url(url: str) -> Connection:
     return Connection(
         host=q.get("host", u.hostname or "127.0.0.1"),
         port=int(q.get("port", u.port or 5432)),
-        user=u.username or "twinhub",
+        user=unquote(u.username) if u.username else "twinhub",
         dbname=(u.path or "/stac").lstrip("/") or DBNAME,
         passfile=passfile,
     )
