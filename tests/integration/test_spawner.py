@@ -171,9 +171,8 @@ print(json.dumps(out))
     assert env["MEM_LIMIT"] == str(2**30) and float(env["CPU_LIMIT"]) == 1.0
     assert env["TWINHUB_LIMITS_ENFORCED"] == ("1" if _enforced() else "0")
     assert env["TWINHUB_STATE"] is None
-    assert json.loads(env["TWINHUB_SERVICES"]) == {
-        "dask-gateway": mu_hub.url + "services/dask-gateway/"
-    }
+    # No service runs beside this hub (only the spawner part configures it): none is listed.
+    assert json.loads(env["TWINHUB_SERVICES"]) == {}
     assert all(out["denied"].values()), out["denied"]
 
     # Through the proxy: ann's info endpoint with ann's token; ben's token is refused.

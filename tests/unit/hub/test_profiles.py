@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers.fake_kube import use_fake_kube_config
 from twinhub.config import DEFAULT_PROFILES
+from twinhub.gateway import GatewayPart
 from twinhub.spawn import profiles
 from twinhub.spawn.profiles import ProfileError
 
@@ -146,6 +147,26 @@ def test_profile_filter_hook_per_user() -> None:
         asyncio.run(_apply_profile(guest, {}))
         assert guest.profile["slug"] == "small-cpu"
         assert guest.mem_limit == 2 * 2**30 and guest.cpu_limit == 1.0
+
+
+def test_the_gateway_part_lists_itself_in_the_servers_services(tmp_path) -> None:
+    from traitlets.config import Config
+
+    from twinhub.process.runtime import Runtime
+    from twinhub.spawn.modes import MultiUserSpawner
+
+    c = Config()
+    ports = {"public": 8123, "dask-gateway": 8124}
+    GatewayPart().configure_hub(c, Runtime(tmp_path, Config(), ports=ports, mode="multi-user"))
+    c.TwinhubSpawner.services.update({"registry": "http://reg/"})  # a later part's
+    assert MultiUserSpawner(config=c).services == {
+        "dask-gateway": "http://127.0.0.1:8123/services/dask-gateway/",
+        "registry": "http://reg/",
+    }
+    off = Config({"TwinhubGateway": {"enabled": False}})
+    c = Config()
+    GatewayPart().configure_hub(c, Runtime(tmp_path, off, ports=ports, mode="multi-user"))
+    assert MultiUserSpawner(config=c).services == {}  # no gateway, none listed
 
 
 def test_configure_hub_applies_mode_profiles_and_merges_environment(tmp_path) -> None:
