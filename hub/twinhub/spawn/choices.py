@@ -97,6 +97,15 @@ class SpawnerChoices(HasTraits):
             return []
         return [str(p) for p in await maybe_future(self.project_choices(user or self.user))]
 
+    async def spawn_refusal(self, offered: list[dict], options: dict | None) -> str | None:
+        """What ``spawn_check`` says of this spawn (None: allowed). It judges the profile that
+        will really start (the default when none is asked), against the project already set
+        in ``self.project``."""
+        if self.spawn_check is None:
+            return None
+        slug = profiles.slug_to_check(offered, options)
+        return await maybe_future(self.spawn_check(self, slug))
+
     @default("options_form")
     def _default_options_form(self) -> Callable:
         async def form(spawner: SpawnerChoices) -> str:

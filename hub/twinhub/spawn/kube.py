@@ -25,7 +25,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from jupyterhub.utils import maybe_future
 from kubespawner import KubeSpawner
 from tornado import web
 from traitlets import default
@@ -198,11 +197,9 @@ async def _choose(spawner: TwinhubKubeSpawner, opts: dict) -> None:
         raise http_error(403, str(e)) from None
     # Before the check: spawn_check reads the chosen project here.
     spawner.project = project
-    if spawner.spawn_check is not None:
-        slug = profiles.slug_to_check(offered, opts)
-        why = await maybe_future(spawner.spawn_check(spawner, slug))
-        if why:
-            raise http_error(403, why)
+    why = await spawner.spawn_refusal(offered, opts)
+    if why:
+        raise http_error(403, why)
     if not offered:
         raise http_error(
             403,

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
-from jupyterhub.utils import maybe_future
 from traitlets import Bool, Enum, Integer, Unicode, default
 from traitlets.config import Configurable
 
@@ -446,15 +445,11 @@ async def _apply_profile(spawner: TwinhubSpawner, user_options: dict) -> None:
         raise http_error(400, str(e)) from None
     # Before the check: spawn_check reads the chosen project here (its signature is kept).
     spawner.project = project
-    if spawner.spawn_check is not None:
-        # The slug that will start (the default when none is asked): budgets and the
-        # project's allocation are checked against the profile really chosen.
-        slug = profiles.slug_to_check(offered, user_options)
-        why = await maybe_future(spawner.spawn_check(spawner, slug))
-        if why:
-            if spawner.orm_spawner is not None:  # not the next spawn's defaults either
-                spawner.orm_spawner.user_options = {}
-            raise http_error(403, why)
+    why = await spawner.spawn_refusal(offered, user_options)
+    if why:
+        if spawner.orm_spawner is not None:  # not the next spawn's defaults either
+            spawner.orm_spawner.user_options = {}
+        raise http_error(403, why)
     try:
         slug = (user_options or {}).get("profile")
         known = {p["slug"] for p in spawner.profiles}

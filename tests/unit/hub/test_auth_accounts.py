@@ -14,17 +14,6 @@ from twinhub.auth.authenticator import TwinhubLocalAuth
 from twinhub.process.runtime import Runtime
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> str:
-    url = (
-        f"sqlite:///{tmp_path / 'twinhub.sqlite'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_db")
-    )
-    db.upgrade(url)
-    return url
-
-
 def stored_hash(url: str, name: str) -> str:
     with db.session(url) as s:
         return s.scalar(
@@ -59,69 +48,71 @@ def test_unknown_user_takes_as_long_as_wrong_password():
     assert 0.5 < fastest(None) / fastest(h) < 2.0
 
 
-def test_rehash_when_parameters_are_weaker(db_url):
+def test_rehash_when_parameters_are_weaker(twinhub_db):
     from argon2 import PasswordHasher
 
-    local_accounts.create_account(db_url, "old", password="old-password-1")
+    local_accounts.create_account(twinhub_db, "old", password="old-password-1")
     weak = PasswordHasher(time_cost=1, memory_cost=8192).hash("old-password-1")
-    with db.session(db_url) as s:
+    with db.session(twinhub_db) as s:
         s.scalar(
             select(db.LocalAccount).where(db.LocalAccount.username == "old")
         ).password_hash = weak
-    assert local_accounts.verify_login(db_url, "old", "old-password-1") is not None
-    new = stored_hash(db_url, "old")
+    assert local_accounts.verify_login(twinhub_db, "old", "old-password-1") is not None
+    new = stored_hash(twinhub_db, "old")
     assert new != weak and not passwords.needs_rehash(new)
 
 
-def test_admin_created_account_gets_generated_password(db_url):
-    pw = local_accounts.create_account(db_url, "Alice", admin=True)
+def test_admin_created_account_gets_generated_password(twinhub_db):
+    pw = local_accounts.create_account(twinhub_db, "Alice", admin=True)
     assert len(pw) >= 16
-    info = local_accounts.get_account(db_url, "alice")  # names are lowercased
+    info = local_accounts.get_account(twinhub_db, "alice")  # names are lowercased
     assert info.username == "alice" and info.is_admin and info.approved
-    assert pw not in stored_hash(db_url, "alice")
-    assert local_accounts.verify_login(db_url, "alice", pw).account_id == info.account_id
-    assert local_accounts.verify_login(db_url, "alice", pw + "x") is None
-    assert local_accounts.verify_login(db_url, "nobody", pw) is None
+    assert pw not in stored_hash(twinhub_db, "alice")
+    assert local_accounts.verify_login(twinhub_db, "alice", pw).account_id == info.account_id
+    assert local_accounts.verify_login(twinhub_db, "alice", pw + "x") is None
+    assert local_accounts.verify_login(twinhub_db, "nobody", pw) is None
 
 
-def test_account_errors_name_the_problem(db_url):
-    local_accounts.create_account(db_url, "bob")
+def test_account_errors_name_the_problem(twinhub_db):
+    local_accounts.create_account(twinhub_db, "bob")
     with pytest.raises(local_accounts.AccountError, match="'bob' already exists"):
-        local_accounts.create_account(db_url, "bob")
+        local_accounts.create_account(twinhub_db, "bob")
     with pytest.raises(ValueError, match="reserved"):  # the CLI catches ValueError
-        local_accounts.create_account(db_url, "root")
+        local_accounts.create_account(twinhub_db, "root")
     with pytest.raises(local_accounts.AccountError, match="not valid"):
-        local_accounts.create_account(db_url, "9lives")
+        local_accounts.create_account(twinhub_db, "9lives")
     with pytest.raises(local_accounts.AccountError, match="too long"):
-        local_accounts.create_account(db_url, "a" * 40)
+        local_accounts.create_account(twinhub_db, "a" * 40)
     with pytest.raises(local_accounts.AccountError, match="at least 10 characters"):
-        local_accounts.request_account(db_url, "carol", "short")
+        local_accounts.request_account(twinhub_db, "carol", "short")
     with pytest.raises(local_accounts.AccountError, match="differ from the user name"):
-        local_accounts.request_account(db_url, "carolcarol", "CarolCarol")
+        local_accounts.request_account(twinhub_db, "carolcarol", "CarolCarol")
     with pytest.raises(local_accounts.AccountError, match="no account 'ghost'"):
-        local_accounts.set_password(db_url, "ghost", "long-enough-pw")
-    assert [a.username for a in local_accounts.list_accounts(db_url)] == ["bob"]
+        local_accounts.set_password(twinhub_db, "ghost", "long-enough-pw")
+    assert [a.username for a in local_accounts.list_accounts(twinhub_db)] == ["bob"]
 
 
-def test_signup_waits_for_approval(db_url):
-    info = local_accounts.request_account(db_url, "dave", "dave-password-1")
+def test_signup_waits_for_approval(twinhub_db):
+    info = local_accounts.request_account(twinhub_db, "dave", "dave-password-1")
     assert not info.approved
-    assert [a.username for a in local_accounts.list_accounts(db_url, approved=False)] == ["dave"]
+    assert [a.username for a in local_accounts.list_accounts(twinhub_db, approved=False)] == [
+        "dave"
+    ]
     # Right password, but not approved: verify_login reports it, the authenticator refuses.
-    assert local_accounts.verify_login(db_url, "dave", "dave-password-1").approved is False
-    assert local_accounts.set_approved(db_url, "dave") is True
-    assert local_accounts.verify_login(db_url, "dave", "dave-password-1").approved is True
-    assert local_accounts.set_approved(db_url, "ghost") is False
+    assert local_accounts.verify_login(twinhub_db, "dave", "dave-password-1").approved is False
+    assert local_accounts.set_approved(twinhub_db, "dave") is True
+    assert local_accounts.verify_login(twinhub_db, "dave", "dave-password-1").approved is True
+    assert local_accounts.set_approved(twinhub_db, "ghost") is False
 
 
-def test_change_password_and_delete(db_url):
-    local_accounts.create_account(db_url, "erin", password="first-password")
-    local_accounts.set_password(db_url, "erin", "second-password")
-    assert local_accounts.verify_login(db_url, "erin", "first-password") is None
-    assert local_accounts.verify_login(db_url, "erin", "second-password") is not None
-    assert local_accounts.delete_account(db_url, "erin") is True
-    assert local_accounts.verify_login(db_url, "erin", "second-password") is None
-    assert local_accounts.delete_account(db_url, "erin") is False
+def test_change_password_and_delete(twinhub_db):
+    local_accounts.create_account(twinhub_db, "erin", password="first-password")
+    local_accounts.set_password(twinhub_db, "erin", "second-password")
+    assert local_accounts.verify_login(twinhub_db, "erin", "first-password") is None
+    assert local_accounts.verify_login(twinhub_db, "erin", "second-password") is not None
+    assert local_accounts.delete_account(twinhub_db, "erin") is True
+    assert local_accounts.verify_login(twinhub_db, "erin", "second-password") is None
+    assert local_accounts.delete_account(twinhub_db, "erin") is False
 
 
 def test_ensure_first_admin_once(tmp_path):
