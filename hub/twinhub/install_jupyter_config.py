@@ -12,7 +12,8 @@ Run by ``scripts/setup`` (and by image builds) as
   ``scripts/setup`` from ``extensions/twinlab/labextension``;
 - ``<prefix>/share/jupyter/lab/settings/overrides.json``: JupyterLab defaults (no news
   popup, no update check: a platform's users cannot act on either, and servers may have no
-  internet);
+  internet; a "Service desk" item in the Help menu, opening ``/services/desk/`` in a new
+  browser tab);
 - ``<prefix>/share/jupyter/kernels/ir/``: the R kernel (IRkernel in Debian's R), when R with
   IRkernel is installed (see :func:`r_kernel`); none, and no error, without it.
 
@@ -52,12 +53,33 @@ SERVER_EXTENSIONS = {
     "dask_labextension": False,
 }
 
+#: Where the Help menu's "Service desk" item goes: the desk's path on the platform's origin
+#: (user servers are on the hub's origin, under the same base URL "/"). A fixed path, as
+#: these settings are written once per environment, not per server.
+DESK_PATH = "/services/desk/"
+
 #: JupyterLab settings that differ from JupyterLab's defaults on the platform.
 LAB_OVERRIDES = {
     "@jupyterlab/apputils-extension:notification": {
         "fetchNews": "false",
         "checkForUpdates": False,
-    }
+    },
+    # The Help menu's "Service desk": JupyterLab's own help:open command, in a new browser
+    # tab (the desk is a whole page of the platform, not a panel of the lab).
+    "@jupyterlab/mainmenu-extension:plugin": {
+        "menus": [
+            {
+                "id": "jp-mainmenu-help",
+                "items": [
+                    {
+                        "command": "help:open",
+                        "args": {"url": DESK_PATH, "text": "Service desk", "newBrowserTab": True},
+                        "rank": 1,
+                    }
+                ],
+            }
+        ]
+    },
 }
 
 #: The R kernel's name: IRkernel's own, which Debian's r-cran-irkernel also registers

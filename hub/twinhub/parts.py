@@ -24,7 +24,9 @@ from .process.runtime import Runtime
 from .services.accounting import AccountingPart
 from .services.cache import CachePart
 from .services.datalake import StacPart
+from .services.desk import DeskPart
 from .services.projects import ProjectsPart
+from .services.registry import RegistryPart
 from .spawn.modes import SpawnPart
 
 PARTS: tuple[type[Part], ...] = (
@@ -36,6 +38,8 @@ PARTS: tuple[type[Part], ...] = (
     StacPart,
     ProjectsPart,
     AccountingPart,
+    RegistryPart,
+    DeskPart,
     CachePart,
 )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -99,6 +100,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, addr, handler, rate: float) -> None:
+        if ":" in addr[0]:  # an IPv6 address ("::1")
+            self.address_family = socket.AF_INET6
         super().__init__(addr, handler)
         self.rate = rate
         self.lock = threading.Lock()
@@ -118,7 +121,8 @@ class Origin:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        host, port = self.server.server_address[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def hits(self, path: str) -> int:
         with self.server.lock:
@@ -129,9 +133,11 @@ class Origin:
         self.server.server_close()
 
 
-def start_origin(root: str | Path, port: int = 0, rate: float = 0) -> Origin:
-    """Serve ``root`` on 127.0.0.1 (``port`` 0: any free one) from a daemon thread."""
-    server = _Server(("127.0.0.1", port), partial(_Handler, directory=str(root)), rate)
+def start_origin(
+    root: str | Path, port: int = 0, rate: float = 0, host: str = "127.0.0.1"
+) -> Origin:
+    """Serve ``root`` on ``host`` (``port`` 0: any free one) from a daemon thread."""
+    server = _Server((host, port), partial(_Handler, directory=str(root)), rate)
     t = threading.Thread(target=server.serve_forever, daemon=True, name="counting-origin")
     t.start()
     return Origin(server, t)

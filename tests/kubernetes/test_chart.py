@@ -274,6 +274,17 @@ BAD_VALUES = [
         "pullPolicy",
     ),
     ("profiles not a list", {"twinhub": {"profiles": "gpu"}}, "profiles"),
+    (
+        "SMTP port out of range",
+        {"twinhub": {"services": {"desk": {"smtp": {"port": 70000}}}}},
+        "port",
+    ),
+    (
+        "registryEgress peer not a peer",
+        {"twinhub": {"networkPolicy": {"registryEgress": [{"cidr": "10.0.0.0/8"}]}}},
+        "cidr",
+    ),
+    ("smtpEgress not a list", {"twinhub": {"networkPolicy": {"smtpEgress": "mail"}}}, "smtpEgress"),
     ("publicUrl a number", {"twinhub": {"publicUrl": 8080}}, "publicUrl"),
     ("unknown config section", {"twinhub": {"config": {"TwinhubProjectz": {}}}}, "TwinhubProjectz"),
     (

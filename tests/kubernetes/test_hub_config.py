@@ -185,7 +185,7 @@ async def _registration(app: JupyterHub, files: dict, runtime: dict, start: Any)
     # Every twinhub service the chart enabled: its in-cluster URL, its token, its scopes.
     services = {s["name"]: s for s in app.services}
     enabled = sorted(runtime["ports"])
-    assert enabled == ["accounting", "cache", "projects", "stac"]
+    assert enabled == ["accounting", "cache", "desk", "projects", "registry", "stac"]
     for name in enabled:
         s = services[name]
         assert s["url"] == f"http://twinhub-{name}:8000" == runtime["service_urls"][name]
@@ -209,6 +209,23 @@ async def _registration(app: JupyterHub, files: dict, runtime: dict, start: Any)
     for name in ("projects", "accounting"):
         assert set(roles[f"{name}-service"].scopes) == {"read:users", "read:groups"}
         assert [s.name for s in roles[f"{name}-service"].services] == [name]
+    # The registry's token registers /services/<slug>/ of integrated web services with the
+    # hub (admin:services: the hub then routes them to the registry's Service) and reads the
+    # lake's collections from stac for the landing page.
+    assert set(roles["registry-service"].scopes) == {
+        "read:users",
+        "read:groups",
+        "admin:services",
+        "access:services!service=stac",
+    }
+    assert [s.name for s in roles["registry-service"].services] == ["registry"]
+    # ...with the token the chart generated into twinhub-secrets (the registry pod's file).
+    assert orm.APIToken.find(app.db, files["service-registry"]).service.name == "registry"
+    assert set(roles["desk-service"].scopes) == {"read:users", "read:groups"}
+    # Visitors who are not logged in land on the registry's welcome page (a callable
+    # default_url); the hub's support link is the desk.
+    assert callable(app.default_url)
+    assert app.config.TwinhubFace.support_url == "/services/desk/"
     # z2jh's hub settings are z2jh's: twinhub changed none of them.
     assert app.db_url.endswith("/jupyterhub.sqlite")
     assert app.hub_bind_url == "http://:8081/hub/" and app.hub.url == "http://hub:8081/hub/"
@@ -267,9 +284,11 @@ async def _profiles(app: JupyterHub, files: dict, runtime: dict, start: Any) -> 
         "http://traefik-twinhub-dask-gateway/services/dask-gateway"
     )
     assert env["DASK_GATEWAY__PROXY_ADDRESS"] == "gateway://traefik-twinhub-dask-gateway:80"
-    assert json.loads(env["TWINHUB_SERVICES"])["projects"] == (
-        "http://proxy-public/services/projects/"
-    )
+    listed = json.loads(env["TWINHUB_SERVICES"])
+    assert listed["projects"] == "http://proxy-public/services/projects/"
+    # twinlab.services() asks the registry; the Help link opens the desk.
+    assert listed["registry"] == "http://proxy-public/services/registry/"
+    assert listed["desk"] == "http://proxy-public/services/desk/"
     assert env["SITE_NOTE"] == "from-values"
 
     # The running check, at each poll: bob's GPU server once bob has left project B.

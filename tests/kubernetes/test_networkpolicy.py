@@ -20,8 +20,16 @@ RELEASE = "twinhub"
 EXTERNAL_S3 = "203.0.113.10"
 EXTERNAL_DB = "203.0.113.20"
 INTERNET = "198.51.100.7"
+SMTP = "203.0.113.25"  # production's SMTP server (networkPolicy.smtpEgress)
 # Extra values of every render: known external peers, so the rows about them are exact.
-EXTRA = {"twinhub": {"networkPolicy": {"s3Egress": [{"ipBlock": {"cidr": f"{EXTERNAL_S3}/32"}}]}}}
+EXTRA = {
+    "twinhub": {
+        "networkPolicy": {
+            "s3Egress": [{"ipBlock": {"cidr": f"{EXTERNAL_S3}/32"}}],
+            "smtpEgress": [{"ipBlock": {"cidr": f"{SMTP}/32"}}],
+        }
+    }
+}
 
 
 def _z2jh(component: str, **extra: str) -> dict:
@@ -145,6 +153,7 @@ def cluster_pods(objects: list[dict], values: dict) -> dict[str, Pod]:
         "private-net": Pod("private-net", namespace=None, ip="10.200.0.9"),
         "external-s3": Pod("external-s3", namespace=None, ip=EXTERNAL_S3),
         "external-db": Pod("external-db", namespace=None, ip=EXTERNAL_DB),
+        "smtp-server": Pod("smtp-server", namespace=None, ip=SMTP),
     }
     absent = set()
     if not values["twinhub"]["database"]["cnpg"]["enabled"]:
@@ -154,7 +163,8 @@ def cluster_pods(objects: list[dict], values: dict) -> dict[str, Pod]:
     if not _subchart_on(values, "dask-gateway"):
         absent |= {"traefik", "gateway-api", "scheduler", "worker", "bob-scheduler", "bob-worker"}
     pods = {name: pod for name, pod in pods.items() if name not in absent}
-    for host, name in enumerate(("stac", "cache", "projects", "accounting"), start=50):
+    services = ("stac", "cache", "projects", "accounting", "registry", "desk")
+    for host, name in enumerate(services, start=50):
         try:
             labels = _template_labels(objects, "Deployment", f"twinhub-{name}")
         except KeyError:
@@ -241,6 +251,53 @@ MATRIX = [
     ("stac", "internet", 443, "TCP", True),  # federated remote catalogues
     ("projects", "internet", 443, "TCP", False),
     ("projects", "stac", 8000, "TCP", False),  # services meet through the proxy
+    # the registry: the proxy sends it /services/registry/ and every /services/<slug>/ of an
+    # integrated web service (its gateway); it reaches the hub API (routes, users), the
+    # database, stac straight (the landing page's collections) and public upstreams only
+    ("proxy", "registry", 8000, "TCP", True),
+    ("hub", "registry", 8000, "TCP", True),
+    ("alice", "registry", 8000, "TCP", False),  # only through the proxy's routes
+    ("ingress-controller", "registry", 8000, "TCP", False),
+    ("worker", "registry", 8000, "TCP", False),
+    ("other-namespace", "registry", 8000, "TCP", False),
+    ("registry", "hub", 8081, "TCP", True),
+    ("registry", "proxy", 8000, "TCP", True),
+    ("registry", "database", 5432, "TCP", True),
+    ("registry", "kube-dns", 53, "UDP", True),
+    ("registry", "stac", 8000, "TCP", True),
+    ("registry", "stac", 5432, "TCP", False),
+    ("registry", "projects", 8000, "TCP", False),
+    ("registry", "cache", 8000, "TCP", False),
+    ("registry", "internet", 443, "TCP", True),  # providers' upstreams and descriptions
+    ("registry", "internet", 8080, "TCP", True),  # on whatever port they listen
+    ("registry", "metadata", 80, "TCP", False),
+    ("registry", "private-net", 443, "TCP", False),
+    ("registry", "cgnat", 443, "TCP", False),
+    ("registry", "kube-api", 443, "TCP", False),
+    ("registry", "node", 10250, "TCP", False),
+    ("registry", "alice", 8888, "TCP", False),
+    ("registry", "keycloak", 8080, "TCP", False),
+    ("registry", "scheduler", 8786, "TCP", False),
+    ("registry", "other-namespace", 80, "TCP", False),  # in-cluster upstreams: registryEgress
+    # stac's new way in is the registry's alone
+    ("cache", "stac", 8000, "TCP", False),
+    ("desk", "stac", 8000, "TCP", False),
+    # the desk: its SMTP server on the SMTP port, nothing else outside the cluster
+    ("proxy", "desk", 8000, "TCP", True),
+    ("hub", "desk", 8000, "TCP", True),
+    ("alice", "desk", 8000, "TCP", False),
+    ("desk", "hub", 8081, "TCP", True),
+    ("desk", "database", 5432, "TCP", True),
+    ("desk", "smtp-server", 587, "TCP", True),
+    ("desk", "smtp-server", 25, "TCP", False),
+    ("desk", "internet", 443, "TCP", False),
+    ("desk", "internet", 587, "TCP", False),
+    ("desk", "metadata", 80, "TCP", False),
+    ("desk", "registry", 8000, "TCP", False),  # it reads the registry's tables, not its API
+    ("desk", "private-net", 587, "TCP", False),
+    ("alice", "smtp-server", 587, "TCP", False),
+    ("projects", "smtp-server", 587, "TCP", False),
+    ("worker", "smtp-server", 587, "TCP", False),
     # the database (CNPG)
     ("hub", "database", 5432, "TCP", True),
     ("keycloak", "database", 5432, "TCP", True),
@@ -340,7 +397,8 @@ def test_every_matrix_pod_of_twinhub_is_covered(profile, helm_binaries):
     _, pods = release(profile, EXTRA)
     values = helm.chart_values(profile, EXTRA)
     services = {n for n, s in values["twinhub"]["services"].items() if s.get("enabled")}
-    assert {"stac", "cache", "projects"} & services <= set(pods)
+    assert {"stac", "cache", "projects", "registry", "desk"} & services <= set(pods)
+    assert {"registry", "desk"} <= services
     assert ("seaweedfs" in pods) == bool(values["twinhub"]["s3"]["seaweedfs"]["enabled"])
 
 

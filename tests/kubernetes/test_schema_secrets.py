@@ -83,3 +83,79 @@ def test_a_new_secret_trait_is_refused_without_being_listed():
 
     found = _generator().secret_traits(TwinhubFake)
     assert set(found) == {"api_token", "upload_password", "signing_key"}
+
+
+# -- traits the chart sets itself (the desk's SMTP server) --------------------------------------
+
+#: TwinhubDesk's traits that come from twinhub.services.desk.smtp: the desk's NetworkPolicy
+#: port and the password Secret's mount use the same values, so they have one place.
+DESK_OWNED = ("smtp_host", "smtp_port", "smtp_username", "smtp_password_file")
+
+
+def test_registry_and_desk_sections_are_in_the_schema():
+    config = _config_schema()
+    assert {"reviewers_group", "thematic_areas", "health_interval"} <= set(
+        config["TwinhubRegistry"]["properties"]
+    )
+    desk = config["TwinhubDesk"]
+    assert {"support_group", "mail_from", "max_attachment_bytes"} <= set(desk["properties"])
+    for trait in DESK_OWNED:
+        assert trait not in desk["properties"], trait
+        assert trait in desk["description"], trait
+    assert "twinhub.services.desk.smtp" in desk["description"]
+
+
+@pytest.mark.usefixtures("helm_binaries")
+@pytest.mark.parametrize("trait", DESK_OWNED)
+def test_helm_refuses_the_desks_smtp_traits_in_twinhub_config(trait):
+    extra = {"twinhub": {"config": {"TwinhubDesk": {trait: "x"}}}}
+    with pytest.raises(helm.HelmError) as err:
+        helm.render(extra=extra)
+    assert trait in err.value.stderr
+
+
+@pytest.mark.usefixtures("helm_binaries")
+def test_registry_and_desk_options_pass_into_the_runtime():
+    """The positive control: their ordinary options render, merged over the chart's own."""
+    extra = {
+        "twinhub": {
+            "config": {
+                "TwinhubRegistry": {"health_interval": 60, "reviewers_group": "board"},
+                "TwinhubDesk": {"mail_from": "support@example.org"},
+            },
+            "services": {"desk": {"smtp": {"host": "smtp.example.org"}}},
+        }
+    }
+    objects = helm.render(extra=extra)
+    runtime = json.loads(helm.find(objects, "ConfigMap", "twinhub-runtime")["data"]["runtime.json"])
+    assert runtime["config"]["TwinhubRegistry"] == {
+        "enabled": True,
+        "health_interval": 60,
+        "reviewers_group": "board",
+    }
+    desk = runtime["config"]["TwinhubDesk"]
+    assert desk["mail_from"] == "support@example.org"
+    assert desk["smtp_host"] == "smtp.example.org"
+
+
+def test_chart_owned_traits_must_exist(monkeypatch):
+    """A trait renamed in the class must not leave the chart setting a name nobody reads."""
+    gen = _generator()
+
+    class TwinhubDesk(Configurable):
+        """A fake desk whose SMTP host trait was renamed."""
+
+        smtp_server = Unicode("", config=True, help="renamed")
+        smtp_port = Int(587, config=True, help="port")
+        smtp_username = Unicode("", config=True, help="user")
+        smtp_password_file = Unicode("", config=True, help="a path")
+
+    monkeypatch.setattr(gen, "config_classes", lambda: [TwinhubDesk])
+    with pytest.raises(SystemExit, match="smtp_host"):
+        gen.config_schema()
+    fixed = type("TwinhubDesk", (TwinhubDesk,), {"smtp_host": Unicode("", config=True, help="h")})
+    monkeypatch.setattr(gen, "config_classes", lambda: [fixed])
+    sections = gen.config_schema()["properties"]
+    # owned, not a secret: the password *file* is a path the chart sets
+    assert "smtp_password_file" not in sections["TwinhubDesk"]["properties"]
+    assert "Secrets, never here" not in sections["TwinhubDesk"]["description"]

@@ -7,15 +7,18 @@ Rendered with the real Helm 3 and Helm 4 (see tests/helpers/helm.py)."""
 from __future__ import annotations
 
 import importlib
+import json
 
 import pytest
+import yaml
 
 from tests.helpers import helm
 from twinhub import parts
+from twinhub.services.desk import TwinhubDesk
 
 pytestmark = pytest.mark.usefixtures("helm_binaries")
 
-SERVICES = ("stac", "cache", "projects", "accounting")
+SERVICES = ("stac", "cache", "projects", "accounting", "registry", "desk")
 
 
 def _health_paths() -> dict[str, str]:
@@ -216,6 +219,8 @@ APP_MODULES = {
     "cache": "twinhub.services.cache.app",
     "projects": "twinhub.services.projects.app",
     "accounting": "twinhub.services.accounting.app",
+    "registry": "twinhub.services.registry.app",
+    "desk": "twinhub.services.desk.app",
 }
 
 
@@ -425,3 +430,128 @@ def test_the_gateway_reads_the_external_database_when_cnpg_is_off(helm_binaries)
         helm.render("production", extra=stale)
     assert "dask-gateway.gateway.env" in str(err.value)
     assert "twinhub-postgres" in str(err.value)
+
+
+# -- the registry and the desk -------------------------------------------------------------------
+
+
+def test_registry_and_desk_are_deployed_by_default():
+    """Issue 14: both on by default (multi-user: every chart install is), each its own pod
+    running its part, probed on its own health route."""
+    objects = helm.render()
+    for name in ("registry", "desk"):
+        dep = helm.find(objects, "Deployment", f"twinhub-{name}")
+        c = _container(dep)
+        assert c["command"] == ["twinhub", "service", "run", name]
+        assert c["readinessProbe"]["httpGet"]["path"] == f"/services/{name}/health"
+        assert helm.find(objects, "Service", f"twinhub-{name}")["spec"]["ports"][0]["port"] == 8000
+
+
+def _runtime_config(objects: list[dict]) -> dict:
+    runtime = helm.find(objects, "ConfigMap", "twinhub-runtime")["data"]["runtime.json"]
+    return json.loads(runtime)["config"]
+
+
+def test_smtp_password_is_the_desks_alone():
+    """Production's SMTP Secret is mounted in the desk's pods, at the file runtime.json names
+    as TwinhubDesk.smtp_password_file, and in no other pod (the hub sends no mail)."""
+    objects = helm.render("production")
+    smtp = helm.chart_values("production")["twinhub"]["services"]["desk"]["smtp"]
+    assert smtp["existingSecret"]
+    desk = _runtime_config(objects)["TwinhubDesk"]
+    assert desk["smtp_host"] == smtp["host"] and desk["smtp_port"] == smtp["port"]
+    assert desk["smtp_username"] == smtp["username"]
+    path = desk["smtp_password_file"]
+    for name in _enabled(helm.chart_values("production")):
+        dep = helm.find(objects, "Deployment", f"twinhub-{name}")
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+        files = _secret_files(volumes["twinhub-secrets"])
+        if name != "desk":
+            assert smtp["existingSecret"] not in files, name
+            continue
+        (source,) = [
+            s["secret"]
+            for s in volumes["twinhub-secrets"]["projected"]["sources"]
+            if s["secret"]["name"] == smtp["existingSecret"]
+        ]
+        assert source["items"] == [{"key": smtp["key"], "path": "smtp-password"}]
+        assert "optional" not in source  # a missing Secret must stop the pod, visibly
+        mount = next(m for m in _container(dep)["volumeMounts"] if m["name"] == "twinhub-secrets")
+        assert path == f"{mount['mountPath']}/smtp-password"
+    hub = helm.chart_values("production")["jupyterhub"]["hub"]
+    hub_volume = next(v for v in hub["extraVolumes"] if v["name"] == "twinhub-secrets")
+    assert smtp["existingSecret"] not in _secret_files(hub_volume)
+
+
+def test_desk_without_smtp_secret_mounts_no_password():
+    """The defaults: no SMTP server, no password file, nothing extra mounted."""
+    objects = helm.render()
+    desk = _runtime_config(objects)["TwinhubDesk"]
+    assert desk["enabled"] is True and desk["smtp_host"] == ""
+    assert "smtp_password_file" not in desk
+    dep = helm.find(objects, "Deployment", "twinhub-desk")
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert set(_secret_files(volumes["twinhub-secrets"])) == {"twinhub-secrets", "twinhub-db-app"}
+
+
+def test_registry_and_desk_switches_reach_the_runtime():
+    """services.<name>.enabled is what the hub reads too (TwinhubRegistry/TwinhubDesk.enabled
+    in runtime.json): a Deployment exists exactly when the hub registers the service."""
+    on = _runtime_config(helm.render())
+    assert on["TwinhubRegistry"]["enabled"] is True and on["TwinhubDesk"]["enabled"] is True
+    off = {"twinhub": {"services": {"registry": {"enabled": False}, "desk": {"enabled": False}}}}
+    objects = helm.render(extra=off)
+    config = _runtime_config(objects)
+    assert config["TwinhubRegistry"] == {"enabled": False}
+    assert config["TwinhubDesk"] == {"enabled": False}
+    runtime = json.loads(helm.find(objects, "ConfigMap", "twinhub-runtime")["data"]["runtime.json"])
+    assert not {"registry", "desk"} & set(runtime["ports"])
+    secret = helm.find(objects, "Secret", "twinhub-secrets")
+    assert not {"service-registry", "service-desk"} & set(secret["data"])
+    names = _deployed(objects, "NetworkPolicy")
+    assert not {"twinhub-registry-egress", "twinhub-stac-from-registry"} & names
+
+
+def _notes(profile: str) -> str:
+    """The release notes Helm 4 prints after an install (--dry-run=client needs no cluster;
+    Helm 3 asks the cluster for its version even then)."""
+    args = ["install", "twinhub", str(helm.stripped_chart()), "-n", "twinhub"]
+    args.append("--dry-run=client")
+    if profile != "default":
+        args += ["-f", str(helm.stripped_chart() / "values" / f"{profile}.yaml")]
+    out = helm.run_helm("4", args).stdout
+    return out[out.index("NOTES:") :]
+
+
+def test_notes_warn_when_the_desk_has_no_smtp_server():
+    default, production = _notes("default"), _notes("production")
+    assert "desk" in default and "registry" in default  # the services line
+    assert "The service desk has no SMTP server" in default
+    assert "The service desk has no SMTP server" not in production
+
+
+def test_production_ingress_takes_the_desks_largest_attachment():
+    """ingress-nginx's default body limit (1 MiB) would answer 413 before the desk sees an
+    attachment its own cap allows."""
+    annotations = helm.chart_values("production")["jupyterhub"]["ingress"]["annotations"]
+    size = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    limit = int(size[:-1]) * units[size[-1].lower()]
+    assert limit >= TwinhubDesk().max_attachment_bytes + 64 * 1024  # headers, multipart slack
+
+
+def test_the_documented_desk_values_render():
+    """docs/kubernetes.md's SMTP example is values the chart takes, with the effect it says."""
+    doc = (helm.REPO / "docs" / "kubernetes.md").read_text()
+    start = doc.index("```yaml", doc.index("**The desk**")) + len("```yaml")
+    values = yaml.safe_load(doc[start : doc.index("```", start)])
+    assert values["twinhub"]["services"]["desk"]["smtp"]["existingSecret"]
+    objects = helm.render(extra=values)
+    desk = _runtime_config(objects)["TwinhubDesk"]
+    assert desk["smtp_host"] == "smtp.example.org"
+    assert desk["mail_from"] == "support@example.org"
+    assert desk["smtp_password_file"] == "/srv/twinhub/state/secrets/smtp-password"
+    dep = helm.find(objects, "Deployment", "twinhub-desk")
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert "twinhub-smtp" in _secret_files(volumes["twinhub-secrets"])
+    assert "twinhub-desk-egress" in _deployed(objects, "NetworkPolicy")

@@ -38,6 +38,13 @@ CHART_OWNED = {
         "public_url": "twinhub.publicUrl",
         "state_dir": "the chart (/srv/twinhub/state)",
     },
+    # The NetworkPolicy's SMTP port and the password Secret's mount come from the same values.
+    "TwinhubDesk": {
+        "smtp_host": "twinhub.services.desk.smtp.host",
+        "smtp_port": "twinhub.services.desk.smtp.port",
+        "smtp_username": "twinhub.services.desk.smtp.username",
+        "smtp_password_file": "twinhub.services.desk.smtp.existingSecret and key",
+    },
 }
 
 
@@ -66,10 +73,14 @@ SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|(^|_)(key|db_
 
 
 def secret_traits(cls: type) -> dict[str, str]:
-    """The traits of ``cls`` the schema refuses as secrets, with where each goes instead."""
+    """The traits of ``cls`` the schema refuses as secrets, with where each goes instead
+    (a trait the chart sets itself, e.g. a path to a mounted Secret, is the chart's)."""
     known = dict(SECRET_TRAITS.get(cls.__name__, {}))
+    owned = CHART_OWNED.get(cls.__name__, {})
     for name, trait in cls.class_traits(config=True).items():
-        if name not in known and isinstance(trait, Unicode) and SECRET_NAME.search(name):
+        if name in known or name in owned:
+            continue
+        if isinstance(trait, Unicode) and SECRET_NAME.search(name):
             known[name] = "a mounted Secret (it holds a secret: not in the ConfigMap)"
     return known
 
@@ -119,6 +130,11 @@ def config_schema() -> dict[str, Any]:
     sections = {}
     for cls in config_classes():
         owned = CHART_OWNED.get(cls.__name__, {})
+        # A renamed trait would otherwise pass into the schema unowned, the chart's value
+        # silently ignored by the class.
+        unknown = set(owned) - set(cls.class_traits(config=True))
+        if unknown:
+            raise SystemExit(f"CHART_OWNED names traits {cls.__name__} lacks: {sorted(unknown)}")
         secret = secret_traits(cls)
         traits = {
             name: trait_schema(trait)

@@ -90,7 +90,7 @@ http://twinhub-seaweedfs:8333
 {{/* The projected Secrets volume (one file per secret), as a YAML volume. With `root` alone
 (the hub): every key of twinhub-secrets. With `name` (a service pod): only what that service
 reads (its own hub token, db-url, the S3 keys where it uses S3, the Prometheus token for
-accounting), so one compromised service holds no other service's token, no Keycloak client
+accounting, the SMTP password for the desk), so one compromised service holds no other service's token, no Keycloak client
 secret and, unless it needs them, no S3 admin keys. (dict "root" $ "name" "stac") */}}
 {{- define "twinhub.secretsVolume" -}}
 {{- $root := .root | default . -}}
@@ -129,6 +129,16 @@ projected:
           - {key: access-key, path: s3-access-key}
           - {key: secret-key, path: s3-secret-key}
     {{- end }}
+    {{- /* The desk's SMTP password: the desk's pods alone (the hub sends no mail), as the
+    file TwinhubDesk.smtp_password_file (runtime.yaml). Not optional: a missing Secret
+    keeps the pod from starting, and Kubernetes' events say which. */}}
+    {{- $smtp := (index $v.services "desk" | default dict).smtp | default dict }}
+    {{- if and (eq $name "desk") $smtp.existingSecret }}
+    - secret:
+        name: {{ $smtp.existingSecret }}
+        items:
+          - {key: {{ $smtp.key }}, path: {{ include "twinhub.smtpPasswordFile" $root | base }}}
+    {{- end }}
     {{- if and $v.prometheus.existingSecret (or (not $name) (eq $name "accounting")) }}
     - secret:
         name: {{ $v.prometheus.existingSecret }}
@@ -136,6 +146,12 @@ projected:
         items:
           - {key: {{ $v.prometheus.key }}, path: prometheus-token}
     {{- end }}
+{{- end -}}
+
+{{/* Where the desk's pods find the SMTP password (the projected Secrets volume's mount,
+twinhub.runtimeVolumeMounts): TwinhubDesk.smtp_password_file. */}}
+{{- define "twinhub.smtpPasswordFile" -}}
+/srv/twinhub/state/secrets/smtp-password
 {{- end -}}
 
 {{/* Volumes of every twinhub pod: state dir, its run/ dir, runtime ConfigMap, projected

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -297,3 +298,158 @@ class EnforcementEvent(Base):
     budget: Mapped[str] = mapped_column(String(32), nullable=False)
     action: Mapped[str] = mapped_column(String(32), nullable=False)
     message: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+# -- registry (issue 14; services/registry/store.py reads and writes) --------------------------
+
+
+class RegistryRequest(Base):
+    """One onboarding request of a provider, and the registry entry it becomes.
+
+    The request's ``state`` walks the onboarding workflow (services/registry/workflow.py);
+    an entry is published (in the catalogue, behind the platform's sign-on) while the
+    request is ``integrated``. ``entry`` is the newest version (older ones: versions table).
+    """
+
+    __tablename__ = "registry_requests"
+    __table_args__ = (
+        Index("ix_registry_requests_slug", "slug"),
+        Index("ix_registry_requests_state", "state"),
+        Index("ix_registry_requests_provider", "provider"),
+        Index("ix_registry_requests_updated", "updated_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), nullable=False)
+    # The hub user who asked (the provider).
+    provider: Mapped[str] = mapped_column(String(255), nullable=False)
+    state: Mapped[str] = mapped_column(String(32), nullable=False)
+    # The validated entry (services/registry/entry.py), newest version.
+    entry: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    # What the service needs ({"project": ..., "cpu": ..., ...}) and what the provider plans.
+    resources: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    activity: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    # The automated evaluation's findings: [{"check", "ok", "message"}...]; None: not yet run.
+    findings: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # Set at integration (admins): where /services/<slug>/ forwards to, and whether that
+    # address may be private (loopback, link-local, RFC 1918...).
+    upstream: Mapped[str | None] = mapped_column(Text, nullable=True)
+    allow_private: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # Set at integration: the gateway sends its pages with a CSP sandbox (an opaque origin:
+    # its scripts cannot read the platform's pages), for services that work that way.
+    sandbox: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+
+
+class RegistryEvent(Base):
+    """The audit trail of a request: every transition, comment, update and evaluation."""
+
+    __tablename__ = "registry_events"
+    __table_args__ = (Index("ix_registry_events_request_id", "request_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    # A hub user's name, or "platform" (the automated evaluation).
+    actor: Mapped[str] = mapped_column(String(255), nullable=False)
+    # "transition", "comment", "update" or "evaluation".
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    from_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    to_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    comment: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
+class RegistryEntryVersion(Base):
+    """Every version of an entry (version history): the request's entry at each change."""
+
+    __tablename__ = "registry_entry_versions"
+    __table_args__ = (
+        PrimaryKeyConstraint("request_id", "version", name="pk_registry_entry_versions"),
+    )
+
+    request_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    entry: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    actor: Mapped[str] = mapped_column(String(255), nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class RegistryHealth(Base):
+    """The last health check of an integrated entry's upstream (services/registry/health.py)."""
+
+    __tablename__ = "registry_health"
+
+    slug: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # "up", "down" or "unknown" (never checked, or checking refused by the outbound guard).
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+# -- service desk (issue 14; services/desk/store.py reads and writes) --------------------------
+
+
+class DeskTicket(Base):
+    """A support ticket: its owner sees it, the support group sees all of them."""
+
+    __tablename__ = "desk_tickets"
+    __table_args__ = (
+        Index("ix_desk_tickets_owner", "owner"),
+        Index("ix_desk_tickets_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(255), nullable=False)
+    subject: Mapped[str] = mapped_column(String(200), nullable=False)
+    # "open", "answered" or "closed".
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    # A registry entry's slug and/or a project (hub group) the ticket is about.
+    service: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    project: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Where the owner's notifications go ("" : none).
+    email: Mapped[str] = mapped_column(String(320), nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+
+
+class DeskMessage(Base):
+    """One message of a ticket (the first is its body), by its owner or by support staff."""
+
+    __tablename__ = "desk_messages"
+    __table_args__ = (Index("ix_desk_messages_ticket_id", "ticket_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    ticket_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    author: Mapped[str] = mapped_column(String(255), nullable=False)
+    staff: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class DeskAttachment(Base):
+    """A file attached to a ticket (bytes in the database: bounded by the desk's size cap)."""
+
+    __tablename__ = "desk_attachments"
+    __table_args__ = (Index("ix_desk_attachments_ticket_id", "ticket_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    ticket_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    message_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    uploader: Mapped[str] = mapped_column(String(255), nullable=False)
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    content_type: Mapped[str] = mapped_column(String(127), nullable=False)
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)

@@ -170,7 +170,13 @@ class CorePart(Part):
         c.JupyterHub.services = list(
             [
                 {"name": "idle-culler", "api_token": rt.secret("service-idle-culler")},
-                {"name": CLI_SERVICE, "api_token": rt.secret("service-twinhub-cli")},
+                # admin: JupyterHub lets only admins make or change admins
+                # (`twinhub user add --admin`); the CLI runs as the platform's own account.
+                {
+                    "name": CLI_SERVICE,
+                    "api_token": rt.secret("service-twinhub-cli"),
+                    "admin": True,
+                },
             ]
         )
         c.JupyterHub.load_roles = list(

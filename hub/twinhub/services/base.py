@@ -248,6 +248,14 @@ class AsgiService(Part):
             c.TwinhubSpawner.services.update({self.name: rt.url + self.prefix().lstrip("/")})
 
 
+def platform_name(rt: Runtime) -> str:
+    """The platform's name (``c.TwinhubFace.platform_name``, default "twinhub") for a
+    service's own pages, read from the configuration: services do not import the hub's face
+    (:mod:`twinhub.hubconf.face`), which is the hub process's."""
+    section = rt.config.get("TwinhubFace") or {}
+    return str(section.get("platform_name") or "twinhub")
+
+
 def public_url(rt: Runtime, name: str) -> str:
     """Service ``name`` through the proxy on loopback."""
     return rt.local_url + f"services/{name}/"

@@ -14,18 +14,27 @@ have nothing upstream, so :class:`HubAuthMiddleware` does the same job around an
 
 The cookie is accepted for safe methods (GET/HEAD) only: pages of other users' servers share
 the origin, and must not be able to make a logged-in browser write through the service.
+A service with pages that write (``xsrf_writes=True``) also accepts a cookie write that
+carries the page's anti-forgery value (:func:`xsrf_token`, in ``scope["state"]["xsrf"]``
+for the page to embed) in ``X-Twinhub-XSRF`` from the same origin. That stops other sites
+(which cannot read the page), not pages served on the same origin (which can), as the
+registry's security docs explain.
+
+``anonymous_paths`` answer without credentials too (``hub_user`` is None), for pages and
+catalogues anyone may read; credentials sent there are still checked.
 The hub's user model lands in ``scope["state"]["hub_user"]`` for the app.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import secrets
 import time
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import httpx
 from jupyterhub.services.auth import HubOAuth
@@ -45,6 +54,17 @@ MAX_PENDING_STATES = 10_000
 MAX_NEXT_URL = 2048
 #: What a token may look like: printable ASCII, bounded (hub tokens are ~40 characters).
 _TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
+_DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
+#: The header a page's script sends its anti-forgery value in (pages: a meta tag).
+XSRF_HEADER = b"x-twinhub-xsrf"
+
+
+def xsrf_token(service_token: str, cookie_token: str) -> str:
+    """The anti-forgery value for a browser session: an HMAC of its cookie's token keyed by
+    the service's own API token (no state kept; another site can neither read nor make it,
+    and it changes with every login)."""
+    mac = hmac.new(service_token.encode(), b"twinhub-xsrf\0" + cookie_token.encode(), "sha256")
+    return mac.hexdigest()
 
 
 async def send_redirect(send: Send, location: str, headers=()) -> None:
@@ -63,6 +83,10 @@ class HubAuthMiddleware:
 
     ``prefix`` is the service's public path (``/services/stac/``); ``public_paths`` (relative
     to it, e.g. ``_mgmt/ping``) answer without credentials (health checks only).
+    ``anonymous_paths`` (relative; ``""`` the prefix itself; ending in ``/``: everything
+    below) pass without credentials as ``hub_user`` None, and with a cookie that is no
+    longer valid likewise; a token sent in a header is checked as anywhere else.
+    ``xsrf_writes``: accept cookie writes that carry the page's :func:`xsrf_token`.
     """
 
     def __init__(
@@ -71,12 +95,20 @@ class HubAuthMiddleware:
         *,
         prefix: str,
         public_paths: tuple[str, ...] = (),
+        anonymous_paths: tuple[str, ...] = (),
+        xsrf_writes: bool = False,
         hub_auth: HubOAuth | None = None,
         cache_max_age: int = 60,
     ) -> None:
         self.app = app
         self.prefix = "/" + prefix.strip("/") + "/"
         self.public = {self.prefix + p.lstrip("/") for p in public_paths}
+        rel = [p.lstrip("/") for p in anonymous_paths]
+        self.anonymous = {self.prefix + p for p in rel if not p.endswith("/")}
+        if "" in rel:  # the root, also as the proxy may pass it: without the final slash
+            self.anonymous.add(self.prefix.rstrip("/"))
+        self.anonymous_below = tuple(self.prefix + p for p in rel if p.endswith("/"))
+        self.xsrf_writes = xsrf_writes
         # HubOAuth reads JUPYTERHUB_API_TOKEN/_API_URL/_CLIENT_ID/_SERVICE_NAME from the env.
         self.hub_auth = hub_auth or HubOAuth(cache_max_age=cache_max_age)
         name = self.prefix.strip("/").replace("/", "-")
@@ -120,21 +152,31 @@ class HubAuthMiddleware:
             return
 
         method = scope.get("method", "GET")
+        # dot segments are left as sent; a path with them is not treated as the page it
+        # might resolve to (".../static/../api/..." is not anonymous)
+        anonymous_ok = (path in self.anonymous or path.startswith(self.anonymous_below)) and (
+            not _DOT_SEGMENT.search(path)
+        )
+        state = scope.setdefault("state", {})
+        state["xsrf"] = None
         token, source = _header_token(scope), "header"
         if not token:
             token, source = self._cookies(scope).get(self.cookie, ""), "cookie"
         if token and source == "cookie" and method not in SAFE_METHODS:
-            await send_error(
-                send,
-                403,
-                f"{method} needs an 'Authorization: token ...' header; a "
-                "browser session may only read",
-            )
-            return
+            refusal = self._xsrf_refusal(scope, token)
+            if refusal:
+                await send_error(send, 403, refusal)
+                return
         if not token:
+            if anonymous_ok:
+                await self._anonymous(scope, receive, send)
+                return
             await self._login_or_401(scope, send)
             return
         if not _TOKEN.fullmatch(token):  # no hub token looks like this: not worth asking
+            if anonymous_ok and source == "cookie":
+                await self._anonymous(scope, receive, send)
+                return
             await send_error(
                 send,
                 401,
@@ -148,6 +190,9 @@ class HubAuthMiddleware:
             await send_error(send, 502, "cannot reach the hub to check the token")
             return
         if user is None:
+            if anonymous_ok and source == "cookie":  # a stale session reads as anyone may
+                await self._anonymous(scope, receive, send)
+                return
             if source == "cookie" and method in SAFE_METHODS and _wants_html(scope):
                 await self._login_or_401(scope, send)  # expired session: log in again
                 return
@@ -163,8 +208,39 @@ class HubAuthMiddleware:
             need = " or ".join(sorted(self.hub_auth.access_scopes))
             await send_error(send, 403, f"the token of {user.get('name')!r} lacks the scope {need}")
             return
-        scope.setdefault("state", {})["hub_user"] = user
+        state["hub_user"] = user
+        if source == "cookie":
+            state["xsrf"] = xsrf_token(self.hub_auth.api_token, token)
         await self.app(scope, receive, send)
+
+    async def _anonymous(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["state"]["hub_user"] = None
+        await self.app(scope, receive, send)
+
+    def _xsrf_refusal(self, scope: Scope, cookie_token: str) -> str | None:
+        """None if a cookie-authenticated write may go on, else the 403 message."""
+        method = scope.get("method", "")
+        if not self.xsrf_writes:
+            return (
+                f"{method} needs an 'Authorization: token ...' header; a "
+                "browser session may only read"
+            )
+        sent = header(scope, XSRF_HEADER)
+        if not sent:
+            return (
+                f"{method} from a browser session needs the X-Twinhub-XSRF header of the "
+                "service's page (or send 'Authorization: token ...')"
+            )
+        expected = xsrf_token(self.hub_auth.api_token, cookie_token)
+        if not hmac.compare_digest(sent.encode("latin-1"), expected.encode()):
+            return f"{method} refused: X-Twinhub-XSRF does not match this browser session"
+        fetch_site = header(scope, b"sec-fetch-site")
+        if fetch_site and fetch_site != "same-origin":
+            return f"{method} refused: the request comes from another site ({fetch_site})"
+        origin = header(scope, b"origin")
+        if origin and not _own_origin(scope, origin):
+            return f"{method} refused: Origin {origin[:200]!r} is not this site"
+        return None
 
     async def _login_or_401(self, scope: Scope, send: Send) -> None:
         if scope.get("method") in ("GET", "HEAD") and _wants_html(scope):
@@ -297,6 +373,25 @@ def _header_token(scope: Scope) -> str:
     if kind.lower() in ("token", "bearer") and token.strip():
         return token.strip()
     return ""
+
+
+def _own_origin(scope: Scope, origin: str) -> bool:
+    """Whether the browser's ``Origin`` is the site it sent the request to: its host[:port]
+    is the ``Host`` the browser used (the hub's proxy keeps it; a proxy in front may move it
+    to ``X-Forwarded-Host``), its scheme http(s) and, where known, the forwarded scheme."""
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+        return False
+    forwarded = header(scope, b"x-forwarded-proto").split(",")[0].strip()
+    if forwarded in ("http", "https") and parts.scheme != forwarded:
+        return False
+    hosts = {header(scope, b"host"), header(scope, b"x-forwarded-host").split(",")[0].strip()}
+    netloc = parts.netloc.lower()
+    default = {"http": ":80", "https": ":443"}[parts.scheme]
+    return any(h and h.lower().removesuffix(default) == netloc for h in hosts)
 
 
 def _wants_html(scope: Scope) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from twinlab.serverext import cache as _cache  # noqa: F401  (registers 'cache')
+from twinlab.serverext import registry_info as _registry_info  # noqa: F401  (registers 'registry')
 from twinlab.serverext import storage_info as _storage_info  # noqa: F401  (registers 'storage')
 from twinlab.serverext import usage_info as _usage_info  # noqa: F401  (registers 'usage')
 from twinlab.serverext.deferred import Deferred

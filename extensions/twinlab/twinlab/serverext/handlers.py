@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -19,8 +20,10 @@ class InfoHandler(APIHandler):
     """``GET /twinlab/api/info``: who and what this server is (JSON)."""
 
     @web.authenticated
-    def get(self) -> None:
-        info = collect()
+    async def get(self) -> None:
+        # Keys ask the platform's services (cache, usage, registry: up to 2 s each when one
+        # is slow): in a thread, so the server's event loop never waits on them.
+        info = await asyncio.to_thread(collect)
         # The authenticated identity wins over the environment (they agree in a hub spawn).
         if self.current_user is not None:
             info["user"] = getattr(self.current_user, "username", info.get("user"))

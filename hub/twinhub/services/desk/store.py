@@ -1,0 +1,295 @@
+"""The desk's tables (``desk_tickets``, ``desk_messages``, ``desk_attachments``): every read
+and write, and the ticket state machine.
+
+Synchronous (SQLAlchemy sessions): the app calls these with ``asyncio.to_thread``. Each
+write is one transaction, so a refused call (:class:`DeskError`) stores nothing.
+
+States: ``open`` (waiting for staff) -> ``answered`` (waiting for the owner) -> ``closed``.
+A message by the owner (re)opens a ticket, one by staff answers it; either may close it,
+and either may reopen a closed one. Nobody writes to a closed ticket before reopening it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import defer
+
+from ... import db
+from ...db.models import DeskAttachment, DeskMessage, DeskTicket, RegistryRequest, utcnow
+
+STATES = ("open", "answered", "closed")
+#: Moves the transitions endpoint makes (``answered`` comes only from a staff message).
+TRANSITIONS = {"closed": ("open", "answered"), "open": ("closed",)}
+
+
+class DeskError(Exception):
+    """A refused call: ``status`` (400, 404, 409...) and a message naming why."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def _ticket_doc(t: DeskTicket) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "owner": t.owner,
+        "subject": t.subject,
+        "state": t.state,
+        "service": t.service,
+        "project": t.project,
+        "email": t.email,
+        "created": _iso(t.created_at),
+        "updated": _iso(t.updated_at),
+    }
+
+
+def _message_doc(m: DeskMessage) -> dict[str, Any]:
+    return {"id": m.id, "author": m.author, "staff": m.staff, "body": m.body, "at": _iso(m.at)}
+
+
+def _attachment_doc(a: DeskAttachment) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "filename": a.filename,
+        "content_type": a.content_type,
+        "size": a.size,
+        "uploader": a.uploader,
+        "message_id": a.message_id,
+        "at": _iso(a.at),
+    }
+
+
+def _visible(s: Any, ticket_id: int, viewer: str | None) -> DeskTicket:
+    """The ticket, if ``viewer`` (None: staff) may see it; else 404 (never saying it exists)."""
+    t = s.get(DeskTicket, ticket_id)
+    if t is None or (viewer is not None and t.owner != viewer):
+        raise DeskError(f"no ticket {ticket_id}", 404)
+    return t
+
+
+# -- reads -----------------------------------------------------------------------------------
+def list_tickets(
+    db_url: str,
+    *,
+    owner: str | None,
+    state: str | None = None,
+    service: str | None = None,
+    project: str | None = None,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    """Tickets, newest change first: ``owner``'s (None: everybody's, for staff)."""
+    q = select(DeskTicket)
+    if owner is not None:
+        q = q.where(DeskTicket.owner == owner)
+    if state:
+        q = q.where(DeskTicket.state == state)
+    if service:
+        q = q.where(DeskTicket.service == service)
+    if project:
+        q = q.where(DeskTicket.project == project)
+    q = q.order_by(DeskTicket.updated_at.desc(), DeskTicket.id.desc()).limit(limit)
+    with db.session(db_url) as s:
+        return [_ticket_doc(t) for t in s.scalars(q)]
+
+
+def get_ticket(db_url: str, ticket_id: int, *, viewer: str | None) -> dict[str, Any]:
+    """One ticket with its messages and its attachments' metadata (not their bytes)."""
+    with db.session(db_url) as s:
+        t = _visible(s, ticket_id, viewer)
+        doc = _ticket_doc(t)
+        doc["messages"] = [
+            _message_doc(m)
+            for m in s.scalars(
+                select(DeskMessage).where(DeskMessage.ticket_id == t.id).order_by(DeskMessage.id)
+            )
+        ]
+        # Only the metadata columns: the bytes stay in the database.
+        rows = s.execute(
+            select(DeskAttachment)
+            .where(DeskAttachment.ticket_id == t.id)
+            .order_by(DeskAttachment.id)
+            .options(defer(DeskAttachment.data))
+        ).scalars()
+        doc["attachments"] = [_attachment_doc(a) for a in rows]
+        return doc
+
+
+def get_attachment(
+    db_url: str, ticket_id: int, attachment_id: int, *, viewer: str | None
+) -> dict[str, Any]:
+    """An attachment's metadata and ``data`` (its bytes)."""
+    with db.session(db_url) as s:
+        _visible(s, ticket_id, viewer)
+        a = s.get(DeskAttachment, attachment_id)
+        if a is None or a.ticket_id != ticket_id:
+            raise DeskError(f"ticket {ticket_id} has no attachment {attachment_id}", 404)
+        return {**_attachment_doc(a), "data": a.data}
+
+
+def counts_by_state(db_url: str) -> dict[str, int]:
+    """Tickets in each state (every state named, 0 included): the metrics' gauge."""
+    with db.session(db_url) as s:
+        rows = s.execute(select(DeskTicket.state, func.count()).group_by(DeskTicket.state))
+        found = {state: n for state, n in rows}
+    return {state: int(found.get(state, 0)) for state in STATES}
+
+
+def integrated_services(db_url: str) -> list[dict[str, Any]]:
+    """Registry entries that are integrated: ``{"slug", "name", "visibility"}``, by name
+    (the caller keeps those the user may see). Read straight from the registry's table:
+    the desk runs without the registry process."""
+    q = select(RegistryRequest.slug, RegistryRequest.entry).where(
+        RegistryRequest.state == "integrated"
+    )
+    with db.session(db_url) as s:
+        rows = list(s.execute(q))
+    out = []
+    for slug, entry in rows:
+        entry = entry if isinstance(entry, dict) else {}
+        out.append(
+            {
+                "slug": slug,
+                "name": str(entry.get("name") or slug),
+                "visibility": str(entry.get("visibility") or "public"),
+            }
+        )
+    return sorted(out, key=lambda e: (e["name"].lower(), e["slug"]))
+
+
+# -- writes ----------------------------------------------------------------------------------
+def create_ticket(
+    db_url: str,
+    *,
+    owner: str,
+    subject: str,
+    body: str,
+    service: str | None,
+    project: str | None,
+    email: str,
+) -> dict[str, Any]:
+    """A new ``open`` ticket whose first message is ``body`` (checked by the caller)."""
+    now = utcnow()
+    with db.session(db_url) as s:
+        t = DeskTicket(
+            owner=owner,
+            subject=subject,
+            state="open",
+            service=service,
+            project=project,
+            email=email,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(t)
+        s.flush()
+        s.add(DeskMessage(ticket_id=t.id, author=owner, staff=False, body=body, at=now))
+        s.flush()
+        return _ticket_doc(t)
+
+
+def add_message(
+    db_url: str, ticket_id: int, *, author: str, staff: bool, body: str
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Add a message; returns (the message, the ticket, its state before).
+
+    ``staff``: the author is support staff, not the owner. The owner's message puts the
+    ticket in ``open``; staff's in ``answered``. A closed ticket: 409 naming its state.
+    """
+    with db.session(db_url) as s:
+        t = _locked(s, ticket_id, None if staff else author)
+        if t.state == "closed":
+            raise DeskError(
+                f"ticket {ticket_id} is closed: reopen it (transition to 'open') to write", 409
+            )
+        before = t.state
+        now = utcnow()
+        # The owner writing waits for staff again, even when the owner is staff too.
+        answer = staff and author != t.owner
+        m = DeskMessage(ticket_id=t.id, author=author, staff=answer, body=body, at=now)
+        s.add(m)
+        t.state = "answered" if answer else "open"
+        t.updated_at = now
+        s.flush()
+        return _message_doc(m), _ticket_doc(t), before
+
+
+def transition(
+    db_url: str, ticket_id: int, *, to: str, actor: str, staff: bool
+) -> tuple[dict[str, Any], str]:
+    """Move a ticket to ``to`` (``closed`` or ``open``); returns (the ticket, its state
+    before). Unknown or not-by-hand states: 400; not from the current state: 409."""
+    if to not in STATES:
+        raise DeskError(f"unknown state {to!r}: one of {', '.join(STATES)}", 400)
+    if to not in TRANSITIONS:
+        raise DeskError(f"a ticket becomes {to!r} when staff answer it, not by a transition", 400)
+    with db.session(db_url) as s:
+        t = _locked(s, ticket_id, None if staff else actor)
+        if t.state not in TRANSITIONS[to]:
+            raise DeskError(f"ticket {ticket_id} is {t.state!r}: it cannot become {to!r}", 409)
+        before = t.state
+        t.state = to
+        t.updated_at = utcnow()
+        s.flush()
+        return _ticket_doc(t), before
+
+
+def add_attachment(
+    db_url: str,
+    ticket_id: int,
+    *,
+    uploader: str,
+    staff: bool,
+    filename: str,
+    content_type: str,
+    data: bytes,
+    max_attachments: int,
+) -> dict[str, Any]:
+    """Store an attachment (size checked by the caller); at most ``max_attachments`` per
+    ticket (409), none on a closed ticket (409). Linked to the uploader's last message."""
+    with db.session(db_url) as s:
+        t = _locked(s, ticket_id, None if staff else uploader)
+        if t.state == "closed":
+            raise DeskError(f"ticket {ticket_id} is closed: reopen it to attach files", 409)
+        n = s.scalar(select(func.count()).where(DeskAttachment.ticket_id == t.id)) or 0
+        if n >= max_attachments:
+            raise DeskError(
+                f"ticket {ticket_id} already has {n} attachments (at most {max_attachments})", 409
+            )
+        last = s.scalar(
+            select(func.max(DeskMessage.id)).where(
+                DeskMessage.ticket_id == t.id, DeskMessage.author == uploader
+            )
+        )
+        a = DeskAttachment(
+            ticket_id=t.id,
+            message_id=last,
+            uploader=uploader,
+            filename=filename,
+            content_type=content_type,
+            size=len(data),
+            data=data,
+            at=utcnow(),
+        )
+        s.add(a)
+        t.updated_at = a.at
+        s.flush()
+        return _attachment_doc(a)
+
+
+def _locked(s: Any, ticket_id: int, viewer: str | None) -> DeskTicket:
+    """:func:`_visible`, the row locked for the transaction (PostgreSQL: two writers to one
+    ticket take turns, so the attachment count and the state cannot race; SQLite writes are
+    serialised anyway)."""
+    t = s.scalars(select(DeskTicket).where(DeskTicket.id == ticket_id).with_for_update()).first()
+    if t is None or (viewer is not None and t.owner != viewer):
+        raise DeskError(f"no ticket {ticket_id}", 404)
+    return t

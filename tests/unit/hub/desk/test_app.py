@@ -1,0 +1,197 @@
+"""The desk's REST API and page, in process on a real database (SQLite and PostgreSQL),
+the hub faked (see conftest.py): who sees what, the state machine over HTTP, caps, the
+attachment download's headers, mails in the Maildir, metrics, the page's escaping."""
+
+from __future__ import annotations
+
+import mailbox
+
+import pytest
+
+from twinhub import db
+from twinhub.db.models import DeskAttachment, DeskTicket, RegistryRequest
+
+pytestmark = pytest.mark.anyio
+
+
+async def open_ticket(desk, user="alice", **kw) -> dict:
+    r = await desk.call("POST", "api/v1/tickets", user, json={"subject": "Help", "body": "b", **kw})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def mails(desk) -> list:
+    d = desk.desk.rt.path("mail")
+    return list(mailbox.Maildir(str(d), create=False)) if d.exists() else []
+
+
+def count(url: str, model) -> int:
+    with db.session(url) as s:
+        return s.query(model).count()
+
+
+async def test_users_see_their_own_staff_see_all(desk):
+    a = await open_ticket(desk, "alice")
+    b = await open_ticket(desk, "bob")
+    mine = (await desk.call("GET", "api/v1/tickets", "alice")).json()["tickets"]
+    assert [t["id"] for t in mine] == [a["id"]]
+    r = await desk.call("GET", f"api/v1/tickets/{b['id']}", "alice")
+    assert r.status_code == 404 and r.json()["code"] == 404
+    for staff in ("sam", "root"):
+        every = (await desk.call("GET", "api/v1/tickets", staff)).json()["tickets"]
+        assert {t["id"] for t in every} == {a["id"], b["id"]}
+        assert (await desk.call("GET", f"api/v1/tickets/{b['id']}", staff)).status_code == 200
+    r = await desk.call("GET", "api/v1/tickets?state=bogus", "sam")
+    assert r.status_code == 400 and "unknown state" in r.json()["description"]
+    r = await desk.call("GET", "api/v1/tickets?owner=bob", "sam")
+    assert [t["id"] for t in r.json()["tickets"]] == [b["id"]]
+    r = await desk.call("GET", "api/v1/tickets?owner=bob", "alice")
+    assert r.status_code == 403 and "only support staff" in r.json()["description"]
+
+
+async def test_answer_close_reopen_with_notifications(desk):
+    t = await open_ticket(desk, "alice", email="alice@example.org")
+    await desk.desk.mailer.drain()
+    (notice,) = mails(desk)  # the new ticket, to the support group's member
+    assert notice["To"] == "sam@localhost" and f"#{t['id']}" in notice["Subject"]
+    assert "> b\n" in notice.get_payload()  # the ticket's body, quoted
+
+    r = await desk.call("POST", f"api/v1/tickets/{t['id']}/messages", "sam", json={"body": "Try X"})
+    assert r.status_code == 201 and r.json()["ticket"]["state"] == "answered"
+    r = await desk.call("POST", f"api/v1/tickets/{t['id']}/messages", "bob", json={"body": "me?"})
+    assert r.status_code == 404
+    r = await desk.call(
+        "POST", f"api/v1/tickets/{t['id']}/transitions", "sam", json={"to": "closed"}
+    )
+    assert r.status_code == 200 and r.json()["state"] == "closed"
+    r = await desk.call("POST", f"api/v1/tickets/{t['id']}/messages", "alice", json={"body": "x"})
+    assert r.status_code == 409 and "closed" in r.json()["description"]
+    r = await desk.call(
+        "POST", f"api/v1/tickets/{t['id']}/transitions", "alice", json={"to": "closed"}
+    )
+    assert r.status_code == 409 and "'closed'" in r.json()["description"]
+    for bad in ({"to": "answered"}, {"to": "nope"}, {}):
+        r = await desk.call("POST", f"api/v1/tickets/{t['id']}/transitions", "alice", json=bad)
+        assert r.status_code == 400, bad
+    r = await desk.call(
+        "POST", f"api/v1/tickets/{t['id']}/transitions", "alice", json={"to": "open"}
+    )
+    assert r.status_code == 200 and r.json()["state"] == "open"
+    await desk.desk.mailer.drain()
+    to_owner = [m for m in mails(desk) if m["To"] == "alice@example.org"]
+    assert any("> Try X" in m.get_payload() for m in to_owner)  # the answer, quoted
+    # The answer and the staff's closing; not the owner's own reopening.
+    assert sorted(m["Subject"].split("]")[1].split(":")[0].strip() for m in to_owner) == [
+        "Answered",
+        "Now closed",
+    ]
+
+
+async def test_bad_input_stores_nothing(desk):
+    n = count(desk.desk.db_url, DeskTicket)
+    cases = [
+        ({"body": "b"}, 400, "'subject' is required"),
+        ({"subject": "a\nb", "body": "b"}, 400, "one line"),
+        ({"subject": "s", "body": "x" * 501}, 400, "at most 500"),
+        ({"subject": "s", "body": "b", "email": "not-mail"}, 400, "not a mail address"),
+        ({"subject": "s", "body": "b", "service": "nope"}, 400, "no service 'nope'"),
+        ({"subject": "s", "body": "b", "project": "other"}, 400, "not one of your projects"),
+        ({"subject": 3, "body": "b"}, 400, "must be a string"),
+    ]
+    for doc, status, words in cases:
+        r = await desk.call("POST", "api/v1/tickets", "alice", json=doc)
+        assert r.status_code == status and words in r.json()["description"], (doc, r.text)
+    r = await desk.call("POST", "api/v1/tickets", "alice", content=b"[1]")
+    assert r.status_code == 400 and "JSON object" in r.json()["description"]
+    assert count(desk.desk.db_url, DeskTicket) == n
+
+
+async def test_service_and_project_links(desk):
+    with db.session(desk.desk.db_url) as s:
+        s.add(RegistryRequest(id="r1", slug="ocean", provider="p", state="integrated",
+                              entry={"name": "Ocean", "visibility": "users"}))  # fmt: skip
+        s.add(RegistryRequest(id="r2", slug="secret", provider="p", state="integrated",
+                              entry={"name": "Secret", "visibility": "project:other"}))  # fmt: skip
+    t = await open_ticket(desk, "alice", service="ocean", project="lab")
+    assert (t["service"], t["project"]) == ("ocean", "lab")
+    r = await desk.call("POST", "api/v1/tickets", "alice",
+                        json={"subject": "s", "body": "b", "service": "secret"})  # fmt: skip
+    assert r.status_code == 400  # not visible to alice: as if it did not exist
+    r = await desk.call("GET", "", "alice")  # the landing's JSON: what the form offers
+    doc = r.json()
+    assert r.headers["content-type"].startswith("application/json")
+    assert [e["slug"] for e in doc["services"]] == ["ocean"] and doc["projects"] == ["lab"]
+    assert doc["staff"] is False and [x["id"] for x in doc["tickets"]] == [t["id"]]
+
+
+async def test_attachments_caps_and_download_headers(desk):
+    t = await open_ticket(desk, "alice")
+    base = f"api/v1/tickets/{t['id']}/attachments"
+    body = b"[" * 100 + b"<html><script>alert(1)</script>"  # not JSON, not rendered
+    r = await desk.call("POST", f"{base}?filename=../../etc/x%22.html", "alice", content=body,
+                        headers={"Content-Type": "text/html; charset=utf-8"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    a = r.json()
+    assert (a["filename"], a["content_type"], a["size"]) == ("x.html", "text/html", len(body))
+    r = await desk.call("POST", f"{base}?filename=big.bin", "alice", content=b"x" * 1025)
+    assert r.status_code == 413 and "1024 bytes" in r.json()["description"]
+    r = await desk.call("POST", f"{base}?filename=weird", "alice", content=b"1",
+                        headers={"Content-Type": "evil\r/x"})  # fmt: skip
+    assert r.status_code == 201 and r.json()["content_type"] == "application/octet-stream"
+    r = await desk.call("POST", f"{base}?filename=third", "alice", content=b"1")
+    assert r.status_code == 409 and "at most 2" in r.json()["description"]
+    r = await desk.call("POST", f"{base}?filename=", "alice", content=b"1")
+    assert r.status_code == 400
+    assert count(desk.desk.db_url, DeskAttachment) == 2
+
+    r = await desk.call("GET", f"{base}/{a['id']}", "alice")
+    assert r.status_code == 200 and r.content == body
+    assert r.headers["content-disposition"].startswith('attachment; filename="x.html"')
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-security-policy"] == "sandbox"
+    assert (await desk.call("GET", f"{base}/{a['id']}", "bob")).status_code == 404
+    assert (await desk.call("GET", f"{base}/{a['id']}", "sam")).status_code == 200
+    r = await desk.call("POST", f"{base}?filename=y", "bob", content=b"1")
+    assert r.status_code == 404
+    listed = (await desk.call("GET", f"api/v1/tickets/{t['id']}", "alice")).json()
+    assert [x["filename"] for x in listed["attachments"]] == ["x.html", "weird"]
+
+
+async def test_metrics_need_read_metrics(desk):
+    await open_ticket(desk, "alice")
+    r = await desk.call("GET", "metrics", "alice")
+    assert r.status_code == 403 and "read:metrics" in r.json()["description"]
+    r = await desk.call("GET", "metrics", "root")
+    assert r.status_code == 200
+    assert "# HELP twinhub_desk_tickets Support tickets by state" in r.text
+    assert 'twinhub_desk_tickets{state="open"} 1.0' in r.text
+    assert "# HELP twinhub_desk_mails" in r.text
+
+
+async def test_page_renders_escaped_with_xsrf_and_csp(desk):
+    t = await open_ticket(desk, "alice", subject="<script>alert(1)</script>")
+    r = await desk.call("GET", "?f=html", "alice")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in r.text and "<script>alert" not in r.text
+    assert '<meta name="twinhub-xsrf" content="xsrf-of-alice">' in r.text
+    assert 'id="new-ticket"' in r.text and '<option value="lab">lab</option>' in r.text
+    r = await desk.call("GET", f"?ticket={t['id']}", "alice", headers={"Accept": "text/html"})
+    assert r.status_code == 200 and 'id="reply"' in r.text
+    r = await desk.call("GET", f"?ticket={t['id']}", "bob", headers={"Accept": "text/html"})
+    assert r.status_code == 404 and "no ticket" in r.text
+    r = await desk.call("GET", "?f=html&state=open", "sam")
+    assert "All tickets" in r.text and 'class="filters"' in r.text and "alice" in r.text
+
+
+async def test_static_files_fixed_table(desk):
+    r = await desk.call("GET", "static/desk.js", "alice")
+    assert r.status_code == 200 and "X-Twinhub-XSRF" in r.text
+    assert r.headers["x-content-type-options"] == "nosniff"
+    for bad in ("static/../app.py", "static/%2e%2e/app.py", "static/templates/base.html"):
+        assert (await desk.call("GET", bad, "alice")).status_code == 404, bad
+
+
+async def test_services_are_refused(desk):
+    r = await desk.call("GET", "api/v1/tickets", "ghost")  # the hub has no such user
+    assert r.status_code == 403 and "no longer exists" in r.json()["description"]

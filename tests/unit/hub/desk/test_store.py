@@ -1,0 +1,166 @@
+"""The desk's store on a real database (SQLite and PostgreSQL): tickets, the state machine,
+attachments' count cap, who sees what. A refused call stores nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from twinhub import db
+from twinhub.db.models import DeskAttachment, DeskMessage, DeskTicket, RegistryRequest
+from twinhub.services.desk import store
+from twinhub.services.desk.store import DeskError
+
+
+def new(url: str, owner: str = "alice", **kw) -> dict:
+    args = {"subject": "Cannot start a server", "body": "It fails.", "service": None,
+            "project": None, "email": ""}  # fmt: skip
+    return store.create_ticket(url, owner=owner, **{**args, **kw})
+
+
+def rows(url: str, model) -> int:
+    with db.session(url) as s:
+        return s.query(model).count()
+
+
+def test_new_ticket_is_open_with_its_body_as_first_message(twinhub_db):
+    t = new(twinhub_db, service="ocean-viewer", project="lab", email="a@example.org")
+    assert t["state"] == "open" and t["owner"] == "alice"
+    got = store.get_ticket(twinhub_db, t["id"], viewer="alice")
+    assert [(m["author"], m["staff"], m["body"]) for m in got["messages"]] == [
+        ("alice", False, "It fails.")
+    ]
+    assert (got["service"], got["project"], got["email"]) == (
+        "ocean-viewer",
+        "lab",
+        "a@example.org",
+    )
+    assert got["attachments"] == []
+
+
+def test_owners_see_their_own_staff_see_all(twinhub_db):
+    a = new(twinhub_db, "alice")
+    b = new(twinhub_db, "bob", subject="Quota")
+    assert [t["id"] for t in store.list_tickets(twinhub_db, owner="alice")] == [a["id"]]
+    assert {t["id"] for t in store.list_tickets(twinhub_db, owner=None)} == {a["id"], b["id"]}
+    with pytest.raises(DeskError) as e:
+        store.get_ticket(twinhub_db, b["id"], viewer="alice")
+    assert e.value.status == 404 and "no ticket" in e.value.message
+    assert store.get_ticket(twinhub_db, b["id"], viewer=None)["owner"] == "bob"
+
+
+def test_state_machine(twinhub_db):
+    t = new(twinhub_db)
+    tid = t["id"]
+    m, after, before = store.add_message(twinhub_db, tid, author="sam", staff=True, body="Try X")
+    assert (m["staff"], after["state"], before) == (True, "answered", "open")
+    m, after, _ = store.add_message(twinhub_db, tid, author="alice", staff=False, body="No luck")
+    assert (m["staff"], after["state"]) == (False, "open")
+    # Staff writing on their own ticket is the owner writing: it stays open.
+    own = new(twinhub_db, "sam")
+    m, after, _ = store.add_message(twinhub_db, own["id"], author="sam", staff=True, body="more")
+    assert (m["staff"], after["state"]) == (False, "open")
+
+    closed, before = store.transition(twinhub_db, tid, to="closed", actor="alice", staff=False)
+    assert (closed["state"], before) == ("closed", "open")
+    n = rows(twinhub_db, DeskMessage)
+    with pytest.raises(DeskError) as e:
+        store.add_message(twinhub_db, tid, author="alice", staff=False, body="again")
+    assert e.value.status == 409 and "closed" in e.value.message
+    assert rows(twinhub_db, DeskMessage) == n
+    with pytest.raises(DeskError) as e:
+        store.transition(twinhub_db, tid, to="closed", actor="sam", staff=True)
+    assert e.value.status == 409 and "'closed'" in e.value.message
+    reopened, _ = store.transition(twinhub_db, tid, to="open", actor="sam", staff=True)
+    assert reopened["state"] == "open"
+    with pytest.raises(DeskError) as e:
+        store.transition(twinhub_db, tid, to="open", actor="alice", staff=False)
+    assert e.value.status == 409 and "is 'open'" in e.value.message
+    for bad in ("answered", "pending"):
+        with pytest.raises(DeskError) as e:
+            store.transition(twinhub_db, tid, to=bad, actor="sam", staff=True)
+        assert e.value.status == 400
+    assert store.get_ticket(twinhub_db, tid, viewer=None)["state"] == "open"
+
+
+def test_others_cannot_write_to_a_ticket(twinhub_db):
+    t = new(twinhub_db, "alice")
+    for call in (
+        lambda: store.add_message(twinhub_db, t["id"], author="bob", staff=False, body="hi"),
+        lambda: store.transition(twinhub_db, t["id"], to="closed", actor="bob", staff=False),
+        lambda: store.add_attachment(
+            twinhub_db,
+            t["id"],
+            uploader="bob",
+            staff=False,
+            filename="x",
+            content_type="text/plain",
+            data=b"x",
+            max_attachments=5,
+        ),  # fmt: skip
+    ):
+        with pytest.raises(DeskError) as e:
+            call()
+        assert e.value.status == 404
+    got = store.get_ticket(twinhub_db, t["id"], viewer="alice")
+    assert got["state"] == "open" and len(got["messages"]) == 1 and got["attachments"] == []
+
+
+def test_attachment_count_cap_and_closed_ticket(twinhub_db):
+    t = new(twinhub_db)
+    for i in range(2):
+        a = store.add_attachment(twinhub_db, t["id"], uploader="alice", staff=False,
+                                 filename=f"f{i}.txt", content_type="text/plain",
+                                 data=b"x" * (i + 1), max_attachments=2)  # fmt: skip
+        assert a["size"] == i + 1 and a["message_id"] is not None
+    with pytest.raises(DeskError) as e:
+        store.add_attachment(twinhub_db, t["id"], uploader="alice", staff=False, filename="f",
+                             content_type="text/plain", data=b"x", max_attachments=2)  # fmt: skip
+    assert e.value.status == 409 and "at most 2" in e.value.message
+    assert rows(twinhub_db, DeskAttachment) == 2
+    got = store.get_attachment(twinhub_db, t["id"], a["id"], viewer="alice")
+    assert got["data"] == b"xx" and got["filename"] == "f1.txt"
+    with pytest.raises(DeskError):
+        store.get_attachment(twinhub_db, t["id"], a["id"], viewer="bob")
+    other = new(twinhub_db, "bob")
+    with pytest.raises(DeskError) as e:  # an attachment id of another ticket
+        store.get_attachment(twinhub_db, other["id"], a["id"], viewer=None)
+    assert e.value.status == 404
+    store.transition(twinhub_db, t["id"], to="closed", actor="alice", staff=False)
+    with pytest.raises(DeskError) as e:
+        store.add_attachment(twinhub_db, t["id"], uploader="alice", staff=False, filename="g",
+                             content_type="text/plain", data=b"x", max_attachments=9)  # fmt: skip
+    assert e.value.status == 409
+
+
+def test_counts_and_filters(twinhub_db):
+    a = new(twinhub_db, "alice", service="svc")
+    new(twinhub_db, "bob", project="lab")
+    store.add_message(twinhub_db, a["id"], author="sam", staff=True, body="done")
+    assert store.counts_by_state(twinhub_db) == {"open": 1, "answered": 1, "closed": 0}
+    assert [t["owner"] for t in store.list_tickets(twinhub_db, owner=None, state="answered")] == [
+        "alice"
+    ]
+    assert [t["owner"] for t in store.list_tickets(twinhub_db, owner=None, project="lab")] == [
+        "bob"
+    ]
+    assert [t["owner"] for t in store.list_tickets(twinhub_db, owner=None, service="svc")] == [
+        "alice"
+    ]
+    assert rows(twinhub_db, DeskTicket) == 2
+
+
+def test_integrated_services_only(twinhub_db):
+    with db.session(twinhub_db) as s:
+        for i, (slug, state, vis) in enumerate(
+            [
+                ("ocean", "integrated", "public"),
+                ("draft", "submitted", "public"),
+                ("lab-tool", "integrated", "project:lab"),
+            ]  # fmt: skip
+        ):
+            s.add(RegistryRequest(id=f"r{i}", slug=slug, provider="p", state=state,
+                                  entry={"name": slug.title(), "visibility": vis}))  # fmt: skip
+    assert store.integrated_services(twinhub_db) == [
+        {"slug": "lab-tool", "name": "Lab-Tool", "visibility": "project:lab"},
+        {"slug": "ocean", "name": "Ocean", "visibility": "public"},
+    ]

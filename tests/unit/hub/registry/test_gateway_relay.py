@@ -1,0 +1,250 @@
+"""The sign-on gateway in one process: a real uvicorn serving :class:`SsoGateway`, a real
+upstream (tests.helpers.echo_service), real HTTP and websocket clients.
+
+Two edges are fakes (the integration test, tests/integration/test_registry_gateway.py, runs
+them for real): the hub (``FakeHubAuth`` checks tokens, ``hub_user`` answers groups) and the
+store (``route`` answers from a dict).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import uvicorn
+import websocket
+
+from tests.helpers.echo_service import EchoService, free_loopback_port
+from twinhub.services.asgi import MAX_BODY_BYTES
+from twinhub.services.registry.config import TwinhubRegistry
+from twinhub.services.registry.context import RegistryContext
+from twinhub.services.registry.gateway import SsoGateway
+from twinhub.services.registry.gateway_rules import sign_sso
+
+ACCESS = "access:services!service=registry"
+KEY_TOKEN = "k" * 40
+
+
+class FakeHubAuth:
+    """A fake of the hub's token check (HubOAuth.user_for_token / check_scopes)."""
+
+    access_scopes = frozenset({ACCESS})
+    tokens = {
+        "alice-token": {"name": "alice", "kind": "user", "admin": False, "scopes": [ACCESS]},
+        "narrow-token": {"name": "alice", "kind": "user", "admin": False, "scopes": []},
+        "root-token": {
+            "name": "root", "kind": "user", "admin": True, "scopes": [ACCESS, "admin:users"],
+        },
+        "service-token": {"name": "svc", "kind": "service", "scopes": [ACCESS]},
+    }  # fmt: skip
+
+    async def user_for_token(self, token: str, use_cache: bool = True, sync: bool = True):
+        return self.tokens.get(token)
+
+    def check_scopes(self, need, model) -> set[str]:
+        return set(need) & set(model.get("scopes", []))
+
+
+class FakeEdgesGateway(SsoGateway):
+    """The gateway with the store and the hub's user list as fakes (dicts)."""
+
+    routes: dict[str, dict[str, Any]] = {}
+    users = {
+        "alice": {"name": "alice", "groups": ["lab"], "admin": False},
+        "bob": {"name": "bob", "groups": [], "admin": False},
+        "root": {"name": "root", "groups": [], "admin": True},
+        "carol": {"name": "carol", "groups": [], "admin": False},  # a provider
+    }
+
+    async def route(self, slug: str):
+        return self.routes.get(slug)
+
+    async def hub_user(self, name: str):
+        return self.users.get(name)
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[EchoService]:
+    e = EchoService.start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(echo: EchoService) -> Iterator[tuple[str, RegistryContext]]:
+    def route(slug: str, visibility: str, **kw: Any) -> dict[str, Any]:
+        base = {"slug": slug, "state": "integrated", "upstream": echo.url,
+                "allow_private": True, "entry": {"visibility": visibility}, "sandbox": False}  # fmt: skip
+        return {**base, **kw}
+
+    FakeEdgesGateway.routes = {
+        "lab": route("lab", "project:lab", provider="carol"),
+        "open": route("open", "users", sandbox=True),
+        "guarded": route("guarded", "users", allow_private=False),
+        "paused": route("paused", "users", state="suspended"),
+    }
+    ctx = RegistryContext(
+        rt=None,  # type: ignore[arg-type]  # the gateway reads no runtime
+        settings=TwinhubRegistry(gateway_timeout=1.0),
+        db_url="",
+        hub_api="http://hub.invalid/hub/api",
+        token=KEY_TOKEN,
+        prefix="/services/registry/",
+    )
+    app = FakeEdgesGateway(ctx, hub_auth=FakeHubAuth())  # type: ignore[arg-type]
+    port = free_loopback_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    t = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the gateway did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", ctx
+    server.should_exit = True
+    t.join(10)
+
+
+def get(base: str, path: str, token: str | None = "alice-token", **kw) -> requests.Response:
+    headers = kw.pop("headers", {})
+    if token:
+        headers["Authorization"] = f"token {token}"
+    kw.setdefault("allow_redirects", False)
+    return requests.request(kw.pop("method", "GET"), base + path, headers=headers, timeout=30, **kw)
+
+
+def echoed(r: requests.Response) -> tuple[dict, dict[str, str]]:
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+    doc = r.json()
+    return doc, {k: v for k, v in doc["headers"]}
+
+
+def test_request_reaches_upstream_as_sent_with_our_identity(gw) -> None:
+    base, _ = gw
+    r = get(base, "/services/lab/a%2Fb%3Fc%20d?x=%2F&y=1", headers={"X-Twinhub-User": "eve"})
+    doc, h = echoed(r)
+    assert doc["raw_path"] == "/a%2Fb%3Fc%20d" and doc["query"] == "x=%2F&y=1"
+    assert h["x-forwarded-proto"] == "http"
+    r = get(base, "/services/lab/", headers={"X-Forwarded-Proto": "https,http"})
+    assert echoed(r)[1]["x-forwarded-proto"] == "https"  # TLS ended before the hub's proxy
+    assert h["x-twinhub-user"] == "alice" and h["x-twinhub-groups"] == "lab"
+    assert "authorization" not in h
+    assert h["x-forwarded-prefix"] == "/services/lab"
+    # bodies: with a length, and chunked
+    r = get(base, "/services/lab/p", method="POST", data=b"z" * 300_000)
+    assert echoed(r)[0]["body"] == "z" * 300_000
+    r = get(base, "/services/lab/p", method="POST", data=(b"c" * 1000 for _ in range(5)))
+    assert echoed(r)[0]["body"] == "c" * 5000
+
+
+def test_who_may_pass(gw) -> None:
+    base, ctx = gw
+    assert get(base, "/services/lab/", token="root-token").status_code == 200  # an admin
+    r = get(
+        base,
+        "/services/lab/",
+        token=None,
+        cookies={"twinhub-sso-lab": _cookie(ctx, "carol", "lab")},
+    )
+    assert echoed(r)[1]["x-twinhub-user"] == "carol"  # the provider, in no group
+    r = get(
+        base, "/services/lab/", token=None, cookies={"twinhub-sso-lab": _cookie(ctx, "bob", "lab")}
+    )
+    assert r.status_code == 403 and "project:lab" in r.json()["description"]
+    r = get(base, "/services/lab/", token="narrow-token")
+    assert r.status_code == 403 and ACCESS in r.json()["description"]
+    assert get(base, "/services/lab/", token="service-token").status_code == 401
+    assert get(base, "/services/lab/", token="nope").status_code == 401
+    # a signed cookie of a user the hub no longer has
+    r = get(
+        base,
+        "/services/open/",
+        token=None,
+        cookies={"twinhub-sso-open": _cookie(ctx, "gone", "open")},
+    )
+    assert r.status_code == 401 and "no longer exists" in r.json()["description"]
+    # an expired one: as no credential at all
+    old = sign_sso(ctx.sso_key, "alice", "open", int(time.time()) - 1)
+    r = get(base, "/services/open/", token=None, cookies={"twinhub-sso-open": old})
+    assert r.status_code == 401 and "authentication required" in r.json()["description"]
+    r = get(base, "/services/open/x?y=1", token=None, headers={"Accept": "text/html"})
+    assert r.status_code == 302
+    assert r.headers["location"] == "/services/registry/sso?next=/services/open/x%3Fy%3D1"
+
+
+def test_gateway_refusals(gw) -> None:
+    base, _ = gw
+    r = get(base, "/services/nothing/")
+    assert r.status_code == 404 and r.json() == {
+        "code": 404, "description": "no service 'nothing' is registered here"
+    }  # fmt: skip
+    r = get(base, "/services/paused/")
+    assert r.status_code == 503 and "suspended" in r.json()["description"]
+    r = get(base, "/elsewhere")
+    assert r.status_code == 404
+    r = get(base, "/services/open?x=1")
+    assert r.status_code == 302 and r.headers["location"] == "/services/open/?x=1"
+    r = get(base, "/services/guarded/")  # loopback without allow_private
+    assert r.status_code == 502 and "outbound guard" in r.json()["description"]
+    assert "127.0.0.1" not in r.text  # the upstream's address stays in the log
+    for dots in ("/services/open/%2e%2e/x", "/services/open/a/%2E%2E/b", "/services/open/%2e/x"):
+        r = get(base, dots)
+        assert r.status_code == 400 and "'..'" in r.json()["description"], dots
+    r = get(base, "/services/open/slow?s=3")
+    assert r.status_code == 504 and r.json()["code"] == 504
+    r = get(base, "/services/open/p", method="POST",
+            headers={"Content-Length": str(MAX_BODY_BYTES + 1)}, data=b"")  # fmt: skip
+    assert r.status_code == 413
+
+
+def test_answers_keep_under_the_prefix_and_sandbox(gw) -> None:
+    base, _ = gw
+    r = get(base, "/services/open/set-cookie")
+    assert r.raw.headers.getlist("Set-Cookie") == [
+        "echo_own=1; Path=/services/open/inner; HttpOnly"
+    ]
+    assert r.headers["content-security-policy"].startswith("sandbox allow-scripts")
+    r = get(base, "/services/lab/redirect")
+    assert r.status_code == 302 and r.headers["location"] == "/services/lab/landed"
+    assert "content-security-policy" not in r.headers
+    assert get(base, "/services/lab/fail").status_code == 503  # upstream's own answer
+
+
+def test_websocket_relay(gw) -> None:
+    base, ctx = gw
+    url = base.replace("http", "ws", 1) + "/services/lab/ws"
+    ws = websocket.create_connection(url, header=["Authorization: token alice-token"], timeout=10)
+    assert json.loads(ws.recv()) == {"hello": "alice"}
+    ws.send("hi")
+    assert ws.recv() == "hi"
+    ws.send_binary(b"\x00\x01")
+    assert ws.recv() == b"\x00\x01"
+    ws.send("close:4003")
+    opcode, data = ws.recv_data(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 4003
+    ws.close()
+    cookie = f"Cookie: twinhub-sso-lab={_cookie(ctx, 'alice', 'lab')}"
+    ws = websocket.create_connection(url, header=[cookie], origin=base, timeout=10)
+    assert json.loads(ws.recv()) == {"hello": "alice"}
+    ws.close()
+    # the cookie from a page of another origin (cross-site websocket hijacking): refused
+    with pytest.raises(websocket.WebSocketBadStatusException) as e:
+        websocket.create_connection(url, header=[cookie], origin="http://evil.test", timeout=10)
+    assert e.value.status_code == 403
+    for header in ([], ["Authorization: token nope"],
+                   [f"Cookie: twinhub-sso-lab={_cookie(ctx, 'bob', 'lab')}"]):  # fmt: skip
+        with pytest.raises(websocket.WebSocketBadStatusException) as e:
+            websocket.create_connection(url, header=header, timeout=10)
+        assert e.value.status_code == 403
+
+
+def _cookie(ctx: RegistryContext, user: str, slug: str) -> str:
+    return sign_sso(ctx.sso_key, user, slug, int(time.time()) + 60)

@@ -1,0 +1,50 @@
+"""Health checks of integrated upstreams: one real check against a real service (no fakes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers.echo_service import EchoService, free_loopback_port
+from twinhub.services.registry.health import check, target
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[EchoService]:
+    e = EchoService.start()
+    yield e
+    e.stop()
+
+
+def run(url: str, allow_private: bool = True, timeout: float = 2.0) -> dict:
+    return asyncio.run(check(url, allow_private=allow_private, timeout=timeout))
+
+
+def test_up_with_latency(echo: EchoService) -> None:
+    r = run(echo.url + "/health")
+    assert r["status"] == "up" and r["http_status"] == 200 and r["detail"] == ""
+    assert 0 <= r["latency_ms"] < 2000
+    r = run(echo.url + "/redirect")  # a redirect on its own origin is followed
+    assert r["status"] == "up" and r["http_status"] == 200
+
+
+def test_down_and_why(echo: EchoService) -> None:
+    r = run(echo.url + "/fail")
+    assert r == {**r, "status": "down", "http_status": 503, "detail": "answered 503"}
+    r = run(f"http://127.0.0.1:{free_loopback_port()}/")  # nobody listens there
+    assert r["status"] == "down" and r["latency_ms"] is None and r["detail"]
+    r = run(echo.url + "/health", allow_private=False)  # loopback, not allowed
+    assert r["status"] == "down" and "127.0.0.1" in r["detail"]
+    r = run(echo.url + "/slow?s=3", timeout=0.5)
+    assert r["status"] == "down" and r["detail"]
+
+
+def test_target() -> None:
+    assert (
+        target({"upstream": "http://u/", "entry": {"endpoints": [{"url": "http://e/"}]}})
+        == "http://u/"
+    )
+    assert target({"upstream": None, "entry": {"endpoints": [{"url": "http://e/"}]}}) == "http://e/"
+    assert target({"upstream": None, "entry": {"endpoints": []}}) == ""
