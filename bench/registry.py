@@ -27,7 +27,10 @@ kind, a box...), as a logged-in user of one project (public + users + 1 project 
 
 Printed per query kind: p50 / p95 in milliseconds of each, the api p95 against the target
 (100 ms: ``target x`` < 1 meets it) and the index p95 against the anchor's (``anchor x``:
-how many times faster). Asserts nothing.
+how many times faster). Then **search p95 while a rebuild runs**: api searches (all query
+kinds in turn, facets on) sent while one request rebuilds the index (as after a change of
+the catalogue); they answer from the old snapshot, so only CPU sharing with the rebuild
+slows them. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -336,8 +339,50 @@ def main() -> None:
                 f"{pct(sc, 0.5):7.1f}/{pct(sc, 0.95):7.1f} ms "
                 f"{pct(api, 0.95) / TARGET_MS:9.3f} {pct(sc, 0.95) / pct(ix, 0.95):8.0f}x"
             )
+    during_rebuild(ctx, client, url, port, queries(rnd, words))
     client.close()
     server.should_exit = True
+
+
+def during_rebuild(ctx, client: httpx.Client, url: str, port: int, kinds: dict) -> None:
+    """API searches while a rebuild runs: one request notices the change (as after a
+    catalogue change) and starts the rebuild; the others must answer from the old snapshot
+    meanwhile. The rebuild is forced by forgetting the generation (whatever store.generation
+    says, it differs)."""
+    ctx.index._generation = "forgotten"
+    ctx.index._checked = float("-inf")
+    trigger_ms: list[float] = []
+
+    def trigger() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300,
+                          headers={"Authorization": f"token {TOKEN}"}) as c:  # fmt: skip
+            t = time.perf_counter()
+            assert c.get(url, params={"limit": 1}).status_code == 200
+            trigger_ms.append((time.perf_counter() - t) * 1000)
+
+    thread = threading.Thread(target=trigger)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not ctx.index._lock.locked() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the rebuild has started
+    makers = list(kinds.values())
+    lat: list[float] = []
+    while thread.is_alive():
+        params = as_params(makers[len(lat) % len(makers)](), True)
+        t = time.perf_counter()
+        r = client.get(url, params=params)
+        lat.append((time.perf_counter() - t) * 1000)
+        assert r.status_code == 200, r.text
+    thread.join()
+    if not lat:
+        print("\nsearch while a rebuild runs: the rebuild ended before any search was sent")
+        return
+    print(
+        f"\nsearch p95 while a rebuild runs: {len(lat)} searches, p50/p95/max "
+        f"{pct(lat, 0.5):.2f}/{pct(lat, 0.95):.2f}/{max(lat):.2f} ms "
+        f"(target x {pct(lat, 0.95) / TARGET_MS:.3f}); the request that started the "
+        f"rebuild took {trigger_ms[0]:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

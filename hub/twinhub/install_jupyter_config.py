@@ -8,12 +8,12 @@ Run by ``scripts/setup`` (and by image builds) as
 - ``<prefix>/share/twinhub/tutorials/``: a world-readable copy of the platform's tutorials
   (the repository's ``notebooks/``), which twinlab copies into each user's folder;
 - ``<prefix>/share/jupyter/labextensions/@twinhub/lab/``: the prebuilt JupyterLab
-  extension (Launcher cards for the tutorials, docs and support in the Help menu), built by
-  ``scripts/setup`` from ``extensions/twinlab/labextension``;
+  extension (Launcher cards for the tutorials, docs and support in the Help menu, and the
+  "Service desk" item where the platform runs the desk), built by ``scripts/setup`` from
+  ``extensions/twinlab/labextension``;
 - ``<prefix>/share/jupyter/lab/settings/overrides.json``: JupyterLab defaults (no news
   popup, no update check: a platform's users cannot act on either, and servers may have no
-  internet; a "Service desk" item in the Help menu, opening ``/services/desk/`` in a new
-  browser tab);
+  internet);
 - ``<prefix>/share/jupyter/kernels/ir/``: the R kernel (IRkernel in Debian's R), when R with
   IRkernel is installed (see :func:`r_kernel`); none, and no error, without it.
 
@@ -53,34 +53,17 @@ SERVER_EXTENSIONS = {
     "dask_labextension": False,
 }
 
-#: Where the Help menu's "Service desk" item goes: the desk's path on the platform's origin
-#: (user servers are on the hub's origin, under the same base URL "/"). A fixed path, as
-#: these settings are written once per environment, not per server.
-DESK_PATH = "/services/desk/"
-
 #: JupyterLab settings that differ from JupyterLab's defaults on the platform.
 LAB_OVERRIDES = {
     "@jupyterlab/apputils-extension:notification": {
         "fetchNews": "false",
         "checkForUpdates": False,
     },
-    # The Help menu's "Service desk": JupyterLab's own help:open command, in a new browser
-    # tab (the desk is a whole page of the platform, not a panel of the lab).
-    "@jupyterlab/mainmenu-extension:plugin": {
-        "menus": [
-            {
-                "id": "jp-mainmenu-help",
-                "items": [
-                    {
-                        "command": "help:open",
-                        "args": {"url": DESK_PATH, "text": "Service desk", "newBrowserTab": True},
-                        "rank": 1,
-                    }
-                ],
-            }
-        ]
-    },
 }
+#: Earlier versions put a fixed "Service desk" item into the Help menu here, shown even where
+#: no desk runs; the labextension adds it now, where the desk runs. Removed when found.
+MAINMENU = "@jupyterlab/mainmenu-extension:plugin"
+OLD_DESK_ITEM = {"command": "help:open", "text": "Service desk"}
 
 #: The R kernel's name: IRkernel's own, which Debian's r-cran-irkernel also registers
 #: system-wide (/usr/share/jupyter/kernels/ir). Jupyter looks in an environment's
@@ -147,7 +130,34 @@ def lab_overrides(prefix: Path) -> Path:
         current = {}
     for plugin, values in LAB_OVERRIDES.items():
         current.setdefault(plugin, {}).update(values)
+    _drop_old_desk_item(current)
     return _write(target, json.dumps(current, indent=2))
+
+
+def _drop_old_desk_item(settings: dict) -> None:
+    """Remove the fixed Help-menu desk item an earlier version wrote (and what it leaves
+    empty); anything else in the main menu's settings stays."""
+    menu = settings.get(MAINMENU)
+    if not isinstance(menu, dict) or not isinstance(menu.get("menus"), list):
+        return
+
+    def old(item: object) -> bool:
+        return (
+            isinstance(item, dict)
+            and item.get("command") == OLD_DESK_ITEM["command"]
+            and (item.get("args") or {}).get("text") == OLD_DESK_ITEM["text"]
+        )
+
+    kept = []
+    for m in menu["menus"]:
+        if isinstance(m, dict) and isinstance(m.get("items"), list):
+            m["items"] = [i for i in m["items"] if not old(i)]
+            if not m["items"] and set(m) <= {"id", "items"}:
+                continue
+        kept.append(m)
+    menu["menus"] = kept
+    if not kept and set(menu) == {"menus"}:
+        del settings[MAINMENU]
 
 
 def tutorials(prefix: Path, source: Path) -> Path:

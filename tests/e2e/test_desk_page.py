@@ -1,18 +1,21 @@
 """The service desk's page in headless Chromium (Playwright), and its link in JupyterLab's
 Help menu.
 
-- On the real multi-user platform: a user logs in through the hub, opens a ticket with an
+- On the real multi-user platform: a user logs in through the hub, has too many or too
+  large files refused by the form before any ticket is stored, opens a ticket with an
   attachment through the desk's form, and sees its thread; a member of the support group
   sees every ticket with the filters and answers; the user sees the answer and closes the
   ticket. Every write goes through the page's script (fetch with the XSRF value).
-- A real JupyterLab (``jupyter lab`` with the settings ``install_jupyter_config`` writes)
-  has "Service desk" in its Help menu, opening ``/services/desk/`` in a new tab.
+- A real JupyterLab (``jupyter lab`` with this checkout's labextension) has "Service desk"
+  in its Help menu where its ``$TWINHUB_SERVICES`` lists the desk, opening the desk's path
+  (with the platform's base URL) in a new tab; none where the desk does not run.
 
 Screenshots go to ``$TWINHUB_SCREENSHOTS`` (look at them).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +28,7 @@ import requests
 from tests.helpers.browser import log_in
 from tests.helpers.platform import free_port
 from twinhub import install_jupyter_config as ijc
+from twinlab.contract import ENV_SERVICES
 
 TIMEOUT_MS = 90_000
 USER, STAFF = "deskpage-ann", "deskpage-sue"
@@ -58,6 +62,22 @@ def test_ticket_from_the_page_answered_by_staff(site, browser_context, shots, tm
     log_file.write_text("Traceback (most recent call last):\n  MemoryError\n")
     page.fill("#t-subject", "My kernel dies when I open the ERA5 cube")
     page.fill("#t-body", "Every time I run the second cell.\nThe log is attached.")
+    # Files past the limits (TwinhubDesk's defaults: 10 files, 5 MiB each) are refused by
+    # the page before anything is stored: no half-made ticket, no staff mail.
+    many = []
+    for i in range(11):
+        many.append(tmp_path / f"part{i}.txt")
+        many[-1].write_text(str(i))
+    big = tmp_path / "core.dump"
+    big.write_bytes(b"\0" * (5 * 1024 * 1024 + 1))
+    alert = page.locator("#new-ticket [role=alert]")
+    for files, words in ((many, "at most 10"), ([big], "larger than the limit")):
+        page.set_input_files("#t-files", [str(f) for f in files])
+        page.click("#new-ticket button[type=submit]")
+        alert.filter(has_text=words).wait_for()
+    tickets = requests.get(desk + "api/v1/tickets", timeout=30,
+                           headers={"Authorization": f"token {p.token(USER)}"})  # fmt: skip
+    assert tickets.json()["tickets"] == []
     page.set_input_files("#t-files", str(log_file))
     page.screenshot(path=str(shots / "1-new-ticket-form.png"), full_page=True)
     page.click("#new-ticket button[type=submit]")
@@ -97,19 +117,33 @@ def test_ticket_from_the_page_answered_by_staff(site, browser_context, shots, tm
     page.close()
 
 
+#: The platform's desk as the spawner lists it (a base URL; another host name than the
+#: browser's: the item keeps the path, on the lab's own origin).
+DESK_URL = "http://hub.example:8000/twins/services/desk/"
+
+
 @pytest.fixture
-def lab(tmp_path) -> tuple[str, str]:
-    """A real JupyterLab server reading the overrides install_jupyter_config writes."""
-    settings = ijc.lab_overrides(tmp_path / "prefix").parent
+def lab(tmp_path, request) -> tuple[str, str]:
+    """A real JupyterLab server with this checkout's labextension build and twinlab's server
+    extension, its ``$TWINHUB_SERVICES`` as the test's parameter names."""
+    prefix = tmp_path / "prefix"
+    settings = ijc.lab_overrides(prefix).parent
+    ijc.labextension(prefix, ijc.LABEXTENSION_BUILD)  # first on JUPYTER_PATH: wins
     (tmp_path / "root").mkdir()
     port, token = free_port(), "desk-help-test"
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_PATH": str(prefix / "share" / "jupyter"),
+        ENV_SERVICES: json.dumps(request.param),
+    }
     proc = subprocess.Popen(
         [str(Path(sys.prefix) / "bin" / "jupyter"), "lab", "--no-browser", "--allow-root",
          f"--port={port}", f"--IdentityProvider.token={token}",
          f"--ServerApp.root_dir={tmp_path / 'root'}", f"--LabApp.app_settings_dir={settings}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")},
+        env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -129,30 +163,37 @@ def lab(tmp_path) -> tuple[str, str]:
         proc.wait(30)
 
 
+def _help_menu(page, url: str, token: str, shown: str):
+    page.goto(f"{url}lab?token={token}")
+    # The labextension says when its lookup of the desk is over (shown or not).
+    page.locator(f"body[data-twinhub-desk={shown}]").wait_for(state="attached")
+    page.locator(".lm-MenuBar-itemLabel", has_text="Help").click()
+    page.locator(".lm-Menu-itemLabel", has_text="About JupyterLab").wait_for()
+    return page.locator(".lm-Menu-itemLabel", has_text="Service desk")
+
+
+@pytest.mark.parametrize("lab", [{"desk": DESK_URL}], indirect=True)
 def test_jupyterlab_help_menu_opens_the_desk(lab, browser_context, shots) -> None:
     url, token = lab
-    # JupyterLab accepts the override (its settings API serves it as the menus' default).
-    r = requests.get(
-        url + "lab/api/settings/@jupyterlab/mainmenu-extension:plugin",
-        headers={"Authorization": f"token {token}"},
-        timeout=30,
-    )
-    menus = r.json()["schema"]["properties"]["menus"]["default"]
-    assert any(
-        i.get("args", {}).get("url") == "/services/desk/"
-        for m in menus
-        if m["id"] == "jp-mainmenu-help"
-        for i in m["items"]
-    ), menus
     page = browser_context.new_page()
-    page.goto(f"{url}lab?token={token}")
-    page.locator(".lm-MenuBar-itemLabel", has_text="Help").click()
-    item = page.locator(".lm-Menu-itemLabel", has_text="Service desk")
+    item = _help_menu(page, url, token, "shown")
     item.wait_for()
     page.screenshot(path=str(shots / "6-lab-help-menu.png"))
     with browser_context.expect_page() as opened:
         item.click()
-    # On the platform's origin (a bare lab server answers it with its own redirect: no desk).
-    assert opened.value.url.rstrip("/") == url + "services/desk", opened.value.url
+    # The desk's path with the platform's base URL, on the lab's origin (a bare lab server
+    # answers it with its own redirect, without the slash: no desk here).
+    assert opened.value.url.rstrip("/") == url + "twins/services/desk", opened.value.url
     opened.value.close()
+    page.close()
+
+
+@pytest.mark.parametrize("lab", [{"datalake": "http://hub.example/services/datalake/"}],
+                         indirect=True)  # fmt: skip
+def test_jupyterlab_help_menu_has_no_desk_where_none_runs(lab, browser_context, shots) -> None:
+    url, token = lab
+    page = browser_context.new_page()
+    item = _help_menu(page, url, token, "none")
+    page.screenshot(path=str(shots / "7-lab-help-menu-no-desk.png"))
+    assert item.count() == 0
     page.close()

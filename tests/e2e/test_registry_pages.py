@@ -12,6 +12,8 @@ Screenshots go to ``$TWINHUB_SCREENSHOTS`` (tests/e2e/conftest.py): look at them
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -192,10 +194,29 @@ def test_admin_integrates(multiuser_platform, people, upstream, page, shots):
     card = page.locator(f'#th-operate .th-request[data-slug="{SLUG}"][data-state="approved"]')
     card.wait_for()
     assert card.locator(".th-upstream").input_value() == upstream  # the endpoint, offered
+    assert card.locator(".th-sandbox").is_checked()  # sandboxed unless said otherwise
     card.locator(".th-allow-private").check()
     assert card.locator(".th-warning").is_visible()  # what a private address means
     page.screenshot(path=str(shots / "onboarding-admin.png"), full_page=True)
     card.locator('[data-action="integrate"]').click()
+    # a private address is not for a browser session (any page of the origin could drive
+    # it): the API refuses, and the page shows the command to run with a token instead
+    curl = card.locator(".th-curl-command")
+    curl.wait_for()
+    assert "needs an Authorization: token header" in card.locator(".th-error").inner_text()
+    command = curl.inner_text()
+    assert command.startswith('curl -X POST -H "Authorization: token $TOKEN"'), command
+    r = _request_of(p, SLUG)
+    assert r["state"] == "approved"  # nothing changed
+    assert f"{p.url.rstrip('/')}/{REG}api/v1/requests/{r['id']}/transitions" in command
+    page.screenshot(path=str(shots / "onboarding-admin-curl.png"), full_page=True)
+    # what the admin then runs: the body the command holds, with the admin's API token
+    body = json.loads(re.search(r"-d '(.*)' \\", command).group(1).replace("'\\''", "'"))
+    assert body["allow_private"] is True and body["sandbox"] is True
+    assert body["upstream"] == upstream and body["to"] == "integrated"
+    resp = _api(p, "POST", f"requests/{r['id']}/transitions", "admin", json=body)
+    assert resp.status_code == 200, resp.text
+    page.reload()
     page.wait_for_selector(f'#th-operate .th-request[data-slug="{SLUG}"][data-state="integrated"]')
     done = page.locator(f'#th-operate .th-request[data-slug="{SLUG}"]')
     assert done.locator('[data-action="suspend"]').is_visible()
@@ -255,6 +276,20 @@ def _ensure_integrated(p, upstream: str) -> None:
                  json={"to": "integrated", "upstream": upstream, "allow_private": True})  # fmt: skip
         assert r.status_code == 200, r.text
     _wait_state(p, SLUG, "integrated", timeout=5)
+    _wait_routed(p, SLUG)
+
+
+def _wait_routed(p, slug: str, timeout: float = 60) -> None:
+    """Until the proxy sends /services/<slug>/ to the registry's gateway: the hub adds the
+    route at its next check_routes (at most 30 s here; the registry may not ask sooner)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = requests.get(p.url + f"services/{slug}/", headers={"Accept": "text/html"},
+                         allow_redirects=False, timeout=30)  # fmt: skip
+        if r.status_code == 302 and "/services/registry/sso" in r.headers.get("location", ""):
+            return
+        assert time.monotonic() < deadline, f"/services/{slug}/ not routed: {r.status_code}"
+        time.sleep(1)
 
 
 def test_visitor_lands_on_welcome(multiuser_platform, people, upstream, page, shots):

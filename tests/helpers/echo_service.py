@@ -12,6 +12,8 @@ Paths:
 - ``/redirect``: 302 to ``<its own URL>/landed`` (``Location`` rules);
 - ``/slow?s=<seconds>``: answers after that long;
 - ``/fail``: 503;
+- ``/stream``: a chunk every 0.1 s until the client goes away (``EchoService.streams``:
+  how many such streams are open now);
 - anything else: JSON ``{"method", "path", "raw_path", "query", "headers": [[name, value]...],
   "body"}``
   of the request as it arrived;
@@ -31,6 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+
+#: Open ``/stream`` answers, by the port of the echo service serving them.
+_STREAMS: dict[int, int] = {}
 
 
 async def echo_app(scope: dict[str, Any], receive, send) -> None:
@@ -52,6 +57,9 @@ async def echo_app(scope: dict[str, Any], receive, send) -> None:
         if not msg.get("more_body"):
             break
     path = scope["path"]
+    if path == "/stream":
+        await _stream(scope, receive, send)
+        return
     headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
     status = 200
     if path == "/health":
@@ -87,6 +95,31 @@ async def echo_app(scope: dict[str, Any], receive, send) -> None:
     headers.append((b"content-length", str(len(out)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": out})
+
+
+async def _stream(scope: dict[str, Any], receive, send) -> None:
+    """Chunks until the client disconnects (an SSE-like endless answer)."""
+    port = scope["server"][1]
+    _STREAMS[port] = _STREAMS.get(port, 0) + 1
+    try:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})  # fmt: skip
+
+        async def chunks() -> None:
+            while True:
+                await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+                await asyncio.sleep(0.1)
+
+        async def gone() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        tasks = [asyncio.ensure_future(chunks()), asyncio.ensure_future(gone())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            t.cancel()
+    finally:
+        _STREAMS[port] -= 1
 
 
 async def _websocket(scope: dict[str, Any], receive, send) -> None:
@@ -129,6 +162,11 @@ class EchoService:
         svc = cls(host=host, port=port or free_loopback_port(host))
         svc.restart()
         return svc
+
+    @property
+    def streams(self) -> int:
+        """``/stream`` answers open now."""
+        return _STREAMS.get(self.port, 0)
 
     @property
     def url(self) -> str:

@@ -2,9 +2,10 @@
 
 Two users, a member of the support group and an admin: each user sees only their own
 tickets; staff see every ticket and answer; notifications land in ``<state>/mail/new`` (the
-embedded Maildir); an attachment over the cap is refused with 413 and nothing is stored; a
-browser session (the hub's sign-on cookie) writes only with the page's XSRF value; the hub's
-support link points at the desk.
+embedded Maildir); an attachment over the cap is refused with 413 and nothing is stored;
+the tickets-per-hour cap answers 429; the page may not be framed; a browser session (the
+hub's sign-on cookie) writes only with the page's XSRF value; the hub's support link points
+at the desk.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tests.helpers.platform import Platform
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
-ALICE, BOB, SAM = "desk-alice", "desk-bob", "desk-sam"
+ALICE, BOB, SAM, CARL = "desk-alice", "desk-bob", "desk-sam", "desk-carl"
 #: The platform's first admin (the CLI cannot make admins).
 ROOT = "admin"
 #: TwinhubDesk.max_attachment_bytes's default.
@@ -94,6 +95,13 @@ def test_users_see_their_own_staff_see_all_and_answer(desk):
     (answer,) = mails_to(p, f"{ALICE}@localhost", f"[desk #{mine['id']}] Answered")
     assert f"services/desk/?ticket={mine['id']}" in answer.get_payload()
 
+    # The owner writes again after the answer: open again, and the support group hears of it.
+    r = call(desk, "POST", f"api/v1/tickets/{mine['id']}/messages", ALICE,
+             json={"body": "Smaller chunks fail too."})  # fmt: skip
+    assert r.status_code == 201 and r.json()["ticket"]["state"] == "open"
+    (reply,) = mails_to(p, f"{SAM}@localhost", f"[desk #{mine['id']}] Owner replied")
+    assert "> Smaller chunks fail too." in reply.get_payload()
+
     r = call(desk, "POST", f"api/v1/tickets/{mine['id']}/transitions", SAM, json={"to": "closed"})
     assert r.status_code == 200 and r.json()["state"] == "closed"
     assert mails_to(p, f"{ALICE}@localhost", f"[desk #{mine['id']}] Now closed")
@@ -102,7 +110,14 @@ def test_users_see_their_own_staff_see_all_and_answer(desk):
     r = call(desk, "POST", f"api/v1/tickets/{mine['id']}/transitions", ALICE, json={"to": "open"})
     assert r.status_code == 200 and r.json()["state"] == "open"
     got = call(desk, "GET", f"api/v1/tickets/{mine['id']}", ALICE).json()
-    assert [(m["author"], m["staff"]) for m in got["messages"]] == [(ALICE, False), (SAM, True)]
+    assert [(m["author"], m["staff"]) for m in got["messages"]] == [
+        (ALICE, False),
+        (SAM, True),
+        (ALICE, False),
+    ]
+    # Every timestamp with its UTC offset (the embedded SQLite hands them back naive).
+    assert all(m["at"].endswith("+00:00") for m in got["messages"]), got["messages"]
+    assert got["created"].endswith("+00:00") and got["updated"].endswith("+00:00")
 
 
 def test_attachment_cap_and_download(desk):
@@ -143,6 +158,28 @@ def test_authentication_and_metrics(desk):
     assert 'twinhub_desk_mails_total{outcome="failed"}' not in r.text
 
 
+def test_tickets_per_hour_cap_and_unframed_page(desk):
+    """TwinhubDesk.max_tickets_per_hour's default (10) on the real platform: the 11th ticket
+    within the hour is refused with 429 and Retry-After, and nothing is stored."""
+    p = desk["p"]
+    if p.api("GET", f"/users/{CARL}", user="admin").status_code != 404:
+        pytest.skip(f"{CARL} existed before this module: its tickets are unknown")
+    p.add_user(CARL)
+    for i in range(10):
+        r = call(desk, "POST", "api/v1/tickets", CARL, json={"subject": f"n{i}", "body": "b"})
+        assert r.status_code == 201, r.text  # 10 open: within the open cap (20)
+    r = call(desk, "POST", "api/v1/tickets", CARL, json={"subject": "n10", "body": "b"})
+    assert r.status_code == 429, r.text
+    assert "at most 10 per user and hour" in r.json()["description"]
+    assert 0 < int(r.headers["Retry-After"]) <= 3600
+    assert len(call(desk, "GET", "api/v1/tickets", CARL).json()["tickets"]) == 10
+
+    page = call(desk, "GET", "?f=html", CARL)
+    assert page.status_code == 200 and 'id="new-ticket"' in page.text
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Frame-Options"] == "DENY"
+
+
 def test_browser_session_writes_need_the_xsrf_value(desk):
     p = desk["p"]
     if BOB not in desk["passwords"]:
@@ -163,6 +200,39 @@ def test_browser_session_writes_need_the_xsrf_value(desk):
     r = s.post(desk["url"] + "api/v1/tickets", json=doc, timeout=60,
                headers={"X-Twinhub-XSRF": xsrf})  # fmt: skip
     assert r.status_code == 201, r.text
+
+
+def test_admins_are_staff_by_token_on_the_page_only_in_the_group(desk):
+    """A hub admin is staff through the API with an admin token; on the page (the sign-on
+    cookie's token has no admin scope) only as a member of the support group."""
+    p = desk["p"]
+    ada, max_ = "desk-ada", "desk-max"
+    for name in (ada, max_):
+        if p.api("GET", f"/users/{name}", user="admin").status_code != 404:
+            pytest.skip(f"{name} existed before this module: its password is unknown")
+    passwords = {
+        ada: p.add_user(ada, admin=True),
+        max_: p.add_user(max_, admin=True, groups=("support",)),
+    }
+    r = call(desk, "POST", "api/v1/tickets", ALICE, json={"subject": "Admins?", "body": "b"})
+    tid = r.json()["id"]
+
+    assert call(desk, "GET", "", ada).json()["staff"] is True  # the admin's own API token
+
+    def page_json(name: str) -> tuple[dict, requests.Session]:
+        s = p.login_session(name, passwords[name])
+        # The page in a browser: the hub's sign-on (OAuth round trip) sets the desk's cookie.
+        page = s.get(desk["url"], headers={"Accept": "text/html"}, timeout=60)
+        assert page.status_code == 200, page.text[:300]
+        r = s.get(desk["url"], headers={"Accept": "application/json"}, timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        return r.json(), s
+
+    doc, s = page_json(ada)
+    assert doc["user"] == ada and doc["staff"] is False and doc["tickets"] == []
+    assert s.get(desk["url"] + f"api/v1/tickets/{tid}", timeout=60).status_code == 404
+    doc, _ = page_json(max_)
+    assert doc["user"] == max_ and doc["staff"] is True and tid in {t["id"] for t in doc["tickets"]}
 
 
 def test_hub_support_link_points_at_the_desk(desk):

@@ -111,8 +111,9 @@ def onboard(w: World, slug: str, visibility: str, sandbox: bool = False) -> str:
     return rid
 
 
-def wait_reachable(w: World, slug: str, timeout: float = 30) -> None:
-    """Until the proxy routes /services/<slug>/ to the registry (the gateway answers)."""
+def wait_reachable(w: World, slug: str, timeout: float = 60) -> None:
+    """Until the proxy routes /services/<slug>/ to the registry (the gateway answers): at
+    the hub's next check_routes (every 30 s at most; the registry may not ask sooner)."""
     deadline = time.monotonic() + timeout
     r = None
     while time.monotonic() < deadline:
@@ -230,6 +231,34 @@ def test_browser_session_signs_on_through_the_hub(world: World) -> None:
     assert r.status_code == 401, r.text
 
 
+def _drop_sso_cookie(s: requests.Session, slug: str) -> None:
+    """What the browser does when the sign-on cookie's Max-Age has passed."""
+    for c in [c for c in s.cookies if c.name == f"twinhub-sso-{slug}"]:
+        s.cookies.clear(c.domain, c.path, c.name)
+
+
+def test_sign_on_is_short_lived_and_ends_with_the_hub_logout(world: World) -> None:
+    slug = world.slugs["users"]
+    s = world.p.login_session(world.users["outsider"], world.passwords["outsider"])
+    s.headers["Accept"] = "text/html"
+    r = s.get(world.p.url + f"services/{slug}/page", timeout=60)
+    assert r.status_code == 200 and r.url.endswith(f"/services/{slug}/page"), r.url
+    (sso,) = [c for c in s.cookies if c.name == f"twinhub-sso-{slug}"]
+    assert sso.expires is not None and sso.expires - time.time() <= 15 * 60 + 5
+    # expired: the next navigation renews it silently (the registry's session still holds)
+    _drop_sso_cookie(s, slug)
+    r = s.get(world.p.url + f"services/{slug}/again", timeout=60)
+    assert r.status_code == 200 and r.url.endswith(f"/services/{slug}/again"), r.url
+    hops = [urlsplit(h.url).path for h in r.history]
+    assert "/services/registry/sso" in hops and "/hub/login" not in hops, hops
+    # the hub's logout revokes the registry's session: renewing the cookie now needs a login
+    r = s.get(world.p.url + "hub/logout", timeout=60)
+    assert r.status_code == 200, r.status_code
+    _drop_sso_cookie(s, slug)
+    r = s.get(world.p.url + f"services/{slug}/after", timeout=60)
+    assert urlsplit(r.url).path == "/hub/login", (r.url, [h.url for h in r.history])
+
+
 def test_project_visibility(world: World) -> None:
     slug = world.slugs["project"]
     r = world.service(slug, "", "outsider")
@@ -254,10 +283,18 @@ def test_sso_refuses_next_outside_registered_services(world: World) -> None:
     r = s.get(world.p.url + f"services/{world.slugs['users']}/", headers={"Accept": "text/html"})
     assert r.status_code == 200, r.text
     base = world.p.url + "services/registry/sso?next="
-    for bad in ("https://evil.example/", "/hub/admin", "/services/registry/", "//evil/x",
-                "/services/no-such-service/", f"/services/{world.slugs['users']}"):  # fmt: skip
+    users = world.slugs["users"]
+    for bad, status, why in (
+        ("https://evil.example/", 400, "next must be a path under /services/<slug>/"),
+        ("/hub/admin", 400, "next must be a path under /services/<slug>/"),
+        ("//evil/x", 400, "next must be a path under /services/<slug>/"),
+        (f"/services/{users}", 400, "next must be a path under /services/<slug>/"),
+        ("/services/registry/", 400, "no service 'registry' is registered here"),
+        ("/services/no-such-service/", 400, "no service 'no-such-service' is registered"),
+    ):
         r = s.get(base + requests.utils.quote(bad, safe=""), allow_redirects=False, timeout=60)
-        assert r.status_code in (400, 404), (bad, r.status_code, r.text)
+        assert r.status_code == status, (bad, r.status_code, r.text)
+        assert r.json()["code"] == status and why in r.json()["description"], (bad, r.text)
         assert "location" not in r.headers
 
 
@@ -332,16 +369,37 @@ def status_of(w: World, slug: str) -> dict:
     return found[0]
 
 
+def welcome_status(w: World, slug: str) -> str | None:
+    """The status on ``slug``'s card of the landing page (``welcome``) as a member sees it."""
+    r = requests.get(
+        w.p.url + "services/registry/welcome",
+        headers={"Authorization": f"token {w.p.token(w.users['member'])}", "Accept": "text/html"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text[:500]
+    m = re.search(
+        rf'<article class="th-card" data-slug="{re.escape(slug)}"[^>]*>.*?data-status="([^"]*)"',
+        r.text,
+        re.S,
+    )
+    return m.group(1) if m else None
+
+
 def wait_status(w: World, slug: str, status: str, within: float) -> float:
+    """Seconds until both the API's entry and the landing page's card show ``status``."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < within:
-        if status_of(w, slug)["status"] == status:
+        if status_of(w, slug)["status"] == status and welcome_status(w, slug) == status:
             return time.monotonic() - t0
         time.sleep(0.2)
-    raise AssertionError(f"{slug} not {status} within {within} s: {status_of(w, slug)}")
+    raise AssertionError(
+        f"{slug} not {status} within {within} s: api {status_of(w, slug)}, "
+        f"landing page card {welcome_status(w, slug)!r}"
+    )
 
 
 def test_health_turns_down_when_the_service_stops_and_up_again(world: World) -> None:
+    """On the API's entries and on the landing page's card (the issue's check)."""
     slug = world.slugs["users"]
     wait_status(world, slug, "up", 3 * HEALTH_INTERVAL)
     assert status_of(world, slug)["latency_ms"] is not None

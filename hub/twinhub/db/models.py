@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -314,6 +315,15 @@ class RegistryRequest(Base):
     __tablename__ = "registry_requests"
     __table_args__ = (
         Index("ix_registry_requests_slug", "slug"),
+        # One live request per slug (rejected and retired ones free it): the database
+        # decides a race between two submissions, not a check-then-insert.
+        Index(
+            "uq_registry_requests_live_slug",
+            "slug",
+            unique=True,
+            sqlite_where=text("state NOT IN ('rejected', 'retired')"),
+            postgresql_where=text("state NOT IN ('rejected', 'retired')"),
+        ),
         Index("ix_registry_requests_state", "state"),
         Index("ix_registry_requests_provider", "provider"),
         Index("ix_registry_requests_updated", "updated_at"),

@@ -7,6 +7,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic import command
@@ -27,6 +28,14 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+
+
+def iso(d: datetime | None) -> str | None:
+    """UTC ISO 8601 with its offset (SQLite hands back naive datetimes: they were stored as
+    UTC), so every API answers one format whatever the backend."""
+    if d is None:
+        return None
+    return (d if d.tzinfo else d.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 
 
 class DatabaseError(RuntimeError):

@@ -6,9 +6,10 @@ have nothing upstream, so :class:`HubAuthMiddleware` does the same job around an
 - ``Authorization: token <t>`` / ``Bearer <t>`` (scripts, notebooks: ``$JUPYTERHUB_API_TOKEN``);
 - a browser without a token is sent through the hub's OAuth (single sign-on: no second
   login), and comes back to ``<prefix>oauth_callback``, which stores the token in an
-  HttpOnly cookie limited to the service's path (pending logins are bounded: at most
-  ``MAX_PENDING_STATES``, for ``STATE_MAX_AGE`` seconds, next URLs of ``MAX_NEXT_URL``
-  characters at most, as anyone can start one);
+  HttpOnly cookie limited to the service's path. The pending login (OAuth state, where to
+  return, when it began) travels in a signed cookie, keyed by the service's token, so any
+  replica of the service can finish a login another began, and nothing is kept per login
+  (anyone can start one); it is good for ``STATE_MAX_AGE`` seconds;
 - every token is checked with the hub (cached briefly) and must carry the service's access
   scope (``access:services!service=<name>``), else 403 naming the missing scope.
 
@@ -16,7 +17,9 @@ The cookie is accepted for safe methods (GET/HEAD) only: pages of other users' s
 the origin, and must not be able to make a logged-in browser write through the service.
 A service with pages that write (``xsrf_writes=True``) also accepts a cookie write that
 carries the page's anti-forgery value (:func:`xsrf_token`, in ``scope["state"]["xsrf"]``
-for the page to embed) in ``X-Twinhub-XSRF`` from the same origin. That stops other sites
+for the page to embed; only for navigations, not for a script's ``fetch()`` or a frame)
+in ``X-Twinhub-XSRF`` from the same origin. ``scope["state"]["auth_source"]`` says how
+the caller authenticated (``"header"``, ``"cookie"``; None: anonymous). That stops other sites
 (which cannot read the page), not pages served on the same origin (which can), as the
 registry's security docs explain.
 
@@ -27,7 +30,10 @@ The hub's user model lands in ``scope["state"]["hub_user"]`` for the app.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -47,11 +53,13 @@ log = logging.getLogger("twinhub.hubauth")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Seconds a browser's OAuth login may take (the hub's own state lifetime).
 STATE_MAX_AGE = 600
-#: Logins pending at once: unauthenticated requests make them, so memory must be bounded
-#: (each holds a next URL of at most MAX_NEXT_URL characters and a PKCE verifier).
-MAX_PENDING_STATES = 10_000
 #: A longer path + query is not kept as the place to return to (the service root is).
 MAX_NEXT_URL = 2048
+#: Bytes of the signed state cookie's value at most (browsers keep cookies up to ~4 kB,
+#: name included): a next URL that would make it longer is replaced by the service root.
+MAX_STATE_COOKIE = 3500
+#: Seconds a replica's clock may run behind the one that began the login.
+CLOCK_SKEW = 60
 #: What a token may look like: printable ASCII, bounded (hub tokens are ~40 characters).
 _TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
 _DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
@@ -65,6 +73,12 @@ def xsrf_token(service_token: str, cookie_token: str) -> str:
     and it changes with every login)."""
     mac = hmac.new(service_token.encode(), b"twinhub-xsrf\0" + cookie_token.encode(), "sha256")
     return mac.hexdigest()
+
+
+def token_cookie_name(prefix: str) -> str:
+    """The name of the cookie holding a browser's hub token for the service at ``prefix``
+    (``/services/registry/`` → ``twinhub-services-registry-token``)."""
+    return "twinhub-" + prefix.strip("/").replace("/", "-") + "-token"
 
 
 async def send_redirect(send: Send, location: str, headers=()) -> None:
@@ -111,11 +125,48 @@ class HubAuthMiddleware:
         self.xsrf_writes = xsrf_writes
         # HubOAuth reads JUPYTERHUB_API_TOKEN/_API_URL/_CLIENT_ID/_SERVICE_NAME from the env.
         self.hub_auth = hub_auth or HubOAuth(cache_max_age=cache_max_age)
-        name = self.prefix.strip("/").replace("/", "-")
-        self.cookie = f"twinhub-{name}-token"
-        self.state_cookie = f"twinhub-{name}-oauth-state"
-        # state id -> (next_url, code_verifier, created); in memory: one process per service
-        self._states: dict[str, tuple[str, str, float]] = {}
+        self.cookie = token_cookie_name(self.prefix)
+        self.state_cookie = self.cookie.removesuffix("-token") + "-oauth-state"
+
+    # -- the signed pending login ----------------------------------------------------------
+    def _state_key(self) -> bytes:
+        """Key of the state cookie's MAC: derived from the service's token, which every
+        replica shares (no extra secret), and apart from the XSRF value's use of it."""
+        msg = b"twinhub-oauth-state\0" + self.state_cookie.encode()
+        return hmac.new(self.hub_auth.api_token.encode(), msg, hashlib.sha256).digest()
+
+    def _verifier(self, state: str, issued: int) -> str:
+        """The login's PKCE verifier, derived from its state (so it never travels to the
+        browser, and any replica finds it again): 43 URL-safe characters, as RFC 7636 asks."""
+        mac = hmac.new(self._state_key(), f"pkce\0{state}\0{issued}".encode(), hashlib.sha256)
+        return _b64(mac.digest())
+
+    def _sign_state(self, payload: dict[str, Any]) -> str:
+        """``<payload>.<mac>``, both unpadded base64url (cookie-safe characters only)."""
+        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
+        mac = hmac.new(self._state_key(), body.encode(), hashlib.sha256).digest()
+        return body + "." + _b64(mac)
+
+    def _open_state(self, value: str) -> dict[str, Any] | None:
+        """The payload of a state cookie this service signed, unexpired; else None."""
+        body, _, mac = value.partition(".")
+        if not body or not mac or len(value) > MAX_STATE_COOKIE:
+            return None
+        want = hmac.new(self._state_key(), body.encode(), hashlib.sha256).digest()
+        try:
+            if not hmac.compare_digest(_unb64(mac), want):
+                return None
+            payload = json.loads(_unb64(body))
+        except ValueError:  # binascii.Error and JSONDecodeError are ValueErrors
+            return None
+        if not isinstance(payload, dict):
+            return None
+        state, next_url, issued = payload.get("s"), payload.get("n"), payload.get("t")
+        if not (isinstance(state, str) and isinstance(next_url, str) and type(issued) is int):
+            return None
+        if not -CLOCK_SKEW <= time.time() - issued <= STATE_MAX_AGE:
+            return None
+        return payload
 
     # -- helpers ---------------------------------------------------------------------------
     def _cookies(self, scope: Scope) -> dict[str, str]:
@@ -159,6 +210,10 @@ class HubAuthMiddleware:
         )
         state = scope.setdefault("state", {})
         state["xsrf"] = None
+        # How the caller authenticated ("header", "cookie"; None: anonymous): services
+        # refuse their most dangerous writes to browser sessions (any page on the origin
+        # can drive one).
+        state["auth_source"] = None
         token, source = _header_token(scope), "header"
         if not token:
             token, source = self._cookies(scope).get(self.cookie, ""), "cookie"
@@ -209,7 +264,8 @@ class HubAuthMiddleware:
             await send_error(send, 403, f"the token of {user.get('name')!r} lacks the scope {need}")
             return
         state["hub_user"] = user
-        if source == "cookie":
+        state["auth_source"] = source
+        if source == "cookie" and _is_navigation(scope):
             state["xsrf"] = xsrf_token(self.hub_auth.api_token, token)
         await self.app(scope, receive, send)
 
@@ -244,36 +300,31 @@ class HubAuthMiddleware:
 
     async def _login_or_401(self, scope: Scope, send: Send) -> None:
         if scope.get("method") in ("GET", "HEAD") and _wants_html(scope):
-            verifier, challenge, method = self.hub_auth.generate_pkce_code_challenge()
             state = secrets.token_urlsafe(16)
-            now = time.monotonic()
-            # anyone can make a state (no credentials needed): forget abandoned logins
-            # (older than the hub's own state lifetime) and keep at most MAX_PENDING_STATES,
-            # the oldest going first; dicts keep insertion order, so the oldest lead
-            while self._states and (
-                now - next(iter(self._states.values()))[2] > STATE_MAX_AGE
-                or len(self._states) >= MAX_PENDING_STATES
-            ):
-                del self._states[next(iter(self._states))]
+            issued = int(time.time())
+            verifier = self._verifier(state, issued)
+            challenge = _b64(hashlib.sha256(verifier.encode()).digest())  # PKCE's S256
             next_url = scope.get("path", self.prefix)
             if scope.get("query_string"):
                 next_url += "?" + scope["query_string"].decode("latin-1")
             if len(next_url) > MAX_NEXT_URL:  # not worth keeping: back to the service root
                 next_url = self.prefix
-            self._states[state] = (next_url, verifier, now)
+            cookie = self._sign_state({"s": state, "n": next_url, "t": issued})
+            if len(cookie) > MAX_STATE_COOKIE:  # (non-ASCII paths grow when encoded)
+                cookie = self._sign_state({"s": state, "n": self.prefix, "t": issued})
             params = {
                 "client_id": self.hub_auth.oauth_client_id,
                 "redirect_uri": self.hub_auth.oauth_redirect_uri,
                 "response_type": "code",
                 "state": state,
                 "code_challenge": challenge,
-                "code_challenge_method": method,
+                "code_challenge_method": "S256",
             }
             url = self.hub_auth.oauth_authorization_url + "?" + urlencode(params)
             await send_redirect(
                 send,
                 url,
-                headers=[self._set_cookie(self.state_cookie, state, scope, STATE_MAX_AGE)],
+                headers=[self._set_cookie(self.state_cookie, cookie, scope, STATE_MAX_AGE)],
             )
             return
         await send_error(
@@ -292,10 +343,13 @@ class HubAuthMiddleware:
         if not code or not state:
             await send_error(send, 400, "oauth_callback needs code and state")
             return
-        if not secrets.compare_digest(state, cookie_state) or state not in self._states:
-            await send_error(send, 403, "OAuth state does not match this browser's login")
+        pending = self._open_state(cookie_state) if cookie_state else None
+        if pending is None or not secrets.compare_digest(state.encode(), pending["s"].encode()):
+            await send_error(
+                send, 403, "OAuth state does not match this browser's login (or it expired)"
+            )
             return
-        next_url, verifier, _ = self._states.pop(state)
+        next_url, verifier = pending["n"], self._verifier(pending["s"], pending["t"])
         try:
             token = await self.hub_auth.token_for_code(code, code_verifier=verifier, sync=False)
         except Exception as e:
@@ -367,6 +421,43 @@ def admin_refusal(user: dict[str, Any], action: str) -> str | None:
     return None
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    """Raises ValueError (binascii.Error) for what :func:`_b64` did not make."""
+    return base64.urlsafe_b64decode(text.encode("ascii") + b"=" * (-len(text) % 4))
+
+
+#: The scope a token needs to read a service's ``metrics`` (JupyterHub's; admins have it).
+METRICS_SCOPE = "read:metrics"
+
+
+async def metrics_caller(hub_auth: Any, request: Any) -> dict[str, Any]:
+    """The hub's model of the caller of a service's ``metrics`` path (outside the
+    middleware: Prometheus sends a token header, never a cookie), whose token must carry
+    :data:`METRICS_SCOPE`; else BadRequest 401 (no or bad token), 403 (the scope), 502
+    (the hub out of reach). ``hub_auth``: a JupyterHub ``HubAuth``; ``request``: anything
+    with the ASGI ``scope``."""
+    tok = _header_token(request.scope)
+    if not tok:
+        raise BadRequest(
+            "metrics need 'Authorization: token <t>' with a token that has the scope "
+            f"{METRICS_SCOPE!r} (admins' tokens have it)",
+            401,
+        )
+    try:
+        who = await hub_auth.user_for_token(tok, use_cache=True, sync=False)
+    except Exception as e:
+        raise BadRequest(f"cannot check the token with the hub: {e}", 502) from None
+    if who is None:
+        raise BadRequest("invalid or expired token", 401)
+    if METRICS_SCOPE not in (who.get("scopes") or ()):
+        raise BadRequest(scope_refusal(who, METRICS_SCOPE, "reading metrics"), 403)
+    return who
+
+
 def _header_token(scope: Scope) -> str:
     value = header(scope, b"authorization")
     kind, _, token = value.partition(" ")
@@ -392,6 +483,16 @@ def _own_origin(scope: Scope, origin: str) -> bool:
     netloc = parts.netloc.lower()
     default = {"http": ":80", "https": ":443"}[parts.scheme]
     return any(h and h.lower().removesuffix(default) == netloc for h in hosts)
+
+
+def _is_navigation(scope: Scope) -> bool:
+    """Whether the browser loads the page as a document (its pages embed the XSRF value).
+    A script's ``fetch()`` or a frame says otherwise in ``Sec-Fetch-Mode``/``-Dest``
+    (browsers send them on secure contexts, localhost included), so a same-origin script
+    cannot read the value from a fetched page; without these headers: as before."""
+    mode = header(scope, b"sec-fetch-mode")
+    dest = header(scope, b"sec-fetch-dest")
+    return (not mode or mode == "navigate") and (not dest or dest == "document")
 
 
 def _wants_html(scope: Scope) -> bool:

@@ -50,6 +50,7 @@ async def _echo(request):
         {
             "user": user and user["name"],
             "xsrf": getattr(request.state, "xsrf", None),
+            "auth_source": getattr(request.state, "auth_source", None),
             "method": request.method,
             "path": request.url.path,
         }
@@ -107,11 +108,54 @@ def test_cookie_sessions_get_the_value_header_tokens_do_not():
     assert r.json() == {
         "user": "alice",
         "xsrf": _xsrf("alice-token"),
+        "auth_source": "cookie",
         "method": "GET",
         "path": PREFIX + "x",
     }
     r = _call({}, "GET", "x", token="alice-token")
     assert (r.json()["user"], r.json()["xsrf"]) == ("alice", None)
+    assert r.json()["auth_source"] == "header"
+
+
+def test_anonymous_callers_have_no_auth_source():
+    r = _call(WRITES, "GET", "welcome")
+    assert (r.json()["user"], r.json()["auth_source"]) == (None, None)
+    r = _call(WRITES, "GET", "welcome", cookie="expired-token")  # stale: anonymous
+    assert (r.json()["user"], r.json()["auth_source"]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"},
+        {"Sec-Fetch-Mode": "navigate"},
+        {"Sec-Fetch-Dest": "document"},
+        {},  # plain http on another host: browsers send neither; unchanged
+    ],
+)
+def test_navigations_get_the_value(headers):
+    r = _call(WRITES, "GET", "onboarding", cookie="alice-token", headers=headers)
+    assert r.json()["xsrf"] == _xsrf("alice-token")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},  # fetch() from a script
+        {"Sec-Fetch-Mode": "same-origin", "Sec-Fetch-Dest": "empty"},
+        {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},  # a frame
+        {"Sec-Fetch-Mode": "no-cors"},
+        {"Sec-Fetch-Dest": "iframe"},
+    ],
+)
+def test_scripts_and_frames_do_not_get_the_value(headers):
+    r = _call(WRITES, "GET", "onboarding", cookie="alice-token", headers=headers)
+    assert r.status_code == 200
+    assert (r.json()["user"], r.json()["auth_source"], r.json()["xsrf"]) == ("alice", "cookie", None)  # fmt: skip
+    # The value stays valid for writes: a page loaded earlier goes on working.
+    h = {"X-Twinhub-XSRF": _xsrf("alice-token"), **headers}
+    r = _call(WRITES, "POST", "api/v1/requests", cookie="alice-token", headers=h)
+    assert r.status_code == 200 and r.json()["auth_source"] == "cookie"
 
 
 # -- writes from a browser session ----------------------------------------------------------------

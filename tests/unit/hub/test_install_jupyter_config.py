@@ -65,6 +65,33 @@ def test_install_writes_config_tutorials_labextension_and_settings(tmp_path, sou
     assert sorted(p.name for p in shared.iterdir()) == ["02-y.ipynb"]
 
 
+def test_no_fixed_desk_item_and_an_old_one_is_removed(tmp_path):
+    """The Help menu's "Service desk" comes from the labextension, where the desk runs; the
+    fixed item an earlier version wrote into the overrides goes, other menu items stay."""
+    prefix = tmp_path / "prefix"
+    overrides = prefix / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    overrides.parent.mkdir(parents=True)
+    desk = {
+        "command": "help:open",
+        "rank": 1,
+        "args": {"url": "/services/desk/", "text": "Service desk", "newBrowserTab": True},
+    }
+    mine = {"command": "help:open", "args": {"url": "https://x.test/", "text": "Mine"}}
+    old = {"menus": [{"id": "jp-mainmenu-help", "items": [desk, mine]}]}  # fmt: skip
+    overrides.write_text(json.dumps({ijc.MAINMENU: old}))
+    ijc.lab_overrides(prefix)
+    menus = json.loads(overrides.read_text())[ijc.MAINMENU]["menus"]
+    assert menus == [{"id": "jp-mainmenu-help", "items": [mine]}]
+
+    overrides.write_text(json.dumps({ijc.MAINMENU: {"menus": [{"id": "jp-mainmenu-help",
+                                                              "items": [desk]}]}}))  # fmt: skip
+    ijc.lab_overrides(prefix)
+    assert ijc.MAINMENU not in json.loads(overrides.read_text())
+    ijc.lab_overrides(tmp_path / "fresh")
+    fresh = tmp_path / "fresh" / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    assert "Service desk" not in fresh.read_text()
+
+
 def test_an_unbuilt_labextension_is_a_clear_error(tmp_path, sources):
     tut, _ = sources
     with pytest.raises(SystemExit, match="no built labextension"):

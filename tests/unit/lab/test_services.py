@@ -205,13 +205,23 @@ def test_the_deadline_bounds_the_whole_answer(env: FakeRegistry, mode: str) -> N
     assert time.monotonic() - t0 < 1.8
 
 
-def test_info_key_lists_the_same_services(env: FakeRegistry) -> None:
-    doc = info.collect()
+def test_info_key_lists_the_shared_services_not_project_ones(env: FakeRegistry) -> None:
+    """The info document is read by whoever the owner shares the server with: it leaves out
+    the owner's project entries; twinlab.services() (the owner's own code) keeps them."""
+    users_only = {**ENTRIES[0], "slug": "members-map", "visibility": "users"}
+    ENTRIES.append(users_only)
+    try:
+        doc = info.collect()
+        everything = registry.services()
+    finally:
+        ENTRIES.remove(users_only)
+    assert [s.slug for s in everything] == ["flood-viewer", "crop-data", "members-map"]
     assert doc["registry"] == {
         "url": env.root,
-        "services": [s.as_dict() for s in registry.services()],
+        "services": [s.as_dict() for s in everything if s.slug != "crop-data"],
     }
     assert doc["registry"]["services"][0]["thematic_areas"] == ["extremes", "water"]
+    assert "project:farm" not in json.dumps(doc) and "Crop yields" not in json.dumps(doc)
     # the platform's own services stay under "services", as the hub passed them
     assert doc["services"]["registry"] == env.root
     json.dumps(doc)

@@ -4,6 +4,9 @@
 //   in <root>/tutorials/, copying it back first if the user deleted it;
 // - the platform's docs and support in the Help menu, served by the hub at
 //   <hubPrefix>help/ and <hubPrefix>help/support (no internet needed);
+// - "Service desk" in the Help menu, only where the platform runs the desk: the server's
+//   GET twinlab/api/info lists it under "services" (the spawner's $TWINHUB_SERVICES, with
+//   the platform's base URL); it opens the desk's page in a new browser tab;
 // - warnings when a project's budget reaches 80 % or 95 % and an error at 100 % (with the
 //   time its servers stop, when known) or when a server was stopped for a budget, once per
 //   level per project and budget: it polls the server's GET twinlab/api/info, whose "usage"
@@ -18,6 +21,7 @@ const CATEGORY = 'twinhub';
 const OPEN_TUTORIAL = 'twinhub:open-tutorial';
 const HELP_DOCS = 'twinhub:help-docs';
 const HELP_SUPPORT = 'twinhub:help-support';
+const HELP_DESK = 'twinhub:help-desk';
 const OPEN_USAGE = 'twinhub:open-usage';
 // JupyterLab's own command for a notification toast (no extra package needed)
 const NOTIFY = 'apputils:notify';
@@ -110,6 +114,40 @@ async function info() {
   return response.json();
 }
 
+// The desk's page on this page's origin: user servers are served on the platform's own
+// origin, and the spawner's URL may name the host differently (a cookie would not follow).
+function deskPath(url) {
+  const u = new URL(url, window.location.href);
+  return u.pathname + u.search;
+}
+
+const desk = {
+  id: '@twinhub/lab:desk',
+  description: 'The service desk in the Help menu, where the platform runs one.',
+  autoStart: true,
+  optional: [IMainMenu],
+  activate: async (app, mainMenu) => {
+    let url = null;
+    try {
+      const services = (await info()).services;
+      url = services && typeof services.desk === 'string' ? services.desk : null;
+    } catch (error) {
+      console.warn('twinhub: service desk not looked up:', error);
+    }
+    if (url && mainMenu) {
+      const path = deskPath(url);
+      app.commands.addCommand(HELP_DESK, {
+        label: 'Service desk',
+        caption: 'Ask the support staff: tickets with answers by mail',
+        execute: () => window.open(path, '_blank', 'noopener')
+      });
+      mainMenu.helpMenu.addGroup([{ command: HELP_DESK }], 1);
+    }
+    // Says the lookup is over (shown or not): what a browser test waits for.
+    document.body.dataset.twinhubDesk = url && mainMenu ? 'shown' : 'none';
+  }
+};
+
 function noticeText(n) {
   const text = n.message || `project ${n.project}: ${n.budget} at ${n.level} %`;
   if (n.kind !== 'stopped' && n.level >= 100 && n.stop_at) {
@@ -197,4 +235,4 @@ const usageNotices = {
   }
 };
 
-export default [tutorials, help, usageNotices];
+export default [tutorials, help, desk, usageNotices];

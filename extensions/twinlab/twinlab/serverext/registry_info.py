@@ -1,7 +1,10 @@
-"""The ``registry`` key of ``/twinlab/api/info``: the registry's services this user may use.
+"""The ``registry`` key of ``/twinlab/api/info``: the registry's shared services.
 
-``{"url": <registry>, "services": [...]}``, each service as :meth:`twinlab.registry.Service.as_dict`
-(the list ``twinlab.services()`` returns), asked with this server's token. Bounded: two
+``{"url": <registry>, "services": [...]}``, each service as :meth:`twinlab.registry.Service.as_dict`,
+asked with this server's token, i.e. as the server's owner. Only entries for everybody
+(``public``) or every logged-in user (``users``): whoever else the owner shares the server
+with reads this document too, and must not learn of the owner's ``project:`` entries. In a
+notebook, ``twinlab.services()`` still lists those (code there runs as the owner). Bounded: two
 seconds in all, the answer reused for a few seconds (JupyterLab polls the info endpoint);
 when the registry is off, down, slow or refuses, ``services`` is empty and ``error`` says
 why: the info document never fails for it.
@@ -20,6 +23,8 @@ from twinlab.serverext.info import info_provider
 
 TIMEOUT = 2.0
 REUSE_SECONDS = 5.0
+#: Visibilities shown: those any user of the platform may see anyway.
+SHARED = ("public", "users")
 _last: dict[str, Any] = {}
 
 
@@ -32,7 +37,8 @@ def _registry() -> dict[str, Any]:
         return reused
     try:
         found = registry.services(timeout=TIMEOUT)
-        value: dict[str, Any] = {"url": base, "services": [s.as_dict() for s in found]}
+        shown = [s.as_dict() for s in found if s.visibility in SHARED]
+        value: dict[str, Any] = {"url": base, "services": shown}
     except registry.RegistryError as e:
         value = {"url": base, "services": [], "error": str(e)}
     except Exception as e:  # an odd answer must not break the info document either

@@ -45,8 +45,8 @@ from twinlab.contract import ENV_HUB_API_URL, ENV_HUB_TOKEN
 
 from ... import __version__
 from ...process.runtime import Runtime
-from ..asgi import BadRequest, RequestLimitsMiddleware, error_body, header
-from ..hubauth import HubAuthMiddleware, hub_user_model
+from ..asgi import BadRequest, RequestLimitsMiddleware, error_body
+from ..hubauth import HubAuthMiddleware, hub_user_model, metrics_caller
 from ..projects.catalog import ProjectCatalog
 from . import SERVICE_PREFIX, access, enforce, metrics, query
 from .config import TwinhubAccounting
@@ -59,7 +59,6 @@ log = logging.getLogger("twinhub.accounting")
 PUBLIC_PATHS = ("health", "metrics")  # metrics: its own token check (read:metrics)
 #: Nothing here takes a body.
 MAX_BODY_BYTES = 1024
-METRICS_SCOPE = "read:metrics"
 #: Raw records older than raw_retention_days are pruned this often.
 PRUNE_EVERY = timedelta(days=1)
 #: How long the hub's model of a user (admin flag, groups) is reused: a request costs no hub
@@ -238,35 +237,12 @@ def create_app(
 
     @app.get(p + "metrics")
     async def metrics_page(request: Request) -> Response:
-        await metrics_caller(request)
+        await metrics_caller(metrics_auth, request)
         allocs = await asyncio.to_thread(catalog.allocations)
         body, ctype = await asyncio.to_thread(
             metrics.render, rt.db_url, allocs, request.app.state.ticks
         )
         return Response(body, media_type=ctype)
-
-    async def metrics_caller(request: Request) -> dict[str, Any]:
-        kind, _, tok = header(request.scope, b"authorization").partition(" ")
-        tok = tok.strip()
-        if kind.lower() not in ("token", "bearer") or not tok:
-            raise BadRequest(
-                "metrics need 'Authorization: token <t>' with a token that has the scope "
-                f"{METRICS_SCOPE!r} (admins' tokens have it)",
-                401,
-            )
-        try:
-            who = await metrics_auth.user_for_token(tok, use_cache=True, sync=False)
-        except Exception as e:
-            raise BadRequest(f"cannot check the token with the hub: {e}", 502) from None
-        if who is None:
-            raise BadRequest("invalid or expired token", 401)
-        if METRICS_SCOPE not in (who.get("scopes") or ()):
-            raise BadRequest(
-                f"metrics need a token with the scope {METRICS_SCOPE!r}; the token of "
-                f"{who.get('name')!r} lacks it",
-                403,
-            )
-        return who
 
     # The hub decides who may call; health (and metrics, checked above) answer without the
     # middleware. Starlette: the last added runs first, so the request limits come first.

@@ -1,8 +1,8 @@
 """The service desk: support tickets between users and the platform's support staff.
 
-- :class:`TwinhubDesk` (``c.TwinhubDesk.*``): who the staff are, attachment and message caps,
-  where notification mails go (an SMTP server, or the embedded default: a Maildir under the
-  state directory);
+- :class:`TwinhubDesk` (``c.TwinhubDesk.*``): who the staff are, attachment, message and
+  per-user caps, where notification mails go (an SMTP server, or the embedded default: a
+  Maildir under the state directory);
 - the ``desk`` component (:mod:`.app`, uvicorn), a hub service at ``/services/desk/``: the
   REST API (``api/v1/tickets...``), the page for users and staff, ``metrics`` and ``health``;
 - in the hub's configuration (:meth:`DeskPart.configure_service`): the hub's support link
@@ -61,7 +61,42 @@ class TwinhubDesk(Configurable):
         help="Characters a ticket's body or one message may have (more: 400).",
     ).tag(config=True)
 
-    @validate("max_attachment_bytes", "max_attachments", "max_body_chars")
+    max_open_tickets = Integer(
+        20,
+        help="Tickets one user may have open or answered at once (more, or reopening one "
+        "beyond it: 429 naming the limit). Support staff are exempt.",
+    ).tag(config=True)
+
+    max_tickets_per_hour = Integer(
+        10,
+        help="Tickets one user may open within an hour (more: 429 naming the limit, with "
+        "Retry-After). Each new ticket mails the staff: this bounds those mails too. Support "
+        "staff are exempt.",
+    ).tag(config=True)
+
+    max_user_attachment_bytes = Integer(
+        50 * 1024 * 1024,
+        help="Bytes of attachments one user may store in all, over every ticket (more: 413 "
+        "naming the limit). They live in twinhub's database, beside the hub's own state. "
+        "Support staff are exempt.",
+    ).tag(config=True)
+
+    max_pending_mails = Integer(
+        1000,
+        help="Notification mails waiting for delivery at once; beyond it a new notice is "
+        'dropped (logged, counted as twinhub_desk_mails_total{outcome="dropped"}) rather '
+        "than held in memory while the mail server is slow or down.",
+    ).tag(config=True)
+
+    @validate(
+        "max_attachment_bytes",
+        "max_attachments",
+        "max_body_chars",
+        "max_open_tickets",
+        "max_tickets_per_hour",
+        "max_user_attachment_bytes",
+        "max_pending_mails",
+    )
     def _positive(self, proposal):  # type: ignore[no-untyped-def]
         value = int(proposal["value"])
         if value < 1:

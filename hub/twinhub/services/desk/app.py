@@ -5,7 +5,8 @@ component). Under ``/services/desk/``:
 
 =============================================  ================================================
 ``GET  ""``                                    the page (browsers; ``f=html``) or JSON:
-                                               ``{"tickets", "staff", "services", "projects"}``
+                                               ``{"user", "staff", "tickets", "services",
+                                               "projects", "links"}``
 ``POST api/v1/tickets``                        a new ticket (any user): ``subject``, ``body``,
                                                ``service``?, ``project``?, ``email``? -> 201
 ``GET  api/v1/tickets[?state=]``               own tickets; staff: everybody's
@@ -18,11 +19,15 @@ component). Under ``/services/desk/``:
 ``GET  health``                                no credentials
 =============================================  ================================================
 
-Staff are members of ``TwinhubDesk.support_group`` and hub admins (with an admin's token).
+Staff are members of ``TwinhubDesk.support_group`` and hub admins calling with an admin's
+token (a browser's sign-on token carries no admin scope: on the page, admins are staff
+only as members of the group). Mails: a new ticket and an owner's message to an answered
+ticket go to the group's members, staff answers and state changes to the owner.
 Every request but ``health`` passes :class:`~twinhub.services.hubauth.HubAuthMiddleware`
 (token, or the browser's sign-on cookie; cookie writes need the page's XSRF header), after
 the request limits (bodies up to ``max_attachment_bytes``). Errors are JSON ``{"code",
-"description"}``; a refused call stores nothing.
+"description"}``; a refused call stores nothing. Users (not staff) have caps: open tickets
+and tickets per hour (429), attachment bytes in all (413).
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ import json
 import logging
 import os
 import re
-import time
 import unicodedata
 from contextlib import asynccontextmanager
 from typing import Any
@@ -57,11 +61,9 @@ from ..asgi import (
     error_body,
     header,
 )
-from ..hubauth import HubAuthMiddleware, acts_as_admin, hub_user_model
-from ..projects.catalog import ProjectCatalog
-from ..registry.entry import can_see
-from . import MAILDIR, SERVICE_PREFIX, TwinhubDesk, pages, store
-from .mail import Mailer, notices
+from ..hubauth import HubAuthMiddleware
+from . import SERVICE_PREFIX, TwinhubDesk, pages, store
+from .context import Desk
 from .metrics import REGISTRY, TICKETS
 
 log = logging.getLogger("twinhub.desk")
@@ -71,10 +73,6 @@ METRICS_SCOPE = "read:metrics"
 #: A JSON body (a ticket, a message) is at most this large: max_body_chars characters of
 #: up to 4 UTF-8 bytes, escaped, plus the other fields.
 JSON_OVERHEAD = 16 * 1024
-#: How long the hub's answers (a user's groups, the support group's members, the projects)
-#: are reused: a change in the hub counts within this time.
-HUB_TTL = 30.0
-CACHE_MAX = 4096
 #: Uploads travel as this media type inside the service (their own type moves to the
 #: request's state): raw bytes, not JSON, so the request limits do not depth-check them.
 UPLOAD_MEDIA = "application/octet-stream"
@@ -84,127 +82,6 @@ FILENAME_MAX = 255
 _EMAIL = re.compile(r"[^@\s<>,;\"]{1,64}@[^@\s<>,;\"]{1,255}\.[^@\s<>,;\"]{1,63}")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _MEDIA = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}")
-
-
-class Caller:
-    """Who is calling: the hub's user model (fresh groups and admin flag) and the token's."""
-
-    def __init__(self, token_model: dict[str, Any], model: dict[str, Any], group: str) -> None:
-        self.name: str = model["name"]
-        self.groups: frozenset[str] = frozenset(model.get("groups") or ())
-        # Admin power comes from the token (as in the hub's own API) with the hub's flag.
-        self.user = {**token_model, "admin": bool(model.get("admin")), "groups": list(self.groups)}
-        self.staff = group in self.groups or acts_as_admin(self.user)
-
-    @property
-    def viewer(self) -> str | None:
-        """Whose tickets the caller sees: None (staff) = everybody's."""
-        return None if self.staff else self.name
-
-
-class TtlCache:
-    """Values by key, each reused for ``ttl`` seconds, at most ``size`` (oldest go first)."""
-
-    def __init__(self, ttl: float, size: int = CACHE_MAX) -> None:
-        self.ttl, self.size = ttl, size
-        self._items: dict[str, tuple[float, Any]] = {}
-
-    def get(self, key: str) -> tuple[bool, Any]:
-        item = self._items.get(key)
-        if item is None or item[0] <= time.monotonic():
-            return False, None
-        return True, item[1]
-
-    def put(self, key: str, value: Any) -> None:
-        self._items.pop(key, None)
-        while len(self._items) >= self.size:
-            self._items.pop(next(iter(self._items)))
-        self._items[key] = (time.monotonic() + self.ttl, value)
-
-
-class Desk:
-    """What the routes share: settings, the hub client, caches, the mailer."""
-
-    def __init__(self, rt: Runtime, settings: TwinhubDesk, hub_api: str, token: str) -> None:
-        self.rt = rt
-        self.settings = settings
-        self.db_url = rt.db_url
-        self.hub_api = hub_api
-        self.token = token
-        self.desk_url = rt.url + SERVICE_PREFIX.lstrip("/")
-        self.mailer = Mailer(settings, rt.path(MAILDIR))
-        self.hub: httpx.AsyncClient | None = None
-        self.cache = TtlCache(HUB_TTL)
-
-    # -- the hub ---------------------------------------------------------------------------
-    async def _cached(self, key: str, fetch: Any) -> Any:
-        hit, value = self.cache.get(key)
-        if not hit:
-            value = await fetch()
-            self.cache.put(key, value)
-        return value
-
-    async def caller(self, request: Request) -> Caller:
-        who = request.state.hub_user
-        if who.get("kind", "user") != "user":
-            raise BadRequest(f"{who.get('name')!r} is not a user: tickets are users'", 403)
-        assert self.hub is not None
-        model = await self._cached(
-            "user:" + who["name"], lambda: hub_user_model(self.hub, self.hub_api, who["name"])
-        )
-        if model is None:
-            raise BadRequest(f"user {who['name']!r} no longer exists", 403)
-        return Caller(who, model, self.settings.support_group)
-
-    async def staff_addresses(self) -> list[str]:
-        """Where new-ticket notices go: the team address, else every support member's."""
-        if self.settings.staff_address:
-            return [self.settings.staff_address]
-
-        async def members() -> list[str]:
-            assert self.hub is not None
-            name = quote(self.settings.support_group, safe="")
-            try:
-                r = await self.hub.get(f"{self.hub_api}/groups/{name}")
-            except httpx.HTTPError as e:
-                log.error("cannot ask the hub for the support group's members: %s", e)
-                return []
-            if r.status_code != 200:  # no such group yet: nobody to tell
-                return []
-            return list(r.json().get("users") or [])
-
-        users = await self._cached("support-members", members)
-        return [self.mailer.address_of(u) for u in users]
-
-    async def projects_of(self, me: Caller) -> list[str]:
-        """The caller's groups that are projects (the projects catalogue's), sorted."""
-
-        async def names() -> frozenset[str]:
-            try:
-                catalog = await asyncio.to_thread(ProjectCatalog.from_runtime, self.rt)
-                return frozenset(await asyncio.to_thread(catalog.allocations))
-            except Exception as e:  # a bad projects configuration: the hub says why
-                log.error("cannot read the projects catalogue: %s", e)
-                return frozenset()
-
-        projects = await self._cached("projects", names)
-        return sorted(me.groups & projects)
-
-    async def services_for(self, me: Caller) -> list[dict[str, Any]]:
-        """Integrated registry entries the caller may see (a ticket may name one)."""
-        rows = await asyncio.to_thread(store.integrated_services, self.db_url)
-        return [r for r in rows if can_see(r["visibility"], me.user)]
-
-    # -- notifications ---------------------------------------------------------------------
-    async def notify_new(self, ticket: dict[str, Any], body: str) -> None:
-        subject, text = notices(self.mailer, ticket, desk_url=self.desk_url, text=body)["new"]
-        self.mailer.send_later(await self.staff_addresses(), subject, text)
-
-    def notify_owner(self, ticket: dict[str, Any], kind: str, body: str = "") -> None:
-        subject, text = notices(self.mailer, ticket, desk_url=self.desk_url, text=body)[kind]
-        self.mailer.send_later(
-            [self.mailer.address_of(ticket["owner"], ticket["email"])], subject, text
-        )
 
 
 # -- input -----------------------------------------------------------------------------------
@@ -308,7 +185,8 @@ def build_api(desk: Desk) -> FastAPI:
 
     @app.exception_handler(store.DeskError)
     async def _desk_refused(_request: Request, e: store.DeskError) -> JSONResponse:
-        return JSONResponse(error_body(e.status, e.message), status_code=e.status)
+        headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+        return JSONResponse(error_body(e.status, e.message), status_code=e.status, headers=headers)
 
     @app.get(p + "health")
     async def health() -> dict[str, Any]:
@@ -384,6 +262,7 @@ def build_api(desk: Desk) -> FastAPI:
             service=service,
             project=project,
             email=email,
+            caps=me.caps(s),
         )
         await desk.notify_new(ticket, body)
         return ticket
@@ -398,11 +277,15 @@ def build_api(desk: Desk) -> FastAPI:
         me = await desk.caller(request)
         doc = json_object(await request.body(), json_max)
         body = text_field(doc, "body", s.max_body_chars)
-        message, ticket, _before = await asyncio.to_thread(
+        message, ticket, before = await asyncio.to_thread(
             store.add_message, desk.db_url, ticket_id, author=me.name, staff=me.staff, body=body
         )
-        if message["staff"]:  # the owner's follow-ups wait in the staff's queue, unmailed
+        if message["staff"]:
             desk.notify_owner(ticket, "answer", body)
+        elif before == "answered":
+            # Back in the staff's queue after their answer: tell them, or it waits unseen.
+            # (Follow-ups to a still-open ticket are not mailed: staff have it in view.)
+            await desk.notify_staff(ticket, "reply", body)
         return {"message": message, "ticket": ticket}
 
     @app.post(api + "tickets/{ticket_id}/transitions")
@@ -413,7 +296,13 @@ def build_api(desk: Desk) -> FastAPI:
         if not isinstance(to, str) or not to:
             raise BadRequest("'to' is required: the state to move the ticket to")
         ticket, _before = await asyncio.to_thread(
-            store.transition, desk.db_url, ticket_id, to=to, actor=me.name, staff=me.staff
+            store.transition,
+            desk.db_url,
+            ticket_id,
+            to=to,
+            actor=me.name,
+            staff=me.staff,
+            caps=me.caps(s),
         )
         if me.name != ticket["owner"]:  # the owner knows what they did themselves
             desk.notify_owner(ticket, "state")
@@ -446,6 +335,7 @@ def build_api(desk: Desk) -> FastAPI:
             content_type=media,
             data=data,
             max_attachments=s.max_attachments,
+            caps=me.caps(s),
         )
 
     @app.get(api + "tickets/{ticket_id}/attachments/{attachment_id}")

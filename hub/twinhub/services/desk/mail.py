@@ -5,6 +5,8 @@ the password read from ``smtp_password_file``) or, without one, into the Maildir
 ``<state>/mail/`` (the embedded default: nothing leaves the machine). A mail that cannot be
 delivered is logged and counted (``twinhub_desk_mails{outcome="failed"}``) and never fails
 the request that caused it: the ticket is stored either way, and the desk's page shows it.
+At most ``TwinhubDesk.max_pending_mails`` wait at once; past that a notice is dropped and
+counted (``outcome="dropped"``): a slow or dead mail server must not grow the desk's memory.
 """
 
 from __future__ import annotations
@@ -101,9 +103,20 @@ class Mailer:
         MAILS.labels("sent").inc()
 
     def send_later(self, to: list[str], subject: str, text: str) -> None:
-        """Deliver in the background (never blocks, never raises): the caller answers now."""
+        """Deliver in the background (never blocks, never raises): the caller answers now.
+        With ``max_pending_mails`` already waiting the mail is dropped (logged, counted)."""
         to = sorted({a for a in to if a})
         if not to:
+            return
+        if len(self._tasks) >= self.settings.max_pending_mails:
+            MAILS.labels("dropped").inc()
+            log.warning(
+                "dropped the mail %r to %s: %d mails already wait for delivery "
+                "(TwinhubDesk.max_pending_mails)",
+                subject,
+                to,
+                len(self._tasks),
+            )
             return
         try:
             msg = self.compose(to, subject, text)
@@ -143,6 +156,11 @@ def notices(
         "new": (
             f"[desk #{tid}] New ticket: {subj}",
             f"{ticket['owner']} opened ticket #{tid}: {subj}\n{quoted}\nAnswer it at {link}\n",
+        ),
+        "reply": (
+            f"[desk #{tid}] Owner replied: {subj}",
+            f"{ticket['owner']} wrote again to ticket #{tid} ({subj}) after its answer: it "
+            f"is open again.\n{quoted}\nAnswer it at {link}\n",
         ),
         "answer": (
             f"[desk #{tid}] Answered: {subj}",

@@ -16,8 +16,9 @@ TICKETS = Gauge(
 )
 MAILS = Counter(
     "twinhub_desk_mails",
-    "Notification mails handed to the SMTP server or written to the Maildir (sent), or "
-    "given up on (failed: logged with the reason).",
+    "Notification mails handed to the SMTP server or written to the Maildir (sent), given "
+    "up on (failed: logged with the reason), or dropped because max_pending_mails were "
+    "already waiting (dropped).",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -22,7 +22,7 @@ from ..base import platform_name
 from . import SERVICE_PREFIX, store
 
 if TYPE_CHECKING:
-    from .app import Caller, Desk
+    from .context import Caller, Desk
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -34,10 +34,12 @@ STATIC_FILES = {
     "desk.js": "text/javascript; charset=utf-8",
 }
 
-#: This origin only, no inline script or style, not framed elsewhere, forms post here only.
+#: This origin only, no inline script or style, forms post here only, and never framed:
+#: not even by a page of this origin (users serve their own pages here, under /user/...),
+#: which could otherwise read the embedded XSRF value out of a frame or trick clicks in it.
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-    "frame-ancestors 'self'; form-action 'self'; base-uri 'self'"
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'self'"
 )
 
 _env = jinja2.Environment(
@@ -58,6 +60,8 @@ def wants_html(request: Request) -> bool:
 def _page_headers() -> dict[str, str]:
     return {
         "Content-Security-Policy": CSP,
+        # For browsers without CSP frame-ancestors.
+        "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "private, no-store",
         "Referrer-Policy": "same-origin",

@@ -7,35 +7,129 @@ write is one transaction, so a refused call (:class:`DeskError`) stores nothing.
 States: ``open`` (waiting for staff) -> ``answered`` (waiting for the owner) -> ``closed``.
 A message by the owner (re)opens a ticket, one by staff answers it; either may close it,
 and either may reopen a closed one. Nobody writes to a closed ticket before reopening it.
+
+Per-user caps (:class:`Caps`: open tickets, tickets per hour, attachment bytes) are checked
+in the same transaction as the write they guard, one such write per user at a time, so
+parallel requests cannot slip past them together. Staff pass no caps.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import defer
 
 from ... import db
-from ...db.models import DeskAttachment, DeskMessage, DeskTicket, RegistryRequest, utcnow
+from ...db.models import DeskAttachment, DeskMessage, DeskTicket, utcnow
+from ..registry import store as registry_store
 
 STATES = ("open", "answered", "closed")
 #: Moves the transitions endpoint makes (``answered`` comes only from a staff message).
 TRANSITIONS = {"closed": ("open", "answered"), "open": ("closed",)}
+#: States that count towards a user's open tickets (waiting for someone).
+LIVE = ("open", "answered")
+#: The window of the tickets-per-hour cap.
+HOUR = timedelta(hours=1)
+MIB = 1024 * 1024
+
+# In-process half of the per-user serialisation (SQLite has no row or advisory locks; the
+# desk is one process). PostgreSQL adds a transaction-scoped advisory lock per user.
+_capped_writes = threading.Lock()
 
 
 class DeskError(Exception):
-    """A refused call: ``status`` (400, 404, 409...) and a message naming why."""
+    """A refused call: ``status`` (400, 404, 409, 413, 429...) and a message naming why;
+    ``retry_after``: seconds after which the same call may pass (429), else None."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t is not None else None
+@dataclass(frozen=True)
+class Caps:
+    """One user's caps (``TwinhubDesk.max_open_tickets``, ``max_tickets_per_hour``,
+    ``max_user_attachment_bytes``)."""
+
+    open_tickets: int
+    tickets_per_hour: int
+    attachment_bytes: int
+
+
+def _size(n: int) -> str:
+    return f"{n} bytes ({n / MIB:.1f} MiB)" if n >= MIB else f"{n} bytes"
+
+
+def _aware(t: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; they are stored in UTC.
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _lock_key(user: str) -> int:
+    digest = hashlib.blake2b(f"twinhub-desk-user:{user}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def _capped(db_url: str, user: str) -> Iterator[Any]:
+    """A session in which ``user``'s capped writes take turns (the count and the write it
+    guards in one transaction, no other capped write of the user in between)."""
+    with _capped_writes, db.session(db_url) as s:
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(user)})
+        yield s
+
+
+def _check_open(s: Any, owner: str, caps: Caps) -> None:
+    n = s.scalar(select(func.count()).where(DeskTicket.owner == owner, DeskTicket.state.in_(LIVE)))
+    if (n or 0) >= caps.open_tickets:
+        raise DeskError(
+            f"{owner!r} has {n} open or answered tickets (at most {caps.open_tickets} per "
+            "user): close one that is settled first",
+            429,
+        )
+
+
+def _check_rate(s: Any, owner: str, caps: Caps, now: datetime) -> None:
+    n, oldest = s.execute(
+        select(func.count(), func.min(DeskTicket.created_at)).where(
+            DeskTicket.owner == owner, DeskTicket.created_at > now - HOUR
+        )
+    ).one()
+    if (n or 0) >= caps.tickets_per_hour:
+        wait = max(1, math.ceil((_aware(oldest) + HOUR - now).total_seconds()))
+        raise DeskError(
+            f"{owner!r} opened {n} tickets within the last hour (at most "
+            f"{caps.tickets_per_hour} per user and hour): try again in {wait} s, or add to "
+            "an open ticket",
+            429,
+            retry_after=wait,
+        )
+
+
+def _check_bytes(s: Any, uploader: str, caps: Caps, adding: int) -> None:
+    held = s.scalar(
+        select(func.coalesce(func.sum(DeskAttachment.size), 0)).where(
+            DeskAttachment.uploader == uploader
+        )
+    )
+    if int(held or 0) + adding > caps.attachment_bytes:
+        raise DeskError(
+            f"{uploader!r} already stores {_size(int(held or 0))} of attachments: "
+            f"{_size(adding)} more would pass {_size(caps.attachment_bytes)} (the limit per "
+            "user)",
+            413,
+        )
 
 
 def _ticket_doc(t: DeskTicket) -> dict[str, Any]:
@@ -47,13 +141,13 @@ def _ticket_doc(t: DeskTicket) -> dict[str, Any]:
         "service": t.service,
         "project": t.project,
         "email": t.email,
-        "created": _iso(t.created_at),
-        "updated": _iso(t.updated_at),
+        "created": db.iso(t.created_at),
+        "updated": db.iso(t.updated_at),
     }
 
 
 def _message_doc(m: DeskMessage) -> dict[str, Any]:
-    return {"id": m.id, "author": m.author, "staff": m.staff, "body": m.body, "at": _iso(m.at)}
+    return {"id": m.id, "author": m.author, "staff": m.staff, "body": m.body, "at": db.iso(m.at)}
 
 
 def _attachment_doc(a: DeskAttachment) -> dict[str, Any]:
@@ -64,7 +158,7 @@ def _attachment_doc(a: DeskAttachment) -> dict[str, Any]:
         "size": a.size,
         "uploader": a.uploader,
         "message_id": a.message_id,
-        "at": _iso(a.at),
+        "at": db.iso(a.at),
     }
 
 
@@ -145,20 +239,15 @@ def counts_by_state(db_url: str) -> dict[str, int]:
 
 def integrated_services(db_url: str) -> list[dict[str, Any]]:
     """Registry entries that are integrated: ``{"slug", "name", "visibility"}``, by name
-    (the caller keeps those the user may see). Read straight from the registry's table:
-    the desk runs without the registry process."""
-    q = select(RegistryRequest.slug, RegistryRequest.entry).where(
-        RegistryRequest.state == "integrated"
-    )
-    with db.session(db_url) as s:
-        rows = list(s.execute(q))
+    (the caller keeps those the user may see). Through the registry's store module (its
+    tables are its own): the desk runs without the registry process."""
     out = []
-    for slug, entry in rows:
-        entry = entry if isinstance(entry, dict) else {}
+    for row in registry_store.published(db_url):
+        entry = row["entry"] if isinstance(row["entry"], dict) else {}
         out.append(
             {
-                "slug": slug,
-                "name": str(entry.get("name") or slug),
+                "slug": row["slug"],
+                "name": str(entry.get("name") or row["slug"]),
                 "visibility": str(entry.get("visibility") or "public"),
             }
         )
@@ -175,10 +264,15 @@ def create_ticket(
     service: str | None,
     project: str | None,
     email: str,
+    caps: Caps | None = None,
 ) -> dict[str, Any]:
-    """A new ``open`` ticket whose first message is ``body`` (checked by the caller)."""
+    """A new ``open`` ticket whose first message is ``body`` (checked by the caller);
+    ``caps``: the owner's open-ticket and per-hour caps (429), None: none (staff)."""
     now = utcnow()
-    with db.session(db_url) as s:
+    with _capped(db_url, owner) as s:
+        if caps is not None:
+            _check_open(s, owner, caps)
+            _check_rate(s, owner, caps, now)
         t = DeskTicket(
             owner=owner,
             subject=subject,
@@ -223,18 +317,24 @@ def add_message(
 
 
 def transition(
-    db_url: str, ticket_id: int, *, to: str, actor: str, staff: bool
+    db_url: str, ticket_id: int, *, to: str, actor: str, staff: bool, caps: Caps | None = None
 ) -> tuple[dict[str, Any], str]:
     """Move a ticket to ``to`` (``closed`` or ``open``); returns (the ticket, its state
-    before). Unknown or not-by-hand states: 400; not from the current state: 409."""
+    before). Unknown or not-by-hand states: 400; not from the current state: 409; reopening
+    past the owner's open-ticket cap (``caps``, None for staff): 429."""
     if to not in STATES:
         raise DeskError(f"unknown state {to!r}: one of {', '.join(STATES)}", 400)
     if to not in TRANSITIONS:
         raise DeskError(f"a ticket becomes {to!r} when staff answer it, not by a transition", 400)
-    with db.session(db_url) as s:
+    # Only a non-staff owner's reopening is capped (the ticket is theirs, else 404 below).
+    capped = caps is not None and to == "open"
+    with _capped(db_url, actor) if capped else db.session(db_url) as s:
         t = _locked(s, ticket_id, None if staff else actor)
         if t.state not in TRANSITIONS[to]:
             raise DeskError(f"ticket {ticket_id} is {t.state!r}: it cannot become {to!r}", 409)
+        if capped:
+            assert caps is not None
+            _check_open(s, t.owner, caps)
         before = t.state
         t.state = to
         t.updated_at = utcnow()
@@ -252,10 +352,12 @@ def add_attachment(
     content_type: str,
     data: bytes,
     max_attachments: int,
+    caps: Caps | None = None,
 ) -> dict[str, Any]:
-    """Store an attachment (size checked by the caller); at most ``max_attachments`` per
-    ticket (409), none on a closed ticket (409). Linked to the uploader's last message."""
-    with db.session(db_url) as s:
+    """Store an attachment (its own size checked by the caller); at most ``max_attachments``
+    per ticket (409), none on a closed ticket (409), the uploader's bytes in all within
+    ``caps`` (413; None: staff, no cap). Linked to the uploader's last message."""
+    with _capped(db_url, uploader) if caps is not None else db.session(db_url) as s:
         t = _locked(s, ticket_id, None if staff else uploader)
         if t.state == "closed":
             raise DeskError(f"ticket {ticket_id} is closed: reopen it to attach files", 409)
@@ -264,6 +366,8 @@ def add_attachment(
             raise DeskError(
                 f"ticket {ticket_id} already has {n} attachments (at most {max_attachments})", 409
             )
+        if caps is not None:
+            _check_bytes(s, uploader, caps, len(data))
         last = s.scalar(
             select(func.max(DeskMessage.id)).where(
                 DeskMessage.ticket_id == t.id, DeskMessage.author == uploader

@@ -45,36 +45,48 @@ class RegistryPart(AsgiService):
     listed = True
     # What the service's own token may do: read users and groups (who is a reviewer, a
     # project member), register the routes of integrated services with the hub
-    # (admin:services; proxy: have the hub add their proxy routes at once, not at its next
-    # periodic check), and read the lake's collections for the landing page.
+    # (admin:services: its most sensitive right, it could create any service; docs/registry.md),
+    # and read the lake's collections for the landing page. Not "proxy": with it a bug in
+    # this exposed service could point the hub's proxy API elsewhere (and hand over the
+    # proxy's token); the hub adds the routes itself at its next check_routes instead.
     scopes = (
         "read:users",
         "read:groups",
         "admin:services",
-        "proxy",
         "access:services!service=stac",
     )
+    #: Seconds at most between the hub's route checks (check_routes runs in its
+    #: last-activity update): how soon an integrated service's route appears.
+    route_check_interval = 30
 
     def enabled(self, rt: Runtime) -> bool:
         return is_enabled(rt)
 
     def configure_service(self, c: Any, rt: Runtime) -> None:
         """The hub's root sends visitors who are not logged in to the welcome page; the
-        hub's pages link to it ("Services"); admins' browser sessions act as admins."""
+        hub's pages link to it ("Services"); admins' browser sessions act as admins; the
+        hub checks its proxy routes often enough for new services to appear soon."""
         c.JupyterHub.default_url = WelcomeForVisitors()
         variables = dict(c.JupyterHub.template_vars) if "template_vars" in c.JupyterHub else {}
         variables["registry_url"] = SERVICE_PREFIX + "welcome"
         c.JupyterHub.template_vars = variables
         # A browser's sign-on token carries only the access scope by default, so an admin on
         # the onboarding page could not integrate. JupyterHub grants an allowed scope only
-        # to users who hold it: admins' tokens get admin:users, everyone else's stay as they
-        # are. The token lives in an HttpOnly cookie limited to /services/registry/, and
-        # cookie writes need the page's XSRF header.
+        # to users who hold it: admins' tokens get admin-ui, everyone else's stay as they
+        # are. admin-ui opens only the hub's admin page (no API power if the cookie's token
+        # leaked); the registry counts it as an admin's (entry.registry_admin). Not
+        # admin:users: any page on the origin can drive a browser session.
         services = [dict(s) for s in c.JupyterHub.services]
         for s in services:
             if s["name"] == self.name:
-                s["oauth_client_allowed_scopes"] = ["admin:users"]
+                s["oauth_client_allowed_scopes"] = ["admin-ui"]
         c.JupyterHub.services = services
+        # Without the proxy scope the registry cannot add routes itself: the hub adds them
+        # in check_routes, run every last_activity_interval (300 s by default).
+        current = (
+            c.JupyterHub.last_activity_interval if "last_activity_interval" in c.JupyterHub else 300
+        )
+        c.JupyterHub.last_activity_interval = min(current, self.route_check_interval)
 
 
 __all__ = [

@@ -2,23 +2,29 @@
 ``{"code", "description"}``).
 
 =====================================  ==============================================================
-``POST requests``                      any logged-in user (the provider): a new request (201)
-``GET  requests[?state=]``             own requests; reviewers and admins: all
+``POST requests``                      any logged-in user (the provider): a new request (201;
+                                       429 past ``max_open_requests`` waiting for review)
+``GET  requests[?state=&limit=&offset=]``  own requests; reviewers and admins: all (paged:
+                                       ``total``, ``next``)
 ``GET  requests/{id}``                 the provider, reviewers, admins (others: 404)
 ``POST requests/{id}/transitions``     ``{"to", "comment"?, "entry"?, "upstream"?, "allow_private"?,
                                        "sandbox"?}``: the workflow's roles (:mod:`.workflow`)
 ``POST requests/{id}/comments``        ``{"comment"}``: whoever sees the request (201)
 ``POST requests/{id}/reviews``         ``{"decision", "comment"}``: reviewers (a transition)
-``PUT  requests/{id}/entry``           ``{"entry"}``: the provider while changes-requested; the
-                                       provider or an admin while integrated (a new version)
+``PUT  requests/{id}/entry``           ``{"entry"}``: the provider while changes-requested; an
+                                       admin while integrated (a new version; the provider
+                                       asks in a comment: nobody would review the change)
 ``GET  entries``                       published entries the caller may see (anonymous: public)
-``GET  entries/{slug}[/versions]``     one entry, its version history
+``GET  entries/{slug}[/versions]``     one entry, its version history (the versions the
+                                       caller may see; ``actor`` for those who see the request)
 ``GET  vocabulary``                    thematic areas, kinds, states (anonymous)
 =====================================  ==============================================================
 
 Who the caller is: the hub's token check (middleware) says the name and the token's scopes;
 the admin flag and groups (reviewers, projects) are read with the service's own token
-(cached briefly), since tokens issued to services carry no groups.
+(cached briefly), since tokens issued to services carry no groups. Admins: see
+:func:`.entry.registry_admin`. Integrating with ``allow_private`` or without ``sandbox``
+needs a header token: any page on the platform's origin can drive a browser session.
 """
 
 from __future__ import annotations
@@ -33,10 +39,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..asgi import BadRequest
-from ..hubauth import acts_as_admin, hub_user_model
+from ..hubauth import hub_user_model
 from . import hubservices, metrics, store, workflow
 from .context import RegistryContext
-from .entry import ENDPOINT_TYPES, KINDS, WEB_KINDS, EntryError, can_see, validate_entry
+from .entry import (
+    ENDPOINT_TYPES,
+    KINDS,
+    WEB_KINDS,
+    EntryError,
+    can_see,
+    registry_admin,
+    validate_entry,
+)
 from .workflow import STATES, TransitionError
 
 log = logging.getLogger("twinhub.registry.api")
@@ -49,6 +63,10 @@ MAX_ACTIVITY = 10_000
 #: What a request may say it needs (numbers) besides the project it runs under.
 RESOURCE_NUMBERS = ("cpu", "memory_gb", "gpu", "storage_gb", "servers")
 DECISIONS = ("approved", "rejected", "changes-requested")
+#: ``GET requests`` pages: this many by default, at most MAX_PAGE.
+DEFAULT_PAGE, MAX_PAGE = 100, 500
+#: Why the two switches below need a header token (a 403's text; the page shows it).
+HEADER_ONLY = "needs an Authorization: token header, not a browser session"
 _EXTRAS = "api.users"
 
 
@@ -185,14 +203,39 @@ async def _hub_call(what: str, coro) -> None:
         raise BadRequest(f"{what} failed: {type(e).__name__}: {e}", 502) from None
 
 
+def _paging(value: str | None, name: str, default: int, top: int) -> int:
+    if value is None:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, not {value[:32]!r}", 400) from None
+    if not 0 <= n <= top:
+        raise BadRequest(f"{name} must be between 0 and {top}, not {n}", 400)
+    return n
+
+
+def _browser_refusal(integration: dict[str, Any] | None, auth_source: str | None) -> None:
+    """403 for a browser session (cookie) turning on ``allow_private`` or off ``sandbox``:
+    a script on any page of the platform's origin can drive an admin's session, and these
+    two reach internal addresses or put a service's scripts on the platform's origin."""
+    if auth_source != "cookie" or integration is None:
+        return
+    if integration["allow_private"]:
+        raise BadRequest(f"integrating with allow_private: true {HEADER_ONLY}", 403)
+    if not integration["sandbox"]:
+        raise BadRequest(f"integrating with sandbox: false {HEADER_ONLY}", 403)
+
+
 async def apply_transition(
     ctx: RegistryContext,
     req: dict[str, Any],
     user: dict[str, Any],
     body: dict[str, Any],
+    auth_source: str | None = None,
 ) -> dict[str, Any]:
     """Check and apply one transition (the order: :func:`workflow.check`, the body, the
-    hub's route, the compare-and-set)."""
+    hub's route, the compare-and-set). ``auth_source``: how the caller authenticated."""
     to = body.get("to")
     try:
         workflow.check(req, to, user, ctx.settings)
@@ -201,21 +244,29 @@ async def apply_transition(
     comment = text_field(body, "comment", MAX_COMMENT)
     kwargs: dict[str, Any] = {}
     if to == "submitted":
-        # Re-validated: the vocabulary or reserved slugs may have changed meanwhile.
-        entry = entry_field(body, ctx.settings) if "entry" in body else None
-        if entry is None:
-            entry_field({"entry": req["entry"]}, ctx.settings)
-        elif entry["slug"] != req["slug"]:
+        # The contract: the provider resubmits "with an updated entry" (the whole entry,
+        # re-validated: the vocabulary or reserved slugs may have changed meanwhile).
+        if "entry" not in body:
+            raise BadRequest(
+                "resubmitting needs the updated entry: send 'entry' (the whole entry, "
+                "as changed for the reviewers' comments) with 'to': 'submitted'",
+                400,
+            )
+        entry = entry_field(body, ctx.settings)
+        if entry["slug"] != req["slug"]:
             raise BadRequest(f"the slug cannot change (it is {req['slug']!r})", 400)
         kwargs["entry"] = entry
     if to == "integrated":
         if req["state"] == "suspended" and "upstream" not in body:
             kwargs["integration"] = None  # back as it was
+            # (resuming a service with those switches is turning them on again)
+            _browser_refusal({k: req[k] for k in ("allow_private", "sandbox")}, auth_source)
         else:
             try:
                 kwargs["integration"] = workflow.integration(req["entry"], body)
             except TransitionError as e:
                 raise refusal(e) from None
+            _browser_refusal(kwargs["integration"], auth_source)
 
     slug, state = req["slug"], req["state"]
     name = user["name"]
@@ -228,34 +279,54 @@ async def apply_transition(
     # The hub's route first, then the state: a route without an integrated request only
     # reaches the gateway, which serves nothing for it (store.route is None); a state
     # without its route would be a published service nobody can reach. If the commit then
-    # fails (another caller moved the request first), the route is put back as it was.
-    if to == "integrated":
-        await _hub_call(f"publishing /services/{slug}/ with the hub", hubservices.publish_route(ctx, slug))  # fmt: skip
-        try:
-            done = await asyncio.to_thread(commit)
-        except Exception:
-            if state == "approved":
-                await _undo(hubservices.withdraw_route(ctx, slug), slug)
-            raise
-    elif to == "retired" and state in ("integrated", "suspended"):
-        # Withdrawn first: after a failed withdrawal the service is still as it was.
-        await _hub_call(f"withdrawing /services/{slug}/ from the hub", hubservices.withdraw_route(ctx, slug))  # fmt: skip
-        try:
-            done = await asyncio.to_thread(commit)
-        except Exception:
-            await _undo(hubservices.publish_route(ctx, slug), slug)
-            raise
-    else:
+    # fails (another caller moved the request first), the route is made to match what the
+    # request is now. One route change per slug at a time in this process; replicas are
+    # kept right by that re-read and by the periodic reconcile_routes.
+    routed = to == "integrated" or (to == "retired" and state in ROUTED)
+    if not routed:
         done = await asyncio.to_thread(commit)
+    else:
+        async with hubservices.route_lock(ctx, slug):
+            if to == "integrated":
+                await _publish(ctx, slug)
+            else:  # withdrawn first: after a failed withdrawal the service is as it was
+                await _hub_call(f"withdrawing /services/{slug}/ from the hub", hubservices.withdraw_route(ctx, slug))  # fmt: skip
+            try:
+                done = await asyncio.to_thread(commit)
+            except Exception:
+                await _route_as_stored(ctx, req["id"], slug)
+                raise
     metrics.TRANSITIONS.labels(to=to).inc()
     return done
 
 
-async def _undo(coro, slug: str) -> None:
+#: States whose request has its /services/<slug>/ route.
+ROUTED = ("integrated", "suspended")
+
+
+async def _publish(ctx: RegistryContext, slug: str) -> None:
     try:
-        await coro
-    except Exception:  # reconcile_routes at the next start puts it right
-        log.exception("could not undo the hub route change of %s", slug)
+        await hubservices.publish_route(ctx, slug)
+    except hubservices.SlugTaken as e:  # an operator's own hub service: not the hub's fault
+        raise BadRequest(str(e), 409) from None
+    except BadRequest as e:
+        raise BadRequest(f"publishing /services/{slug}/ with the hub failed: {e.message}", 502) from None  # fmt: skip
+    except Exception as e:
+        log.exception("publishing /services/%s/ failed", slug)
+        raise BadRequest(f"publishing /services/{slug}/ with the hub failed: {type(e).__name__}: {e}", 502) from None  # fmt: skip
+
+
+async def _route_as_stored(ctx: RegistryContext, request_id: str, slug: str) -> None:
+    """After a failed commit: the route as the request now is (another caller may have
+    integrated or retired it meanwhile: its route must stay, or go)."""
+    try:
+        now = await asyncio.to_thread(store.get_request, ctx.db_url, request_id)
+        if now is not None and now["state"] in ROUTED:
+            await hubservices.publish_route(ctx, slug)
+        else:
+            await hubservices.withdraw_route(ctx, slug)
+    except Exception:  # the periodic reconcile_routes puts it right
+        log.exception("could not put the hub route of %s back as stored", slug)
 
 
 # -- the router ------------------------------------------------------------------------------
@@ -289,6 +360,7 @@ def api_router(ctx: RegistryContext) -> APIRouter:
                 entry=entry,
                 resources=resources,
                 activity=activity,
+                max_open=settings.max_open_requests,
             )
         except store.StoreError as e:
             raise refusal(e) from None
@@ -296,18 +368,34 @@ def api_router(ctx: RegistryContext) -> APIRouter:
         return JSONResponse(request_doc(req, user, settings), status_code=201)
 
     @router.get("/requests")
-    async def list_(request: Request, state: str | None = None) -> dict[str, Any]:
+    async def list_(
+        request: Request,
+        state: str | None = None,
+        limit: str | None = None,
+        offset: str | None = None,
+    ) -> dict[str, Any]:
         user = await logged_in(ctx, request)
         if state is not None and state not in STATES:
             raise BadRequest(f"unknown state {state!r}; states: {', '.join(STATES)}", 400)
-        everyone = acts_as_admin(user) or settings.reviewers_group in user.get("groups", ())
+        size = _paging(limit, "limit", DEFAULT_PAGE, MAX_PAGE)
+        start = _paging(offset, "offset", 0, 10**9)
+        everyone = registry_admin(user) or settings.reviewers_group in user.get("groups", ())
+        which = {"provider": None if everyone else user["name"], "state": state}
         rows = await asyncio.to_thread(
-            store.list_requests,
-            ctx.db_url,
-            provider=None if everyone else user["name"],
-            state=state,
+            store.list_requests, ctx.db_url, limit=size, offset=start, **which
         )
-        return {"requests": [request_doc(r, user, settings) for r in rows]}
+        total = await asyncio.to_thread(store.count_requests, ctx.db_url, **which)
+        nxt = None
+        if start + len(rows) < total and size > 0:
+            query = {"state": state, "limit": size, "offset": start + len(rows)}
+            nxt = f"{ctx.prefix}api/v1/requests?" + "&".join(
+                f"{k}={v}" for k, v in query.items() if v is not None
+            )
+        return {
+            "requests": [request_doc(r, user, settings) for r in rows],
+            "total": total,
+            "next": nxt,
+        }
 
     @router.get("/requests/{rid}")
     async def get(request: Request, rid: str) -> dict[str, Any]:
@@ -318,8 +406,9 @@ def api_router(ctx: RegistryContext) -> APIRouter:
     async def transitions(request: Request, rid: str) -> dict[str, Any]:
         req, user = await visible_request(request, rid)
         body = await json_body(request)
+        source = getattr(request.state, "auth_source", None)
         try:
-            done = await apply_transition(ctx, req, user, body)
+            done = await apply_transition(ctx, req, user, body, source)
         except store.StoreError as e:
             raise refusal(e) from None
         return request_doc(done, user, settings)
@@ -346,7 +435,12 @@ def api_router(ctx: RegistryContext) -> APIRouter:
         comment = text_field(body, "comment", MAX_COMMENT, required=True)
         try:
             event = await asyncio.to_thread(
-                store.add_comment, ctx.db_url, rid, actor=user["name"], comment=comment
+                store.add_comment,
+                ctx.db_url,
+                rid,
+                actor=user["name"],
+                comment=comment,
+                max_comments=settings.max_comments,
             )
         except store.StoreError as e:
             raise refusal(e) from None
@@ -361,6 +455,13 @@ def api_router(ctx: RegistryContext) -> APIRouter:
             raise BadRequest("changing an entry needs the request's provider or an admin", 403)
         if state == "changes-requested" and workflow.PROVIDER not in roles:
             raise BadRequest("while changes are requested, only the provider changes the entry", 403)  # fmt: skip
+        # A published entry changes without review or evaluation: only admins may do that.
+        if state == "integrated" and workflow.ADMIN not in roles:
+            raise BadRequest(
+                "an integrated entry is changed by an admin only (a new version); the "
+                "provider asks for the change in a comment on the request",
+                403,
+            )
         if state not in ("changes-requested", "integrated"):
             raise BadRequest(
                 f"the request is {state!r}: its entry changes only while "
@@ -408,9 +509,17 @@ def api_router(ctx: RegistryContext) -> APIRouter:
 
     @router.get("/entries/{slug}/versions")
     async def entry_versions(request: Request, slug: str) -> dict[str, Any]:
-        row, _ = await visible_entry(request, slug)
+        row, user = await visible_entry(request, slug)
         rows = await asyncio.to_thread(store.versions, ctx.db_url, row["id"])
-        return {"slug": slug, "versions": rows}
+        # A version published more narrowly (project:x) stays hidden from those outside it;
+        # who edited it (hub user names) only for those who see the request itself.
+        insider = user is not None and may_see_request(row, user, settings)
+        shown = [
+            v if insider else {k: x for k, x in v.items() if k != "actor"}
+            for v in rows
+            if can_see(v["entry"].get("visibility", "public"), user)
+        ]
+        return {"slug": slug, "versions": shown}
 
     @router.get("/vocabulary")
     async def vocabulary() -> dict[str, Any]:

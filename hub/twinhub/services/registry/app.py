@@ -14,8 +14,8 @@ component). One process answers two kinds of path:
 
 The lifespan opens the hub client (the service's own token) and the search index, then runs
 in the background: the automatic evaluation (:func:`.evaluate.evaluation_loop`), the health
-checks (:func:`.health.health_loop`), the reconciliation of the hub's routes once
-(:func:`.hubservices.reconcile_routes`) and the refresh of the lake's collection list for
+checks (:func:`.health.health_loop`), the reconciliation of the hub's routes at start and
+every few minutes (:func:`.hubservices.reconcile_loop`), the search index's first build, and the refresh of the lake's collection list for
 the landing page (:func:`.pages.refresh_lake`). A task that fails is logged and started again
 after a pause: one broken check must not stop the others.
 """
@@ -41,19 +41,19 @@ from twinlab.contract import ENV_HUB_API_URL, ENV_HUB_TOKEN
 from ... import __version__
 from ...process.runtime import Runtime
 from ..asgi import ASGIApp, BadRequest, Receive, RequestLimitsMiddleware, Scope, Send, error_body
-from ..asgi import header as request_header
-from ..hubauth import HubAuthMiddleware
+from ..hubauth import HubAuthMiddleware, metrics_caller
 from . import SERVICE_PREFIX, metrics, store
 from .api import api_router
 from .config import TwinhubRegistry
 from .context import RegistryContext
 from .evaluate import evaluation_loop
-from .gateway import SsoGateway, sso_router
+from .gateway import SsoGateway
 from .health import health_loop
-from .hubservices import reconcile_routes
+from .hubservices import reconcile_loop
 from .pages import pages_router, refresh_lake
 from .records import records_router
-from .search import SearchIndex
+from .search import SearchIndex, ensure_fresh
+from .sso import sso_router
 from .workflow import STATES
 
 log = logging.getLogger("twinhub.registry")
@@ -74,7 +74,6 @@ ANONYMOUS_PATHS = (
 )
 #: Request bodies: an entry (description <= 20 000 characters) and a little more.
 MAX_BODY_BYTES = 256 * 1024
-METRICS_SCOPE = "read:metrics"
 #: Seconds before a failed background task is started again.
 RESTART_PAUSE = 5.0
 
@@ -110,7 +109,9 @@ def background_tasks(ctx: RegistryContext) -> list[asyncio.Task]:
     jobs: dict[str, tuple[Callable[[], Awaitable[Any]], float]] = {
         "evaluation": (lambda: evaluation_loop(ctx), max(RESTART_PAUSE, s.evaluation_interval)),
         "health": (lambda: health_loop(ctx), max(RESTART_PAUSE, s.health_interval)),
-        "routes": (lambda: reconcile_routes(ctx), RESTART_PAUSE),
+        "routes": (lambda: reconcile_loop(ctx), RESTART_PAUSE),
+        # The search index built once at start: the first visitor does not wait for it.
+        "search": (lambda: ensure_fresh(ctx), RESTART_PAUSE),
         "lake": (lambda: lake_loop(ctx), s.lake_refresh_interval),
     }
     return [
@@ -212,32 +213,9 @@ def create_app(
 
     @app.get(p + "metrics", include_in_schema=False)
     async def metrics_page(request: Request) -> Response:
-        await metrics_caller(request)
+        await metrics_caller(metrics_auth, request)
         counts = await asyncio.to_thread(store.counts_by_state, ctx.db_url)
         return Response(render_metrics(counts), media_type=CONTENT_TYPE_LATEST)
-
-    async def metrics_caller(request: Request) -> dict[str, Any]:
-        kind, _, tok = request_header(request.scope, b"authorization").partition(" ")
-        tok = tok.strip()
-        if kind.lower() not in ("token", "bearer") or not tok:
-            raise BadRequest(
-                "metrics need 'Authorization: token <t>' with a token that has the scope "
-                f"{METRICS_SCOPE!r} (admins' tokens have it)",
-                401,
-            )
-        try:
-            who = await metrics_auth.user_for_token(tok, use_cache=True, sync=False)
-        except Exception as e:
-            raise BadRequest(f"cannot check the token with the hub: {e}", 502) from None
-        if who is None:
-            raise BadRequest("invalid or expired token", 401)
-        if METRICS_SCOPE not in (who.get("scopes") or ()):
-            raise BadRequest(
-                f"metrics need a token with the scope {METRICS_SCOPE!r}; the token of "
-                f"{who.get('name')!r} lacks it",
-                403,
-            )
-        return who
 
     # Routers define their paths relative to the prefix ("/", "/conformance", "/api/v1/...").
     root = p.rstrip("/")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Integer, List, Unicode
+from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 #: The default thematic vocabulary: DestinE's service areas (id -> label).
@@ -29,6 +30,14 @@ DEFAULT_RESERVED_SLUGS = [
     "accounting", "cache", "dask-gateway", "desk", "processing", "projects", "registry",
     "stac", "tiles", "vizlab", "hub", "user", "api", "static", "login", "logout",
 ]  # fmt: skip
+
+
+#: Seconds at least for every interval and timeout: 0 would spin a loop (a database query
+#: each turn) or refuse every fetch.
+MIN_SECONDS = 0.5
+#: Bytes at least a description fetch may read (an OGC landing page needs about this).
+MIN_FETCH_BYTES = 1024
+_AREA_ID = re.compile(r"[a-z0-9-]+")
 
 
 class TwinhubRegistry(Configurable):
@@ -83,6 +92,24 @@ class TwinhubRegistry(Configurable):
         "most; a larger one is a finding, not fetched further.",
     ).tag(config=True)
 
+    evaluation_budget = Float(
+        30.0,
+        help="Seconds one request's evaluation may spend fetching its endpoints and "
+        "descriptions in all; what is left unfetched then is a finding. Up to 4 requests are "
+        "evaluated at once, one per provider.",
+    ).tag(config=True)
+
+    max_open_requests = Integer(
+        5,
+        help="Requests one provider may have waiting for review at once (submitted, "
+        "evaluated or changes-requested); another is refused (429) until one is decided.",
+    ).tag(config=True)
+
+    max_comments = Integer(
+        200,
+        help="Comments one request may hold; more are refused (429).",
+    ).tag(config=True)
+
     gateway_timeout = Float(
         60.0,
         help="Seconds the sign-on gateway waits for an integrated service's response to "
@@ -94,6 +121,49 @@ class TwinhubRegistry(Configurable):
         help="Seconds the landing page keeps the data lake's collection list before asking "
         "the STAC service again.",
     ).tag(config=True)
+
+    @validate(
+        "evaluation_interval",
+        "health_interval",
+        "fetch_timeout",
+        "evaluation_budget",
+        "gateway_timeout",
+        "lake_refresh_interval",
+    )
+    def _seconds(self, proposal: Any) -> float:
+        value = proposal["value"]
+        if not value >= MIN_SECONDS:  # (NaN too)
+            raise TraitError(
+                f"TwinhubRegistry.{proposal['trait'].name} must be at least {MIN_SECONDS} "
+                f"seconds, not {value!r}"
+            )
+        return value
+
+    @validate("fetch_max_bytes")
+    def _fetch_bytes(self, proposal: Any) -> int:
+        value = proposal["value"]
+        if value < MIN_FETCH_BYTES:
+            raise TraitError(
+                f"TwinhubRegistry.fetch_max_bytes must be at least {MIN_FETCH_BYTES}, not {value!r}"
+            )
+        return value
+
+    @validate("thematic_areas")
+    def _areas(self, proposal: Any) -> dict[str, str]:
+        areas = proposal["value"]
+        if not areas:
+            raise TraitError("TwinhubRegistry.thematic_areas needs at least one area (id: label)")
+        for key, label in areas.items():
+            if not isinstance(key, str) or not _AREA_ID.fullmatch(key):
+                raise TraitError(
+                    f"TwinhubRegistry.thematic_areas: id {key!r} must be lower case letters, "
+                    "digits and '-'"
+                )
+            if not isinstance(label, str) or not label.strip():
+                raise TraitError(
+                    f"TwinhubRegistry.thematic_areas: {key!r} needs a label (a non-empty string)"
+                )
+        return areas
 
 
 def is_enabled(rt: Any) -> bool:

@@ -13,8 +13,6 @@ from .config import TwinhubRegistry
 if TYPE_CHECKING:
     import httpx
 
-    from .search import SearchIndex
-
 
 @dataclass
 class RegistryContext:
@@ -35,7 +33,9 @@ class RegistryContext:
     #: ``/services/registry/``.
     prefix: str
     hub: httpx.AsyncClient | None = None
-    index: SearchIndex | None = None
+    #: The catalogue's :class:`~.search.SearchIndex` (typed loosely: search.py reads this
+    #: context, and the two modules must not import each other).
+    index: Any = None
     #: Anything a module keeps for the process's life (caches), by module name.
     extras: dict[str, Any] = field(default_factory=dict)
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ...outbound import OutboundRefused, check_url
-from ..hubauth import acts_as_admin
+from ..hubauth import acts_as_admin, has_scope
 
 KINDS = ("web-application", "api", "notebook", "dataset", "processing")
 #: Kinds served behind the platform's sign-on at /services/<slug>/ (need an endpoint).
@@ -256,12 +256,28 @@ def _aware(v: str) -> datetime:
     return d if d.tzinfo else d.replace(tzinfo=UTC)
 
 
+# -- who is an admin here --------------------------------------------------------------------
+#: The scope the registry's OAuth client asks for: JupyterHub grants it to admins only, and
+#: it opens nothing but the hub's admin page, so a leaked browser token has no API power.
+BROWSER_ADMIN_SCOPE = "admin-ui"
+
+
+def registry_admin(user: Mapping[str, Any] | None) -> bool:
+    """Whether ``user`` acts as the registry's admin: an admin whose token carries the hub's
+    admin scope (API tokens, :func:`acts_as_admin`), or ``admin-ui`` (the registry's browser
+    sign-on of an admin). A token narrowed to the access scope is not an admin's."""
+    if user is None:
+        return False
+    u = dict(user)
+    return acts_as_admin(u) or bool(u.get("admin")) and has_scope(u, BROWSER_ADMIN_SCOPE)
+
+
 # -- visibility ------------------------------------------------------------------------------
 def viewer_scope(user: Mapping[str, Any] | None) -> frozenset[str] | None:
     """The visibilities ``user`` (the hub's model; None: anonymous) may see; None: all."""
     if user is None:
         return frozenset({"public"})
-    if acts_as_admin(dict(user)):
+    if registry_admin(user):
         return None
     groups = user.get("groups") or ()
     return frozenset({"public", "users", *(f"project:{g}" for g in groups)})

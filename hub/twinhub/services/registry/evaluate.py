@@ -8,6 +8,17 @@ a member of. Findings (``[{"check", "ok", "message"}]``) are recorded and the re
 to ``evaluated`` whatever they say: the guard's refusals and failed checks inform the
 reviewers, they never block. Several replicas may run this loop: the move is a
 compare-and-set, so a request is evaluated once.
+
+Bounds (a provider's endpoints may answer slowly on purpose): one request's fetches share
+``evaluation_budget`` seconds (what is left unfetched then is a finding), and up to
+:data:`CONCURRENCY` requests are evaluated at once, one per provider, so one provider's
+requests never hold up the others'. Findings name no address or resolver text (the
+provider would learn the platform's internal names): that goes to the service's log.
+
+A request never stays ``submitted`` for good: descriptions are parsed in a thread (JSON
+first; YAML, slower, only up to :data:`YAML_MAX_BYTES`), a document that is too deep or
+odd is a finding, a check that raises is a finding (``check failed: <type>``), and a
+request whose evaluation raised anyway moves on with an "evaluation error" finding.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import yaml
@@ -31,37 +43,86 @@ from .context import RegistryContext
 log = logging.getLogger("twinhub.registry.evaluate")
 
 Finding = dict[str, Any]
-#: Requests evaluated per round (the rest wait for the next one).
+#: Requests looked at per round (the rest wait for the next one).
 BATCH = 50
+#: Requests evaluated at once (at most one per provider).
+CONCURRENCY = 4
 #: An OGC API landing page links these (by relation name, or its OGC URI's last part).
 OGC_RELS = ("conformance", "service-desc", "service-doc")
+#: Bytes of a description still tried as YAML when it is not JSON: YAML parses far slower
+#: (an OpenAPI document in YAML is rarely larger); a larger one is a finding.
+YAML_MAX_BYTES = 256 * 1024
+#: libyaml's loader when PyYAML was built with it (several times faster), else PyYAML's own.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def finding(check: str, ok: bool, message: str) -> Finding:
     return {"check": check, "ok": ok, "message": message}
 
 
+#: What a provider reads for each refusal of the outbound guard (no addresses, no resolver
+#: text: the guard's own message goes to the log).
+REFUSED = {
+    "address": "resolves to a non-public address",
+    "dns": "does not resolve",
+    "scheme": "is not an http(s) URL",
+    "redirect": "redirects to another host",
+    "size": "is too large",
+    "time": "did not answer in time",
+    "connect": "could not be reached",
+}
+
+
+class Budget:
+    """One request's fetch time in all (``evaluation_budget``)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+class BudgetSpent(Exception):
+    """The request's evaluation budget is spent: the URL is not fetched."""
+
+
 def _refused(check: str, what: str, e: OutboundRefused) -> Finding:
     metrics.OUTBOUND_REFUSED.labels(reason=e.reason).inc()
-    hint = {
-        "address": "on a private address",
-        "scheme": "not an http(s) URL",
-        "redirect": "redirects elsewhere",
-        "size": "too large",
-        "time": "too slow",
-    }.get(e.reason, "not reachable")
-    return finding(check, False, f"{what} {hint} ({e.message}): not fetched")
+    log.info("evaluation: %s not fetched: %s", what, e.message)
+    hint = REFUSED.get(e.reason, "could not be reached")
+    return finding(check, False, f"{what} {hint}: not fetched")
+
+
+def _unfetched(check: str, what: str, budget: Budget) -> Finding:
+    return finding(
+        check,
+        False,
+        f"{what}: not fetched, the evaluation's time budget ({budget.seconds:g} s in all) "
+        "was spent",
+    )
 
 
 # -- descriptions ----------------------------------------------------------------------------
 def parse_document(body: bytes) -> Any:
-    """JSON, else YAML (safe loader); ValueError if neither."""
+    """JSON, else YAML (safe loader, up to :data:`YAML_MAX_BYTES`); ValueError if neither.
+    CPU-bound: async callers run it in a thread (:func:`judge`)."""
     try:
         return json.loads(body)
+    except RecursionError:  # "[[[[..." : YAML would recurse as deep
+        raise ValueError("too deeply nested") from None
     except (ValueError, UnicodeDecodeError):
         pass
+    if len(body) > YAML_MAX_BYTES:
+        raise ValueError(
+            f"not JSON, and at {len(body) // 1024} KiB too large to be read as YAML "
+            f"(at most {YAML_MAX_BYTES // 1024} KiB; JSON may be larger)"
+        )
     try:
-        return yaml.safe_load(body)
+        return yaml.load(body, Loader=YAML_LOADER)  # noqa: S506 (a safe loader)
+    except RecursionError:
+        raise ValueError("too deeply nested") from None
     except yaml.YAMLError as e:
         raise ValueError(f"neither JSON nor YAML ({str(e).splitlines()[0]})") from None
 
@@ -91,22 +152,36 @@ def check_ogc_landing(doc: Any) -> str | None:
     return None
 
 
-async def _get(ctx: RegistryContext, url: str):
+async def _get(ctx: RegistryContext, url: str, budget: Budget):
     s = ctx.settings
-    return await fetch(
-        url, allow_private=False, timeout=s.fetch_timeout, max_bytes=s.fetch_max_bytes
-    )
+    left = budget.left()
+    if left <= 0.05:  # not worth starting
+        raise BudgetSpent()
+    try:
+        return await fetch(
+            url,
+            allow_private=False,
+            timeout=min(s.fetch_timeout, left),
+            max_bytes=s.fetch_max_bytes,
+        )
+    except OutboundRefused as e:
+        if e.reason == "time" and budget.left() <= 0.05 and left < s.fetch_timeout:
+            raise BudgetSpent() from None  # cut short by the budget, not its own deadline
+        raise
 
 
-async def check_endpoint(ctx: RegistryContext, i: int, ep: dict[str, Any]) -> list[Finding]:
+async def check_endpoint(
+    ctx: RegistryContext, i: int, ep: dict[str, Any], budget: Budget | None = None
+) -> list[Finding]:
     """The endpoint answers; its description parses and is what its type says."""
+    budget = budget or Budget(ctx.settings.evaluation_budget)
     out: list[Finding] = []
     url, etype = ep.get("url", ""), ep.get("type", "other")
     where = f"endpoint {i + 1}"
     landing = None
     try:
         check_url(url)
-        r = await _get(ctx, url)
+        r = await _get(ctx, url, budget)
         if r.status < 400:
             out.append(finding("health", True, f"{where} answered {r.status} in {r.elapsed_s * 1000:.0f} ms"))  # fmt: skip
             landing = r.body
@@ -114,28 +189,51 @@ async def check_endpoint(ctx: RegistryContext, i: int, ep: dict[str, Any]) -> li
             out.append(finding("health", False, f"{where} answered {r.status}"))
     except OutboundRefused as e:
         out.append(_refused("health", where, e))
+    except BudgetSpent:
+        out.append(_unfetched("health", where, budget))
 
     desc_url = ep.get("description_url") or ""
     if not desc_url:
         if etype == "openapi":
             out.append(finding("description", False, f"{where}: no description_url (OpenAPI document) given"))  # fmt: skip
         elif etype == "ogcapi" and landing is not None:
-            out.append(_judge(landing, etype, f"{where}'s landing page"))
+            out.append(await judge(landing, etype, f"{where}'s landing page"))
         return out
     try:
         check_url(desc_url)
-        r = await _get(ctx, desc_url)
+        r = await _get(ctx, desc_url, budget)
     except OutboundRefused as e:
         out.append(_refused("description", f"{where}'s description", e))
+        return out
+    except BudgetSpent:
+        out.append(_unfetched("description", f"{where}'s description", budget))
         return out
     if r.status >= 400:
         out.append(finding("description", False, f"{where}'s description answered {r.status}"))
         return out
-    out.append(_judge(r.body, etype, f"{where}'s description"))
+    out.append(await judge(r.body, etype, f"{where}'s description"))
     return out
 
 
+async def judge(body: bytes, etype: str, what: str) -> Finding:
+    """:func:`_judge` in a thread: parsing up to ``fetch_max_bytes`` must not stall the
+    event loop (the catalogue, pages and every gateway route share it)."""
+    return await asyncio.to_thread(_judge, body, etype, what)
+
+
 def _judge(body: bytes, etype: str, what: str) -> Finding:
+    """The description's finding; never raises (an odd document is the provider's problem
+    to fix, not a reason to leave the request unevaluated)."""
+    try:
+        return _judge_parsed(body, etype, what)
+    except RecursionError:
+        return finding("description", False, f"{what} does not parse: too deeply nested")
+    except Exception as e:
+        log.warning("evaluation: judging %s failed", what, exc_info=True)
+        return finding("description", False, f"{what} does not parse: {type(e).__name__}")
+
+
+def _judge_parsed(body: bytes, etype: str, what: str) -> Finding:
     try:
         doc = parse_document(body)
     except ValueError as e:
@@ -229,8 +327,13 @@ async def evaluate(ctx: RegistryContext, request_id: str) -> dict[str, Any] | No
         return None
     findings: list[Finding] = []
     endpoints = req["entry"].get("endpoints") or []
+    budget = Budget(ctx.settings.evaluation_budget)
     for i, ep in enumerate(endpoints):
-        findings.extend(await check_endpoint(ctx, i, ep))
+        try:
+            findings.extend(await check_endpoint(ctx, i, ep, budget))
+        except Exception as e:  # a check's own bug must not leave the request unevaluated
+            log.exception("evaluation of request %s: endpoint %d's checks failed", request_id, i + 1)  # fmt: skip
+            findings.append(_check_failed(f"endpoint {i + 1}", e))
     if not endpoints:
         findings.append(finding("endpoints", True, "no endpoint to check"))
     groups: list[str] = []
@@ -241,8 +344,24 @@ async def evaluate(ctx: RegistryContext, request_id: str) -> dict[str, Any] | No
         except Exception as e:  # the hub restarting: say so rather than guess
             findings.append(finding("resources", False, f"cannot read the provider's groups: {e}"))  # fmt: skip
     if not any(f["check"] == "resources" for f in findings):
-        catalog = await asyncio.to_thread(load_catalog, ctx)
-        findings.extend(fit_resources(req["resources"] or {}, groups, catalog))
+        try:
+            catalog = await asyncio.to_thread(load_catalog, ctx)
+            findings.extend(fit_resources(req["resources"] or {}, groups, catalog))
+        except Exception as e:
+            log.exception("evaluation of request %s: the resource check failed", request_id)
+            findings.append(_check_failed("resources", e))
+    return await _record(ctx, request_id, findings)
+
+
+def _check_failed(what: str, e: BaseException) -> Finding:
+    return finding("evaluation", False, f"{what}: check failed: {type(e).__name__}")
+
+
+async def _record(
+    ctx: RegistryContext, request_id: str, findings: list[Finding]
+) -> dict[str, Any] | None:
+    """Move the request to ``evaluated`` with ``findings``; None if it is no longer
+    submitted (another replica, or the provider withdrew it meanwhile)."""
     try:
         done = await asyncio.to_thread(
             store.transition,
@@ -254,7 +373,7 @@ async def evaluate(ctx: RegistryContext, request_id: str) -> dict[str, Any] | No
             comment="automated evaluation",
             findings=findings,
         )
-    except store.Conflict:  # another replica, or the provider withdrew it meanwhile
+    except store.Conflict:
         return None
     outcome = "clean" if all(f["ok"] for f in findings) else "flagged"
     metrics.EVALUATIONS.labels(outcome=outcome).inc()
@@ -262,18 +381,47 @@ async def evaluate(ctx: RegistryContext, request_id: str) -> dict[str, Any] | No
     return done
 
 
-async def evaluate_pending(ctx: RegistryContext) -> int:
-    """One round: every submitted request (up to :data:`BATCH`); how many were evaluated."""
-    ids = await asyncio.to_thread(store.ids_in_state, ctx.db_url, "submitted", BATCH)
-    n = 0
-    for rid in ids:
+async def _evaluate_one(ctx: RegistryContext, rid: str) -> int:
+    try:
+        return int(await evaluate(ctx, rid) is not None)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # one request's failure must not hold up the others
+        log.exception("evaluating request %s failed", rid)
+        # Left submitted, it would head the queue (oldest change first) every round, and
+        # BATCH of them would starve everyone else: record the failure as the evaluation.
         try:
-            if await evaluate(ctx, rid) is not None:
-                n += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # one request's failure must not hold up the others
-            log.exception("evaluating request %s failed", rid)
+            done = await _record(ctx, rid, [finding("evaluation", False, f"evaluation error: {type(e).__name__}; a reviewer should check the entry by hand")])  # fmt: skip
+        except Exception:  # the database itself is failing: the next round retries
+            log.exception("recording the failed evaluation of request %s failed", rid)
+            return 0
+        return int(done is not None)
+
+
+async def evaluate_pending(ctx: RegistryContext) -> int:
+    """One round: every submitted request (up to :data:`BATCH`), oldest first, up to
+    :data:`CONCURRENCY` at once and one per provider at a time; how many were evaluated."""
+    waiting = await asyncio.to_thread(store.queue, ctx.db_url, "submitted", BATCH)
+    running: dict[asyncio.Task, str] = {}
+    n = 0
+    try:
+        while waiting or running:
+            busy = set(running.values())
+            while len(running) < CONCURRENCY:
+                pick = next((w for w in waiting if w[1] not in busy), None)
+                if pick is None:
+                    break
+                waiting.remove(pick)
+                busy.add(pick[1])
+                running[asyncio.create_task(_evaluate_one(ctx, pick[0]))] = pick[1]
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                running.pop(t)
+                n += t.result()
+    finally:  # cancelled (shutdown): stop what still runs
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
     return n
 
 

@@ -5,7 +5,7 @@ The hub routes ``/services/<slug>/`` of every integrated entry to the registry's
 
 - the slug's route comes from the store (cached per ``store.generation``, at most a second
   stale): unknown → 404, suspended → 503;
-- the caller is named by the signed cookie ``twinhub-sso-<slug>`` (set by ``sso`` below,
+- the caller is named by the signed cookie ``twinhub-sso-<slug>`` (set by ``sso``, sso.py,
   after the hub's own login) or by a hub API token in ``Authorization``; a browser without
   either is sent to ``/services/registry/sso``, anything else gets a 401;
 - the entry's visibility decides with the user's groups fresh from the hub (the provider and
@@ -16,16 +16,16 @@ The hub routes ``/services/<slug>/`` of every integrated entry to the registry's
   the prefix (the rules: gateway_rules.py, pure functions unit-tested on their own).
 
 Every connection goes through the outbound guard (``allow_private`` as the admin set at
-integration). ``sso_router`` serves ``/services/registry/sso``, where a logged-in browser
-gets the signed cookie of one service.
+integration). sso.py serves ``/services/registry/sso``, where a logged-in browser gets the
+signed cookie of one service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 from typing import Any
@@ -33,8 +33,6 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import websockets
-from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse
 from jupyterhub.services.auth import HubOAuth
 from websockets.asyncio.client import connect as ws_connect
 
@@ -47,10 +45,8 @@ from .context import RegistryContext
 from .gateway_rules import (
     MAX_NEXT,
     SSO_COOKIE,
-    SSO_MAX_AGE,
     downstream_headers,
-    has_dot_segment,
-    sign_sso,
+    path_refusal,
     split_path,
     upstream_headers,
     upstream_url,
@@ -64,6 +60,11 @@ ROUTE_STALE_S = 1.0
 USER_CACHE_S = 30.0
 #: Cached routes (unknown slugs too) and users at most: anyone can ask for any slug.
 MAX_CACHED = 4096
+#: Upstream clients kept (one per origin and address rule; the least recently used is
+#: closed beyond this) and the connections each may hold: one service's slow or abandoned
+#: streams fill its own pool, never another service's.
+MAX_CLIENTS = 256
+CONNECTIONS_PER_UPSTREAM = 32
 
 
 def _cookies(scope: Scope) -> dict[str, str]:
@@ -75,7 +76,7 @@ def _cookies(scope: Scope) -> dict[str, str]:
     return {k: m.value for k, m in jar.items()}
 
 
-def _scheme(scope: Scope) -> str:
+def client_scheme(scope: Scope) -> str:
     """http or https as the client used it: the leftmost X-Forwarded-Proto (TLS may end
     before the hub's proxy, which appends its own), else the connection's."""
     fwd = header(scope, b"x-forwarded-proto").split(",")[0].strip().lower()
@@ -85,7 +86,7 @@ def _scheme(scope: Scope) -> str:
 
 
 def _own_origin(scope: Scope) -> str:
-    return f"{_scheme(scope)}://{header(scope, b'host')}"
+    return f"{client_scheme(scope)}://{header(scope, b'host')}"
 
 
 # -- the gateway -------------------------------------------------------------------------------
@@ -100,8 +101,9 @@ class SsoGateway:
         self._gen_at = 0.0
         self._routes: dict[str, dict[str, Any] | None] = {}
         self._users: dict[str, tuple[float, dict[str, Any] | None]] = {}
-        self._clients: dict[bool, httpx.AsyncClient] = {}
-        # the sso endpoint shares its caches (sso_router)
+        self._clients: OrderedDict[tuple[str, bool], httpx.AsyncClient] = OrderedDict()
+        self._closing: set[asyncio.Task] = set()
+        # the sso endpoint shares its caches (sso.sso_router)
         ctx.extras.setdefault("gateway", self)
 
     @property
@@ -116,6 +118,8 @@ class SsoGateway:
         for c in self._clients.values():
             await c.aclose()
         self._clients.clear()
+        for t in list(self._closing):
+            await t
 
     # -- lookups ---------------------------------------------------------------------------
     async def route(self, slug: str) -> dict[str, Any] | None:
@@ -144,18 +148,35 @@ class SsoGateway:
         self._users[name] = (now, model)
         return model
 
-    def client(self, allow_private: bool) -> httpx.AsyncClient:
-        if allow_private not in self._clients:
-            t = self.ctx.settings.gateway_timeout
-            self._clients[allow_private] = httpx.AsyncClient(
-                transport=outbound.guarded_transport(allow_private=allow_private),
-                follow_redirects=False,
-                trust_env=False,  # no proxy from the environment: it would connect unchecked
-                # to the answer's head: asyncio's timeout in _http; then ``t`` between
-                # chunks of a body (an idle stream ends, a long steady one goes on)
-                timeout=httpx.Timeout(t),
-            )
-        return self._clients[allow_private]
+    def client(self, upstream: str, allow_private: bool) -> httpx.AsyncClient:
+        """The client (and connection pool) of ``upstream``'s origin under its address rule."""
+        u = urlsplit(upstream)
+        key = (f"{u.scheme}://{u.netloc}".lower(), allow_private)
+        c = self._clients.get(key)
+        if c is not None:
+            self._clients.move_to_end(key)
+            return c
+        t = self.ctx.settings.gateway_timeout
+        c = self._clients[key] = httpx.AsyncClient(
+            transport=outbound.guarded_transport(
+                allow_private=allow_private,
+                limits=httpx.Limits(
+                    max_connections=CONNECTIONS_PER_UPSTREAM, max_keepalive_connections=8
+                ),
+            ),
+            follow_redirects=False,
+            trust_env=False,  # no proxy from the environment: it would connect unchecked
+            # to the answer's head: asyncio's timeout in _http; then ``t`` between chunks
+            # of a body (an idle stream ends, a long steady one goes on); a full pool
+            # waits ``t`` too (504)
+            timeout=httpx.Timeout(t),
+        )
+        while len(self._clients) > MAX_CLIENTS:
+            _, old = self._clients.popitem(last=False)
+            task = asyncio.ensure_future(old.aclose())  # its connections, closed
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return c
 
     # -- who may pass ------------------------------------------------------------------------
     async def identify(self, scope: Scope, slug: str) -> tuple[str, bool] | None:
@@ -174,7 +195,7 @@ class SsoGateway:
             if not self.hub_auth.check_scopes(self.hub_auth.access_scopes, model):
                 need = " or ".join(sorted(self.hub_auth.access_scopes))
                 raise BadRequest(f"the token of {model.get('name')!r} lacks the scope {need}", 403)
-            return model["name"], hubauth.acts_as_admin(model)
+            return model["name"], entries.registry_admin(model)
         value = _cookies(scope).get(SSO_COOKIE + slug)
         name = verify_sso(self.ctx.sso_key, value, slug) if value else None
         if name is None:
@@ -287,7 +308,7 @@ class SsoGateway:
             scope.get("headers", []),
             user=who[0],
             groups=who[1],
-            proto=_scheme(scope),
+            proto=client_scheme(scope),
             host=header(scope, b"host"),
             prefix=f"/services/{slug}",
             client=client[0] or "",
@@ -305,7 +326,7 @@ class SsoGateway:
             return
         body = _body(receive) if chunked or (length and length != "0") else None
         url = upstream_url(route["upstream"], rest, scope.get("query_string", b""))
-        client = self.client(bool(route.get("allow_private")))
+        client = self.client(route["upstream"], bool(route.get("allow_private")))
         t0 = time.monotonic()
         try:
             req = client.build_request(method, url, headers=headers, content=body)
@@ -346,12 +367,11 @@ class SsoGateway:
                     ),
                 }
             )
-            async for chunk in resp.aiter_raw():
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            # httpcore sent the whole request body before it read the answer's head: the
+            # client's ``receive`` is free to watch now
+            await _stream_until_disconnect(resp, receive, send)
         finally:
-            await resp.aclose()
+            await resp.aclose()  # also when the client left: the upstream connection goes
 
     async def _upstream_failed(self, send: Send, status: int, message: str) -> None:
         metrics.GATEWAY_REQUESTS.labels(outcome="refused").inc()
@@ -429,6 +449,37 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
+async def _stream_until_disconnect(resp: httpx.Response, receive: Receive, send: Send) -> None:
+    """Upstream's body to the client until it ends or the client goes away.
+
+    The server's ``send`` does nothing once the client disconnected, so a relay that only
+    sends would hold its upstream connection for as long as upstream streams (an SSE
+    stream, forever). ``receive()`` says ``http.disconnect`` then: the relay is cancelled."""
+
+    async def relay() -> None:
+        async for chunk in resp.aiter_raw():
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    relaying = asyncio.ensure_future(relay())
+    watching = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({relaying, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if relaying.done():
+            relaying.result()  # its error, if any
+        else:
+            log.info("gateway: the client went away; the upstream stream is closed")
+    finally:
+        for t in (relaying, watching):
+            t.cancel()
+        await asyncio.gather(relaying, watching, return_exceptions=True)
+
+
 async def _relay(receive: Receive, send: Send, upstream: Any) -> None:
     """Messages both ways until either side closes; the close code passes through."""
 
@@ -482,8 +533,9 @@ def _raw_rest(scope: Scope, slug: str, rest: str) -> str:
     head = f"/services/{slug}/"
     # the slug itself escaped (no raw prefix): the decoded path, escaped again
     out = raw[len(head) :] if raw.startswith(head) else quote(rest, safe="/")
-    if has_dot_segment(out):
-        raise BadRequest("'.' and '..' segments are not allowed in a service's paths")
+    why = path_refusal(out)
+    if why:
+        raise BadRequest(why)
     return out
 
 
@@ -499,48 +551,3 @@ async def _redirect(send: Send, location: str, query: bytes = b"") -> None:
     if query:
         location += "?" + query.decode("latin-1")
     await hubauth.send_redirect(send, location)
-
-
-# -- sign-on: the registry's own endpoint --------------------------------------------------------
-def sso_router(ctx: RegistryContext, gateway: SsoGateway | None = None) -> APIRouter:
-    """``GET sso?next=/services/<slug>/...``: the logged-in user gets the service's signed
-    cookie and is sent on; ``gateway`` (its route and user caches) is made if not given."""
-    router = APIRouter()
-    gw = gateway or ctx.extras.get("gateway") or SsoGateway(ctx)
-
-    @router.get("/sso", include_in_schema=False)
-    async def sso(request: Request, next: str = "") -> RedirectResponse:
-        user = request.scope.get("state", {}).get("hub_user")
-        if not user:
-            raise BadRequest("sign-on needs a logged-in user", 401)
-        parts = split_path(next)
-        if (
-            len(next) > MAX_NEXT
-            or parts is None
-            or not next.startswith(f"/services/{parts[0]}/")
-            or re.search(r"[\x00-\x1f\x7f\\]|//", next)
-            or has_dot_segment(next.split("?", 1)[0])
-        ):
-            raise BadRequest("next must be a path under /services/<slug>/ of a registered service")
-        slug = parts[0]
-        route = await gw.route(slug)
-        if route is None:
-            raise BadRequest(f"no service {slug!r} is registered here")
-        # a browser's session is the user's own; a header token counts as an admin's only
-        # when its scopes say so (an admin's token narrowed to this service does not)
-        full = not header(request.scope, b"authorization") or hubauth.acts_as_admin(user)
-        await gw.allowed(user["name"], full, slug, route)
-        expires = int(time.time()) + SSO_MAX_AGE
-        resp = RedirectResponse(quote(next, safe="/?&=%:+,;@-._~!$'()*"), status_code=302)
-        resp.set_cookie(
-            SSO_COOKIE + slug,
-            sign_sso(ctx.sso_key, user["name"], slug, expires),
-            max_age=SSO_MAX_AGE,
-            path=f"/services/{slug}/",
-            httponly=True,
-            samesite="lax",
-            secure=_scheme(request.scope) == "https",
-        )
-        return resp
-
-    return router

@@ -20,7 +20,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 #: The signed cookie naming the user to one service (its path is that service's prefix).
 SSO_COOKIE = "twinhub-sso-"
-SSO_MAX_AGE = 8 * 3600
+#: Short: the cookie is independent of the hub's session, so the hub's logout cannot revoke
+#: it; a browser renews it silently through ``sso``, which fails once the hub logged it out.
+SSO_MAX_AGE = 15 * 60
 #: Longest path + query kept as the place to return to after sign-on.
 MAX_NEXT = 2048
 
@@ -221,10 +223,36 @@ def upstream_url(upstream: str, rest: str, query: bytes) -> str:
     return url + ("?" + query.decode("latin-1") if query else "")
 
 
+def _unquote_all(text: str) -> str:
+    """``text`` percent-decoded until it stops changing (``%252e`` is a ``.`` too)."""
+    for _ in range(8):
+        once = unquote(text)
+        if once == text:
+            break
+        text = once
+    return text
+
+
 def has_dot_segment(rest: str) -> bool:
-    """Whether a raw path holds ``.`` or ``..`` segments (also percent-encoded): resolved
-    upstream, they would leave the upstream's base path."""
-    return any(unquote(seg) in (".", "..") for seg in rest.split("/"))
+    """Whether a raw path holds ``.`` or ``..`` segments, however encoded (``%2e``,
+    ``%252e``) or decorated (``..;x``: Tomcat, Jetty and Spring drop the ``;`` part):
+    resolved upstream, they would leave the upstream's base path."""
+    return any(_unquote_all(seg).split(";", 1)[0] in (".", "..") for seg in rest.split("/"))
+
+
+def path_refusal(rest: str) -> str | None:
+    """Why a raw path after ``/services/<slug>/`` may not go upstream, or None.
+
+    Some upstreams decode escapes before they resolve the path (nginx: ``%2F``; Windows
+    servers take ``\\`` for ``/``) or cut it at a NUL: there ``..%2F`` or ``..\\`` would
+    leave the base path. So a ``/``, ``\\`` or NUL inside a segment, escaped however
+    many times, is refused along with dot segments."""
+    for seg in rest.split("/"):
+        if any(c in _unquote_all(seg) for c in "/\\\x00"):
+            return "an escaped '/' or NUL, or a backslash, is not allowed in a service's paths"
+    if has_dot_segment(rest):
+        return "'.' and '..' segments are not allowed in a service's paths"
+    return None
 
 
 def split_path(path: str) -> tuple[str, str] | None:

@@ -1,9 +1,10 @@
 """Health checks of integrated entries: status and latency, shown on entries and the landing
 page.
 
-Every ``health_interval`` seconds each integrated entry's upstream (or, for entries without
-one, its first endpoint) is fetched once through the outbound guard, with the address rule
-the admin set at integration (``allow_private``), at most 16 at a time:
+Every ``health_interval`` seconds each integrated entry's upstream is fetched once through the
+outbound guard, with the address rule the admin set at integration (``allow_private``); an
+entry without an upstream has its first endpoint checked, always with public addresses only:
+the provider may edit that URL, the admin approved only the upstream. At most 16 at a time:
 
 - ``up``: an answer below 500 (a 401 or a redirect elsewhere is a service that answers);
 - ``down``: 5xx, no connection, too slow, or the guard refused the address (the gateway
@@ -29,12 +30,13 @@ CONCURRENCY = 16
 MAX_BYTES = 64 * 1024
 
 
-def target(row: dict[str, Any]) -> str:
-    """The URL to check of a published row: its upstream, else its first endpoint."""
+def target(row: dict[str, Any]) -> tuple[str, bool]:
+    """(URL to check, allow_private) of a published row: its upstream under the admin's
+    rule, else its first endpoint under the public-only rule ("" : nothing to check)."""
     if row.get("upstream"):
-        return row["upstream"]
+        return row["upstream"], bool(row.get("allow_private"))
     endpoints = (row.get("entry") or {}).get("endpoints") or []
-    return endpoints[0].get("url", "") if endpoints else ""
+    return (endpoints[0].get("url", "") if endpoints else ""), False
 
 
 async def check(url: str, *, allow_private: bool, timeout: float) -> dict[str, Any]:
@@ -73,11 +75,11 @@ async def check_all(ctx: RegistryContext) -> dict[str, dict[str, Any]]:
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(row: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-        url = target(row)
+        url, allow_private = target(row)
         if not url:
             return None  # a dataset without endpoints: nothing to check
         async with gate:
-            result = await check(url, allow_private=bool(row.get("allow_private")), timeout=timeout)
+            result = await check(url, allow_private=allow_private, timeout=timeout)
         metrics.HEALTH_CHECKS.labels(status=result["status"]).inc()
         await asyncio.to_thread(store.record_health, ctx.db_url, row["slug"], **result)
         return row["slug"], result

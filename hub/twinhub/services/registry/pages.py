@@ -22,11 +22,12 @@ import httpx
 import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml
 
 from ..asgi import BadRequest, error_body
 from ..base import platform_name
 from ..datalake import StacPart
-from ..hubauth import acts_as_admin
 from ..projects.catalog import ProjectCatalog
 from ..projects.catalog import is_enabled as projects_enabled
 from . import entry as entries
@@ -48,10 +49,13 @@ STATIC_FILES = {
     "logo.svg": "image/svg+xml",
 }
 
-#: Every page: this origin only, no inline script or style, not framed elsewhere.
+#: Every page: this origin only, no inline script or style, not framed elsewhere. Images
+#: only from the registry's own static files (``{static}``: their absolute URL, as a CSP
+#: source with a path needs a host): an ``<img>`` that slipped through could otherwise make
+#: every visitor's browser GET a platform URL with their cookies (``/hub/logout``).
 CSP = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-    "frame-ancestors 'self'"
+    "default-src 'self'; img-src {static} data:; style-src 'self'; script-src 'self'; "
+    "frame-ancestors {ancestors}"
 )
 
 KIND_LABELS = {
@@ -75,6 +79,24 @@ HEALTH_TTL = 1.0
 FIELD_OWNER = "twinhub:owner"
 
 _EXTRAS = "pages"
+
+
+def _image_as_text(self: Any, tokens: list, idx: int, options: Any, env: Any) -> str:
+    # an image in a provider's Markdown becomes its alt text: an <img> loads by itself, so
+    # ``![](/hub/logout)`` would act with every visitor's cookies (no click needed)
+    return escapeHtml(self.renderInlineAsText(tokens[idx].children or [], options, env))
+
+
+# Raw HTML in a provider's Markdown is escaped, not passed through; markdown-it refuses
+# javascript:/vbscript:/file:/data: link targets by itself; images: see above.
+_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+_markdown.add_render_rule("image", _image_as_text)
+
+
+def render_markdown(text: str) -> str:
+    """HTML of a provider's Markdown (descriptions): no raw HTML, no images."""
+    return _markdown.render(text or "")
+
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -248,9 +270,26 @@ def user_projects(ctx: RegistryContext, user: dict[str, Any] | None) -> list[str
 
 
 # -- rendering --------------------------------------------------------------------------------
-def page_headers(private: bool) -> dict[str, str]:
+def csp(static_url: str, *, frames: bool = True) -> str:
+    """The pages' CSP; ``static_url``: the absolute URL of the static files (images come
+    from there only); ``frames``: the platform's own pages may frame it (else none may)."""
+    return CSP.format(static=static_url, ancestors="'self'" if frames else "'none'")
+
+
+def static_url(request: Request, prefix: str) -> str:
+    """``scheme://host<prefix>static/`` as the browser reached us (the proxy's forwarded
+    headers first)."""
+    h = request.headers
+    proto = h.get("x-forwarded-proto", "").split(",")[0].strip() or request.url.scheme
+    host = h.get("x-forwarded-host", "").split(",")[0].strip() or h.get("host", "")
+    if proto not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]{1,300}", host):
+        return "'self'"  # a host we would not write into a header: the origin, any path
+    return f"{proto}://{host}{prefix}static/"
+
+
+def page_headers(private: bool, request: Request, prefix: str) -> dict[str, str]:
     return {
-        "Content-Security-Policy": CSP,
+        "Content-Security-Policy": csp(static_url(request, prefix)),
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "same-origin",
         # A page holds what its viewer may see: never kept by a shared cache.
@@ -317,7 +356,7 @@ def pages_router(ctx: RegistryContext) -> APIRouter:
         html = render(
             "welcome.html", **common_vars(ctx, request, user), **await welcome_vars(ctx, user)
         )
-        return HTMLResponse(html, headers=page_headers(user is not None))
+        return HTMLResponse(html, headers=page_headers(user is not None, request, ctx.prefix))
 
     @router.get("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
@@ -340,9 +379,14 @@ def pages_router(ctx: RegistryContext) -> APIRouter:
             projects=projects,
             reviewer=is_reviewer(user, ctx.settings),
             admin=bool(user.get("admin")),
-            acts_as_admin=acts_as_admin(user),
+            acts_as_admin=entries.registry_admin(user),
         )
-        return HTMLResponse(html, headers=page_headers(True))
+        headers = page_headers(True, request, ctx.prefix)
+        # the page that holds an admin's powers: never inside another page (clickjacking,
+        # a same-origin frame scripted by its parent)
+        headers["Content-Security-Policy"] = csp(static_url(request, ctx.prefix), frames=False)
+        headers["X-Frame-Options"] = "DENY"
+        return HTMLResponse(html, headers=headers)
 
     @router.get("/static/{name:path}", include_in_schema=False)
     async def static(name: str) -> Response:
@@ -355,7 +399,7 @@ def pages_router(ctx: RegistryContext) -> APIRouter:
             headers={
                 "Cache-Control": "public, max-age=3600",
                 "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": CSP,
+                "Content-Security-Policy": csp("'self'"),
             },
         )
 

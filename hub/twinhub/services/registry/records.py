@@ -8,6 +8,8 @@
 ``GET collections/services/items``          search: ``q`` (comma: OR of terms; spaces: AND),
                                             ``bbox``, ``datetime``, ``thematic_area``, ``kind`` /
                                             ``type``, ``ids`` (repeatable or comma-separated),
+                                            ``externalIds`` (records have none: a value
+                                            matches nothing),
                                             ``limit`` (10; 1..1000), ``offset``, ``facets``
                                             (true), ``f``
 ``GET collections/services/items/{slug}``   one record (404: unknown *or* not visible)
@@ -23,6 +25,7 @@ latency of the last health check, visibility, provider, version).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime
@@ -33,7 +36,6 @@ from urllib.parse import quote, urlencode
 import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from markdown_it import MarkdownIt
 
 from ..asgi import BadRequest
 from ..base import platform_name
@@ -47,8 +49,8 @@ MAX_LIMIT = 1000
 #: Query parameters of the items path; any other -> 400 (a misspelt filter must not
 #: silently widen a search).
 ITEM_PARAMS = frozenset(
-    {"q", "bbox", "datetime", "thematic_area", "kind", "type", "ids", "limit", "offset",
-     "facets", "f"}
+    {"q", "bbox", "datetime", "thematic_area", "kind", "type", "ids", "externalIds", "limit",
+     "offset", "facets", "f"}
 )  # fmt: skip
 
 GEOJSON = "application/geo+json"
@@ -86,9 +88,6 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-# Raw HTML in a provider's Markdown is escaped, not passed through; markdown-it refuses
-# javascript:/vbscript:/file:/data: link targets by itself.
-_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
 # -- request helpers --------------------------------------------------------------------------
@@ -168,7 +167,10 @@ def _json(body: dict[str, Any], media: str, user: dict[str, Any] | None) -> Resp
 def _html(ctx: RegistryContext, request: Request, template: str, **variables: Any) -> Response:
     user = variables.pop("user")
     html = _env.get_template(template).render(**pages.common_vars(ctx, request, user), **variables)
-    headers = {**pages.page_headers(user is not None), "Vary": "Accept, Cookie, Authorization"}
+    headers = {
+        **pages.page_headers(user is not None, request, ctx.prefix),
+        "Vary": "Accept, Cookie, Authorization",
+    }
     return HTMLResponse(html, headers=headers)
 
 
@@ -417,13 +419,17 @@ def records_router(ctx: RegistryContext) -> APIRouter:
         assert ctx.index is not None  # app.py builds it before any route runs
         started = time.perf_counter()
         try:
-            found = ctx.index.search(
+            # in a thread: a search over a large catalogue is CPU-bound work that would
+            # hold every other request (the gateway's too) on the event loop
+            found = await asyncio.to_thread(
+                ctx.index.search,
                 q=q,
                 bbox=_one(request, "bbox"),
                 datetime=_one(request, "datetime"),
                 areas=areas,
                 kinds=kinds,
                 ids=qp.getlist("ids"),
+                external_ids=qp.getlist("externalIds"),
                 viewer=scope,
                 limit=limit,
                 offset=offset,
@@ -509,7 +515,7 @@ def records_router(ctx: RegistryContext) -> APIRouter:
             return _html(
                 ctx, request, "records_item.html",
                 user=user, rec=rec, entry=row.get("entry") or {},
-                description_html=_markdown.render(str(rec["properties"]["description"])),
+                description_html=pages.render_markdown(str(rec["properties"]["description"])),
                 kind_label=pages.KIND_LABELS.get(rec["properties"]["type"], ""),
                 visibility_note=pages.visibility_note(rec["properties"]["twinhub:visibility"]),
                 items_url=f"{base}collections/{COLLECTION}/items?f=html",

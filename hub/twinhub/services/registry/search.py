@@ -43,6 +43,13 @@ FRESH_CHECK_S = 1.0
 PREFIX_MIN = 2
 #: Tokens a prefix may expand to at most (the shortest prefixes of a large vocabulary).
 PREFIX_MAX_TOKENS = 5000
+#: Limits of ``q`` (each term's last word expands as a prefix over up to PREFIX_MAX_TOKENS
+#: tokens: an unbounded ``q`` is seconds of CPU on the event loop, for anyone).
+MAX_Q_CHARS = 256
+MAX_Q_TERMS = 10
+MAX_TERM_WORDS = 8
+#: Prefix masks kept per snapshot.
+PREFIX_CACHE = 1024
 #: Bits walked at a time when paging (whole chunks are skipped by popcount).
 CHUNK_BITS = 4096
 _CHUNK_MASK = (1 << CHUNK_BITS) - 1
@@ -154,6 +161,31 @@ def _lon_ranges(w: float, e: float) -> tuple[tuple[float, float], ...]:
     return ((w, e),) if w <= e else ((w, 180.0), (-180.0, e))
 
 
+def parse_q(q: str | None) -> list[tuple[str, ...]]:
+    """OGC ``q`` → its distinct terms (comma-separated), each its words; over the limits
+    (MAX_Q_CHARS characters, MAX_Q_TERMS terms, MAX_TERM_WORDS words a term) →
+    :class:`SearchError` naming the limit."""
+    if not q or not q.strip():
+        return []
+    if len(q) > MAX_Q_CHARS:
+        raise SearchError(f"q is {len(q)} characters long; at most {MAX_Q_CHARS} are allowed")
+    terms: list[tuple[str, ...]] = []
+    for term in q.split(","):
+        words = tuple(tokens(term))
+        if not words or words in terms:
+            continue  # an empty or repeated term adds nothing
+        if len(words) > MAX_TERM_WORDS:
+            raise SearchError(
+                f"a term of q has {len(words)} words; at most {MAX_TERM_WORDS} are allowed"
+            )
+        terms.append(words)
+    if len(terms) > MAX_Q_TERMS:
+        raise SearchError(
+            f"q has {len(terms)} comma-separated terms; at most {MAX_Q_TERMS} are allowed"
+        )
+    return terms
+
+
 def _split_values(values: Iterable[str] | str | None) -> list[str]:
     """Repeated and/or comma-separated parameter values -> a flat list, blanks dropped."""
     if values is None:
@@ -252,6 +284,8 @@ class _Snapshot:
         self.time_pos = np.array([t[0] for t in times], dtype=np.int64)
         self.time = np.array([t[1:] for t in times], dtype=np.float64).reshape(-1, 2)
         self.vocabulary = sorted(postings)
+        # prefix masks asked before (a snapshot never changes: they stay right), bounded
+        self._prefixes: dict[str, int] = {}
         # Frequent tokens as ready bitmasks; the rest as compact position arrays.
         frequent = max(1, n // 64)
         self.masks: dict[str, int] = {}
@@ -274,6 +308,9 @@ class _Snapshot:
 
     def prefix_mask(self, word: str) -> int:
         """Entries with a token starting with ``word`` (the word itself included)."""
+        hit = self._prefixes.get(word)
+        if hit is not None:
+            return hit
         lo = bisect.bisect_left(self.vocabulary, word)
         hi = bisect.bisect_left(self.vocabulary, word + "\U0010ffff", lo)
         mask = 0
@@ -284,17 +321,19 @@ class _Snapshot:
                 mask |= m
             else:
                 rare.extend(self.rare[w])
-        return mask | (_mask_of(rare, self.size) if rare else 0)
+        mask |= _mask_of(rare, self.size) if rare else 0
+        if len(self._prefixes) >= PREFIX_CACHE:
+            self._prefixes.clear()
+        self._prefixes[word] = mask
+        return mask
 
-    def text_mask(self, q: str) -> int:
-        """OGC ``q``: comma-separated terms are ORed; the words of a term are ANDed; the last
-        word of a term also matches as a prefix."""
+    def text_mask(self, q: str | list[tuple[str, ...]]) -> int:
+        """OGC ``q`` (or its :func:`parse_q` terms): comma-separated terms are ORed; the
+        words of a term are ANDed; the last word of a term also matches as a prefix."""
+        terms = parse_q(q) if isinstance(q, str) else q
         result = 0
         any_term = False
-        for term in q.split(","):
-            words = tokens(term)
-            if not words:
-                continue
+        for words in terms:
             any_term = True
             mask = self.all
             for k, w in enumerate(words):
@@ -367,6 +406,7 @@ class SearchIndex:
         areas: Iterable[str] | str = (),
         kinds: Iterable[str] | str = (),
         ids: Iterable[str] | str = (),
+        external_ids: Iterable[str] | str = (),
         viewer: frozenset[str] | None,
         limit: int = 10,
         offset: int = 0,
@@ -374,11 +414,14 @@ class SearchIndex:
     ) -> SearchResult:
         """Entries ``viewer`` may see (None: all) matching every given filter, sorted by
         name then slug; ``areas``/``kinds``/``ids``: any of the values (repeated or
-        comma-separated). Bad ``bbox``/``datetime``/paging -> :class:`SearchError`."""
+        comma-separated). ``external_ids`` (OGC ``externalIds``): entries carry no external
+        identifier, so any value matches nothing. Bad ``bbox``/``datetime``/paging ->
+        :class:`SearchError`."""
         if limit < 0 or offset < 0:
             raise SearchError("limit and offset must not be negative")
         box = parse_bbox(bbox)
         span = parse_datetime(datetime)
+        terms = parse_q(q)  # checked even when nothing else matches: the same 400
         snap = self._snap
         mask = snap.visible(viewer)
         for values, table in ((areas, snap.areas), (kinds, snap.kinds)):
@@ -388,11 +431,13 @@ class SearchIndex:
                 for v in wanted:
                     any_of |= table.get(v, 0)
                 mask &= any_of
+        if _split_values(external_ids):
+            mask = 0
         wanted_ids = _split_values(ids)
         if wanted_ids and mask:
             mask &= _mask_of((snap.by_slug[s] for s in wanted_ids if s in snap.by_slug), snap.size)
-        if q and q.strip() and mask:
-            mask &= snap.text_mask(q)
+        if terms and mask:
+            mask &= snap.text_mask(terms)
         if box is not None and mask:
             mask &= snap.bbox_mask(box)
         if span is not None and mask:
@@ -408,18 +453,24 @@ class SearchIndex:
 
     async def ensure_fresh(self, ctx: RegistryContext) -> None:
         """Rebuild from the database when its ``generation`` changed (asked at most once a
-        second; the build runs in a worker thread, the old index answers meanwhile)."""
+        second). Readers never wait for a rebuild: while one runs they answer from the
+        current snapshot, which the rebuild replaces in one assignment when done. Only the
+        very first build is waited for (an empty catalogue is not an answer)."""
         if time.monotonic() - self._checked < FRESH_CHECK_S:
             return
+        if self._lock.locked() and self._generation is not None:
+            return  # a rebuild runs: the old snapshot answers meanwhile
         async with self._lock:
             if time.monotonic() - self._checked < FRESH_CHECK_S:
                 return  # another request refreshed while this one waited
+            # Marked before the work: requests arriving meanwhile do not queue up behind it.
+            self._checked = time.monotonic()
             gen = await asyncio.to_thread(store.generation, ctx.db_url)
             if gen != self._generation:
                 rows = await asyncio.to_thread(store.published, ctx.db_url)
+                # _Snapshot is built in the thread and swapped in by one assignment.
                 await asyncio.to_thread(self.rebuild, rows)
                 self._generation = gen
-            self._checked = time.monotonic()
 
 
 def _counts(mask: int, table: Mapping[str, int]) -> dict[str, int]:

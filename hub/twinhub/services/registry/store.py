@@ -10,19 +10,26 @@ the state it found. Datetimes leave as ISO 8601 strings (UTC).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ... import db
+from ...db import iso
 from ...db.models import RegistryEntryVersion, RegistryEvent, RegistryHealth, RegistryRequest
-from .workflow import LIVE_STATES
+from .workflow import EARLY_STATES, LIVE_STATES
+
+#: A provider's requests that wait for a review (counted against ``max_open_requests``).
+OPEN_STATES = EARLY_STATES
 
 
 class StoreError(Exception):
-    """A refused change: ``status`` (404, 409) and a message naming why."""
+    """A refused change: ``status`` (404, 409, 429) and a message naming why."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -39,13 +46,6 @@ class Conflict(StoreError):
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def iso(d: datetime | None) -> str | None:
-    """UTC ISO 8601 (SQLite hands back naive datetimes: they were stored as UTC)."""
-    if d is None:
-        return None
-    return (d if d.tzinfo else d.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 
 
 def _event(e: RegistryEvent) -> dict[str, Any]:
@@ -98,6 +98,27 @@ def _taken(slug: str) -> StoreError:
     return StoreError(409, f"slug {slug!r} is taken by another request; choose another")
 
 
+@contextmanager
+def _slug_guard(
+    db_url: str, *, slug: str | None = None, request_id: str | None = None
+) -> Iterator[None]:
+    """Turn the live-slug index's refusal (raised at flush or commit, after the session
+    rolled back) into the 409 :func:`_taken`: when another request than ``request_id`` holds
+    the slug (``slug``, or request_id's) live now. Any other integrity error stays itself."""
+    try:
+        yield
+    except IntegrityError:
+        with db.session(db_url) as s:
+            if slug is None and request_id is not None:
+                slug = s.scalar(
+                    select(RegistryRequest.slug).where(RegistryRequest.id == request_id)
+                )
+            rivals = [r for r in _live_with_slug(s, slug) if r.id != request_id] if slug else []
+        if not rivals:
+            raise
+        raise _taken(slug) from None
+
+
 # -- requests --------------------------------------------------------------------------------
 def create_request(
     db_url: str,
@@ -106,15 +127,31 @@ def create_request(
     entry: dict[str, Any],
     resources: dict[str, Any],
     activity: str,
+    max_open: int | None = None,
 ) -> dict[str, Any]:
     """A new request in state ``submitted`` (version 1 of its entry, an event); a slug held
-    by a live request (not rejected or retired) is a 409 StoreError."""
+    by a live request (not rejected or retired) is a 409 StoreError; a provider with
+    ``max_open`` requests in :data:`OPEN_STATES` already, a 429."""
     slug = entry["slug"]
     rid = uuid.uuid4().hex
     now = _now()
-    with db.session(db_url) as s:
+    # The partial unique index uq_registry_requests_live_slug settles a race for one slug:
+    # of two inserts that both passed the check below, the database refuses the second.
+    with _slug_guard(db_url, slug=slug), db.session(db_url) as s:
         if _live_with_slug(s, slug):
             raise _taken(slug)
+        if max_open is not None:
+            n = s.scalar(
+                select(func.count())
+                .select_from(RegistryRequest)
+                .where(RegistryRequest.provider == provider, RegistryRequest.state.in_(OPEN_STATES))
+            )
+            if n >= max_open:
+                raise StoreError(
+                    429,
+                    f"{provider!r} has {n} requests waiting for review; at most {max_open} at "
+                    "once (withdraw one, or wait for a decision)",
+                )
         s.add(
             RegistryRequest(
                 id=rid,
@@ -137,17 +174,6 @@ def create_request(
                 from_state=None, to_state="submitted", comment="request submitted",
             )
         )  # fmt: skip
-    # Two providers racing for one slug (PostgreSQL: neither saw the other's insert): once
-    # both are committed, each sees both, and the later one withdraws itself.
-    with db.session(db_url) as s:
-        live = _live_with_slug(s, slug)
-        lost = bool(live) and live[0].id != rid
-        if lost:
-            for model in (RegistryEvent, RegistryEntryVersion):
-                s.query(model).filter(model.request_id == rid).delete()
-            s.query(RegistryRequest).filter(RegistryRequest.id == rid).delete()
-    if lost:  # raised once the withdrawal is committed (raising inside would roll it back)
-        raise _taken(slug)
     return get_request(db_url, rid)  # type: ignore[return-value]
 
 
@@ -159,25 +185,49 @@ def get_request(db_url: str, request_id: str) -> dict[str, Any] | None:
 
 
 def list_requests(
-    db_url: str, *, provider: str | None = None, state: str | None = None
+    db_url: str,
+    *,
+    provider: str | None = None,
+    state: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Requests (newest change first), of ``provider`` only unless None, in ``state`` only
-    unless None; without their events."""
-    q = select(RegistryRequest)
+    unless None, ``limit`` of them from ``offset``; without their events."""
+    q = _requests_query(select(RegistryRequest), provider, state)
+    q = q.order_by(RegistryRequest.updated_at.desc(), RegistryRequest.id).offset(offset)
+    if limit is not None:
+        q = q.limit(limit)
+    with db.session(db_url) as s:
+        return [_request(r) for r in s.scalars(q)]
+
+
+def count_requests(db_url: str, *, provider: str | None = None, state: str | None = None) -> int:
+    """How many requests :func:`list_requests` would list without a limit."""
+    q = _requests_query(select(func.count()).select_from(RegistryRequest), provider, state)
+    with db.session(db_url) as s:
+        return int(s.scalar(q) or 0)
+
+
+def _requests_query(q, provider: str | None, state: str | None):
     if provider is not None:
         q = q.where(RegistryRequest.provider == provider)
     if state is not None:
         q = q.where(RegistryRequest.state == state)
-    with db.session(db_url) as s:
-        rows = s.scalars(q.order_by(RegistryRequest.updated_at.desc(), RegistryRequest.id))
-        return [_request(r) for r in rows]
+    return q
 
 
 def ids_in_state(db_url: str, state: str, limit: int = 100) -> list[str]:
     """Ids of requests in ``state``, oldest change first (the evaluation's queue)."""
-    q = select(RegistryRequest.id).where(RegistryRequest.state == state)
+    return [rid for rid, _ in queue(db_url, state, limit)]
+
+
+def queue(db_url: str, state: str, limit: int = 100) -> list[tuple[str, str]]:
+    """(id, provider) of requests in ``state``, oldest change first."""
+    q = select(RegistryRequest.id, RegistryRequest.provider).where(RegistryRequest.state == state)
     with db.session(db_url) as s:
-        return list(s.scalars(q.order_by(RegistryRequest.updated_at).limit(limit)))
+        rows = s.execute(q.order_by(RegistryRequest.updated_at).limit(limit))
+        return [(rid, provider) for rid, provider in rows]
 
 
 def _current_state(s: Session, request_id: str) -> str | None:
@@ -225,7 +275,9 @@ def transition(
     entry makes a new version, ``findings`` are the evaluation's (with an "evaluation"
     event), ``integration`` sets upstream / allow_private / sandbox. Returns the request."""
     now = _now()
-    with db.session(db_url) as s:
+    # No move in the workflow brings a request back to a live state today, but should one
+    # (or a hand-edited row) collide with a live slug, the caller gets the 409, not a 500.
+    with _slug_guard(db_url, request_id=request_id), db.session(db_url) as s:
         values: dict[str, Any] = {"state": to, "updated_at": now}
         if entry is not None:
             values["entry"] = entry
@@ -235,6 +287,11 @@ def transition(
         if integration is not None:
             values.update(integration)
         _compare_and_set(s, request_id, expect, values)
+        if to == "retired" or (to == "integrated" and expect == "approved"):
+            # The slug's last health check was of an earlier request (or ends with this
+            # one): a new service shows "unknown" until its own first check.
+            slug = s.scalar(select(RegistryRequest.slug).where(RegistryRequest.id == request_id))
+            s.query(RegistryHealth).filter(RegistryHealth.slug == slug).delete()
         if findings is not None:
             s.add(RegistryEvent(request_id=request_id, at=now, actor=actor, kind="evaluation", comment=_summary(findings)))  # fmt: skip
         s.add(RegistryEvent(request_id=request_id, at=now, actor=actor, kind="transition", from_state=expect, to_state=to, comment=comment))  # fmt: skip
@@ -262,11 +319,22 @@ def update_entry(
     return get_request(db_url, request_id)  # type: ignore[return-value]
 
 
-def add_comment(db_url: str, request_id: str, *, actor: str, comment: str) -> dict[str, Any]:
-    """A comment on the request (an event); returns the event."""
+def add_comment(
+    db_url: str, request_id: str, *, actor: str, comment: str, max_comments: int | None = None
+) -> dict[str, Any]:
+    """A comment on the request (an event); returns the event. A request holding
+    ``max_comments`` comments already: a 429 StoreError."""
     with db.session(db_url) as s:
         if s.get(RegistryRequest, request_id) is None:
             raise StoreError(404, f"no request {request_id!r}")
+        if max_comments is not None:
+            n = s.scalar(
+                select(func.count())
+                .select_from(RegistryEvent)
+                .where(RegistryEvent.request_id == request_id, RegistryEvent.kind == "comment")
+            )
+            if n >= max_comments:
+                raise StoreError(429, f"the request has {n} comments; at most {max_comments}")
         e = RegistryEvent(request_id=request_id, at=_now(), actor=actor, kind="comment", comment=comment)  # fmt: skip
         s.add(e)
         s.flush()
@@ -323,11 +391,14 @@ def versions(db_url: str, request_id: str) -> list[dict[str, Any]]:
 
 
 def generation(db_url: str) -> str:
-    """Changes whenever a request's state or entry changes (every change sets updated_at;
-    a withdrawn racing insert changes the count): one aggregate query."""
+    """Changes whenever the catalogue (:func:`published`) may have: one aggregate over the
+    integrated rows only, so submissions, reviews and comments do not force the search
+    index to rebuild. A row entering or changing while integrated sets a newer
+    ``updated_at`` (the max moves); a row leaving lowers the count (and if another entered
+    meanwhile, the max moved)."""
     q = select(
         func.count(), func.max(RegistryRequest.updated_at), func.sum(RegistryRequest.version)
-    )
+    ).where(RegistryRequest.state == "integrated")
     with db.session(db_url) as s:
         n, last, vsum = s.execute(q).one()
     return f"{n}:{iso(last) if isinstance(last, datetime) else last}:{vsum or 0}"

@@ -15,8 +15,9 @@ retired               submitted, evaluated, changes-requested          the provi
 ====================  ===============================================  =========================
 
 Reviewers are members of ``TwinhubRegistry.reviewers_group`` (admins are not, unless they
-are members); admins are hub admins whose token carries the admin scope
-(:func:`~twinhub.services.hubauth.acts_as_admin`). A refusal is checked in this order: an
+are members), never on their own requests; admins are hub admins whose token carries the
+admin scope or, from the registry's browser sign-on, ``admin-ui``
+(:func:`~.entry.registry_admin`). A refusal is checked in this order: an
 unknown target state (400), the caller's role (403: nobody in the caller's roles may ever
 make that move, or only another role may make it from the current state), the move's
 legality from the current state (409 naming it). The API and the provider/reviewer page
@@ -30,8 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...outbound import OutboundRefused, check_url
-from ..hubauth import acts_as_admin
-from .entry import WEB_KINDS
+from .entry import WEB_KINDS, registry_admin
 
 STATES = (
     "submitted",
@@ -92,9 +92,10 @@ def roles(request: Mapping[str, Any], user: Mapping[str, Any] | None, settings: 
     out = set()
     if user.get("kind", "user") == "user" and user.get("name") == request.get("provider"):
         out.add(PROVIDER)
-    if settings.reviewers_group in (user.get("groups") or ()):
+    # No self-review: a reviewer's own request goes to the other reviewers.
+    if settings.reviewers_group in (user.get("groups") or ()) and PROVIDER not in out:
         out.add(REVIEWER)
-    if acts_as_admin(dict(user)):
+    if registry_admin(user):
         out.add(ADMIN)
     return out
 

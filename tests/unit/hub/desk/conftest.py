@@ -15,13 +15,17 @@ from traitlets.config import Config
 from twinhub.process.runtime import Runtime
 from twinhub.services.asgi import RequestLimitsMiddleware
 from twinhub.services.desk import TwinhubDesk
-from twinhub.services.desk.app import JSON_OVERHEAD, UPLOAD_MEDIA, Desk, UploadTypes, build_api
+from twinhub.services.desk.app import JSON_OVERHEAD, UPLOAD_MEDIA, UploadTypes, build_api
+from twinhub.services.desk.context import Desk
 
 USERS = {
     "alice": {"name": "alice", "admin": False, "groups": ["lab"]},
     "bob": {"name": "bob", "admin": False, "groups": []},
     "sam": {"name": "sam", "admin": False, "groups": ["support"]},
     "root": {"name": "root", "admin": True, "groups": []},
+    # An admin whose token carries only the desk's access scope, as a browser's sign-on
+    # token does (the hub's OAuth gives services no admin scopes).
+    "ada": {"name": "ada", "admin": True, "groups": []},
 }
 SCOPES = {"root": ["admin:users", "read:metrics"]}
 

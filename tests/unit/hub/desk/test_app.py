@@ -184,6 +184,77 @@ async def test_page_renders_escaped_with_xsrf_and_csp(desk):
     assert "All tickets" in r.text and 'class="filters"' in r.text and "alice" in r.text
 
 
+async def test_pages_are_never_framed(desk):
+    """Not even by a page of the platform's own origin (users' servers live there)."""
+    for path in ("?f=html", "?f=html&ticket=999"):
+        r = await desk.call("GET", path, "alice")
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
+        assert r.headers["x-frame-options"] == "DENY", path
+
+
+CAPPED = {"max_attachment_bytes": 1024, "max_attachments": 5, "max_body_chars": 500,
+          "max_open_tickets": 2, "max_tickets_per_hour": 3,
+          "max_user_attachment_bytes": 1500}  # fmt: skip
+
+
+@pytest.mark.parametrize("desk_settings", [CAPPED])
+async def test_per_user_ticket_caps_spare_staff(desk):
+    a = await open_ticket(desk, "alice")
+    await open_ticket(desk, "alice")
+    r = await desk.call("POST", "api/v1/tickets", "alice", json={"subject": "s", "body": "b"})
+    assert r.status_code == 429 and r.json() == {
+        "code": 429,
+        "description": "'alice' has 2 open or answered tickets (at most 2 per user): close "
+        "one that is settled first",
+    }
+    r = await desk.call("POST", f"api/v1/tickets/{a['id']}/transitions", "alice",
+                        json={"to": "closed"})  # fmt: skip
+    assert r.status_code == 200
+    b = await open_ticket(desk, "alice")  # room again; the third within the hour
+    r = await desk.call("POST", f"api/v1/tickets/{b['id']}/transitions", "alice",
+                        json={"to": "closed"})  # fmt: skip
+    r = await desk.call("POST", f"api/v1/tickets/{a['id']}/transitions", "alice",
+                        json={"to": "open"})  # fmt: skip
+    assert r.status_code == 200  # reopening within the cap
+    r = await desk.call("POST", "api/v1/tickets", "alice", json={"subject": "s", "body": "b"})
+    assert r.status_code == 429 and "at most 2 per user" in r.json()["description"]
+    r = await desk.call("POST", f"api/v1/tickets/{b['id']}/transitions", "alice",
+                        json={"to": "open"})  # fmt: skip
+    assert r.status_code == 429 and "at most 2 per user" in r.json()["description"]
+    r = await desk.call("POST", f"api/v1/tickets/{a['id']}/transitions", "alice",
+                        json={"to": "closed"})  # fmt: skip
+    r = await desk.call("POST", "api/v1/tickets", "alice", json={"subject": "s", "body": "b"})
+    assert r.status_code == 429 and "at most 3 per user and hour" in r.json()["description"]
+    assert 3500 <= int(r.headers["retry-after"]) <= 3600
+    assert len((await desk.call("GET", "api/v1/tickets", "alice")).json()["tickets"]) == 3
+    # Staff (the support group, admins) are exempt; other users have their own counts.
+    for who in ("sam", "root"):
+        for _ in range(4):
+            await open_ticket(desk, who)
+    await open_ticket(desk, "bob")
+
+
+@pytest.mark.parametrize("desk_settings", [CAPPED])
+async def test_per_user_attachment_bytes(desk):
+    t1, t2 = await open_ticket(desk, "alice"), await open_ticket(desk, "alice")
+    r = await desk.call("POST", f"api/v1/tickets/{t1['id']}/attachments?filename=a", "alice",
+                        content=b"x" * 1000)  # fmt: skip
+    assert r.status_code == 201
+    r = await desk.call("POST", f"api/v1/tickets/{t2['id']}/attachments?filename=b", "alice",
+                        content=b"x" * 501)  # fmt: skip
+    assert r.status_code == 413 and r.json()["description"] == (
+        "'alice' already stores 1000 bytes of attachments: 501 bytes more would pass "
+        "1500 bytes (the limit per user)"
+    )
+    assert count(desk.desk.db_url, DeskAttachment) == 1
+    r = await desk.call("POST", f"api/v1/tickets/{t2['id']}/attachments?filename=b", "alice",
+                        content=b"x" * 500)  # fmt: skip
+    assert r.status_code == 201  # exactly the limit
+    r = await desk.call("POST", f"api/v1/tickets/{t2['id']}/attachments?filename=c", "sam",
+                        content=b"x" * 1000)  # fmt: skip
+    assert r.status_code == 201  # staff's files (e.g. to answer): not capped
+
+
 async def test_static_files_fixed_table(desk):
     r = await desk.call("GET", "static/desk.js", "alice")
     assert r.status_code == 200 and "X-Twinhub-XSRF" in r.text
@@ -195,3 +266,49 @@ async def test_static_files_fixed_table(desk):
 async def test_services_are_refused(desk):
     r = await desk.call("GET", "api/v1/tickets", "ghost")  # the hub has no such user
     assert r.status_code == 403 and "no longer exists" in r.json()["description"]
+
+
+async def test_owner_writing_to_an_answered_ticket_mails_the_staff(desk):
+    t = await open_ticket(desk, "alice")
+    path = f"api/v1/tickets/{t['id']}/messages"
+    r = await desk.call("POST", path, "alice", json={"body": "more detail while open"})
+    assert r.status_code == 201 and r.json()["ticket"]["state"] == "open"
+    r = await desk.call("POST", path, "sam", json={"body": "Try X"})
+    assert r.json()["ticket"]["state"] == "answered"
+    r = await desk.call("POST", path, "alice", json={"body": "X fails with Y"})
+    assert r.status_code == 201 and r.json()["ticket"]["state"] == "open"
+    await desk.desk.mailer.drain()
+    to_staff = sorted(m["Subject"] for m in mails(desk) if m["To"] == "sam@localhost")
+    # The new ticket and the reply after the answer; not the follow-up while still open.
+    assert to_staff == [
+        f"[desk #{t['id']}] New ticket: Help",
+        f"[desk #{t['id']}] Owner replied: Help",
+    ]
+    (reply,) = [m for m in mails(desk) if "Owner replied" in m["Subject"]]
+    assert "> X fails with Y" in reply.get_payload()
+    assert f"services/desk/?ticket={t['id']}" in reply.get_payload()
+
+
+async def test_timestamps_always_carry_the_utc_offset(desk):
+    t = await open_ticket(desk, "alice")
+    tid = t["id"]
+    await desk.call("POST", f"api/v1/tickets/{tid}/messages", "sam", json={"body": "ok"})
+    r = await desk.call("POST", f"api/v1/tickets/{tid}/attachments?filename=a.txt", "alice",
+                        content=b"x", headers={"Content-Type": "text/plain"})  # fmt: skip
+    assert r.status_code == 201
+    got = (await desk.call("GET", f"api/v1/tickets/{tid}", "alice")).json()
+    listed = (await desk.call("GET", "api/v1/tickets", "alice")).json()["tickets"]
+    stamps = [t["created"], got["created"], got["updated"], listed[0]["updated"]]
+    stamps += [m["at"] for m in got["messages"]] + [a["at"] for a in got["attachments"]]
+    assert len(stamps) == 7 and all(s.endswith("+00:00") for s in stamps), stamps
+
+
+async def test_admin_without_an_admin_token_is_no_staff(desk):
+    """A hub admin whose token has no admin scope (a browser's sign-on token) sees and
+    answers only their own tickets; with an admin token (root) they are staff."""
+    t = await open_ticket(desk, "alice")
+    assert (await desk.call("GET", "", "ada")).json()["staff"] is False
+    assert (await desk.call("GET", "api/v1/tickets", "ada")).json()["tickets"] == []
+    r = await desk.call("POST", f"api/v1/tickets/{t['id']}/messages", "ada", json={"body": "x"})
+    assert r.status_code == 404
+    assert (await desk.call("GET", "", "root")).json()["staff"] is True

@@ -162,3 +162,41 @@ def test_send_later_delivers_in_the_background(tmp_path):
 def test_address_template_needs_user(bad):
     with pytest.raises(TraitError, match="user_address_template"):
         settings(user_address_template=bad)
+
+
+def test_pending_mails_are_bounded_excess_dropped_and_counted(tmp_path):
+    """A mail server that hangs must not let notices pile up in memory: past
+    max_pending_mails a notice is dropped and counted; those already waiting still go."""
+    m = Mailer(settings(max_pending_mails=2), tmp_path / "mail")
+    release = threading.Event()
+    delivered: list[str] = []
+
+    def hanging_deliver(msg) -> None:  # a mail server that answers only when released
+        release.wait(10)
+        delivered.append(msg["Subject"])
+
+    m.deliver = hanging_deliver
+    sent, dropped = count("sent"), count("dropped")
+
+    async def go() -> None:
+        for i in range(4):
+            m.send_later(["a@localhost"], f"notice {i}", "t")
+        assert len(m._tasks) == 2
+        release.set()
+        await m.drain()
+        m.send_later(["a@localhost"], "after the queue drained", "t")  # room again
+        await m.drain()
+
+    asyncio.run(go())
+    assert sorted(delivered) == ["after the queue drained", "notice 0", "notice 1"]
+    assert count("dropped") == dropped + 2 and count("sent") == sent + 3
+
+
+def test_caps_must_be_positive():
+    for name in ("max_open_tickets", "max_tickets_per_hour", "max_user_attachment_bytes",
+                 "max_pending_mails"):  # fmt: skip
+        with pytest.raises(TraitError, match=name):
+            settings(**{name: 0})
+    s = settings()
+    assert (s.max_open_tickets, s.max_tickets_per_hour) == (20, 10)
+    assert (s.max_user_attachment_bytes, s.max_pending_mails) == (50 * 1024 * 1024, 1000)

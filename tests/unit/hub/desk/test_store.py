@@ -1,7 +1,10 @@
 """The desk's store on a real database (SQLite and PostgreSQL): tickets, the state machine,
-attachments' count cap, who sees what. A refused call stores nothing."""
+attachments' count cap, the per-user caps, who sees what. A refused call stores nothing."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 
@@ -164,3 +167,92 @@ def test_integrated_services_only(twinhub_db):
         {"slug": "lab-tool", "name": "Lab-Tool", "visibility": "project:lab"},
         {"slug": "ocean", "name": "Ocean", "visibility": "public"},
     ]
+
+
+CAPS = store.Caps(open_tickets=3, tickets_per_hour=4, attachment_bytes=10)
+
+
+def age(url: str, ticket_id: int, hours: float) -> None:
+    """Move a ticket's creation back in time (the per-hour window slides past it)."""
+    with db.session(url) as s:
+        t = s.get(DeskTicket, ticket_id)
+        t.created_at = t.created_at - timedelta(hours=hours)
+
+
+def test_open_tickets_cap_counts_open_and_answered_and_guards_reopening(twinhub_db):
+    caps = store.Caps(open_tickets=3, tickets_per_hour=100, attachment_bytes=10)
+    a, b, c = (new(twinhub_db, caps=caps) for _ in range(3))
+    store.add_message(twinhub_db, b["id"], author="sam", staff=True, body="answer")  # answered
+    n = rows(twinhub_db, DeskTicket)
+    with pytest.raises(DeskError) as e:
+        new(twinhub_db, caps=caps)
+    assert e.value.status == 429 and "at most 3" in e.value.message
+    assert rows(twinhub_db, DeskTicket) == n and rows(twinhub_db, DeskMessage) == n + 1
+    new(twinhub_db, "bob", caps=caps)  # another user's count is their own
+    new(twinhub_db, caps=None)  # no caps (staff): passes, 4 live now
+
+    # Closing makes room (2 live); reopening past the cap is refused like a new ticket.
+    store.transition(twinhub_db, a["id"], to="closed", actor="alice", staff=False, caps=caps)
+    store.transition(twinhub_db, c["id"], to="closed", actor="alice", staff=False, caps=caps)
+    store.transition(twinhub_db, a["id"], to="open", actor="alice", staff=False, caps=caps)
+    with pytest.raises(DeskError) as e:
+        store.transition(twinhub_db, c["id"], to="open", actor="alice", staff=False, caps=caps)
+    assert e.value.status == 429 and "at most 3" in e.value.message
+    assert store.get_ticket(twinhub_db, c["id"], viewer=None)["state"] == "closed"
+    # staff reopen regardless (no caps for them)
+    store.transition(twinhub_db, c["id"], to="open", actor="sam", staff=True)
+    assert store.get_ticket(twinhub_db, c["id"], viewer=None)["state"] == "open"
+
+
+def test_tickets_per_hour_cap_with_retry_after(twinhub_db):
+    first = new(twinhub_db, caps=CAPS)
+    for _ in range(3):
+        t = new(twinhub_db, caps=CAPS)
+        store.transition(twinhub_db, t["id"], to="closed", actor="alice", staff=False)
+    n = rows(twinhub_db, DeskTicket)
+    with pytest.raises(DeskError) as e:
+        new(twinhub_db, caps=CAPS)  # 2 open, but 4 opened within the hour
+    assert e.value.status == 429 and "at most 4 per user and hour" in e.value.message
+    assert 3500 <= e.value.retry_after <= 3600
+    assert rows(twinhub_db, DeskTicket) == n
+    age(twinhub_db, first["id"], 0.75)  # its slot frees in about 15 minutes
+    with pytest.raises(DeskError) as e:
+        new(twinhub_db, caps=CAPS)
+    assert 800 <= e.value.retry_after <= 901
+    age(twinhub_db, first["id"], 0.3)  # now over an hour old: out of the window
+    assert new(twinhub_db, caps=CAPS)["state"] == "open"
+
+
+def test_attachment_bytes_cap_per_uploader_over_all_tickets(twinhub_db):
+    def attach(ticket_id: int, size: int, uploader: str = "alice", caps=CAPS) -> dict:
+        return store.add_attachment(twinhub_db, ticket_id, uploader=uploader,
+                                    staff=caps is None, filename="f", content_type="text/plain",
+                                    data=b"x" * size, max_attachments=9, caps=caps)  # fmt: skip
+
+    t1, t2 = new(twinhub_db), new(twinhub_db)
+    attach(t1["id"], 6)
+    attach(t2["id"], 4)  # 10 in all: at the cap, allowed
+    with pytest.raises(DeskError) as e:
+        attach(t2["id"], 1)  # on another ticket too: the cap is the user's
+    assert e.value.status == 413 and "10 bytes (the limit per user)" in e.value.message
+    assert rows(twinhub_db, DeskAttachment) == 2
+    attach(t1["id"], 5, uploader="sam", caps=None)  # staff: no cap
+    bob = new(twinhub_db, "bob")
+    attach(bob["id"], 10, uploader="bob")  # bob's bytes are his own
+
+
+def test_capped_writes_in_parallel_do_not_pass_the_cap(twinhub_db):
+    """Eight threads open tickets at once: the count and the write are one step."""
+    caps = store.Caps(open_tickets=3, tickets_per_hour=100, attachment_bytes=1)
+
+    def attempt(_i: int) -> int:
+        try:
+            new(twinhub_db, "carol", caps=caps)
+            return 201
+        except DeskError as e:
+            return e.status
+
+    with ThreadPoolExecutor(8) as pool:
+        got = sorted(pool.map(attempt, range(8)))
+    assert got == [201] * 3 + [429] * 5
+    assert len(store.list_tickets(twinhub_db, owner="carol")) == 3

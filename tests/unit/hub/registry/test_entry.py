@@ -12,6 +12,7 @@ from twinhub.services.registry.entry import (
     KINDS,
     EntryError,
     can_see,
+    registry_admin,
     validate_entry,
     viewer_scope,
 )
@@ -152,6 +153,18 @@ def test_non_web_kinds_need_no_endpoint():
 ADMIN = {"name": "root", "admin": True, "groups": [], "scopes": ["admin:users"]}
 NARROWED_ADMIN = {"name": "root", "admin": True, "groups": [], "scopes": ["access:services"]}
 ALICE = {"name": "alice", "admin": False, "groups": ["climate"], "scopes": []}
+
+
+BROWSER_ADMIN = {"name": "root", "admin": True, "groups": [], "scopes": ["access:services", "admin-ui"]}  # fmt: skip
+
+
+def test_registry_admin():
+    assert registry_admin(ADMIN) and registry_admin(BROWSER_ADMIN)
+    assert viewer_scope(BROWSER_ADMIN) is None
+    assert not registry_admin(NARROWED_ADMIN)  # access only
+    assert not registry_admin(None) and not registry_admin(ALICE)
+    # admin-ui without the hub's admin flag is not enough.
+    assert not registry_admin({**ALICE, "scopes": ["admin-ui"]})
 
 
 def test_viewer_scope():

@@ -11,6 +11,7 @@ from twinhub.services.registry.gateway_rules import (
     downstream_headers,
     has_dot_segment,
     is_identity_header,
+    path_refusal,
     rewrite_location,
     rewrite_set_cookie,
     sign_sso,
@@ -199,10 +200,15 @@ def test_split_path_and_upstream_url() -> None:
     assert split_path("/services/maps") == ("maps", "")
     for bad in ("/services/", "/services/Maps/", "/services/-x/", "/hub/maps", "/services/a/"):
         assert split_path(bad) is None, bad
-    for dots in ("..", "a/../b", "%2e%2e/x", "%2E%2e", "./x", "a/%2e", "a/."):
+    for dots in ("..", "a/../b", "%2e%2e/x", "%2E%2e", "./x", "a/%2e", "a/.", "..;/x",
+                 "..%3B/x", "%252e%252e/x", ".;x/y"):  # fmt: skip
         assert has_dot_segment(dots), dots
-    for fine in ("", "a/b", "a..b/c", "...", "%2e%2e%2e", "a%2Fb"):
+        assert path_refusal(dots), dots
+    for fine in ("", "a/b", "a..b/c", "...", "%2e%2e%2e", "a;b/c", "a..;/b"):
         assert not has_dot_segment(fine), fine
+        assert path_refusal(fine) is None, fine
+    for sep in ("a%2Fb", "..%2fx", "a%5Cb", "a\\b", "a%00", "a%252Fb"):
+        assert not has_dot_segment(sep) and "escaped '/'" in (path_refusal(sep) or ""), sep
     assert upstream_url("http://h:1", "a/b", b"x=1&y=%20") == "http://h:1/a/b?x=1&y=%20"
     assert upstream_url("http://h:1/app/", "", b"") == "http://h:1/app/"
 

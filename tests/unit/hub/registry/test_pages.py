@@ -2,8 +2,8 @@
 limits, hub auth (anonymous paths, cookies, XSRF value), FastAPI and the templates, against a
 real SQLite store holding integrated entries of every visibility.
 
-The one fake is the hub's token check (:class:`FakeHubAuth`: a table of token -> user model
-where JupyterHub would answer); the lake's STAC service is a real HTTP server on loopback.
+The one fake is the hub's token check (``FakeHubAuth`` in conftest.py: a table of token ->
+user model where JupyterHub would answer); the lake's STAC service is a real HTTP server on loopback.
 """
 
 from __future__ import annotations
@@ -20,105 +20,25 @@ from types import SimpleNamespace
 import httpx
 import jinja2
 import pytest
-from jupyterhub.services.auth import HubOAuth
-from traitlets.config import Config
 
-from twinhub import db
 from twinhub.hubconf.face import TEMPLATES_DIR
-from twinhub.process.runtime import Runtime
 from twinhub.services.hubauth import xsrf_token
 from twinhub.services.registry import pages, store
 from twinhub.services.registry.app import create_app
 from twinhub.services.registry.config import TwinhubRegistry
 from twinhub.services.registry.context import RegistryContext
-from twinhub.services.registry.entry import validate_entry
 
 PREFIX = "/services/registry/"
 ACCESS = "access:services!service=registry"
 SERVICE_TOKEN = "registry-service-token"
 COOKIE = "twinhub-services-registry-token"
 
-USERS = {
-    "alice-token": {"name": "alice", "admin": False, "groups": [], "kind": "user"},
-    "bob-token": {"name": "bob", "admin": False, "groups": ["ocean-lab"], "kind": "user"},
-    "root-token": {"name": "root", "admin": True, "groups": [], "kind": "user"},
-}
-SCOPES = {
-    "alice-token": [ACCESS],
-    "bob-token": [ACCESS],
-    "root-token": [ACCESS, "admin:users"],
-}
-
-
-class FakeHubAuth(HubOAuth):
-    """A fake of the hub's token check (no hub runs in unit tests): known tokens only."""
-
-    async def user_for_token(self, token, use_cache=True, session_id="", *, sync=True):
-        if token not in USERS:
-            return None
-        return {**USERS[token], "scopes": SCOPES[token]}
-
-
-def _hub_auth() -> FakeHubAuth:
-    return FakeHubAuth(
-        api_token=SERVICE_TOKEN,
-        api_url="http://127.0.0.1:9/hub/api",
-        oauth_client_id="service-registry",
-        oauth_redirect_uri="http://127.0.0.1:9/services/registry/oauth_callback",
-        oauth_authorization_url="/hub/api/oauth2/authorize",
-        access_scopes={ACCESS},
-    )
-
-
-def _entry(settings, slug, name, visibility, kind="web-application", **more):
-    doc = {
-        "name": name,
-        "slug": slug,
-        "provider": "Ocean Institute",
-        "description": more.pop("description", f"About **{name}**, see [docs](https://e.org)."),
-        "thematic_areas": more.pop("thematic_areas", ["ocean"]),
-        "kind": kind,
-        "endpoints": [{"url": "https://example.org/api", "type": "openapi"}]
-        if kind in ("web-application", "api")
-        else [],
-        "visibility": visibility,
-        **more,
-    }
-    return validate_entry(doc, settings)
-
-
-def _publish(db_url, entry, state="integrated"):
-    r = store.create_request(db_url, provider="prov", entry=entry, resources={}, activity="")
-    if state != "submitted":
-        store.transition(
-            db_url,
-            r["id"],
-            expect="submitted",
-            to=state,
-            actor="root",
-            integration={"upstream": "http://127.0.0.1:9/", "allow_private": True},
-        )
-    return r["id"]
-
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> RegistryContext:
-    url = f"sqlite:///{tmp_path / 'twinhub.sqlite'}"
-    db.upgrade(url)
-    cfg = Config()
-    cfg.Twinhub.db_url = url
-    cfg.TwinhubFace.platform_name = "Blue Twin"
-    cfg.TwinhubProjects.projects = {"ocean-lab": {"profiles": []}}
-    rt = Runtime(state_dir=tmp_path, config=cfg, mode="multi-user", ports={"public": 9})
-    settings = TwinhubRegistry(config=cfg)
-    c = RegistryContext(
-        rt=rt,
-        settings=settings,
-        db_url=url,
-        hub_api="http://127.0.0.1:9/hub/api",
-        token=SERVICE_TOKEN,
-        prefix=PREFIX,
-    )
+def ctx(registry_ctx, registry_entries) -> RegistryContext:
+    """The shared registry context (conftest.py) holding entries of every visibility."""
+    _entry, _publish = registry_entries
+    url, settings = registry_ctx.db_url, registry_ctx.settings
     _publish(url, _entry(settings, "pub-svc", "Public Waves", "public"))
     _publish(
         url,
@@ -142,7 +62,7 @@ def ctx(tmp_path: Path) -> RegistryContext:
     store.record_health(url, "pub-svc", status="up", latency_ms=12.4, http_status=200, detail="")
     store.record_health(url, "ocean-proj", status="down", latency_ms=None, http_status=None,
                         detail="refused")  # fmt: skip
-    return c
+    return registry_ctx
 
 
 class Client:
@@ -164,8 +84,8 @@ class Client:
 
 
 @pytest.fixture
-def client(ctx) -> Client:
-    return Client(create_app(ctx=ctx, hub_auth=_hub_auth(), background=False))
+def client(ctx, hub_auth) -> Client:
+    return Client(create_app(ctx=ctx, hub_auth=hub_auth, background=False))
 
 
 def _cards(html: str) -> set[str]:
@@ -184,7 +104,12 @@ def test_visitor_sees_public_integrated_entries_only(client, ctx) -> None:
     r = client.get(PREFIX + "welcome")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/html")
-    assert r.headers["content-security-policy"] == pages.CSP
+    csp = r.headers["content-security-policy"]
+    # images from the registry's static files only (a path-restricted source), framed only
+    # by the platform's own pages
+    assert "img-src http://testserver/services/registry/static/ data:;" in csp
+    assert "frame-ancestors 'self'" in csp and "script-src 'self'" in csp
+    assert "x-frame-options" not in r.headers
     assert r.headers["x-content-type-options"] == "nosniff"
     html = r.text
     assert _cards(html) == {"pub-svc", "evil-svc"}
@@ -285,18 +210,16 @@ class _Hub(BaseHTTPRequestHandler):
         pass
 
 
-def test_groups_come_from_the_hub_not_the_token(ctx, monkeypatch) -> None:
+def test_groups_come_from_the_hub_not_the_token(ctx, hub_auth, hub_users) -> None:
     """Tokens issued to services carry no groups: the page asks the hub (the service's own
     token) what the caller's groups are, as the API does."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     ctx.hub_api = f"http://127.0.0.1:{server.server_address[1]}/hub/api"
-    monkeypatch.setitem(USERS, "bob-token", {"name": "bob", "admin": False, "kind": "user"})
-    monkeypatch.setitem(USERS, "carol-token", {"name": "carol", "admin": False, "kind": "user"})
-    monkeypatch.setitem(USERS, "gone-token", {"name": "gone", "admin": False, "kind": "user"})
-    monkeypatch.setitem(SCOPES, "carol-token", [ACCESS])
-    monkeypatch.setitem(SCOPES, "gone-token", [ACCESS])
-    app = create_app(ctx=ctx, hub_auth=_hub_auth(), background=False)
+    for who in ("bob", "carol", "gone"):  # service tokens: no groups
+        hub_users[f"{who}-token"] = {"name": who, "admin": False, "kind": "user",
+                                     "scopes": [ACCESS]}  # fmt: skip
+    app = create_app(ctx=ctx, hub_auth=hub_auth, background=False)
 
     async def go() -> dict[str, str]:
         out = {}
@@ -355,7 +278,11 @@ def test_onboarding_page_carries_the_xsrf_value_and_the_form(client) -> None:
     html = r.text
     want = xsrf_token(SERVICE_TOKEN, "bob-token")
     assert f'<meta name="twinhub-xsrf" content="{want}">' in html
-    assert r.headers["content-security-policy"] == pages.CSP
+    # the admin's page: never framed, not even by the platform's own pages
+    csp = r.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "frame-ancestors 'self'" not in csp
+    assert "img-src http://testserver/services/registry/static/ data:;" in csp
+    assert r.headers["x-frame-options"] == "DENY"
     assert 'data-api="/services/registry/api/v1/"' in html and 'data-user="bob"' in html
     assert 'data-reviewer="false"' in html and 'data-admin="false"' in html
     assert 'id="th-review"' not in html and 'id="th-operate"' not in html
@@ -365,12 +292,9 @@ def test_onboarding_page_carries_the_xsrf_value_and_the_form(client) -> None:
     assert f'<script src="{PREFIX}static/onboarding.js"></script>' in html
 
 
-def test_onboarding_shows_reviewer_and_admin_sections(client) -> None:
-    USERS["alice-token"]["groups"] = ["registry-reviewers"]
-    try:
-        html = client.get(PREFIX + "onboarding", headers=_as("alice-token")).text
-    finally:
-        USERS["alice-token"]["groups"] = []
+def test_onboarding_shows_reviewer_and_admin_sections(client, hub_users) -> None:
+    hub_users["alice-token"]["groups"] = ["registry-reviewers"]
+    html = client.get(PREFIX + "onboarding", headers=_as("alice-token")).text
     assert 'id="th-review"' in html and 'id="th-operate"' not in html
     html = client.get(PREFIX + "onboarding", headers=_as("root-token")).text
     assert 'id="th-operate"' in html and 'id="th-admin-narrowed"' not in html
@@ -395,22 +319,25 @@ def test_static_files_for_anyone(client, name, media) -> None:
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "anonymous"),
     [
-        "static/../pages.py",
-        "static/%2e%2e/pages.py",
-        "static/..%2fpages.py",
-        "static/templates/base.html",
-        "static/",
-        "static/nope.js",
-        "static/registry.css/",
-        "static//etc/passwd",
+        # dot segments leave static/ (the client or the auth layer resolves them): the
+        # registry's root needs a login there, and a logged-in caller finds nothing
+        ("static/../pages.py", 401),
+        ("static/%2e%2e/pages.py", 401),
+        ("static/..%2fpages.py", 401),
+        # inside static/ (anonymous): only the fixed table of files is served
+        ("static/templates/base.html", 404),
+        ("static/", 404),
+        ("static/nope.js", 404),
+        ("static/registry.css/", 404),
+        ("static//etc/passwd", 404),
     ],
 )
-def test_static_traversal_finds_nothing(client, path) -> None:
-    for headers in ({}, _as("alice-token")):
+def test_static_traversal_finds_nothing(client, path, anonymous) -> None:
+    for headers, want in (({}, anonymous), (_as("alice-token"), 404)):
         r = client.get(PREFIX + path, headers=headers)
-        assert r.status_code in (401, 404), (path, r.status_code)
+        assert r.status_code == want, (path, headers, r.status_code)
         assert r.json()["code"] == r.status_code
         assert "import" not in r.text and "root:" not in r.text
 
@@ -532,3 +459,34 @@ def test_hub_nav_links_to_the_catalogue_and_the_desk() -> None:
     plain = _hub_page()
     assert "twinhub-nav-services" not in plain and "twinhub-nav-desk" not in plain
     assert ">Services</a>" in plain and ">APIs</a>" not in plain
+
+
+def test_markdown_renders_no_images() -> None:
+    """An image loads by itself with the visitor's cookies: it becomes its alt text."""
+    for md in ("![](/hub/logout)", "![x](/hub/logout 't')", "[![alt](/services/x/do)](/ok)",
+               "![ref][r]\n\n[r]: /hub/logout", '<img src="/hub/logout">'):  # fmt: skip
+        html = pages.render_markdown(md)
+        assert "<img" not in html and 'src="' not in html, (md, html)
+    assert (
+        pages.render_markdown("a ![the **map** <b>](/m.png) b") == "<p>a the map &lt;b&gt; b</p>\n"
+    )
+    assert pages.render_markdown("[![alt](/i.png)](/ok)") == '<p><a href="/ok">alt</a></p>\n'
+    assert pages.render_markdown("**bold** [l](https://w.org/)") == (
+        '<p><strong>bold</strong> <a href="https://w.org/">l</a></p>\n'
+    )
+
+
+def test_csp_static_source_refuses_odd_hosts() -> None:
+    class R:
+        def __init__(self, headers: dict[str, str]) -> None:
+            self.headers = headers
+            self.url = type("U", (), {"scheme": "http"})()
+
+    assert pages.static_url(R({"host": "hub.example:8000"}), PREFIX) == (
+        "http://hub.example:8000/services/registry/static/"
+    )
+    assert pages.static_url(R({"host": "h", "x-forwarded-proto": "https"}), PREFIX) == (
+        "https://h/services/registry/static/"
+    )
+    for host in ("a; script-src *", "a b", ""):  # never written into the header
+        assert pages.static_url(R({"host": host}), PREFIX) == "'self'"

@@ -4,8 +4,8 @@ against a real SQLite store holding integrated entries of every visibility. Reco
 validated against the OGC API - Records record schema (``ogcapi_records_schemas/``, copies
 of the standard's files).
 
-The one fake is the hub's token check (:class:`FakeHubAuth`: a table of token -> user
-model where JupyterHub would answer).
+The one fake is the hub's token check (``FakeHubAuth`` in conftest.py: a table of token ->
+user model where JupyterHub would answer).
 """
 
 from __future__ import annotations
@@ -19,18 +19,12 @@ import httpx
 import jsonschema
 import pytest
 import yaml
-from jupyterhub.services.auth import HubOAuth
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-from traitlets.config import Config
 
-from twinhub import db
-from twinhub.process.runtime import Runtime
 from twinhub.services.registry import metrics, records, store
 from twinhub.services.registry.app import create_app
-from twinhub.services.registry.config import TwinhubRegistry
 from twinhub.services.registry.context import RegistryContext
-from twinhub.services.registry.entry import validate_entry
 
 PREFIX = "/services/registry/"
 ITEMS = PREFIX + "collections/services/items"
@@ -38,38 +32,6 @@ ACCESS = "access:services!service=registry"
 SERVICE_TOKEN = "registry-service-token"
 FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "twin.example.org"}
 ORIGIN = "https://twin.example.org"
-
-USERS = {
-    "alice-token": {"name": "alice", "admin": False, "groups": [], "kind": "user"},
-    "bob-token": {"name": "bob", "admin": False, "groups": ["ocean-lab"], "kind": "user"},
-    "root-token": {"name": "root", "admin": True, "groups": [], "kind": "user"},
-}
-SCOPES = {
-    "alice-token": [ACCESS],
-    "bob-token": [ACCESS],
-    "root-token": [ACCESS, "admin:users"],
-}
-
-
-class FakeHubAuth(HubOAuth):
-    """A fake of the hub's token check (no hub runs in unit tests): known tokens only."""
-
-    async def user_for_token(self, token, use_cache=True, session_id="", *, sync=True):
-        if token not in USERS:
-            return None
-        return {**USERS[token], "scopes": SCOPES[token]}
-
-
-def _hub_auth() -> FakeHubAuth:
-    return FakeHubAuth(
-        api_token=SERVICE_TOKEN,
-        api_url="http://127.0.0.1:9/hub/api",
-        oauth_client_id="service-registry",
-        oauth_redirect_uri="http://127.0.0.1:9/services/registry/oauth_callback",
-        oauth_authorization_url="/hub/api/oauth2/authorize",
-        access_scopes={ACCESS},
-    )
-
 
 # -- the record schema, read as JSON Schema ---------------------------------------------------
 SCHEMAS = Path(__file__).parent / "ogcapi_records_schemas"
@@ -141,59 +103,15 @@ def test_the_schema_check_can_fail() -> None:
 
 
 # -- the service --------------------------------------------------------------------------------
-def _entry(settings, slug, name, visibility, kind="web-application", **more):
-    doc = {
-        "name": name,
-        "slug": slug,
-        "provider": more.pop("provider", "Ocean Institute"),
-        "description": more.pop("description", f"About **{name}**."),
-        "thematic_areas": more.pop("thematic_areas", ["ocean"]),
-        "kind": kind,
-        "endpoints": more.pop(
-            "endpoints",
-            [{"url": f"https://{slug}.example.org/api", "type": "other"}]
-            if kind in ("web-application", "api")
-            else [],
-        ),
-        "visibility": visibility,
-        **more,
-    }
-    return validate_entry(doc, settings)
-
-
-def _publish(db_url, entry, state="integrated"):
-    r = store.create_request(db_url, provider="prov", entry=entry, resources={}, activity="")
-    store.transition(
-        db_url,
-        r["id"],
-        expect="submitted",
-        to=state,
-        actor="root",
-        integration={"upstream": "http://127.0.0.1:9/", "allow_private": True},
-    )
-    return r["id"]
-
-
 @pytest.fixture
-def ctx(tmp_path: Path) -> RegistryContext:
-    url = f"sqlite:///{tmp_path / 'twinhub.sqlite'}"
-    db.upgrade(url)
-    cfg = Config()
-    cfg.Twinhub.db_url = url
-    cfg.TwinhubFace.platform_name = "Blue Twin"
-    rt = Runtime(state_dir=tmp_path, config=cfg, mode="multi-user", ports={"public": 9})
-    settings = TwinhubRegistry(config=cfg)
-    c = RegistryContext(
-        rt=rt,
-        settings=settings,
-        db_url=url,
-        hub_api="http://127.0.0.1:9/hub/api",
-        token=SERVICE_TOKEN,
-        prefix=PREFIX,
-    )
+def ctx(registry_ctx, registry_entries) -> RegistryContext:
+    """The shared registry context (conftest.py) holding entries of every visibility."""
+    _entry, _publish = registry_entries
+    url, settings = registry_ctx.db_url, registry_ctx.settings
     _publish(url, _entry(
         settings, "wave-watch", "Wave Watch", "public",
-        description="Wave **forecasts**.\n\n<script>alert(1)</script> [docs](https://w.org/d)",
+        description="Wave **forecasts**.\n\n<script>alert(1)</script> [docs](https://w.org/d)"
+        " ![logout-pixel](/hub/logout)",
         keywords=["swell", "surf"], bbox=[-10.0, 40.0, 5.0, 60.0],
         temporal={"start": "2020-01-01", "end": "2021-06-30T12:00:00+02:00"},
         endpoints=[{"url": "https://waves.example.org/api", "type": "openapi",
@@ -215,7 +133,7 @@ def ctx(tmp_path: Path) -> RegistryContext:
                          kind="notebook", thematic_areas=["health"]))  # fmt: skip
     store.record_health(url, "wave-watch", status="up", latency_ms=12.6, http_status=200,
                         detail="")  # fmt: skip
-    return c
+    return registry_ctx
 
 
 def _get(app, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -228,8 +146,8 @@ def _get(app, path: str, headers: dict[str, str] | None = None) -> httpx.Respons
 
 
 @pytest.fixture
-def get(ctx):
-    app = create_app(ctx=ctx, hub_auth=_hub_auth(), background=False)
+def get(ctx, hub_auth):
+    app = create_app(ctx=ctx, hub_auth=hub_auth, background=False)
 
     def call(path: str, token: str | None = None, **headers: str) -> httpx.Response:
         h = {k.replace("_", "-"): v for k, v in headers.items()}
@@ -363,7 +281,8 @@ def test_logged_in_users_see_what_their_visibility_allows(get) -> None:
         for f in doc["features"]:
             assert_record(f)
     # A bad token is no anonymous pass.
-    assert get(ITEMS, "wrong-token").status_code in (401, 403)
+    r = get(ITEMS, "wrong-token")
+    assert r.status_code == 401, r.text
 
 
 def test_one_record_404_when_unknown_or_not_visible(get) -> None:
@@ -399,6 +318,16 @@ def test_search_parameters(get) -> None:
     assert "facets" not in doc and doc["numberMatched"] == 3
 
 
+def test_external_ids_are_a_core_parameter_that_no_record_matches(get) -> None:
+    """OGC API - Records core query parameter ``externalIds``: only records with one of the
+    given external identifiers match, and entries carry none; an empty value is ignored."""
+    doc = get(ITEMS + "?externalIds=wave-watch,urn:x:1", "root-token").json()
+    assert ids(doc) == [] and doc["numberMatched"] == 0
+    assert all(not buckets for buckets in doc["facets"].values())
+    doc = get(ITEMS + "?externalIds=&q=wave").json()
+    assert ids(doc) == ["wave-watch"]
+
+
 def test_paging_links(get) -> None:
     first = get(ITEMS + "?limit=1&q=wave,flood", **FORWARDED).json()
     assert ids(first) == ["flood-maps"] and first["numberMatched"] == 2
@@ -427,6 +356,9 @@ def test_paging_links(get) -> None:
         "f=xml",
         "facets=maybe",
         "q=a&q=b",
+        "q=" + "x" * 257,
+        "q=" + ",".join("abcdefghijk"),
+        "q=a+b+c+d+e+f+g+h+i",
     ],
 )
 def test_bad_parameters_are_a_clear_400(get, query) -> None:
@@ -446,7 +378,8 @@ def test_searches_are_timed(get) -> None:
     assert count() == before + 2
 
 
-def test_index_follows_the_store(get, ctx) -> None:
+def test_index_follows_the_store(get, ctx, registry_entries) -> None:
+    _entry, _publish = registry_entries
     assert ids(get(ITEMS + "?q=swell").json()) == ["wave-watch"]
     _publish(ctx.db_url, _entry(ctx.settings, "swell-now", "Swell Now", "public"))
     ctx.index._checked = float("-inf")  # the once-a-second look is due
@@ -492,6 +425,8 @@ def test_html_record_page_renders_markdown_without_raw_html(get) -> None:
     assert r.status_code == 200
     html = r.text
     assert "<strong>forecasts</strong>" in html
+    assert "<img" not in html.split('id="rc-description"')[-1]  # the logout image: its alt
+    assert "logout-pixel" in html
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)" in html
     assert 'href="https://w.org/d"' in html
     assert 'data-status="up"' in html and "13 ms" in html

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -170,6 +171,25 @@ def test_facets_count_the_matched_set_most_first(index) -> None:
     ]  # fmt: skip
     assert list(r.facets["kind"].items()) == [("dataset", 2), ("api", 1), ("web-application", 1)]
     assert index.search(viewer=ALL, facets=False).facets == {}
+
+
+def test_q_is_capped_with_a_message_naming_the_limit(index) -> None:
+    """A long q of many short prefixes was about a second of CPU per request: refused."""
+    with pytest.raises(SearchError, match="at most 256 are allowed"):
+        index.search(q="ab," * 86, viewer=VISITOR)  # 258 characters
+    with pytest.raises(SearchError, match="11 comma-separated terms; at most 10"):
+        index.search(q=",".join(f"t{i}" for i in range(11)), viewer=VISITOR)
+    with pytest.raises(SearchError, match="9 words; at most 8"):
+        index.search(q="a b c d e f g h i", viewer=VISITOR)
+    # at the limits: fine; repeated (after folding) and empty terms do not count
+    q = ",".join(f"t{i}" for i in range(10)) + ",T0, t0 ,,"
+    assert index.search(q=q, viewer=VISITOR).matched == 0
+    assert search.parse_q("Wave, wave,WAVE height, wave  height") == [("wave",), ("wave", "height")]
+    assert slugs(index.search(q="a b c d e f g wave", viewer=ALL)) == []
+    assert slugs(index.search(q="wave," * 20, viewer=ALL)) == ["waves"]  # one term, deduplicated
+    # the same limits on the filter-less path (an invisible set still checks q)
+    with pytest.raises(SearchError):
+        index.search(q="x" * 300, viewer=frozenset())
 
 
 def test_ids_filter(index) -> None:
@@ -340,3 +360,41 @@ def test_ensure_fresh_rebuilds_when_the_store_changes(twinhub_db) -> None:
         assert slugs(ix.search(viewer=VISITOR)) == ["river-gauges"]
 
     asyncio.run(run())
+
+
+def test_a_search_during_a_slow_rebuild_answers_from_the_old_snapshot(twinhub_db) -> None:
+    """Readers never wait for a rebuild (the rebuild is held on an event, not the clock)."""
+    ix = SearchIndex(DEFAULT_THEMATIC_AREAS)
+    ctx = SimpleNamespace(db_url=twinhub_db, index=ix)
+    _publish(twinhub_db, "river-gauges", "River Gauges")
+    started, release = threading.Event(), threading.Event()
+    build = ix.rebuild
+
+    def slow_rebuild(rows):
+        started.set()
+        release.wait(60)  # a safety net only: the test releases it itself
+        build(rows)
+
+    async def run() -> None:
+        await ix.ensure_fresh(ctx)  # the first build is waited for
+        _publish(twinhub_db, "lake-levels", "Lake Levels")
+        ix.rebuild = slow_rebuild
+        ix._checked = -math.inf
+        builder = asyncio.create_task(ix.ensure_fresh(ctx))
+        await asyncio.to_thread(started.wait, 60)
+        assert not builder.done()
+        for stale in (False, True):
+            if stale:
+                ix._checked = -math.inf  # as if the second had passed during the rebuild
+            reader = asyncio.create_task(ix.ensure_fresh(ctx))
+            done, _ = await asyncio.wait({reader, builder}, return_when=asyncio.FIRST_COMPLETED)
+            assert done == {reader}, "the reader waited for the rebuild"
+            assert slugs(ix.search(viewer=VISITOR)) == ["river-gauges"]
+        release.set()
+        await builder
+        assert slugs(ix.search(viewer=VISITOR)) == ["lake-levels", "river-gauges"]
+
+    try:
+        asyncio.run(run())
+    finally:
+        release.set()

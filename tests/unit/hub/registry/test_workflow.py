@@ -14,6 +14,7 @@ from twinhub.services.registry.workflow import (
     allowed_targets,
     check,
     integration,
+    roles,
 )
 
 SETTINGS = TwinhubRegistry()
@@ -111,6 +112,28 @@ def test_an_admin_in_the_reviewers_group_reviews():
     other_group = TwinhubRegistry(reviewers_group="board")
     with pytest.raises(TransitionError):
         check({"state": "evaluated", "provider": "pat"}, "approved", USERS["reviewer"], other_group)
+
+
+def test_no_self_review():
+    """A reviewer's own request: provider only (the other reviewers review it)."""
+    own = {"state": "evaluated", "provider": "rita"}
+    assert roles(own, USERS["reviewer"], SETTINGS) == {"provider"}
+    assert allowed_targets(own, USERS["reviewer"], SETTINGS) == ["retired"]
+    for to in ("approved", "changes-requested", "rejected"):
+        with pytest.raises(TransitionError) as e:
+            check(own, to, USERS["reviewer"], SETTINGS)
+        assert e.value.status == 403 and "reviewers group" in e.value.message
+    # Someone else's request: a reviewer still.
+    check({"state": "evaluated", "provider": "pat"}, "approved", USERS["reviewer"], SETTINGS)
+
+
+def test_browser_admins_hold_admin_ui():
+    """The registry's sign-on gives admins ``admin-ui``, not ``admin:users``: still admins
+    here; a non-admin with admin-ui (cannot happen through the hub) is none."""
+    browser = {**USERS["admin"], "scopes": ["access:services!service=registry", "admin-ui"]}
+    assert roles({"state": "approved", "provider": "pat"}, browser, SETTINGS) == {"admin"}
+    odd = {**USERS["other"], "scopes": ["admin-ui"]}
+    assert roles({"state": "approved", "provider": "pat"}, odd, SETTINGS) == set()
 
 
 def test_integration_needs_an_upstream_for_web_kinds():

@@ -16,6 +16,8 @@ depends_on = None
 
 # As models.BigId: 64-bit on PostgreSQL, SQLite's autoincrementing INTEGER rowid.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+#: A request that still holds its slug (models.RegistryRequest's partial unique index).
+LIVE = "state NOT IN ('rejected', 'retired')"
 
 
 def upgrade() -> None:
@@ -38,6 +40,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_registry_requests"),
     )
     op.create_index("ix_registry_requests_slug", "registry_requests", ["slug"])
+    op.create_index(
+        "uq_registry_requests_live_slug",
+        "registry_requests",
+        ["slug"],
+        unique=True,
+        sqlite_where=sa.text(LIVE),
+        postgresql_where=sa.text(LIVE),
+    )
     op.create_index("ix_registry_requests_state", "registry_requests", ["state"])
     op.create_index("ix_registry_requests_provider", "registry_requests", ["provider"])
     op.create_index("ix_registry_requests_updated", "registry_requests", ["updated_at"])
@@ -130,5 +140,6 @@ def downgrade() -> None:
     op.drop_index("ix_registry_requests_updated", table_name="registry_requests")
     op.drop_index("ix_registry_requests_provider", table_name="registry_requests")
     op.drop_index("ix_registry_requests_state", table_name="registry_requests")
+    op.drop_index("uq_registry_requests_live_slug", table_name="registry_requests")
     op.drop_index("ix_registry_requests_slug", table_name="registry_requests")
     op.drop_table("registry_requests")

@@ -6,6 +6,7 @@
   const body = document.body;
   const api = body.dataset.api;
   const maxBytes = Number(body.dataset.maxBytes || 0);
+  const maxFiles = Number(body.dataset.maxFiles || 0);
   const meta = document.querySelector('meta[name="twinhub-xsrf"]');
   const xsrf = meta ? meta.content : '';
 
@@ -32,11 +33,28 @@
     if (el) { el.textContent = message; el.hidden = !message; }
   }
 
+  function chosen(input) {
+    return Array.from((input && input.files) || []);
+  }
+
+  // Checked before anything is stored: a refused file must not leave a half-made ticket
+  // (and a staff mail) behind. The server checks the same limits again.
+  function fileProblem(input, already) {
+    const files = chosen(input);
+    if (maxFiles && already + files.length > maxFiles) {
+      return files.length + ' files chosen, but a ticket holds at most ' + maxFiles +
+        (already ? ' (it has ' + already + ' already)' : '') + '.';
+    }
+    const big = files.find(file => maxBytes && file.size > maxBytes);
+    if (big) {
+      return big.name + ' has ' + big.size + ' bytes: larger than the limit (' + maxBytes +
+        ' bytes).';
+    }
+    return '';
+  }
+
   async function upload(ticketId, input) {
-    for (const file of Array.from((input && input.files) || [])) {
-      if (maxBytes && file.size > maxBytes) {
-        throw new Error(file.name + ' is larger than the limit (' + maxBytes + ' bytes)');
-      }
+    for (const file of chosen(input)) {
       await call('POST', 'tickets/' + ticketId + '/attachments?filename=' +
         encodeURIComponent(file.name), file, file.type);
     }
@@ -55,8 +73,13 @@
     create.addEventListener('submit', async ev => {
       ev.preventDefault();
       showError(create, '');
-      busy(create, true);
       const f = create.elements;
+      const problem = fileProblem(f.files, 0);
+      if (problem) {
+        showError(create, problem);
+        return;
+      }
+      busy(create, true);
       const doc = { subject: f.subject.value, body: f.body.value };
       for (const name of ['service', 'project', 'email']) {
         if (f[name].value) doc[name] = f[name].value;
@@ -83,6 +106,11 @@
       const files = reply.elements.files;
       if (!text.trim() && !(files.files && files.files.length)) {
         showError(reply, 'Write a message or choose a file.');
+        return;
+      }
+      const problem = fileProblem(files, Number(reply.dataset.attachments || 0));
+      if (problem) {
+        showError(reply, problem);
         return;
       }
       busy(reply, true);

@@ -42,7 +42,9 @@
     try { doc = await r.json(); } catch (e) { doc = null; }
     if (!r.ok) {
       const why = doc && doc.description ? doc.description : r.statusText;
-      throw new Error(r.status + ": " + why);
+      const err = new Error(r.status + ": " + why);
+      err.status = r.status;
+      throw err;
     }
     return doc;
   }
@@ -158,23 +160,52 @@
     const eps = (r.entry && r.entry.endpoints) || [];
     if (eps.length) upstream.value = eps[0].url;
     const priv = el("input", { type: "checkbox", class: "th-allow-private" });
-    const sandbox = el("input", { type: "checkbox", class: "th-sandbox" });
+    // sandboxed unless the admin says otherwise (the API's default too)
+    const sandbox = el("input", { type: "checkbox", class: "th-sandbox", checked: true });
     const warn = el("p", { class: "th-warning", hidden: true },
       "A private address (loopback, link-local, RFC 1918) reaches inside the platform's " +
       "network: allow it only for a service you operate.");
     priv.addEventListener("change", () => { warn.hidden = !priv.checked; });
+    // The API takes the two riskiest switches only with a header token, never from a
+    // browser session (any page of the origin could drive one): the command to run instead.
+    const curlBox = el("div", { class: "th-curl", hidden: true },
+      el("p", {}, "A private address or an unsandboxed service needs an API token, not this " +
+        "browser session. Run this with a token of yours (hub \u2192 Token) in $TOKEN:"));
+    const curl = el("pre", { class: "th-curl-command" });
+    curlBox.append(curl);
     const go = button("Integrate", "", "integrate");
-    go.addEventListener("click", () => run(() =>
-      api("POST", "requests/" + encodeURIComponent(r.id) + "/transitions", {
+    go.addEventListener("click", () => run(async () => {
+      curlBox.hidden = true;
+      const body = {
         to: "integrated", comment: comment.value, upstream: upstream.value.trim(),
         allow_private: priv.checked, sandbox: sandbox.checked,
-      })));
+      };
+      const path = "requests/" + encodeURIComponent(r.id) + "/transitions";
+      try {
+        await api("POST", path, body);
+      } catch (e) {
+        if (e.status === 403 && (body.allow_private || !body.sandbox)) {
+          curl.textContent = curlCommand(location.origin + API + path, body);
+          curlBox.hidden = false;
+        }
+        throw e;
+      }
+    }));
     return el("div", { class: "th-integrate" },
       el("label", {}, "Upstream URL ", upstream),
       el("label", { class: "th-check" }, priv, " allow a private address"),
       warn,
-      el("label", { class: "th-check" }, sandbox, " sandbox (no identity headers sent upstream)"),
-      go);
+      el("label", { class: "th-check" }, sandbox,
+        " sandbox its pages (an opaque origin: its scripts cannot act on the platform)"),
+      go, curlBox);
+  }
+
+  // a POSIX shell word: single quotes, each ' inside written '\''
+  function shellQuote(s) { return "'" + String(s).replace(/'/g, "'\\''") + "'"; }
+  function curlCommand(url, body) {
+    return "curl -X POST -H \"Authorization: token $TOKEN\" \\\n" +
+      "  -H 'Content-Type: application/json' \\\n" +
+      "  -d " + shellQuote(JSON.stringify(body)) + " \\\n  " + shellQuote(url);
   }
 
   function requestCard(r) {
