@@ -23,6 +23,7 @@ import requests
 
 from tests.helpers.browser import log_in
 from tests.helpers.platform import wait_for_seed
+from tests.helpers.registry import wait_routed
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser, pytest.mark.slow]
 
@@ -276,20 +277,7 @@ def _ensure_integrated(p, upstream: str) -> None:
                  json={"to": "integrated", "upstream": upstream, "allow_private": True})  # fmt: skip
         assert r.status_code == 200, r.text
     _wait_state(p, SLUG, "integrated", timeout=5)
-    _wait_routed(p, SLUG)
-
-
-def _wait_routed(p, slug: str, timeout: float = 60) -> None:
-    """Until the proxy sends /services/<slug>/ to the registry's gateway: the hub adds the
-    route at its next check_routes (at most 30 s here; the registry may not ask sooner)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = requests.get(p.url + f"services/{slug}/", headers={"Accept": "text/html"},
-                         allow_redirects=False, timeout=30)  # fmt: skip
-        if r.status_code == 302 and "/services/registry/sso" in r.headers.get("location", ""):
-            return
-        assert time.monotonic() < deadline, f"/services/{slug}/ not routed: {r.status_code}"
-        time.sleep(1)
+    wait_routed(p.url, SLUG)
 
 
 def test_visitor_lands_on_welcome(multiuser_platform, people, upstream, page, shots):

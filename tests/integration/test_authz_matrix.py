@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+from tests.helpers.registry import wait_routed
+
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
 OK = {200, 201, 204}
@@ -510,6 +512,7 @@ def _registry_and_desk(p, upstream: str) -> dict[str, str]:
         json={"to": "integrated", "upstream": upstream, "allow_private": True},
     )
     assert r.status_code == 200, r.text
+    wait_routed(p.url, PRIVATE_SLUG)
     pending = _submit_and_wait(p, PENDING_SLUG, "users", upstream)
 
     desk = p.url + "services/desk/api/v1/tickets"

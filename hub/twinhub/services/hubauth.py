@@ -40,7 +40,7 @@ import secrets
 import time
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import httpx
 from jupyterhub.services.auth import HubOAuth
@@ -65,6 +65,24 @@ _TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
 _DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
 #: The header a page's script sends its anti-forgery value in (pages: a meta tag).
 XSRF_HEADER = b"x-twinhub-xsrf"
+
+
+def _safe_next(next_url: str, prefix: str) -> bool:
+    """Whether a post-login target stays under ``prefix``: the prefix check alone lets
+    ``<prefix>../../user/x/`` through, which the browser resolves off the service. Dot
+    segments are looked for in every percent-decoding of the path (a browser reads ``%2e``
+    as a dot), with ``\\`` read as ``/`` as browsers do."""
+    if not next_url.startswith(prefix):
+        return False
+    path = next_url.split("?", 1)[0]
+    for _ in range(8):
+        if _DOT_SEGMENT.search(path.replace("\\", "/")):
+            return False
+        decoded = unquote(path)
+        if decoded == path:
+            return True
+        path = decoded
+    return False  # still escaped after 8 rounds: nobody's genuine path
 
 
 def xsrf_token(service_token: str, cookie_token: str) -> str:
@@ -307,8 +325,8 @@ class HubAuthMiddleware:
             next_url = scope.get("path", self.prefix)
             if scope.get("query_string"):
                 next_url += "?" + scope["query_string"].decode("latin-1")
-            if len(next_url) > MAX_NEXT_URL:  # not worth keeping: back to the service root
-                next_url = self.prefix
+            if len(next_url) > MAX_NEXT_URL or not _safe_next(next_url, self.prefix):
+                next_url = self.prefix  # not worth keeping, or it would leave the service
             cookie = self._sign_state({"s": state, "n": next_url, "t": issued})
             if len(cookie) > MAX_STATE_COOKIE:  # (non-ASCII paths grow when encoded)
                 cookie = self._sign_state({"s": state, "n": self.prefix, "t": issued})
@@ -355,7 +373,7 @@ class HubAuthMiddleware:
         except Exception as e:
             await send_error(send, 403, f"OAuth login failed: {e}")
             return
-        if not next_url.startswith(self.prefix):  # never redirect off the service
+        if not _safe_next(next_url, self.prefix):  # never redirect off the service
             next_url = self.prefix
         await send_redirect(
             send,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import time
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
@@ -170,6 +171,44 @@ def test_over_long_or_odd_next_urls_keep_the_cookie_small():
         assert len(cookie) < 4000
         r = _callback(mw, state, cookie)
         assert r["status"] == 302 and r["headers"]["location"] == [back]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        PREFIX + "../../user/mallory/proxy/8000/",
+        PREFIX + "..",
+        PREFIX + "a/./b",
+        PREFIX + "%2e%2e/%2E%2e/user/mallory/",  # (the decoded path of %252e%252e)
+        PREFIX + "%252E%252e/hub/logout",
+        PREFIX + "..\\..\\user/mallory/",
+    ],
+)
+def test_a_next_with_dot_segments_goes_back_to_the_service_root(path):
+    """The prefix check alone keeps ``<prefix>../../user/mallory/``, which the browser
+    resolves to another user's page (same site, after a genuine login)."""
+    mw = _middleware()
+    state, cookie = _login(mw, path, b"x=1")
+    r = _callback(mw, state, cookie)
+    assert r["status"] == 302 and r["headers"]["location"] == [PREFIX]
+
+
+def test_a_signed_next_with_dot_segments_is_not_followed():
+    """A state cookie signed before the login-time check (or by another replica's older
+    code) still cannot send the browser off the service."""
+    mw = _middleware()
+    state, _ = _login(mw, PREFIX + "a")
+    pending = {"s": state, "n": PREFIX + "%2e%2e/%2e%2e/hub/logout", "t": int(time.time())}
+    cookie = f"{mw.state_cookie}={mw._sign_state(pending)}"
+    r = _callback(mw, state, cookie)
+    assert r["status"] == 302 and r["headers"]["location"] == [PREFIX]
+
+
+def test_a_next_with_dots_inside_names_is_kept():
+    mw = _middleware()
+    state, cookie = _login(mw, PREFIX + "items/v1..2/a.b", b"next=../x")
+    r = _callback(mw, state, cookie)
+    assert r["headers"]["location"] == [PREFIX + "items/v1..2/a.b?next=../x"]
 
 
 @pytest.mark.parametrize("path", [PREFIX, PREFIX + "collections"])

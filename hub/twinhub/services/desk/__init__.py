@@ -81,6 +81,18 @@ class TwinhubDesk(Configurable):
         "Support staff are exempt.",
     ).tag(config=True)
 
+    max_messages = Integer(
+        500,
+        help="Messages one ticket may hold, staff's included (more: 429 naming the limit; "
+        "open a new ticket). Messages live in twinhub's database.",
+    ).tag(config=True)
+
+    max_messages_per_hour = Integer(
+        120,
+        help="Messages one user may write within an hour, over all their tickets (more: 429 "
+        "naming the limit, with Retry-After). Support staff are exempt.",
+    ).tag(config=True)
+
     max_pending_mails = Integer(
         1000,
         help="Notification mails waiting for delivery at once; beyond it a new notice is "
@@ -95,6 +107,8 @@ class TwinhubDesk(Configurable):
         "max_open_tickets",
         "max_tickets_per_hour",
         "max_user_attachment_bytes",
+        "max_messages",
+        "max_messages_per_hour",
         "max_pending_mails",
     )
     def _positive(self, proposal):  # type: ignore[no-untyped-def]

@@ -26,8 +26,9 @@ ticket go to the group's members, staff answers and state changes to the owner.
 Every request but ``health`` passes :class:`~twinhub.services.hubauth.HubAuthMiddleware`
 (token, or the browser's sign-on cookie; cookie writes need the page's XSRF header), after
 the request limits (bodies up to ``max_attachment_bytes``). Errors are JSON ``{"code",
-"description"}``; a refused call stores nothing. Users (not staff) have caps: open tickets
-and tickets per hour (429), attachment bytes in all (413).
+"description"}``; a refused call stores nothing. Users (not staff) have caps: open tickets,
+tickets and messages per hour (429), attachment bytes in all (413); every ticket holds at
+most ``max_messages`` messages, staff's included (429).
 """
 
 from __future__ import annotations
@@ -278,7 +279,14 @@ def build_api(desk: Desk) -> FastAPI:
         doc = json_object(await request.body(), json_max)
         body = text_field(doc, "body", s.max_body_chars)
         message, ticket, before = await asyncio.to_thread(
-            store.add_message, desk.db_url, ticket_id, author=me.name, staff=me.staff, body=body
+            store.add_message,
+            desk.db_url,
+            ticket_id,
+            author=me.name,
+            staff=me.staff,
+            body=body,
+            caps=me.caps(s),
+            max_messages=s.max_messages,
         )
         if message["staff"]:
             desk.notify_owner(ticket, "answer", body)

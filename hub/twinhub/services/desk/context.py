@@ -53,6 +53,7 @@ class Caller:
             open_tickets=settings.max_open_tickets,
             tickets_per_hour=settings.max_tickets_per_hour,
             attachment_bytes=settings.max_user_attachment_bytes,
+            messages_per_hour=settings.max_messages_per_hour,
         )
 
 

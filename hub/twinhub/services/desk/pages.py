@@ -64,6 +64,8 @@ def _page_headers() -> dict[str, str]:
         "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "private, no-store",
+        # the embedded XSRF value depends on these (navigations only)
+        "Vary": "Cookie, Authorization, Sec-Fetch-Dest, Sec-Fetch-Mode",
         "Referrer-Policy": "same-origin",
     }
 

@@ -64,6 +64,7 @@ class Caps:
     open_tickets: int
     tickets_per_hour: int
     attachment_bytes: int
+    messages_per_hour: int = 120
 
 
 def _size(n: int) -> str:
@@ -112,6 +113,33 @@ def _check_rate(s: Any, owner: str, caps: Caps, now: datetime) -> None:
             f"{owner!r} opened {n} tickets within the last hour (at most "
             f"{caps.tickets_per_hour} per user and hour): try again in {wait} s, or add to "
             "an open ticket",
+            429,
+            retry_after=wait,
+        )
+
+
+def _check_messages(s: Any, ticket_id: int, limit: int) -> None:
+    # (the ticket row is locked: two writers to one ticket cannot both pass the count)
+    n = s.scalar(select(func.count()).where(DeskMessage.ticket_id == ticket_id)) or 0
+    if n >= limit:
+        raise DeskError(
+            f"ticket {ticket_id} holds {n} messages (at most {limit} per ticket): open a new "
+            "ticket that refers to this one",
+            429,
+        )
+
+
+def _check_message_rate(s: Any, author: str, caps: Caps, now: datetime) -> None:
+    n, oldest = s.execute(
+        select(func.count(), func.min(DeskMessage.at)).where(
+            DeskMessage.author == author, DeskMessage.at > now - HOUR
+        )
+    ).one()
+    if (n or 0) >= caps.messages_per_hour:
+        wait = max(1, math.ceil((_aware(oldest) + HOUR - now).total_seconds()))
+        raise DeskError(
+            f"{author!r} wrote {n} messages within the last hour (at most "
+            f"{caps.messages_per_hour} per user and hour): try again in {wait} s",
             429,
             retry_after=wait,
         )
@@ -291,14 +319,23 @@ def create_ticket(
 
 
 def add_message(
-    db_url: str, ticket_id: int, *, author: str, staff: bool, body: str
+    db_url: str,
+    ticket_id: int,
+    *,
+    author: str,
+    staff: bool,
+    body: str,
+    caps: Caps | None = None,
+    max_messages: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Add a message; returns (the message, the ticket, its state before).
 
     ``staff``: the author is support staff, not the owner. The owner's message puts the
     ticket in ``open``; staff's in ``answered``. A closed ticket: 409 naming its state.
+    ``max_messages``: messages one ticket may hold (anyone's; more: 429); ``caps`` (users,
+    None for staff): the author's messages per hour (more: 429 with ``retry_after``).
     """
-    with db.session(db_url) as s:
+    with _capped(db_url, author) if caps is not None else db.session(db_url) as s:
         t = _locked(s, ticket_id, None if staff else author)
         if t.state == "closed":
             raise DeskError(
@@ -306,6 +343,10 @@ def add_message(
             )
         before = t.state
         now = utcnow()
+        if max_messages is not None:
+            _check_messages(s, t.id, max_messages)
+        if caps is not None:
+            _check_message_rate(s, author, caps, now)
         # The owner writing waits for staff again, even when the owner is staff too.
         answer = staff and author != t.owner
         m = DeskMessage(ticket_id=t.id, author=author, staff=answer, body=body, at=now)

@@ -116,6 +116,20 @@ class TwinhubRegistry(Configurable):
         "start (then 504).",
     ).tag(config=True)
 
+    max_websockets = Integer(
+        1000,
+        help="Websockets the sign-on gateway relays at once, all users together (each holds "
+        "two connections of the registry's process: the cap keeps its file descriptors for "
+        "the catalogue and the database). Beyond it a handshake is refused (HTTP 429 where "
+        "the server supports it, else 403) naming the limit.",
+    ).tag(config=True)
+
+    max_websockets_per_user = Integer(
+        20,
+        help="Websockets one user may hold open through the sign-on gateway at once, over "
+        "all services; beyond it a handshake is refused (HTTP 429 or 403) naming the limit.",
+    ).tag(config=True)
+
     lake_refresh_interval = Float(
         60.0,
         help="Seconds the landing page keeps the data lake's collection list before asking "
@@ -136,6 +150,15 @@ class TwinhubRegistry(Configurable):
             raise TraitError(
                 f"TwinhubRegistry.{proposal['trait'].name} must be at least {MIN_SECONDS} "
                 f"seconds, not {value!r}"
+            )
+        return value
+
+    @validate("max_websockets", "max_websockets_per_user")
+    def _websockets(self, proposal: Any) -> int:
+        value = proposal["value"]
+        if value < 1:
+            raise TraitError(
+                f"TwinhubRegistry.{proposal['trait'].name} must be at least 1, not {value!r}"
             )
         return value
 

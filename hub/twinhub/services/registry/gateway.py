@@ -38,7 +38,15 @@ from websockets.asyncio.client import connect as ws_connect
 
 from ... import outbound
 from .. import hubauth
-from ..asgi import MAX_BODY_BYTES, BadRequest, Receive, Scope, Send, header, send_error
+from ..asgi import (
+    MAX_BODY_BYTES,
+    BadRequest,
+    Receive,
+    Scope,
+    Send,
+    header,
+    send_error,
+)
 from . import entry as entries
 from . import metrics, store
 from .context import RegistryContext
@@ -52,6 +60,7 @@ from .gateway_rules import (
     upstream_url,
     verify_sso,
 )
+from .relay import deny_websocket, relay, stream_until_disconnect
 
 log = logging.getLogger("twinhub.registry.gateway")
 
@@ -103,6 +112,9 @@ class SsoGateway:
         self._users: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._clients: OrderedDict[tuple[str, bool], httpx.AsyncClient] = OrderedDict()
         self._closing: set[asyncio.Task] = set()
+        # relayed websockets open now: in all, and per user (max_websockets[_per_user])
+        self._ws_open = 0
+        self._ws_by_user: dict[str, int] = {}
         # the sso endpoint shares its caches (sso.sso_router)
         ctx.extras.setdefault("gateway", self)
 
@@ -369,7 +381,7 @@ class SsoGateway:
             )
             # httpcore sent the whole request body before it read the answer's head: the
             # client's ``receive`` is free to watch now
-            await _stream_until_disconnect(resp, receive, send)
+            await stream_until_disconnect(resp, receive, send, self.ctx.settings.gateway_timeout)
         finally:
             await resp.aclose()  # also when the client left: the upstream connection goes
 
@@ -378,10 +390,41 @@ class SsoGateway:
         log.warning("gateway: %s", message)
         await send_error(send, status, message)
 
+    def _websocket_refusal(self, name: str) -> str | None:
+        """Why one more websocket of ``name`` is refused now (a cap reached), else None."""
+        s = self.ctx.settings
+        if self._ws_open >= s.max_websockets:
+            return f"the gateway relays {s.max_websockets} websockets already (its limit)"
+        if self._ws_by_user.get(name, 0) >= s.max_websockets_per_user:
+            return (
+                f"{name!r} has {s.max_websockets_per_user} websockets open through the gateway "
+                "(at most that many per user): close one first"
+            )
+        return None
+
     async def _websocket(self, scope, receive, send, slug, rest, route, who) -> None:
         msg = await receive()
         if msg["type"] != "websocket.connect":
             return
+        name = who[0]
+        why = self._websocket_refusal(name)
+        if why is not None:
+            metrics.GATEWAY_REQUESTS.labels(outcome="refused").inc()
+            log.warning("gateway websocket to %r refused: %s", slug, why)
+            await deny_websocket(scope, send, 429, why)
+            return
+        # counted from here (no await between the check and the count: one event loop)
+        self._ws_open += 1
+        self._ws_by_user[name] = self._ws_by_user.get(name, 0) + 1
+        try:
+            await self._websocket_relayed(scope, receive, send, slug, rest, route, who)
+        finally:
+            self._ws_open -= 1
+            left = self._ws_by_user.pop(name, 1) - 1
+            if left > 0:
+                self._ws_by_user[name] = left
+
+    async def _websocket_relayed(self, scope, receive, send, slug, rest, route, who) -> None:
         base = urlsplit(route["upstream"])
         secure = base.scheme == "https"
         port = base.port or (443 if secure else 80)
@@ -418,7 +461,7 @@ class SsoGateway:
         metrics.GATEWAY_REQUESTS.labels(outcome="1xx").inc()
         async with upstream:
             await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
-            await _relay(receive, send, upstream)
+            await relay(receive, send, upstream, self.ctx.settings.gateway_timeout)
 
 
 class _NoRedirects(ws_connect):
@@ -449,83 +492,6 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-async def _stream_until_disconnect(resp: httpx.Response, receive: Receive, send: Send) -> None:
-    """Upstream's body to the client until it ends or the client goes away.
-
-    The server's ``send`` does nothing once the client disconnected, so a relay that only
-    sends would hold its upstream connection for as long as upstream streams (an SSE
-    stream, forever). ``receive()`` says ``http.disconnect`` then: the relay is cancelled."""
-
-    async def relay() -> None:
-        async for chunk in resp.aiter_raw():
-            if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def disconnected() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    relaying = asyncio.ensure_future(relay())
-    watching = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({relaying, watching}, return_when=asyncio.FIRST_COMPLETED)
-        if relaying.done():
-            relaying.result()  # its error, if any
-        else:
-            log.info("gateway: the client went away; the upstream stream is closed")
-    finally:
-        for t in (relaying, watching):
-            t.cancel()
-        await asyncio.gather(relaying, watching, return_exceptions=True)
-
-
-async def _relay(receive: Receive, send: Send, upstream: Any) -> None:
-    """Messages both ways until either side closes; the close code passes through."""
-
-    async def client_to_upstream() -> None:
-        while True:
-            msg = await receive()
-            if msg["type"] == "websocket.disconnect":
-                await upstream.close(code=_sendable(msg.get("code", 1000)))
-                return
-            if msg.get("text") is not None:
-                await upstream.send(msg["text"])
-            elif msg.get("bytes") is not None:
-                await upstream.send(msg["bytes"])
-
-    async def upstream_to_client() -> None:
-        try:
-            async for data in upstream:
-                if isinstance(data, str):
-                    await send({"type": "websocket.send", "text": data})
-                else:
-                    await send({"type": "websocket.send", "bytes": data})
-        except websockets.exceptions.ConnectionClosed:
-            pass
-        # upstream's close frame (None: the connection was lost, 1006)
-        code = _sendable(upstream.close_code or 1006, lost=1011)
-        reason = upstream.close_reason or ("" if upstream.close_code else "upstream went away")
-        await send({"type": "websocket.close", "code": code, "reason": reason})
-
-    tasks = [
-        asyncio.ensure_future(client_to_upstream()),
-        asyncio.ensure_future(upstream_to_client()),
-    ]
-    try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in pending:
-            t.cancel()
-        for t in done:
-            if t.exception() and not isinstance(
-                t.exception(), websockets.exceptions.ConnectionClosed
-            ):
-                log.warning("gateway websocket relay: %s", t.exception())
-    finally:
-        for t in tasks:
-            t.cancel()
-
-
 def _raw_rest(scope: Scope, slug: str, rest: str) -> str:
     """The path after ``/services/<slug>/`` as the client sent it (percent-escapes kept:
     an escaped ``/`` or ``?`` must reach upstream as it was)."""
@@ -537,14 +503,6 @@ def _raw_rest(scope: Scope, slug: str, rest: str) -> str:
     if why:
         raise BadRequest(why)
     return out
-
-
-def _sendable(code: int, lost: int = 1000) -> int:
-    """A close code that may go in a close frame: 1005 (no code) → 1000; 1006, 1015 (the
-    connection went) → ``lost``."""
-    if code == 1005 or not 1000 <= code <= 4999:
-        return 1000
-    return lost if code in (1006, 1015) else code
 
 
 async def _redirect(send: Send, location: str, query: bytes = b"") -> None:

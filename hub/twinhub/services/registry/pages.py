@@ -288,12 +288,19 @@ def static_url(request: Request, prefix: str) -> str:
 
 
 def page_headers(private: bool, request: Request, prefix: str) -> dict[str, str]:
+    # A page that embeds the XSRF value (a cookie session) is never stored at all: with
+    # ``no-cache`` a same-origin script could read the stored navigation response back by
+    # fetch(..., {cache: "force-cache"}) and so get the value that only page loads receive.
+    holds_xsrf = bool((request.scope.get("state") or {}).get("xsrf"))
+    # (what an anonymous visitor sees is public: revalidated, may be kept)
+    cache = "private, no-store" if holds_xsrf or private else "no-cache"
     return {
         "Content-Security-Policy": csp(static_url(request, prefix)),
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "same-origin",
-        # A page holds what its viewer may see: never kept by a shared cache.
-        "Cache-Control": "private, no-cache" if private else "no-cache",
+        "Cache-Control": cache,
+        # the XSRF value depends on these (navigations only): no cache may mix the answers
+        "Vary": "Cookie, Authorization, Sec-Fetch-Dest, Sec-Fetch-Mode",
     }
 
 

@@ -169,7 +169,7 @@ def _html(ctx: RegistryContext, request: Request, template: str, **variables: An
     html = _env.get_template(template).render(**pages.common_vars(ctx, request, user), **variables)
     headers = {
         **pages.page_headers(user is not None, request, ctx.prefix),
-        "Vary": "Accept, Cookie, Authorization",
+        "Vary": "Accept, Cookie, Authorization, Sec-Fetch-Dest, Sec-Fetch-Mode",
     }
     return HTMLResponse(html, headers=headers)
 

@@ -9,13 +9,15 @@ the state it found. Datetimes leave as ISO 8601 strings (UTC).
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -120,6 +122,28 @@ def _slug_guard(
 
 
 # -- requests --------------------------------------------------------------------------------
+#: Striped locks: one provider's creations take turns in this process (count, then insert),
+#: other providers' mostly do not wait on them.
+_PROVIDER_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+def _provider_key(provider: str) -> int:
+    digest = hashlib.blake2b(f"twinhub-registry-provider:{provider}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+@contextmanager
+def _provider_turn(db_url: str, provider: str) -> Iterator[Session]:
+    """A session in which ``provider``'s request creations take turns, so that the
+    ``max_open`` count and the insert it guards cannot be raced past: a process lock, and
+    on PostgreSQL (several replicas) a transaction-scoped advisory lock taken first."""
+    key = _provider_key(provider)
+    with _PROVIDER_LOCKS[key % len(_PROVIDER_LOCKS)], db.session(db_url) as s:
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        yield s
+
+
 def create_request(
     db_url: str,
     *,
@@ -137,7 +161,7 @@ def create_request(
     now = _now()
     # The partial unique index uq_registry_requests_live_slug settles a race for one slug:
     # of two inserts that both passed the check below, the database refuses the second.
-    with _slug_guard(db_url, slug=slug), db.session(db_url) as s:
+    with _slug_guard(db_url, slug=slug), _provider_turn(db_url, provider) as s:
         if _live_with_slug(s, slug):
             raise _taken(slug)
         if max_open is not None:

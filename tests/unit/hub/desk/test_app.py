@@ -234,6 +234,30 @@ async def test_per_user_ticket_caps_spare_staff(desk):
     await open_ticket(desk, "bob")
 
 
+@pytest.mark.parametrize("desk_settings", [{"max_messages": 3, "max_messages_per_hour": 4}])
+async def test_message_caps_per_ticket_and_per_user_hour(desk):
+    t = await open_ticket(desk, "alice")  # message 1 (its body)
+    url = f"api/v1/tickets/{t['id']}/messages"
+    for who in ("sam", "alice"):
+        r = await desk.call("POST", url, who, json={"body": "more"})
+        assert r.status_code == 201, r.text
+    r = await desk.call("POST", url, "sam", json={"body": "one too many"})  # staff too
+    assert r.status_code == 429 and r.json() == {
+        "code": 429,
+        "description": f"ticket {t['id']} holds 3 messages (at most 3 per ticket): open a new "
+        "ticket that refers to this one",
+    }
+    t2 = await open_ticket(desk, "alice")  # alice's 3rd message within the hour
+    url2 = f"api/v1/tickets/{t2['id']}/messages"
+    r = await desk.call("POST", url2, "alice", json={"body": "4th"})
+    assert r.status_code == 201, r.text
+    r = await desk.call("POST", url2, "alice", json={"body": "5th"})
+    assert r.status_code == 429 and "at most 4 per user and hour" in r.json()["description"]
+    assert 3500 <= int(r.headers["retry-after"]) <= 3600
+    r = await desk.call("POST", url2, "sam", json={"body": "staff: exempt from the rate"})
+    assert r.status_code == 201, r.text
+
+
 @pytest.mark.parametrize("desk_settings", [CAPPED])
 async def test_per_user_attachment_bytes(desk):
     t1, t2 = await open_ticket(desk, "alice"), await open_ticket(desk, "alice")

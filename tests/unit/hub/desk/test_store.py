@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from twinhub import db
 from twinhub.db.models import DeskAttachment, DeskMessage, DeskTicket, RegistryRequest
@@ -256,3 +257,56 @@ def test_capped_writes_in_parallel_do_not_pass_the_cap(twinhub_db):
         got = sorted(pool.map(attempt, range(8)))
     assert got == [201] * 3 + [429] * 5
     assert len(store.list_tickets(twinhub_db, owner="carol")) == 3
+
+
+def test_messages_per_ticket_cap_holds_for_everyone(twinhub_db):
+    t = new(twinhub_db)  # its body is message 1
+    store.add_message(twinhub_db, t["id"], author="sam", staff=True, body="2", max_messages=3)
+    store.add_message(twinhub_db, t["id"], author="alice", staff=False, body="3", max_messages=3)
+    n = rows(twinhub_db, DeskMessage)
+    for author, staff in (("alice", False), ("sam", True)):
+        with pytest.raises(DeskError) as e:
+            store.add_message(
+                twinhub_db, t["id"], author=author, staff=staff, body="4", max_messages=3
+            )
+        assert e.value.status == 429 and "at most 3 per ticket" in e.value.message
+    assert rows(twinhub_db, DeskMessage) == n
+    # another ticket has its own count
+    other = new(twinhub_db)
+    store.add_message(twinhub_db, other["id"], author="alice", staff=False, body="2",
+                      max_messages=3)  # fmt: skip
+
+
+def test_messages_per_hour_cap_per_user_with_retry_after(twinhub_db):
+    caps = store.Caps(open_tickets=9, tickets_per_hour=9, attachment_bytes=1, messages_per_hour=3)
+    t = new(twinhub_db)  # its body: alice's first message within the hour
+    for body in ("2", "3"):
+        store.add_message(twinhub_db, t["id"], author="alice", staff=False, body=body, caps=caps)
+    n = rows(twinhub_db, DeskMessage)
+    with pytest.raises(DeskError) as e:
+        store.add_message(twinhub_db, t["id"], author="alice", staff=False, body="4", caps=caps)
+    assert e.value.status == 429 and "at most 3 per user and hour" in e.value.message
+    assert 3500 <= e.value.retry_after <= 3600
+    assert rows(twinhub_db, DeskMessage) == n
+    store.add_message(twinhub_db, t["id"], author="sam", staff=True, body="staff: no cap")
+    with db.session(twinhub_db) as s:  # alice's messages age out of the window
+        for m in s.scalars(select(DeskMessage).where(DeskMessage.author == "alice")):
+            m.at = m.at - timedelta(hours=1, minutes=1)
+    store.add_message(twinhub_db, t["id"], author="alice", staff=False, body="5", caps=caps)
+
+
+def test_parallel_messages_do_not_pass_the_hourly_cap(twinhub_db):
+    caps = store.Caps(open_tickets=9, tickets_per_hour=9, attachment_bytes=1, messages_per_hour=4)
+    t = new(twinhub_db, "carol")  # message 1
+
+    def attempt(_i: int) -> int:
+        try:
+            store.add_message(twinhub_db, t["id"], author="carol", staff=False, body="x",
+                              caps=caps)  # fmt: skip
+            return 201
+        except DeskError as e:
+            return e.status
+
+    with ThreadPoolExecutor(8) as pool:
+        got = sorted(pool.map(attempt, range(8)))
+    assert got == [201] * 3 + [429] * 5

@@ -24,6 +24,7 @@ import websocket
 from tests.helpers.echo_service import EchoService, free_loopback_port
 from twinhub.services.asgi import MAX_BODY_BYTES
 from twinhub.services.registry import gateway as gateway_module
+from twinhub.services.registry import relay as relay_module
 from twinhub.services.registry.config import TwinhubRegistry
 from twinhub.services.registry.context import RegistryContext
 from twinhub.services.registry.gateway import SsoGateway
@@ -308,6 +309,114 @@ def test_an_expired_sign_on_cookie_is_refused(gw) -> None:
     assert r.headers["location"] == "/services/registry/sso?next=/services/lab/x"
     r = get(base, "/services/lab/x", token=None, headers={"Cookie": f"twinhub-sso-lab={old}"})
     assert r.status_code == 401
+
+
+def _ws(base: str, token: str, path: str = "/services/lab/ws") -> websocket.WebSocket:
+    url = base.replace("http", "ws", 1) + path
+    ws = websocket.create_connection(url, header=[f"Authorization: token {token}"], timeout=10)
+    assert json.loads(ws.recv())["hello"]  # relayed: upstream's greeting came through
+    return ws
+
+
+def test_websockets_are_capped_per_user_and_in_all(gw, monkeypatch) -> None:
+    """Every relayed websocket holds two sockets of the registry's process: one user (a
+    script with a token) must not open thousands."""
+    base, ctx = gw
+    gateway = ctx.extras["gateway"]
+    monkeypatch.setattr(ctx.settings, "max_websockets_per_user", 2)
+    held = [_ws(base, "alice-token"), _ws(base, "alice-token", "/services/open/ws")]
+    with pytest.raises(websocket.WebSocketBadStatusException) as e:
+        _ws(base, "alice-token")
+    assert e.value.status_code == 429
+    assert json.loads(e.value.resp_body) == {
+        "code": 429,
+        "description": "'alice' has 2 websockets open through the gateway (at most that many "
+        "per user): close one first",
+    }
+    root = _ws(base, "root-token")  # another user's count is their own
+    monkeypatch.setattr(ctx.settings, "max_websockets", 3)
+    with pytest.raises(websocket.WebSocketBadStatusException) as e:
+        _ws(base, "root-token")
+    assert e.value.status_code == 429 and b"3 websockets already (its limit)" in e.value.resp_body
+    for ws in (*held, root):
+        ws.close()
+    assert wait_for(lambda: gateway._ws_open == 0), "closed websockets are still counted"
+    assert gateway._ws_by_user == {}
+    _ws(base, "alice-token").close()  # room again
+
+
+class _FloodingUpstream:
+    """FAKE upstream websocket connection: sends messages without end; records its close."""
+
+    close_code: int | None = None
+    close_reason = ""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> str:
+        await asyncio.sleep(0)
+        return "x" * 1000
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.close_code, self.close_reason = code, reason
+        self.closed.set()
+
+
+def test_a_websocket_client_that_does_not_read_releases_the_upstream() -> None:
+    """The client's ``send`` blocks (back-pressure: a FAKE client that never reads after a
+    few messages): the relay ends and closes upstream instead of waiting forever."""
+    upstream = _FloodingUpstream()
+    sent: list[dict] = []
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+        if len(sent) > 3:
+            await asyncio.Event().wait()  # the client's buffers are full: never returns
+
+    async def receive() -> dict:
+        await asyncio.Event().wait()  # the client sends nothing and stays connected
+        return {}
+
+    async def go() -> None:
+        await asyncio.wait_for(relay_module.relay(receive, send, upstream, 0.05), 30)
+
+    asyncio.run(go())
+    assert upstream.closed.is_set() and upstream.close_code == 1001
+    assert len(sent) == 4
+
+
+def test_an_http_client_that_does_not_read_releases_the_upstream() -> None:
+    """The same for a streamed HTTP answer (an SSE stream, a download read slowly): the
+    relay returns, so that the gateway closes the upstream response."""
+
+    class Stream:  # FAKE upstream response: chunks without end
+        async def aiter_raw(self):
+            while True:
+                await asyncio.sleep(0)
+                yield b"tick\n"
+
+    sent: list[dict] = []
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+        if len(sent) > 3:
+            await asyncio.Event().wait()
+
+    async def receive() -> dict:
+        await asyncio.Event().wait()
+        return {}
+
+    async def go() -> None:
+        await asyncio.wait_for(
+            relay_module.stream_until_disconnect(Stream(), receive, send, 0.05), 30
+        )
+
+    asyncio.run(go())
+    assert len(sent) == 4
 
 
 def wait_for(cond, timeout: float = 10.0) -> bool:

@@ -153,7 +153,7 @@ def test_logged_in_user_sees_users_and_own_project_entries(client) -> None:
     assert 'data-status="down"' in card
     # Under each of its areas.
     assert html.count('data-slug="users-data"') == 2
-    assert r.headers["cache-control"] == "private, no-cache"
+    assert r.headers["cache-control"] == "private, no-store"
 
 
 def test_user_outside_projects_and_admin(client) -> None:
@@ -290,6 +290,24 @@ def test_onboarding_page_carries_the_xsrf_value_and_the_form(client) -> None:
         assert f'name="thematic_areas" value="{area}"' in html
     assert '<option value="project:ocean-lab">' in html and '<option value="ocean-lab">' in html
     assert f'<script src="{PREFIX}static/onboarding.js"></script>' in html
+
+
+@pytest.mark.parametrize("page", ["welcome", "onboarding", "collections?f=html"])
+def test_pages_with_the_xsrf_value_are_never_stored(client, page) -> None:
+    """``no-cache`` lets a browser store the page, and fetch(..., {cache: "force-cache"}) by
+    a same-origin script reads the stored navigation back, XSRF value included."""
+    client.cookies[COOKIE] = "bob-token"
+    r = client.get(PREFIX + page, headers={"Accept": "text/html"})
+    assert r.status_code == 200, r.text
+    assert xsrf_token(SERVICE_TOKEN, "bob-token") in r.text
+    assert r.headers["cache-control"] == "private, no-store"
+    vary = {v.strip().lower() for v in r.headers["vary"].split(",")}
+    assert {"cookie", "sec-fetch-dest", "sec-fetch-mode"} <= vary
+    # a visitor's page holds no value: it may be revalidated from the cache
+    client.cookies.clear()
+    r = client.get(PREFIX + "welcome")
+    assert r.headers["cache-control"] == "no-cache"
+    assert '<meta name="twinhub-xsrf" content="">' in r.text or "twinhub-xsrf" not in r.text
 
 
 def test_onboarding_shows_reviewer_and_admin_sections(client, hub_users) -> None:

@@ -3,6 +3,7 @@ compare-and-set transitions, versions, slugs, published entries, routes, health.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -117,6 +118,42 @@ def test_racing_threads_for_one_slug_leave_one_live_request(twinhub_db):
     assert len(ids) == 1 and sorted(r for r in results if not isinstance(r, str)) == [409] * 3
     with db.session(twinhub_db) as s:
         assert list(s.scalars(select(RegistryRequest.id))) == ids
+
+
+@pytest.mark.parametrize("process_lock", [True, False], ids=["process-lock", "advisory-only"])
+def test_racing_creations_of_one_provider_stay_within_max_open(
+    twinhub_db, monkeypatch, process_lock
+):
+    """Count-then-insert raced by one provider (real threads, real connections): at most
+    ``max_open`` are created. Without the process lock (as between two replicas) the
+    PostgreSQL advisory lock alone must hold."""
+    if not process_lock:
+        if not twinhub_db.startswith("postgresql"):
+            pytest.skip("replicas share a database only on PostgreSQL")
+        monkeypatch.setattr(store, "_PROVIDER_LOCKS", (contextlib.nullcontext(),))
+    n, cap = 8, 2
+    results: list[object] = []
+    barrier = threading.Barrier(n)
+
+    def submit(i):
+        barrier.wait()
+        try:
+            store.create_request(
+                twinhub_db, provider="pat", entry=entry(f"svc-{i}"), resources={},
+                activity="", max_open=cap,
+            )  # fmt: skip
+            results.append("created")
+        except store.StoreError as e:
+            results.append(e.status)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results, key=str) == [429] * (n - cap) + ["created"] * cap
+    with db.session(twinhub_db) as s:
+        assert len(list(s.scalars(select(RegistryRequest.id)))) == cap
 
 
 def test_a_move_back_to_a_live_state_that_collides_is_a_409(twinhub_db):
