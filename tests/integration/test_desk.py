@@ -45,6 +45,11 @@ def call(desk: dict, method: str, path: str, user: str | None, **kw) -> requests
     return requests.request(method, desk["url"] + path, headers=headers, timeout=60, **kw)
 
 
+def _recipients(m) -> list[str]:
+    """A mail's To addresses (one notice goes to every support member at once)."""
+    return [a.strip() for a in (m["To"] or "").split(",")]
+
+
 def mails_to(p: Platform, address: str, subject_part: str, timeout: float = 20) -> list:
     """Mails in the platform's Maildir to ``address`` whose subject has ``subject_part``
     (delivery runs after the answer: waited for)."""
@@ -52,7 +57,9 @@ def mails_to(p: Platform, address: str, subject_part: str, timeout: float = 20) 
     while True:
         box = mailbox.Maildir(str(p.state / "mail"), create=False)
         try:
-            found = [m for m in box if m["To"] == address and subject_part in (m["Subject"] or "")]
+            found = [
+                m for m in box if address in _recipients(m) and subject_part in (m["Subject"] or "")
+            ]
         except FileNotFoundError:  # no mail yet: the sub-folders come with the first
             found = []
         if found or time.monotonic() > deadline:

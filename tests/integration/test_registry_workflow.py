@@ -10,39 +10,18 @@ reaches ``evaluated``.
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
 from tests.helpers.platform import Platform
+from tests.helpers.registry import LEGAL, STATES
+from tests.helpers.registry import counting_server as counting
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
-STATES = (
-    "submitted", "evaluated", "changes-requested", "approved", "rejected", "integrated",
-    "suspended", "retired",
-)  # fmt: skip
-EARLY = ("submitted", "evaluated", "changes-requested")
-# The contract (issue 14): (from, to) -> who may make the move.
-LEGAL: dict[tuple[str, str], set[str]] = {
-    ("submitted", "evaluated"): {"platform"},
-    ("evaluated", "changes-requested"): {"reviewer"},
-    ("evaluated", "approved"): {"reviewer"},
-    ("evaluated", "rejected"): {"reviewer"},
-    ("changes-requested", "submitted"): {"provider"},
-    ("approved", "integrated"): {"admin"},
-    ("integrated", "suspended"): {"admin"},
-    ("suspended", "integrated"): {"admin"},
-    **{
-        (s, "retired"): {"admin", "provider"} if s in EARLY else {"admin"}
-        for s in STATES
-        if s != "retired"
-    },
-}
 ROLES = ("provider", "reviewer", "admin")
 REVIEW_DECISIONS = ("changes-requested", "approved", "rejected")
 
@@ -133,24 +112,8 @@ def unchanged(before: dict, after: dict) -> bool:
 @pytest.fixture(scope="module")
 def counting_server() -> Iterator[tuple[str, list[str]]]:
     """A service on 127.0.0.2 that counts requests: the evaluation must never fetch it."""
-    hits: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            hits.append(self.path)
-            body = b'{"openapi": "3.0.0", "paths": {}}'
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.2:{srv.server_address[1]}/", hits
-    srv.shutdown()
+    with counting(host="127.0.0.2") as (url, hits):
+        yield url + "/", hits
 
 
 @pytest.fixture(scope="module")

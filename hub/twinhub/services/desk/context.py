@@ -128,7 +128,9 @@ class Desk:
                 return []
             return list(r.json().get("users") or [])
 
-        users = await self._cached("support-members", members)
+        # Asked afresh each time (a notice per ticket or reply: rare): a member who just
+        # joined the group hears of the next ticket.
+        users = await members()
         return [self.mailer.address_of(u) for u in users]
 
     async def projects_of(self, me: Caller) -> list[str]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -20,6 +18,7 @@ import pytest
 from jupyterhub.services.auth import HubOAuth
 from traitlets.config import Config
 
+from tests.helpers.registry import counting_server as counting
 from twinhub import db
 from twinhub.process.runtime import Runtime
 from twinhub.services.hubauth import xsrf_token
@@ -108,24 +107,8 @@ class Client:
 @pytest.fixture
 def counting_server():
     """A loopback HTTP server counting what reaches it (the guard must send nothing)."""
-    hits: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            hits.append(self.path)
-            body = b'{"openapi": "3.0.0", "paths": {}}'
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", hits
-    srv.shutdown()
+    with counting() as served:
+        yield served
 
 
 @pytest.fixture

@@ -453,13 +453,14 @@ def test_one_upstream_cannot_take_the_connections_of_another(gw, monkeypatch) ->
         assert wait_for(lambda: busy.streams == 3)
         # its pool is full: one more waits for a connection, then 504 (gateway_timeout)
         assert get(base, "/services/busy/health").status_code == 504
-        # other upstreams have their own pools: they answer at once
-        t0 = time.monotonic()
+        # other upstreams have their own pools: they answer (a shared, full pool would make
+        # this one wait gateway_timeout too, and answer 504)
         assert get(base, "/services/lab/health").status_code == 200
-        assert time.monotonic() - t0 < 0.9
         for r in held:
             r.close()
-        assert wait_for(lambda: busy.streams == 0)
+        # generous: on a loaded machine the gateway's disconnect watch and the upstream's
+        # next chunk take their time
+        assert wait_for(lambda: busy.streams == 0, timeout=60)
         assert get(base, "/services/busy/health").status_code == 200  # slots are free again
     finally:
         FakeEdgesGateway.routes.pop("busy", None)

@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from tests.helpers.registry import LEGAL
 from twinhub.services.registry.config import TwinhubRegistry
 from twinhub.services.registry.workflow import (
     STATES,
@@ -18,24 +19,6 @@ from twinhub.services.registry.workflow import (
 )
 
 SETTINGS = TwinhubRegistry()
-EARLY = ("submitted", "evaluated", "changes-requested")
-
-# The contract (issue 14): (from, to) -> roles that may make the move.
-LEGAL: dict[tuple[str, str], set[str]] = {
-    ("submitted", "evaluated"): {"platform"},
-    ("evaluated", "changes-requested"): {"reviewer"},
-    ("evaluated", "approved"): {"reviewer"},
-    ("evaluated", "rejected"): {"reviewer"},
-    ("changes-requested", "submitted"): {"provider"},
-    ("approved", "integrated"): {"admin"},
-    ("integrated", "suspended"): {"admin"},
-    ("suspended", "integrated"): {"admin"},
-    **{
-        (s, "retired"): {"admin", "provider"} if s in EARLY else {"admin"}
-        for s in STATES
-        if s != "retired"
-    },
-}
 
 USERS = {
     "platform": None,
