@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 DEEP = "[" * 100_000 + "]" * 100_000  # 200 KB: over the projects and cache body caps
 DEEP_SMALL = "[" * 30_000 + "]" * 30_000  # 60 KB: under them (json.loads: RecursionError)
 DEEP_OBJ = '{"a":' * 5000 + "1" + "}" * 5000
-SERVICES = ("projects", "cache", "accounting", "stac", "hub", "proxy")
+SERVICES = ("projects", "cache", "accounting", "stac", "registry", "desk", "hub", "proxy")
 
 
 def pids(p) -> dict[str, int]:
@@ -156,6 +156,44 @@ CORPUS = [
     ("accounting: write", "accounting/api/v1/usage", "POST", "alice", {"json": {}}, {405}, ""),
     ("accounting: deep body", "accounting/api/v1/usage", "GET", "alice", {"data": DEEP}, {413},
      "larger than"),
+    # the registry (issue 14): REST, the Records catalogue, the sign-on
+    ("registry: deep request body", "registry/api/v1/requests", "POST", "alice",
+     {"data": DEEP_SMALL, "headers": {"Content-Type": "application/json"}}, {400, 413}, ""),
+    ("registry: big request body", "registry/api/v1/requests", "POST", "alice",
+     {"data": b"x" * 2_000_000}, {413}, "larger than"),
+    ("registry: entry not an object", "registry/api/v1/requests", "POST", "alice",
+     {"json": {"entry": [1, 2]}}, {400}, "entry"),
+    ("registry: entry of wrong types", "registry/api/v1/requests", "POST", "alice",
+     {"json": {"entry": {"name": 5, "slug": ["x"], "thematic_areas": "ocean"}}}, {400}, ""),
+    ("registry: NUL in a name", "registry/api/v1/requests", "POST", "alice",
+     {"json": {"entry": {"name": "a\x00b"}}}, {400}, ""),
+    ("registry: unknown state", "registry/api/v1/requests/nosuch/transitions", "POST", "alice",
+     {"json": {"to": "flying"}}, {400, 404}, ""),
+    ("registry: limit not a number", "registry/collections/services/items?limit=ten", "GET",
+     "alice", {}, {400}, "limit"),
+    ("registry: limit too large", "registry/collections/services/items?limit=100000", "GET",
+     "alice", {}, {400}, "limit"),
+    ("registry: bad bbox", "registry/collections/services/items?bbox=1,2,3", "GET", "alice",
+     {}, {400}, "bbox"),
+    ("registry: long q", "registry/collections/services/items?q=" + "a" * 5000, "GET",
+     "alice", {}, {400}, ""),
+    ("registry: NUL in q", "registry/collections/services/items?q=a%00b", "GET", "alice", {},
+     {400}, "control characters"),
+    ("registry: unknown parameter", "registry/collections/services/items?colour=red", "GET",
+     "alice", {}, {400}, ""),
+    ("registry: sso to elsewhere", "registry/sso?next=//evil.example/x", "GET", "alice", {},
+     {400}, ""),
+    # the service desk (issue 14)
+    ("desk: deep ticket body", "desk/api/v1/tickets", "POST", "alice",
+     {"data": DEEP_SMALL, "headers": {"Content-Type": "application/json"}}, {400, 413}, ""),
+    ("desk: subject of wrong type", "desk/api/v1/tickets", "POST", "alice",
+     {"json": {"subject": ["x"], "body": "b"}}, {400}, "subject"),
+    ("desk: control characters in subject", "desk/api/v1/tickets", "POST", "alice",
+     {"json": {"subject": "a\x07b", "body": "b"}}, {400}, ""),
+    ("desk: ticket id not a number", "desk/api/v1/tickets/abc", "GET", "alice", {},
+     {422}, "valid integer"),
+    ("desk: unknown state filter", "desk/api/v1/tickets?state=flying", "GET", "alice", {},
+     {400}, "state"),
     ("control bytes in a header", "cache/stats", "GET", None,
      {"headers": {"Authorization": "token \x01garbage"}}, {400, 401}, ""),
 ]  # fmt: skip
