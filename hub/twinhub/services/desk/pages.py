@@ -17,7 +17,7 @@ import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from ..asgi import error_body
+from .. import base
 from ..base import platform_name
 from . import SERVICE_PREFIX, store
 
@@ -155,15 +155,4 @@ def render(
 
 
 def static_file(name: str) -> Response:
-    media = STATIC_FILES.get(name)
-    if media is None:
-        return JSONResponse(error_body(404, f"no static file {name[:100]!r}"), 404)
-    return Response(
-        (STATIC_DIR / name).read_bytes(),
-        media_type=media,
-        headers={
-            "Cache-Control": "public, max-age=3600",
-            "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": CSP,
-        },
-    )
+    return base.static_file(STATIC_DIR, STATIC_FILES, name, CSP)

@@ -101,14 +101,20 @@ def _check_open(s: Any, owner: str, caps: Caps) -> None:
         )
 
 
-def _check_rate(s: Any, owner: str, caps: Caps, now: datetime) -> None:
+def _hourly(s: Any, who: Any, at: Any, name: str, now: datetime) -> tuple[int, int]:
+    """How many rows ``name`` (column ``who``) made within the hour before ``now``
+    (column ``at``), and the seconds until the oldest of them leaves that hour."""
     n, oldest = s.execute(
-        select(func.count(), func.min(DeskTicket.created_at)).where(
-            DeskTicket.owner == owner, DeskTicket.created_at > now - HOUR
-        )
+        select(func.count(), func.min(at)).where(who == name, at > now - HOUR)
     ).one()
-    if (n or 0) >= caps.tickets_per_hour:
-        wait = max(1, math.ceil((_aware(oldest) + HOUR - now).total_seconds()))
+    if not n:
+        return 0, 0
+    return n, max(1, math.ceil((_aware(oldest) + HOUR - now).total_seconds()))
+
+
+def _check_rate(s: Any, owner: str, caps: Caps, now: datetime) -> None:
+    n, wait = _hourly(s, DeskTicket.owner, DeskTicket.created_at, owner, now)
+    if n >= caps.tickets_per_hour:
         raise DeskError(
             f"{owner!r} opened {n} tickets within the last hour (at most "
             f"{caps.tickets_per_hour} per user and hour): try again in {wait} s, or add to "
@@ -130,13 +136,8 @@ def _check_messages(s: Any, ticket_id: int, limit: int) -> None:
 
 
 def _check_message_rate(s: Any, author: str, caps: Caps, now: datetime) -> None:
-    n, oldest = s.execute(
-        select(func.count(), func.min(DeskMessage.at)).where(
-            DeskMessage.author == author, DeskMessage.at > now - HOUR
-        )
-    ).one()
-    if (n or 0) >= caps.messages_per_hour:
-        wait = max(1, math.ceil((_aware(oldest) + HOUR - now).total_seconds()))
+    n, wait = _hourly(s, DeskMessage.author, DeskMessage.at, author, now)
+    if n >= caps.messages_per_hour:
         raise DeskError(
             f"{author!r} wrote {n} messages within the last hour (at most "
             f"{caps.messages_per_hour} per user and hour): try again in {wait} s",

@@ -21,12 +21,12 @@ from urllib.parse import quote
 import httpx
 import jinja2
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
 
-from ..asgi import BadRequest, error_body
-from ..base import platform_name
+from ..asgi import BadRequest
+from ..base import platform_name, static_file
 from ..datalake import StacPart
 from ..projects.catalog import ProjectCatalog
 from ..projects.catalog import is_enabled as projects_enabled
@@ -397,17 +397,6 @@ def pages_router(ctx: RegistryContext) -> APIRouter:
 
     @router.get("/static/{name:path}", include_in_schema=False)
     async def static(name: str) -> Response:
-        media = STATIC_FILES.get(name)
-        if media is None:
-            return JSONResponse(error_body(404, f"no static file {name[:100]!r}"), 404)
-        return Response(
-            (STATIC_DIR / name).read_bytes(),
-            media_type=media,
-            headers={
-                "Cache-Control": "public, max-age=3600",
-                "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": csp("'self'"),
-            },
-        )
+        return static_file(STATIC_DIR, STATIC_FILES, name, csp("'self'"))
 
     return router
