@@ -463,3 +463,113 @@ class DeskAttachment(Base):
     size: Mapped[int] = mapped_column(Integer, nullable=False)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+# -- processing (issue 16; services/processing/store.py reads and writes) ----------------------
+
+
+class ProcessingJob(Base):
+    """One execution of a process (OGC API - Processes job), from submission to its end.
+
+    ``status`` keeps OGC's values (accepted, running, successful, failed, dismissed);
+    ``stage`` is twinhub's own (queued, scheduling, fetching, processing, ingesting, done);
+    ``stages`` records each stage's start, end and progress. ``runner`` says where the job's
+    runner process (or pod) is, so a restarted service can adopt or resume it.
+    """
+
+    __tablename__ = "processing_jobs"
+    __table_args__ = (
+        Index("ix_processing_jobs_owner", "owner", "created_at"),
+        Index("ix_processing_jobs_status", "status"),
+        Index("ix_processing_jobs_project", "project", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), nullable=False)
+    # The project (hub group) its cluster is charged to.
+    project: Mapped[str] = mapped_column(String(255), nullable=False)
+    process_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    # The process description's version at submission (user processes change).
+    process_version: Mapped[str] = mapped_column(String(32), nullable=False, default="1")
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    # What the client asked for: {"outputs": {...}, "response": "document"|"raw"}.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    stage: Mapped[str] = mapped_column(String(16), nullable=False)
+    # Overall progress 0..100, and each stage's {"started", "finished", "progress"}.
+    progress: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    stages: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # sha256 of the runner's secret (the runner authenticates its reports with it).
+    secret_hash: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    # The backend's handle of the runner ({"kind": "local", "pid", "started"} or a pod).
+    runner: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The hub token minted for the runner (its id only, to revoke it at the end).
+    token_id: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    # The Dask Gateway cluster the runner made (to stop it on dismiss / limits).
+    cluster: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    # Where its outputs go: s3://<bucket>/<prefix>/ (removed when the job fails or is dismissed).
+    output_prefix: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    output_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # The results document (OGC: output id -> inline value or {"href", "type"}).
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Provenance: the STAC items read, and the STAC item the outputs were ingested as.
+    source_items: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    stac_item: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    # Limits at submission (seconds, bytes): a later configuration change does not move them.
+    wall_time: Mapped[float] = mapped_column(Float, nullable=False)
+    max_output_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ProcessingLog(Base):
+    """A job's log, line by line (the runner's reports and the service's own notes)."""
+
+    __tablename__ = "processing_logs"
+    __table_args__ = (Index("ix_processing_logs_job_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    stage: Mapped[str] = mapped_column(String(16), nullable=False)
+    # "info", "warning", "error"; "service" lines are the platform's, not the runner's.
+    level: Mapped[str] = mapped_column(String(16), nullable=False, default="info")
+    source: Mapped[str] = mapped_column(String(16), nullable=False, default="runner")
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class UserProcess(Base):
+    """A process a user registered from a notebook (``twinlab.processing.register``).
+
+    ``visibility``: "private" (its owner only) or "project:<name>" (that project's
+    members). ``code`` is the function, pickled by value (cloudpickle); it runs only as the
+    user who executes it, on their own cluster.
+    """
+
+    __tablename__ = "processing_user_processes"
+    __table_args__ = (Index("ix_processing_user_processes_owner", "owner"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), nullable=False)
+    visibility: Mapped[str] = mapped_column(String(300), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    # The OGC process description (title, description, inputs, outputs, keywords).
+    description: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    code: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    # The function's source text when it could be read (shown to who may run it).
+    source: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    python: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )

@@ -215,8 +215,17 @@ class ObjectStorePart(Part):
             return
         store.weed_command()  # fail early, naming the fix
         changed = False
-        for key in seaweed.PORT_KEYS.values():
-            if key not in rt.ports:
+        try:
+            inside = seaweed.private_network(store.private_network)
+        except StorageError as e:
+            raise PlatformError(str(e)) from None
+        inside = inside and seaweed.private_tmp_works()
+        for name, key in seaweed.PORT_KEYS.items():
+            fixed = seaweed.NAMESPACE_PORTS.get(name) if inside else None
+            if fixed is not None and rt.ports.get(key) != fixed:
+                rt.ports[key] = fixed
+                changed = True
+            elif fixed is None and key not in rt.ports:
                 rt.ports[key] = free_port()
                 changed = True
         if changed:

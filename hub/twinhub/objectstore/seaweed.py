@@ -58,6 +58,19 @@ PORT_KEYS = {
     "s3.grpc": "object-store-s3-grpc",
 }
 GRPC_SECTIONS = ("master", "volume", "filer", "s3", "client")
+#: The internal ports when weed has its own network and /tmp (:func:`private_network`,
+#: :func:`private_tmp_works`): nothing else lives there, so they are fixed, and above
+#: Linux's ephemeral range so that the host's platform components, drawn at random from
+#: their own ranges, never hold the same numbers (a port free on the host is not weed's).
+NAMESPACE_PORTS = {
+    "master": 61333,
+    "volume": 61080,
+    "filer": 61888,
+    "master.grpc": 62333,
+    "volume.grpc": 62080,
+    "filer.grpc": 62888,
+    "s3.grpc": 62334,
+}
 
 
 def base_dir(rt: Runtime) -> Path:

@@ -428,15 +428,26 @@ def wait_for(cond, timeout: float = 10.0) -> bool:
     return cond()
 
 
-def test_a_client_that_goes_away_closes_the_upstream_stream(gw, echo: EchoService) -> None:
-    base, _ = gw
-    assert echo.streams == 0
-    r = get(base, "/services/lab/stream", stream=True)
-    assert r.status_code == 200 and next(r.iter_content(5)) == b"tick\n"
-    assert echo.streams == 1
-    r.close()  # the client disconnects mid-stream
-    # the gateway noticed and closed its upstream connection: the stream ended upstream
-    assert wait_for(lambda: echo.streams == 0), "the upstream stream was left open"
+def test_a_client_that_goes_away_closes_the_upstream_stream(gw, monkeypatch) -> None:
+    base, ctx = gw
+    # Its own upstream, whose client is made with a generous timeout: with the fixture's 1 s,
+    # a loaded machine that stalls a second between two chunks ends the stream by itself.
+    monkeypatch.setattr(ctx.settings, "gateway_timeout", 30.0)
+    calm = EchoService.start()
+    try:
+        FakeEdgesGateway.routes["calm"] = {**FakeEdgesGateway.routes["lab"], "slug": "calm",
+                                           "upstream": calm.url}  # fmt: skip
+        r = get(base, "/services/calm/stream", stream=True)
+        assert r.status_code == 200
+        chunks = r.iter_content(5)
+        assert [next(chunks) for _ in range(3)] == [b"tick\n"] * 3  # it streams
+        assert calm.streams == 1
+        r.close()  # the client disconnects mid-stream
+        # the gateway noticed and closed its upstream connection: the stream ended upstream
+        assert wait_for(lambda: calm.streams == 0), "the upstream stream was left open"
+    finally:
+        FakeEdgesGateway.routes.pop("calm", None)
+        calm.stop()
 
 
 def test_one_upstream_cannot_take_the_connections_of_another(gw, monkeypatch) -> None:
