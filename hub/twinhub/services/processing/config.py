@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from traitlets import Bool, Float, Integer, Unicode, TraitError, validate
+from traitlets import Bool, Float, Integer, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 #: Seconds at least for every interval and limit: 0 would spin a loop or fail every job.
@@ -72,9 +72,9 @@ class TwinhubProcessing(Configurable):
         20000, min=1, help="Most time steps one job may read (checked by its runner)."
     ).tag(config=True)
 
-    max_points = Integer(
-        1000, min=1, help="Most points a point-series job may ask for."
-    ).tag(config=True)
+    max_points = Integer(1000, min=1, help="Most points a point-series job may ask for.").tag(
+        config=True
+    )
 
     max_target_cells = Integer(
         50_000_000,
@@ -88,13 +88,13 @@ class TwinhubProcessing(Configurable):
         "is answered as an asynchronous one (201 and its Location).",
     ).tag(config=True)
 
-    worker_cores = Integer(
-        1, min=1, help="Cores of each Dask worker of a job's cluster."
-    ).tag(config=True)
+    worker_cores = Integer(1, min=1, help="Cores of each Dask worker of a job's cluster.").tag(
+        config=True
+    )
 
-    worker_memory = Float(
-        2.0, help="Memory (GiB) of each Dask worker of a job's cluster."
-    ).tag(config=True)
+    worker_memory = Float(2.0, help="Memory (GiB) of each Dask worker of a job's cluster.").tag(
+        config=True
+    )
 
     workers = Integer(2, min=1, help="Dask workers of a job's cluster.").tag(config=True)
 
@@ -120,9 +120,9 @@ class TwinhubProcessing(Configurable):
         5000, min=10, help="Log lines kept per job (older ones are dropped, noted)."
     ).tag(config=True)
 
-    max_user_processes = Integer(
-        50, min=1, help="Processes one user may register."
-    ).tag(config=True)
+    max_user_processes = Integer(50, min=1, help="Processes one user may register.").tag(
+        config=True
+    )
 
     max_code_bytes = Integer(
         4 * 1024**2, min=1024, help="Size of a registered process's pickled code at most."

@@ -79,9 +79,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_processing_user_processes"),
     )
-    op.create_index(
-        "ix_processing_user_processes_owner", "processing_user_processes", ["owner"]
-    )
+    op.create_index("ix_processing_user_processes_owner", "processing_user_processes", ["owner"])
 
 
 def downgrade() -> None:
