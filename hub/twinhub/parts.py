@@ -25,6 +25,7 @@ from .services.accounting import AccountingPart
 from .services.cache import CachePart
 from .services.datalake import StacPart
 from .services.desk import DeskPart
+from .services.processing import ProcessingPart
 from .services.projects import ProjectsPart
 from .services.registry import RegistryPart
 from .spawn.modes import SpawnPart
@@ -40,6 +41,7 @@ PARTS: tuple[type[Part], ...] = (
     AccountingPart,
     RegistryPart,
     DeskPart,
+    ProcessingPart,
     CachePart,
 )
 

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+from tests.helpers.processing import register, submit, wait_job
 from tests.helpers.registry import wait_routed
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
@@ -411,6 +412,113 @@ MATRIX: list[tuple[str, str, dict[str, set[int]]]] = [
             "narrowed": {404},
         },
     ),
+    # processing (issue 16): processes are every user's to list and run; a job and a
+    # private user process are their owner's (and admins'); others get 404, never 403 (a
+    # job id says nothing); writes that would change a later row leave out who may make
+    # them; the runners' internal reports take their job's secret, never a hub token
+    ("GET", "services/processing/health", {"anon": OK, "owner": OK, "other": OK}),
+    (
+        "GET",
+        "services/processing/metrics",
+        {"anon": {401}, "owner": {403}, "other": {403}, "admin": OK, "narrowed": {403}},
+    ),
+    (
+        "GET",
+        "services/processing/",
+        {"anon": LOGIN, "owner": OK, "other": OK, "member": OK, "admin": OK, "narrowed": OK},
+    ),
+    ("GET", "services/processing/conformance", {"anon": LOGIN, "owner": OK, "other": OK}),
+    ("GET", "services/processing/api", {"anon": LOGIN, "owner": OK, "other": OK}),
+    (
+        "GET",
+        "services/processing/processes",
+        {"anon": LOGIN, "owner": OK, "other": OK, "admin": OK, "narrowed": OK},
+    ),
+    ("GET", "services/processing/processes/echo", {"anon": LOGIN, "owner": OK, "other": OK}),
+    (
+        "GET",
+        "services/processing/processes/{pproc}",
+        {
+            "anon": LOGIN,
+            "owner": OK,
+            "other": {404},
+            "member": {404},
+            "admin": OK,
+            "narrowed": {404},
+        },
+    ),
+    # {} deploys nothing: every user may try (400 for the body), nobody anonymously
+    (
+        "POST",
+        "services/processing/processes",
+        {"anon": DENIED, "owner": {400}, "other": {400}, "admin": {400}},
+    ),
+    # echo without its required input: 400 for every user (no job is made)
+    (
+        "POST",
+        "services/processing/processes/echo/execution",
+        {"anon": DENIED, "owner": {400}, "other": {400}, "admin": {400}, "narrowed": {400}},
+    ),
+    (
+        "POST",
+        "services/processing/processes/{pproc}/execution",
+        {"anon": DENIED, "other": {404}, "member": {404}, "narrowed": {404}},
+    ),
+    (
+        "DELETE",
+        "services/processing/processes/{pproc}",
+        {"anon": DENIED, "other": {404}, "member": {404}, "narrowed": {404}},
+    ),
+    (
+        "GET",
+        "services/processing/jobs",
+        {"anon": LOGIN, "owner": OK, "other": OK, "member": OK, "admin": OK, "narrowed": OK},
+    ),
+    (
+        "GET",
+        "services/processing/jobs/{pjob}",
+        {
+            "anon": LOGIN,
+            "owner": OK,
+            "other": {404},
+            "member": {404},
+            "admin": OK,
+            "narrowed": {404},
+        },
+    ),
+    (
+        "GET",
+        "services/processing/jobs/{pjob}/results",
+        {
+            "anon": LOGIN,
+            "owner": OK,
+            "other": {404},
+            "member": {404},
+            "admin": OK,
+            "narrowed": {404},
+        },
+    ),
+    (
+        "GET",
+        "services/processing/jobs/{pjob}/logs",
+        {"anon": LOGIN, "owner": OK, "other": {404}, "member": {404}, "admin": OK},
+    ),
+    # dismissing a finished job removes its record: only who may not (404)
+    (
+        "DELETE",
+        "services/processing/jobs/{pjob}",
+        {"anon": DENIED, "other": {404}, "member": {404}, "narrowed": {404}},
+    ),
+    (
+        "GET",
+        "services/processing/internal/jobs/{pjob}",
+        {"anon": {401}, "owner": {401}, "other": {401}, "admin": {401}},
+    ),
+    (
+        "POST",
+        "services/processing/internal/jobs/{pjob}/events",
+        {"anon": {401}, "owner": {401}, "admin": {401}},
+    ),
 ]
 
 
@@ -424,6 +532,8 @@ BODIES: dict[tuple[str, str], dict] = {
     },
     ("POST", "services/desk/api/v1/tickets/{ticket}/messages"): {"body": "matrix"},
     ("POST", "services/desk/api/v1/tickets/{ticket}/transitions"): {"to": "open"},
+    ("POST", "services/processing/processes/{pproc}/execution"): {"inputs": {"n": 1}},
+    ("POST", "services/processing/internal/jobs/{pjob}/events"): {"events": []},
 }
 
 # Dask Gateway's own API takes hub tokens with its own scheme name.
@@ -533,6 +643,24 @@ def _registry_and_desk(p, upstream: str) -> dict[str, str]:
     return {"request": pending, "ticket": str(ticket), "attachment": str(r.json()["id"])}
 
 
+def _matrix_process(n: int) -> dict:
+    """alice's private user process (registered by value, as twinlab.processing does)."""
+    return {"n": n}
+
+
+def _processing(p) -> dict[str, str]:
+    """alice's finished echo job and her private user process: {pjob}, {pproc}."""
+    r = register(
+        p, "alice", _matrix_process, pid="authz-private-proc",
+        inputs={"n": {"schema": {"type": "integer"}}}, outputs={"n": {"schema": {"type": "integer"}}},
+    )  # fmt: skip
+    assert r.status_code in (200, 201), r.text
+    job = submit(p, "alice", "echo", {"stringInput": "matrix"})
+    doc, _ = wait_job(p, "alice", job, timeout=180)
+    assert doc["status"] == "successful", doc
+    return {"pjob": job, "pproc": "authz-private-proc"}
+
+
 @pytest.fixture(scope="module")
 def actors(multiuser_platform, upstream):
     p = multiuser_platform
@@ -550,7 +678,7 @@ def actors(multiuser_platform, upstream):
         r = p.api("POST", f"/groups/{group}/users", token=p.token("admin"), json={"users": members})
         assert r.status_code == 200, r.text
     p.spawn("alice")
-    ids = _registry_and_desk(p, upstream)
+    ids = {**_registry_and_desk(p, upstream), **_processing(p)}
     tokens = {
         "anon": None,
         "owner": p.token("alice"),

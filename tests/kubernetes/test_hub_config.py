@@ -185,7 +185,7 @@ async def _registration(app: JupyterHub, files: dict, runtime: dict, start: Any)
     # Every twinhub service the chart enabled: its in-cluster URL, its token, its scopes.
     services = {s["name"]: s for s in app.services}
     enabled = sorted(runtime["ports"])
-    assert enabled == ["accounting", "cache", "desk", "projects", "registry", "stac"]
+    assert enabled == ["accounting", "cache", "desk", "processing", "projects", "registry", "stac"]
     for name in enabled:
         s = services[name]
         assert s["url"] == f"http://twinhub-{name}:8000" == runtime["service_urls"][name]
@@ -222,6 +222,15 @@ async def _registration(app: JupyterHub, files: dict, runtime: dict, start: Any)
     # ...with the token the chart generated into twinhub-secrets (the registry pod's file).
     assert orm.APIToken.find(app.db, files["service-registry"]).service.name == "registry"
     assert set(roles["desk-service"].scopes) == {"read:users", "read:groups"}
+    # Processing mints each job's short-lived token for its user (tokens) and checks the
+    # lake items a job names (stac).
+    assert set(roles["processing-service"].scopes) == {
+        "read:users",
+        "read:groups",
+        "tokens",
+        "access:services!service=stac",
+    }
+    assert [s.name for s in roles["processing-service"].services] == ["processing"]
     # Visitors who are not logged in land on the registry's welcome page (a callable
     # default_url); the hub's support link is the desk.
     assert callable(app.default_url)

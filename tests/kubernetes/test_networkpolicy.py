@@ -11,10 +11,15 @@ as unrestricted here, so rows with them as the target judge twinhub's side only.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+from traitlets.config import Config
 
 from tests.helpers import helm
 from tests.kubernetes.netpol import Pod, PolicyError, allowed, peer_matches, selector_matches
+from twinhub.services.processing.backend import KubeJobBackend
+from twinhub.services.processing.config import TwinhubProcessing
 
 RELEASE = "twinhub"
 EXTERNAL_S3 = "203.0.113.10"
@@ -63,6 +68,14 @@ def _dask_chart_pod(component: str) -> dict:
         "app.kubernetes.io/managed-by": "Helm",
         "app.kubernetes.io/component": component,
     }
+
+
+def job_pod_labels(owner: str, job_id: str, project: str | None = "ocean") -> dict:
+    """The labels of a job's runner pod as the processing service makes it: the real
+    KubeJobBackend.pod_manifest, on a fake context (only the settings it reads)."""
+    fake_ctx = SimpleNamespace(rt=SimpleNamespace(config=Config()), settings=TwinhubProcessing())
+    job = {"id": job_id, "owner": owner, "project": project}
+    return KubeJobBackend(fake_ctx).pod_manifest(job, {})["metadata"]["labels"]
 
 
 def _template_labels(objects: list[dict], kind: str, name: str) -> dict:
@@ -163,13 +176,17 @@ def cluster_pods(objects: list[dict], values: dict) -> dict[str, Pod]:
     if not _subchart_on(values, "dask-gateway"):
         absent |= {"traefik", "gateway-api", "scheduler", "worker", "bob-scheduler", "bob-worker"}
     pods = {name: pod for name, pod in pods.items() if name not in absent}
-    services = ("stac", "cache", "projects", "accounting", "registry", "desk")
+    services = ("stac", "cache", "projects", "accounting", "registry", "desk", "processing")
     for host, name in enumerate(services, start=50):
         try:
             labels = _template_labels(objects, "Deployment", f"twinhub-{name}")
         except KeyError:
             continue
         pods[name] = Pod(name, labels, ip=f"10.1.0.{host}", ports={"http": 8000})
+    if "processing" in pods:
+        # Runner pods of alice's and bob's jobs (made by the service, not by Helm).
+        pods["job"] = Pod("job", job_pod_labels("alice", "a1b2c3"), ip="10.1.0.70")
+        pods["bob-job"] = Pod("bob-job", job_pod_labels("bob", "d4e5f6", None), ip="10.1.0.71")
     try:
         labels = _template_labels(objects, "StatefulSet", "twinhub-seaweedfs")
     except KeyError:
@@ -298,6 +315,90 @@ MATRIX = [
     ("alice", "smtp-server", 587, "TCP", False),
     ("projects", "smtp-server", 587, "TCP", False),
     ("worker", "smtp-server", 587, "TCP", False),
+    # processing: reached like every service (proxy, hub) and by its job pods (reports);
+    # it reaches the Kubernetes API server (job pods), the gateway's API (stopping a job's
+    # cluster) and stac straight (the items a submission names) beyond what every service
+    # reaches
+    ("proxy", "processing", 8000, "TCP", True),
+    ("hub", "processing", 8000, "TCP", True),
+    ("job", "processing", 8000, "TCP", True),
+    ("bob-job", "processing", 8000, "TCP", True),
+    ("job", "processing", 8001, "TCP", False),
+    ("alice", "processing", 8000, "TCP", False),  # notebooks use its public route
+    ("worker", "processing", 8000, "TCP", False),
+    ("scheduler", "processing", 8000, "TCP", False),
+    ("ingress-controller", "processing", 8000, "TCP", False),
+    ("other-namespace", "processing", 8000, "TCP", False),
+    ("processing", "hub", 8081, "TCP", True),
+    ("processing", "proxy", 8000, "TCP", True),  # STAC by its public route
+    ("processing", "database", 5432, "TCP", True),
+    ("processing", "kube-dns", 53, "UDP", True),
+    ("processing", "kube-api", 443, "TCP", True),
+    ("processing", "node", 6443, "TCP", True),  # a control plane's own API port
+    ("processing", "node", 10250, "TCP", False),  # never a kubelet
+    ("processing", "kube-api", 80, "TCP", False),
+    ("processing", "traefik", 8000, "TCP", True),
+    ("processing", "traefik", 8786, "TCP", False),
+    ("processing", "gateway-api", 8000, "TCP", False),  # through Traefik, as the hub's hook
+    ("processing", "scheduler", 8786, "TCP", False),
+    ("processing", "worker", 40123, "TCP", False),
+    ("processing", "seaweedfs", 8333, "TCP", True),
+    ("processing", "external-s3", 443, "TCP", True),
+    ("processing", "metadata", 80, "TCP", False),
+    ("processing", "internet", 443, "TCP", False),
+    ("processing", "cgnat", 443, "TCP", False),
+    ("processing", "keycloak", 8080, "TCP", False),
+    ("processing", "alice", 8888, "TCP", False),
+    ("processing", "stac", 8000, "TCP", True),  # the items a submission names
+    ("processing", "stac", 5432, "TCP", False),
+    ("processing", "cache", 8000, "TCP", False),
+    ("processing", "projects", 8000, "TCP", False),
+    ("processing", "registry", 8000, "TCP", False),
+    ("processing", "job", 8000, "TCP", False),  # nothing reaches a job pod
+    ("processing", "smtp-server", 587, "TCP", False),
+    # job runner pods run users' code as the user: closed like a Dask pod, plus the
+    # processing service, the hub API and the proxy's public routes
+    ("job", "kube-dns", 53, "UDP", True),
+    ("job", "hub", 8081, "TCP", True),
+    ("job", "proxy", 8000, "TCP", True),  # STAC
+    ("job", "proxy", 8001, "TCP", False),
+    ("job", "traefik", 8000, "TCP", True),  # the gateway's API
+    ("job", "traefik", 8786, "TCP", True),  # its scheduler, through the TLS proxy
+    ("job", "seaweedfs", 8333, "TCP", True),
+    ("job", "seaweedfs", 9333, "TCP", False),
+    ("job", "external-s3", 443, "TCP", True),
+    ("job", "scheduler", 8786, "TCP", False),  # Dask clients go through Traefik
+    ("job", "worker", 40123, "TCP", False),
+    ("job", "gateway-api", 8000, "TCP", False),
+    ("job", "database", 5432, "TCP", False),
+    ("job", "external-db", 5432, "TCP", False),
+    ("job", "keycloak", 8080, "TCP", False),
+    ("job", "kube-api", 443, "TCP", False),
+    ("job", "node", 6443, "TCP", False),
+    ("job", "node", 10250, "TCP", False),
+    ("job", "metadata", 80, "TCP", False),
+    ("job", "internet", 443, "TCP", False),
+    ("job", "private-net", 443, "TCP", False),
+    ("job", "alice", 8888, "TCP", False),
+    ("job", "bob-job", 8000, "TCP", False),
+    ("job", "stac", 8000, "TCP", False),
+    ("job", "registry", 8000, "TCP", False),
+    ("job", "smtp-server", 587, "TCP", False),
+    ("job", "other-namespace", 80, "TCP", False),
+    # nothing reaches a job pod
+    ("alice", "job", 8000, "TCP", False),
+    ("bob", "job", 8888, "TCP", False),
+    ("hub", "job", 8000, "TCP", False),
+    ("proxy", "job", 8000, "TCP", False),
+    ("worker", "job", 40123, "TCP", False),
+    ("scheduler", "job", 40123, "TCP", False),
+    ("bob-job", "job", 8000, "TCP", False),
+    ("traefik", "job", 8000, "TCP", False),
+    ("other-namespace", "job", 8000, "TCP", False),
+    # the Kubernetes API is processing's alone
+    ("stac", "kube-api", 443, "TCP", False),
+    ("desk", "node", 6443, "TCP", False),
+    ("alice", "node", 6443, "TCP", False),
     # the database (CNPG)
     ("hub", "database", 5432, "TCP", True),
     ("keycloak", "database", 5432, "TCP", True),
@@ -397,8 +498,9 @@ def test_every_matrix_pod_of_twinhub_is_covered(profile, helm_binaries):
     _, pods = release(profile, EXTRA)
     values = helm.chart_values(profile, EXTRA)
     services = {n for n, s in values["twinhub"]["services"].items() if s.get("enabled")}
-    assert {"stac", "cache", "projects", "registry", "desk"} & services <= set(pods)
-    assert {"registry", "desk"} <= services
+    assert {"stac", "cache", "projects", "registry", "desk", "processing"} & services <= set(pods)
+    assert {"registry", "desk", "processing"} <= services
+    assert {"job", "bob-job"} <= set(pods)
     assert ("seaweedfs" in pods) == bool(values["twinhub"]["s3"]["seaweedfs"]["enabled"])
 
 

@@ -15,17 +15,21 @@ import yaml
 from tests.helpers import helm
 from twinhub import parts
 from twinhub.services.desk import TwinhubDesk
+from twinhub.services.processing import ProcessingPart
 
 pytestmark = pytest.mark.usefixtures("helm_binaries")
 
-SERVICES = ("stac", "cache", "projects", "accounting", "registry", "desk")
+SERVICES = ("stac", "cache", "projects", "accounting", "registry", "desk", "processing")
+#: The services whose pods hold a Kubernetes API token (a ServiceAccount of their own).
+KUBE_API = {"processing"}
 
 
 def _health_paths() -> dict[str, str]:
     """Each service part's unauthenticated health route, from the Python classes the pods run."""
+    # ProcessingPart by name too: its pod runs it whether or not the parts list has it yet.
     return {
         cls.name: cls.prefix() + cls.health_path
-        for cls in parts.PARTS
+        for cls in (*parts.PARTS, ProcessingPart)
         if getattr(cls, "health_path", None) is not None
     }
 
@@ -91,8 +95,14 @@ def test_deployment_shape(profile_render):
         assert c["resources"]["requests"] and c["resources"]["limits"], where
         assert {"name": "TWINHUB_STATE", "value": "/srv/twinhub/state"} in c["env"], where
 
-        # no Kubernetes API access for services; non-root, read-only, no escalation
-        assert spec["automountServiceAccountToken"] is False, where
+        # no Kubernetes API access for services but processing's (its own account, below);
+        # non-root, read-only, no escalation
+        if name in KUBE_API:
+            assert spec["serviceAccountName"] == f"twinhub-{name}", where
+            assert spec["automountServiceAccountToken"] is True, where
+        else:
+            assert "serviceAccountName" not in spec, where
+            assert spec["automountServiceAccountToken"] is False, where
         assert spec["securityContext"]["runAsNonRoot"] is True, where
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
         sc = c["securityContext"]
@@ -221,6 +231,7 @@ APP_MODULES = {
     "accounting": "twinhub.services.accounting.app",
     "registry": "twinhub.services.registry.app",
     "desk": "twinhub.services.desk.app",
+    "processing": "twinhub.services.processing.app",
 }
 
 
@@ -292,7 +303,8 @@ def test_workloads_validate():
 
 # The services whose code uses the S3 admin keys (twinhub.objectstore): stac's data-lake loader,
 # projects' buckets, accounting's storage meter. The cache never touches S3.
-S3_USERS = {"stac", "projects", "accounting"}
+# processing: a job's outputs (size, removal) where users hold no keys (the chart's SeaweedFS).
+S3_USERS = {"stac", "projects", "accounting", "processing"}
 
 
 def _secret_files(volume: dict) -> dict[str, set[str]]:

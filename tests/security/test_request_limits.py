@@ -24,7 +24,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 DEEP = "[" * 100_000 + "]" * 100_000  # 200 KB: over the projects and cache body caps
 DEEP_SMALL = "[" * 30_000 + "]" * 30_000  # 60 KB: under them (json.loads: RecursionError)
 DEEP_OBJ = '{"a":' * 5000 + "1" + "}" * 5000
-SERVICES = ("projects", "cache", "accounting", "stac", "registry", "desk", "hub", "proxy")
+SERVICES = (
+    "projects", "cache", "accounting", "stac", "registry", "desk", "processing", "hub", "proxy",
+)  # fmt: skip
 
 
 def pids(p) -> dict[str, int]:
@@ -40,11 +42,22 @@ def env(multiuser_platform):
             p.add_user(name)
     before = pids(p)
     assert {"projects", "cache"} <= set(before), before
+    jobs_before = processing_jobs(p)
     yield p
     assert pids(p) == before, "a platform process was replaced while taking bad input"
+    # no execute request of the corpus made a job, no deploy a process
+    assert processing_jobs(p) == jobs_before
+    assert svc(p, "processing/processes/p6-bad-deploy").status_code == 404
     # every write in the corpus was refused: nothing of it was stored
     r = svc(p, "projects/api/projects/limits-lab", who="admin")
     assert r.status_code == 404, r.text
+
+
+def processing_jobs(p) -> set[str]:
+    """alice's processing jobs (the corpus's execute requests must make none)."""
+    r = svc(p, "processing/jobs?limit=1000")
+    assert r.status_code == 200, r.text
+    return {j["jobID"] for j in r.json()["jobs"]}
 
 
 def svc(p, path: str, who: str | None = "alice", method: str = "GET", **kw):
@@ -194,6 +207,63 @@ CORPUS = [
      {422}, "valid integer"),
     ("desk: unknown state filter", "desk/api/v1/tickets?state=flying", "GET", "alice", {},
      {400}, "state"),
+    # processing (issue 16): OGC API - Processes execution, deployment, lists, reports
+    ("processing: deep execute body", "processing/processes/echo/execution", "POST", "alice",
+     {"data": DEEP_SMALL, "headers": {"Content-Type": "application/json"}}, {400, 413}, ""),
+    ("processing: big execute body", "processing/processes/echo/execution", "POST", "alice",
+     {"data": b"x" * 2_000_000}, {413}, "larger than"),
+    ("processing: not JSON", "processing/processes/echo/execution", "POST", "alice",
+     {"data": b"\xff\xfe{", "headers": {"Content-Type": "application/json"}}, {400}, "JSON"),
+    ("processing: inputs not an object", "processing/processes/echo/execution", "POST",
+     "alice", {"json": {"inputs": [1, 2]}}, {400}, "inputs"),
+    ("processing: input of the wrong type", "processing/processes/echo/execution", "POST",
+     "alice", {"json": {"inputs": {"stringInput": 5}}}, {400}, "stringInput"),
+    ("processing: unknown input", "processing/processes/echo/execution", "POST", "alice",
+     {"json": {"inputs": {"stringInput": "a", "colour": "red"}}}, {400}, "colour"),
+    ("processing: NaN input", "processing/processes/echo/execution", "POST", "alice",
+     {"data": '{"inputs": {"stringInput": "a", "doubleInput": NaN}}',
+      "headers": {"Content-Type": "application/json"}}, {400}, ""),
+    ("processing: pause past its maximum", "processing/processes/echo/execution", "POST",
+     "alice", {"json": {"inputs": {"stringInput": "a", "pause": 100000}}}, {400}, "pause"),
+    ("processing: response neither document nor raw", "processing/processes/echo/execution",
+     "POST", "alice", {"json": {"inputs": {"stringInput": "a"}, "response": "zip"}}, {400},
+     "response"),
+    ("processing: unknown item", "processing/processes/zonal-mean/execution", "POST", "alice",
+     {"json": {"inputs": {"item": "no-such-item", "variable": "2t"}}}, {400}, "no-such-item"),
+    ("processing: unknown process", "processing/processes/nosuch/execution", "POST", "alice",
+     {"json": {"inputs": {}}}, {404}, ""),
+    ("processing: NUL in a process id", "processing/processes/a%00b", "GET", "alice", {},
+     {400}, "control characters"),
+    ("processing: 10 000-character process id", "processing/processes/" + "p" * 10_000,
+     "GET", "alice", {}, {400, 404, 414}, ""),
+    ("processing: limit not a number", "processing/processes?limit=ten", "GET", "alice", {},
+     {400}, "limit"),
+    ("processing: limit too large", "processing/jobs?limit=100000", "GET", "alice", {},
+     {400}, "limit"),
+    ("processing: unknown status filter", "processing/jobs?status=flying", "GET", "alice", {},
+     {400}, "status"),
+    ("processing: unknown representation", "processing/processes?f=xml", "GET", "alice", {},
+     {400}, ""),
+    ("processing: logs after -1", "processing/jobs/nosuch/logs?after=-1", "GET", "alice", {},
+     {400, 404}, ""),
+    ("processing: deploy not an object", "processing/processes", "POST", "alice",
+     {"json": [1]}, {400}, ""),
+    ("processing: deploy a bad id", "processing/processes", "POST", "alice",
+     {"json": {"id": "../etc", "inputs": {}, "outputs": {"o": {"schema": {}}},
+               "code": "AAAA", "visibility": "private"}}, {400}, "id"),
+    ("processing: deploy a templated id", "processing/processes", "POST", "alice",
+     {"json": {"id": "echo", "inputs": {}, "outputs": {"o": {"schema": {}}}, "code": "AAAA",
+               "visibility": "private"}}, {400, 409}, "echo"),
+    ("processing: deploy code not base64", "processing/processes", "POST", "alice",
+     {"json": {"id": "p6-bad-deploy", "inputs": {}, "outputs": {"o": {"schema": {}}},
+               "code": "!!! not base64", "visibility": "private"}}, {400}, "code"),
+    ("processing: deploy to another's project", "processing/processes", "POST", "alice",
+     {"json": {"id": "p6-bad-deploy", "inputs": {}, "outputs": {"o": {"schema": {}}},
+               "code": "AAAA", "visibility": "project:not-alices"}}, {400, 403}, "project"),
+    ("processing: report without a secret", "processing/internal/jobs/nosuch/events", "POST",
+     None, {"json": {"events": []}}, {401, 404}, ""),
+    ("processing: report with a wrong secret", "processing/internal/jobs/nosuch", "GET",
+     None, {"headers": {"X-Twinhub-Job-Secret": "x" * 5000}}, {401, 404}, ""),
     ("control bytes in a header", "cache/stats", "GET", None,
      {"headers": {"Authorization": "token \x01garbage"}}, {400, 401}, ""),
 ]  # fmt: skip

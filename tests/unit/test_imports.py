@@ -214,6 +214,9 @@ ALLOWED = {
     ("twinlab", "twinlab.contract"): "everyone may import the contract",
     ("twinhub", "twinlab.contract"): "the hub side of the agreement",
     ("twinhub.services.datalake.seed", "twinlab.grids"): "sample data uses the grid maths",
+    ("twinhub.services.processing", "twinlab.processing.schemas"): (
+        "the process descriptions and input checks both sides use"
+    ),
     ("twinhub.db", "twinhub.db"): "itself",
     ("twinhub.db", "twinhub.process.runtime"): "where the database is",
     ("twinhub.db", "twinhub.process.postgres"): "backups of an embedded PostgreSQL",

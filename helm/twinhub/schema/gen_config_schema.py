@@ -45,6 +45,17 @@ CHART_OWNED = {
         "smtp_username": "twinhub.services.desk.smtp.username",
         "smtp_password_file": "twinhub.services.desk.smtp.existingSecret and key",
     },
+    # Job pods run the chart's user image in the release's namespace, as its uid and gid;
+    # their size comes from the processing service's values (used when the backend's class
+    # is among the configurables).
+    "KubeJobBackend": {
+        "image": "twinhub.userImage",
+        "namespace": "the chart (the release's namespace)",
+        "run_as_uid": "the chart (the user image's uid, 1000)",
+        "run_as_gid": "the chart (the user image's gid, 1000)",
+        "cpu": "twinhub.services.processing.jobPods.cpu",
+        "memory": "twinhub.services.processing.jobPods.memory",
+    },
 }
 
 

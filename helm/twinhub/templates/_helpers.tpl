@@ -82,9 +82,11 @@ http://twinhub-seaweedfs:8333
 {{- end -}}
 
 {{/* The services that use the S3 admin keys: stac (the data lake's loader), projects
-(project buckets), accounting (storage metering). The cache never touches S3. */}}
+(project buckets), accounting (storage metering), processing (a job's outputs: their size
+and removal where users hold no keys of their own, as with the chart's SeaweedFS; the
+users' buckets made at a first job). The cache never touches S3. */}}
 {{- define "twinhub.s3Services" -}}
-["accounting", "projects", "stac"]
+["accounting", "processing", "projects", "stac"]
 {{- end -}}
 
 {{/* The projected Secrets volume (one file per secret), as a YAML volume. With `root` alone

@@ -29,6 +29,12 @@ come from, so a service has a Deployment exactly when the hub registers it.
 {{- if has .name (include "twinhub.workloads.activeNames" .root | fromJsonArray) }}true{{ end -}}
 {{- end }}
 
+{{- /* "true" when service <name> talks to the Kubernetes API (a ServiceAccount of its own,
+its token mounted), else "": processing alone (job pods). */}}
+{{- define "twinhub.workloads.kubeApi" -}}
+{{- if eq . "processing" }}true{{ end -}}
+{{- end }}
+
 {{- /* Deployment twinhub-<name>. Usage: (dict "root" $ "name" $name "svc" $svc) */}}
 {{- define "twinhub.workloads.deployment" -}}
 {{- $root := .root -}}
@@ -56,8 +62,15 @@ spec:
         # A changed runtime.json must restart the pods: they read it once at start.
         checksum/runtime: {{ include (print $root.Template.BasePath "/runtime.yaml") $root | sha256sum }}
     spec:
+      {{- if include "twinhub.workloads.kubeApi" $name }}
+      # It creates each job's pod and Secret: its own ServiceAccount (processing.yaml's Role,
+      # this namespace only) and that account's token, in this pod alone.
+      serviceAccountName: twinhub-{{ $name }}
+      automountServiceAccountToken: true
+      {{- else }}
       # Services talk to the hub API, never to Kubernetes: no API token in the pod.
       automountServiceAccountToken: false
+      {{- end }}
       enableServiceLinks: false
       securityContext:
         {{- include "twinhub.podSecurityContext" $root | nindent 8 }}
@@ -236,6 +249,24 @@ Each prints a YAML list item to be nindent'ed under `from:` or `to:`.
       app.kubernetes.io/name: dask-gateway
       app.kubernetes.io/instance: {{ .Release.Name }}
       app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- /* Job runner pods: made by the processing service (KubeJobBackend), not by Helm. Both
+labels: the component is what the service lists its pods by, the job id is on no other pod
+(a job's Dask pods carry the user and project labels only). */}}
+{{- define "twinhub.netpol.jobPods" -}}
+- podSelector:
+    matchLabels:
+      twinhub.io/component: processing-job
+    matchExpressions:
+      - key: twinhub.io/job
+        operator: Exists
+{{- end }}
+
+{{- define "twinhub.netpol.processing" -}}
+- podSelector:
+    matchLabels:
+      {{- include "twinhub.selectorLabels" (dict "root" . "component" "processing") | nindent 6 }}
 {{- end }}
 
 {{- /* The Dask schedulers and workers: made by the gateway's controller, not by Helm. */}}

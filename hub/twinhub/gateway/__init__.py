@@ -185,6 +185,20 @@ __all__ = [
 ]
 
 
+def client_environment(rt: Runtime) -> dict[str, str]:
+    """What makes ``dask_gateway.Gateway()`` work with no arguments (dask config from the
+    environment): in user servers, and in processing jobs' runners."""
+    return {
+        "DASK_GATEWAY__ADDRESS": gateway_url(rt),
+        "DASK_GATEWAY__PUBLIC_ADDRESS": rt.url.rstrip("/") + SERVICE_PREFIX,
+        "DASK_GATEWAY__PROXY_ADDRESS": proxy_address(rt),
+        # JupyterHub auth, whose module also fixes dask-gateway's client (a refused cluster
+        # deadlocked the others) and leases clusters to the process that made them
+        # (twinlab/clusters/client.py).
+        "DASK_GATEWAY__AUTH__TYPE": CLIENT_AUTH,
+    }
+
+
 class GatewayPart(Part):
     """Dask Gateway at /services/dask-gateway/."""
 
@@ -261,17 +275,10 @@ class GatewayPart(Part):
         # Users reach it, and $JUPYTERHUB_API_TOKEN of a user server is accepted by it.
         grant_access(c, SERVICE_NAME)
 
-        # dask_gateway.Gateway() with no arguments: dask config from the environment.
         public = rt.url.rstrip("/") + SERVICE_PREFIX
         c.Spawner.environment.update(
             {
-                "DASK_GATEWAY__ADDRESS": gateway_url(rt),
-                "DASK_GATEWAY__PUBLIC_ADDRESS": public,
-                "DASK_GATEWAY__PROXY_ADDRESS": proxy_address(rt),
-                # JupyterHub auth, whose module also fixes dask-gateway's client (a refused
-                # cluster deadlocked the others) and leases clusters to the process that
-                # made them (twinlab/clusters/client.py).
-                "DASK_GATEWAY__AUTH__TYPE": CLIENT_AUTH,
+                **client_environment(rt),
                 # The Dask sidebar (dask-labextension) makes gateway clusters, owned by the
                 # user (the server's own token); scaling from the sidebar within the limits.
                 "DASK_LABEXTENSION__FACTORY__MODULE": "dask_gateway",

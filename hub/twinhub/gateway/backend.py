@@ -9,7 +9,8 @@ current directory) to the user.  We create the tree as root and chown exactly th
 directories we made, leaves first, without following symlinks.
 
 Both backends:
-- refuse more than ``max_clusters_per_user`` active clusters per user;
+- refuse more than ``max_clusters_per_user`` active clusters per user, not counting job
+  clusters (option ``job``: allowed only for a running processing job of the user, one each);
 - never add the proxy's anonymous dashboard route: dashboards go through
   :mod:`twinhub.gateway.dashboard` (hub login, owner only) over mutual TLS;
 - stop a cluster when the process that created it is gone (``kernel_hold.py``);
@@ -33,7 +34,7 @@ import os
 import pwd
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,11 +42,14 @@ from typing import Any
 
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
+from sqlalchemy.exc import SQLAlchemyError
 from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from twinlab.contract import ENV_INSTANCE
 
+from ..db import DatabaseError, session
+from ..db.models import ProcessingJob
 from ..spawn import charges, resource_limits
 from ..spawn.os_accounts import AccountError, check_account, os_account_name
 from ..spawn.resource_limits import limit_processes
@@ -79,11 +83,45 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def job_of(cluster: Any) -> str:
+    """The processing job a cluster was made for (its ``job`` option), "" for none."""
+    options = getattr(cluster, "options", None) or {}
+    job = options.get("job") if isinstance(options, Mapping) else None
+    return job if isinstance(job, str) else ""
+
+
+def requested_job(cluster_options: Any) -> str:
+    """The ``job`` a cluster request names ("" for none, or not a string: the options'
+    own validation answers that)."""
+    job = cluster_options.get("job") if isinstance(cluster_options, Mapping) else None
+    return job if isinstance(job, str) else ""
+
+
+def running_job_owner(db_url: str, job_id: str) -> str | None:
+    """The owner of processing job ``job_id`` if it is running now, else None."""
+    with session(db_url) as s:
+        row = s.get(ProcessingJob, job_id)
+        return row.owner if row is not None and row.status == "running" else None
+
+
 class ClusterLimitMixin(LoggingConfigurable):
-    """The per-user cluster limit of every twinhub backend (embedded ones and Kubernetes')."""
+    """The per-user cluster limit of every twinhub backend (embedded ones and Kubernetes'),
+    and the rule of job clusters.
+
+    A cluster whose ``job`` option names a processing job (the job's runner makes it) does
+    not count against ``max_clusters_per_user`` (the processing service has its own per-user
+    job limits); it is allowed only while that job runs, is the user's, and has no other
+    active cluster.
+    """
 
     max_clusters_per_user = Integer(
         2, min=1, help="Most pending or running clusters per user (TwinhubGateway)."
+    ).tag(config=True)
+
+    jobs_db_url = Unicode(
+        "",
+        help="twinhub's database, whose processing_jobs say which job clusters may start "
+        "(a running job of the cluster's user). '': every job cluster is refused.",
     ).tag(config=True)
 
     @property
@@ -100,6 +138,37 @@ class ClusterLimitMixin(LoggingConfigurable):
                 f"user {username} already has {active} active cluster(s), the most allowed is "
                 f"{self.max_clusters_per_user}; shut one down first"
             )
+
+    async def refuse_unless_job_allowed(
+        self, username: str, job: str, active_jobs: list[str]
+    ) -> None:
+        """Raise the refusal unless ``job`` is a running job of ``username`` with no other
+        active cluster (``active_jobs``: the jobs of the user's active clusters)."""
+        refused = PublicException(f"job {job} is not a running job of {username}")
+        if not self.jobs_db_url:
+            raise refused
+        try:
+            owner = await asyncio.to_thread(running_job_owner, self.jobs_db_url, job)
+        except (SQLAlchemyError, DatabaseError) as e:
+            self.log.warning("processing jobs unreadable (%s): job cluster %s refused", e, job)
+            raise PublicException(
+                f"job {job} cannot be checked now (the platform's database is unreachable)"
+            ) from None
+        if owner != username:
+            raise refused
+        if job in active_jobs:
+            raise PublicException(f"job {job} already has an active cluster")
+
+    async def check_new_cluster(
+        self, username: str, cluster_options: Any, active: list[Any]
+    ) -> None:
+        """The limits a new cluster of ``username`` must pass, given its ``active`` clusters
+        (whatever carries a ``job`` option for :func:`job_of`)."""
+        job = requested_job(cluster_options)
+        if job:
+            await self.refuse_unless_job_allowed(username, job, [job_of(c) for c in active])
+        else:
+            self.refuse_if_at_limit(username, sum(1 for c in active if not job_of(c)))
 
 
 class TwinhubBackendMixin(ClusterLimitMixin):
@@ -139,7 +208,7 @@ class TwinhubBackendMixin(ClusterLimitMixin):
     async def start_cluster(self, user: Any, cluster_options: dict) -> str:
         async with self.cluster_start_lock:
             active = [c for c in self.db.list_clusters(username=user.name) if c.is_active()]
-            self.refuse_if_at_limit(user.name, len(active))
+            await self.check_new_cluster(user.name, cluster_options, active)
             return await super().start_cluster(user, cluster_options)
 
     async def cleanup(self) -> None:

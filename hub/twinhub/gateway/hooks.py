@@ -20,7 +20,8 @@ STOP_WAIT = 30.0  # seconds to wait for clusters to report stopped
 
 
 async def stop_user_clusters(gateway: str, token: str, wait: float = STOP_WAIT) -> list[str]:
-    """Stop every pending/running cluster the token's user owns; return their names."""
+    """Stop every pending/running cluster the token's user owns, except processing jobs'
+    clusters; return their names."""
     client = AsyncHTTPClient()
     headers = {"Authorization": f"jupyterhub {token}"}
 
@@ -28,7 +29,14 @@ async def stop_user_clusters(gateway: str, token: str, wait: float = STOP_WAIT) 
         r = await client.fetch(
             f"{gateway}/api/v1/clusters/?status=PENDING,RUNNING,STOPPING", headers=headers
         )
-        return list(json.loads(r.body))
+        clusters = json.loads(r.body)
+        # Clusters of processing jobs (their ``job`` option) run without a server: they end
+        # with their job (dismissed, failed or done), not with the user's last server.
+        return [
+            name
+            for name, model in clusters.items()
+            if not ((model or {}).get("options") or {}).get("job")
+        ]
 
     names = await active()
     for name in names:

@@ -47,9 +47,15 @@ from ..services.accounting.config import TwinhubAccounting
 from ..services.accounting.config import is_enabled as accounting_enabled
 from ..spawn import podmeta
 from . import settings
-from .backend import ClusterLimitMixin
+from .backend import ClusterLimitMixin, job_of, requested_job
 from .budget import TwinhubGatewayBudget, may_add_workers, message_refusal
-from .server_config import GIB, _project_hooks, _projects_enabled, cluster_options
+from .server_config import (
+    GIB,
+    _processing_enabled,
+    _project_hooks,
+    _projects_enabled,
+    cluster_options,
+)
 
 ENV_RUNTIME = "TWINHUB_RUNTIME_JSON"
 ENV_DB_URL = "TWINHUB_DB_URL"
@@ -150,6 +156,9 @@ def configure(c: Any, environ: Mapping[str, str] | None = None) -> Runtime:
     kc = c.KubeClusterConfig
     c.DaskGateway.backend_class = "twinhub.gateway.kube.TwinhubKubeBackend"
     c.TwinhubKubeBackend.max_clusters_per_user = gw.max_clusters_per_user
+    if _processing_enabled(rt):
+        # Job clusters (option ``job``) are checked against the processing jobs.
+        c.TwinhubKubeBackend.jobs_db_url = rt.db_url
 
     # distributed 2026 has no dask-scheduler/dask-worker scripts; the preload locks each
     # HTTP server (dashboard, /info, worker logs) to the cluster's certificate holders.
@@ -214,6 +223,13 @@ class _BudgetView:
         await self.backend.stop_cluster(name, failed=failed)
 
 
+class _JobView:
+    """A cluster as :func:`~twinhub.gateway.backend.job_of` reads it: its options only."""
+
+    def __init__(self, job: str) -> None:
+        self.options = {"job": job} if job else {}
+
+
 class TwinhubKubeBackend(ClusterLimitMixin, KubeBackend):
     """dask-gateway's KubeBackend with the embedded gateway's per-user cluster limit and
     budget checks."""
@@ -223,6 +239,8 @@ class TwinhubKubeBackend(ClusterLimitMixin, KubeBackend):
         # Clusters this replica created that the informer has not reported yet, per user,
         # with their creation time (monotonic): counted too, until reported or CREATED_TTL.
         self._created: dict[str, dict[str, float]] = defaultdict(dict)
+        # The job of each such cluster that has one (its option, until the informer has it).
+        self._created_jobs: dict[str, str] = {}
         self._twinhub_budget = TwinhubGatewayBudget(parent=self, log=self.log)
 
     async def setup(self, app: Any) -> None:
@@ -236,16 +254,23 @@ class TwinhubKubeBackend(ClusterLimitMixin, KubeBackend):
             await self.task_pool.close()
         await super().cleanup()
 
-    async def active_cluster_count(self, username: str) -> int:
-        listed = {c.name for c in await self.list_clusters(username=username)}
+    async def active_clusters(self, username: str) -> dict[str, str]:
+        """The user's active clusters, name -> their ``job`` ("" for none): the informer's,
+        and those this replica created that it has not reported yet."""
+        listed = {c.name: job_of(c) for c in await self.list_clusters(username=username)}
         created = self._created[username]
         now = time.monotonic()
         for name, at in list(created.items()):
             if name in self.clusters or now - at > CREATED_TTL:
                 del created[name]  # counted (or ended) by the informer's cache from now on
+                self._created_jobs.pop(name, None)
         if not created:
             self._created.pop(username, None)
-        return len(listed | set(created))
+        return {**{n: self._created_jobs.get(n, "") for n in created}, **listed}
+
+    async def active_cluster_count(self, username: str) -> int:
+        """The user's active clusters that count against the limit (job clusters do not)."""
+        return sum(1 for job in (await self.active_clusters(username)).values() if not job)
 
     async def sync_cluster(self, cluster_name: str) -> None:
         """KubeBackend's cache update from the informer, which also forgets the name among
@@ -253,6 +278,7 @@ class TwinhubKubeBackend(ClusterLimitMixin, KubeBackend):
         informer now decides (a cluster deleted before its user's next request must not
         count against the limit for the life of the pod)."""
         await super().sync_cluster(cluster_name)
+        self._created_jobs.pop(cluster_name, None)
         for user in [u for u, names in self._created.items() if cluster_name in names]:
             del self._created[user][cluster_name]
             if not self._created[user]:
@@ -262,9 +288,14 @@ class TwinhubKubeBackend(ClusterLimitMixin, KubeBackend):
         # Per replica: two requests that land on two gateway replicas at once can both pass
         # (docs/kubernetes.md, "Dask Gateway").
         async with self.cluster_start_lock:
-            self.refuse_if_at_limit(user.name, await self.active_cluster_count(user.name))
+            active = await self.active_clusters(user.name)
+            views = [_JobView(job) for job in active.values()]
+            await self.check_new_cluster(user.name, cluster_options, views)
             name = await super().start_cluster(user, cluster_options)
             self._created[user.name][name] = time.monotonic()
+            job = requested_job(cluster_options)
+            if job:
+                self._created_jobs[name] = job
             return name
 
     def requested_workers(self, cluster_name: str) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dask_gateway_server.options import Float, Integer, Options, Select
+from dask_gateway_server.options import Float, Integer, Options, Select, String
 from sqlalchemy.exc import SQLAlchemyError
 
 from twinlab.contract import ENV_INSTANCE
@@ -85,6 +85,9 @@ def cluster_options(
     ]
     if projects:
         fields.append(ProjectSelect("project", options=list(projects), label="Project"))
+    # The processing job a runner makes its cluster for ("": an interactive cluster). The
+    # backend checks it (ClusterLimitMixin.check_new_cluster): a running job of the user's.
+    fields.append(String("job", default="", label="Processing job"))
     return Options(*fields, handler=to_config)
 
 
@@ -187,6 +190,9 @@ def configure_gateway(c: Any, state_dir: str | Path) -> Runtime:
     c.TwinhubBackendMixin.instance_id = rt.instance_id
     c.TwinhubLocalBackend.state_dir = str(rt.state_dir)
     c.TwinhubBackendMixin.max_clusters_per_user = gw.max_clusters_per_user
+    if _processing_enabled(rt):
+        # Job clusters (option ``job``) are checked against the processing jobs.
+        c.TwinhubBackendMixin.jobs_db_url = rt.db_url
     c.TwinhubBackendMixin.dashboard = gw.dashboard
     c.TwinhubBackendMixin.hold_grace = gw.orphan_grace
     c.TwinhubBackendMixin.service_name = SERVICE_NAME
@@ -240,3 +246,13 @@ def _projects_enabled(rt: Runtime) -> bool:
     # the gateway's start ~0.3 s (see _project_hooks). Unset: on in multi-user mode.
     value = rt.config.get("TwinhubProjects", {}).get("enabled")
     return True if value is None else bool(value)
+
+
+def _processing_enabled(rt: Runtime) -> bool:
+    # TwinhubProcessing.enabled (twinhub.services.processing.config.is_enabled), read from the
+    # raw config: the gateway needs no other processing option, and one given on the command
+    # line reaches it unparsed when the platform runs without the processing part.
+    value = rt.config.get("TwinhubProcessing", {}).get("enabled")
+    if value is None:
+        return rt.mode != "personal" or rt.kubernetes
+    return bool(value)

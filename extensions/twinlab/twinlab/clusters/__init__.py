@@ -110,10 +110,15 @@ def stop_cluster(name: str, gateway: Gateway | None = None) -> None:
 
 
 def stop_clusters(names: Iterable[str] | None = None, gateway: Gateway | None = None) -> list[str]:
-    """Stop the named clusters, or all your pending and running ones; returns the names."""
+    """Stop the named clusters, or all your pending and running ones but those of your
+    processing jobs (dismiss a job to stop its cluster); returns the names."""
     g = gateway or Gateway()
     try:
-        todo = list(names) if names is not None else [r.name for r in g.list_clusters()]
+        todo = (
+            list(names)
+            if names is not None
+            else [r.name for r in g.list_clusters() if not (r.options or {}).get("job")]
+        )
         for name in todo:
             g.stop_cluster(name)
     finally:

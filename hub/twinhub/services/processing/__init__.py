@@ -33,7 +33,7 @@ class ProcessingPart(AsgiService):
 
     name = SERVICE_NAME
     settings = (TwinhubProcessing,)
-    # After the projects service (allocations) and the gateway it makes clusters on.
+    # After the projects service (allocations); runners reach the gateway later, per job.
     start_rank = 45
     factory = "twinhub.services.processing.app:create_app"
     listed = True

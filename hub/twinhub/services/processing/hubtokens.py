@@ -1,0 +1,144 @@
+"""Hub tokens of a job's user: the runner's short-lived token, and stopping a job's cluster.
+
+The runner authenticates to the Dask gateway and the STAC API *as the job's user*, with a
+token the service mints for that user through the hub's REST API (the service's own token
+holds the ``tokens`` scope). It carries only the two access scopes below and expires soon
+after the job's wall time; the service revokes it when the job ends.
+
+The gateway lets only a cluster's owner stop it, so stopping a job's cluster (dismiss, a
+limit) goes through a five-minute token of the owner, as :mod:`twinhub.gateway.hooks`
+does in the hub process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import quote
+
+import httpx
+
+from ...gateway import ACCESS_SCOPE as GATEWAY_SCOPE
+from ...gateway import gateway_url
+from .context import ProcessingContext
+
+log = logging.getLogger("twinhub.processing")
+
+#: The STAC service's name (twinhub.services.datalake.SERVICE_NAME: not imported, that
+#: package loads its database driver and seeding for nothing here).
+STAC_SERVICE = "stac"
+
+#: What a runner's token may do: make/stop the user's clusters, read and write the lake.
+RUNNER_SCOPES = (GATEWAY_SCOPE, f"access:services!service={STAC_SERVICE}")
+#: Seconds the token that stops a job's cluster lives.
+STOP_TOKEN_SECONDS = 300
+#: Seconds to wait for a stopped cluster to be gone.
+STOP_WAIT = 30.0
+#: Cluster states that are over (the gateway's API may still list them a while).
+_ENDED = {"STOPPED", "FAILED"}
+
+
+class HubTokenError(RuntimeError):
+    """The hub refused or failed a token request; the message says what it answered."""
+
+
+@asynccontextmanager
+async def _client(ctx: ProcessingContext) -> AsyncIterator[httpx.AsyncClient]:
+    # The app's client when it has one (its lifespan); tests may run without it.
+    if ctx.hub is not None:
+        yield ctx.hub
+        return
+    async with httpx.AsyncClient(timeout=30.0) as c:
+        yield c
+
+
+def _service_headers(ctx: ProcessingContext) -> dict[str, str]:
+    return {"Authorization": f"token {ctx.token}"}
+
+
+async def mint(
+    ctx: ProcessingContext,
+    user: str,
+    expires_in: int,
+    note: str = "twinhub processing job",
+    scopes: tuple[str, ...] = RUNNER_SCOPES,
+) -> tuple[str, str]:
+    """A new token of ``user`` with ``scopes``, expiring in ``expires_in`` seconds: (token,
+    its id). Raises :class:`HubTokenError` when the hub refuses."""
+    url = f"{ctx.hub_api}/users/{quote(user, safe='')}/tokens"
+    body = {"scopes": list(scopes), "expires_in": int(expires_in), "note": note}
+    async with _client(ctx) as c:
+        try:
+            r = await c.post(url, json=body, headers=_service_headers(ctx))
+        except httpx.HTTPError as e:
+            raise HubTokenError(f"the hub did not answer a token request for {user}: {e}") from e
+    if r.status_code != 201:
+        raise HubTokenError(f"the hub refused a token for {user} ({r.status_code}): {r.text[:300]}")
+    data = r.json()
+    return str(data["token"]), str(data["id"])
+
+
+async def revoke(ctx: ProcessingContext, user: str, token_id: str) -> bool:
+    """Revoke ``user``'s token ``token_id``; True if it existed. Idempotent; ``""`` is a
+    no-op. Raises :class:`HubTokenError` on any other answer than 204/404."""
+    if not token_id:
+        return False
+    url = f"{ctx.hub_api}/users/{quote(user, safe='')}/tokens/{quote(token_id, safe='')}"
+    async with _client(ctx) as c:
+        try:
+            r = await c.delete(url, headers=_service_headers(ctx))
+        except httpx.HTTPError as e:
+            raise HubTokenError(f"the hub did not answer revoking {token_id} of {user}: {e}") from e
+    if r.status_code == 404:
+        return False
+    if r.status_code != 204:
+        raise HubTokenError(
+            f"the hub refused revoking token {token_id} of {user} ({r.status_code}): {r.text[:300]}"
+        )
+    return True
+
+
+async def stop_job_cluster(
+    ctx: ProcessingContext, user: str, cluster: str, wait: float = STOP_WAIT
+) -> bool:
+    """Stop ``user``'s gateway cluster ``cluster`` and wait (at most ``wait`` s) until it is
+    gone; True once gone (or never there). ``""``: nothing to stop."""
+    if not cluster:
+        return True
+    token, token_id = await mint(
+        ctx,
+        user,
+        STOP_TOKEN_SECONDS,
+        note=f"twinhub processing: stop cluster {cluster}",
+        scopes=(GATEWAY_SCOPE,),
+    )
+    url = f"{gateway_url(ctx.rt)}/api/v1/clusters/{quote(cluster, safe='')}"
+    headers = {"Authorization": f"jupyterhub {token}"}
+    try:
+        async with _client(ctx) as c:
+            r = await c.delete(url, headers=headers)
+            if r.status_code not in (200, 204, 404):
+                log.warning("Gateway refused stopping %s of %s: %s", cluster, user, r.text[:200])
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while True:
+                r = await c.get(url, headers=headers)
+                if r.status_code == 404 or (
+                    r.status_code == 200 and r.json().get("status") in _ENDED
+                ):
+                    return True
+                if loop.time() >= deadline:
+                    log.warning("Cluster %s of %s still stopping after %.0f s", cluster, user, wait)
+                    return False
+                await asyncio.sleep(0.5)
+    except httpx.HTTPError as e:
+        # A gateway that is down has no cluster left to stop (it stops them all on exit).
+        log.warning("Gateway unreachable stopping %s of %s: %s", cluster, user, e)
+        return False
+    finally:
+        try:
+            await revoke(ctx, user, token_id)
+        except HubTokenError as e:
+            log.warning("Could not revoke the stop token of %s: %s", user, e)

@@ -1,0 +1,486 @@
+"""Job backends (twinhub.services.processing.backend), hub tokens and output prefixes.
+
+Real processes, a real database and real files. The hub's token API is a fake here
+(``FakeHub``, an httpx transport recording requests): the real hub answers in
+tests/integration/test_gateway_job_clusters.py. Kubernetes cannot run here: the pod manifest
+is checked as data (and against the schema in tests/kubernetes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import stat
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import psutil
+import pytest
+from traitlets.config import Config
+
+from twinhub import db
+from twinhub.objectstore import credentials, seaweed
+from twinhub.process.runtime import Runtime
+from twinhub.services.processing import backend as jb
+from twinhub.services.processing import hubtokens, outputs
+from twinhub.services.processing.config import TwinhubProcessing
+from twinhub.services.processing.context import ProcessingContext
+
+SERVICE_TOKEN = "service-token-never-in-a-runner"
+SENTINEL = "TWINHUB_TEST_SERVICE_SECRET"
+
+
+class FakeHub:
+    """A fake of the hub's token API (POST/DELETE /users/{u}/tokens): records each request,
+    answers like JupyterHub 5 (201 with the token model, 204, 404)."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.requests: list[tuple[str, str, dict, dict]] = []
+        self.tokens: dict[str, str] = {}
+        self.refuse = refuse
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else {}
+        self.requests.append((request.method, request.url.path, dict(request.headers), body))
+        if request.headers.get("authorization") != f"token {SERVICE_TOKEN}":
+            return httpx.Response(403, json={"status": 403, "message": "no"})
+        parts = request.url.path.split("/")
+        if request.method == "POST" and parts[-1] == "tokens":
+            if self.refuse:
+                return httpx.Response(403, json={"status": 403, "message": "refused"})
+            tid = f"a{len(self.tokens) + 1}"
+            self.tokens[tid] = f"user-token-{tid}"
+            return httpx.Response(201, json={"id": tid, "token": self.tokens[tid], **body})
+        if request.method == "DELETE":
+            return httpx.Response(204 if self.tokens.pop(parts[-1], None) else 404)
+        return httpx.Response(404)
+
+
+@pytest.fixture
+def rt(tmp_path, monkeypatch) -> Runtime:
+    monkeypatch.setenv(SENTINEL, "must-not-reach-a-runner")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    r = Runtime(state_dir=state, config=Config(), instance_id="tjob", mode="personal")
+    r.ports.update({"public": 41000, "hub": 41001, "dask-gateway": 41002})
+    for i, key in enumerate(seaweed.PORT_KEYS.values()):
+        r.ports[key] = 42000 + i  # the embedded store's ports (nothing listens: no S3 call)
+    db.upgrade(r.db_url)
+    yield r
+    db.dispose_engines()
+
+
+def make_ctx(rt: Runtime, hub: FakeHub, **settings) -> ProcessingContext:
+    return ProcessingContext(
+        rt=rt,
+        settings=TwinhubProcessing(**settings),
+        db_url=rt.db_url,
+        hub_api="http://hub.test/hub/api",
+        token=SERVICE_TOKEN,
+        prefix="/services/processing/",
+        internal_url="http://127.0.0.1:41003/services/processing/",
+        hub=httpx.AsyncClient(transport=httpx.MockTransport(hub)),
+    )
+
+
+def job(jid: str = "0123abcd", owner: str = "olga", **kw) -> dict:
+    return {"id": jid, "owner": owner, "project": "climate", "wall_time": 120.0, **kw}
+
+
+# -- the runner's environment ------------------------------------------------------------------
+def test_runner_environment_is_the_users_and_only_hers(rt) -> None:
+    olga = credentials.create_row(rt, "olga", "home-")
+    other = credentials.create_row(rt, "piet", "home-")
+    ctx = make_ctx(rt, FakeHub())
+    env = jb.runner_environment(ctx, job(), "job-secret", "user-token")
+    assert env[jb.ENV_JOB_ID] == "0123abcd" and env[jb.ENV_JOB_SECRET] == "job-secret"
+    assert env["JUPYTERHUB_API_TOKEN"] == "user-token"
+    assert env[jb.ENV_PROCESSING_URL] == ctx.internal_url
+    assert env["JUPYTERHUB_API_URL"] == ctx.hub_api and env["JUPYTERHUB_USER"] == "olga"
+    assert env["TWINHUB_STAC_URL"] == "http://127.0.0.1:41000/services/stac/"
+    assert env["DASK_GATEWAY__ADDRESS"] == "http://127.0.0.1:41002/services/dask-gateway"
+    assert env["DASK_GATEWAY__PROXY_ADDRESS"] == "gateway://127.0.0.1:41002"
+    assert env["DASK_GATEWAY__AUTH__TYPE"] == "twinlab.clusters.client.HubAuth"
+    assert env["TWINHUB_INSTANCE"] == "tjob" and env["TWINHUB_PROJECT"] == "climate"
+    assert env["PYTHONUNBUFFERED"] == "1" and env["PATH"].startswith(f"{sys.prefix}/bin:")
+    assert env["AWS_ACCESS_KEY_ID"] == olga.access_key
+    assert env["AWS_SECRET_ACCESS_KEY"] == olga.secret_key
+    assert json.loads(env["TWINHUB_STORAGE"])["home_bucket"] == "home-olga"
+    text = json.dumps(env)
+    # Nothing of the service (its token, its environment) nor of another user.
+    assert SERVICE_TOKEN not in text and SENTINEL not in text
+    assert other.access_key not in text and other.secret_key not in text
+    assert "home-piet" not in text
+    assert all(isinstance(v, str) for v in env.values())
+
+
+# -- the local backend: a real process -----------------------------------------------------------
+SCRIPT = """
+import os, subprocess, sys, time
+print("runner of", os.environ["TWINHUB_JOB_ID"], "in", os.getcwd(), flush=True)
+print("has service secret:", "TWINHUB_TEST_SERVICE_SECRET" in os.environ, flush=True)
+# A grandchild in the same group: stop() must end it too.
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+time.sleep(120)
+"""
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def wait_for(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_local_backend_starts_watches_and_stops_the_runner_group(rt) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    hub = FakeHub()
+    ctx = make_ctx(rt, hub)
+    backend = jb.LocalJobBackend(ctx)
+    backend.command = [sys.executable, "-c", SCRIPT]
+
+    async def main() -> None:
+        handle = await backend.start(job(), "s3cret")
+        try:
+            assert handle["kind"] == "local" and handle["uid"] == os.getuid()
+            assert handle["token_id"] == "a1"
+            assert json.loads(json.dumps(handle)) == handle  # stored as JSON
+            d = Path(handle["dir"])
+            assert d == rt.path("processing", "jobs", "0123abcd")
+            assert stat.S_IMODE(d.stat().st_mode) == 0o700
+            p = psutil.Process(handle["pid"])
+            assert p.create_time() == pytest.approx(handle["started"], abs=0.05)
+            assert os.getsid(p.pid) == p.pid  # its own session: survives the service
+            assert backend.alive(handle)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: (
+                    len(backend._group(handle)) == 2 and "secret" in backend.output_tail(handle)
+                ),
+            )
+            tail = backend.output_tail(handle)
+            assert "runner of 0123abcd" in tail and "has service secret: False" in tail
+            group = [q.pid for q in backend._group(handle)]
+            await backend.stop(handle, grace=2.0)
+            assert not backend.alive(handle)
+            assert not [
+                q for q in group if psutil.pid_exists(q) and psutil.Process(q).status() != "zombie"
+            ]
+            await backend.stop(handle)  # idempotent
+        finally:
+            for q in backend._group(handle):
+                q.kill()
+        # The token was minted for olga by the service, with the runner's scopes only.
+        method, path, headers, body = hub.requests[0]
+        assert (method, path) == ("POST", "/hub/api/users/olga/tokens")
+        assert body["scopes"] == list(hubtokens.RUNNER_SCOPES)
+        assert body["scopes"] == [
+            "access:services!service=dask-gateway",
+            "access:services!service=stac",
+        ]
+        assert body["note"] == "twinhub processing job 0123abcd"
+        assert body["expires_in"] == 120 + int(ctx.settings.report_timeout) + jb.TOKEN_MARGIN
+
+    run(main())
+
+
+def test_a_runner_that_exits_is_not_alive_and_its_output_stays(rt) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    backend = jb.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend.command = [sys.executable, "-c", "import sys; print('boom: no result'); sys.exit(3)"]
+
+    async def main() -> None:
+        handle = await backend.start(job(), "s")
+        await asyncio.to_thread(wait_for, lambda: not backend.alive(handle))
+        assert backend.output_tail(handle).strip() == "boom: no result"
+        assert backend.output_tail(handle, max_bytes=7) == "result\n"
+        await backend.stop(handle)  # nothing left: no error
+
+    run(main())
+
+
+def test_a_second_attempt_gets_a_fresh_job_dir(rt) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    backend = jb.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend.command = [sys.executable, "-c", "print('attempt')"]
+    d = rt.path("processing", "jobs", "0123abcd")
+    d.mkdir(parents=True)
+    (d / "runner.log").symlink_to("/etc/hostname")  # left by the user: never followed
+
+    async def main() -> None:
+        handle = await backend.start(job(), "s")
+        await asyncio.to_thread(wait_for, lambda: not backend.alive(handle))
+        assert not (d / "runner.log").is_symlink()
+        assert backend.output_tail(handle) == "attempt\n"
+
+    run(main())
+
+
+def test_alive_and_stop_never_touch_a_reused_pid(rt) -> None:
+    backend = jb.LocalJobBackend(make_ctx(rt, FakeHub()))
+    other = psutil.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        real = {
+            "kind": "local",
+            "pid": other.pid,
+            "started": other.create_time(),
+            "uid": os.getuid(),
+        }
+        assert backend.alive(real)
+        for stale in (
+            {**real, "started": real["started"] - 5},  # the pid of an earlier process
+            {**real, "uid": os.getuid() + 4242},  # another account's
+            {**real, "kind": "kube"},
+            {**real, "pid": 0},
+        ):
+            assert not backend.alive(stale)
+            run(backend.stop(stale, grace=0.2))
+            assert other.is_running() and other.status() != "zombie"
+        run(backend.stop(real, grace=2.0))
+        assert other.wait(5) == -signal.SIGTERM
+    finally:
+        if other.is_running():
+            other.kill()
+
+
+def test_a_failed_start_revokes_the_token_and_says_why(rt) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    hub = FakeHub()
+    backend = jb.LocalJobBackend(make_ctx(rt, hub))
+    backend.command = ["/nonexistent/runner"]
+    with pytest.raises(jb.BackendError, match="the runner did not start"):
+        run(backend.start(job(), "s"))
+    assert [r[0] for r in hub.requests] == ["POST", "DELETE"] and hub.tokens == {}
+
+
+def test_a_refused_token_fails_the_start(rt) -> None:
+    backend = jb.LocalJobBackend(make_ctx(rt, FakeHub(refuse=True)))
+    with pytest.raises(jb.BackendError, match="no token for the job's runner.*403"):
+        run(backend.start(job(), "s"))
+    assert not rt.path("processing", "jobs", "0123abcd").exists()
+
+
+def test_bad_job_ids_make_no_directory(rt) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    hub = FakeHub()
+    backend = jb.LocalJobBackend(make_ctx(rt, hub))
+    backend.command = [sys.executable, "-c", "pass"]
+    with pytest.raises(jb.BackendError, match="not a job id"):
+        run(backend.start(job("../../etc"), "s"))
+    assert hub.tokens == {}  # revoked
+
+
+def test_multi_user_mode_refuses_a_name_that_is_no_account(rt) -> None:
+    rt.mode = "multi-user"
+    backend = jb.LocalJobBackend(make_ctx(rt, FakeHub()))
+    with pytest.raises(jb.BackendError, match="cannot run jobs for 'Bad Name'"):
+        run(backend.start(job(owner="Bad Name"), "s"))
+
+
+# -- Kubernetes: the pod ---------------------------------------------------------------------
+def test_pod_manifest_runs_as_the_user_image_without_secrets_in_sight(rt) -> None:
+    ctx = make_ctx(rt, FakeHub())
+    kb = jb.KubeJobBackend(ctx)
+    kb.image, kb.run_as_uid = "registry.example/twinhub-user:1", 1000
+    env = {"TWINHUB_JOB_SECRET": "job-secret", "JUPYTERHUB_API_TOKEN": "user-token", "X": "1"}
+    j = job("ABCdef12", owner="dana@example.org", wall_time=900.0)
+    pod = kb.pod_manifest(j, env)
+    assert pod["kind"] == "Pod" and pod["metadata"]["name"] == "twinhub-job-abcdef12"
+    labels = pod["metadata"]["labels"]
+    assert labels["twinhub.io/job"] == "ABCdef12" and labels["twinhub.io/project"] == "climate"
+    assert labels["twinhub.io/user"] != "dana@example.org"  # a label-safe slug
+    assert pod["metadata"]["annotations"]["twinhub.io/user"] == "dana@example.org"
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
+    assert spec["activeDeadlineSeconds"] == 900
+    assert spec["securityContext"]["runAsUser"] == 1000
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    (c,) = spec["containers"]
+    assert c["image"] == "registry.example/twinhub-user:1"
+    assert c["command"] == ["python", "-m", "twinlab.processing.runner"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["envFrom"] == [{"secretRef": {"name": "twinhub-job-abcdef12"}}]
+    assert "job-secret" not in json.dumps(pod) and "user-token" not in json.dumps(pod)
+    secret = kb.secret_manifest(j, env)
+    assert secret["metadata"]["name"] == "twinhub-job-abcdef12"
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == env
+
+
+def test_kube_backend_without_an_image_says_so(rt) -> None:
+    kb = jb.KubeJobBackend(make_ctx(rt, FakeHub()))
+    with pytest.raises(jb.BackendError, match="KubeJobBackend.image is not set"):
+        run(kb.start(job(), "s"))
+
+
+# -- choosing the backend ------------------------------------------------------------------------
+def test_backend_for_the_deployment_and_the_configured_class(rt) -> None:
+    ctx = make_ctx(rt, FakeHub())
+    assert type(jb.backend_for(ctx)) is jb.LocalJobBackend
+    rt.deployment = "kubernetes"
+    assert type(jb.backend_for(ctx)) is jb.KubeJobBackend
+    ctx.settings.backend_class = "twinhub.services.processing.backend.LocalJobBackend"
+    assert type(jb.backend_for(ctx)) is jb.LocalJobBackend
+    ctx.settings.backend_class = "twinhub.services.processing.hubtokens.HubTokenError"
+    with pytest.raises(ValueError, match="is not a JobBackend"):
+        jb.backend_for(ctx)
+    ctx.settings.backend_class = "no.such.Backend"
+    with pytest.raises(ValueError, match="no.such.Backend"):
+        jb.backend_for(ctx)
+
+
+def test_local_backend_is_configurable_from_the_platform_config(rt) -> None:
+    rt.config.LocalJobBackend.command = ["/bin/true"]
+    assert jb.LocalJobBackend(make_ctx(rt, FakeHub())).command == ["/bin/true"]
+
+
+# -- hub tokens ------------------------------------------------------------------------------
+def test_revoke_is_idempotent_and_empty_ids_are_no_op(rt) -> None:
+    hub = FakeHub()
+    ctx = make_ctx(rt, hub)
+
+    async def main() -> None:
+        token, tid = await hubtokens.mint(ctx, "olga", 60)
+        assert token == "user-token-a1" and tid == "a1"
+        assert await hubtokens.revoke(ctx, "olga", tid) is True
+        assert await hubtokens.revoke(ctx, "olga", tid) is False
+        assert await hubtokens.revoke(ctx, "olga", "") is False
+        assert await hubtokens.stop_job_cluster(ctx, "olga", "") is True
+
+    run(main())
+    assert [r[0] for r in hub.requests] == ["POST", "DELETE", "DELETE"]
+
+
+# -- output prefixes -------------------------------------------------------------------------
+def test_output_prefix_is_a_job_folder_of_the_users_bucket(rt) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    assert outputs.output_prefix(rt, "olga", "0123abcd") == "s3://home-olga/processing/0123abcd/"
+    # Not recorded yet: the bucket it will get (a name buckets cannot hold is made valid).
+    prefix = outputs.output_prefix(rt, "Dana_X", "j1")
+    assert prefix.startswith("s3://home-dana-x-") and prefix.endswith("/processing/j1/")
+    with pytest.raises(ValueError, match="not a job id"):
+        outputs.output_prefix(rt, "olga", "../x")
+    assert outputs.split_prefix(rt, "olga", "s3://home-olga/processing/0123abcd/") == (
+        "home-olga",
+        "processing/0123abcd/",
+    )
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "s3://home-piet/processing/0123abcd/",  # another user's bucket
+        "s3://home-olga/",  # the whole bucket
+        "s3://home-olga/processing/",  # every job
+        "s3://home-olga/notebooks/0123abcd/",
+        "s3://home-olga/processing/../x/",
+        "s3://home-olga/processing/a/b/",
+        "home-olga/processing/0123abcd/",
+        "",
+    ],
+)
+def test_only_a_job_folder_of_the_users_own_bucket_is_ever_removed(rt, prefix) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    with pytest.raises(ValueError):
+        outputs.remove_sync(rt, "olga", prefix)
+    with pytest.raises(ValueError):
+        outputs.size_sync(rt, "olga", prefix)
+
+
+def test_removing_no_prefix_removes_nothing(rt) -> None:
+    assert run(outputs.remove(rt, "olga", "")) == 0
+
+
+class FakeCoreV1:
+    """A fake of kubernetes_asyncio's CoreV1Api (no API server here): keeps the Secrets and
+    Pods created, lists pods with a phase the test sets, records deletions."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, dict] = {}
+        self.pods: dict[str, dict] = {}
+        self.phases: dict[str, str] = {}
+        self.deleted: list[tuple[str, str]] = []
+
+    async def create_namespaced_secret(self, ns, body):
+        self.secrets[body["metadata"]["name"]] = body
+
+    async def create_namespaced_pod(self, ns, body):
+        self.pods[body["metadata"]["name"]] = body
+        self.phases[body["metadata"]["name"]] = "Pending"
+
+    async def list_namespaced_pod(self, ns, label_selector=""):
+        assert label_selector == "twinhub.io/component=processing-job"
+        items = [
+            SimpleNamespace(metadata=SimpleNamespace(name=n), status=SimpleNamespace(phase=ph))
+            for n, ph in self.phases.items()
+        ]
+        return SimpleNamespace(items=items)
+
+    async def read_namespaced_pod_log(self, name, ns, tail_lines=100):
+        return "Traceback: the runner failed\n"
+
+    async def delete_namespaced_pod(self, name, ns, grace_period_seconds=0):
+        self.deleted.append(("pod", name))
+        self.phases.pop(name, None)
+
+    async def delete_namespaced_secret(self, name, ns, grace_period_seconds=0):
+        self.deleted.append(("secret", name))
+
+
+def test_kube_backend_creates_watches_and_deletes_the_pod(rt) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    hub = FakeHub()
+    kb = jb.KubeJobBackend(make_ctx(rt, hub))
+    kb.image, kb.namespace = "user-image:1", "twinhub"
+    kb._api = api = FakeCoreV1()
+
+    async def main() -> None:
+        handle = await kb.start(job(), "s3cret")
+        assert handle == {
+            "kind": "kube", "pod": "twinhub-job-0123abcd", "namespace": "twinhub",
+            "token_id": "a1",
+        }  # fmt: skip
+        env = {
+            k: base64.b64decode(v).decode()
+            for k, v in api.secrets["twinhub-job-0123abcd"]["data"].items()
+        }
+        assert (
+            env["TWINHUB_JOB_SECRET"] == "s3cret" and env["JUPYTERHUB_API_TOKEN"] == "user-token-a1"
+        )
+        assert env["HOME"] == "/home/jovyan"
+        assert kb.alive(handle)
+        await kb.refresh()
+        assert kb.alive(handle)
+        api.phases["twinhub-job-0123abcd"] = "Failed"
+        await kb.refresh()
+        assert not kb.alive(handle)
+        assert kb.output_tail(handle) == "Traceback: the runner failed\n"
+        await kb.stop(handle)
+        assert api.deleted == [("pod", "twinhub-job-0123abcd"), ("secret", "twinhub-job-0123abcd")]
+        # After a restart: unknown until read, then a pod that is not listed is gone.
+        fresh = jb.KubeJobBackend(make_ctx(rt, hub))
+        fresh._api = api
+        assert fresh.alive(handle)
+        await fresh.refresh()
+        assert not fresh.alive(handle)
+        for task in (
+            kb.ctx.extras.get("kube-job-refresh"),
+            fresh.ctx.extras.get("kube-job-refresh"),
+        ):
+            if task is not None:
+                task.cancel()
+
+    run(main())

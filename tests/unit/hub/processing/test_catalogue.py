@@ -1,0 +1,254 @@
+"""The catalogue (catalogue.py): who sees which process, the registration's checks, versions,
+on a real database (SQLite and PostgreSQL); then the same over HTTP (``POST/DELETE
+processes``) through the app of test_api.py (its fakes: the hub, its token check, the
+backend)."""
+
+from __future__ import annotations
+
+import base64
+import pickle
+from types import SimpleNamespace
+
+import pytest
+
+from twinhub.db.models import UserProcess
+from twinhub.services.asgi import BadRequest
+from twinhub.services.hubauth import xsrf_token
+from twinhub.services.processing import catalogue, store
+from twinhub.services.processing.model import Caller
+from twinlab.processing import schemas
+
+from . import test_api as api
+from .test_api import COOKIE, OGC_EXC, PREFIX, SERVICE_TOKEN, count, deploy_body
+
+# The app fixture is test_api.py's (one definition of the fakes).
+service = api.service
+processing_settings = api.processing_settings
+anyio_backend = api.anyio_backend
+
+ALICE = Caller("alice", False, frozenset({"lab"}), ("lab",))
+CAROL = Caller("carol", False, frozenset({"lab"}), ("lab",))
+BOB = Caller("bob", False, frozenset(), ())
+ROOT = Caller("root", True, frozenset(), ())
+SETTINGS = SimpleNamespace(max_code_bytes=1024, max_user_processes=3)
+
+
+def body(pid: str = "double", **more) -> dict:
+    return {
+        "id": pid,
+        "inputs": {"x": {"schema": {"type": "number"}, "minOccurs": 0}},
+        "outputs": {"y": {"schema": {"type": "number"}}},
+        "code": base64.b64encode(pickle.dumps(len)).decode(),
+        **more,
+    }
+
+
+def test_templated_processes_come_first_in_order(twinhub_db):
+    catalogue.register(twinhub_db, BOB, body("aaa"), SETTINGS)
+    ids = [d["id"] for d in catalogue.processes(twinhub_db, BOB)]
+    assert ids == [*schemas.PROCESS_IDS, "aaa"]
+    assert catalogue.processes(twinhub_db, ALICE)[-1]["id"] == "point-series"
+
+
+def test_visibility_private_project_admin(twinhub_db):
+    catalogue.register(twinhub_db, ALICE, body("mine"), SETTINGS)
+    catalogue.register(twinhub_db, ALICE, body("ours", visibility="project:lab"), SETTINGS)
+    seen = {
+        who.name: {d["id"] for d in catalogue.processes(twinhub_db, who)} - set(schemas.PROCESS_IDS)
+        for who in (ALICE, CAROL, BOB, ROOT)
+    }
+    assert seen == {
+        "alice": {"mine", "ours"},
+        "carol": {"ours"},
+        "bob": set(),
+        "root": {"mine", "ours"},
+    }
+    with pytest.raises(BadRequest) as e:
+        catalogue.describe(twinhub_db, CAROL, "mine")
+    assert e.value.status == 404 and e.value.type_uri.endswith("/no-such-process")
+    d = catalogue.describe(twinhub_db, CAROL, "ours")
+    assert d["twinhub:owner"] == "alice" and d["twinhub:visibility"] == "project:lab"
+    assert d["inputs"]["x"]["minOccurs"] == 0 and d["outputs"]["y"]["schema"] == {"type": "number"}
+
+
+def test_description_has_the_ogc_shape(twinhub_db):
+    d, new = catalogue.register(twinhub_db, ALICE, body(title="Double it"), SETTINGS)
+    assert new
+    assert d["title"] == "Double it" and d["version"] == "1"
+    assert "async-execute" in d["jobControlOptions"]
+    summary = catalogue.summary(d)
+    assert "inputs" not in summary and summary["id"] == "double"
+
+
+def test_new_version_by_the_owner_other_owner_409(twinhub_db):
+    catalogue.register(twinhub_db, ALICE, body(), SETTINGS)
+    d, new = catalogue.register(twinhub_db, ALICE, body(description="v2"), SETTINGS)
+    assert not new and d["version"] == "2" and d["description"] == "v2"
+    with pytest.raises(BadRequest) as e:
+        catalogue.register(twinhub_db, BOB, body(), SETTINGS)
+    assert e.value.status == 409
+    assert store.get_user_process(twinhub_db, "double")["owner"] == "alice"
+
+
+def test_cap_counts_new_processes_only(twinhub_db):
+    for pid in ("p1", "p2", "p3"):
+        catalogue.register(twinhub_db, ALICE, body(pid), SETTINGS)
+    catalogue.register(twinhub_db, ALICE, body("p1", title="again"), SETTINGS)  # an update
+    with pytest.raises(BadRequest) as e:
+        catalogue.register(twinhub_db, ALICE, body("p4"), SETTINGS)
+    assert e.value.status == 400 and "3 registered processes" in e.value.message
+    catalogue.register(twinhub_db, BOB, body("p4"), SETTINGS)  # bob has his own cap
+
+
+@pytest.mark.parametrize(
+    ("doc", "status", "needle"),
+    [
+        ("x", 400, "JSON object"),
+        (body(id=None), 400, "'id'"),
+        (body(id="-lead"), 400, "'id'"),
+        (body(id="x"), 400, "'id'"),
+        (body("zonal-mean"), 409, "templated"),
+        (body(inputs=[]), 400, "'inputs' must be an object"),
+        (body(inputs={"x": {"title": "no schema"}}), 400, "'schema'"),
+        (body(inputs={"x": {"schema": {"minimum": "low"}}}), 400, "not a valid JSON Schema"),
+        (body(inputs={"x": {"schema": {}, "minOccurs": -1}}), 400, "minOccurs"),
+        (body(inputs={"x": {"schema": {}, "maxOccurs": "many"}}), 400, "maxOccurs"),
+        (body(inputs={f"i{n}": {"schema": {}} for n in range(65)}), 400, "at most 64"),
+        (body(title=5), 400, "'title' must be a string"),
+        (body(description="d" * 10_001), 400, "at most 10000"),
+        (body(visibility="project:"), 403, "not one of your projects"),
+        (body(visibility="everyone"), 400, "visibility"),
+        (body(code=""), 400, "'code'"),
+        (body(code=base64.b64encode(b"\x80" + b"x" * 2000).decode()), 413, "at most 1024"),
+    ],
+)
+def test_registration_refusals(twinhub_db, doc, status, needle):
+    with pytest.raises(BadRequest) as e:
+        catalogue.register(twinhub_db, ALICE, doc, SETTINGS)
+    assert e.value.status == status
+    assert needle in e.value.message
+    assert store.list_user_processes(twinhub_db) == []
+
+
+def test_unbounded_max_occurs_and_defaults(twinhub_db):
+    doc = body(inputs={"xs": {"schema": {"type": "number"}, "maxOccurs": "unbounded"}})
+    spec = catalogue.parse_deploy(doc, ALICE, SETTINGS)
+    assert spec["inputs"]["xs"]["maxOccurs"] == "unbounded"
+    assert spec["inputs"]["xs"]["minOccurs"] == 1 and spec["inputs"]["xs"]["title"] == "xs"
+    assert spec["title"] == "double" and spec["visibility"] == "private"
+    assert spec["code"] == pickle.dumps(len)
+
+
+def test_unregister_rules(twinhub_db):
+    catalogue.register(twinhub_db, ALICE, body("ours", visibility="project:lab"), SETTINGS)
+    for who, status in ((BOB, 404), (CAROL, 403)):
+        with pytest.raises(BadRequest) as e:
+            catalogue.unregister(twinhub_db, who, "ours")
+        assert e.value.status == status
+    with pytest.raises(BadRequest) as e:
+        catalogue.unregister(twinhub_db, ROOT, "echo")
+    assert e.value.status == 403
+    catalogue.unregister(twinhub_db, ROOT, "ours")
+    assert store.get_user_process(twinhub_db, "ours") is None
+    with pytest.raises(BadRequest) as e:
+        catalogue.unregister(twinhub_db, ALICE, "ours")
+    assert e.value.status == 404
+
+
+# -- user processes -------------------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_register_list_run_and_remove_a_private_process(service):
+    r = await service.call("POST", "processes", json=deploy_body())
+    assert r.status_code == 201, r.text
+    assert r.headers["location"] == "/services/processing/processes/my-proc"
+    d = r.json()
+    assert d["id"] == "my-proc" and d["version"] == "1" and d["twinhub:owner"] == "alice"
+    ids = [p["id"] for p in (await service.call("GET", "processes")).json()["processes"]]
+    assert "my-proc" in ids
+    bob_ids = [
+        p["id"]
+        for p in (await service.call("GET", "processes", token="bob-token")).json()["processes"]
+    ]
+    assert "my-proc" not in bob_ids
+    for token in ("bob-token", "carol-token"):
+        r = await service.call("GET", "processes/my-proc", token=token)
+        assert r.status_code == 404 and r.json()["type"] == OGC_EXC + "no-such-process"
+        r = await service.call(
+            "POST", "processes/my-proc/execution", token=token, json={"inputs": {"x": 1}}
+        )
+        assert r.status_code == 404
+    assert (await service.call("GET", "processes/my-proc", token="root-token")).status_code == 200
+    # the owner runs it; a new version by the owner keeps the id
+    job = await service.submit("my-proc", {"x": 2})
+    assert job["processID"] == "my-proc"
+    r = await service.call("POST", "processes", json=deploy_body(title="Mine v2"))
+    assert r.status_code == 200 and r.json()["version"] == "2"
+    # another user cannot take the id, nor remove it
+    r = await service.call("POST", "processes", token="bob-token", json=deploy_body())
+    assert r.status_code == 409
+    r = await service.call("DELETE", "processes/my-proc", token="bob-token")
+    assert r.status_code == 404
+    r = await service.call("DELETE", "processes/my-proc")
+    assert r.status_code == 204
+    assert (await service.call("GET", "processes/my-proc")).status_code == 404
+    assert count(service.ctx.db_url, UserProcess) == 0
+
+
+@pytest.mark.anyio
+async def test_project_process_is_seen_by_members_only(service):
+    r = await service.call("POST", "processes", json=deploy_body(visibility="project:lab"))
+    assert r.status_code == 201
+    assert (await service.call("GET", "processes/my-proc", token="carol-token")).status_code == 200
+    assert (await service.call("GET", "processes/my-proc", token="bob-token")).status_code == 404
+    r = await service.call("DELETE", "processes/my-proc", token="carol-token")
+    assert r.status_code == 403 and "alice" in r.json()["description"]
+    r = await service.call("POST", "processes", json=deploy_body("p2", visibility="project:other"))
+    assert r.status_code == 403 and "not one of your projects" in r.json()["description"]
+    r = await service.call("DELETE", "processes/my-proc", token="root-token")
+    assert r.status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (deploy_body("echo"), 409, "templated"),
+        (deploy_body("Bad_Id"), 400, "'id' must match"),
+        (deploy_body(code="%%%"), 400, "base64"),
+        (deploy_body(code=base64.b64encode(b"import os").decode()), 400, "not a pickle"),
+        (deploy_body(code=base64.b64encode(b"\x80" * 4000).decode()), 413, "at most 2048"),
+        (deploy_body(outputs={}), 400, "at least one output"),
+        (deploy_body(inputs={"x": {"schema": {"type": "nope"}}}), 400, "not a valid JSON Schema"),
+        (deploy_body(inputs={"1x": {"schema": {}}}), 400, "not a name"),
+        (deploy_body(inputs={"x": {"schema": {}, "extra": 1}}), 400, "unknown key"),
+        (deploy_body(visibility="public"), 400, "visibility"),
+        (deploy_body(runtime="docker"), 400, "unknown key(s) ['runtime']"),
+        (deploy_body(python="three"), 400, "'python'"),
+    ],
+)
+@pytest.mark.anyio
+async def test_bad_registrations_store_nothing(service, body, status, needle):
+    r = await service.call("POST", "processes", json=body)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["description"]
+    assert count(service.ctx.db_url, UserProcess) == 0
+
+
+@pytest.mark.anyio
+async def test_registration_caps_and_header_token(service):
+    for pid in ("p1", "p2"):
+        assert (await service.call("POST", "processes", json=deploy_body(pid))).status_code == 201
+    r = await service.call("POST", "processes", json=deploy_body("p3"))
+    assert r.status_code == 400 and "the limit" in r.json()["description"]
+    # a browser session (cookie + the page's XSRF value) may not register code
+    cookie = "alice-token"
+    r = await service.client.post(
+        PREFIX + "processes",
+        json=deploy_body("p4"),
+        headers={
+            "Cookie": f"{COOKIE}={cookie}",
+            "X-Twinhub-XSRF": xsrf_token(SERVICE_TOKEN, cookie),
+            "Sec-Fetch-Site": "same-origin",
+        },
+    )
+    assert r.status_code == 403 and "header" in r.json()["description"]
+    assert count(service.ctx.db_url, UserProcess) == 2

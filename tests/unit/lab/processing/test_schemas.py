@@ -1,0 +1,298 @@
+"""twinlab.processing.schemas: the templated process descriptions and input validation."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import jsonschema
+import pytest
+
+from twinlab.processing import schemas
+from twinlab.processing.schemas import (
+    PROCESS_IDS,
+    TEMPLATED,
+    InputError,
+    describe_user_process,
+    parse_datetime,
+    target_cells,
+    validate_inputs,
+)
+
+UTC = dt.UTC
+
+
+def test_every_templated_process_is_described_with_valid_schemas() -> None:
+    assert tuple(TEMPLATED) == PROCESS_IDS
+    for pid, d in TEMPLATED.items():
+        assert d["id"] == pid
+        assert d["jobControlOptions"] == ["sync-execute", "async-execute", "dismiss"]
+        assert d["outputTransmission"] == ["value", "reference"]
+        assert d["version"] and d["title"] and d["description"]
+        assert isinstance(d["twinhub:cluster"], bool)
+        for io in (*d["inputs"].values(), *d["outputs"].values()):
+            jsonschema.Draft202012Validator.check_schema(io["schema"])
+            assert io["title"]
+        for name in d["twinhub:item_inputs"]:
+            assert name in d["inputs"]
+        if d["twinhub:datetime_input"]:
+            assert d["twinhub:datetime_input"] in d["inputs"]
+        if pid != "echo":
+            assert "collection" in d["inputs"]
+            assert d["inputs"]["collection"]["minOccurs"] == 0
+            assert d["twinhub:cluster"] is True
+
+
+def test_zonal_mean_contract() -> None:
+    d = TEMPLATED["zonal-mean"]
+    assert {"item", "variable", "datetime"} <= set(d["inputs"])
+    assert d["inputs"]["item"]["minOccurs"] == 1
+    assert d["inputs"]["variable"]["minOccurs"] == 1
+    assert d["inputs"]["datetime"]["minOccurs"] == 0
+    assert d["twinhub:item_inputs"] == ["item"]
+    assert d["twinhub:datetime_input"] == "datetime"
+    assert set(d["outputs"]["zonal_mean"]["schema"]["required"]) == {"latitude", "time", "values"}
+
+
+def test_echo_follows_what_the_ogc_suite_sends() -> None:
+    d = TEMPLATED["echo"]
+    first = next(iter(d["inputs"].values()))
+    assert first["schema"] == {"type": "string"}  # the suite sends "teststring"
+    assert d["twinhub:cluster"] is False
+    # every non-string input is optional: the suite leaves them out
+    for name, spec in d["inputs"].items():
+        if spec["schema"].get("type") != "string":
+            assert spec["minOccurs"] == 0, name
+    # outputs carry the inputs' names (the suite matches them), the pause excepted
+    assert set(d["outputs"]) == set(d["inputs"]) - {"pause"}
+    got = validate_inputs(d, {"stringInput": "teststring", "pause": 5})
+    assert got == {"stringInput": "teststring", "pause": 5}
+    full = {
+        "stringInput": "x",
+        "doubleInput": 1.5,
+        "integerInput": 3,
+        "booleanInput": True,
+        "arrayInput": [1, 2],
+        "objectInput": {"a": [1, {"b": None}]},
+    }
+    assert validate_inputs(d, full) == {**full, "pause": 0}
+
+
+def test_defaults_are_filled_and_inputs_copied() -> None:
+    given = {"item": "i", "variables": ["2t"], "target": {"type": "healpix", "nside": 8}}
+    got = validate_inputs(TEMPLATED["regrid"], given)
+    assert got["method"] == "nearest"
+    assert got["target"] == {"type": "healpix", "nside": 8, "nest": True}
+    assert given["target"] == {"type": "healpix", "nside": 8}  # the caller's dict untouched
+    got = validate_inputs(TEMPLATED["climatology"], {"item": "i", "variable": "2t"})
+    assert got["statistic"] == "mean"
+
+
+def test_qualified_values_are_unwrapped() -> None:
+    got = validate_inputs(
+        TEMPLATED["zonal-mean"],
+        {"item": {"value": "i", "mediaType": "text/plain"}, "variable": "2t"},
+    )
+    assert got["item"] == "i"
+
+
+@pytest.mark.parametrize(
+    ("pid", "inputs", "message"),
+    [
+        ("zonal-mean", {"variable": "2t"}, "input 'item' is required"),
+        ("zonal-mean", {"item": 3, "variable": "2t"}, "input 'item'"),
+        ("zonal-mean", {"item": "i", "variable": "2t", "foo": 1}, "unknown input 'foo'"),
+        ("zonal-mean", {"item": "i", "variable": "2t", "datetime": "2020-13-01"}, "'datetime'"),
+        (
+            "zonal-mean",
+            {"item": "i", "variable": "2t", "datetime": "2021-01-01/2020-01-01"},
+            "start is after end",
+        ),
+        ("zonal-mean", {"item": "i", "variable": "2t", "datetime": "../.."}, "no start and no end"),
+        ("zonal-mean", {"item": "", "variable": "2t"}, "input 'item'"),
+        ("zonal-mean", {"item": {"href": "s3://x"}, "variable": "2t"}, "by reference"),
+        (
+            "regrid",
+            {"item": "i", "variables": [], "target": {"type": "latlon", "resolution": 1}},
+            "input 'variables'",
+        ),
+        (
+            "regrid",
+            {"item": "i", "variables": ["a"], "target": {"type": "healpix", "nside": 6}},
+            "input 'target'",
+        ),
+        (
+            "regrid",
+            {"item": "i", "variables": ["a"], "target": {"type": "latlon", "resolution": 0.7}},
+            "does not divide",
+        ),
+        (
+            "regrid",
+            {"item": "i", "variables": ["a"], "target": {"type": "cube", "n": 3}},
+            "input 'target'",
+        ),
+        (
+            "regrid",
+            {
+                "item": "i",
+                "variables": ["a"],
+                "target": {"type": "octahedral", "n": 8},
+                "method": "cubic",
+            },
+            "input 'method'",
+        ),
+        ("area-mean", {"item": "i", "variable": "v"}, "exactly one"),
+        (
+            "area-mean",
+            {
+                "item": "i",
+                "variable": "v",
+                "bbox": [0, 0, 1, 1],
+                "polygon": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
+            },
+            "exactly one",
+        ),
+        ("area-mean", {"item": "i", "variable": "v", "bbox": [0, 10, 20, 5]}, "input 'bbox'"),
+        ("area-mean", {"item": "i", "variable": "v", "bbox": [0, 10, 20]}, "input 'bbox'"),
+        ("area-mean", {"item": "i", "variable": "v", "bbox": [-200, 0, 20, 5]}, "input 'bbox'"),
+        (
+            "area-mean",
+            {
+                "item": "i",
+                "variable": "v",
+                "polygon": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]},
+            },
+            "not closed",
+        ),
+        (
+            "area-mean",
+            {"item": "i", "variable": "v", "polygon": {"type": "Point", "coordinates": [0, 0]}},
+            "input 'polygon'",
+        ),
+        (
+            "climatology",
+            {"item": "i", "variable": "v", "statistic": "percentile"},
+            "'percentile' is required",
+        ),
+        ("climatology", {"item": "i", "variable": "v", "percentile": 50}, "applies only"),
+        (
+            "climatology",
+            {"item": "i", "variable": "v", "statistic": "percentile", "percentile": 101},
+            "input 'percentile'",
+        ),
+        ("climatology", {"item": "i", "variable": "v", "statistic": "median"}, "input 'statistic'"),
+        ("point-series", {"item": "i", "variable": "v", "points": []}, "input 'points'"),
+        ("point-series", {"item": "i", "variable": "v", "points": [[0, 91]]}, "input 'points'"),
+        ("point-series", {"item": "i", "variable": "v", "points": [[0]]}, "input 'points'"),
+        ("echo", {"stringInput": 5}, "input 'stringInput'"),
+        ("echo", {"stringInput": "s", "pause": 61}, "input 'pause'"),
+        ("echo", {"stringInput": "s", "arrayInput": ["a"]}, "input 'arrayInput'[0]"),
+    ],
+)
+def test_bad_inputs_name_the_input(pid: str, inputs: dict, message: str) -> None:
+    with pytest.raises(InputError) as err:
+        validate_inputs(TEMPLATED[pid], inputs)
+    assert message in str(err.value)
+
+
+def test_inputs_must_be_an_object() -> None:
+    with pytest.raises(InputError, match="JSON object"):
+        validate_inputs(TEMPLATED["echo"], ["x"])
+    with pytest.raises(InputError, match="'stringInput' is required"):
+        validate_inputs(TEMPLATED["echo"], None)
+
+
+def test_parse_datetime() -> None:
+    assert parse_datetime("2020-01-01T06:00:00Z") == (
+        dt.datetime(2020, 1, 1, 6, tzinfo=UTC),
+        dt.datetime(2020, 1, 1, 6, tzinfo=UTC),
+    )
+    start, end = parse_datetime("2020-01-01/2020-01-31")
+    assert start == dt.datetime(2020, 1, 1, tzinfo=UTC)
+    assert end == dt.datetime(2020, 1, 31, 23, 59, 59, 999999, tzinfo=UTC)  # whole last day
+    assert parse_datetime("2020-02") == (
+        dt.datetime(2020, 2, 1, tzinfo=UTC),
+        dt.datetime(2020, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
+    )
+    assert parse_datetime("../2020-01-01T00:00:00+01:00") == (
+        None,
+        dt.datetime(2019, 12, 31, 23, tzinfo=UTC),
+    )
+    assert parse_datetime("2020-12/..") == (dt.datetime(2020, 12, 1, tzinfo=UTC), None)
+    for bad in ("yesterday", "2020-01-01/2020-01-02/2020-01-03", "", 5):
+        with pytest.raises(InputError):
+            parse_datetime(bad)  # type: ignore[arg-type]
+
+
+def test_target_cells_match_the_grids() -> None:
+    from twinlab.grids import HEALPix, LatLon, Octahedral
+
+    assert target_cells({"type": "healpix", "nside": 64}) == HEALPix(64).size
+    assert target_cells({"type": "octahedral", "n": 1280}) == Octahedral(1280).size == 6599680
+    assert target_cells({"type": "octahedral", "n": 24}) == Octahedral(24).size
+    assert target_cells({"type": "latlon", "resolution": 0.25}) == LatLon(0.25).size
+
+
+def test_user_process_description() -> None:
+    d = describe_user_process(
+        "my-mean",
+        "My mean",
+        "Mean of numbers",
+        {
+            "xs": {"type": "array", "items": {"type": "number"}},
+            "scale": float,
+            "label": {"schema": {"type": "string", "default": "a"}},
+        },
+        {"mean": float},
+        "0.1",
+    )
+    assert d["twinhub:kind"] == "user"
+    assert d["inputs"]["scale"]["schema"] == {"type": "number"}
+    assert d["inputs"]["xs"]["minOccurs"] == 1
+    assert d["inputs"]["label"]["minOccurs"] == 0
+    assert d["outputs"]["mean"]["schema"] == {"type": "number"}
+    assert set(d) >= {
+        "id",
+        "title",
+        "description",
+        "version",
+        "jobControlOptions",
+        "outputTransmission",
+    }
+    assert validate_inputs(d, {"xs": [1, 2], "scale": 2}) == {
+        "xs": [1, 2],
+        "scale": 2,
+        "label": "a",
+    }
+    with pytest.raises(InputError, match="input 'xs'"):
+        validate_inputs(d, {"xs": ["a"], "scale": 2})
+    with pytest.raises(InputError, match="unknown input"):
+        validate_inputs(d, {"xs": [], "scale": 2, "other": 1})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("Bad Id", {}, {"y": int}), "process id"),
+        (("ok", {"x": {"type": "nonsense"}}, {"y": int}), "invalid JSON Schema"),
+        (("ok", {"x": object}, {"y": int}), "has no JSON Schema"),
+        (("ok", {"1x": int}, {"y": int}), "Python identifier"),
+        (("ok", {}, {}), "at least one output"),
+    ],
+)
+def test_bad_user_process_descriptions(args: tuple, message: str) -> None:
+    pid, inputs, outputs = args
+    with pytest.raises(InputError, match=message):
+        describe_user_process(pid, "t", "d", inputs, outputs, "1")
+
+
+def test_schemas_imports_no_numerical_stack() -> None:
+    # the hub imports this module: it must not pull numpy/xarray in through it
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, twinlab.processing.schemas; "
+        "print(sorted(m for m in ('xarray', 'dask', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + schemas.__name__
