@@ -121,7 +121,7 @@ def test_kill_9_of_the_service_mid_job_is_adopted(env):
     r = call(p, "GET", f"jobs/{job}/results", OWNER)
     assert r.status_code == 200 and r.json()["slept"] in (25, {"value": 25}), r.text
     assert [r for r in job_rows(p, owner=OWNER) if r["status"] not in TERMINAL] == []
-    assert runner_processes(job) == []
+    wait_until(lambda: not runner_processes(job), 60, "the runner's exit")
 
 
 def test_kill_9_of_a_worker_mid_job_still_ends(env):
@@ -166,7 +166,7 @@ def test_dismiss_stops_the_cluster_and_runner_and_removes_outputs(env):
     took = time.monotonic() - t0
     wait_until(lambda: not runner_processes(job), 15, "the runner gone")
     wait_until(lambda: not cluster_processes(name), 30, "the cluster's processes gone")
-    assert objects_under(p, prefix) == [], "partial outputs left after dismissal"
+    wait_until(lambda: objects_under(p, prefix) == [], 30, "the partial outputs removed")
     doc = call(p, "GET", f"jobs/{job}", OWNER).json()
     assert doc["status"] == "dismissed" and doc["finished"], doc
     r = call(p, "GET", f"jobs/{job}/results", OWNER)
@@ -180,6 +180,8 @@ def test_wall_time_limit_fails_the_job_with_the_reason(env):
     job = submit(p, OWNER, SLOW, {"seconds": 300})
     running_in(p, job, "processing")
     name = job_cluster(p, job)
+    prefix = job_row(p, job)["output_prefix"]
+    wait_until(lambda: objects_under(p, prefix), 60, "the partial output written")
     set_job_limit(p, job, wall_time=2.0)
     doc, _ = wait_job(p, OWNER, job, timeout=60)
     assert doc["status"] == "failed", doc
@@ -190,7 +192,8 @@ def test_wall_time_limit_fails_the_job_with_the_reason(env):
         30,
         "the job's cluster gone",
     )
-    assert objects_under(p, job_row(p, job)["output_prefix"]) == []
+    # the release removes the outputs once the cluster is stopped
+    wait_until(lambda: objects_under(p, prefix) == [], 30, "the job's outputs removed")
 
 
 def test_another_user_cannot_see_read_or_dismiss_a_job(env):

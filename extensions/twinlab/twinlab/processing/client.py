@@ -39,6 +39,8 @@ __all__ = [
 SERVICE: Final = "processing"
 #: The service straight (a job's runner gets it; a notebook has ``$TWINHUB_SERVICES``).
 ENV_PROCESSING_URL: Final = "TWINHUB_PROCESSING_URL"
+#: Processes asked for per request (the service's most).
+PAGE: Final = 1000
 #: Seconds to wait for one answer of the service.
 TIMEOUT: Final = 60.0
 #: What a process id may look like (the service's rule; checked here to fail before sending).
@@ -120,8 +122,9 @@ class Client:
         return f"<twinlab.processing.Client {self.url}>"
 
     def request(self, method: str, path: str, **kw: Any) -> requests.Response:
-        """``method`` on ``path`` (relative to the service's root); a 4xx/5xx answer raises
-        :class:`ProcessingError` with the service's description."""
+        """``method`` on ``path`` (relative to the service's root); an answer of 300 or more
+        (redirects are not followed) raises :class:`ProcessingError` with the service's
+        description."""
         url = self.url + path.lstrip("/")
         try:
             # never follow a redirect: the token would go along to wherever it points
@@ -151,11 +154,15 @@ class Client:
     def processes(self) -> list[dict[str, Any]]:
         """Summaries (``id``, ``title``, ``description``, ``version``...) of every process
         you may run: the templated ones, yours, and your projects' ones."""
-        doc = self.get_json("processes", limit=1000)
-        found = doc.get("processes") if isinstance(doc, dict) else None
-        if not isinstance(found, list):
-            raise ProcessingError("the service's process list has no 'processes' list")
-        return found
+        found: list[dict[str, Any]] = []
+        while True:
+            doc = self.get_json("processes", limit=PAGE, offset=len(found))
+            page = doc.get("processes") if isinstance(doc, dict) else None
+            if not isinstance(page, list):
+                raise ProcessingError("the service's process list has no 'processes' list")
+            found += page
+            if len(page) < PAGE:
+                return found
 
     def describe(self, process_id: str) -> dict[str, Any]:
         """The process's full description: its inputs and outputs with their JSON Schemas."""

@@ -16,16 +16,13 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import dask
 import fsspec
 import httpx
 import numpy as np
 import pandas as pd
-from distributed import as_completed, futures_of
 
 from twinlab.datalake import open_item, search
 from twinlab.datalake.config import s3_options
@@ -388,11 +385,17 @@ class JobContext:
     ) -> Any:
         """Compute a Dask collection (or xarray object) on the job's cluster, reporting
         progress from ``start`` to ``end`` as its chunks complete; returns the result."""
+        # start-up cost: Dask loads with the first computation (echo needs none)
+        import dask
+
         if self.client is None:
             self.progress(start, message)
             out = dask.compute(obj)[0]
             self.progress(end, message)
             return out
+        # start-up cost: only jobs with a cluster need the distributed client's helpers
+        from distributed import as_completed, futures_of
+
         persisted = self.client.persist(obj)
         futures = futures_of(persisted)
         total = max(1, len(futures))
@@ -403,14 +406,6 @@ class JobContext:
                 last = time.monotonic()
                 self.progress(start + (end - start) * done / total, message)
         return dask.compute(persisted)[0] if futures else persisted
-
-    def each(self, values: Iterable[Any], fn: Callable[[Any], Any]) -> list[Any]:
-        """``[fn(v) for v in values]`` with a stop check between values."""
-        out = []
-        for v in values:
-            self.check_stop()
-            out.append(fn(v))
-        return out
 
 
 def time_name(ds: Any) -> str | None:

@@ -134,9 +134,10 @@ def build_item(
         variable = inputs["variables"][0]
     if isinstance(variable, str):
         props["param"] = variable  # what twinlab.datalake.open reads by default
-    # an interval when the data spans time, else its one instant (or the job's end)
+    # an interval when the data spans time; datetime its first instant (or the job's end)
+    # even then, as the lake's own items: pgstac serves a null datetime as no key at all
     span = start is not None and end is not None and start != end
-    dt = None if span else (start or finished)
+    dt = start or finished
     item = pystac.Item(
         id=spec["id"],
         geometry=geometry,

@@ -44,6 +44,7 @@ class InputError(ValueError):
 
 
 # -- building blocks --------------------------------------------------------------------
+# Schemas keep to what OGC's schema.yaml (OpenAPI 3.0) and JSON Schema 2020-12 share.
 def _input(title: str, description: str, schema: dict, *, required: bool = True) -> dict:
     return {"title": title, "description": description, "schema": schema} | {
         "minOccurs": 1 if required else 0,
@@ -168,11 +169,11 @@ ECHO_OUTPUTS = tuple(name for name in _ECHO_INPUTS if name != "pause")
 def _grid(kind: str, title: str, **props: dict) -> dict:
     """A target grid: ``type`` and its first property are required."""
     required = ["type", next(iter(props))]
-    props = {"type": {"const": kind}, **props}
+    props = {"type": {"type": "string", "enum": [kind]}, **props}
     return _object(required, props, title=title, additionalProperties=False)
 
 
-_RESOLUTION = {"type": "number", "exclusiveMinimum": 0, "maximum": 90}
+_RESOLUTION = {"type": "number", "minimum": 0.01, "maximum": 90}
 _NSIDE = {"type": "integer", "enum": _HEALPIX_NSIDES}
 _NEST = {"type": "boolean", "default": True}
 _N = {"type": "integer", "minimum": 1, "maximum": 8000}
@@ -187,7 +188,7 @@ _POSITION = _array({"type": "number"}, minItems=2, maxItems=3)
 _POLYGON = _object(
     ["type", "coordinates"],
     {
-        "type": {"const": "Polygon"},
+        "type": {"type": "string", "enum": ["Polygon"]},
         "coordinates": _array(_array(_POSITION, minItems=4), minItems=1),
     },
 )
@@ -534,8 +535,7 @@ def target_cells(target: Mapping[str, Any]) -> int:
 
 
 # -- user processes -------------------------------------------------------------------------
-_JSON_TYPES = ("string", "integer", "number", "boolean", "array", "object")
-_PY_TYPES = dict(zip((str, int, float, bool, list, dict), _JSON_TYPES, strict=True))
+_PY_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 
 
 def _io_spec(name: str, spec: Any, *, is_input: bool) -> dict:
@@ -544,9 +544,9 @@ def _io_spec(name: str, spec: Any, *, is_input: bool) -> dict:
     if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", name):
         raise InputError(f"{what} name {name!r} must be a Python identifier (64 chars at most)")
     if isinstance(spec, type):
-        if spec not in _PY_TYPES:
+        if spec not in _PY_TYPES and spec is not dict:
             raise InputError(f"{what} {name!r}: type {spec.__name__} has no JSON Schema")
-        spec = {"schema": {"type": _PY_TYPES[spec]}}
+        spec = {"schema": {"type": _PY_TYPES.get(spec, "object")}}
     elif isinstance(spec, Mapping) and "schema" not in spec:
         spec = {"schema": dict(spec)}
     elif not isinstance(spec, Mapping):

@@ -40,8 +40,11 @@ MAX_IO = 64
 MAX_OCCURS = 10_000
 #: Keys a registration may carry.
 DEPLOY_KEYS = frozenset(
-    {"id", "title", "description", "inputs", "outputs", "visibility", "code", "source", "python"}
-)
+    {
+        "id", "title", "description", "inputs", "outputs", "visibility", "code", "source",
+        "python", "cluster",
+    }
+)  # fmt: skip
 IO_KEYS = frozenset({"schema", "title", "description", "minOccurs", "maxOccurs"})
 #: Pickles (protocol 2 and later, what cloudpickle writes) begin with PROTO.
 PICKLE_PROTO = 0x80
@@ -235,6 +238,9 @@ def parse_deploy(doc: Any, caller: Caller, settings: Any) -> dict[str, Any]:
     python = _text(doc, "python", 16)
     if python and not PYTHON_VERSION.fullmatch(python):
         raise BadRequest(f"'python' is not a Python version: {python!r}")
+    cluster = doc.get("cluster", True)
+    if not isinstance(cluster, bool):
+        raise BadRequest(f"'cluster' must be true or false, not {str(cluster)[:40]!r}")
     return {
         "id": process_id,
         "title": _text(doc, "title", MAX_TITLE, process_id) or process_id,
@@ -245,6 +251,7 @@ def parse_deploy(doc: Any, caller: Caller, settings: Any) -> dict[str, Any]:
         "code": _code(doc.get("code"), settings.max_code_bytes),
         "source": _text(doc, "source", MAX_SOURCE),
         "python": python,
+        "cluster": cluster,
     }
 
 
@@ -266,7 +273,7 @@ def register(db_url: str, caller: Caller, doc: Any, settings: Any) -> tuple[dict
     version = (existing["version"] + 1) if existing else 1
     description = schemas.describe_user_process(
         spec["id"], spec["title"], spec["description"], spec["inputs"], spec["outputs"],
-        str(version),
+        str(version), cluster=spec["cluster"],
     )  # fmt: skip
     try:
         row = store.save_user_process(

@@ -242,6 +242,11 @@ SCHEMAS: dict[str, Any] = {
             "code": {"type": "string", "description": "cloudpickle of the function, base64"},
             "source": {"type": "string"},
             "python": {"type": "string"},
+            "cluster": {
+                "type": "boolean",
+                "default": True,
+                "description": "false: runs without a Dask cluster (a faster start)",
+            },
         },
     },
 }

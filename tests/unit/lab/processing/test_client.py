@@ -125,7 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
             if seg == ["processes"] and method == "GET":
                 mine = [d for d in s.user_processes.values() if d["owner"] == user]
                 listed = list(TEMPLATED.values()) + mine
-                return self._send(200, {"processes": listed, "links": []})
+                start, limit = int(query["offset"][0]), int(query["limit"][0])
+                return self._send(200, {"processes": listed[start : start + limit], "links": []})
             if seg == ["processes"] and method == "POST":
                 if body["id"] in TEMPLATED:
                     return self._refuse(409, f"process {body['id']} exists")
@@ -265,7 +266,16 @@ def test_processes_are_asked_with_the_servers_token(svc, alice) -> None:
     _, _, query, headers, _ = _seen(svc, "GET", "processes")[-1]
     assert headers["Authorization"] == "token alice-token"
     assert headers["Accept"] == "application/json" and query["limit"] == ["1000"]
+    assert query["offset"] == ["0"] and len(_seen(svc, "GET", "processes")) == 1
     assert tp.describe("echo")["inputs"]["n"]["schema"] == {"type": "integer"}
+
+
+def test_processes_page_through_a_long_list(svc, alice, monkeypatch) -> None:
+    monkeypatch.setattr(client_mod, "PAGE", 2)
+    assert [p["id"] for p in tp.processes()] == list(TEMPLATED)
+    offsets = [r[2]["offset"] for r in _seen(svc, "GET", "processes")]
+    # 6 processes, 2 a page: three full pages, then an empty one ends the list
+    assert offsets == [["0"], ["2"], ["4"], ["6"]]
 
 
 def test_a_refusal_is_a_processing_error_with_the_services_description(svc, alice) -> None:

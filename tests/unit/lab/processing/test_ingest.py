@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -49,7 +55,7 @@ def test_item_shape_provenance_and_assets(tmp_path: Path) -> None:
     assert item["collection"] == "user-alice"
     assert ingest.PROCESSING_EXTENSION in item["stac_extensions"]
     p = item["properties"]
-    assert p["datetime"] is None
+    assert p["datetime"] == "2020-01-01T00:00:00Z"  # set, as the lake's own items have it
     assert p["start_datetime"] == "2020-01-01T00:00:00Z"
     assert p["end_datetime"] == "2020-01-02T18:00:00Z"
     assert p["param"] == "2t"
@@ -219,3 +225,127 @@ def test_publish_paths() -> None:
         pytest.raises(ingest.IngestError, match=r"refused the item 'job42' \(403\): answer 403"),
     ):
         ingest.publish(http, base, "tok", item, "alice")
+
+
+# -- outputs in the platform's object store (SeaweedFS, as `twinhub up` runs it) ---------------
+USER = ("alice", "P4TESTALICEKEY", "p4-test-alice-secret-0123456789", "home-alice")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """SeaweedFS with alice's keys and her home bucket (made by the admin, as the hub does)."""
+    pytest.importorskip("s3fs")
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from twinhub import objectstore
+    from twinhub.objectstore import seaweed
+    from twinhub.process import ports
+    from twinhub.process.runtime import Runtime
+
+    state = tmp_path_factory.mktemp("p4-s3-state")
+    rt = Runtime(state_dir=state, instance_id="p4test")
+    for sub in ("secrets", "run", "logs"):
+        (state / sub).mkdir(mode=0o700, exist_ok=True)
+    for key in seaweed.PORT_KEYS.values():
+        rt.ports[key] = ports.pick_port()
+    rt.save()
+    seaweed.write_config(rt)
+    lake = objectstore.settings(rt).lake_bucket
+    seaweed.write_identities(rt, seaweed.identities(objectstore.admin_keys(rt), [USER], lake))
+    log = open(state / "logs" / "object-store.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "twinhub.objectstore.run"],
+        env={**os.environ, "TWINHUB_STATE": str(state)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        admin = objectstore.admin_client(rt)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                admin.create_bucket(Bucket=USER[3])
+                break
+            except ClientError as e:
+                if e.response["Error"]["Code"] in (
+                    "BucketAlreadyExists",
+                    "BucketAlreadyOwnedByYou",
+                ):
+                    break
+            except BotoCoreError:
+                pass
+            log_text = (state / "logs" / "object-store.log").read_text()[-2000:]
+            assert proc.poll() is None and time.monotonic() < deadline, log_text
+            time.sleep(0.3)
+        yield {"endpoint": objectstore.endpoint(rt)}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        for port in rt.ports.values():
+            ports.release_port(port)
+
+
+@pytest.fixture
+def alice_env(s3: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """alice's S3 variables, as a runner (and its workers) get them."""
+    import s3fs
+
+    name, access, secret, home = USER
+    env = {
+        "AWS_ACCESS_KEY_ID": access,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_ENDPOINT_URL": s3["endpoint"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FSSPEC_S3_ENDPOINT_URL": s3["endpoint"],
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s3fs.S3FileSystem.clear_instance_cache()  # credentials are read when a client is made
+    return env
+
+
+def test_outputs_written_sized_and_removed_in_the_users_bucket(alice_env: dict) -> None:
+    distributed = pytest.importorskip("distributed")
+    from twinlab.grids import HEALPix, grid_attrs
+    from twinlab.processing.context import JobContext, Reporter
+
+    prefix = f"s3://{USER[3]}/processing/job-s3/"
+    job = {
+        "id": "job-s3",
+        "process": TEMPLATED["climatology"],
+        "inputs": {},
+        "output_prefix": prefix,
+    }
+    reporter = Reporter("http://127.0.0.1:9/services/processing/", "job-s3", "s")  # not started
+    grid = HEALPix(4)
+    field = xr.Dataset(
+        {"t": (("time", "cell"), np.arange(3 * grid.size, dtype=float).reshape(3, -1))},
+        attrs=grid_attrs(grid),
+    ).chunk({"time": 1})
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1) as client:
+        ctx = JobContext(job, reporter, client=client)
+        assert ingest.output_bytes(ctx.fs, ctx.prefix) == 0  # nothing there yet
+        zarr = ctx.write_zarr("field", field.mean("time"))  # written by the workers
+        js = ctx.write_json("series", {"values": [1.0, float("nan")]})
+    assert zarr == prefix + "field.zarr" and js == prefix + "series.json"
+    got = xr.open_zarr(zarr, storage_options={"endpoint_url": alice_env["AWS_ENDPOINT_URL"]})
+    np.testing.assert_array_equal(got["t"].values, field["t"].values.mean(axis=0))
+    assert json.loads(ctx.fs.cat(ctx.prefix + "/series.json")) == {"values": [1.0, None]}
+    size = ingest.output_bytes(ctx.fs, ctx.prefix)
+    listed = ctx.fs.find(ctx.prefix, detail=True)
+    assert size == sum(i["size"] for i in listed.values()) > 0
+    assert any(k.endswith("field.zarr/zarr.json") for k in listed)
+    ingest.remove_outputs(ctx.fs, ctx.prefix)
+    ctx.fs.invalidate_cache()
+    assert ingest.output_bytes(ctx.fs, ctx.prefix) == 0
+    # another user's bucket is out of reach with alice's keys
+    other = JobContext({**job, "output_prefix": "s3://home-bob/processing/x/"}, reporter)
+    with pytest.raises((PermissionError, FileNotFoundError, OSError)):
+        other.write_json("x", {})

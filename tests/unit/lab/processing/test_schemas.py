@@ -42,6 +42,56 @@ def test_every_templated_process_is_described_with_valid_schemas() -> None:
             assert d["twinhub:cluster"] is True
 
 
+# OGC API - Processes' schema.yaml (the OpenAPI 3.0 schema object the test suite validates
+# process descriptions with): the keys it allows, and which of them hold schemas
+OGC_SCHEMA_KEYS = {
+    "title", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum",
+    "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems",
+    "maxProperties", "minProperties", "required", "enum", "type", "not", "allOf", "oneOf",
+    "anyOf", "items", "properties", "additionalProperties", "description", "format",
+    "default", "nullable", "readOnly", "writeOnly", "example", "deprecated",
+    "contentMediaType", "contentEncoding", "contentSchema",
+}  # fmt: skip
+OGC_TYPES = {"array", "boolean", "integer", "number", "object", "string"}
+
+
+def ogc_schema_problems(schema: object, where: str = "") -> list[str]:
+    """Why ``schema`` is not a schema object of OGC's schema.yaml (empty: it is)."""
+    if not isinstance(schema, dict):
+        return [f"{where}: not an object"]
+    problems = [f"{where}.{k}: not allowed" for k in schema if k not in OGC_SCHEMA_KEYS]
+    if "type" in schema and schema["type"] not in OGC_TYPES:
+        problems.append(f"{where}.type: {schema['type']!r}")
+    for key in ("exclusiveMinimum", "exclusiveMaximum", "uniqueItems"):
+        if key in schema and not isinstance(schema[key], bool):
+            problems.append(f"{where}.{key}: must be a boolean")
+    for key in ("not", "items"):
+        if key in schema:
+            problems += ogc_schema_problems(schema[key], f"{where}.{key}")
+    for key in ("allOf", "oneOf", "anyOf"):
+        for i, sub in enumerate(schema.get(key, [])):
+            problems += ogc_schema_problems(sub, f"{where}.{key}[{i}]")
+    for name, sub in (schema.get("properties") or {}).items():
+        problems += ogc_schema_problems(sub, f"{where}.properties.{name}")
+    if isinstance(schema.get("additionalProperties"), dict):
+        problems += ogc_schema_problems(
+            schema["additionalProperties"], f"{where}.additionalProperties"
+        )
+    return problems
+
+
+def test_schemas_are_ogc_schema_objects() -> None:
+    # the OGC test suite validates up to five process descriptions against schema.yaml
+    for pid, d in TEMPLATED.items():
+        for kind in ("inputs", "outputs"):
+            for name, io in d[kind].items():
+                assert ogc_schema_problems(io["schema"], f"{pid}.{name}") == []
+    assert ogc_schema_problems({"const": 1, "exclusiveMinimum": 0}) == [
+        ".const: not allowed",
+        ".exclusiveMinimum: must be a boolean",
+    ]
+
+
 def test_zonal_mean_contract() -> None:
     d = TEMPLATED["zonal-mean"]
     assert {"item", "variable", "datetime"} <= set(d["inputs"])
