@@ -3,6 +3,9 @@
 - LocalJobBackend starts a real process as the user's OS account (checked in the process
   table), with a token the real hub minted for that user (only the runner's two scopes),
   and stop() ends it and everything in its group;
+- the hub's job-token API (processing.hubside): the service mints and revokes through it;
+  a user's, an admin's and another service's token are refused; the service's own token
+  no longer mints through JupyterHub's ``/users/{name}/tokens``;
 - the gateway's ``job`` option: a cluster for a running job of its user is allowed beyond
   ``max_clusters_per_user``; an unknown job, another user's, a finished one, or a second
   cluster of the same job are refused; hubtokens.stop_job_cluster stops one;
@@ -31,8 +34,8 @@ from twinhub.config import Twinhub
 from twinhub.db.models import ProcessingJob
 from twinhub.gateway import TwinhubGateway, gateway_url
 from twinhub.process.runtime import Runtime
+from twinhub.services.processing import HUB_TOKENS_PATH, hubtokens, outputs
 from twinhub.services.processing import backend as jb
-from twinhub.services.processing import hubtokens, outputs
 from twinhub.services.processing.config import TwinhubProcessing
 from twinhub.services.processing.context import ProcessingContext
 from twinhub.spawn.os_accounts import ensure_account, os_account_name
@@ -61,10 +64,9 @@ def p(multiuser_platform: Platform) -> Platform:
         multiuser_platform.add_user(name)
         # The gateway runs clusters only for existing accounts (the spawner makes them).
         ensure_account(name, rt.state_dir, prefix, Twinhub(config=rt.config).home_root)
-    if "processing" not in rt.ports:
-        # The processing service is not part of this platform: an admin's token holds the
-        # `tokens` scope its token has.
-        multiuser_platform.add_user("p2admin", admin=True)
+    # The hub's job-token API is the processing part's (on by default in multi-user mode).
+    assert "processing" in rt.ports
+    multiuser_platform.add_user("p2admin", admin=True)
     return multiuser_platform
 
 
@@ -74,9 +76,8 @@ def runtime(p: Platform) -> Runtime:
 
 def make_ctx(p: Platform) -> ProcessingContext:
     rt = runtime(p)
-    # The service's own token (scope `tokens`), or an admin's (see the fixture p).
-    processing = "processing" in rt.ports
-    token = rt.secret("service-processing") if processing else p.token("p2admin")
+    # The service's own token: the hub's job-token API answers it alone.
+    token = rt.secret("service-processing")
     return ProcessingContext(
         rt=rt,
         # Defaults: the platform may run without the processing part, its options unparsed.
@@ -128,9 +129,10 @@ def test_local_backend_runs_the_runner_as_the_users_account(p: Platform) -> None
             assert handle["uid"] == pw.pw_uid
             assert set(proc.uids()) == {pw.pw_uid} and set(proc.gids()) == {pw.pw_gid}
             assert proc.username() == account
-            # Its output file's dir: the user's own, closed to others (root reads it).
+            # Its output file's dir: root's, closed to others (the service reads, trims and
+            # removes it: the user must not be able to swap what is in it).
             st = os.stat(handle["dir"])
-            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pw.pw_uid, 0o700)
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700)
             out = await asyncio.to_thread(
                 wait_for, "the runner's lines", lambda: "TOKEN" in backend.output_tail(handle)
             )
@@ -155,14 +157,14 @@ def test_local_backend_runs_the_runner_as_the_users_account(p: Platform) -> None
             group = await asyncio.to_thread(
                 wait_for,
                 "the grandchild",
-                lambda: len(backend._group(handle)) == 2 and backend._group(handle),
+                lambda: len(backend._members(handle)) == 2 and backend._members(handle),
             )
             assert all(q.uids().real == pw.pw_uid for q in group)
             await backend.stop(handle, grace=2.0)
             assert not backend.alive(handle)
             assert not [q for q in group if q.is_running() and q.status() != "zombie"]
         finally:
-            for q in backend._group(handle):
+            for q in backend._members(handle):
                 q.kill()
             assert await hubtokens.revoke(ctx, OWNER, handle["token_id"])
         async with httpx.AsyncClient() as c:
@@ -172,6 +174,50 @@ def test_local_backend_runs_the_runner_as_the_users_account(p: Platform) -> None
         assert r.status_code == 403  # revoked
 
     asyncio.run(main())
+
+
+def test_only_the_service_mints_job_tokens_in_the_hub(p: Platform) -> None:
+    ctx = make_ctx(p)
+    rt = ctx.rt
+    api = f"{rt.hub_api_url}/{HUB_TOKENS_PATH}"
+
+    def call(method: str, path: str, token: str, **kw) -> requests.Response:
+        headers = {"Authorization": f"token {token}"}
+        return requests.request(method, f"{api}/{path}", headers=headers, timeout=30, **kw)
+
+    token, tid = asyncio.run(hubtokens.mint(ctx, OWNER, 120, note="twinhub processing job t"))
+    r = requests.get(
+        f"{rt.hub_api_url}/user", headers={"Authorization": f"token {token}"}, timeout=30
+    )
+    assert r.status_code == 200 and r.json()["name"] == OWNER
+    others = {
+        "a user": p.token(OTHER),
+        "an admin": p.token("p2admin"),
+        "another service": rt.secret("service-desk"),
+    }
+    for who, other in others.items():
+        r = call("POST", OWNER, other, json={"expires_in": 60})
+        assert r.status_code == 403, (who, r.text)
+        assert call("DELETE", f"{OWNER}/{tid}", other).status_code == 403, who
+    # Beyond the allow-list or the bound: refused; the service's token no longer reaches
+    # JupyterHub's own token API.
+    service = ctx.token
+    r = call("POST", OWNER, service, json={"expires_in": 60, "scopes": ["admin:users"]})
+    assert r.status_code == 400
+    r = call("POST", OWNER, service, json={"expires_in": 10**7})
+    assert r.status_code == 400
+    r = requests.post(
+        f"{rt.hub_api_url}/users/{OWNER}/tokens",
+        json={"scopes": list(hubtokens.RUNNER_SCOPES), "expires_in": 60},
+        headers={"Authorization": f"token {service}"},
+        timeout=30,
+    )
+    assert r.status_code == 403
+    assert asyncio.run(hubtokens.revoke(ctx, OWNER, tid)) is True
+    r = requests.get(
+        f"{rt.hub_api_url}/user", headers={"Authorization": f"token {token}"}, timeout=30
+    )
+    assert r.status_code == 403
 
 
 def gateway(p: Platform, user: str, method: str, path: str = "", **kw) -> requests.Response:
@@ -222,6 +268,13 @@ def test_job_clusters_pass_the_cluster_limit_only_for_a_running_job(p: Platform)
         r = gateway(p, OWNER, "POST", json={"cluster_options": {"job": job}})
         assert r.status_code == 201, r.text
         made.append(r.json()["name"])
+        # Its job ends with the cluster still up: the cluster now counts. With one
+        # interactive cluster shut down, there is still no room for another.
+        with db.session(rt.db_url) as s:
+            s.get(ProcessingJob, job).status = "successful"
+        gateway(p, OWNER, "DELETE", made.pop(0))
+        r = gateway(p, OWNER, "POST", json={"cluster_options": {}})
+        assert r.status_code >= 400 and f"already has {limit} active cluster" in r.text
     finally:
         for name in made:
             gateway(p, OWNER, "DELETE", name)

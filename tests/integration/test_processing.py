@@ -322,6 +322,19 @@ def test_bad_inputs_are_refused_and_make_no_job(env):
     assert count_jobs(p) == before_rows
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_numbers_are_refused_and_make_no_job(env, number):
+    """JSON has no NaN or infinity (Python's parser takes them): such an input must be
+    refused before a job is stored (its spec could not be served to the runner)."""
+    p, _ = env
+    before = count_jobs(p)
+    body = '{"inputs": {"stringInput": "a", "doubleInput": ' + number + "}}"
+    r = call(p, "POST", "processes/echo/execution", USER, data=body,
+             headers={"Content-Type": "application/json", "Prefer": "respond-async"})  # fmt: skip
+    assert r.status_code == 400 and r.json()["code"] == 400, r.text
+    assert count_jobs(p) == before
+
+
 def test_a_body_that_is_not_json_is_a_400(env):
     p, _ = env
     before = count_jobs(p)

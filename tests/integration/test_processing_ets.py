@@ -1,274 +1,73 @@
-"""OGC's official suite for OGC API - Processes 1.0 (ets-ogcapi-processes10), ported to pytest.
+"""OGC's official suite for OGC API - Processes 1.0 (ets-ogcapi-processes10), ported to
+pytest: the abstract tests of the **Core** class (the other classes:
+test_processing_ets_classes.py).
 
 The suite's Java runner (TestNG + TEAM Engine) cannot be installed here, so its abstract
-tests for the classes Core, OGC Process Description, JSON, Job list and OpenAPI 3.0 run
-against the live ``processing`` service of the real multi-user platform, through the proxy,
-with a user's token (the service is behind the hub's authorization; the suite's own runs
-send no credentials). Each test is named after the abstract test it ports
-(``/conf/core/process-list`` -> ``test_conf_core_process_list``), and like the suite it
-drives the ``echo`` process with values generated from echo's own description.
-
-The response schemas the suite fetches from schemas.opengis.net (no network here) are
-written below as small JSON Schemas of what the standard requires of each document.
+tests run against the live ``processing`` service of the real multi-user platform, through
+the proxy, with a user's token (the service is behind the hub's authorization). Each test is
+named after the abstract test it ports (``/conf/core/process-list`` ->
+``test_conf_core_process_list``), and like the suite it drives ``echo`` with values generated
+from echo's own description (tests/helpers/ogc_processes.py).
 """
 
 from __future__ import annotations
 
-import copy
-import re
-import time
 import uuid
-from urllib.parse import urljoin
 
-import jsonschema
 import pytest
-import requests
 
-from tests.helpers.processing import OGC_EXC, SERVICE, TERMINAL, call, wait_job
+from tests.helpers.ogc_processes import (
+    CONF,
+    CONF_CLASSES,
+    ECHO,
+    EXCEPTION,
+    LANDING,
+    OAS30,
+    PROCESS,
+    PROCESS_LIST,
+    REL,
+    STATUS_INFO,
+    TEST_STRING,
+    api_definition,
+    describe,
+    echo_inputs,
+    ets_platform,
+    execute_body,
+    get,
+    get_url,
+    job_count,
+    landing_page,
+    norm_path,
+    post_execute,
+    resolve,
+    results_match_inputs,
+    sample,
+    valid,
+    wait_async,
+)
+from tests.helpers.processing import OGC_EXC
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
-USER = "p6ets"
-ECHO = "echo"
-CONF = "http://www.opengis.net/spec/ogcapi-processes-1/1.0/conf/"
-REL = "http://www.opengis.net/def/rel/ogc/1.0/"
-OAS30 = "application/vnd.oai.openapi+json;version=3.0"
-TEST_STRING = "teststring"  # what the suite sends for every plain string input
 
-# -- the documents' schemas (what the standard's schemas require, written for this port) -----
-LINK = {
-    "type": "object",
-    "required": ["href"],
-    "properties": {
-        "href": {"type": "string", "minLength": 1},
-        "rel": {"type": "string"},
-        "type": {"type": "string"},
-        "hreflang": {"type": "string"},
-        "title": {"type": "string"},
-    },
-}
-LINKS = {"type": "array", "items": LINK}
-LANDING = {
-    "type": "object",
-    "required": ["links"],
-    "properties": {"title": {"type": "string"}, "description": {"type": "string"}, "links": LINKS},
-}
-CONF_CLASSES = {
-    "type": "object",
-    "required": ["conformsTo"],
-    "properties": {"conformsTo": {"type": "array", "items": {"type": "string"}}},
-}
-JOB_CONTROL = {"type": "string", "enum": ["sync-execute", "async-execute", "dismiss"]}
-TRANSMISSION = {"type": "string", "enum": ["value", "reference"]}
-PROCESS_SUMMARY = {
-    "type": "object",
-    "required": ["id", "version"],
-    "properties": {
-        "id": {"type": "string"},
-        "version": {"type": "string"},
-        "title": {"type": "string"},
-        "description": {"type": "string"},
-        "keywords": {"type": "array", "items": {"type": "string"}},
-        "jobControlOptions": {"type": "array", "items": JOB_CONTROL},
-        "outputTransmission": {"type": "array", "items": TRANSMISSION},
-        "links": LINKS,
-    },
-}
-PROCESS_LIST = {
-    "type": "object",
-    "required": ["processes", "links"],
-    "properties": {"processes": {"type": "array", "items": PROCESS_SUMMARY}, "links": LINKS},
-}
-INPUT_DESCRIPTION = {
-    "type": "object",
-    "required": ["schema"],
-    "properties": {
-        "title": {"type": "string"},
-        "description": {"type": "string"},
-        "schema": {"type": "object"},
-        "minOccurs": {"type": "integer", "minimum": 0},
-        "maxOccurs": {"oneOf": [{"type": "integer", "minimum": 0}, {"const": "unbounded"}]},
-    },
-}
-OUTPUT_DESCRIPTION = {
-    "type": "object",
-    "required": ["schema"],
-    "properties": {
-        "title": {"type": "string"},
-        "description": {"type": "string"},
-        "schema": {"type": "object"},
-    },
-}
-PROCESS = copy.deepcopy(PROCESS_SUMMARY)
-PROCESS["properties"]["inputs"] = {"type": "object", "additionalProperties": INPUT_DESCRIPTION}
-PROCESS["properties"]["outputs"] = {"type": "object", "additionalProperties": OUTPUT_DESCRIPTION}
-STATUS_INFO = {
-    "type": "object",
-    "required": ["jobID", "status", "type"],
-    "properties": {
-        "processID": {"type": "string"},
-        "type": {"enum": ["process"]},
-        "jobID": {"type": "string"},
-        "status": {"enum": ["accepted", "running", "successful", "failed", "dismissed"]},
-        "message": {"type": "string"},
-        "created": {"type": "string", "format": "date-time"},
-        "started": {"type": "string", "format": "date-time"},
-        "finished": {"type": "string", "format": "date-time"},
-        "updated": {"type": "string", "format": "date-time"},
-        "progress": {"type": "integer", "minimum": 0, "maximum": 100},
-        "links": LINKS,
-    },
-}
-JOB_LIST = {
-    "type": "object",
-    "required": ["jobs", "links"],
-    "properties": {"jobs": {"type": "array", "items": STATUS_INFO}, "links": LINKS},
-}
-EXCEPTION = {
-    "type": "object",
-    "required": ["type"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-    },
-}
-
-
-def valid(doc, schema: dict, what: str) -> None:
-    """Validate like the suite does (date-time formats checked)."""
-    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
-    errors = list(jsonschema.Draft202012Validator(schema, format_checker=checker).iter_errors(doc))
-    assert not errors, f"{what}: " + "; ".join(
-        f"{list(e.absolute_path)}: {e.message}" for e in errors[:5]
-    )
-
-
-# -- fixtures --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ets(multiuser_platform):
-    p = multiuser_platform
-    if p.api("GET", f"/users/{USER}", user="admin").status_code == 404:
-        p.add_user(USER)
-    r = call(p, "GET", "", USER)
-    assert r.status_code == 200, f"the processing service does not answer: {r.status_code}"
-    return p
-
-
-def get(p, path: str, accept: str | None = "application/json", **kw) -> requests.Response:
-    headers = kw.pop("headers", {})
-    if accept:
-        headers["Accept"] = accept
-    return call(p, "GET", path, USER, headers=headers, **kw)
-
-
-def get_url(p, url: str, accept: str | None = "application/json") -> requests.Response:
-    headers = {"Authorization": f"token {p.token(USER)}"}
-    if accept:
-        headers["Accept"] = accept
-    return requests.get(urljoin(p.url + SERVICE, url), headers=headers, timeout=60)
-
-
-def post_execute(p, body: dict, *, prefer: str | None = None, process: str = ECHO):
-    headers = {"Accept": "application/json", "Content-Type": "application/json"}
-    if prefer:
-        headers["Prefer"] = prefer
-    return call(
-        p, "POST", f"processes/{process}/execution", USER, json=body, headers=headers,
-        timeout=400,
-    )  # fmt: skip
+    return ets_platform(multiuser_platform)
 
 
 @pytest.fixture(scope="module")
 def landing(ets) -> dict:
-    r = get(ets, "")
-    assert r.status_code == 200, r.text
-    return r.json()
+    return landing_page(ets)
 
 
 @pytest.fixture(scope="module")
 def openapi(ets, landing) -> dict:
-    link = next(x for x in landing["links"] if x.get("rel") == "service-desc")
-    r = get_url(ets, link["href"], accept=link.get("type") or OAS30)
-    assert r.status_code == 200, r.text
-    return r.json()
+    return api_definition(ets, landing)
 
 
 @pytest.fixture(scope="module")
 def echo(ets) -> dict:
-    r = get(ets, f"processes/{ECHO}")
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def sample(schema: dict):
-    """A value valid against ``schema``, as the suite makes them (strings: "teststring")."""
-    if "default" in schema:
-        return copy.deepcopy(schema["default"])
-    if "enum" in schema:
-        return schema["enum"][0]
-    if "const" in schema:
-        return schema["const"]
-    for key in ("oneOf", "anyOf"):
-        if key in schema:
-            return sample(schema[key][0])
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = kind[0]
-    if kind == "string":
-        return {"date-time": "2030-01-01T00:00:00Z", "date": "2030-01-01"}.get(
-            schema.get("format", ""), TEST_STRING
-        )
-    if kind == "number":
-        return 3.5
-    if kind == "integer":
-        return int(schema.get("minimum", 7))
-    if kind == "boolean":
-        return True
-    if kind == "array":
-        return [sample(schema.get("items", {"type": "integer"}))] * max(
-            1, schema.get("minItems", 1)
-        )
-    if kind == "object":
-        props = schema.get("properties", {})
-        return {
-            k: sample(props.get(k, {"type": "string"})) for k in schema.get("required", [])
-        } or {"a": 1}
-    return TEST_STRING
-
-
-def echo_inputs(echo: dict, *, pause: int | None = None) -> dict:
-    inputs = {
-        name: sample(spec["schema"]) for name, spec in echo["inputs"].items() if name != "pause"
-    }
-    if pause is not None:
-        inputs["pause"] = pause
-    return inputs
-
-
-def execute_body(echo: dict, **extra) -> dict:
-    outputs = {name: {"transmissionMode": "value"} for name in echo["outputs"]}
-    return {"inputs": echo_inputs(echo), "outputs": outputs, **extra}
-
-
-def results_match_inputs(results: dict, inputs: dict) -> None:
-    """Echo: every output equals the input of the same name (bare or qualified)."""
-    for name, value in inputs.items():
-        if name == "pause":
-            continue
-        got = results.get(name)
-        if isinstance(got, dict) and "value" in got and set(got) <= {"value", "mediaType"}:
-            got = got["value"]
-        assert got == value, f"output {name!r}: {got!r} != input {value!r}"
-
-
-def wait_async(p, r: requests.Response) -> dict:
-    assert r.status_code == 201, r.text
-    job_id = r.json()["jobID"]
-    doc, _ = wait_job(p, USER, job_id, timeout=180)
-    return doc
+    return describe(ets)
 
 
 # == Core ======================================================================================
@@ -304,7 +103,7 @@ def test_conf_core_api_definition_op(ets, landing):
 def test_conf_core_api_definition_success(ets, landing, openapi):
     """/conf/core/api-definition-success: the document is an API definition of this API."""
     assert str(openapi.get("openapi", "")).startswith("3."), openapi.get("openapi")
-    paths = {_norm(path) for path in openapi["paths"]}
+    paths = {norm_path(path) for path in openapi["paths"]}
     assert {"/processes", "/processes/{}", "/processes/{}/execution", "/jobs", "/jobs/{}",
             "/jobs/{}/results"} <= paths, sorted(paths)  # fmt: skip
 
@@ -638,292 +437,3 @@ def test_conf_core_job_results_sync(ets, echo):
     url = monitor[0].split(";")[0].strip().strip("<>")
     s = get_url(ets, url)
     assert s.status_code == 200 and s.json()["status"] == "successful", s.text
-
-
-# == OGC Process Description ===================================================================
-@pytest.fixture(scope="module")
-def descriptions(ets) -> list[dict]:
-    ids = [x["id"] for x in get(ets, "processes").json()["processes"]]
-    out = []
-    for pid in ids:
-        r = get(ets, f"processes/{pid}")
-        assert r.status_code == 200, (pid, r.text)
-        out.append(r.json())
-    return out
-
-
-def test_conf_ogc_process_description_json_encoding(descriptions):
-    """/conf/ogc-process-description/json-encoding: every description validates."""
-    for d in descriptions:
-        valid(d, PROCESS, f"description of {d.get('id')}")
-
-
-def test_conf_ogc_process_description_inputs_def(descriptions):
-    """/conf/ogc-process-description/inputs-def: every input has a (valid) JSON Schema."""
-    for d in descriptions:
-        assert "inputs" in d, d["id"]
-        for name, spec in d["inputs"].items():
-            valid(spec, INPUT_DESCRIPTION, f"{d['id']} input {name}")
-            jsonschema.Draft202012Validator.check_schema(spec["schema"])
-
-
-def test_conf_ogc_process_description_input_mixed_type(descriptions):
-    """/conf/ogc-process-description/input-mixed-type: each oneOf branch is a schema."""
-    found = 0
-    for d in descriptions:
-        for spec in d["inputs"].values():
-            for branch in spec["schema"].get("oneOf", []):
-                jsonschema.Draft202012Validator.check_schema(branch)
-                found += 1
-    if not found:
-        pytest.skip("no input of mixed type")
-
-
-def test_conf_ogc_process_description_outputs_def(descriptions):
-    """/conf/ogc-process-description/outputs-def: every output has a (valid) JSON Schema."""
-    for d in descriptions:
-        assert d.get("outputs"), d["id"]
-        for name, spec in d["outputs"].items():
-            valid(spec, OUTPUT_DESCRIPTION, f"{d['id']} output {name}")
-            jsonschema.Draft202012Validator.check_schema(spec["schema"])
-
-
-def test_conf_ogc_process_description_output_mixed_type(descriptions):
-    """/conf/ogc-process-description/output-mixed-type: each oneOf branch is a schema."""
-    found = 0
-    for d in descriptions:
-        for spec in d["outputs"].values():
-            for branch in spec["schema"].get("oneOf", []):
-                jsonschema.Draft202012Validator.check_schema(branch)
-                found += 1
-    if not found:
-        pytest.skip("no output of mixed type")
-
-
-# == JSON ======================================================================================
-def test_conf_json_definition(ets, echo):
-    """/conf/json/definition: every resource answers application/json when asked to."""
-    r = post_execute(ets, execute_body(echo), prefer="respond-async")
-    job = wait_async(ets, r)["jobID"]
-    for path in ("", "conformance", "processes", f"processes/{ECHO}", "jobs", f"jobs/{job}",
-                 f"jobs/{job}/results"):  # fmt: skip
-        res = get(ets, path)
-        assert res.status_code == 200, (path, res.text)
-        assert res.headers["content-type"].split(";")[0] == "application/json", (path, res.headers)
-        res.json()
-
-
-def test_conf_json_content(ets):
-    """/conf/json/content: the JSON documents validate against their schemas."""
-    valid(get(ets, "").json(), LANDING, "landing page")
-    valid(get(ets, "conformance").json(), CONF_CLASSES, "conformance")
-    valid(get(ets, "processes").json(), PROCESS_LIST, "process list")
-    valid(get(ets, "jobs").json(), JOB_LIST, "job list")
-
-
-def test_json_is_the_default_representation(ets):
-    """twinhub's contract: no Accept header and no f= -> JSON (scripts, curl)."""
-    for path in ("", "conformance", "processes", f"processes/{ECHO}", "jobs"):
-        r = get(ets, path, accept=None)
-        assert r.status_code == 200, (path, r.text)
-        assert r.headers["content-type"].startswith("application/json"), (path, r.headers)
-
-
-# == Job list ==================================================================================
-@pytest.fixture(scope="module")
-def finished_job(ets, echo) -> dict:
-    return wait_async(ets, post_execute(ets, execute_body(echo), prefer="respond-async"))
-
-
-def job_count(p) -> int:
-    return len(get(p, "jobs", params={"limit": 1000}).json()["jobs"])
-
-
-def test_conf_job_list_job_list_op(ets, finished_job):
-    """/conf/job-list/job-list-op: GET {root}/jobs lists jobs."""
-    r = get(ets, "jobs")
-    assert r.status_code == 200 and len(r.json()["jobs"]) > 0
-
-
-def test_conf_job_list_job_list_success(ets, finished_job):
-    """/conf/job-list/job-list-success: the list validates; it holds the job."""
-    doc = get(ets, "jobs").json()
-    valid(doc, JOB_LIST, "job list")
-    assert finished_job["jobID"] in {j["jobID"] for j in doc["jobs"]}
-
-
-def test_conf_job_list_limit_response(ets, finished_job, echo):
-    """/conf/job-list/limit-response: no more jobs than ``limit``; a next link when cut."""
-    wait_async(ets, post_execute(ets, execute_body(echo), prefer="respond-async"))
-    doc = get(ets, "jobs", params={"limit": 1}).json()
-    assert len(doc["jobs"]) == 1
-    assert "next" in {x.get("rel") for x in doc["links"]}, doc["links"]
-
-
-def test_conf_job_list_links(ets, finished_job):
-    """/conf/job-list/links: the list links to itself; each job to its status."""
-    doc = get(ets, "jobs").json()
-    assert "self" in {x.get("rel") for x in doc["links"]}
-    for job in doc["jobs"]:
-        hrefs = [x["href"] for x in job["links"] if x.get("rel") in ("self", "status", "monitor")]
-        assert any(h.rstrip("/").endswith(f"jobs/{job['jobID']}") for h in hrefs), job["links"]
-
-
-def test_conf_job_list_status_response(ets, finished_job, echo):
-    """/conf/job-list/status-response: only jobs with the asked statuses."""
-    running = post_execute(ets, {"inputs": echo_inputs(echo, pause=4)}, prefer="respond-async")
-    assert running.status_code == 201
-    try:
-        for wanted in (["successful"], ["accepted", "running"]):
-            jobs = get(ets, "jobs", params={"status": ",".join(wanted)}).json()["jobs"]
-            assert jobs and all(j["status"] in wanted for j in jobs), (wanted, jobs)
-    finally:
-        wait_async(ets, running)
-
-
-def test_conf_job_list_processid_response(ets, finished_job):
-    """/conf/job-list/processid-response: only jobs of the asked process."""
-    jobs = get(ets, "jobs", params={"processID": ECHO}).json()["jobs"]
-    assert jobs and all(j["processID"] == ECHO for j in jobs)
-    # this module's user ran echo only
-    assert get(ets, "jobs", params={"processID": "zonal-mean"}).json()["jobs"] == []
-
-
-def test_conf_job_list_type_response(ets, finished_job):
-    """/conf/job-list/type-response: ``type=process`` lists OGC API - Processes jobs."""
-    jobs = get(ets, "jobs", params={"type": "process"}).json()["jobs"]
-    assert jobs and all(j["type"] == "process" for j in jobs)
-
-
-# == OpenAPI 3.0 ===============================================================================
-def resolve(doc: dict, obj):
-    """Follow a local ``$ref`` (``#/components/...``)."""
-    while isinstance(obj, dict) and "$ref" in obj:
-        ref = obj["$ref"]
-        assert ref.startswith("#/"), f"non-local $ref {ref}"
-        node = doc
-        for part in ref[2:].split("/"):
-            node = node[part.replace("~1", "/").replace("~0", "~")]
-        obj = node
-    return obj
-
-
-def test_conf_oas30_oas_definition_1(ets, landing):
-    """/conf/oas30/oas-definition-1: the definition as JSON (service-desc, the OAS 3.0 media
-    type) and as HTML (service-doc, text/html)."""
-    desc = next(x for x in landing["links"] if x.get("rel") == "service-desc")
-    assert desc.get("type") == OAS30, desc
-    r = get_url(ets, desc["href"], accept=OAS30)
-    assert r.status_code == 200
-    assert r.headers["content-type"].replace(" ", "").startswith(OAS30), r.headers
-    doc = next(x for x in landing["links"] if x.get("rel") == "service-doc")
-    r = get_url(ets, doc["href"], accept="text/html")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert "<html" in r.text.lower() and "/processes" in r.text
-
-
-def test_conf_oas30_oas_definition_2(openapi):
-    """/conf/oas30/oas-definition-2: a valid OpenAPI 3.0 document (checked with
-    openapi-spec-validator when installed, else its required structure and every $ref)."""
-    try:
-        from openapi_spec_validator import validate
-    except ImportError:
-        validate = None
-    if validate is not None:
-        validate(openapi)
-    assert openapi["openapi"].startswith("3.0."), openapi["openapi"]
-    assert openapi["info"]["title"] and openapi["info"]["version"]
-    assert openapi["paths"]
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "$ref" in node:
-                resolve(openapi, node)
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(openapi)
-    for path, item in openapi["paths"].items():
-        assert path.startswith("/"), path
-        for method, op in item.items():
-            if method in ("get", "post", "put", "delete", "patch"):
-                assert op.get("responses"), (path, method)
-
-
-def _declares(openapi: dict, path: str, method: str, code: int) -> bool:
-    item = openapi["paths"][path]
-    responses = item[method]["responses"]
-    return str(code) in responses or f"{str(code)[0]}XX" in responses or "default" in responses
-
-
-def test_conf_oas30_completeness(ets, openapi, echo):
-    """/conf/oas30/completeness and /conf/oas30/exceptions-codes: every status code the
-    API answered here is described for its operation."""
-    job = wait_async(ets, post_execute(ets, execute_body(echo), prefer="respond-async"))["jobID"]
-    seen = [
-        ("/", "get", get(ets, "").status_code),
-        ("/conformance", "get", get(ets, "conformance").status_code),
-        ("/processes", "get", get(ets, "processes").status_code),
-        ("/processes/{processID}", "get", get(ets, f"processes/{ECHO}").status_code),
-        ("/processes/{processID}", "get", get(ets, "processes/nosuch").status_code),
-        ("/processes/{processID}/execution", "post", post_execute(ets, {"inputs": {"x": 1}}).status_code),
-        ("/processes/{processID}/execution", "post", post_execute(ets, execute_body(echo)).status_code),
-        ("/jobs", "get", get(ets, "jobs").status_code),
-        ("/jobs/{jobId}", "get", get(ets, f"jobs/{job}").status_code),
-        ("/jobs/{jobId}", "get", get(ets, "jobs/nosuch").status_code),
-        ("/jobs/{jobId}/results", "get", get(ets, f"jobs/{job}/results").status_code),
-        ("/jobs/{jobId}/results", "get", get(ets, "jobs/nosuch/results").status_code),
-    ]  # fmt: skip
-    paths = set(openapi["paths"])
-    missing = []
-    for path, method, code in seen:
-        candidates = [p for p in paths if _norm(p) == _norm(path)]
-        assert candidates, f"{path} not in the OpenAPI document: {sorted(paths)}"
-        if not _declares(openapi, candidates[0], method, code):
-            missing.append(f"{method.upper()} {path}: {code}")
-    assert not missing, missing
-
-
-def _norm(path: str) -> str:
-    return re.sub(r"\{[^}]+\}", "{}", path.rstrip("/") or "/")
-
-
-def test_conf_oas30_oas_impl(ets, openapi, finished_job):
-    """/conf/oas30/oas-impl: every GET the definition describes is implemented (path
-    parameters filled with echo and a finished job)."""
-    fill = {"processID": ECHO, "processId": ECHO, "jobID": finished_job["jobID"],
-            "jobId": finished_job["jobID"]}  # fmt: skip
-    for path, item in openapi["paths"].items():
-        if "get" not in item:
-            continue
-        url = path
-        for name, value in fill.items():
-            url = url.replace("{" + name + "}", value)
-        assert "{" not in url, f"unknown path parameter in {path}"
-        r = get(ets, url.lstrip("/"))
-        assert r.status_code not in (404, 405) and r.status_code < 500, (path, r.status_code)
-
-
-def test_conf_oas30_security(ets, openapi):
-    """/conf/oas30/security: the API is access-controlled, and the definition says how."""
-    schemes = openapi.get("components", {}).get("securitySchemes", {})
-    assert schemes, "no securitySchemes in the OpenAPI document"
-    r = requests.get(
-        ets.url + SERVICE + "processes", headers={"Accept": "application/json"}, timeout=30
-    )
-    assert r.status_code in (401, 403), r.status_code
-
-
-def test_every_ets_job_ended(ets):
-    """No job of this module is left unfinished (the suite's jobs end by themselves)."""
-    deadline = time.monotonic() + 120
-    while True:
-        jobs = get(ets, "jobs", params={"limit": 1000}).json()["jobs"]
-        left = [j for j in jobs if j["status"] not in TERMINAL]
-        if not left:
-            return
-        assert time.monotonic() < deadline, left
-        time.sleep(1)

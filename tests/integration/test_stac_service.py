@@ -204,6 +204,26 @@ def test_users_write_only_their_own_collections(stac):
     assert call("DELETE", "collections/stacy-obs", user="stacy").status_code in (200, 204)
 
 
+def test_user_collection_ids_are_reserved_for_their_user(stac):
+    """``user-<name>`` (where processing jobs publish <name>'s outputs) is <name>'s to
+    create, or an admin's; nobody can take it first."""
+    p, _, call, _ = stac
+    r = call("POST", "collections", user="stan", json=collection("user-stacy"))
+    assert r.status_code == 403 and "reserved" in r.json()["description"], r.text
+    assert call("GET", "collections/user-stacy", user="stan").status_code == 404
+    r = call("POST", "collections", user="stacy", json=collection("user-stacy"))
+    assert r.status_code in (200, 201), r.text
+    got = call("GET", "collections/user-stacy", user="stacy").json()
+    assert got["twinhub:owner"] == "stacy"
+    r = call("POST", "collections", token=p.token("admin"), json=collection("user-stan"))
+    assert r.status_code in (200, 201), r.text
+    for cid in ("user-stacy", "user-stan"):
+        assert call("DELETE", f"collections/{cid}", token=p.token("admin")).status_code in (
+            200,
+            204,
+        )
+
+
 def test_platform_collections_are_admin_only(stac):
     p, _, call, _ = stac
     admin = "admin"

@@ -222,15 +222,20 @@ async def _registration(app: JupyterHub, files: dict, runtime: dict, start: Any)
     # ...with the token the chart generated into twinhub-secrets (the registry pod's file).
     assert orm.APIToken.find(app.db, files["service-registry"]).service.name == "registry"
     assert set(roles["desk-service"].scopes) == {"read:users", "read:groups"}
-    # Processing mints each job's short-lived token for its user (tokens) and checks the
-    # lake items a job names (stac).
+    # Processing checks the lake items a job names (stac); it holds no `tokens` scope: the
+    # hub mints each job's short token for its user through the hub-side handlers that
+    # only the processing service may call.
     assert set(roles["processing-service"].scopes) == {
         "read:users",
         "read:groups",
-        "tokens",
         "access:services!service=stac",
     }
     assert [s.name for s in roles["processing-service"].services] == ["processing"]
+    routes = {h[0]: h[1] for h in app.handlers}
+    assert routes["/hub/api/twinhub/processing/tokens/([^/]+)"] == (
+        "twinhub.services.processing.hubside.ProcessingTokensHandler"
+    )
+    assert "/hub/api/twinhub/processing/tokens/([^/]+)/([^/]+)" in routes
     # Visitors who are not logged in land on the registry's welcome page (a callable
     # default_url); the hub's support link is the desk.
     assert callable(app.default_url)

@@ -472,3 +472,121 @@ def test_notes_say_when_processing_cannot_work(tmp_path):
     # processing off: nothing said about it
     off = {"twinhub": {"daskGateway": {"enabled": False}, **OFF["twinhub"]}}
     assert "Processing" not in _notes(off, tmp_path)
+
+
+# -- H4: a job namespace of their own, and what the service account may write -----------------
+
+JOB_NS = {"twinhub": {"services": {"processing": {"jobNamespace": "twinhub-jobs"}}}}
+POLICY = "ValidatingAdmissionPolicy"
+
+
+def test_job_namespace_holds_the_role_and_the_job_pods(tmp_path):
+    objects = helm.render(extra=JOB_NS, namespace="science")
+    for kind in ("Role", "RoleBinding"):
+        assert helm.find(objects, kind, NAME)["metadata"]["namespace"] == "twinhub-jobs"
+    # the account stays in the release's namespace, bound there only
+    assert helm.find(objects, "RoleBinding", NAME)["subjects"] == [
+        {"kind": "ServiceAccount", "name": NAME, "namespace": "science"}
+    ]
+    assert "namespace" not in helm.find(objects, "ServiceAccount", NAME)["metadata"]
+    backend = backend_for(_context(objects, tmp_path))
+    assert type(backend) is KubeJobBackend and backend.namespace == "twinhub-jobs"
+    # the default: the release's namespace, as before
+    default = helm.render(namespace="science")
+    assert helm.find(default, "Role", NAME)["metadata"]["namespace"] == "science"
+    for profile in helm.PROFILES:
+        objs = [
+            o for o in helm.render(profile, extra=JOB_NS) if "processing" in o["metadata"]["name"]
+        ]
+        for version in ("1.31", "1.34"):
+            assert helm.validate(objs, version) == [], (profile, version)
+
+
+def test_job_pods_in_their_namespace_reach_what_they_need_and_no_more(tmp_path):
+    extra = helm.merge_values(EXTRA, JOB_NS)
+    objects, pods = release(extra=extra)
+    policy = helm.find(objects, "NetworkPolicy", "twinhub-processing-jobs")
+    assert policy["metadata"]["namespace"] == "twinhub-jobs"  # applies to the job pods
+    env, pod, _ = _job_objects(_context(objects, tmp_path))
+    job = Pod("job", pod["metadata"]["labels"], namespace="twinhub-jobs", ip="10.1.7.80")
+    for key, url in _urls(env).items():
+        if "PUBLIC_ADDRESS" in key:
+            continue
+        target, port = _target(objects, pods, url)
+        assert allowed(objects, job, target, port), f"{key}={url}"
+    for name in ("database", "keycloak", "stac", "alice", "kube-api", "metadata"):
+        if name in pods:
+            assert not allowed(objects, job, pods[name], 5432 if name == "database" else 443)
+    # a pod labelled as a job in the release's namespace is no job pod any more
+    fake = Pod("fake-job", pod["metadata"]["labels"], ip="10.1.0.81")
+    assert not allowed(objects, fake, pods["processing"], 8000)
+    # nor is a pod of the job namespace without the labels
+    other = Pod("other", {"app": "x"}, namespace="twinhub-jobs", ip="10.1.7.81")
+    assert not allowed(objects, other, pods["processing"], 8000)
+
+
+def _admission(objects: list[dict]) -> tuple[dict, dict]:
+    (policy,) = [o for o in objects if o["kind"] == POLICY]
+    (binding,) = [o for o in objects if o["kind"] == f"{POLICY}Binding"]
+    return policy, binding
+
+
+def test_admission_policy_binds_the_service_account_to_job_shaped_writes(tmp_path):
+    objects = helm.render(namespace="science")
+    policy, binding = _admission(objects)
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert set(rule["operations"]) == {"CREATE", "UPDATE", "DELETE", "CONNECT"}
+    assert rule["resources"] == ["*", "*/*"] and rule["apiGroups"] == ["*"]
+    (cond,) = spec["matchConditions"]
+    assert cond["expression"] == (
+        "request.userInfo.username == 'system:serviceaccount:science:twinhub-processing'"
+    )
+    text = json.dumps(spec)
+    # What the backend really makes is what the policy names (labels, names, image).
+    backend = backend_for(_context(objects, tmp_path))
+    env, pod, secret = _job_objects(_context(objects, tmp_path / "again"))
+    labels = pod["metadata"]["labels"]
+    assert labels["twinhub.io/component"] == "processing-job" and "twinhub.io/job" in labels
+    assert secret["metadata"]["labels"]["twinhub.io/component"] == "processing-job"
+    for name in (pod["metadata"]["name"], secret["metadata"]["name"]):
+        assert name.startswith("twinhub-job-")
+    assert f"c.image == '{backend.image}'" in text
+    assert pod["spec"]["containers"][0]["image"] == backend.image
+    for needle in (
+        "automountServiceAccountToken == false",
+        "size(object.spec.volumes) == 0",
+        "hostNetwork",
+        "hostPID",
+        "hostIPC",
+        "runAsNonRoot == true",
+        "privileged == false",
+        "e.secretRef.name == object.metadata.name",
+        "!has(c.env)",
+    ):
+        assert needle in text, needle
+    # each pod rule holds for the real pod (the properties it reads, read here)
+    spec_pod = pod["spec"]
+    assert spec_pod["automountServiceAccountToken"] is False and not spec_pod.get("volumes")
+    assert not {"hostNetwork", "hostPID", "hostIPC", "nodeName", "initContainers"} & set(spec_pod)
+    (c,) = spec_pod["containers"]
+    assert "env" not in c and c["envFrom"] == [{"secretRef": {"name": pod["metadata"]["name"]}}]
+    assert secret["type"] == "Opaque"
+
+
+def test_admission_policy_can_be_left_out():
+    off = {"twinhub": {"services": {"processing": {"jobAdmissionPolicy": False}}}}
+    kinds = {o["kind"] for o in helm.render(extra=off)}
+    assert POLICY not in kinds and f"{POLICY}Binding" not in kinds
+    assert POLICY not in {o["kind"] for o in helm.render(extra=OFF)}
+
+
+@pytest.mark.parametrize("bad", ["Jobs", "-jobs", "a" * 64, "jobs.x"])
+def test_schema_refuses_a_bad_job_namespace(bad):
+    with pytest.raises(helm.HelmError) as err:
+        helm.render(extra={"twinhub": {"services": {"processing": {"jobNamespace": bad}}}})
+    assert "values don't meet the specifications of the schema" in err.value.stderr

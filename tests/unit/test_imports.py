@@ -217,6 +217,9 @@ ALLOWED = {
     ("twinhub.services.processing", "twinlab.processing.schemas"): (
         "the process descriptions and input checks both sides use"
     ),
+    ("twinhub.services.processing", "twinlab.processing.jsonschema_safe"): (
+        "the rules for users' schemas, checked at registration and by the runner's checks"
+    ),
     ("twinhub.db", "twinhub.db"): "itself",
     ("twinhub.db", "twinhub.process.runtime"): "where the database is",
     ("twinhub.db", "twinhub.process.postgres"): "backups of an embedded PostgreSQL",

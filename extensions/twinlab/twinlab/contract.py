@@ -66,6 +66,9 @@ FIELD_GRID_ID: Final = "twinhub:grid_id"
 FIELD_VARIABLE: Final = "twinhub:variable"
 #: (collection) the user who owns a collection they made.
 FIELD_OWNER: Final = "twinhub:owner"
+#: Collection ids ``<this><user>``: where processing jobs publish a user's outputs; the STAC
+#: API lets only that user (or an admin) create one.
+USER_COLLECTION_PREFIX: Final = "user-"
 #: (collection) the sample data's version and size.
 FIELD_SEED: Final = "twinhub:seed"
 FIELD_SIZE: Final = "twinhub:size"

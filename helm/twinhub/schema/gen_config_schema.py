@@ -50,7 +50,7 @@ CHART_OWNED = {
     # is among the configurables).
     "KubeJobBackend": {
         "image": "twinhub.userImage",
-        "namespace": "the chart (the release's namespace)",
+        "namespace": "twinhub.services.processing.jobNamespace",
         "run_as_uid": "the chart (the user image's uid, 1000)",
         "run_as_gid": "the chart (the user image's gid, 1000)",
         "cpu": "twinhub.services.processing.jobPods.cpu",

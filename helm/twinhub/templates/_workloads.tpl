@@ -261,6 +261,63 @@ labels: the component is what the service lists its pods by, the job id is on no
     matchExpressions:
       - key: twinhub.io/job
         operator: Exists
+  {{- if ne (include "twinhub.processing.jobNamespace" .) .Release.Namespace }}
+  namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ include "twinhub.processing.jobNamespace" . }}
+  {{- end }}
+{{- end }}
+
+{{- /* The namespace of job pods and their Secrets (KubeJobBackend.namespace): the value
+twinhub.services.processing.jobNamespace, default the release's. */}}
+{{- define "twinhub.processing.jobNamespace" -}}
+{{- .Values.twinhub.services.processing.jobNamespace | default .Release.Namespace -}}
+{{- end }}
+
+{{- /* NetworkPolicy rules (YAML list; (dict "root" $ "rules" <yaml> "key" "to"|"from")) as a
+policy in the job namespace needs them: each pod peer without a namespaceSelector is one of
+the release's namespace (as written, it would mean the job namespace's pods). */}}
+{{- define "twinhub.netpol.inReleaseNamespace" -}}
+{{- $root := .root -}}
+{{- $rules := .rules | fromYamlArray -}}
+{{- if ne (include "twinhub.processing.jobNamespace" $root) $root.Release.Namespace -}}
+{{- range $rule := $rules -}}
+{{- range $peer := (index $rule $.key | default list) -}}
+{{- if and (hasKey $peer "podSelector") (not (hasKey $peer "namespaceSelector")) -}}
+{{- $_ := set $peer "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" $root.Release.Namespace)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $rules -}}
+{{- end }}
+
+{{- /* The job pods' egress rules (networkpolicies.yaml's twinhub-processing-jobs):
+(dict "root" $ "port" <service port> "gatewayOn" <"true" or "">). */}}
+{{- define "twinhub.netpol.jobPodsEgress" -}}
+{{- $root := .root -}}
+{{- include "twinhub.netpol.dnsEgress" $root }}
+- to:
+    {{- include "twinhub.netpol.processing" $root | nindent 4 }}
+  ports:
+    - {port: {{ .port }}, protocol: TCP}
+- to:
+    {{- include "twinhub.netpol.hub" $root | nindent 4 }}
+  ports:
+    - {port: 8081, protocol: TCP}
+- to:
+    {{- include "twinhub.netpol.proxy" $root | nindent 4 }}
+  ports:
+    - {port: 8000, protocol: TCP}
+{{- if .gatewayOn }}
+# Traefik's container ports: web (8000, also the TCP route by default) and tcp (8786).
+- to:
+    {{- include "twinhub.netpol.traefik" $root | nindent 4 }}
+  ports:
+    - {port: 8000, protocol: TCP}
+    - {port: 8786, protocol: TCP}
+{{- end }}
+{{- include "twinhub.netpol.s3Egress" $root | nindent 0 }}
 {{- end }}
 
 {{- define "twinhub.netpol.processing" -}}

@@ -10,7 +10,8 @@ directories we made, leaves first, without following symlinks.
 
 Both backends:
 - refuse more than ``max_clusters_per_user`` active clusters per user, not counting job
-  clusters (option ``job``: allowed only for a running processing job of the user, one each);
+  clusters while their job runs (option ``job``: allowed only for a running processing job
+  of the user, one each; once that job has ended its cluster counts like any other);
 - never add the proxy's anonymous dashboard route: dashboards go through
   :mod:`twinhub.gateway.dashboard` (hub login, owner only) over mutual TLS;
 - stop a cluster when the process that created it is gone (``kernel_hold.py``);
@@ -42,6 +43,7 @@ from typing import Any
 
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
@@ -104,14 +106,29 @@ def running_job_owner(db_url: str, job_id: str) -> str | None:
         return row.owner if row is not None and row.status == "running" else None
 
 
+def running_jobs(db_url: str, owner: str, job_ids: set[str]) -> set[str]:
+    """Those of ``job_ids`` that are processing jobs of ``owner`` running now."""
+    with session(db_url) as s:
+        rows = s.execute(
+            select(ProcessingJob.id).where(
+                ProcessingJob.id.in_(sorted(job_ids)),
+                ProcessingJob.owner == owner,
+                ProcessingJob.status == "running",
+            )
+        )
+        return {row[0] for row in rows}
+
+
 class ClusterLimitMixin(LoggingConfigurable):
     """The per-user cluster limit of every twinhub backend (embedded ones and Kubernetes'),
     and the rule of job clusters.
 
     A cluster whose ``job`` option names a processing job (the job's runner makes it) does
-    not count against ``max_clusters_per_user`` (the processing service has its own per-user
-    job limits); it is allowed only while that job runs, is the user's, and has no other
-    active cluster.
+    not count against ``max_clusters_per_user`` while that job runs (the processing service
+    has its own per-user job limits); it is allowed only while that job runs, is the user's,
+    and has no other active cluster. Once the job has ended (or cannot be checked), a
+    cluster still up counts like an interactive one: a runner cannot leave clusters behind
+    to escape the limit.
     """
 
     max_clusters_per_user = Integer(
@@ -159,16 +176,32 @@ class ClusterLimitMixin(LoggingConfigurable):
         if job in active_jobs:
             raise PublicException(f"job {job} already has an active cluster")
 
+    async def counted_clusters(self, username: str, jobs: list[str]) -> int:
+        """How many of ``username``'s active clusters (``jobs``: each one's job, "" for
+        none) count against the limit: all but those of the user's running jobs."""
+        job_ids = {j for j in jobs if j}
+        if not job_ids:
+            return len(jobs)
+        running: set[str] = set()
+        if self.jobs_db_url:
+            try:
+                running = await asyncio.to_thread(running_jobs, self.jobs_db_url, username, job_ids)
+            except (SQLAlchemyError, DatabaseError) as e:
+                # Unknown: count them (a refusal the user can retry beats an escape).
+                self.log.warning("processing jobs unreadable (%s): job clusters counted", e)
+        return sum(1 for j in jobs if j not in running)
+
     async def check_new_cluster(
         self, username: str, cluster_options: Any, active: list[Any]
     ) -> None:
         """The limits a new cluster of ``username`` must pass, given its ``active`` clusters
         (whatever carries a ``job`` option for :func:`job_of`)."""
         job = requested_job(cluster_options)
+        jobs = [job_of(c) for c in active]
         if job:
-            await self.refuse_unless_job_allowed(username, job, [job_of(c) for c in active])
+            await self.refuse_unless_job_allowed(username, job, jobs)
         else:
-            self.refuse_if_at_limit(username, sum(1 for c in active if not job_of(c)))
+            self.refuse_if_at_limit(username, await self.counted_clusters(username, jobs))
 
 
 class TwinhubBackendMixin(ClusterLimitMixin):

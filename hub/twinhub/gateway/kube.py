@@ -269,8 +269,10 @@ class TwinhubKubeBackend(ClusterLimitMixin, KubeBackend):
         return {**{n: self._created_jobs.get(n, "") for n in created}, **listed}
 
     async def active_cluster_count(self, username: str) -> int:
-        """The user's active clusters that count against the limit (job clusters do not)."""
-        return sum(1 for job in (await self.active_clusters(username)).values() if not job)
+        """The user's active clusters that count against the limit (all but the clusters
+        of the user's running jobs)."""
+        jobs = list((await self.active_clusters(username)).values())
+        return await self.counted_clusters(username, jobs)
 
     async def sync_cluster(self, cluster_name: str) -> None:
         """KubeBackend's cache update from the informer, which also forgets the name among

@@ -86,6 +86,26 @@ def test_job_clusters_do_not_count_and_need_a_running_job_of_the_user(jobs_db) -
             check(mixin, {"job": job}, [])
 
 
+def test_clusters_of_ended_jobs_count_against_the_limit(jobs_db) -> None:
+    """A job cluster still up once its job has ended (or of a job that is not the user's
+    running one) counts like an interactive cluster: runners cannot pile clusters up."""
+    mixin = ClusterLimitMixin(max_clusters_per_user=2, jobs_db_url=jobs_db)
+    count = lambda jobs: asyncio.run(mixin.counted_clusters("olga", jobs))  # noqa: E731
+    assert count([]) == 0 and count(["", ""]) == 2
+    assert count(["j-run", "j-run2"]) == 0  # running: not counted
+    assert count(["j-done", "j-queued", "j-piet", "no-such-job", "j-run", ""]) == 5
+    # Two ended jobs' clusters fill the limit: no interactive cluster, no third ended one.
+    with pytest.raises(PublicException, match="already has 2 active cluster"):
+        check(mixin, {}, [cluster("j-done"), cluster("j-piet")])
+    check(mixin, {}, [cluster("j-done"), cluster("j-run"), cluster("j-run2")])
+    # A running job still gets its cluster whatever the count (the job admission limits it).
+    check(mixin, {"job": "j-run"}, [cluster("j-done"), cluster("j-piet"), cluster()])
+    # The database unreadable: every job cluster counts (and new ones are refused).
+    gone = ClusterLimitMixin(max_clusters_per_user=2, jobs_db_url="sqlite:////no/such/dir/x.db")
+    assert asyncio.run(gone.counted_clusters("olga", ["j-run", ""])) == 2
+    assert asyncio.run(ClusterLimitMixin().counted_clusters("olga", ["j-run"])) == 1
+
+
 def test_without_the_jobs_database_every_job_cluster_is_refused(tmp_path) -> None:
     with pytest.raises(PublicException, match="job j-run is not a running job of olga"):
         check(ClusterLimitMixin(), {"job": "j-run"}, [])
@@ -172,8 +192,16 @@ def test_kube_backend_counts_job_clusters_apart(jobs_db) -> None:
             await b.start_cluster(OLGA, {"job": "j-piet"})
         # Gone: the job may have a cluster again (a resumed attempt).
         await deliver(b, api.created[1], "DELETED")
-        await b.start_cluster(OLGA, {"job": "j-run"})
+        third = await b.start_cluster(OLGA, {"job": "j-run"})
         assert len(api.created) == 3
+        # Its job ends while the cluster is up: the cluster now counts (with the interactive
+        # one: 2 > 1), and nothing interactive may start until one is shut down.
+        with db.session(jobs_db) as s:
+            s.get(ProcessingJob, "j-run").status = "successful"
+        assert (await b.active_clusters("olga"))[third] == "j-run"
+        assert await b.active_cluster_count("olga") == 2
+        with pytest.raises(PublicException, match="already has 2 active cluster"):
+            await b.start_cluster(OLGA, {})
         b.queue.close()
 
     asyncio.run(main())

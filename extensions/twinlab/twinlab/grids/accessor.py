@@ -233,10 +233,22 @@ class GridAccessor:
 
         out = regrid(self._obj, self.grid, target, method=method, **kwargs)
         attrs = grid_attrs(target)
+
+        def on_target(obj: Any) -> Any:
+            # The source grid's keys go: a variable saying "healpix" over lat-lon dims would
+            # make the result unreadable (from_dataset trusts the variable's attributes).
+            kept = {k: v for k, v in obj.attrs.items() if k not in GRID_ATTRS}
+            new = obj.copy(deep=False)
+            new.attrs = kept | attrs  # (assign_attrs would only add to the old ones)
+            return new
+
         if isinstance(out, xr.Dataset):
-            out = out.map(lambda v: v.assign_attrs(attrs) if set(target.dims) <= set(v.dims) else v)
-            return out.assign_attrs(attrs)
-        return out.assign_attrs(attrs)
+            out = out.copy(deep=False)
+            for name, var in list(out.data_vars.items()):
+                if set(target.dims) <= set(var.dims):
+                    out[name] = on_target(var)
+            return on_target(out)
+        return on_target(out)
 
     def _on_grid(self, g: Grid) -> xr.Dataset | xr.DataArray:
         """The object, less dataset variables that do not lie on the grid (statistics

@@ -2,7 +2,9 @@
 
 The item (id = the job id) goes into the collection ``<prefix><user>`` (made on first use:
 the STAC API's guard makes its creator the owner), with the user's token, so
-``twinlab.datalake.search`` finds it and ``twinlab.datalake.open`` opens it.
+``twinlab.datalake.search`` finds it and ``twinlab.datalake.open`` opens it. A collection of
+that id owned by anyone else (``twinhub:owner``: made before the guard reserved the id) is
+never published into.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import httpx
 import pystac
 
-from twinlab.contract import FIELD_VARIABLE
+from twinlab.contract import FIELD_OWNER, FIELD_VARIABLE
 
 from .schemas import MEDIA_CSV, MEDIA_JSON, MEDIA_NETCDF, MEDIA_ZARR
 
@@ -193,19 +195,41 @@ def _refusal(r: httpx.Response, what: str) -> IngestError:
     return IngestError(f"the STAC API refused {what} ({r.status_code}): {str(detail)[:300]}")
 
 
+def _check_owner(r: httpx.Response, cid: str, owner: str) -> None:
+    """Refuse a collection (its GET answer ``r``) that is not ``owner``'s own: its items
+    would be someone else's to replace or delete, and the job's shown under their name."""
+    try:
+        found = r.json().get(FIELD_OWNER)
+    except (ValueError, AttributeError):
+        found = None
+    if found != owner:
+        whose = f"belongs to {found!r}" if found else "has no owner (the platform's)"
+        raise IngestError(
+            f"the collection {cid!r} {whose}, not to {owner!r}: outputs are not published "
+            "there (an admin can remove or hand over that collection)"
+        )
+
+
 def publish(http: httpx.Client, stac_url: str, token: str, item: dict, owner: str) -> str:
-    """Create the collection if missing, then POST the item (PUT when it exists, a job run
-    again); returns the item's URL."""
+    """Create the collection if missing (refusing one that exists but is not ``owner``'s),
+    then POST the item (PUT when it exists, a job run again); returns the item's URL."""
     base = stac_url if stac_url.endswith("/") else stac_url + "/"
     headers = {"Authorization": f"token {token}"} if token else {}
     cid = item["collection"]
     r = http.get(f"{base}collections/{cid}", headers=headers)
     if r.status_code == 404:
         r = http.post(f"{base}collections", json=collection_body(cid, owner), headers=headers)
-        if r.status_code not in (200, 201, 409):  # 409: made meanwhile (another job)
+        if r.status_code == 409:  # made meanwhile (another job): whose is it?
+            r = http.get(f"{base}collections/{cid}", headers=headers)
+            if r.status_code >= 400:
+                raise _refusal(r, f"reading the collection {cid!r}")
+            _check_owner(r, cid, owner)
+        elif r.status_code not in (200, 201):
             raise _refusal(r, f"the collection {cid!r}")
     elif r.status_code >= 400:
         raise _refusal(r, f"reading the collection {cid!r}")
+    else:
+        _check_owner(r, cid, owner)
     url = f"{base}collections/{cid}/items"
     r = http.post(url, json=item, headers=headers)
     if r.status_code == 409:

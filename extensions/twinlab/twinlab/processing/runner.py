@@ -64,7 +64,8 @@ class OutputLimitExceeded(RuntimeError):
 
 # -- the spec ------------------------------------------------------------------------------
 def fetch_spec(http: httpx.Client, base_url: str, job_id: str, secret: str) -> dict | None:
-    """The job's spec from the service; None when it refuses (unknown, ended, bad secret)."""
+    """The job's spec from the service; None when it refuses (unknown, ended, bad secret,
+    changed process)."""
     url = f"{base_url.rstrip('/')}/internal/jobs/{job_id}"
     deadline = time.monotonic() + SPEC_RETRY_SECONDS
     while True:
@@ -74,7 +75,9 @@ def fetch_spec(http: httpx.Client, base_url: str, job_id: str, secret: str) -> d
             r, why = None, str(err)
         else:
             why = f"HTTP {r.status_code}"
-            if r.status_code in (401, 403, 404, 410):
+            # 409: the (user) process changed since the job was submitted: the service has
+            # failed the job already, and asking again would not change that.
+            if r.status_code in (401, 403, 404, 409, 410):
                 log.error("the service refused the job's spec: %s %s", r.status_code, r.text)
                 return None
             if r.status_code < 400:

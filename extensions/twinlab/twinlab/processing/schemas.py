@@ -1,7 +1,7 @@
 """Descriptions of the templated processes and the check of a job's inputs.
 
 The hub imports this module to list, describe and validate, the runner to read its spec:
-it imports only the standard library, jsonschema and twinlab.contract (no numerical stack).
+it imports the standard library, jsonschema (.jsonschema_safe), twinlab.contract: no numpy.
 
 Besides the OGC process description fields, each description carries ``twinhub:*`` keys:
 ``twinhub:kind`` ("templated" or "user"), ``twinhub:cluster`` (the job needs a Dask
@@ -21,6 +21,8 @@ from typing import Any
 import jsonschema
 
 from twinlab.contract import check_bbox, check_datetime
+
+from . import jsonschema_safe as safe
 
 PROCESS_IDS = ("echo", "regrid", "zonal-mean", "area-mean", "climatology", "point-series")
 #: Version of the templated processes' implementation (provenance of their outputs).
@@ -379,17 +381,19 @@ def parse_datetime(value: str) -> tuple[_dt.datetime | None, _dt.datetime | None
 
 
 # -- validation -----------------------------------------------------------------------------
+# Validators never fetch a $ref (they resolve within the schema): see jsonschema_safe.
 def _validator(schema: dict, where: str) -> Any:
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError as err:
-        raise InputError(f"{where}: invalid JSON Schema: {err.message}") from None
-    return cls(schema)
+        return safe.validator(schema)
+    except safe.UnsafeSchema as err:
+        raise InputError(f"{where}: {err}") from None
 
 
 def _check_value(name: str, schema: dict, value: Any) -> None:
-    errors = list(_validator(schema, f"input {name!r}").iter_errors(value))
+    try:
+        errors = safe.errors(schema, value)
+    except safe.UnsafeSchema as err:
+        raise InputError(f"input {name!r}: {err}") from None
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         where = "".join(f"[{p!r}]" for p in err.absolute_path)
@@ -401,24 +405,6 @@ def _unwrap(value: Any) -> Any:
     qualified = isinstance(value, Mapping) and "value" in value
     if qualified and set(value) <= {"value", "mediaType", "encoding", "schema"}:
         return value["value"]
-    return value
-
-
-def _fill_defaults(schema: Any, value: Any) -> Any:
-    """``value`` with the defaults of ``schema``'s object properties filled in."""
-    if not isinstance(schema, Mapping):
-        return value
-    if isinstance(value, dict):
-        for branch in schema.get("oneOf", []) + schema.get("anyOf", []):
-            if isinstance(branch, Mapping) and _validator(branch, "schema").is_valid(value):
-                value = _fill_defaults(branch, value)
-        props = schema.get("properties")
-        if isinstance(props, Mapping):
-            for key, sub in props.items():
-                if key in value:
-                    value[key] = _fill_defaults(sub, value[key])
-                elif isinstance(sub, Mapping) and "default" in sub:
-                    value[key] = copy.deepcopy(sub["default"])
     return value
 
 
@@ -434,6 +420,8 @@ def validate_inputs(description: Mapping[str, Any], inputs: Any) -> dict:
     if not isinstance(inputs, Mapping):
         raise InputError(f"inputs must be a JSON object, got {type(inputs).__name__}")
     declared = description.get("inputs") or {}
+    if description.get("twinhub:kind") == "user":  # (also those stored before the rule)
+        _check_user_schemas("input", declared)
     unknown = sorted(set(inputs) - set(declared))
     if unknown:
         raise InputError(
@@ -460,12 +448,12 @@ def validate_inputs(description: Mapping[str, Any], inputs: Any) -> dict:
                 raise InputError(f"input {name!r} needs {lo} to {hi} values, got {len(values)}")
             for v in values:
                 _check_value(name, schema, v)
-            out[name] = [_fill_defaults(schema, v) for v in values]
+            out[name] = [safe.fill_defaults(schema, v) for v in values]
             continue
         if not _accepts(schema, value):
             value = _unwrap(value)
         _check_value(name, schema, value)
-        out[name] = _fill_defaults(schema, value)
+        out[name] = safe.fill_defaults(schema, value)
     dt_name = description.get("twinhub:datetime_input")
     if dt_name and out.get(dt_name) is not None:
         try:
@@ -478,7 +466,7 @@ def validate_inputs(description: Mapping[str, Any], inputs: Any) -> dict:
 
 
 def _accepts(schema: Any, value: Any) -> bool:
-    return isinstance(schema, Mapping) and _validator(dict(schema), "schema").is_valid(value)
+    return isinstance(schema, Mapping) and safe.is_valid(dict(schema), value)
 
 
 def _check_templated(pid: str, inputs: dict) -> None:
@@ -538,6 +526,14 @@ def target_cells(target: Mapping[str, Any]) -> int:
 _PY_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 
 
+def _check_user_schemas(what: str, specs: Mapping[str, Any]) -> None:
+    for name, spec in specs.items():
+        try:
+            safe.check_user_schema(spec.get("schema") if isinstance(spec, Mapping) else None)
+        except safe.UnsafeSchema as err:
+            raise InputError(f"{what} {name!r}: {err}") from None
+
+
 def _io_spec(name: str, spec: Any, *, is_input: bool) -> dict:
     """An OGC input/output description from a description, a bare JSON Schema or a type."""
     what = "input" if is_input else "output"
@@ -554,6 +550,7 @@ def _io_spec(name: str, spec: Any, *, is_input: bool) -> dict:
     spec = copy.deepcopy(dict(spec))
     if not isinstance(spec["schema"], Mapping):
         raise InputError(f"{what} {name!r}: its schema must be a JSON object")
+    _check_user_schemas(what, {name: spec})
     _validator(spec["schema"], f"{what} {name!r}")
     spec.setdefault("title", name)
     spec.setdefault("description", "")

@@ -14,6 +14,9 @@
   record checked is the one that will be written: a body whose id (or an item's
   collection) differs from the path is refused, as is a patch of the id, and a new
   collection may not reuse an existing id.
+- Reserved ids: ``user-<name>`` (:data:`~twinlab.contract.USER_COLLECTION_PREFIX`) is where
+  the processing service's jobs publish ``<name>``'s outputs; only ``<name>`` (or an admin's
+  token) may create it, so nobody can take it first and catch or spoof their items.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from urllib.parse import parse_qs, parse_qsl, urlencode
 
 from asyncpg import exceptions as pg_errors
 
-from twinlab.contract import FIELD_OWNER
+from twinlab.contract import FIELD_OWNER, USER_COLLECTION_PREFIX
 
 from ..asgi import Receive, Scope, Send, read_body, replay, send_refusal
 from ..hubauth import acts_as_admin
@@ -72,7 +75,17 @@ __all__ = ["BadRequest", "GuardMiddleware", "check_bbox", "check_limit"]
 
 
 class GuardMiddleware:
-    def __init__(self, app: Any, *, prefix: str, max_page_size: int, max_body_bytes: int):
+    def __init__(
+        self,
+        app: Any,
+        *,
+        prefix: str,
+        max_page_size: int,
+        max_body_bytes: int,
+        reserved_prefix: str = USER_COLLECTION_PREFIX,
+    ):
+        #: ``<reserved_prefix><name>`` collections may be created by <name> (or an admin) only.
+        self.reserved_prefix = reserved_prefix
         self.app = app
         self.prefix = "/" + prefix.strip("/") + "/"
         self.max_page_size = max_page_size
@@ -221,6 +234,7 @@ class GuardMiddleware:
                 raise BadRequest(f"{method} is not allowed on /collections", 405)
             body = check_collection(body)
             cid = body["id"]
+            check_reserved(cid, name, admin, self.reserved_prefix)
             existing = await self._owner_of(scope, cid)
             if existing is not _MISSING:
                 raise BadRequest(
@@ -279,6 +293,19 @@ class GuardMiddleware:
         if row is None:
             return _MISSING
         return row["owner"] or ""
+
+
+def check_reserved(cid: str, name: str, admin: bool, prefix: str = USER_COLLECTION_PREFIX) -> None:
+    """Refuse (403) creating collection ``cid`` when it is ``<prefix><someone>`` and the
+    caller ``name`` is not that someone (admins' tokens may)."""
+    if admin or not prefix or not cid.startswith(prefix):
+        return
+    if cid[len(prefix) :] != name:
+        raise BadRequest(
+            f"collection ids starting with {prefix!r} are reserved: {cid!r} is for the user "
+            f"{cid[len(prefix) :]!r} (their processing outputs); choose another id",
+            403,
+        )
 
 
 def _whose(owner: str) -> str:

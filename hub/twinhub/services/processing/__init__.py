@@ -26,6 +26,10 @@ from .config import TwinhubProcessing, is_enabled
 
 SERVICE_NAME = "processing"
 SERVICE_PREFIX = f"/services/{SERVICE_NAME}/"
+#: Where the hub answers the service's token requests, under its API (:mod:`.hubside`).
+HUB_TOKENS_PATH = "twinhub/processing/tokens"
+#: A job token lives at most the job's wall time and this (:func:`max_token_seconds`).
+TOKEN_HOUR = 3600.0
 
 
 class ProcessingPart(AsgiService):
@@ -37,14 +41,13 @@ class ProcessingPart(AsgiService):
     start_rank = 45
     factory = "twinhub.services.processing.app:create_app"
     listed = True
-    # What the service's own token may do: read users and groups (projects, admins), mint
-    # a short-lived token *for a job's user* (tokens: what the runner authenticates to the
-    # Dask gateway and the STAC API with; it carries only those two access scopes and dies
-    # with the job) and read the lake's items (inputs are checked at submission).
+    # What the service's own token may do: read users and groups (projects, admins) and
+    # the lake's items (inputs are checked at submission). Not ``tokens`` (any scope of any
+    # user: admin-equivalent): a job user's short token is minted by the hub itself, through
+    # the handlers of :mod:`.hubside` that only this service may call.
     scopes = (
         "read:users",
         "read:groups",
-        "tokens",
         "access:services!service=stac",
     )
 
@@ -52,12 +55,38 @@ class ProcessingPart(AsgiService):
         return is_enabled(rt)
 
     def configure_service(self, c: Any, rt: Runtime) -> None:
-        """Nothing beyond registration: runners reach the service straight."""
+        """The hub's job-token API (:mod:`.hubside`); runners reach the service straight."""
+        settings = TwinhubProcessing(config=rt.config)
+        handlers = list(c.JupyterHub.extra_handlers) if "extra_handlers" in c.JupyterHub else []
+        handlers.extend(hub_handlers(max_token_seconds(settings)))
+        c.JupyterHub.extra_handlers = handlers
+
+
+def max_token_seconds(settings: TwinhubProcessing) -> int:
+    """The longest life the hub gives a job token: the wall time and an hour (more when
+    runners retry their reports longer than the hour allows)."""
+    margin = max(TOKEN_HOUR, settings.report_timeout + TOKEN_HOUR / 6)
+    return int(settings.wall_time + margin)
+
+
+def hub_handlers(max_expires_in: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """``c.JupyterHub.extra_handlers`` entries of :mod:`.hubside`, by import path (tornado
+    imports them in the hub; processes that only build its configuration do not load
+    JupyterHub's handlers)."""
+    kwargs = {"max_expires_in": int(max_expires_in)}
+    base = f"/api/{HUB_TOKENS_PATH}"
+    module = f"{__name__}.hubside"
+    return [
+        (rf"{base}/([^/]+)", f"{module}.ProcessingTokensHandler", kwargs),
+        (rf"{base}/([^/]+)/([^/]+)", f"{module}.ProcessingTokenHandler", kwargs),
+    ]
 
 
 __all__ = [
     "SERVICE_NAME",
     "SERVICE_PREFIX",
+    "hub_handlers",
+    "max_token_seconds",
     "ProcessingPart",
     "TwinhubProcessing",
     "is_enabled",

@@ -1,10 +1,13 @@
-"""Admission of a job's inputs beyond their JSON Schemas: the lake items they name exist
-(asked of the STAC API), the time range and the sizes are within the platform's limits.
-Refusals are :class:`~twinhub.services.asgi.BadRequest` (400; 503 when the lake cannot be
-asked)."""
+"""Admission of a job beyond its inputs' JSON Schemas: the lake items they name exist
+(asked of the STAC API), the time range and the sizes are within the platform's limits,
+and what a user process's job will run (its owner, version and code, fixed at submission).
+Refusals are :class:`~twinhub.services.asgi.BadRequest` (400; 409 a process that changed;
+503 when the lake cannot be asked)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -16,9 +19,59 @@ from twinlab.processing import schemas
 from ...errors import PlatformError
 from ..asgi import BadRequest
 from ..datalake import StacPart
+from . import store
 from .config import TwinhubProcessing
 from .context import ProcessingContext
 from .store import utc
+
+#: Why a user process's job does not run the code there now (the job fails with it).
+CHANGED = "the process changed since it was submitted"
+
+
+class ProcessChanged(BadRequest):
+    """The user process a job was submitted for is not the one stored now."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(CHANGED + (f" ({detail})" if detail else ""), 409)
+
+
+def _fingerprint(up: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "owner": up["owner"],
+        "version": int(up["version"]),
+        "sha256": hashlib.sha256(up["code"]).hexdigest(),
+    }
+
+
+def snapshot(db_url: str, process: dict) -> dict[str, Any] | None:
+    """What a job of ``process`` will run, fixed at submission: a user process's
+    ``{"owner", "version", "sha256"}`` (None for a templated one). The description the
+    caller was shown must still be the stored one (another user may have taken the id
+    meanwhile): else 409. Blocking: run it in a thread."""
+    pid = str(process.get("id"))
+    if pid in schemas.TEMPLATED:
+        return None
+    up = store.user_process_code(db_url, pid)
+    shown = (process.get("twinhub:owner"), str(process.get("version")))
+    if up is None or shown != (up["owner"], str(up["version"])):
+        raise BadRequest(f"process {pid!r} changed while it was submitted; submit it again", 409)
+    return _fingerprint(up)
+
+
+def runnable(db_url: str, row: dict[str, Any]) -> tuple[dict, str | None]:
+    """The description and code (base64; None for a templated process) of job ``row``'s
+    process: a user process's only while its owner, version and code are the ones fixed at
+    submission (:func:`snapshot`), else :class:`ProcessChanged`. Blocking."""
+    pid = row["process_id"]
+    if pid in schemas.TEMPLATED:
+        return schemas.TEMPLATED[pid], None
+    fixed = (row.get("request") or {}).get("process")
+    up = store.user_process_code(db_url, pid)
+    if up is None:
+        raise ProcessChanged("it was removed")
+    if not isinstance(fixed, dict) or _fingerprint(up) != fixed:
+        raise ProcessChanged(f"now version {up['version']} of {up['owner']}")
+    return up["description"], base64.b64encode(up["code"]).decode("ascii")
 
 
 async def check_lake(ctx: ProcessingContext, process: dict, inputs: dict) -> dict:
@@ -87,11 +140,11 @@ async def _find_item(
 def _check_range(
     settings: TwinhubProcessing, process: dict, inputs: dict, items: list[dict]
 ) -> None:
+    """The job's time range within ``max_time_range_days``: its ``datetime`` input, an open
+    end (or no ``datetime`` at all: every time step) bounded by the items' own extent."""
     dt_name = process.get("twinhub:datetime_input")
     value = inputs.get(dt_name) if dt_name else None
-    if not isinstance(value, str):
-        return
-    start, end = schemas.parse_datetime(value)
+    start, end = schemas.parse_datetime(value) if isinstance(value, str) else (None, None)
     starts, ends = [], []
     for item in items:
         p = item.get("properties") or {}
@@ -104,10 +157,12 @@ def _check_range(
     limit = settings.max_time_range_days
     if start is not None and end is not None and end - start > timedelta(days=limit):
         days = (end - start).total_seconds() / 86400
+        if isinstance(value, str):
+            what = f"input {dt_name!r}: the time range"
+        else:  # the job reads every time step of its items
+            what = "the items' time range" + (f" (no {dt_name!r} given)" if dt_name else "")
         raise BadRequest(
-            f"input {dt_name!r}: the time range spans {days:.0f} days; at most "
-            f"{limit:g} days (max_time_range_days)",
-            400,
+            f"{what} spans {days:.0f} days; at most {limit:g} days (max_time_range_days)", 400
         )
 
 

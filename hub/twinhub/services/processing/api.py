@@ -11,7 +11,8 @@
 ``DELETE processes/{id}``             remove a user process (owner, admin) -> 204
 ``POST processes/{id}/execution``     execute: ``Prefer: respond-async`` -> 201 + Location; else
                                       synchronous (200 results; 201 if still running after
-                                      ``sync_wait``; 500 if it failed)
+                                      ``sync_wait``; 500 if it failed); body <= max_input_bytes
+                                      (413); another user's process: a token header (403)
 ``GET  jobs[?limit=&offset=&status=&processID=&type=]``  own jobs (admins: all), newest first
 ``GET  jobs/{id}``                    status (twinhub adds stage, stages, owner, project, attempt)
 ``DELETE jobs/{id}``                  dismiss: the work stops, partial outputs go -> 200 status
@@ -199,12 +200,38 @@ def process_links(base: str, process_id: str) -> list[dict[str, str]]:
     ]
 
 
-async def json_body(request: Request) -> Any:
+async def json_body(request: Request, limit: int | None = None) -> Any:
+    """The body as JSON; over ``limit`` bytes: 413 naming the limit (read no further)."""
+    if limit is not None:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise BadRequest(_too_big(int(length), limit), 413)
     raw = await request.body()
+    if limit is not None and len(raw) > limit:
+        raise BadRequest(_too_big(len(raw), limit), 413)
     try:
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"the body is not JSON: {e}") from None
+
+
+def _too_big(size: int, limit: int) -> str:
+    return (
+        f"the execute request has {size} bytes: at most {limit} "
+        "(TwinhubProcessing.max_input_bytes); pass data as lake items, not inline"
+    )
+
+
+def browser_refusal(auth_source: str | None, me: Caller, process: dict[str, Any]) -> None:
+    """Another user's process runs their code as the caller: any page on the origin can
+    drive a browser session (cookie + the page's XSRF value), so it takes a token."""
+    owner = process.get("twinhub:owner")
+    if auth_source == "cookie" and process.get("twinhub:user_process") and owner != me.name:
+        raise BadRequest(
+            f"process {process.get('id')!r} is {owner}'s: run another user's process with a "
+            "token (twinlab.processing or the API), not from a browser session",
+            403,
+        )
 
 
 def parse_execute(doc: Any, process: dict[str, Any]) -> dict[str, Any]:
@@ -412,7 +439,9 @@ def api_router(ctx: ProcessingContext, manager: JobManager) -> APIRouter:
     async def execute(request: Request, process_id: str) -> Response:
         me = await caller(ctx, request)
         process = await describe(me, process_id)
-        ex = parse_execute(await json_body(request), process)
+        browser_refusal((request.scope.get("state") or {}).get("auth_source"), me, process)
+        body = await json_body(request, ctx.settings.max_input_bytes)
+        ex = parse_execute(body, process)
         doc = await manager.submit(
             me,
             process,

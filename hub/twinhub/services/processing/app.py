@@ -56,7 +56,8 @@ PUBLIC_PATHS = ("health", "metrics")
 INTERNAL = "internal/"
 #: Seconds before a failed job loop is started again.
 RESTART_PAUSE = 5.0
-#: Bodies other than a registration's code: an execute request, a runner's report (1 MiB).
+#: Bodies other than a registration's code: a runner's report (1 MiB). An execute request
+#: is held to TwinhubProcessing.max_input_bytes by its route (api.py).
 BODY_OVERHEAD = 2 * 1024 * 1024
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 
-from twinlab.processing import schemas
+from twinlab.processing import jsonschema_safe, schemas
 
 from ..asgi import BadRequest
 from . import store
@@ -107,7 +107,7 @@ def describe(db_url: str, caller: Caller, process_id: str) -> dict[str, Any]:
         return doc
     if not PROCESS_ID.fullmatch(process_id):
         raise no_such_process(process_id)
-    row = store.get_user_process(db_url, process_id)
+    row = store.get_user_process(db_url, process_id, code=False)
     if row is None or not can_see(row, caller):
         raise no_such_process(process_id)
     return user_description(row)
@@ -163,6 +163,12 @@ def _io(kind: str, value: Any, *, occurs: bool) -> dict[str, dict[str, Any]]:
         if unknown:
             raise BadRequest(f"{where}: unknown key(s) {unknown}; allowed: {sorted(IO_KEYS)}")
         schema = spec["schema"]
+        # The service checks inputs against it: nothing it may fetch (a $ref to a URL or a
+        # file), no keyword an input can make slow (a backtracking pattern...).
+        try:
+            jsonschema_safe.check_user_schema(schema)
+        except jsonschema_safe.UnsafeSchema as e:
+            raise BadRequest(f"{where}.schema: {e}") from None
         try:
             validator_for(schema).check_schema(schema)
         except SchemaError as e:
@@ -260,7 +266,7 @@ def register(db_url: str, caller: Caller, doc: Any, settings: Any) -> tuple[dict
     description and whether it is new. Another user's id: 409; past
     ``max_user_processes``: 400. Nothing is stored on a refusal."""
     spec = parse_deploy(doc, caller, settings)
-    existing = store.get_user_process(db_url, spec["id"])
+    existing = store.get_user_process(db_url, spec["id"], code=False)
     if existing is not None and existing["owner"] != caller.name:
         raise BadRequest(f"process id {spec['id']!r} is taken by another user", 409)
     if existing is None and store.count_user_processes(db_url, caller.name) >= (
@@ -271,10 +277,13 @@ def register(db_url: str, caller: Caller, doc: Any, settings: Any) -> tuple[dict
             "remove one first (DELETE processes/<id>)"
         )
     version = (existing["version"] + 1) if existing else 1
-    description = schemas.describe_user_process(
-        spec["id"], spec["title"], spec["description"], spec["inputs"], spec["outputs"],
-        str(version), cluster=spec["cluster"],
-    )  # fmt: skip
+    try:
+        description = schemas.describe_user_process(
+            spec["id"], spec["title"], spec["description"], spec["inputs"], spec["outputs"],
+            str(version), cluster=spec["cluster"],
+        )  # fmt: skip
+    except schemas.InputError as e:  # (parse_deploy refuses these first)
+        raise BadRequest(str(e)) from None
     try:
         row = store.save_user_process(
             db_url,
@@ -296,7 +305,11 @@ def unregister(db_url: str, caller: Caller, process_id: str) -> None:
     others and templated ids: 404 / 403)."""
     if process_id in schemas.PROCESS_IDS:
         raise BadRequest(f"{process_id!r} is a templated process: it cannot be removed", 403)
-    row = store.get_user_process(db_url, process_id) if PROCESS_ID.fullmatch(process_id) else None
+    row = (
+        store.get_user_process(db_url, process_id, code=False)
+        if PROCESS_ID.fullmatch(process_id)
+        else None
+    )
     if row is None or not can_see(row, caller):
         raise no_such_process(process_id)
     if row["owner"] != caller.name and not caller.admin:

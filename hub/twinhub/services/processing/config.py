@@ -55,6 +55,14 @@ class TwinhubProcessing(Configurable):
         "(429).",
     ).tag(config=True)
 
+    max_jobs_per_user = Integer(
+        1000,
+        min=1,
+        help="Jobs of one user stored at once, whatever their status (finished ones stay "
+        "retention_days); a submission past it is refused (429) until some are removed "
+        "(DELETE jobs/{id}) or expire.",
+    ).tag(config=True)
+
     max_attempts = Integer(
         2,
         min=1,
@@ -128,10 +136,12 @@ class TwinhubProcessing(Configurable):
         4 * 1024**2, min=1024, help="Size of a registered process's pickled code at most."
     ).tag(config=True)
 
-    collection_prefix = Unicode(
-        "user-",
-        help="Outputs are ingested into the STAC collection '<prefix><user>' (made on the "
-        "user's first job, owned by them).",
+    max_input_bytes = Integer(
+        1024**2,
+        min=1024,
+        help="Bytes of an execute request's body (the job's inputs, as JSON) at most; a "
+        "larger one is refused (413). The inputs are stored with the job: data belongs in "
+        "the lake, named by its item.",
     ).tag(config=True)
 
     @validate("wall_time", "sync_wait", "poll_interval", "report_timeout")

@@ -1,9 +1,10 @@
 """Hub tokens of a job's user: the runner's short-lived token, and stopping a job's cluster.
 
 The runner authenticates to the Dask gateway and the STAC API *as the job's user*, with a
-token the service mints for that user through the hub's REST API (the service's own token
-holds the ``tokens`` scope). It carries only the two access scopes below and expires soon
-after the job's wall time; the service revokes it when the job ends.
+token the hub mints for that user when the service asks (:mod:`.hubside`: handlers in the
+hub that only this service may call; the service holds no ``tokens`` scope). It carries only
+the two access scopes below and expires soon after the job's wall time (the hub bounds it);
+the service revokes it when the job ends (the hub revokes only tokens it minted so).
 
 The gateway lets only a cluster's owner stop it, so stopping a job's cluster (dismiss, a
 limit) goes through a five-minute token of the owner, as :mod:`twinhub.gateway.hooks`
@@ -22,6 +23,7 @@ import httpx
 
 from ...gateway import ACCESS_SCOPE as GATEWAY_SCOPE
 from ...gateway import gateway_url
+from . import HUB_TOKENS_PATH
 from .context import ProcessingContext
 
 log = logging.getLogger("twinhub.processing")
@@ -32,6 +34,8 @@ STAC_SERVICE = "stac"
 
 #: What a runner's token may do: make/stop the user's clusters, read and write the lake.
 RUNNER_SCOPES = (GATEWAY_SCOPE, f"access:services!service={STAC_SERVICE}")
+#: Every token the hub mints for the service has a note starting so (:mod:`.hubside`).
+NOTE_PREFIX = "twinhub processing"
 #: Seconds the token that stops a job's cluster lives.
 STOP_TOKEN_SECONDS = 300
 #: Seconds to wait for a stopped cluster to be gone.
@@ -65,9 +69,10 @@ async def mint(
     note: str = "twinhub processing job",
     scopes: tuple[str, ...] = RUNNER_SCOPES,
 ) -> tuple[str, str]:
-    """A new token of ``user`` with ``scopes``, expiring in ``expires_in`` seconds: (token,
-    its id). Raises :class:`HubTokenError` when the hub refuses."""
-    url = f"{ctx.hub_api}/users/{quote(user, safe='')}/tokens"
+    """A new token of ``user`` with ``scopes`` (some of :data:`RUNNER_SCOPES`), expiring in
+    ``expires_in`` seconds: (token, its id). Raises :class:`HubTokenError` when the hub
+    refuses."""
+    url = f"{ctx.hub_api}/{HUB_TOKENS_PATH}/{quote(user, safe='')}"
     body = {"scopes": list(scopes), "expires_in": int(expires_in), "note": note}
     async with _client(ctx) as c:
         try:
@@ -85,7 +90,7 @@ async def revoke(ctx: ProcessingContext, user: str, token_id: str) -> bool:
     no-op. Raises :class:`HubTokenError` on any other answer than 204/404."""
     if not token_id:
         return False
-    url = f"{ctx.hub_api}/users/{quote(user, safe='')}/tokens/{quote(token_id, safe='')}"
+    url = f"{ctx.hub_api}/{HUB_TOKENS_PATH}/{quote(user, safe='')}/{quote(token_id, safe='')}"
     async with _client(ctx) as c:
         try:
             r = await c.delete(url, headers=_service_headers(ctx))
@@ -137,6 +142,69 @@ async def stop_job_cluster(
         # A gateway that is down has no cluster left to stop (it stops them all on exit).
         log.warning("Gateway unreachable stopping %s of %s: %s", cluster, user, e)
         return False
+    finally:
+        try:
+            await revoke(ctx, user, token_id)
+        except HubTokenError as e:
+            log.warning("Could not revoke the stop token of %s: %s", user, e)
+
+
+async def stop_job_clusters(
+    ctx: ProcessingContext, user: str, job_id: str, wait: float = STOP_WAIT
+) -> list[str]:
+    """Stop every active cluster of ``user`` made for job ``job_id`` (option ``job``): the
+    runner may have made more than the one it reported, or reported none. The names of
+    those stopped; waits (at most ``wait`` s) until they are gone. Raises
+    :class:`HubTokenError` when the gateway cannot list them."""
+    token, token_id = await mint(
+        ctx,
+        user,
+        STOP_TOKEN_SECONDS,
+        note=f"twinhub processing: stop the clusters of job {job_id}",
+        scopes=(GATEWAY_SCOPE,),
+    )
+    base = f"{gateway_url(ctx.rt)}/api/v1/clusters/"
+    headers = {"Authorization": f"jupyterhub {token}"}
+    try:
+        async with _client(ctx) as c:
+            try:
+                r = await c.get(base, headers=headers)  # the token's user's active clusters
+                listed = r.json() if r.status_code == 200 else None
+            except (httpx.HTTPError, ValueError) as e:
+                raise HubTokenError(f"the gateway did not list {user}'s clusters: {e}") from e
+            if not isinstance(listed, dict):
+                raise HubTokenError(
+                    f"the gateway refused listing {user}'s clusters ({r.status_code})"
+                )
+            names = [
+                str(name)
+                for name, model in listed.items()
+                if isinstance(model, dict) and (model.get("options") or {}).get("job") == job_id
+            ]
+            for name in names:
+                r = await c.delete(base + quote(name, safe=""), headers=headers)
+                if r.status_code not in (200, 204, 404):
+                    log.warning("Gateway refused stopping %s of %s: %s", name, user, r.text[:200])
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            left = list(names)
+            while left:
+                r = await c.get(
+                    base, params={"status": "pending,running,stopping"}, headers=headers
+                )
+                active = r.json() if r.status_code == 200 else {}
+                left = [n for n in left if isinstance(active, dict) and n in active]
+                if not left or loop.time() >= deadline:
+                    break
+                await asyncio.sleep(0.5)
+            if left:
+                log.warning("Clusters %s of %s still stopping after %.0f s", left, user, wait)
+            if names:
+                log.info("Stopped the clusters of job %s of %s: %s", job_id, user, names)
+            return names
+    except httpx.HTTPError as e:
+        log.warning("Gateway unreachable stopping the clusters of job %s: %s", job_id, e)
+        return []
     finally:
         try:
             await revoke(ctx, user, token_id)

@@ -10,7 +10,8 @@ A job's life (docs/processing.md):
   job twice), through the backend (the runner as the user); it watches running jobs (runner
   gone without a result, wall time) and drops jobs past their retention.
 - The runner reports stages, progress, logs and its end (:meth:`JobManager.report`), with
-  the job's secret (only its sha256 is stored).
+  the job's secret (only its sha256 is stored). A user process's runner gets the code fixed
+  at submission (owner, version, sha256) or none: the job fails if the process changed.
 - :meth:`JobManager.recover` at the service's start adopts runners still alive, runs the
   others again (a new attempt) or fails them when no attempt is left.
 """
@@ -18,7 +19,6 @@ A job's life (docs/processing.md):
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hmac
 import logging
@@ -38,8 +38,8 @@ from . import admission, outputs, store
 from .context import ProcessingContext
 from .metrics import FINISHED, JOB_SECONDS, LIMIT_FAILURES, RECOVERED, RUNNER_STARTS, SUBMISSIONS
 from .model import Caller, JobFailed, NoSuchJob, ResultNotReady, secret_hash, status_doc
-from .release import maybe, release
-from .reports import Gone, apply_events, spec_doc
+from .release import cleanup, maybe, release, start_runner
+from .reports import REPORTS_PER_SECOND, Gone, ReportRate, apply_events, spec_doc
 from .store import rfc3339
 
 log = logging.getLogger("twinhub.processing")
@@ -67,6 +67,8 @@ class JobManager:
         self._launching: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self._swept = 0.0
+        #: Reports per job and second (a fake clock in tests).
+        self.report_rate = ReportRate()
 
     # -- the API's side ----------------------------------------------------------------------
     async def submit(
@@ -81,13 +83,18 @@ class JobManager:
     ) -> dict:
         """Admit and store a job of ``process`` (a description the caller may run); its
         status document. Refusals raise :class:`BadRequest` (400 input, 403 project or
-        allocation, 429 queue) and store nothing."""
+        allocation, 409 a user process changed meanwhile, 429 the owner's queue or stored
+        jobs) and store nothing."""
         pid = str(process.get("id"))
         label = pid if pid in schemas.PROCESS_IDS else "user-process"
         try:
-            normalized = schemas.validate_inputs(process, inputs)
+            # In threads: a slow schema (a user's) must not stall reports and health checks
+            # (regular expressions hold the GIL: user schemas have none, catalogue.py).
+            normalized = await asyncio.to_thread(schemas.validate_inputs, process, inputs)
             normalized = await admission.check_lake(self.ctx, process, normalized)
-            admission.check_limits(self.settings, process, normalized)
+            await asyncio.to_thread(admission.check_limits, self.settings, process, normalized)
+            # What a user process's job runs is fixed now (its runner gets that or nothing).
+            fixed = await asyncio.to_thread(admission.snapshot, self.db_url, process)
         except schemas.InputError as e:
             SUBMISSIONS.labels(label, "bad-input").inc()
             raise BadRequest(str(e), 400) from None
@@ -102,6 +109,9 @@ class JobManager:
                 raise BadRequest(why, 403)
         jid = uuid.uuid4().hex
         t = store.now()
+        request = {k: v for k, v in (request or {}).items() if k != "process"}
+        if fixed is not None:
+            request["process"] = fixed
         row = {
             "id": jid,
             "owner": caller.name,
@@ -109,7 +119,7 @@ class JobManager:
             "process_id": pid,
             "process_version": str(process.get("version") or "1")[:32],
             "inputs": normalized,
-            "request": request or {},
+            "request": request,
             "status": "accepted",
             "stage": "queued",
             "progress": 0,
@@ -125,20 +135,22 @@ class JobManager:
             "updated_at": t,
         }
         text = f"accepted: {pid} for {caller.name}, charged to project {project}"
-        stored = await asyncio.to_thread(
-            store.insert_job,
-            self.db_url,
-            row,
-            max_queued=self.settings.max_queued_per_user,
-            log_text=text,
-        )
-        if stored is None:
-            SUBMISSIONS.labels(label, "limit").inc()
-            raise BadRequest(
-                f"{caller.name} already has {self.settings.max_queued_per_user} jobs waiting "
-                "to run (max_queued_per_user); submit again when some have started",
-                429,
+        try:
+            stored = await asyncio.to_thread(
+                store.insert_job,
+                self.db_url,
+                row,
+                max_queued=self.settings.max_queued_per_user,
+                max_stored=self.settings.max_jobs_per_user,
+                log_text=text,
             )
+        except store.Full as e:
+            SUBMISSIONS.labels(label, "limit").inc()
+            if e.limit == "max_queued_per_user":
+                why = "waiting to run (max_queued_per_user); submit again when some have started"
+            else:
+                why = "stored (max_jobs_per_user); remove ended ones (DELETE jobs/{id}) first"
+            raise BadRequest(f"{caller.name} already has {e.count} jobs {why}", 429) from None
         SUBMISSIONS.labels(label, "accepted").inc()
         self._wake.set()
         return status_doc(stored, base_url or self.base_url)
@@ -244,36 +256,38 @@ class JobManager:
     # -- the runner's side -------------------------------------------------------------------
     def _authorized(self, job_id: str, secret: str) -> dict[str, Any]:
         row = store.get_job(self.db_url, job_id) if len(job_id) <= 64 else None
-        if row is None:
-            raise NoSuchJob(job_id)
         given = secret_hash(secret or "")
-        if not row["secret_hash"] or not hmac.compare_digest(given, row["secret_hash"]):
+        # An unknown job answers as a wrong secret does: job ids are not disclosed.
+        if not (row and row["secret_hash"] and hmac.compare_digest(given, row["secret_hash"])):
             raise BadRequest("bad job secret", 401)
         return row
 
-    def spec(self, job_id: str, secret: str) -> dict:
-        """What the runner of a running job needs (process, inputs, limits, cluster)."""
-        row = self._authorized(job_id, secret)
+    async def spec(self, job_id: str, secret: str) -> dict:
+        """What the runner of a running job needs (process, inputs, limits, cluster). A user
+        process that changed since the submission: 409, and the job fails with that reason
+        (never other code, nor another user's, as the job's owner)."""
+        row = await asyncio.to_thread(self._authorized, job_id, secret)
         if row["status"] != "running":
             raise Gone(row["status"])
-        code = None
-        if row["process_id"] in schemas.TEMPLATED:
-            process = schemas.TEMPLATED[row["process_id"]]
-        else:
-            up = store.get_user_process(self.db_url, row["process_id"])
-            if up is None:
-                raise BadRequest(f"process {row['process_id']!r} no longer exists", 404)
-            process = up["description"]
-            code = base64_text(up["code"])
+        try:
+            process, code = await asyncio.to_thread(admission.runnable, self.db_url, row)
+        except admission.ProcessChanged as e:
+            await self._stop(row, "failed", e.message, background=True)
+            raise
         return spec_doc(row, self.settings, process, code)
 
     async def report(self, job_id: str, secret: str, events: list[dict]) -> dict:
         """Apply a runner's events in order; ``{"status", "stop"}`` (stop: the job is over).
-        401 bad secret, 404 unknown job, 410 (:class:`Gone`) the job already ended, 400 a
-        bad event (nothing applied)."""
+        401 bad secret or unknown job, 410 (:class:`Gone`) the job already ended, 429 too
+        many reports (the runner sends it again), 400 a bad event (nothing applied)."""
         row = await asyncio.to_thread(self._authorized, job_id, secret)
         if row["status"] != "running":
+            self.report_rate.forget(job_id)
             raise Gone(row["status"])
+        if not self.report_rate.take(job_id):
+            raise BadRequest(
+                f"more than {REPORTS_PER_SECOND:g} reports a second; send it again", 429
+            )
         change = apply_events(row, events, self.settings)
         if change.values:
             updated = await asyncio.to_thread(
@@ -298,10 +312,13 @@ class JobManager:
         return {"status": row["status"], "stop": row["status"] != "running"}
 
     # -- ending a job ------------------------------------------------------------------------
-    async def _stop(self, row: dict, status: str, message: str) -> dict:
+    async def _stop(
+        self, row: dict, status: str, message: str, *, background: bool = False
+    ) -> dict:
         """End a live job as ``status`` with ``message``: its runner stopped, its cluster
-        stopped, its outputs removed, its token revoked. Idempotent: a job that already
-        ended is returned as it is."""
+        stopped, its outputs removed, its token revoked (``background``: after this returns,
+        the runner given time to exit on its own). Idempotent: a job that already ended is
+        returned as it is."""
         t = store.now()
         stages = dict(row["stages"] or {})
         if row["stage"] in stages and "finished" not in stages[row["stage"]]:
@@ -322,7 +339,10 @@ class JobManager:
             return await asyncio.to_thread(store.get_job, self.db_url, row["id"]) or row
         self._finished(ended)
         self._notify(row["id"])
-        await self._cleanup(ended, remove=True, wait=False)
+        if background:
+            self._later(self._cleanup(ended, remove=True, wait=True))
+        else:
+            await self._cleanup(ended, remove=True, wait=False)
         return ended
 
     def _finished(self, row: dict) -> None:
@@ -378,8 +398,13 @@ class JobManager:
             self._swept = time.monotonic()
             cutoff = store.now() - timedelta(days=self.settings.retention_days)
             gone = await asyncio.to_thread(store.delete_ended_before, self.db_url, cutoff)
+            for jid, handle in gone:  # what a failed release left of their runners
+                try:
+                    await cleanup(self.ctx, handle)
+                except Exception as e:
+                    log.warning("job %s: cannot remove the runner's files: %s", jid, e)
             if gone:
-                log.info("removed %d jobs that ended before %s", gone, cutoff)
+                log.info("removed %d jobs that ended before %s", len(gone), cutoff)
 
     async def _start_queued(self) -> None:
         s = self.settings
@@ -414,12 +439,15 @@ class JobManager:
         kind = "first" if row["attempt"] <= 1 else "resumed"
         try:
             try:
-                handle = await self.ctx.backend.start(row, secret)
+                started = await start_runner(self.ctx, row, secret)
             except Exception as e:
                 RUNNER_STARTS.labels("failed", kind).inc()
                 log.warning("job %s: the runner did not start: %s", row["id"], e)
                 await self._stop(row, "failed", f"the job's runner could not start: {e}")
                 return
+            if started is None:
+                return  # ended before its runner started
+            handle, token_id = started
             RUNNER_STARTS.labels("started", kind).inc()
             t = store.now()
             note = f"runner started (attempt {row['attempt']})"
@@ -429,7 +457,7 @@ class JobManager:
                 row["id"],
                 expect=("running",),
                 runner=handle,
-                token_id=str(handle.get("token_id") or ""),
+                token_id=token_id,
                 logs=[_service_line(t, "scheduling", note)],
                 max_lines=self.settings.max_log_lines,
             )
@@ -438,11 +466,7 @@ class JobManager:
                 # (echo) whose runner reported its end already (keep its outputs, let it
                 # exit). The handle is kept for the record either way.
                 ended = await asyncio.to_thread(
-                    store.update_job,
-                    self.db_url,
-                    row["id"],
-                    runner=handle,
-                    token_id=str(handle.get("token_id") or ""),
+                    store.update_job, self.db_url, row["id"], runner=handle, token_id=token_id
                 )
                 if ended is not None:
                     ok = ended["status"] == "successful"
@@ -562,7 +586,3 @@ def _service_line(
     at: datetime, stage: str, text: str, level: str = "info", source: str = "service"
 ) -> dict[str, Any]:
     return {"at": at, "stage": stage, "level": level, "source": source, "text": text}
-
-
-def base64_text(code: bytes) -> str:
-    return base64.b64encode(code).decode("ascii")

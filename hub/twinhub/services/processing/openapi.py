@@ -438,6 +438,10 @@ def paths() -> dict[str, Any]:
                     "headers": {"Link": {"schema": {"type": "string"}}},
                 },
                 params=("processID", "Prefer"),
+                description="A body over TwinhubProcessing.max_input_bytes (1 MiB by default) "
+                "is refused (413). Another user's process (shared with a project) runs their "
+                "code as the caller: it needs an Authorization token header, not a browser "
+                "session (403).",
                 requestBody={
                     "required": True,
                     "content": {"application/json": {"schema": _ref("execute")}},

@@ -1,22 +1,30 @@
-"""Freeing what an ended job held: its runner, its cluster, its outputs (unless it
-succeeded), its hub token. Each step on its own: one failing (a gateway down) is
-reported, the others still done."""
+"""What a job's runner holds, from its start to its release.
+
+- :func:`start_runner`: the runner's hub token is minted (and its id stored with the job)
+  before the backend starts anything, and revoked if the start fails;
+- :func:`release`: freeing what an ended job held: its runner (and what the backend keeps
+  of it: its job directory), its clusters, its outputs (unless it succeeded), its hub
+  token. Each step on its own: one failing (a gateway down) is reported, the others still
+  done."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
 from typing import Any
 
-from . import hubtokens, outputs
+from . import hubtokens, outputs, store
 from .context import ProcessingContext
 
 log = logging.getLogger("twinhub.processing")
 
 #: Seconds a runner that reported its end has to exit before it is stopped.
 EXIT_GRACE = 10.0
+#: Seconds the runner's hub token outlives the job's wall time and report timeout.
+TOKEN_MARGIN = 600
 
 
 async def maybe(value: Any) -> Any:
@@ -24,18 +32,57 @@ async def maybe(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+async def start_runner(ctx: ProcessingContext, row: dict, secret: str) -> tuple[dict, str] | None:
+    """Start job ``row``'s runner (the backend's ``start(job, secret, (token, token_id))``)
+    with a new hub token of its owner, whose id is stored with the job first (a crash
+    after the mint leaves it to the job's release). (handle, token id); None when the job
+    ended meanwhile (the token revoked)."""
+    start = ctx.backend.start
+    if not _takes_token(start):  # a backend that mints the runner's token itself
+        handle = await start(row, secret)
+        return handle, str(handle.get("token_id") or "")
+    owner = str(row["owner"])
+    seconds = int(float(row["wall_time"]) + ctx.settings.report_timeout) + TOKEN_MARGIN
+    token, token_id = await hubtokens.mint(
+        ctx, owner, seconds, note=f"twinhub processing job {row['id']}"
+    )
+    try:
+        kept = await asyncio.to_thread(
+            store.update_job, ctx.db_url, row["id"], expect=("running",), token_id=token_id
+        )
+        if kept is None:
+            await hubtokens.revoke(ctx, owner, token_id)
+            return None
+        handle = await start(row, secret, (token, token_id))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await hubtokens.revoke(ctx, owner, token_id)
+        raise
+    return handle, token_id
+
+
+def _takes_token(start: Any) -> bool:
+    """Whether a backend's ``start`` takes the runner's token (job, secret, token)."""
+    try:
+        params = inspect.signature(start).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    kinds = [p.kind for p in params]
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return inspect.Parameter.VAR_POSITIONAL in kinds or sum(k in positional for k in kinds) >= 3
+
+
 async def release(ctx: ProcessingContext, row: dict, *, remove: bool, wait: bool) -> list[str]:
     """Stop the job's runner (``wait``: give one that reported its end
-    :data:`EXIT_GRACE` s to exit first), stop its cluster, remove its outputs (``remove``),
-    revoke its token; what could not be done, one line each."""
+    :data:`EXIT_GRACE` s to exit first) and drop its files, stop its clusters, remove its
+    outputs (``remove``), revoke its token; what could not be done, one line each."""
     owner = row["owner"]
     steps: list[tuple[str, Any]] = []
     if row.get("runner") and ctx.backend is not None:
         steps.append(("stop the runner", lambda: _stop_runner(ctx, row["runner"], wait)))
-    if row.get("cluster"):
-        steps.append(
-            ("stop the cluster", lambda: hubtokens.stop_job_cluster(ctx, owner, row["cluster"]))
-        )
+        steps.append(("remove the runner's files", lambda: cleanup(ctx, row["runner"])))
+    # Every cluster made for the job, not only the one the runner reported (its word).
+    steps.append(("stop the clusters", lambda: _stop_clusters(ctx, owner, row)))
     if remove and row.get("output_prefix"):
         steps.append(
             ("remove the outputs", lambda: outputs.remove(ctx.rt, owner, row["output_prefix"]))
@@ -50,6 +97,27 @@ async def release(ctx: ProcessingContext, row: dict, *, remove: bool, wait: bool
             log.warning("job %s: cannot %s: %s", row["id"], what, e)
             problems.append(f"cannot {what}: {e}")
     return problems
+
+
+async def cleanup(ctx: ProcessingContext, handle: dict | None) -> None:
+    """What the backend keeps of a stopped runner (its job directory, its log) removed,
+    when the backend can (``cleanup``)."""
+    drop = getattr(ctx.backend, "cleanup", None)
+    if handle and drop is not None:
+        await maybe(drop(handle))
+
+
+async def _stop_clusters(ctx: ProcessingContext, owner: str, row: dict) -> None:
+    reported = row.get("cluster") or ""
+    try:
+        stopped = await hubtokens.stop_job_clusters(ctx, owner, row["id"])
+    except Exception:
+        if reported:  # the one the runner named still goes
+            with contextlib.suppress(Exception):
+                await hubtokens.stop_job_cluster(ctx, owner, reported)
+        raise
+    if reported and reported not in stopped:
+        await hubtokens.stop_job_cluster(ctx, owner, reported)
 
 
 async def _stop_runner(ctx: ProcessingContext, handle: dict, wait: bool) -> None:

@@ -6,25 +6,28 @@ here (its sha256 against the job's, in constant time).
 
 - ``GET internal/jobs/{id}``: the job's spec (:meth:`JobManager.spec`);
 - ``POST internal/jobs/{id}/events``: ``{"events": [...]}`` (at most :data:`MAX_EVENTS`,
-  :data:`MAX_REPORT_BYTES`) → ``{"status", "stop"}``; 401 bad secret, 404 unknown job, 410
-  the job already ended (``stop`` true in the body too), 400 a bad event (its index named;
-  nothing of the report applied).
+  :data:`MAX_REPORT_BYTES`) → ``{"status", "stop"}``; 401 bad secret or unknown job (one
+  answer: job ids are not disclosed), 410 the job already ended (``stop`` true in the body
+  too), 400 a bad event (its index named; nothing of the report applied), 429 more than
+  :data:`REPORTS_PER_SECOND` reports of one job (the runner sends it again).
 
 :func:`apply_events` turns a valid report into the job's new columns and log lines.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+
+from twinlab.contract import USER_COLLECTION_PREFIX
 
 from ..asgi import BadRequest, error_body
 from .config import TwinhubProcessing
@@ -51,6 +54,9 @@ RANGES = {
     "ingesting": (90, 100),
     "finished": (100, 100),
 }
+#: Reports of one job accepted per second (as many in a burst); past it 429: a runner
+#: reports every half second, a flood would be a write transaction each.
+REPORTS_PER_SECOND = 20.0
 EVENT_TYPES = ("stage", "progress", "log", "cluster", "sources", "done", "failed")
 LEVELS = ("info", "warning", "error")
 
@@ -61,6 +67,30 @@ class Gone(BadRequest):
     def __init__(self, status: str) -> None:
         super().__init__(f"the job has ended ({status}); stop", 410)
         self.job_status = status
+
+
+class ReportRate:
+    """A token bucket per job (this process's; each replica keeps its own)."""
+
+    def __init__(self, rate: float = REPORTS_PER_SECOND, clock: Any = time.monotonic) -> None:
+        self.rate, self.clock = rate, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, job_id: str) -> bool:
+        """Whether one more report of ``job_id`` is allowed now (it counts)."""
+        t = self.clock()
+        if len(self._buckets) > 10_000:  # a full bucket is as good as none
+            self._buckets = {
+                k: v for k, v in self._buckets.items() if t - v[1] < 1.0 + v[0] / self.rate
+            }
+        tokens, last = self._buckets.get(job_id, (self.rate, t))
+        tokens = min(self.rate, tokens + (t - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[job_id] = (tokens - 1.0 if allowed else tokens, t)
+        return allowed
+
+    def forget(self, job_id: str) -> None:
+        self._buckets.pop(job_id, None)
 
 
 def stage_progress(stage: str, progress: float) -> int:
@@ -189,13 +219,13 @@ def apply_events(row: dict[str, Any], events: Any, settings: TwinhubProcessing) 
             began = datetime.fromisoformat(cur["started"].replace("Z", "+00:00"))
             STAGE_SECONDS.labels(stage).observe(max(0.0, (at - began).total_seconds()))
 
-    def end(status: str, text: str, at: datetime, level: str) -> None:
+    def end(status: str, text: str, at: datetime, level: str, source: str = "service") -> None:
         nonlocal message, ended
         ok = status == "successful"
         close(at, complete=ok)
         values.update(status=status, finished_at=now())
         message, ended = text, True
-        change.logs.append(_log(at, "finished" if ok else stage, level, "service", text))
+        change.logs.append(_log(at, "finished" if ok else stage, level, source, text))
 
     for ev in checked:
         at, kind = ev["at"], ev["type"]
@@ -234,8 +264,8 @@ def apply_events(row: dict[str, Any], events: Any, settings: TwinhubProcessing) 
                 output_bytes=ev["output_bytes"],
                 stac_item=ev["stac_item"],
             )
-        elif kind == "failed":
-            end("failed", ev["reason"], at, "error")
+        elif kind == "failed":  # the runner's words: logged as its, not the service's
+            end("failed", ev["reason"], at, "error", source="runner")
     values.update(stage=stage, stages=stages, progress=progress, message=message)
     return change
 
@@ -258,7 +288,7 @@ def spec_doc(row: dict[str, Any], settings: TwinhubProcessing, process: dict, co
         "project": row["project"],
         "attempt": row["attempt"],
         "output_prefix": row["output_prefix"],
-        "collection": f"{settings.collection_prefix}{row['owner']}",
+        "collection": f"{USER_COLLECTION_PREFIX}{row['owner']}",
         "limits": {
             "wall_time": row["wall_time"],
             "max_output_bytes": row["max_output_bytes"],
@@ -285,7 +315,10 @@ def _answer(e: BadRequest) -> JSONResponse:
     body = error_body(e.status, e.message)
     if isinstance(e, Gone):
         body.update(status=e.job_status, stop=True)
-    return JSONResponse(body, status_code=e.status, headers={"Cache-Control": "no-store"})
+    headers = {"Cache-Control": "no-store"}
+    if e.status == 429:
+        headers["Retry-After"] = "1"
+    return JSONResponse(body, status_code=e.status, headers=headers)
 
 
 def reports_router(ctx: Any, manager: Any) -> APIRouter:
@@ -297,7 +330,7 @@ def reports_router(ctx: Any, manager: Any) -> APIRouter:
     async def spec(job_id: str, request: Request) -> JSONResponse:
         secret = request.headers.get(SECRET_HEADER, "")
         try:
-            doc = await asyncio.to_thread(manager.spec, job_id, secret)
+            doc = await manager.spec(job_id, secret)
         except BadRequest as e:
             return _answer(e)
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})
@@ -321,7 +354,7 @@ def reports_router(ctx: Any, manager: Any) -> APIRouter:
             REPORTS.labels("gone").inc()
             return _answer(e)
         except BadRequest as e:
-            REPORTS.labels("refused").inc()
+            REPORTS.labels("limited" if e.status == 429 else "refused").inc()
             return _answer(e)
         REPORTS.labels("ok").inc()
         return JSONResponse(result, headers={"Cache-Control": "no-store"})

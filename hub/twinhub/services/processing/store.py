@@ -10,6 +10,7 @@ naive ones: they were stored as UTC).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,8 @@ TRIM_MARK = "[log trimmed]"
 #: PostgreSQL advisory lock key serializing claims of queued jobs across replicas
 #: (the limits' counts and the claim must be one step); "twinproc" in ASCII.
 CLAIM_LOCK = 0x7477696E70726F63
+#: The marker line as :func:`_trim` writes it (its count read back from it).
+_TRIMMED = re.compile(re.escape(TRIM_MARK) + r" ([0-9]{1,18}) earlier lines dropped")
 
 
 class Taken(Exception):
@@ -100,16 +103,30 @@ def save_user_process(
     raise Taken(id, "")
 
 
-def get_user_process(db_url: str, id: str) -> dict[str, Any] | None:
+#: A user process's columns but its pickled code (up to max_code_bytes each): listing and
+#: describing never read it; only a runner's start does.
+_NO_CODE = tuple(c for c in UserProcess.__table__.columns if c.key != "code")
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    return {k: utc(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()}
+
+
+def get_user_process(db_url: str, id: str, *, code: bool = True) -> dict[str, Any] | None:
+    """User process ``id`` (None: no such id); ``code=False``: without its ``code``."""
     with db.session(db_url) as s:
-        row = s.get(UserProcess, id)
-        return None if row is None else _columns(row)
+        if not code:
+            row = s.execute(select(*_NO_CODE).where(UserProcess.id == id)).first()
+            return None if row is None else _plain(row)
+        found = s.get(UserProcess, id)
+        return None if found is None else _columns(found)
 
 
 def list_user_processes(db_url: str) -> list[dict[str, Any]]:
-    """Every user process, by id (the caller filters what a user may see)."""
+    """Every user process without its ``code``, by id (the caller filters what a user may
+    see)."""
     with db.session(db_url) as s:
-        return [_columns(r) for r in s.scalars(select(UserProcess).order_by(UserProcess.id))]
+        return [_plain(r) for r in s.execute(select(*_NO_CODE).order_by(UserProcess.id))]
 
 
 def delete_user_process(db_url: str, id: str) -> bool:
@@ -123,18 +140,48 @@ def count_user_processes(db_url: str, owner: str) -> int:
         return int(s.scalar(q) or 0)
 
 
-# -- jobs --------------------------------------------------------------------------------------
-def insert_job(
-    db_url: str, job: dict[str, Any], *, max_queued: int, log_text: str
-) -> dict[str, Any] | None:
-    """Store a new job (status accepted) with its first log line, unless its owner already
-    has ``max_queued`` accepted jobs: then nothing is stored and None returned."""
+def user_process_code(db_url: str, id: str) -> dict[str, Any] | None:
+    """What a job of user process ``id`` runs: its ``owner``, ``version``, ``description``
+    and ``code`` (None when there is no such process)."""
     with db.session(db_url) as s:
-        q = select(func.count()).where(
-            ProcessingJob.owner == job["owner"], ProcessingJob.status == "accepted"
-        )
-        if int(s.scalar(q) or 0) >= max_queued:
+        q = select(
+            UserProcess.owner, UserProcess.version, UserProcess.description, UserProcess.code
+        ).where(UserProcess.id == id)
+        row = s.execute(q).first()
+        if row is None:
             return None
+        return {
+            "owner": row[0],
+            "version": int(row[1]),
+            "description": row[2],
+            "code": bytes(row[3]),
+        }
+
+
+# -- jobs --------------------------------------------------------------------------------------
+class Full(Exception):
+    """A new job past one of its owner's caps (``limit``: the setting's name)."""
+
+    def __init__(self, limit: str, count: int) -> None:
+        super().__init__(f"{limit} reached ({count})")
+        self.limit, self.count = limit, count
+
+
+def insert_job(
+    db_url: str, job: dict[str, Any], *, max_queued: int, log_text: str, max_stored: int = 0
+) -> dict[str, Any]:
+    """Store a new job (status accepted) with its first log line, unless its owner already
+    has ``max_queued`` accepted jobs or ``max_stored`` jobs in all (any status; 0: no cap):
+    then nothing is stored and :class:`Full` is raised."""
+    with db.session(db_url) as s:
+        mine = select(func.count()).where(ProcessingJob.owner == job["owner"])
+        queued = int(s.scalar(mine.where(ProcessingJob.status == "accepted")) or 0)
+        if queued >= max_queued:
+            raise Full("max_queued_per_user", queued)
+        if max_stored > 0:
+            stored = int(s.scalar(mine) or 0)
+            if stored >= max_stored:
+                raise Full("max_jobs_per_user", stored)
         row = ProcessingJob(**job)
         s.add(row)
         s.add(
@@ -306,21 +353,23 @@ def delete_job(db_url: str, job_id: str) -> bool:
         return s.execute(delete(ProcessingJob).where(ProcessingJob.id == job_id)).rowcount > 0
 
 
-def delete_ended_before(db_url: str, cutoff: datetime) -> int:
-    """Remove jobs that ended before ``cutoff`` and their logs (retention); how many."""
+def delete_ended_before(db_url: str, cutoff: datetime) -> list[tuple[str, dict | None]]:
+    """Remove jobs that ended before ``cutoff`` and their logs (retention); the (id, runner
+    handle) of each removed job (what the backend may still hold of it)."""
     with db.session(db_url) as s:
-        ids = list(
-            s.scalars(
-                select(ProcessingJob.id).where(
+        gone = list(
+            s.execute(
+                select(ProcessingJob.id, ProcessingJob.runner).where(
                     ProcessingJob.status.in_(ENDED), ProcessingJob.finished_at < cutoff
                 )
             )
         )
+        ids = [jid for jid, _ in gone]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             s.execute(delete(ProcessingLog).where(ProcessingLog.job_id.in_(chunk)))
             s.execute(delete(ProcessingJob).where(ProcessingJob.id.in_(chunk)))
-        return len(ids)
+        return [(jid, runner) for jid, runner in gone]
 
 
 def count_jobs(db_url: str) -> list[tuple[str, str, int]]:
@@ -352,9 +401,11 @@ def _trim(s: Session, job_id: str, max_lines: int) -> None:
     q = select(ProcessingLog).where(ProcessingLog.job_id == job_id).order_by(ProcessingLog.id)
     first = s.scalars(q.limit(1)).one()
     dropped, marker = 0, None
-    if first.source == "service" and first.text.startswith(TRIM_MARK):
+    # Only the service's own marker counts (any other text, a runner's too, is a line).
+    counted = _TRIMMED.match(first.text) if first.source == "service" else None
+    if counted is not None:
         marker = first
-        dropped = int(first.text.split()[2])
+        dropped = int(counted.group(1))
     # Room for the marker: the real lines kept are max_lines - 1.
     excess = total - max_lines + (0 if marker else 1)
     gone = list(s.scalars(q.where(ProcessingLog.id != (marker.id if marker else -1)).limit(excess)))

@@ -5,10 +5,11 @@ in a unit test, each named so:
 - :class:`FakeStac`: the data lake's STAC API (an ASGI app served to the context's hub
   client through httpx's ASGITransport): items by collection, the ``ids`` search;
 - :class:`FakeBackend`: the job backend (the real one, backend.py, starts OS processes and
-  pods: tests/integration): records starts and stops; runners "live" until stopped or
-  :meth:`FakeBackend.die` is called;
-- :class:`FakeRelease` (fixture ``released``): the gateway and object-store edges of ending a
-  job (stopping a cluster, removing outputs, revoking a token), recorded instead.
+  pods: tests/integration): records starts (with the token it was given) and stops;
+  runners "live" until stopped or :meth:`FakeBackend.die` is called;
+- :class:`FakeRelease` (fixture ``released``): the hub and gateway edges of a job's tokens
+  and clusters and the object store's (minting and revoking a token, stopping clusters,
+  removing outputs), recorded instead.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from twinhub.services.processing.model import Caller
 PREFIX = "/services/processing/"
 SERVICE_TOKEN = "processing-service-token"
 STAC_PORT = 9
+GATEWAY_PORT = 9
 ALICE = Caller(name="alice", admin=False, groups=frozenset(), projects=())
 BOB = Caller(name="bob", admin=False, groups=frozenset({"ocean-lab"}), projects=("ocean-lab",))
 ROOT = Caller(name="root", admin=True, groups=frozenset(), projects=())
@@ -93,7 +95,11 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.started: list[tuple[dict[str, Any], str]] = []
+        #: The (token, token id) each start was given.
+        self.tokens: list[tuple[str, str]] = []
         self.stopped: list[int] = []
+        #: Handles whose files cleanup() removed.
+        self.cleaned: list[int] = []
         self.live: set[int] = set()
         #: pid -> job id of every runner started.
         self.jobs: dict[int, str] = {}
@@ -103,7 +109,10 @@ class FakeBackend:
         self.tail = "starting\nTraceback (most recent call last):\nMemoryError: out of memory\n"
         self._pids = itertools.count(1000)
 
-    async def start(self, job: dict[str, Any], secret: str) -> dict[str, Any]:
+    async def start(
+        self, job: dict[str, Any], secret: str, token: tuple[str, str]
+    ) -> dict[str, Any]:
+        self.tokens.append(token)
         if self.fail:
             raise RuntimeError(self.fail)
         pid = next(self._pids)
@@ -112,7 +121,7 @@ class FakeBackend:
         self.live.add(pid)
         if self.on_start is not None:  # what a quick runner does before start() returns
             await self.on_start(job, secret)
-        return {"kind": "fake", "pid": pid, "token_id": f"tok-{job['id']}-{job['attempt']}"}
+        return {"kind": "fake", "pid": pid}
 
     def alive(self, handle: dict[str, Any]) -> bool:
         return handle["pid"] in self.live
@@ -124,20 +133,43 @@ class FakeBackend:
     def output_tail(self, handle: dict[str, Any], max_bytes: int = 4096) -> str:
         return self.tail
 
+    def cleanup(self, handle: dict[str, Any]) -> None:
+        self.cleaned.append(handle["pid"])
+
     def die(self, job_id: str) -> None:
         """The runner of ``job_id`` ends (as a killed process would)."""
         self.live -= {p for p, jid in self.jobs.items() if jid == job_id}
 
 
 class FakeRelease:
-    """Fakes of the gateway and object-store edges: ``clusters`` stopped, ``removed``
-    output prefixes, ``revoked`` token ids (each with its user)."""
+    """Fakes of the hub, gateway and object-store edges: ``minted`` tokens (user, seconds,
+    note; ids ``tok-1``, ``tok-2``...), ``clusters`` stopped, ``removed`` output prefixes,
+    ``revoked`` token ids (each with its user). ``job_clusters``: the clusters the gateway
+    has per job id (what :func:`hubtokens.stop_job_clusters` finds and stops)."""
 
     def __init__(self) -> None:
+        self.minted: list[tuple[str, int, str]] = []
         self.clusters: list[tuple[str, str]] = []
+        self.job_clusters: dict[str, list[str]] = {}
         self.removed: list[tuple[str, str]] = []
         self.revoked: list[tuple[str, str]] = []
         self.fail_cluster = False
+        self.fail_mint = ""
+
+    async def mint(
+        self, ctx: Any, user: str, expires_in: int, note: str = "", scopes: Any = ()
+    ) -> tuple[str, str]:
+        if self.fail_mint:
+            raise hubtokens.HubTokenError(self.fail_mint)
+        self.minted.append((user, expires_in, note))
+        return f"secret-token-{len(self.minted)}", f"tok-{len(self.minted)}"
+
+    async def stop_job_clusters(self, ctx: Any, user: str, job_id: str, wait: float = 0) -> list:
+        if self.fail_cluster:
+            raise RuntimeError("gateway unreachable")
+        names = self.job_clusters.pop(job_id, [])
+        self.clusters += [(user, n) for n in names]
+        return names
 
     async def stop_job_cluster(self, ctx: Any, user: str, cluster: str, wait: float = 0) -> bool:
         if self.fail_cluster:
@@ -157,7 +189,9 @@ class FakeRelease:
 @pytest.fixture
 def released(monkeypatch: pytest.MonkeyPatch) -> FakeRelease:
     fake = FakeRelease()
+    monkeypatch.setattr(hubtokens, "mint", fake.mint)
     monkeypatch.setattr(hubtokens, "stop_job_cluster", fake.stop_job_cluster)
+    monkeypatch.setattr(hubtokens, "stop_job_clusters", fake.stop_job_clusters)
     monkeypatch.setattr(hubtokens, "revoke", fake.revoke)
     monkeypatch.setattr(outputs, "remove", fake.remove)
     return fake
@@ -188,7 +222,10 @@ def make_ctx(
     for k, v in settings.items():
         setattr(cfg.TwinhubProcessing, k, v)
     rt = Runtime(
-        state_dir=state_dir, config=cfg, mode="multi-user", ports={"public": 9, "stac": STAC_PORT}
+        state_dir=state_dir,
+        config=cfg,
+        mode="multi-user",
+        ports={"public": 9, "stac": STAC_PORT, "dask-gateway": GATEWAY_PORT},
     )
     hub = None
     if stac is not None:

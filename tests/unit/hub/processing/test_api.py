@@ -559,6 +559,24 @@ async def test_bad_execute_requests_store_nothing(service, body, needle):
     assert count(service.ctx.db_url, ProcessingJob) == 0
 
 
+async def test_execute_bodies_past_max_input_bytes_are_413(service):
+    limit = service.ctx.settings.max_input_bytes
+    assert limit == 1024**2  # the default
+    big = {"inputs": {"stringInput": "a" * limit}}  # under the request limits' own cap
+    r = await service.call(
+        "POST", "processes/echo/execution", json=big, headers={"Prefer": "respond-async"}
+    )
+    assert r.status_code == 413, r.text
+    assert f"at most {limit}" in r.json()["description"]
+    assert "max_input_bytes" in r.json()["description"]
+    assert count(service.ctx.db_url, ProcessingJob) == 0
+    fits = {"inputs": {"stringInput": "a" * (limit - 100)}}
+    r = await service.call(
+        "POST", "processes/echo/execution", json=fits, headers={"Prefer": "respond-async"}
+    )
+    assert r.status_code == 201, r.text
+
+
 async def test_execute_checks_process_and_project(service):
     r = await service.call("POST", "processes/nope/execution", json={"inputs": {}})
     assert r.status_code == 404 and r.json()["type"] == OGC_EXC + "no-such-process"
@@ -732,9 +750,10 @@ async def test_only_real_internal_paths_skip_hub_auth(twinhub_db, tmp_path):
         body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
         return sent[0]["status"], json.loads(body)
 
-    # a report path: the job's secret decides (no such job here), not the hub
+    # a report path: the job's secret decides (no such job here: the same 401 as a wrong
+    # secret, no job-id oracle), not the hub
     status, body = await get(PREFIX + "internal/jobs/0123")
-    assert status == 404 and "no job" in body["description"]
+    assert status == 401 and "bad job secret" in body["description"]
     # dot segments never make a path internal: hub auth answers
     for path in ("internal/../processes", "internal/./jobs/x", "internal/%2e%2e/processes"):
         status, body = await get(PREFIX + path.replace("%2e", "."))

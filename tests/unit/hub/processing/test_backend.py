@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import pwd
 import signal
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,17 +31,21 @@ from twinhub import db
 from twinhub.objectstore import credentials, seaweed
 from twinhub.process.runtime import Runtime
 from twinhub.services.processing import backend as jb
+from twinhub.services.processing import backend_kube as bk
+from twinhub.services.processing import backend_local as bl
 from twinhub.services.processing import hubtokens, outputs
 from twinhub.services.processing.config import TwinhubProcessing
 from twinhub.services.processing.context import ProcessingContext
+from twinhub.spawn import resource_limits
 
 SERVICE_TOKEN = "service-token-never-in-a-runner"
 SENTINEL = "TWINHUB_TEST_SERVICE_SECRET"
 
 
 class FakeHub:
-    """A fake of the hub's token API (POST/DELETE /users/{u}/tokens): records each request,
-    answers like JupyterHub 5 (201 with the token model, 204, 404)."""
+    """A fake of the hub's processing token API (POST .../tokens/{u}, DELETE
+    .../tokens/{u}/{id}, hubside.py): records each request, answers as it does (201 with
+    the token model, 204, 404)."""
 
     def __init__(self, refuse: bool = False) -> None:
         self.requests: list[tuple[str, str, dict, dict]] = []
@@ -51,7 +58,7 @@ class FakeHub:
         if request.headers.get("authorization") != f"token {SERVICE_TOKEN}":
             return httpx.Response(403, json={"status": 403, "message": "no"})
         parts = request.url.path.split("/")
-        if request.method == "POST" and parts[-1] == "tokens":
+        if request.method == "POST" and parts[-2] == "tokens":
             if self.refuse:
                 return httpx.Response(403, json={"status": 403, "message": "refused"})
             tid = f"a{len(self.tokens) + 1}"
@@ -148,7 +155,7 @@ def test_local_backend_starts_watches_and_stops_the_runner_group(rt) -> None:
     credentials.create_row(rt, "olga", "home-")
     hub = FakeHub()
     ctx = make_ctx(rt, hub)
-    backend = jb.LocalJobBackend(ctx)
+    backend = bl.LocalJobBackend(ctx)
     backend.command = [sys.executable, "-c", SCRIPT]
 
     async def main() -> None:
@@ -167,12 +174,12 @@ def test_local_backend_starts_watches_and_stops_the_runner_group(rt) -> None:
             await asyncio.to_thread(
                 wait_for,
                 lambda: (
-                    len(backend._group(handle)) == 2 and "secret" in backend.output_tail(handle)
+                    len(backend._members(handle)) == 2 and "secret" in backend.output_tail(handle)
                 ),
             )
             tail = backend.output_tail(handle)
             assert "runner of 0123abcd" in tail and "has service secret: False" in tail
-            group = [q.pid for q in backend._group(handle)]
+            group = [q.pid for q in backend._members(handle)]
             await backend.stop(handle, grace=2.0)
             assert not backend.alive(handle)
             assert not [
@@ -180,11 +187,11 @@ def test_local_backend_starts_watches_and_stops_the_runner_group(rt) -> None:
             ]
             await backend.stop(handle)  # idempotent
         finally:
-            for q in backend._group(handle):
+            for q in backend._members(handle):
                 q.kill()
         # The token was minted for olga by the service, with the runner's scopes only.
         method, path, headers, body = hub.requests[0]
-        assert (method, path) == ("POST", "/hub/api/users/olga/tokens")
+        assert (method, path) == ("POST", "/hub/api/twinhub/processing/tokens/olga")
         assert body["scopes"] == list(hubtokens.RUNNER_SCOPES)
         assert body["scopes"] == [
             "access:services!service=dask-gateway",
@@ -198,7 +205,7 @@ def test_local_backend_starts_watches_and_stops_the_runner_group(rt) -> None:
 
 def test_a_runner_that_exits_is_not_alive_and_its_output_stays(rt) -> None:
     credentials.create_row(rt, "olga", "home-")
-    backend = jb.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
     backend.command = [sys.executable, "-c", "import sys; print('boom: no result'); sys.exit(3)"]
 
     async def main() -> None:
@@ -213,7 +220,7 @@ def test_a_runner_that_exits_is_not_alive_and_its_output_stays(rt) -> None:
 
 def test_a_second_attempt_gets_a_fresh_job_dir(rt) -> None:
     credentials.create_row(rt, "olga", "home-")
-    backend = jb.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
     backend.command = [sys.executable, "-c", "print('attempt')"]
     d = rt.path("processing", "jobs", "0123abcd")
     d.mkdir(parents=True)
@@ -229,7 +236,7 @@ def test_a_second_attempt_gets_a_fresh_job_dir(rt) -> None:
 
 
 def test_alive_and_stop_never_touch_a_reused_pid(rt) -> None:
-    backend = jb.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
     other = psutil.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
     )
@@ -260,7 +267,7 @@ def test_alive_and_stop_never_touch_a_reused_pid(rt) -> None:
 def test_a_failed_start_revokes_the_token_and_says_why(rt) -> None:
     credentials.create_row(rt, "olga", "home-")
     hub = FakeHub()
-    backend = jb.LocalJobBackend(make_ctx(rt, hub))
+    backend = bl.LocalJobBackend(make_ctx(rt, hub))
     backend.command = ["/nonexistent/runner"]
     with pytest.raises(jb.BackendError, match="the runner did not start"):
         run(backend.start(job(), "s"))
@@ -268,7 +275,7 @@ def test_a_failed_start_revokes_the_token_and_says_why(rt) -> None:
 
 
 def test_a_refused_token_fails_the_start(rt) -> None:
-    backend = jb.LocalJobBackend(make_ctx(rt, FakeHub(refuse=True)))
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub(refuse=True)))
     with pytest.raises(jb.BackendError, match="no token for the job's runner.*403"):
         run(backend.start(job(), "s"))
     assert not rt.path("processing", "jobs", "0123abcd").exists()
@@ -277,7 +284,7 @@ def test_a_refused_token_fails_the_start(rt) -> None:
 def test_bad_job_ids_make_no_directory(rt) -> None:
     credentials.create_row(rt, "olga", "home-")
     hub = FakeHub()
-    backend = jb.LocalJobBackend(make_ctx(rt, hub))
+    backend = bl.LocalJobBackend(make_ctx(rt, hub))
     backend.command = [sys.executable, "-c", "pass"]
     with pytest.raises(jb.BackendError, match="not a job id"):
         run(backend.start(job("../../etc"), "s"))
@@ -286,15 +293,204 @@ def test_bad_job_ids_make_no_directory(rt) -> None:
 
 def test_multi_user_mode_refuses_a_name_that_is_no_account(rt) -> None:
     rt.mode = "multi-user"
-    backend = jb.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
     with pytest.raises(jb.BackendError, match="cannot run jobs for 'Bad Name'"):
         run(backend.start(job(owner="Bad Name"), "s"))
+
+
+# -- M7: the runner's cgroup; whatever it started dies with it ------------------------------------
+ESCAPE = """
+import os, subprocess, sys, time
+print("cgroup:", open("/proc/self/cgroup").read().replace(chr(10), ";"), flush=True)
+# A child that leaves the runner's session and process group (setsid): stop() must end it.
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                         start_new_session=True)
+print("escaped", child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _escaped_pid(backend, handle) -> int:
+    for line in backend.output_tail(handle).splitlines():
+        if line.startswith("escaped "):
+            return int(line.split()[1])
+    return 0
+
+
+def _cgroups_usable(rt) -> bool:
+    return bool(resource_limits.detect(f"twinhub-{rt.instance_id}").kind)
+
+
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "no-cgroup"])
+def test_stop_ends_a_child_that_left_the_runners_session(rt, cgroups) -> None:
+    if cgroups and not _cgroups_usable(rt):
+        pytest.skip("no usable cgroup here (not root, or no delegation)")
+    credentials.create_row(rt, "olga", "home-")
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend.command = [sys.executable, "-c", ESCAPE]
+    backend.cgroups, backend.memory, backend.cores = cgroups, "300M", 0.5
+
+    async def main() -> None:
+        handle = await backend.start(job(attempt=1), "s")
+        escaped = 0
+        try:
+            await asyncio.to_thread(wait_for, lambda: _escaped_pid(backend, handle))
+            escaped = _escaped_pid(backend, handle)
+            assert os.getsid(escaped) == escaped != handle["pid"]  # out of the runner's session
+            if cgroups:
+                dirs = [Path(d) for d in handle["cgroup"]]
+                assert dirs and all(d.name == "processing-0123abcd-1" for d in dirs)
+                # Joined before the runner's first line ran, its child with it.
+                assert "processing-0123abcd-1" in backend.output_tail(handle)
+                members = set()
+                for d in dirs:
+                    members |= {int(p) for p in (d / "cgroup.procs").read_text().split()}
+                assert {handle["pid"], escaped} <= members
+                limits = {
+                    f.name: f.read_text().strip()
+                    for d in dirs
+                    for f in (d / "memory.limit_in_bytes", d / "memory.max")
+                    if f.exists()
+                }
+                assert str(300 * 1024**2) in limits.values()
+            else:
+                assert handle["cgroup"] == []
+            await backend.stop(handle, grace=2.0)
+            assert not backend.alive(handle)
+            assert not psutil.pid_exists(escaped) or psutil.Process(escaped).status() == "zombie"
+            assert not [d for d in handle["cgroup"] if os.path.exists(d)]  # removed
+        finally:
+            await backend.stop(handle, grace=0.5)  # leaves nothing behind for the next test
+            if escaped and psutil.pid_exists(escaped):
+                os.kill(escaped, signal.SIGKILL)
+
+    run(main())
+
+
+def test_the_runner_becomes_the_account_without_a_preexec_hook(rt, monkeypatch) -> None:
+    """L18: the service forks only the launcher, with no preexec_fn (one could deadlock the
+    child of a threaded parent); the launcher joins the cgroup and drops to the account
+    before the exec. The account here: nobody (multi-user mode's are made by the platform)."""
+    credentials.create_row(rt, "olga", "home-")
+    calls = []
+    real = bl.subprocess.Popen
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bl.subprocess, "Popen", spy)
+    nobody = pwd.getpwnam("nobody")
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
+    monkeypatch.setattr(backend, "_account", lambda user: nobody)
+    backend.command = [
+        sys.executable,
+        "-c",
+        "import os; print(os.getresuid(), os.getresgid(), os.getgroups())",
+    ]
+    handle = run(backend.start(job(), "s"))
+    wait_for(lambda: not backend.alive(handle))
+    u, g = nobody.pw_uid, nobody.pw_gid
+    assert backend.output_tail(handle) == f"{(u, u, u)} {(g, g, g)} []\n"
+    assert handle["uid"] == u
+    assert calls and all(k.get("preexec_fn") is None for k in calls)
+    assert calls[0]["start_new_session"] is True
+
+
+# -- M12: a bounded log, removed with the job ------------------------------------------------------
+def test_the_log_is_trimmed_past_its_cap_and_cleanup_removes_the_job_dir(rt) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend.max_log_bytes = 8192
+    backend.command = [
+        sys.executable,
+        "-c",
+        "import sys, time\n"
+        "for i in range(2000): print('line %05d' % i, flush=True)\n"
+        "print('last line', flush=True); time.sleep(60)",
+    ]
+
+    async def main() -> None:
+        handle = await backend.start(job(attempt=1), "s")
+        log_file = Path(handle["dir"]) / jb.LOG_NAME
+        try:
+            await asyncio.to_thread(wait_for, lambda: "last line" in backend.output_tail(handle))
+            assert log_file.stat().st_size > 8192
+            assert backend.alive(handle)  # the watch trims
+            text = log_file.read_text()
+            assert log_file.stat().st_size <= 8192
+            assert text.startswith("[twinhub: runner log trimmed,")
+            assert text.endswith("line 01999\nlast line\n") and "line 00000" not in text
+            # Root's, closed to others: the user cannot swap what the service reads.
+            st = Path(handle["dir"]).stat()
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700)
+        finally:
+            await backend.stop(handle, grace=1.0)
+        await backend.cleanup(handle)
+        assert not Path(handle["dir"]).exists()
+        assert rt.path("processing", "jobs").is_dir()  # only the job's own dir went
+        await backend.cleanup(handle)  # idempotent
+        # A handle naming anything else removes nothing.
+        elsewhere = rt.path("keep", "0123abcd")
+        elsewhere.mkdir(parents=True)
+        await backend.cleanup({**handle, "dir": str(elsewhere)})
+        assert elsewhere.is_dir()
+
+    run(main())
+
+
+def test_a_fifo_in_place_of_the_log_never_blocks_the_service(rt) -> None:
+    d = rt.path("processing", "jobs", "0123abcd")
+    d.mkdir(parents=True)
+    os.mkfifo(d / jb.LOG_NAME)
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
+    handle = {"kind": "local", "pid": 0, "dir": str(d), "uid": os.getuid()}
+    answers: list = []
+    # In a thread: a read that blocks on the FIFO fails the test instead of hanging it.
+    t = threading.Thread(
+        target=lambda: answers.extend([backend.output_tail(handle), backend.alive(handle)]),
+        daemon=True,
+    )
+    t.start()
+    t.join(5)
+    assert answers == ["", False]
+    # Let a blocked reader go (ENXIO when none is left: the fixed backend's case).
+    with contextlib.suppress(OSError):
+        os.close(os.open(d / jb.LOG_NAME, os.O_WRONLY | os.O_NONBLOCK))
+
+
+# -- the caller's token (the job manager mints it first) ------------------------------------------
+def test_a_token_passed_in_is_used_and_revoked_when_the_start_fails(rt) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    hub = FakeHub()
+    ctx = make_ctx(rt, hub)
+    backend = bl.LocalJobBackend(ctx)
+
+    async def main() -> None:
+        token = await hubtokens.mint(ctx, "olga", 60)
+        backend.command = [
+            sys.executable,
+            "-c",
+            "import os; print(os.environ['JUPYTERHUB_API_TOKEN'])",
+        ]
+        handle = await backend.start(job(), "s", token)
+        assert handle["token_id"] == token[1]
+        await asyncio.to_thread(wait_for, lambda: not backend.alive(handle))
+        assert backend.output_tail(handle) == f"{token[0]}\n"
+        second = await hubtokens.mint(ctx, "olga", 60)
+        backend.command = ["/nonexistent/runner"]
+        with pytest.raises(jb.BackendError, match="the runner did not start.*nonexistent"):
+            await backend.start(job(), "s", second)
+        assert second[1] not in hub.tokens and token[1] in hub.tokens
+
+    run(main())
+    assert [r[0] for r in hub.requests] == ["POST", "POST", "DELETE"]  # no mint of its own
 
 
 # -- Kubernetes: the pod ---------------------------------------------------------------------
 def test_pod_manifest_runs_as_the_user_image_without_secrets_in_sight(rt) -> None:
     ctx = make_ctx(rt, FakeHub())
-    kb = jb.KubeJobBackend(ctx)
+    kb = bk.KubeJobBackend(ctx)
     kb.image, kb.run_as_uid = "registry.example/twinhub-user:1", 1000
     env = {"TWINHUB_JOB_SECRET": "job-secret", "JUPYTERHUB_API_TOKEN": "user-token", "X": "1"}
     j = job("ABCdef12", owner="dana@example.org", wall_time=900.0)
@@ -321,7 +517,7 @@ def test_pod_manifest_runs_as_the_user_image_without_secrets_in_sight(rt) -> Non
 
 
 def test_kube_backend_without_an_image_says_so(rt) -> None:
-    kb = jb.KubeJobBackend(make_ctx(rt, FakeHub()))
+    kb = bk.KubeJobBackend(make_ctx(rt, FakeHub()))
     with pytest.raises(jb.BackendError, match="KubeJobBackend.image is not set"):
         run(kb.start(job(), "s"))
 
@@ -329,11 +525,11 @@ def test_kube_backend_without_an_image_says_so(rt) -> None:
 # -- choosing the backend ------------------------------------------------------------------------
 def test_backend_for_the_deployment_and_the_configured_class(rt) -> None:
     ctx = make_ctx(rt, FakeHub())
-    assert type(jb.backend_for(ctx)) is jb.LocalJobBackend
+    assert type(jb.backend_for(ctx)) is bl.LocalJobBackend
     rt.deployment = "kubernetes"
-    assert type(jb.backend_for(ctx)) is jb.KubeJobBackend
+    assert type(jb.backend_for(ctx)) is bk.KubeJobBackend
     ctx.settings.backend_class = "twinhub.services.processing.backend.LocalJobBackend"
-    assert type(jb.backend_for(ctx)) is jb.LocalJobBackend
+    assert type(jb.backend_for(ctx)) is bl.LocalJobBackend
     ctx.settings.backend_class = "twinhub.services.processing.hubtokens.HubTokenError"
     with pytest.raises(ValueError, match="is not a JobBackend"):
         jb.backend_for(ctx)
@@ -344,7 +540,7 @@ def test_backend_for_the_deployment_and_the_configured_class(rt) -> None:
 
 def test_local_backend_is_configurable_from_the_platform_config(rt) -> None:
     rt.config.LocalJobBackend.command = ["/bin/true"]
-    assert jb.LocalJobBackend(make_ctx(rt, FakeHub())).command == ["/bin/true"]
+    assert bl.LocalJobBackend(make_ctx(rt, FakeHub())).command == ["/bin/true"]
 
 
 # -- hub tokens ------------------------------------------------------------------------------
@@ -443,7 +639,7 @@ class FakeCoreV1:
 def test_kube_backend_creates_watches_and_deletes_the_pod(rt) -> None:
     credentials.create_row(rt, "olga", "home-")
     hub = FakeHub()
-    kb = jb.KubeJobBackend(make_ctx(rt, hub))
+    kb = bk.KubeJobBackend(make_ctx(rt, hub))
     kb.image, kb.namespace = "user-image:1", "twinhub"
     kb._api = api = FakeCoreV1()
 
@@ -471,7 +667,7 @@ def test_kube_backend_creates_watches_and_deletes_the_pod(rt) -> None:
         await kb.stop(handle)
         assert api.deleted == [("pod", "twinhub-job-0123abcd"), ("secret", "twinhub-job-0123abcd")]
         # After a restart: unknown until read, then a pod that is not listed is gone.
-        fresh = jb.KubeJobBackend(make_ctx(rt, hub))
+        fresh = bk.KubeJobBackend(make_ctx(rt, hub))
         fresh._api = api
         assert fresh.alive(handle)
         await fresh.refresh()
@@ -484,3 +680,58 @@ def test_kube_backend_creates_watches_and_deletes_the_pod(rt) -> None:
                 task.cancel()
 
     run(main())
+
+
+# -- L17a: a failed pod start leaves no token and no Secret behind -------------------------------
+class FailingCoreV1(FakeCoreV1):
+    """FakeCoreV1 whose calls named in ``fail`` raise (as the API does: 403, 409, 500...)."""
+
+    def __init__(self, *fail: str) -> None:
+        super().__init__()
+        self.fail = set(fail)
+
+    async def create_namespaced_secret(self, ns, body):
+        if "secret" in self.fail:
+            raise RuntimeError("(403) secrets is forbidden")
+        await super().create_namespaced_secret(ns, body)
+
+    async def create_namespaced_pod(self, ns, body):
+        if "pod" in self.fail:
+            raise RuntimeError("(403) denied by ValidatingAdmissionPolicy")
+        await super().create_namespaced_pod(ns, body)
+
+    async def delete_namespaced_secret(self, name, ns, grace_period_seconds=0):
+        self.deleted.append(("secret", name))
+        if "delete" in self.fail:
+            raise RuntimeError("(500) the API server is down")
+
+
+@pytest.mark.parametrize(
+    "fail",
+    [("secret",), ("pod",), ("pod", "delete"), ("environment",), ("api",)],
+    ids=["secret", "pod", "pod-and-delete", "environment", "no-api"],
+)
+def test_a_failed_pod_start_revokes_the_token_whatever_failed(rt, fail) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    hub = FakeHub()
+    kb = bk.KubeJobBackend(make_ctx(rt, hub))
+    kb.image, kb.namespace = "user-image:1", "twinhub-jobs"
+    api = FailingCoreV1(*fail)
+
+    async def core():
+        if "api" in fail:
+            raise RuntimeError("no kube config")
+        return api
+
+    async def environment(job, secret, token):
+        raise jb.BackendError("no storage for olga: the store is down")
+
+    kb._core = core
+    if "environment" in fail:
+        kb._environment = environment
+    with pytest.raises(jb.BackendError):
+        run(kb.start(job(), "s"))
+    assert hub.tokens == {} and [r[0] for r in hub.requests] == ["POST", "DELETE"]
+    assert api.pods == {}
+    if "secret" in fail or "pod" in fail:
+        assert ("secret", "twinhub-job-0123abcd") in api.deleted

@@ -6,12 +6,18 @@ backend)."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.server
 import pickle
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
-from twinhub.db.models import UserProcess
+from twinhub.db.models import ProcessingJob, UserProcess
 from twinhub.services.asgi import BadRequest
 from twinhub.services.hubauth import xsrf_token
 from twinhub.services.processing import catalogue, store
@@ -41,6 +47,10 @@ def body(pid: str = "double", **more) -> dict:
         "code": base64.b64encode(pickle.dumps(len)).decode(),
         **more,
     }
+
+
+def schema_body(schema: dict) -> dict:
+    return body(inputs={"x": {"schema": schema}})
 
 
 def test_templated_processes_come_first_in_order(twinhub_db):
@@ -120,6 +130,17 @@ def test_cap_counts_new_processes_only(twinhub_db):
         (body(visibility="everyone"), 400, "visibility"),
         (body(code=""), 400, "'code'"),
         (body(code=base64.b64encode(b"\x80" + b"x" * 2000).decode()), 413, "at most 1024"),
+        # nothing the service would fetch or could spend unbounded time on (review H1, H2)
+        (schema_body({"$ref": "http://127.0.0.1:9/s.json"}), 400, "inputs.x.schema: $ref"),
+        (schema_body({"$ref": "file:///etc/passwd"}), 400, "points outside the schema"),
+        (schema_body({"$id": "http://127.0.0.1:9/"}), 400, "inputs.x.schema: $id"),
+        (schema_body({"$schema": "http://127.0.0.1:9/"}), 400, "not a JSON Schema dialect"),
+        (schema_body({"pattern": "^(a+)+$"}), 400, "inputs.x.schema: the keyword 'pattern'"),
+        (schema_body({"patternProperties": {"a": {}}}), 400, "keyword 'patternProperties'"),
+        (schema_body({"items": {"uniqueItems": True}}), 400, "keyword 'uniqueItems'"),
+        (schema_body({"properties": {"d": {"format": "date"}}}), 400, "keyword 'format'"),
+        (body(outputs={"y": {"schema": {"format": "regex"}}}), 400, "outputs.y.schema"),
+        (schema_body({"items": {"$ref": "#"}}), 400, "inputs.x.schema: a reference leads back"),
     ],
 )
 def test_registration_refusals(twinhub_db, doc, status, needle):
@@ -252,3 +273,148 @@ async def test_registration_caps_and_header_token(service):
     )
     assert r.status_code == 403 and "header" in r.json()["description"]
     assert count(service.ctx.db_url, UserProcess) == 2
+
+
+# -- listing never reads code (review M9) ---------------------------------------------------------
+@contextlib.contextmanager
+def statements():
+    """Every SQL statement any engine runs meanwhile."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_listing_and_describing_never_read_code(twinhub_db):
+    catalogue.register(twinhub_db, ALICE, body("ours", visibility="project:lab"), SETTINGS)
+    with statements() as seen:
+        assert "ours" in [d["id"] for d in catalogue.processes(twinhub_db, CAROL)]
+        assert catalogue.describe(twinhub_db, CAROL, "ours")["twinhub:owner"] == "alice"
+        with pytest.raises(BadRequest):
+            catalogue.unregister(twinhub_db, CAROL, "ours")
+    reads = [q for q in seen if "processing_user_processes" in q and "SELECT" in q.upper()]
+    assert reads and not [q for q in reads if "processing_user_processes.code" in q]
+    assert all("code" not in row for row in store.list_user_processes(twinhub_db))
+    assert "code" not in store.get_user_process(twinhub_db, "ours", code=False)
+    # the runner's start still reads it
+    assert store.get_user_process(twinhub_db, "ours")["code"] == pickle.dumps(len)
+
+
+# -- schemas the service validates with (review H1, H2) -------------------------------------------
+@pytest.fixture
+def counting_server():
+    """A real HTTP server on localhost counting its requests (what a $ref would fetch)."""
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"enum": ["served"]}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/s.json", hits
+    server.shutdown()
+    server.server_close()
+
+
+def store_as_before(db_url: str, pid: str, schema: dict) -> None:
+    """A user process stored before registration refused ``schema`` (straight in the table)."""
+    d = schemas.describe_user_process(pid, "t", "", {"x": {"type": "string"}}, {"y": int}, "1")
+    d["inputs"]["x"]["schema"] = schema
+    store.save_user_process(
+        db_url, id=pid, owner="alice", visibility="private", description=d,
+        code=pickle.dumps(len), source="", python="",
+    )  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_the_service_never_fetches_a_schema_reference(service, counting_server, tmp_path):
+    url, hits = counting_server
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"enum": ["the-secret-value"]}')
+    for ref in (url, secret.as_uri()):
+        r = await service.call(
+            "POST", "processes", json=deploy_body(inputs={"x": {"schema": {"$ref": ref}}})
+        )
+        assert r.status_code == 400, r.text
+        assert "inputs.x.schema: $ref" in r.json()["description"]
+        store_as_before(service.ctx.db_url, "old", {"$ref": ref})
+        r = await service.call(
+            "POST", "processes/old/execution", json={"inputs": {"x": "zz"}},
+            headers={"Prefer": "respond-async"},
+        )  # fmt: skip
+        assert r.status_code == 400, r.text
+        assert "input 'x'" in r.json()["description"]
+        assert "the-secret-value" not in r.text
+    assert hits == []
+    assert count(service.ctx.db_url, ProcessingJob) == 0
+
+
+@pytest.mark.anyio
+async def test_a_backtracking_pattern_never_runs_in_the_service(service):
+    body = deploy_body(inputs={"x": {"schema": {"type": "string", "pattern": "^(a+)+$"}}})
+    r = await service.call("POST", "processes", json=body)
+    assert r.status_code == 400 and "keyword 'pattern'" in r.json()["description"]
+    store_as_before(service.ctx.db_url, "old", {"type": "string", "pattern": "^(a+)+$"})
+    t = time.monotonic()
+    r = await service.call(
+        "POST", "processes/old/execution", json={"inputs": {"x": "a" * 30 + "!"}}
+    )
+    assert r.status_code == 400 and "keyword 'pattern'" in r.json()["description"]
+    assert time.monotonic() - t < 5  # matching would take minutes (doubles per "a")
+
+
+# -- another user's process from a browser (review M8) --------------------------------------------
+@pytest.mark.anyio
+async def test_another_users_process_runs_with_a_token_not_a_browser_session(service):
+    r = await service.call("POST", "processes", json=deploy_body(visibility="project:lab"))
+    assert r.status_code == 201, r.text
+
+    async def from_browser(user: str):
+        cookie = f"{user}-token"
+        return await service.client.post(
+            PREFIX + "processes/my-proc/execution",
+            json={"inputs": {"x": 1}},
+            headers={
+                "Cookie": f"{COOKIE}={cookie}",
+                "X-Twinhub-XSRF": xsrf_token(SERVICE_TOKEN, cookie),
+                "Sec-Fetch-Site": "same-origin",
+                "Prefer": "respond-async",
+            },
+        )
+
+    r = await from_browser("carol")  # a page on the origin could drive carol's session
+    assert r.status_code == 403, r.text
+    assert (
+        "run another user's process with a token (twinlab.processing or the API)"
+        in (r.json()["description"])
+    )
+    assert count(service.ctx.db_url, ProcessingJob) == 0
+    # carol's token runs it; alice runs her own from her browser
+    job = await service.submit("my-proc", {"x": 1}, token="carol-token")
+    assert job["owner"] == "carol"
+    r = await from_browser("alice")
+    assert r.status_code == 201 and r.json()["owner"] == "alice"
+    # templated processes need no token from a browser
+    r = await service.client.post(
+        PREFIX + "processes/echo/execution",
+        json={"inputs": {"stringInput": "hi"}},
+        headers={
+            "Cookie": f"{COOKIE}=carol-token",
+            "X-Twinhub-XSRF": xsrf_token(SERVICE_TOKEN, "carol-token"),
+            "Prefer": "respond-async",
+        },
+    )
+    assert r.status_code == 201, r.text

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from datetime import timedelta
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request, Response
 from sqlalchemy import select
 
 from twinhub import db
 from twinhub.db.models import BudgetState, ProcessingJob
 from twinhub.services.asgi import BadRequest
-from twinhub.services.processing import store
+from twinhub.services.processing import catalogue, store
 from twinhub.services.processing.jobs import JobManager
 from twinhub.services.processing.metrics import REGISTRY
 from twinhub.services.processing.model import JobFailed, NoSuchJob, ResultNotReady, status_doc
@@ -24,6 +27,7 @@ from .conftest import ALICE, BOB, ROOT, SERVICE_TOKEN, make_ctx
 
 ECHO = TEMPLATED["echo"]
 ZONAL = TEMPLATED["zonal-mean"]
+JAN = "2020-01-01T00:00:00Z/2020-01-31T00:00:00Z"
 
 
 def metric(name: str, **labels: str) -> float:
@@ -96,9 +100,14 @@ def test_submit_stores_an_accepted_job_and_answers_its_status(proc_ctx):
             {"item": "healpix-t2m", "variable": "t2m", "datetime": "2020-01-01/.."},
             "spans 365 days",
         ),
+        (  # no datetime: every time step, the item's whole extent (M11)
+            ZONAL,
+            {"item": "healpix-t2m", "variable": "t2m"},
+            "the items' time range (no 'datetime' given) spans 365 days; at most 100 days",
+        ),
         (
             TEMPLATED["point-series"],
-            {"item": "healpix-t2m", "variable": "t2m", "points": [[1, 2]] * 4},
+            {"item": "healpix-t2m", "variable": "t2m", "points": [[1, 2]] * 4, "datetime": JAN},
             "at most 3 (max_points)",
         ),
         (
@@ -107,6 +116,7 @@ def test_submit_stores_an_accepted_job_and_answers_its_status(proc_ctx):
                 "item": "healpix-t2m",
                 "variables": ["t2m"],
                 "target": {"type": "healpix", "nside": 64},
+                "datetime": JAN,
             },
             "max_target_cells",
         ),
@@ -217,7 +227,12 @@ def test_tick_starts_jobs_within_the_limits_oldest_first(
     row = store.get_job(twinhub_db, first["jobID"])
     assert row["status"] == "running" and row["stage"] == "scheduling" and row["attempt"] == 1
     assert row["secret_hash"] == hashlib.sha256(secret.encode()).hexdigest()
-    assert row["runner"]["pid"] == 1000 and row["token_id"] == f"tok-{first['jobID']}-1"
+    assert row["runner"]["pid"] == 1000 and row["token_id"] == "tok-1"
+    # The runner's token is minted by the manager, for the job's wall time and then some,
+    # and handed to the backend (L17).
+    seconds = int(ctx.settings.wall_time + ctx.settings.report_timeout) + 600
+    assert released.minted == [("alice", seconds, f"twinhub processing job {first['jobID']}")]
+    assert fake_backend.tokens == [("secret-token-1", "tok-1")]
     assert store.get_job(twinhub_db, second["jobID"])["status"] == "accepted"
     doc = m.status(ALICE, first["jobID"])
     assert doc["started"].endswith("Z") and "scheduling" in doc["stages"]
@@ -259,6 +274,9 @@ def test_a_runner_that_cannot_start_fails_the_job(proc_ctx, fake_backend, releas
     assert doc["status"] == "failed"
     assert doc["message"] == "the job's runner could not start: no such account twin-alice"
     assert doc["finished"].endswith("Z")
+    # The token minted for it (L17) was given to the backend, then revoked.
+    assert fake_backend.tokens == [("secret-token-1", "tok-1")]
+    assert ("alice", "tok-1") in released.revoked and fake_backend.started == []
 
 
 def test_a_dead_runner_fails_its_job_with_the_tail_of_its_output(proc_ctx, fake_backend, released):
@@ -279,7 +297,7 @@ def test_a_dead_runner_fails_its_job_with_the_tail_of_its_output(proc_ctx, fake_
     texts = [ln["text"] for ln in m.logs(ALICE, jid)]
     assert "Traceback (most recent call last):" in texts
     assert released.removed == [("alice", store.get_job(proc_ctx.db_url, jid)["output_prefix"])]
-    assert released.revoked == [("alice", f"tok-{jid}-1")]
+    assert released.revoked == [("alice", "tok-1")]
 
 
 def test_the_wall_time_limit_fails_a_job_and_stops_its_runner(
@@ -341,7 +359,7 @@ def test_a_successful_job_answers_its_results_and_frees_its_resources(
     assert any(link["rel"].endswith("/results") for link in waited["links"])
     assert m.results(ALICE, jid) == {"stringInput": "hello"}
     assert released.clusters == [("alice", "c9")] and released.removed == []
-    assert released.revoked == [("alice", f"tok-{jid}-1")]
+    assert released.revoked == [("alice", "tok-1")]
     assert fake_backend.stopped == [1000]  # stop is idempotent: called once it had exited
 
 
@@ -370,7 +388,8 @@ def test_a_job_that_ends_before_its_start_returns_keeps_its_outputs(
     assert row["status"] == "successful" and row["runner"]["pid"] == 1000
     assert m.results(ALICE, jid) == {"a": 1}
     assert released.removed == []
-    assert released.revoked == [("alice", f"tok-{jid}-1")]
+    # revoked by the release its report started, and again (a no-op) once its start returned
+    assert set(released.revoked) == {("alice", "tok-1")}
 
 
 def test_an_output_over_its_limit_fails_the_job_and_removes_it(
@@ -470,19 +489,26 @@ def test_isolation_of_jobs_between_users(proc_ctx, released):
     assert m.status(ROOT, a)["owner"] == "alice"
 
 
-def test_retention_drops_old_jobs_at_the_first_tick(proc_ctx, released):
+def test_retention_drops_old_jobs_at_the_first_tick(proc_ctx, fake_backend, released):
     async def main():
         m = JobManager(proc_ctx)
         old = await submit(m)
+        await m.tick()
+        await m.drain()
         await m.dismiss(ALICE, old["jobID"])
+        released_files = list(fake_backend.cleaned)
+        fake_backend.cleaned.clear()
         store.update_job(
             proc_ctx.db_url, old["jobID"], finished_at=store.now() - timedelta(days=31)
         )
-        await m.tick()
-        return old["jobID"]
+        await JobManager(proc_ctx).tick()  # a manager's first tick sweeps
+        return old["jobID"], released_files
 
-    jid = run(main())
+    jid, released_files = run(main())
     assert store.get_job(proc_ctx.db_url, jid) is None
+    # The runner's files went at the release, and retention asks again (M12: a release
+    # that failed leaves nothing behind for good).
+    assert released_files == [1000] and fake_backend.cleaned == [1000]
 
 
 # -- a restart --------------------------------------------------------------------------------------
@@ -538,7 +564,7 @@ def test_spec_is_for_the_runner_of_a_running_job_only(proc_ctx, fake_backend, re
         m = JobManager(proc_ctx)
         doc = await submit(m, caller=BOB)
         with pytest.raises(BadRequest) as queued:
-            m.spec(doc["jobID"], "anything")  # no secret yet: 401
+            await m.spec(doc["jobID"], "anything")  # no secret yet: 401
         await m.tick()
         await m.drain()
         return m, doc["jobID"], queued.value
@@ -546,7 +572,7 @@ def test_spec_is_for_the_runner_of_a_running_job_only(proc_ctx, fake_backend, re
     m, jid, queued = run(main())
     assert queued.status == 401
     secret = fake_backend.started[0][1]
-    spec = m.spec(jid, secret)
+    spec = run(m.spec(jid, secret))
     assert spec["process"]["id"] == "echo" and spec["code"] is None
     assert spec["owner"] == "bob" and spec["project"] == "ocean-lab" and spec["attempt"] == 1
     assert spec["collection"] == "user-bob"
@@ -554,29 +580,11 @@ def test_spec_is_for_the_runner_of_a_running_job_only(proc_ctx, fake_backend, re
                                "project": "ocean-lab", "job": jid}  # fmt: skip
     assert spec["limits"]["report_timeout"] == proc_ctx.settings.report_timeout
     with pytest.raises(BadRequest) as bad:
-        m.spec(jid, secret + "x")
+        run(m.spec(jid, secret + "x"))
     assert bad.value.status == 401
-    with pytest.raises(NoSuchJob):
-        m.spec("0" * 32, secret)
-
-
-def test_spec_of_a_user_process_carries_its_code(proc_ctx, fake_backend, released):
-    desc = {"id": "my-fn", "version": "3", "inputs": {"x": {"schema": {"type": "number"}}},
-            "outputs": {"y": {"schema": {"type": "number"}}}}  # fmt: skip
-    store.save_user_process(proc_ctx.db_url, id="my-fn", owner="alice", visibility="private",
-                            description=desc, code=b"\x00code", source="", python="3.12")  # fmt: skip
-
-    async def main():
-        m = JobManager(proc_ctx)
-        doc = await submit(m, process=desc, inputs={"x": 2})
-        await m.tick()
-        await m.drain()
-        return m, doc["jobID"]
-
-    m, jid = run(main())
-    spec = m.spec(jid, fake_backend.started[0][1])
-    assert spec["code"] == "AGNvZGU=" and spec["process"]["id"] == "my-fn"
-    assert spec["process_version"] == "3" and spec["inputs"] == {"x": 2}
+    with pytest.raises(BadRequest) as unknown:  # as a wrong secret: ids are not disclosed
+        run(m.spec("0" * 32, secret))
+    assert (unknown.value.status, unknown.value.message) == (401, "bad job secret")
 
 
 def test_status_doc_leaves_unknown_times_out():
@@ -628,20 +636,281 @@ def test_wait_answers_at_its_timeout_with_the_job_still_going(proc_ctx, released
     assert waited["status"] == "accepted" and 0.45 <= took < 3
 
 
-def test_the_spec_of_a_deleted_user_process_is_404(proc_ctx, fake_backend, released):
-    desc = {"id": "gone-fn", "version": "1", "inputs": {}, "outputs": {}}
-    store.save_user_process(proc_ctx.db_url, id="gone-fn", owner="alice", visibility="private",
-                            description=desc, code=b"x", source="", python="3.12")  # fmt: skip
+# -- what a user process's job runs (H3) -------------------------------------------------------
+FN = {"inputs": {"x": {"schema": {"type": "number"}}}, "outputs": {"y": {"schema": {}}}}
+
+
+def register(db_url: str, owner: str, code: bytes, pid: str = "my-fn") -> dict:
+    """Store a user process; its description as the API shows it (what submit gets)."""
+    row = store.save_user_process(db_url, id=pid, owner=owner, visibility="private",
+                                  description={"id": pid, **FN}, code=code, source="",
+                                  python="3.12")  # fmt: skip
+    return catalogue.user_description(row)
+
+
+async def started(m: JobManager, process: dict, caller=ALICE) -> str:
+    doc = await submit(m, caller=caller, process=process, inputs={"x": 2})
+    await m.tick()
+    await m.drain()
+    return doc["jobID"]
+
+
+def test_spec_of_a_user_process_carries_the_code_fixed_at_submission(
+    proc_ctx, fake_backend, released
+):
+    desc = register(proc_ctx.db_url, "alice", b"\x00code")
 
     async def main():
         m = JobManager(proc_ctx)
-        doc = await submit(m, process=desc, inputs={})
+        jid = await started(m, desc)
+        return jid, await m.spec(jid, fake_backend.started[0][1])
+
+    jid, spec = run(main())
+    assert spec["code"] == "AGNvZGU=" and spec["process"]["id"] == "my-fn"
+    assert spec["process_version"] == "1" and spec["inputs"] == {"x": 2}
+    fixed = store.get_job(proc_ctx.db_url, jid)["request"]["process"]
+    assert fixed == {"owner": "alice", "version": 1,
+                     "sha256": hashlib.sha256(b"\x00code").hexdigest()}  # fmt: skip
+
+
+@pytest.mark.parametrize("change", ["another-user", "new-version", "same-version", "removed"])
+def test_a_process_changed_before_its_runner_asks_fails_the_job(
+    proc_ctx, fake_backend, released, change
+):
+    """The process of a job changes between its submission and its runner's start (a
+    queued or resumed job): its runner gets no code (409), the job fails with the reason,
+    and the runner's next ask is 410."""
+    desc = register(proc_ctx.db_url, "alice", b"alice's code")
+
+    async def main():
+        m = JobManager(proc_ctx)
+        doc = await submit(m, process=desc, inputs={"x": 2})
+        if change == "another-user":  # deleted, then taken by mallory
+            store.delete_user_process(proc_ctx.db_url, "my-fn")
+            register(proc_ctx.db_url, "mallory", b"mallory's code")
+        elif change == "new-version":  # the owner replaced it
+            register(proc_ctx.db_url, "alice", b"alice's new code")
+        elif change == "same-version":  # deleted and registered again: version 1 again
+            store.delete_user_process(proc_ctx.db_url, "my-fn")
+            register(proc_ctx.db_url, "alice", b"other code")
+        else:
+            store.delete_user_process(proc_ctx.db_url, "my-fn")
         await m.tick()
         await m.drain()
-        return m, doc["jobID"]
+        jid, secret = doc["jobID"], fake_backend.started[0][1]
+        with pytest.raises(BadRequest) as refused:
+            await m.spec(jid, secret)
+        fake_backend.die(jid)  # the runner exits, refused
+        await m.drain()
+        with pytest.raises(Gone) as gone:
+            await m.spec(jid, secret)
+        return m, jid, refused.value, gone.value
 
-    m, jid = run(main())
-    store.delete_user_process(proc_ctx.db_url, "gone-fn")
-    with pytest.raises(BadRequest) as e:
-        m.spec(jid, fake_backend.started[0][1])
-    assert e.value.status == 404 and "no longer exists" in e.value.message
+    m, jid, refused, gone = run(main())
+    assert refused.status == 409
+    assert refused.message.startswith("the process changed since it was submitted")
+    doc = m.status(ALICE, jid)
+    assert doc["status"] == "failed" and doc["message"] == refused.message
+    assert gone.job_status == "failed"
+    assert fake_backend.stopped == [1000] and released.revoked == [("alice", "tok-1")]
+
+
+def test_a_stale_description_is_refused_at_submission(proc_ctx, released):
+    """The description the caller was shown is not the stored one any more (the id was
+    taken by another user meanwhile): 409, nothing stored."""
+    shown = register(proc_ctx.db_url, "alice", b"v1")
+    store.delete_user_process(proc_ctx.db_url, "my-fn")
+    register(proc_ctx.db_url, "mallory", b"evil")
+
+    async def main():
+        with pytest.raises(BadRequest) as e:
+            await submit(JobManager(proc_ctx), process=shown, inputs={"x": 2})
+        return e.value
+
+    err = run(main())
+    assert err.status == 409 and "changed while it was submitted" in err.message
+    assert jobs_in_db(proc_ctx.db_url) == []
+
+
+# -- limits and clean-up (security review 1) -----------------------------------------------------
+def test_release_stops_every_cluster_made_for_the_job(proc_ctx, fake_backend, released):
+    """M6: the runner reported one cluster and made two more for its job: all three are
+    stopped (the reported one once), and the runner's files removed (M12)."""
+
+    async def main():
+        m = JobManager(proc_ctx)
+        doc = await submit(m)
+        await m.tick()
+        await m.drain()
+        jid = doc["jobID"]
+        released.job_clusters[jid] = ["c1", "hidden-1", "hidden-2"]
+        released.job_clusters["another-job"] = ["theirs"]
+        await m.report(jid, fake_backend.started[0][1], [{"type": "cluster", "name": "c1"}])
+        await m.dismiss(ALICE, jid)
+        return jid
+
+    run(main())
+    assert sorted(released.clusters) == [("alice", "c1"), ("alice", "hidden-1"),
+                                         ("alice", "hidden-2")]  # fmt: skip
+    assert released.job_clusters == {"another-job": ["theirs"]}
+    assert fake_backend.cleaned == [1000]
+
+
+def test_the_stored_jobs_cap_refuses_with_429(
+    twinhub_db, tmp_path, fake_stac, fake_backend, released
+):
+    """M9: ended jobs count against max_jobs_per_user; removing one makes room."""
+    ctx = make_ctx(twinhub_db, tmp_path, fake_stac, fake_backend, max_jobs_per_user=2)
+
+    async def main():
+        m = JobManager(ctx)
+        first = await submit(m)
+        fake_backend.fail = "no runner"
+        await m.tick()
+        await m.drain()
+        fake_backend.fail = None
+        assert m.status(ALICE, first["jobID"])["status"] == "failed"  # ended: still stored
+        await submit(m)
+        with pytest.raises(BadRequest) as e:
+            await submit(m)
+        await submit(m, caller=BOB)  # his own count
+        await m.dismiss(ALICE, first["jobID"])  # removed: room for one more
+        await submit(m)
+        return e.value
+
+    err = run(main())
+    assert err.status == 429 and "2 jobs stored (max_jobs_per_user)" in err.message
+    assert len(jobs_in_db(twinhub_db)) == 3
+
+
+def test_mint_failure_fails_the_job_before_anything_starts(proc_ctx, fake_backend, released):
+    released.fail_mint = "the hub refused a token for alice (403)"
+
+    async def main():
+        m = JobManager(proc_ctx)
+        doc = await submit(m)
+        await m.tick()
+        await m.drain()
+        return m.status(ALICE, doc["jobID"])
+
+    doc = run(main())
+    assert doc["status"] == "failed" and "the hub refused a token" in doc["message"]
+    assert fake_backend.tokens == [] and fake_backend.started == []
+
+
+def test_a_job_dismissed_while_its_token_is_minted_never_starts(
+    proc_ctx, fake_backend, released, monkeypatch
+):
+    """L17: the token's id is stored before the backend starts; a job that ended by then
+    has its token revoked and no runner."""
+    from twinhub.services.processing import hubtokens
+
+    async def main():
+        m = JobManager(proc_ctx)
+        doc = await submit(m)
+
+        async def slow_mint(ctx, user, expires_in, note="", scopes=()):
+            await m.dismiss(ALICE, doc["jobID"])  # meanwhile
+            return await released.mint(ctx, user, expires_in, note, scopes)
+
+        monkeypatch.setattr(hubtokens, "mint", slow_mint)
+        await m.tick()
+        await m.drain()
+        return m.status(ALICE, doc["jobID"])
+
+    doc = run(main())
+    assert doc["status"] == "dismissed" and fake_backend.tokens == []
+    assert released.revoked == [("alice", "tok-1")]
+
+
+def test_validation_runs_off_the_event_loop(proc_ctx, released, monkeypatch):
+    """H2: a slow validation of a submission leaves the loop free (reports, health)."""
+    from twinlab.processing import schemas
+
+    real = schemas.validate_inputs
+
+    def slow(description, inputs):
+        time.sleep(1.0)
+        return real(description, inputs)
+
+    monkeypatch.setattr(schemas, "validate_inputs", slow)
+
+    async def main():
+        ticks = 0
+
+        async def heartbeat():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        beat = asyncio.create_task(heartbeat())
+        await submit(JobManager(proc_ctx))
+        beat.cancel()
+        return ticks
+
+    assert run(main()) >= 10
+
+
+class FakeGateway:
+    """A fake of the Dask gateway's cluster API (its list, delete and statuses), as
+    :func:`hubtokens.stop_job_clusters` uses it; ``auth``: each request's Authorization."""
+
+    def __init__(self, clusters: dict[str, str]) -> None:
+        #: name -> the job option; every cluster is RUNNING until deleted.
+        self.status = {name: "RUNNING" for name in clusters}
+        self.jobs = clusters
+        self.deleted: list[str] = []
+        self.auth: set[str] = set()
+        self.app = FastAPI()
+        base = "/services/dask-gateway/api/v1/clusters/"
+
+        @self.app.get(base)
+        async def listed(request: Request, status: str = "") -> dict:
+            self.auth.add(request.headers.get("authorization", ""))
+            wanted = {s.upper() for s in status.split(",")} if status else {"PENDING", "RUNNING"}
+            out = {}
+            for name, st in list(self.status.items()):
+                if st == "STOPPING":  # stopped by the next look
+                    self.status[name] = "STOPPED"
+                if st in wanted:
+                    out[name] = {"name": name, "status": st, "options": {"job": self.jobs[name]}}
+            return out
+
+        @self.app.delete(base + "{name}")
+        async def stop(name: str) -> Response:
+            self.deleted.append(name)
+            self.status[name] = "STOPPING"
+            return Response(status_code=204)
+
+
+def test_stop_job_clusters_stops_every_cluster_of_the_job_through_the_gateway(
+    twinhub_db, tmp_path, monkeypatch
+):
+    """M6, hubtokens' side: the user's clusters made for the job (option ``job``) are
+    listed, stopped and waited for, with a short token of the user's, revoked after."""
+    from twinhub.services.processing import hubtokens
+
+    gw = FakeGateway({"a": "job-1", "b": "job-1", "c": "job-2", "d": ""})
+    ctx = make_ctx(twinhub_db, tmp_path, None, None)
+    ctx.hub = httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app))
+    calls = []
+
+    async def mint(ctx, user, expires_in, note="", scopes=()):
+        calls.append(("mint", user, expires_in, tuple(scopes)))
+        return "stop-token", "stop-id"
+
+    async def revoke(ctx, user, token_id):
+        calls.append(("revoke", user, token_id))
+        return True
+
+    monkeypatch.setattr(hubtokens, "mint", mint)
+    monkeypatch.setattr(hubtokens, "revoke", revoke)
+    stopped = asyncio.run(hubtokens.stop_job_clusters(ctx, "alice", "job-1", wait=5))
+    assert sorted(stopped) == ["a", "b"] and sorted(gw.deleted) == ["a", "b"]
+    assert gw.status == {"a": "STOPPED", "b": "STOPPED", "c": "RUNNING", "d": "RUNNING"}
+    assert gw.auth == {"jupyterhub stop-token"}
+    assert calls == [
+        ("mint", "alice", hubtokens.STOP_TOKEN_SECONDS, (hubtokens.GATEWAY_SCOPE,)),
+        ("revoke", "alice", "stop-id"),
+    ]

@@ -12,7 +12,13 @@ from fastapi import FastAPI
 from twinhub.services.processing import store
 from twinhub.services.processing.jobs import JobManager
 from twinhub.services.processing.metrics import REGISTRY
-from twinhub.services.processing.reports import MAX_LINE_BYTES, SECRET_HEADER, reports_router
+from twinhub.services.processing.reports import (
+    MAX_LINE_BYTES,
+    REPORTS_PER_SECOND,
+    SECRET_HEADER,
+    ReportRate,
+    reports_router,
+)
 
 from .conftest import ALICE, PREFIX
 
@@ -59,7 +65,8 @@ def test_the_spec_needs_the_job_secret(proc_ctx, fake_backend):
     assert ok.headers["cache-control"] == "no-store"
     assert none.status_code == 401 and none.json() == {"code": 401, "description": "bad job secret"}
     assert wrong.status_code == 401
-    assert unknown.status_code == 404 and unknown.json()["code"] == 404
+    # An unknown job answers as a wrong secret does: job ids are not disclosed (L14).
+    assert unknown.status_code == 401 and unknown.json() == none.json()
 
 
 def test_stages_and_progress_in_order_to_success(proc_ctx, fake_backend, released):
@@ -233,3 +240,54 @@ def test_long_lines_are_cut_and_a_failure_keeps_its_stage(proc_ctx, fake_backend
     assert len(long.encode()) <= MAX_LINE_BYTES and long.endswith("[line cut]")
     assert texts[-1] == "cleaning up"
     assert released.removed  # a failed job's partial outputs are removed
+    # The reason is the runner's words, logged as such (L16), not as the service's.
+    reason = [ln for ln in m.logs(ALICE, jid) if ln["text"] == "variable 'q' not in item 'a'"]
+    assert [ln["source"] for ln in reason] == ["runner"]
+
+
+def test_reports_past_the_rate_are_429_and_the_runner_may_send_them_again(
+    proc_ctx, fake_backend, released
+):
+    """M9: at most REPORTS_PER_SECOND reports of one job a second (the clock stands still
+    here): the next is 429 with Retry-After and applies nothing; a moment later it goes."""
+    now = [1000.0]
+
+    async def main():
+        m, c, jid, secret = await started_job(proc_ctx, fake_backend)
+        m.report_rate = ReportRate(clock=lambda: now[0])
+        ok = [await post(c, jid, secret, []) for _ in range(int(REPORTS_PER_SECOND))]
+        refused = await post(c, jid, secret, [{"type": "log", "text": "too soon"}])
+        now[0] += 0.1  # two more allowed
+        again = await post(c, jid, secret, [{"type": "log", "text": "later"}])
+        return m, jid, ok, refused, again
+
+    m, jid, ok, refused, again = asyncio.run(main())
+    assert {r.status_code for r in ok} == {200}
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert "reports a second" in refused.json()["description"]
+    assert again.status_code == 200
+    texts = [ln["text"] for ln in m.logs(ALICE, jid)]
+    assert "later" in texts and "too soon" not in texts
+
+
+def test_report_rate_buckets_are_per_job_and_refill():
+    t = [0.0]
+    rate = ReportRate(rate=2.0, clock=lambda: t[0])
+    assert [rate.take("a") for _ in range(3)] == [True, True, False]
+    assert rate.take("b")  # another job's own bucket
+    t[0] += 0.5  # one more for "a"
+    assert [rate.take("a"), rate.take("a")] == [True, False]
+    rate.forget("a")
+    assert rate.take("a")
+
+
+def test_reports_of_an_unknown_job_are_401_as_a_wrong_secret(proc_ctx, fake_backend, released):
+    """L14: no answer tells a job id that exists from one that does not."""
+
+    async def main():
+        m, c, jid, secret = await started_job(proc_ctx, fake_backend)
+        return await post(c, "f" * 32, secret, []), await post(c, jid, "wrong", [])
+
+    unknown, wrong = asyncio.run(main())
+    assert unknown.status_code == wrong.status_code == 401
+    assert unknown.json() == wrong.json() == {"code": 401, "description": "bad job secret"}

@@ -6,7 +6,10 @@ import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import delete
 
+from twinhub import db
+from twinhub.db.models import ProcessingLog
 from twinhub.services.processing import store
 
 
@@ -74,7 +77,9 @@ def test_user_process_versions_and_ownership(twinhub_db):
 def test_insert_respects_the_queue_cap_and_stores_nothing_past_it(twinhub_db):
     for i in range(2):
         assert store.insert_job(twinhub_db, job_row(f"j{i}"), max_queued=2, log_text="ok")
-    assert store.insert_job(twinhub_db, job_row("j2"), max_queued=2, log_text="ok") is None
+    with pytest.raises(store.Full) as full:
+        store.insert_job(twinhub_db, job_row("j2"), max_queued=2, log_text="ok")
+    assert (full.value.limit, full.value.count) == ("max_queued_per_user", 2)
     assert store.get_job(twinhub_db, "j2") is None
     assert store.get_logs(twinhub_db, "j2") == []
     # Another user's queue is their own.
@@ -82,6 +87,50 @@ def test_insert_respects_the_queue_cap_and_stores_nothing_past_it(twinhub_db):
     row = store.get_job(twinhub_db, "j0")
     assert row["created_at"].tzinfo is not None
     assert [ln["text"] for ln in store.get_logs(twinhub_db, "j0")] == ["ok"]
+
+
+def test_insert_respects_the_cap_of_stored_jobs_whatever_their_status(twinhub_db):
+    """M9: ended jobs count too (they stay retention_days); another user's are theirs."""
+    add(twinhub_db, "s0")
+    store.update_job(twinhub_db, "s0", status="failed", finished_at=store.now())
+    add(twinhub_db, "s1")
+    store.update_job(twinhub_db, "s1", status="successful", finished_at=store.now())
+    with pytest.raises(store.Full) as full:
+        store.insert_job(twinhub_db, job_row("s2"), max_queued=10, max_stored=2, log_text="x")
+    assert (full.value.limit, full.value.count) == ("max_jobs_per_user", 2)
+    assert store.get_job(twinhub_db, "s2") is None and store.get_logs(twinhub_db, "s2") == []
+    assert store.insert_job(twinhub_db, job_row("b0", owner="bob"), max_queued=10,
+                            max_stored=2, log_text="x")  # fmt: skip
+    store.delete_job(twinhub_db, "s0")
+    assert store.insert_job(twinhub_db, job_row("s2"), max_queued=10, max_stored=2, log_text="x")
+
+
+@pytest.mark.parametrize(
+    ("source", "text"),
+    [
+        ("service", "[log trimmed] x"),
+        ("service", "[log trimmed]"),
+        ("service", "[log trimmed] 9x earlier lines dropped"),
+        ("runner", "[log trimmed] 1 earlier lines dropped (at most 5 are kept)"),
+    ],
+)
+def test_a_line_that_looks_like_the_trim_mark_is_an_ordinary_one(twinhub_db, source, text):
+    """L16: the log's first line only looks like the marker (a runner's words): it is
+    dropped like any line and the count stays right."""
+    add(twinhub_db, "t1")
+    with db.session(twinhub_db) as s:  # the look-alike is to be the log's first line
+        s.execute(delete(ProcessingLog))
+    t = store.now()
+
+    def line(src: str, txt: str) -> dict:
+        return {"at": t, "stage": "processing", "level": "info", "source": src, "text": txt}
+
+    lines = [line(source, text)] + [line("runner", f"l{i}") for i in range(4)]
+    store.add_logs(twinhub_db, "t1", lines, max_lines=100)
+    store.add_logs(twinhub_db, "t1", [line("runner", "l4"), line("runner", "l5")], max_lines=5)
+    got = [g["text"] for g in store.get_logs(twinhub_db, "t1")]
+    marker = f"{store.TRIM_MARK} 3 earlier lines dropped (at most 5 are kept)"
+    assert got == [marker, "l2", "l3", "l4", "l5"]
 
 
 def test_list_filters_pages_and_orders_newest_first(twinhub_db):
@@ -190,7 +239,9 @@ def test_retention_and_delete_remove_jobs_with_their_logs(twinhub_db):
     add(twinhub_db, "new")
     store.update_job(twinhub_db, "new", status="failed", finished_at=store.now())
     add(twinhub_db, "live")
-    assert store.delete_ended_before(twinhub_db, store.now() - timedelta(days=30)) == 1
+    store.update_job(twinhub_db, "old", runner={"kind": "fake", "pid": 7})
+    gone = store.delete_ended_before(twinhub_db, store.now() - timedelta(days=30))
+    assert gone == [("old", {"kind": "fake", "pid": 7})]
     assert store.get_job(twinhub_db, "old") is None and store.get_logs(twinhub_db, "old") == []
     assert store.get_job(twinhub_db, "new") and store.get_job(twinhub_db, "live")
     assert store.delete_job(twinhub_db, "new") is True

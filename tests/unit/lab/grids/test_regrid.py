@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 
-from twinlab.grids import EARTH_RADIUS_M, Gaussian, HEALPix, LatLon, Octahedral
+from twinlab.grids import (
+    EARTH_RADIUS_M,
+    Gaussian,
+    HEALPix,
+    LatLon,
+    Octahedral,
+    from_dataset,
+    grid_attrs,
+)
 from twinlab.grids.regrid import _plane, regrid
 from twinlab.grids.regrid.conservative import _boxes, overlaps
 
@@ -328,3 +337,18 @@ def test_south_to_north_latlon_is_the_flipped_north_to_south_result(method):
     np.testing.assert_allclose(
         regrid_nc(g[::-1], up, src, method), regrid_nc(g, down, src, method), rtol=1e-12, atol=1e-15
     )
+
+
+def test_accessor_regrid_leaves_no_source_grid_attributes() -> None:
+    """A dataset read from the lake carries its grid's attributes on every variable: after a
+    regrid they describe the target only, so the result's grid reads back (a variable still
+    saying "healpix" over lat-lon dimensions made from_dataset fail)."""
+    src = HEALPix(8)
+    attrs = grid_attrs(src)
+    ds = xr.Dataset({"t": (("time", "cell"), np.zeros((2, src.size)), attrs)}, attrs=attrs)
+    out = ds.grid.regrid(LatLon(30.0))
+    for obj in (out, out["t"], ds["t"].grid.regrid(LatLon(30.0))):
+        assert obj.attrs["grid_type"] == "latlon"
+        assert not any(k.startswith("healpix_") for k in obj.attrs), obj.attrs
+    assert isinstance(from_dataset(out), LatLon)
+    assert isinstance(from_dataset(out, "t"), LatLon)

@@ -181,18 +181,24 @@ def test_collection_body_is_a_valid_collection() -> None:
 
 
 class FakeStac:
-    """A fake STAC API as an httpx transport (answers scripted per method and path)."""
+    """A fake STAC API as an httpx transport (answers scripted per method and path: a
+    status, or (status, body))."""
 
-    def __init__(self, answers: dict[tuple[str, str], list[int]]) -> None:
+    def __init__(self, answers: dict[tuple[str, str], list[int | tuple[int, dict]]]) -> None:
         self.answers = answers
         self.calls: list[tuple[str, str, str | None]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         key = (request.method, request.url.path)
         self.calls.append((*key, request.headers.get("authorization")))
-        status = self.answers[key].pop(0)
-        body = {"code": status, "description": f"answer {status}"}
-        return httpx.Response(status, json=body if status >= 400 else {})
+        answer = self.answers[key].pop(0)
+        status, body = answer if isinstance(answer, tuple) else (answer, {})
+        if status >= 400:
+            body = {"code": status, "description": f"answer {status}"}
+        return httpx.Response(status, json=body)
+
+
+ALICES = (200, {"id": "user-alice", "twinhub:owner": "alice"})
 
 
 def test_publish_paths() -> None:
@@ -200,7 +206,7 @@ def test_publish_paths() -> None:
     item = ingest.build_item(spec("echo", {"stringInput": "x"}), {}, sources=[], time_range=None)
     coll = "/services/stac/collections/user-alice"
     # the collection exists (made by an earlier job): only the item is posted
-    fake = FakeStac({("GET", coll): [200], ("POST", coll + "/items"): [201]})
+    fake = FakeStac({("GET", coll): [ALICES], ("POST", coll + "/items"): [201]})
     with httpx.Client(transport=httpx.MockTransport(fake)) as http:
         url = ingest.publish(http, base, "tok", item, "alice")
     assert url == f"{base}collections/user-alice/items/job42"
@@ -209,7 +215,7 @@ def test_publish_paths() -> None:
     # made meanwhile by another job (409), and the item exists: replaced
     fake = FakeStac(
         {
-            ("GET", coll): [404],
+            ("GET", coll): [404, ALICES],
             ("POST", "/services/stac/collections"): [409],
             ("POST", coll + "/items"): [409],
             ("PUT", coll + "/items/job42"): [200],
@@ -218,13 +224,38 @@ def test_publish_paths() -> None:
     with httpx.Client(transport=httpx.MockTransport(fake)) as http:
         ingest.publish(http, base, "tok", item, "alice")
     assert fake.calls[-1][:2] == ("PUT", coll + "/items/job42")
-    # someone else's collection: the refusal is the error's message
-    fake = FakeStac({("GET", coll): [200], ("POST", coll + "/items"): [403]})
+    # the STAC API refuses the item: the refusal is the error's message
+    fake = FakeStac({("GET", coll): [ALICES], ("POST", coll + "/items"): [403]})
     with (
         httpx.Client(transport=httpx.MockTransport(fake)) as http,
         pytest.raises(ingest.IngestError, match=r"refused the item 'job42' \(403\): answer 403"),
     ):
         ingest.publish(http, base, "tok", item, "alice")
+
+
+@pytest.mark.parametrize(
+    "answers, words",
+    [
+        # taken first by someone else (before the STAC API reserved user-<name>)
+        ([(200, {"id": "user-alice", "twinhub:owner": "mallory"})], "belongs to 'mallory'"),
+        # the platform's (an admin made it without an owner)
+        ([(200, {"id": "user-alice"})], "has no owner"),
+        # made meanwhile, by someone else (the POST answered 409)
+        ([404, (200, {"id": "user-alice", "twinhub:owner": "mallory"})], "belongs to 'mallory'"),
+    ],
+)
+def test_publish_never_writes_into_a_collection_of_someone_else(answers, words) -> None:
+    base = "http://stac/services/stac/"
+    item = ingest.build_item(spec("echo", {"stringInput": "x"}), {}, sources=[], time_range=None)
+    coll = "/services/stac/collections/user-alice"
+    fake = FakeStac({("GET", coll): answers, ("POST", "/services/stac/collections"): [409]})
+    with (
+        httpx.Client(transport=httpx.MockTransport(fake)) as http,
+        pytest.raises(ingest.IngestError, match=f"user-alice' {words}.*not to 'alice'"),
+    ):
+        ingest.publish(http, base, "tok", item, "alice")
+    # nothing was written into it
+    assert not [c for c in fake.calls if c[1].endswith("/items") or c[0] == "PUT"]
 
 
 # -- outputs in the platform's object store (SeaweedFS, as `twinhub up` runs it) ---------------

@@ -148,6 +148,7 @@ async def get_collection(cid: str) -> Any:
 async def post_collection(request: Request) -> Any:
     body = await request.json()
     FAKE.stac_calls.append(("POST", "collections", request.headers.get("authorization")))
+    body["twinhub:owner"] = "alice"  # as the real guard does: the caller (the job's user) owns it
     FAKE.collections[body["id"]] = body
     return JSONResponse(body, 201)
 

@@ -346,3 +346,143 @@ def test_schemas_imports_no_numerical_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + schemas.__name__
+
+
+# -- user schemas stay inside themselves and cheap to check (security review H1, H2) ---------------
+@pytest.fixture
+def counting_server():
+    """A real HTTP server on localhost that counts the requests it gets (a $ref target)."""
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"enum": ["served-by-the-server"]}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/schema.json", hits
+    server.shutdown()
+    server.server_close()
+
+
+def stored_user_process(schema: dict, **kind: str) -> dict:
+    """A user process's description as stored before registration refused ``schema``."""
+    d = describe_user_process("old", "t", "", {"x": {"type": "string"}}, {"y": int}, "1")
+    d["inputs"]["x"]["schema"] = schema
+    d.update({f"twinhub:{k}": v for k, v in kind.items()})
+    return d
+
+
+def test_references_outside_the_schema_are_refused_and_never_fetched(
+    counting_server, tmp_path, monkeypatch
+) -> None:
+    url, hits = counting_server
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"enum": ["the-secret-value"]}')
+    for ref in (url, secret.as_uri(), "other.json#/x"):
+        with pytest.raises(InputError, match=r"input 'x': \$ref .* points outside the schema"):
+            describe_user_process("p", "t", "", {"x": {"$ref": ref}}, {"y": int}, "1")
+        for kind in ("user", "templated"):  # stored before the rule, and any description
+            with pytest.raises(InputError, match="points outside the schema") as e:
+                validate_inputs(stored_user_process({"$ref": ref}, kind=kind), {"x": "zz"})
+            assert "the-secret-value" not in str(e.value)
+    for key in ("$id", "$dynamicRef"):
+        with pytest.raises(InputError, match=f"\\{key} .* points outside"):
+            describe_user_process("p", "t", "", {"x": {key: url}}, {"y": int}, "1")
+    with pytest.raises(InputError, match=r"\$schema .* is not a JSON Schema dialect"):
+        describe_user_process("p", "t", "", {"x": {"$schema": url}}, {"y": int}, "1")
+    # a reference hidden from the check (as in data a local $ref points into) is still
+    # never fetched: the validators' registry retrieves nothing
+    monkeypatch.setattr(schemas.safe, "check_references", lambda schema: None)
+    for ref in (url, secret.as_uri()):
+        with pytest.raises(InputError, match="cannot be resolved within the schema") as e:
+            validate_inputs(stored_user_process({"$ref": ref}), {"x": "zz"})
+        assert "the-secret-value" not in str(e.value)
+    assert hits == []
+
+
+def test_local_references_and_known_dialects_work() -> None:
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$defs": {"n": {"type": "integer", "minimum": 0}},
+        "type": "object",
+        "properties": {"pattern": {"$ref": "#/$defs/n"}},  # a property may be called so
+    }
+    d = describe_user_process("p", "t", "", {"x": schema}, {"y": int}, "1")
+    assert validate_inputs(d, {"x": {"pattern": 3}}) == {"x": {"pattern": 3}}
+    with pytest.raises(InputError, match=r"input 'x'\['pattern'\]"):
+        validate_inputs(d, {"x": {"pattern": -1}})
+    d = stored_user_process({"$ref": "#/$defs/missing"})
+    with pytest.raises(InputError, match="cannot be resolved within the schema"):
+        validate_inputs(d, {"x": 1})
+
+
+@pytest.mark.parametrize(
+    ("schema", "keyword"),
+    [
+        ({"type": "string", "pattern": "^(a+)+$"}, "pattern"),
+        ({"type": "object", "patternProperties": {"^(a+)+$": {}}}, "patternProperties"),
+        ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+        ({"type": "object", "properties": {"r": {"format": "regex"}}}, "format"),
+        ({"anyOf": [{"items": {"pattern": "x"}}]}, "pattern"),
+        ({"$ref": "#/default", "default": {"pattern": "^(a+)+$"}}, "pattern"),
+    ],
+)
+def test_user_schemas_may_not_use_costly_keywords(schema: dict, keyword: str) -> None:
+    with pytest.raises(InputError, match=f"input 'x': the keyword '{keyword}'"):
+        describe_user_process("p", "t", "", {"x": schema}, {"y": int}, "1")
+    with pytest.raises(InputError, match=f"output 'y': the keyword '{keyword}'"):
+        describe_user_process("p", "t", "", {"x": int}, {"y": schema}, "1")
+
+
+def test_a_stored_user_schema_with_a_pattern_is_refused_before_matching() -> None:
+    # registered before the rule: validation refuses the schema instead of running a
+    # backtracking pattern (each more "a" doubles the time) on the service's loop
+    d = stored_user_process({"type": "string", "pattern": "^(a+)+$"}, kind="user")
+    with pytest.raises(InputError, match="input 'x': the keyword 'pattern'"):
+        validate_inputs(d, {"x": "a" * 18 + "!"})
+    # the templated processes keep their own (bounded) uniqueItems
+    got = validate_inputs(
+        TEMPLATED["regrid"],
+        {"item": "i", "variables": ["a", "b"], "target": {"type": "healpix", "nside": 8}},
+    )
+    assert got["variables"] == ["a", "b"]
+
+
+def doubling(levels: int) -> dict:
+    """Each definition refers twice to the next: 2**levels checks per value once inlined."""
+    defs = {f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}] * 2} for i in range(levels)}
+    return {"$defs": {**defs, f"d{levels}": {"type": "integer"}}, "$ref": "#/$defs/d0"}
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        (doubling(30), "more than 5000 objects and arrays once its references are inlined"),
+        ({"$ref": "#"}, "leads back to itself"),
+        ({"type": "array", "items": {"$ref": "#"}}, "leads back to itself"),
+        ({"$defs": {"a": {"$anchor": "A", "items": {"$ref": "#A"}}}, "$ref": "#A"}, "itself"),
+    ],
+)
+def test_user_schemas_may_not_explode_or_recurse(schema: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        describe_user_process("p", "t", "", {"x": schema}, {"y": int}, "1")
+    # stored before the rule: refused before any check runs (2**30 would take hours)
+    with pytest.raises(InputError, match=message):
+        validate_inputs(stored_user_process(schema, kind="user"), {"x": [[1]]})
+
+
+def test_shared_local_definitions_are_fine() -> None:
+    d = describe_user_process("p", "t", "", {"x": doubling(8)}, {"y": int}, "1")
+    assert validate_inputs(d, {"x": 4}) == {"x": 4}
