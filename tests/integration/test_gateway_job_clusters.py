@@ -3,9 +3,10 @@
 - LocalJobBackend starts a real process as the user's OS account (checked in the process
   table), with a token the real hub minted for that user (only the runner's two scopes),
   and stop() ends it and everything in its group;
-- the hub's job-token API (processing.hubside): the service mints and revokes through it;
-  a user's, an admin's and another service's token are refused; the service's own token
-  no longer mints through JupyterHub's ``/users/{name}/tokens``;
+- the hub's job-token API (processing.hubside): the service mints and revokes through it,
+  only for a job of that user in processing_jobs (running, for a runner's token); a user's,
+  an admin's and another service's token are refused; the service's own token no longer
+  mints through JupyterHub's ``/users/{name}/tokens``;
 - the gateway's ``job`` option: a cluster for a running job of its user is allowed beyond
   ``max_clusters_per_user``; an unknown job, another user's, a finished one, or a second
   cluster of the same job are refused; hubtokens.stop_job_cluster stops one;
@@ -90,6 +91,13 @@ def make_ctx(p: Platform) -> ProcessingContext:
     )
 
 
+def set_job(rt: Runtime, jid: str, **values) -> None:
+    with db.session(rt.db_url) as s:
+        row = s.get(ProcessingJob, jid)
+        for key, value in values.items():
+            setattr(row, key, value)
+
+
 def add_job(rt: Runtime, owner: str, status: str = "running") -> str:
     jid = uuid.uuid4().hex
     with db.session(rt.db_url) as s:
@@ -133,6 +141,9 @@ def test_local_backend_runs_the_runner_as_the_users_account(p: Platform) -> None
             # removes it: the user must not be able to swap what is in it).
             st = os.stat(handle["dir"])
             assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700)
+            # The log in it is the user's: what the runner writes counts against its quota.
+            st = os.stat(os.path.join(handle["dir"], jb.LOG_NAME))
+            assert (st.st_uid, st.st_gid) == (pw.pw_uid, pw.pw_gid)
             out = await asyncio.to_thread(
                 wait_for, "the runner's lines", lambda: "TOKEN" in backend.output_tail(handle)
             )
@@ -166,6 +177,8 @@ def test_local_backend_runs_the_runner_as_the_users_account(p: Platform) -> None
         finally:
             for q in backend._members(handle):
                 q.kill()
+            # The hub revokes a running job's runner token once it is the job's (recorded).
+            set_job(rt, jid, token_id=handle["token_id"])
             assert await hubtokens.revoke(ctx, OWNER, handle["token_id"])
         async with httpx.AsyncClient() as c:
             r = await c.get(
@@ -185,26 +198,32 @@ def test_only_the_service_mints_job_tokens_in_the_hub(p: Platform) -> None:
         headers = {"Authorization": f"token {token}"}
         return requests.request(method, f"{api}/{path}", headers=headers, timeout=30, **kw)
 
-    token, tid = asyncio.run(hubtokens.mint(ctx, OWNER, 120, note="twinhub processing job t"))
+    jid = add_job(rt, OWNER)
+    body = {"job": jid, "purpose": "runner", "expires_in": 60}
+    token, tid = asyncio.run(hubtokens.mint(ctx, OWNER, 120, note=f"twinhub processing job {jid}"))
     r = requests.get(
         f"{rt.hub_api_url}/user", headers={"Authorization": f"token {token}"}, timeout=30
     )
     assert r.status_code == 200 and r.json()["name"] == OWNER
+    # Only for a job of that user (R6), running for a runner's token.
+    for job, user in ((jid, OTHER), (add_job(rt, OWNER, "successful"), OWNER)):
+        r = call("POST", user, ctx.token, json={**body, "job": job})
+        assert r.status_code == 403, r.text
     others = {
         "a user": p.token(OTHER),
         "an admin": p.token("p2admin"),
         "another service": rt.secret("service-desk"),
     }
     for who, other in others.items():
-        r = call("POST", OWNER, other, json={"expires_in": 60})
+        r = call("POST", OWNER, other, json=body)
         assert r.status_code == 403, (who, r.text)
         assert call("DELETE", f"{OWNER}/{tid}", other).status_code == 403, who
     # Beyond the allow-list or the bound: refused; the service's token no longer reaches
     # JupyterHub's own token API.
     service = ctx.token
-    r = call("POST", OWNER, service, json={"expires_in": 60, "scopes": ["admin:users"]})
+    r = call("POST", OWNER, service, json={**body, "scopes": ["admin:users"]})
     assert r.status_code == 400
-    r = call("POST", OWNER, service, json={"expires_in": 10**7})
+    r = call("POST", OWNER, service, json={**body, "expires_in": 10**7})
     assert r.status_code == 400
     r = requests.post(
         f"{rt.hub_api_url}/users/{OWNER}/tokens",
@@ -213,6 +232,8 @@ def test_only_the_service_mints_job_tokens_in_the_hub(p: Platform) -> None:
         timeout=30,
     )
     assert r.status_code == 403
+    assert asyncio.run(hubtokens.revoke(ctx, OWNER, tid)) is False  # not the job's (R9)
+    set_job(rt, jid, token_id=tid)
     assert asyncio.run(hubtokens.revoke(ctx, OWNER, tid)) is True
     r = requests.get(
         f"{rt.hub_api_url}/user", headers={"Authorization": f"token {token}"}, timeout=30
@@ -261,7 +282,7 @@ def test_job_clusters_pass_the_cluster_limit_only_for_a_running_job(p: Platform)
         assert sorted(r.json()) == sorted(made)
 
         # Stopped the way dismiss stops it: with a short-lived token of the owner.
-        assert asyncio.run(hubtokens.stop_job_cluster(ctx, OWNER, job_cluster)) is True
+        assert asyncio.run(hubtokens.stop_job_cluster(ctx, OWNER, job_cluster, job=job)) is True
         r = gateway(p, OWNER, "GET", job_cluster)
         assert r.status_code == 404 or r.json()["status"] in ("STOPPED", "FAILED")
         # The job may have a cluster again (a resumed attempt).

@@ -86,7 +86,7 @@ def env(multiuser_platform):
 
 def running_in(p, job: str, stage: str, timeout: float = 300) -> dict:
     doc, _ = wait_job(p, OWNER, job, stage=stage, timeout=timeout)
-    assert doc["status"] == "running" and doc["stage"] == stage, doc
+    assert doc["status"] == "running" and doc["stage"] == stage, (doc, logs_text(p, OWNER, job))
     return doc
 
 

@@ -78,6 +78,12 @@ def job_pod_labels(owner: str, job_id: str, project: str | None = "ocean") -> di
     return KubeJobBackend(fake_ctx).pod_manifest(job, {})["metadata"]["labels"]
 
 
+def job_namespace(objects: list[dict]) -> str:
+    """Where the processing service makes job pods: its Role's namespace."""
+    role = helm.find(objects, "Role", "twinhub-processing")
+    return role["metadata"].get("namespace") or RELEASE
+
+
 def _template_labels(objects: list[dict], kind: str, name: str) -> dict:
     return helm.find(objects, kind, name)["spec"]["template"]["metadata"]["labels"]
 
@@ -184,9 +190,13 @@ def cluster_pods(objects: list[dict], values: dict) -> dict[str, Pod]:
             continue
         pods[name] = Pod(name, labels, ip=f"10.1.0.{host}", ports={"http": 8000})
     if "processing" in pods:
-        # Runner pods of alice's and bob's jobs (made by the service, not by Helm).
-        pods["job"] = Pod("job", job_pod_labels("alice", "a1b2c3"), ip="10.1.0.70")
-        pods["bob-job"] = Pod("bob-job", job_pod_labels("bob", "d4e5f6", None), ip="10.1.0.71")
+        # Runner pods of alice's and bob's jobs (made by the service, not by Helm), in the
+        # namespace its Role is bound in (the job namespace).
+        ns = job_namespace(objects)
+        pods["job"] = Pod("job", job_pod_labels("alice", "a1b2c3"), namespace=ns, ip="10.1.0.70")
+        pods["bob-job"] = Pod(
+            "bob-job", job_pod_labels("bob", "d4e5f6", None), namespace=ns, ip="10.1.0.71"
+        )
     try:
         labels = _template_labels(objects, "StatefulSet", "twinhub-seaweedfs")
     except KeyError:

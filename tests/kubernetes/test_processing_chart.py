@@ -217,7 +217,9 @@ def test_runtime_configures_the_kube_backend(profile, tmp_path):
     assert type(backend) is KubeJobBackend
     user = values["twinhub"]["userImage"]
     assert backend.image == f"{user['repository']}:{user['tag'] or '0.1.0'}"
-    assert backend.namespace == "science"
+    # the job pods' own namespace (production names it; the default is "<release>-jobs")
+    named = values["twinhub"]["services"]["processing"]["jobNamespace"]
+    assert backend.namespace == (named or "science-jobs")
     job_pods = values["twinhub"]["services"]["processing"]["jobPods"]
     assert (backend.cpu, backend.memory) == (str(job_pods["cpu"]), str(job_pods["memory"]))
     # the user image's account, as the chart's Dask pods run
@@ -336,7 +338,8 @@ def test_every_address_the_runner_gets_is_open_to_it(profile, tmp_path):
     policies admit it. A new address in the environment fails here until the chart opens it."""
     objects, pods = release(profile, EXTRA)
     env, pod, _ = _job_objects(_context(objects, tmp_path))
-    job = Pod("job", pod["metadata"]["labels"], ip="10.1.0.80")
+    job = Pod("job", pod["metadata"]["labels"], namespace=pods["job"].namespace, ip="10.1.0.80")
+    assert job.namespace != "twinhub"  # never the release's own, by default
     urls = _urls(env)
     assert {ENV_PROCESSING_URL, "JUPYTERHUB_API_URL", "TWINHUB_STAC_URL"} <= set(urls)
     assert "DASK_GATEWAY__ADDRESS" in urls and "DASK_GATEWAY__PROXY_ADDRESS" in urls
@@ -491,9 +494,9 @@ def test_job_namespace_holds_the_role_and_the_job_pods(tmp_path):
     assert "namespace" not in helm.find(objects, "ServiceAccount", NAME)["metadata"]
     backend = backend_for(_context(objects, tmp_path))
     assert type(backend) is KubeJobBackend and backend.namespace == "twinhub-jobs"
-    # the default: the release's namespace, as before
+    # the default: a namespace of their own, named after the release's
     default = helm.render(namespace="science")
-    assert helm.find(default, "Role", NAME)["metadata"]["namespace"] == "science"
+    assert helm.find(default, "Role", NAME)["metadata"]["namespace"] == "science-jobs"
     for profile in helm.PROFILES:
         objs = [
             o for o in helm.render(profile, extra=JOB_NS) if "processing" in o["metadata"]["name"]
@@ -590,3 +593,244 @@ def test_schema_refuses_a_bad_job_namespace(bad):
     with pytest.raises(helm.HelmError) as err:
         helm.render(extra={"twinhub": {"services": {"processing": {"jobNamespace": bad}}}})
     assert "values don't meet the specifications of the schema" in err.value.stderr
+
+
+# -- R4: the job namespace is not the release's unless asked for; Pod Security and quota there --
+
+PSA = "pod-security.kubernetes.io"
+_SUFFIX = {"m": 0.001, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_SUFFIX |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _quantity(value: str | int) -> float:
+    """A Kubernetes quantity's value (the suffixes the chart's values use)."""
+    number, unit = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value)).groups()
+    return float(number) * _SUFFIX.get(unit, 1)
+
+
+def _in(objects: list[dict], kind: str, name: str) -> tuple[dict, str | None]:
+    obj = helm.find(objects, kind, name)
+    return obj, obj["metadata"].get("namespace")
+
+
+@pytest.mark.parametrize("profile", ["default", "minimal"])
+def test_default_job_namespace_is_made_restricted_and_bounded(profile, tmp_path):
+    objects = helm.render(profile, namespace="science")
+    values = helm.chart_values(profile)
+    processing = values["twinhub"]["services"]["processing"]
+    ns = helm.find(objects, "Namespace", "science-jobs")
+    labels = ns["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"{PSA}/{mode}"] == "restricted", mode
+    # the label the NetworkPolicies' namespaceSelectors read
+    assert labels["kubernetes.io/metadata.name"] == "science-jobs"
+    for kind, name in (
+        ("Role", NAME),
+        ("RoleBinding", NAME),
+        ("NetworkPolicy", "twinhub-processing-jobs"),
+    ):
+        assert _in(objects, kind, name)[1] == "science-jobs", kind
+    assert backend_for(_context(objects, tmp_path)).namespace == "science-jobs"
+    # quota: jobQuota.pods pods and Secrets, CPU and memory of that many runner pods
+    quota, where = _in(objects, "ResourceQuota", "twinhub-processing-jobs")
+    assert where == "science-jobs"
+    pods, cpu, memory = (
+        processing["jobQuota"]["pods"],
+        processing["jobPods"]["cpu"],
+        processing["jobPods"]["memory"],
+    )
+    hard = quota["spec"]["hard"]
+    assert int(hard["pods"]) == int(hard["secrets"]) == pods
+    for key in ("requests.cpu", "limits.cpu"):
+        assert _quantity(hard[key]) == pytest.approx(pods * _quantity(cpu)), key
+    for key in ("requests.memory", "limits.memory"):
+        assert _quantity(hard[key]) == pytest.approx(pods * _quantity(memory)), key
+    assert hard["persistentvolumeclaims"] == hard["services"] == "0"
+    # each container: at most a runner pod, and that by default
+    limit_range, where = _in(objects, "LimitRange", "twinhub-processing-jobs")
+    assert where == "science-jobs"
+    (limit,) = limit_range["spec"]["limits"]
+    assert limit["type"] == "Container"
+    for key in ("max", "default", "defaultRequest"):
+        assert {k: _quantity(v) for k, v in limit[key].items()} == {
+            "cpu": _quantity(cpu),
+            "memory": _quantity(memory),
+        }, key
+    made = [o for o in objects if o["kind"] in ("Namespace", "ResourceQuota", "LimitRange")]
+    assert len(made) == 3
+    for version in ("1.31", "1.34"):
+        assert helm.validate(made, version) == [], version
+
+
+def test_job_namespace_quota_and_creation_follow_their_values():
+    p = {"jobQuota": {"pods": 3, "cpu": "2500m", "memory": "6Gi"}, "createJobNamespace": False}
+    objects = helm.render(extra={"twinhub": {"services": {"processing": p}}}, namespace="science")
+    # made by the operator beforehand: no Namespace object, the rest still there
+    assert not [o for o in objects if o["kind"] == "Namespace"]
+    hard = helm.find(objects, "ResourceQuota", "twinhub-processing-jobs")["spec"]["hard"]
+    assert (hard["pods"], hard["limits.cpu"], hard["requests.memory"]) == ("3", "2500m", "6Gi")
+    assert helm.find(objects, "Role", NAME)["metadata"]["namespace"] == "science-jobs"
+    # the quota's CPU times a decimal quantity
+    half = {"jobPods": {"cpu": "0.5", "memory": "1.5Gi"}, "jobQuota": {"pods": 3}}
+    objects = helm.render(extra={"twinhub": {"services": {"processing": half}}})
+    hard = helm.find(objects, "ResourceQuota", "twinhub-processing-jobs")["spec"]["hard"]
+    assert _quantity(hard["limits.cpu"]) == 1.5 and _quantity(hard["limits.memory"]) == 4.5 * 2**30
+
+
+def test_release_namespace_for_jobs_needs_an_explicit_opt_in(tmp_path):
+    shared = {"jobNamespace": "science"}
+    with pytest.raises(helm.HelmError) as err:
+        helm.render(extra={"twinhub": {"services": {"processing": shared}}}, namespace="science")
+    # the message says why and what to set
+    assert "API tokens" in err.value.stderr and "allowSharedJobNamespace" in err.value.stderr
+    opted = {**shared, "allowSharedJobNamespace": True}
+    objects = helm.render(
+        extra={"twinhub": {"services": {"processing": opted}}}, namespace="science"
+    )
+    assert helm.find(objects, "Role", NAME)["metadata"].get("namespace", "science") == "science"
+    assert backend_for(_context(objects, tmp_path)).namespace == "science"
+    # nothing made for, nor imposed on, the release's own namespace (its hub and servers)
+    assert not {o["kind"] for o in objects} & {"Namespace", "ResourceQuota", "LimitRange"}
+    # the opt-in alone does not move the default
+    alone = {"twinhub": {"services": {"processing": {"allowSharedJobNamespace": True}}}}
+    assert helm.find(helm.render(extra=alone), "Role", NAME)["metadata"]["namespace"] == (
+        "twinhub-jobs"
+    )
+    # processing off: the job namespace is nobody's concern
+    off = helm.merge_values(OFF, {"twinhub": {"services": {"processing": shared}}})
+    assert not [o for o in helm.render(extra=off, namespace="science") if o["kind"] == "Role"]
+
+
+def test_too_long_a_job_namespace_is_refused():
+    with pytest.raises(helm.HelmError) as err:
+        helm.render(namespace="n" * 60)
+    assert "longer than 63 characters" in err.value.stderr
+
+
+def test_job_pod_meets_pod_security_restricted(tmp_path):
+    """The real runner pod against the rules of Pod Security's "restricted" level (which its
+    namespace enforces) and the namespace's LimitRange."""
+    objects = helm.render()
+    _, pod, _ = _job_objects(_context(objects, tmp_path))
+    spec = pod["spec"]
+    sc = spec["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0 and sc["runAsGroup"] != 0
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not {"seLinuxOptions", "sysctls", "supplementalGroups", "appArmorProfile"} & set(sc)
+    assert not {"hostNetwork", "hostPID", "hostIPC", "volumes"} & set(spec)
+    limits = helm.find(objects, "LimitRange", "twinhub-processing-jobs")["spec"]["limits"][0]
+    for c in spec["containers"]:
+        csc = c["securityContext"]
+        assert csc["allowPrivilegeEscalation"] is False and not csc.get("privileged")
+        assert csc["capabilities"] == {"drop": ["ALL"]}
+        assert not {"seLinuxOptions", "procMount", "runAsUser", "seccompProfile"} & set(csc)
+        assert not [p for p in c.get("ports", []) if p.get("hostPort")]
+        for key in ("cpu", "memory"):
+            assert _quantity(c["resources"]["limits"][key]) <= _quantity(limits["max"][key])
+            assert c["resources"]["requests"][key] == c["resources"]["limits"][key]
+
+
+# -- R5: the admission policy pins who a job pod runs as, where, and with what -----------------
+
+
+def test_admission_policy_pins_the_pods_account_security_and_resources(tmp_path):
+    """Each new rule is in the policy, and the real pod (KubeJobBackend.pod_manifest as the
+    chart configures it) is what the rule allows; the limits are jobPods'."""
+    extra = {"twinhub": {"services": {"processing": {"jobPriorityClassName": "jobs-default"}}}}
+    objects = helm.render("minimal", extra=extra)
+    policy, _ = _admission(objects)
+    text = json.dumps(policy["spec"])
+    for needle in (
+        "object.spec.serviceAccountName == 'default'",
+        "object.spec.serviceAccount == 'default'",
+        "!has(object.spec.runtimeClassName)",
+        "object.spec.priorityClassName == 'jobs-default'",
+        "size(object.spec.resourceClaims) == 0",
+        "size(object.spec.imagePullSecrets) == 0",
+        "size(object.spec.nodeSelector) == 0",
+        "!has(object.spec.affinity)",
+        "'node.kubernetes.io/not-ready', 'node.kubernetes.io/unreachable'",
+        "object.spec.securityContext.runAsGroup != 0",
+        "object.spec.securityContext.fsGroup != 0",
+        "supplementalGroups.all(g, g != 0)",
+        "object.spec.securityContext.seccompProfile.type == 'RuntimeDefault'",
+        "!has(object.spec.securityContext.seLinuxOptions)",
+        "size(object.spec.securityContext.sysctls) == 0",
+        "c.securityContext.capabilities.drop.exists(d, d == 'ALL')",
+        "!has(c.securityContext.seLinuxOptions)",
+        "c.securityContext.procMount == 'Default'",
+        "c.securityContext.runAsGroup != 0",
+        "!has(c.resources.claims)",
+        "c.resources.limits.all(k, k in ['cpu', 'memory'])",
+        # jobPods of the minimal profile: 250m, 512Mi
+        "compareTo(quantity('250m')) <= 0",
+        "compareTo(quantity('512Mi')) <= 0",
+    ):
+        assert needle in text, needle
+    _, pod, _ = _job_objects(_context(objects, tmp_path))
+    spec = pod["spec"]
+    assert spec.get("serviceAccountName", "default") == "default"
+    assert not {
+        "serviceAccount",
+        "runtimeClassName",
+        "priorityClassName",
+        "resourceClaims",
+        "imagePullSecrets",
+        "nodeSelector",
+        "affinity",
+        "tolerations",
+    } & set(spec)
+    (c,) = spec["containers"]
+    assert set(c["resources"]) == {"requests", "limits"}
+    assert {k: _quantity(v) for k, v in c["resources"]["limits"].items()} == {
+        "cpu": 0.25,
+        "memory": 512 * 2**20,
+    }
+    # no priority class named: none is allowed
+    default_text = json.dumps(_admission(helm.render())[0]["spec"])
+    assert "object.spec.priorityClassName == ''" in default_text
+
+
+def _z2jh_hub_policy(values: dict) -> dict:
+    """A fake of z2jh 4.4's hub NetworkPolicy ingress (templates/hub/netpol.yaml, which is
+    not rendered here), as it reads the chart's values: labelled pods of its namespace, then
+    jupyterhub.hub.networkPolicy.ingress."""
+    netpol = values["jupyterhub"]["hub"]["networkPolicy"]
+    labelled = {"podSelector": {"matchLabels": {"hub.jupyter.org/network-access-hub": "true"}}}
+    return {
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "hub"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "jupyterhub", "component": "hub"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"port": 8081}], "from": [labelled]}, *netpol["ingress"]],
+        },
+    }
+
+
+def test_hub_admits_the_job_pods_of_its_job_namespace_alone(tmp_path):
+    """With job pods in a namespace of their own, z2jh's hub policy must let them call the
+    hub API: the chart's values add a rule for job pods of namespaces labelled as the chart
+    labels the job namespace (or of the release's own, when shared)."""
+    objects, pods = release(extra=EXTRA)
+    values = helm.chart_values("default", EXTRA)
+    ns = helm.find(objects, "Namespace", pods["job"].namespace)["metadata"]["labels"]
+    namespaces = {pods["job"].namespace: ns}
+    with_hub = [*objects, _z2jh_hub_policy(values)]
+    assert allowed(with_hub, pods["job"], pods["hub"], 8081, namespaces=namespaces)
+    # without the rule it would not be
+    bare = _z2jh_hub_policy(values)
+    bare["spec"]["ingress"] = bare["spec"]["ingress"][:1]
+    assert not allowed([*objects, bare], pods["job"], pods["hub"], 8081, namespaces=namespaces)
+    # not another pod of the job namespace, nor a job-labelled pod of an unlabelled namespace
+    other = Pod("other", {"app": "x"}, namespace=pods["job"].namespace, ip="10.1.7.90")
+    assert not allowed(with_hub, other, pods["hub"], 8081, namespaces=namespaces)
+    elsewhere = Pod("fake", pods["job"].labels, namespace="elsewhere", ip="10.1.8.90")
+    assert not allowed(with_hub, elsewhere, pods["hub"], 8081, namespaces=namespaces)
+    # shared namespace: the release's own job pods
+    shared = {"jobNamespace": "twinhub", "allowSharedJobNamespace": True}
+    extra = helm.merge_values(EXTRA, {"twinhub": {"services": {"processing": shared}}})
+    objects, pods = release(extra=extra)
+    assert pods["job"].namespace == "twinhub"
+    with_hub = [*objects, _z2jh_hub_policy(helm.chart_values("default", extra))]
+    assert allowed(with_hub, pods["job"], pods["hub"], 8081)

@@ -269,9 +269,32 @@ labels: the component is what the service lists its pods by, the job id is on no
 {{- end }}
 
 {{- /* The namespace of job pods and their Secrets (KubeJobBackend.namespace): the value
-twinhub.services.processing.jobNamespace, default the release's. */}}
+twinhub.services.processing.jobNamespace, default "<release namespace>-jobs". The release's
+own namespace only by name and with allowSharedJobNamespace: the service's Role lists pods
+there, and a pod's env holds its secrets (user servers' API tokens). */}}
 {{- define "twinhub.processing.jobNamespace" -}}
-{{- .Values.twinhub.services.processing.jobNamespace | default .Release.Namespace -}}
+{{- $p := .Values.twinhub.services.processing -}}
+{{- $ns := $p.jobNamespace | default (printf "%s-jobs" .Release.Namespace) -}}
+{{- if and (eq $ns .Release.Namespace) (not $p.allowSharedJobNamespace) -}}
+{{- fail (printf "twinhub.services.processing.jobNamespace is the release's namespace %q: the processing service's Role would list its pods, and with them the hub's and user servers' environments (their API tokens). Leave it \"\" (job pods in %q, made by the chart) or name another namespace; to share this one anyway, also set twinhub.services.processing.allowSharedJobNamespace: true" .Release.Namespace (printf "%s-jobs" .Release.Namespace)) -}}
+{{- end -}}
+{{- if gt (len $ns) 63 -}}
+{{- fail (printf "the job namespace %q is longer than 63 characters: name one in twinhub.services.processing.jobNamespace" $ns) -}}
+{{- end -}}
+{{- $ns -}}
+{{- end }}
+
+{{- /* A quantity times a count (the job namespace's quota from jobPods): (dict "q" <quantity>
+"n" <int>); "250m" x 20 = "5000m", "1Gi" x 20 = "20Gi", "0.5" x 4 = "2". */}}
+{{- define "twinhub.quantityTimes" -}}
+{{- $q := toString .q -}}
+{{- $num := regexFind "^[0-9.]+" $q -}}
+{{- $unit := trimPrefix $num $q -}}
+{{- if contains "." $num -}}
+{{- printf "%s%s" (toString (mulf (float64 $num) .n)) $unit -}}
+{{- else -}}
+{{- printf "%d%s" (mul (atoi $num) .n) $unit -}}
+{{- end -}}
 {{- end }}
 
 {{- /* NetworkPolicy rules (YAML list; (dict "root" $ "rules" <yaml> "key" "to"|"from")) as a

@@ -211,7 +211,7 @@ def open_server_charge(
         # limits leaf counts the CPU too; joining an accounting leaf there would lift the
         # CPU limit. Removed at stop with the limits: the CPU of the last interval is not
         # metered.
-        cgroups = _limits_cgroups(limits)
+        cgroups = limits_cgroups(limits)
     elif support is not None and support.kind:
         acct = resource_limits.AccountingCgroup(
             support, f"{safe_name}-{run_id}", memory=limits is None
@@ -243,7 +243,7 @@ def open_server_charge(
     return acct, charge
 
 
-def _limits_cgroups(limits: resource_limits.ServerCgroup) -> dict[str, Any]:
+def limits_cgroups(limits: resource_limits.ServerCgroup) -> dict[str, Any]:
     """The ``cgroups`` of a source metered in its limits cgroup (no leaf of its own)."""
     parents = limits.support.parents
     if limits.support.kind == "v2":

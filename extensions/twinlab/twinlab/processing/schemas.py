@@ -2,11 +2,9 @@
 
 The hub imports this module to list, describe and validate, the runner to read its spec:
 it imports the standard library, jsonschema (.jsonschema_safe), twinlab.contract: no numpy.
-
-Besides the OGC process description fields, each description carries ``twinhub:*`` keys:
-``twinhub:kind`` ("templated" or "user"), ``twinhub:cluster`` (the job needs a Dask
-cluster), ``twinhub:item_inputs`` (inputs naming lake STAC item ids) and
-``twinhub:datetime_input`` (the input holding a STAC datetime, or None).
+Besides OGC's fields, each description carries ``twinhub:kind`` ("templated" or "user"),
+``twinhub:cluster`` (the job needs a Dask cluster), ``twinhub:item_inputs`` (inputs naming
+lake STAC item ids), ``twinhub:datetime_input`` (the input holding a STAC datetime, or None).
 """
 
 from __future__ import annotations
@@ -380,20 +378,16 @@ def parse_datetime(value: str) -> tuple[_dt.datetime | None, _dt.datetime | None
     return start, end
 
 
-# -- validation -----------------------------------------------------------------------------
-# Validators never fetch a $ref (they resolve within the schema): see jsonschema_safe.
-def _validator(schema: dict, where: str) -> Any:
+# -- validation (validators never fetch a $ref: see jsonschema_safe) ----------------------
+def _errors(name: str, schema: dict, value: Any) -> list:
     try:
-        return safe.validator(schema)
-    except safe.UnsafeSchema as err:
-        raise InputError(f"{where}: {err}") from None
-
-
-def _check_value(name: str, schema: dict, value: Any) -> None:
-    try:
-        errors = safe.errors(schema, value)
+        return safe.errors(schema, value)
     except safe.UnsafeSchema as err:
         raise InputError(f"input {name!r}: {err}") from None
+
+
+def _check_value(name: str, schema: dict, value: Any, errors: list | None = None) -> None:
+    errors = _errors(name, schema, value) if errors is None else errors
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         where = "".join(f"[{p!r}]" for p in err.absolute_path)
@@ -428,6 +422,10 @@ def validate_inputs(description: Mapping[str, Any], inputs: Any) -> dict:
             f"unknown input {unknown[0]!r} for process {description.get('id')!r} "
             f"(it takes: {', '.join(declared) or 'none'})"
         )
+    try:  # before any check runs: checks that would take too long are refused
+        safe.check_work(safe.input_checks(declared, inputs, _unwrap))
+    except safe.UnsafeSchema as err:
+        raise InputError(str(err)) from None
     out: dict[str, Any] = {}
     for name, spec in declared.items():
         schema = spec.get("schema", {})
@@ -450,9 +448,11 @@ def validate_inputs(description: Mapping[str, Any], inputs: Any) -> dict:
                 _check_value(name, schema, v)
             out[name] = [safe.fill_defaults(schema, v) for v in values]
             continue
-        if not _accepts(schema, value):
+        errors = _errors(name, schema, value)  # one check (a value that fits: the only one)
+        if errors and _unwrap(value) is not value:
             value = _unwrap(value)
-        _check_value(name, schema, value)
+            errors = _errors(name, schema, value)
+        _check_value(name, schema, value, errors)
         out[name] = safe.fill_defaults(schema, value)
     dt_name = description.get("twinhub:datetime_input")
     if dt_name and out.get(dt_name) is not None:
@@ -551,7 +551,10 @@ def _io_spec(name: str, spec: Any, *, is_input: bool) -> dict:
     if not isinstance(spec["schema"], Mapping):
         raise InputError(f"{what} {name!r}: its schema must be a JSON object")
     _check_user_schemas(what, {name: spec})
-    _validator(spec["schema"], f"{what} {name!r}")
+    try:
+        safe.validator(spec["schema"])
+    except safe.UnsafeSchema as err:
+        raise InputError(f"{what} {name!r}: {err}") from None
     spec.setdefault("title", name)
     spec.setdefault("description", "")
     if is_input:

@@ -58,7 +58,7 @@ class ProcessingPart(AsgiService):
         """The hub's job-token API (:mod:`.hubside`); runners reach the service straight."""
         settings = TwinhubProcessing(config=rt.config)
         handlers = list(c.JupyterHub.extra_handlers) if "extra_handlers" in c.JupyterHub else []
-        handlers.extend(hub_handlers(max_token_seconds(settings)))
+        handlers.extend(hub_handlers(max_token_seconds(settings), rt.db_url))
         c.JupyterHub.extra_handlers = handlers
 
 
@@ -69,11 +69,12 @@ def max_token_seconds(settings: TwinhubProcessing) -> int:
     return int(settings.wall_time + margin)
 
 
-def hub_handlers(max_expires_in: int) -> list[tuple[str, str, dict[str, Any]]]:
+def hub_handlers(max_expires_in: int, db_url: str) -> list[tuple[str, str, dict[str, Any]]]:
     """``c.JupyterHub.extra_handlers`` entries of :mod:`.hubside`, by import path (tornado
     imports them in the hub; processes that only build its configuration do not load
-    JupyterHub's handlers)."""
-    kwargs = {"max_expires_in": int(max_expires_in)}
+    JupyterHub's handlers). ``db_url``: twinhub's database, whose processing_jobs the
+    handlers check (as the gateway's ``jobs_db_url``)."""
+    kwargs: dict[str, Any] = {"max_expires_in": int(max_expires_in), "db_url": db_url}
     base = f"/api/{HUB_TOKENS_PATH}"
     module = f"{__name__}.hubside"
     return [

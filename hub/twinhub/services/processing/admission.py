@@ -141,7 +141,8 @@ def _check_range(
     settings: TwinhubProcessing, process: dict, inputs: dict, items: list[dict]
 ) -> None:
     """The job's time range within ``max_time_range_days``: its ``datetime`` input, an open
-    end (or no ``datetime`` at all: every time step) bounded by the items' own extent."""
+    end (or no ``datetime`` at all: every time step) bounded by the items' own extent
+    (refused when an item has none)."""
     dt_name = process.get("twinhub:datetime_input")
     value = inputs.get(dt_name) if dt_name else None
     start, end = schemas.parse_datetime(value) if isinstance(value, str) else (None, None)
@@ -150,9 +151,20 @@ def _check_range(
         p = item.get("properties") or {}
         starts.append(_when(p.get("start_datetime") or p.get("datetime")))
         ends.append(_when(p.get("end_datetime") or p.get("datetime")))
-    if start is None and starts and None not in starts:
+    # An open side is bounded by the items' extent; an item without a usable one (no
+    # datetime, or one that does not parse) would leave the range unbounded: refused.
+    for i, item in enumerate(items):
+        if (start is None and starts[i] is None) or (end is None and ends[i] is None):
+            ask = f"give {dt_name!r} with both ends" if dt_name else "it cannot be bounded"
+            raise BadRequest(
+                f"item {str(item.get('id'))[:256]!r} has no usable time extent (datetime or "
+                f"start_datetime/end_datetime) to bound the job's time range: {ask}, "
+                "e.g. 2020-01-01/2020-01-31",
+                400,
+            )
+    if start is None and starts:
         start = min(starts)
-    if end is None and ends and None not in ends:
+    if end is None and ends:
         end = max(ends)
     limit = settings.max_time_range_days
     if start is not None and end is not None and end - start > timedelta(days=limit):

@@ -18,9 +18,13 @@
   directory of root's that the user cannot reach (only the inherited descriptor): the
   service reads its tail, trims it past :attr:`~LocalJobBackend.max_log_bytes` at each
   watch (:meth:`~LocalJobBackend.alive`) and removes the directory in
-  :meth:`~LocalJobBackend.cleanup`. Not a pipe to the service: the runner must outlive a
-  restart of the service, and a pipe read by nobody blocks (or kills) its writer. Not
-  ``RLIMIT_FSIZE``: it would kill the runner, and limit every file it writes.
+  :meth:`~LocalJobBackend.cleanup`. The file itself is the user's (owner and group): its
+  blocks count against the user's disk quota, not root's (whose reserved blocks a runner
+  writing, or ``fallocate``-ing past the end, between two trims could otherwise use up);
+  the trim also looks at the blocks allocated (``st_blocks``), not only at the size.
+  Not a pipe to the service: the runner must outlive a restart of the service, and a pipe
+  read by nobody blocks (or kills) its writer. Not ``RLIMIT_FSIZE``: it would kill the
+  runner, and limit every file it writes (and does not bound ``fallocate``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import signal
 import stat
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +48,10 @@ import psutil
 from traitlets import Bool, Float, Integer, List, Unicode
 
 from ...config import Twinhub
-from ...spawn import os_accounts, resource_limits
+from ...spawn import charges, os_accounts, resource_limits
 from ...spawn.resource_limits import TwinhubUserLimits
+from ..accounting import charges_dir
+from ..accounting.config import is_enabled as accounting_enabled
 from . import outputs
 from .backend import ENV_JOB_ID, LOG_NAME, RUNNER_MODULE, BackendError, JobBackend, log
 from .context import ProcessingContext
@@ -114,6 +121,8 @@ class LocalJobBackend(JobBackend):
         super().__init__(ctx, **kwargs)
         # Runners this process started, to reap them (a dead child is a zombie until then).
         self._children: dict[int, subprocess.Popen] = {}
+        # Exit statuses of runners reaped here (by pid): what output_tail says of their end.
+        self._exits: dict[int, int] = {}
 
     def jobs_dir(self) -> Path:
         return self.ctx.rt.path("processing", "jobs")
@@ -131,11 +140,14 @@ class LocalJobBackend(JobBackend):
             raise BackendError(f"cannot run jobs for {user!r}: {e}") from None
         return pwd.getpwnam(account.name)
 
-    def _job_dir(self, job_id: str) -> tuple[Path, int]:
-        """A fresh 0700 job dir of root's, and its log file's fd (for the runner's output).
+    def _job_dir(self, job_id: str, pw: pwd.struct_passwd | None = None) -> tuple[Path, int]:
+        """A fresh 0700 job dir of root's, and its log file's fd (for the runner's output),
+        the file owned by ``pw``'s account (None: the service's own).
 
-        Root's, not the user's: the service reads, trims and removes what is in it, which the
-        user must not be able to swap (a link, a FIFO that blocks the service's read).
+        The dir is root's, not the user's: the service reads, trims and removes what is in
+        it, which the user must not be able to swap (a link, a FIFO that blocks the
+        service's read). The file is the user's, so that what is written to it counts
+        against their quota.
         """
         if not outputs.JOB_ID.fullmatch(job_id):
             raise BackendError(f"not a job id: {job_id!r}")
@@ -148,7 +160,14 @@ class LocalJobBackend(JobBackend):
             shutil.rmtree(d)  # an earlier attempt's
         os.mkdir(d, 0o700)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND
-        return d, os.open(d / LOG_NAME, flags, 0o600)
+        fd = os.open(d / LOG_NAME, flags, 0o600)
+        if pw is not None:
+            try:
+                os.fchown(fd, pw.pw_uid, pw.pw_gid)
+            except OSError:
+                os.close(fd)
+                raise
+        return d, fd
 
     # -- the cgroup ------------------------------------------------------------------------
     def _cgroups_wanted(self) -> bool:
@@ -227,12 +246,19 @@ class LocalJobBackend(JobBackend):
     async def start(self, job: dict, secret: str, token: tuple[str, str] | None = None) -> dict:
         pw = await asyncio.to_thread(self._account, str(job["owner"]))
         token, token_id = await self._token(job, token)
-        cg = None
+        cg, source = None, ""
         try:
             env = await self._environment(job, secret, token)
-            d, fd = await asyncio.to_thread(self._job_dir, str(job["id"]))
+            try:
+                d, fd = await asyncio.to_thread(self._job_dir, str(job["id"]), pw)
+            except OSError as e:
+                raise BackendError(f"cannot prepare the runner's log: {e}") from e
             try:
                 cg = await asyncio.to_thread(self._cgroup, job)
+                # Before the runner exists: an open source of the user's, so the end of
+                # their last cluster never takes the runner for a leftover to kill
+                # (charges.end_leftovers), and the runner is metered like a server.
+                source = await asyncio.to_thread(self._open_charge, job, pw, cg)
                 proc = await asyncio.to_thread(self._spawn, pw, cg, env, fd)
             except (OSError, subprocess.SubprocessError) as e:
                 raise BackendError(f"the runner did not start: {e}") from e
@@ -241,6 +267,8 @@ class LocalJobBackend(JobBackend):
         except BaseException:
             if cg is not None:
                 await asyncio.to_thread(cg.kill_and_remove)
+            if source:
+                await asyncio.to_thread(self._end_charge, {"charge": source})
             await self._revoke(job, token_id)
             raise
         self._children[proc.pid] = proc
@@ -257,7 +285,39 @@ class LocalJobBackend(JobBackend):
             "job": str(job["id"]),
             "cgroup": [str(p) for p in cg.dirs] if cg is not None else [],
             "token_id": token_id,
+            "charge": source,
         }
+
+    # -- accounting --------------------------------------------------------------------------
+    def _accounting_dir(self) -> str:
+        rt = self.ctx.rt
+        return str(charges_dir(rt)) if accounting_enabled(rt) else ""
+
+    def _open_charge(self, job: dict, pw: pwd.struct_passwd | None, cg: Any) -> str:
+        """The runner's charge file (kind "job", metered in its cgroup); its source id, or
+        "" with accounting off."""
+        directory = self._accounting_dir()
+        if not directory:
+            return ""
+        attempt = int(job.get("attempt") or 1)
+        charge = charges.Charge(
+            source_id=f"job:{job['id']}#{attempt}",
+            user=str(job["owner"]),
+            project=job.get("project") or None,
+            kind="job",
+            name=str(job.get("process_id") or ""),
+            started_at=datetime.now(UTC),
+            cgroups=charges.limits_cgroups(cg) if cg is not None else {},
+            uid=pw.pw_uid if pw is not None else os.getuid(),
+        )
+        charges.write(directory, charge)
+        return charge.source_id
+
+    def _end_charge(self, handle: dict) -> None:
+        directory = self._accounting_dir()
+        source = str(handle.get("charge") or "")
+        if directory and source.startswith("job:"):
+            charges.end(directory, source)
 
     # -- watching ----------------------------------------------------------------------------
     def _process(self, handle: dict) -> psutil.Process | None:
@@ -265,6 +325,7 @@ class LocalJobBackend(JobBackend):
         pid = int(handle.get("pid") or 0)
         child = self._children.get(pid)
         if child is not None and child.poll() is not None:  # reaped now
+            self._exits[pid] = int(child.returncode)
             del self._children[pid]
             return None
         try:
@@ -299,12 +360,16 @@ class LocalJobBackend(JobBackend):
             return None
         return fd
 
+    def _over_cap(self, st: os.stat_result) -> bool:
+        # Blocks too: fallocate(FALLOC_FL_KEEP_SIZE) allocates past the end, size unchanged.
+        return max(st.st_size, st.st_blocks * 512) > self.max_log_bytes
+
     def _trim_log(self, handle: dict) -> None:
-        """Past :attr:`max_log_bytes`, keep the log's last part (the runner appends: its
-        next line lands after it; a line written during the trim may be lost)."""
+        """Past :attr:`max_log_bytes` (its size or the space it holds), keep the log's last
+        part (the runner appends: its next line lands after it; a line written during the
+        trim may be lost). Truncating frees every block, those past the end included."""
         with contextlib.suppress(OSError):
-            size = os.stat(Path(handle.get("dir") or "/nonexistent") / LOG_NAME).st_size
-            if size <= self.max_log_bytes:
+            if not self._over_cap(os.stat(Path(handle.get("dir") or "/nonexistent") / LOG_NAME)):
                 return
             fd = self._log_fd(handle, os.O_RDWR)
             if fd is None:
@@ -313,7 +378,10 @@ class LocalJobBackend(JobBackend):
                 size = os.fstat(fd).st_size
                 keep = int(self.max_log_bytes * KEEP_FRACTION)
                 tail = os.pread(fd, keep, max(0, size - keep))
-                note = f"[twinhub: runner log trimmed, {size - len(tail)} bytes dropped]\n"
+                dropped = size - len(tail)
+                note = (
+                    f"[twinhub: runner log trimmed, {dropped} bytes dropped]\n" if dropped else ""
+                )
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, note.encode() + tail, 0)
             finally:
@@ -321,12 +389,22 @@ class LocalJobBackend(JobBackend):
 
     def output_tail(self, handle: dict, max_bytes: int = 4096) -> str:
         fd = self._log_fd(handle, os.O_RDONLY)
-        if fd is None:
-            return ""
-        with os.fdopen(fd, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            return f.read(max_bytes).decode("utf-8", "replace")
+        tail = ""
+        if fd is not None:
+            with os.fdopen(fd, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - max_bytes))
+                tail = f.read(max_bytes).decode("utf-8", "replace")
+        # How it ended, when this process started it (a runner adopted after a restart is
+        # not our child: its exit status is its parent's, gone).
+        pid = int(handle.get("pid") or 0)
+        child = self._children.get(pid)
+        code = child.poll() if child is not None else self._exits.get(pid)
+        if code is not None and code < 0:
+            tail += f"\n(killed by signal {signal.Signals(-code).name})"
+        elif code:
+            tail += f"\n(exit status {code})"
+        return tail
 
     # -- stopping ----------------------------------------------------------------------------
     def _cgroup_dirs(self, handle: dict) -> list[Path]:
@@ -411,8 +489,9 @@ class LocalJobBackend(JobBackend):
         for _ in range(20):
             self._process(handle)  # reap
             if not await asyncio.to_thread(self._members, handle):
-                return
+                break
             await asyncio.sleep(0.1)
+        await asyncio.to_thread(self._end_charge, handle)
 
     async def cleanup(self, handle: dict) -> None:
         if handle.get("kind") != "local":

@@ -2,9 +2,11 @@
 
 The runner authenticates to the Dask gateway and the STAC API *as the job's user*, with a
 token the hub mints for that user when the service asks (:mod:`.hubside`: handlers in the
-hub that only this service may call; the service holds no ``tokens`` scope). It carries only
-the two access scopes below and expires soon after the job's wall time (the hub bounds it);
-the service revokes it when the job ends (the hub revokes only tokens it minted so).
+hub that only this service may call; the service holds no ``tokens`` scope). Each request
+names a job and a purpose (:data:`PURPOSE_SCOPES`): the hub mints only for a job of that
+user that runs (``runner``) or runs or ended lately (``stop``), with that purpose's scopes,
+for a bounded time; the service revokes the token when the job ends (the hub revokes only
+the job's recorded runner token, or a stop token of a job of that user).
 
 The gateway lets only a cluster's owner stop it, so stopping a job's cluster (dismiss, a
 limit) goes through a five-minute token of the owner, as :mod:`twinhub.gateway.hooks`
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import quote
@@ -34,8 +37,13 @@ STAC_SERVICE = "stac"
 
 #: What a runner's token may do: make/stop the user's clusters, read and write the lake.
 RUNNER_SCOPES = (GATEWAY_SCOPE, f"access:services!service={STAC_SERVICE}")
-#: Every token the hub mints for the service has a note starting so (:mod:`.hubside`).
+#: What a token minted for each purpose may do: ``runner``, the runner's; ``stop``, stopping
+#: the job's clusters (the gateway lets only their owner stop them).
+PURPOSE_SCOPES = {"runner": RUNNER_SCOPES, "stop": (GATEWAY_SCOPE,)}
+#: Every token the hub mints for the service has a note starting so (:func:`job_note`).
 NOTE_PREFIX = "twinhub processing"
+#: A job's note: ``twinhub processing job <id>``, then `` (<purpose>)`` (the hub adds it).
+_JOB_NOTE = re.compile(rf"{NOTE_PREFIX} job ([A-Za-z0-9_-]{{1,64}})(?: \((runner|stop)\))?")
 #: Seconds the token that stops a job's cluster lives.
 STOP_TOKEN_SECONDS = 300
 #: Seconds to wait for a stopped cluster to be gone.
@@ -62,18 +70,49 @@ def _service_headers(ctx: ProcessingContext) -> dict[str, str]:
     return {"Authorization": f"token {ctx.token}"}
 
 
+def job_note(job_id: str, purpose: str) -> str:
+    """The note of a token minted for job ``job_id`` and ``purpose`` (what the hub writes)."""
+    return f"{NOTE_PREFIX} job {job_id} ({purpose})"
+
+
+def parse_note(note: str) -> tuple[str, str | None] | None:
+    """(job id, purpose or None when the note names none) of a job's note; None if it is
+    not one."""
+    m = _JOB_NOTE.fullmatch(note or "")
+    return (m.group(1), m.group(2)) if m else None
+
+
+def purpose_of(scopes: tuple[str, ...] | list[str]) -> str:
+    """The purpose whose scopes are exactly ``scopes`` (ValueError if none)."""
+    wanted = tuple(dict.fromkeys(scopes))
+    for purpose, allowed in PURPOSE_SCOPES.items():
+        if wanted == allowed:
+            return purpose
+    raise ValueError(f"no token purpose has the scopes {list(wanted)}")
+
+
 async def mint(
     ctx: ProcessingContext,
     user: str,
     expires_in: int,
-    note: str = "twinhub processing job",
+    note: str,
     scopes: tuple[str, ...] = RUNNER_SCOPES,
 ) -> tuple[str, str]:
-    """A new token of ``user`` with ``scopes`` (some of :data:`RUNNER_SCOPES`), expiring in
-    ``expires_in`` seconds: (token, its id). Raises :class:`HubTokenError` when the hub
-    refuses."""
+    """A new token of ``user`` for the job that ``note`` names (``twinhub processing job
+    <id>``, :func:`job_note`), expiring in ``expires_in`` seconds: (token, its id).
+    ``scopes`` say its purpose (:data:`PURPOSE_SCOPES`: the runner's, or the gateway's alone
+    to stop the job's clusters); the hub checks the job and writes the note. Raises
+    :class:`HubTokenError` when the hub refuses or the note names no job (nothing asked);
+    ValueError for scopes of no purpose."""
+    parsed = parse_note(note)
+    if parsed is None:
+        raise HubTokenError(f"no job token for {note[:100]!r}: it names no job id")
+    job, named = parsed
+    purpose = purpose_of(scopes)
+    if named is not None and named != purpose:
+        raise ValueError(f"the note says {named!r}, the scopes {purpose!r}")
     url = f"{ctx.hub_api}/{HUB_TOKENS_PATH}/{quote(user, safe='')}"
-    body = {"scopes": list(scopes), "expires_in": int(expires_in), "note": note}
+    body = {"job": job, "purpose": purpose, "expires_in": int(expires_in)}
     async with _client(ctx) as c:
         try:
             r = await c.post(url, json=body, headers=_service_headers(ctx))
@@ -106,18 +145,15 @@ async def revoke(ctx: ProcessingContext, user: str, token_id: str) -> bool:
 
 
 async def stop_job_cluster(
-    ctx: ProcessingContext, user: str, cluster: str, wait: float = STOP_WAIT
+    ctx: ProcessingContext, user: str, cluster: str, wait: float = STOP_WAIT, *, job: str
 ) -> bool:
-    """Stop ``user``'s gateway cluster ``cluster`` and wait (at most ``wait`` s) until it is
-    gone; True once gone (or never there). ``""``: nothing to stop."""
+    """Stop ``user``'s gateway cluster ``cluster`` of job ``job`` (whose stop token the hub
+    mints) and wait (at most ``wait`` s) until it is gone; True once gone (or never there).
+    ``""``: nothing to stop."""
     if not cluster:
         return True
     token, token_id = await mint(
-        ctx,
-        user,
-        STOP_TOKEN_SECONDS,
-        note=f"twinhub processing: stop cluster {cluster}",
-        scopes=(GATEWAY_SCOPE,),
+        ctx, user, STOP_TOKEN_SECONDS, job_note(job, "stop"), PURPOSE_SCOPES["stop"]
     )
     url = f"{gateway_url(ctx.rt)}/api/v1/clusters/{quote(cluster, safe='')}"
     headers = {"Authorization": f"jupyterhub {token}"}
@@ -157,11 +193,7 @@ async def stop_job_clusters(
     those stopped; waits (at most ``wait`` s) until they are gone. Raises
     :class:`HubTokenError` when the gateway cannot list them."""
     token, token_id = await mint(
-        ctx,
-        user,
-        STOP_TOKEN_SECONDS,
-        note=f"twinhub processing: stop the clusters of job {job_id}",
-        scopes=(GATEWAY_SCOPE,),
+        ctx, user, STOP_TOKEN_SECONDS, job_note(job_id, "stop"), PURPOSE_SCOPES["stop"]
     )
     base = f"{gateway_url(ctx.rt)}/api/v1/clusters/"
     headers = {"Authorization": f"jupyterhub {token}"}

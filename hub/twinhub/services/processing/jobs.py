@@ -25,6 +25,7 @@ import logging
 import secrets
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -50,6 +51,9 @@ START_GRACE = 300.0
 RETENTION_EVERY = 3600.0
 #: Lines of a dead runner's output kept in the job's log.
 TAIL_LINES = 40
+#: Threads checking inputs against schemas (bounded work each, schemas.validate_inputs): their
+#: own, so that many submissions at once wait here, not in the pool that reads the database.
+VALIDATION = ThreadPoolExecutor(max_workers=2, thread_name_prefix="processing-validate")
 
 
 class JobManager:
@@ -90,7 +94,9 @@ class JobManager:
         try:
             # In threads: a slow schema (a user's) must not stall reports and health checks
             # (regular expressions hold the GIL: user schemas have none, catalogue.py).
-            normalized = await asyncio.to_thread(schemas.validate_inputs, process, inputs)
+            normalized = await asyncio.get_running_loop().run_in_executor(
+                VALIDATION, schemas.validate_inputs, process, inputs
+            )
             normalized = await admission.check_lake(self.ctx, process, normalized)
             await asyncio.to_thread(admission.check_limits, self.settings, process, normalized)
             # What a user process's job runs is fixed now (its runner gets that or nothing).

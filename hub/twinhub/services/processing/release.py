@@ -114,10 +114,10 @@ async def _stop_clusters(ctx: ProcessingContext, owner: str, row: dict) -> None:
     except Exception:
         if reported:  # the one the runner named still goes
             with contextlib.suppress(Exception):
-                await hubtokens.stop_job_cluster(ctx, owner, reported)
+                await hubtokens.stop_job_cluster(ctx, owner, reported, job=row["id"])
         raise
     if reported and reported not in stopped:
-        await hubtokens.stop_job_cluster(ctx, owner, reported)
+        await hubtokens.stop_job_cluster(ctx, owner, reported, job=row["id"])
 
 
 async def _stop_runner(ctx: ProcessingContext, handle: dict, wait: bool) -> None:

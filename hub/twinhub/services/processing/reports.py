@@ -17,7 +17,6 @@ here (its sha256 against the job's, in constant time).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from fastapi.responses import JSONResponse
 from twinlab.contract import USER_COLLECTION_PREFIX
 
 from ..asgi import BadRequest, error_body
+from ..datalake import input_limits
 from .config import TwinhubProcessing
 from .metrics import REPORTS, STAGE_SECONDS, START_DELAY
 from .store import now, rfc3339, utc
@@ -307,10 +307,6 @@ def spec_doc(row: dict[str, Any], settings: TwinhubProcessing, process: dict, co
 
 
 # -- the endpoints -----------------------------------------------------------------------------
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
 def _answer(e: BadRequest) -> JSONResponse:
     body = error_body(e.status, e.message)
     if isinstance(e, Gone):
@@ -342,11 +338,9 @@ def reports_router(ctx: Any, manager: Any) -> APIRouter:
             body = await request.body()
             if len(body) > MAX_REPORT_BYTES:
                 raise BadRequest(f"a report is at most {MAX_REPORT_BYTES} bytes", 413)
-            try:
-                # NaN and Infinity are not JSON (PostgreSQL's json type refuses them).
-                data = json.loads(body, parse_constant=_no_constant)
-            except ValueError as e:
-                raise BadRequest(f"the body is not JSON: {e}", 400) from None
+            # Strictly: NaN, Infinity, NUL and lone surrogates are refused (PostgreSQL's json
+            # type refuses them; stored, they would break every answer about the job).
+            data = input_limits.loads(body, "the report")
             if not isinstance(data, dict):
                 raise BadRequest('the body must be {"events": [...]}', 400)
             result = await manager.report(job_id, secret, data.get("events"))

@@ -171,7 +171,9 @@ class FakeRelease:
         self.clusters += [(user, n) for n in names]
         return names
 
-    async def stop_job_cluster(self, ctx: Any, user: str, cluster: str, wait: float = 0) -> bool:
+    async def stop_job_cluster(
+        self, ctx: Any, user: str, cluster: str, wait: float = 0, *, job: str
+    ) -> bool:
         if self.fail_cluster:
             raise RuntimeError("gateway unreachable")
         self.clusters.append((user, cluster))

@@ -538,7 +538,7 @@ async def test_sync_execution_past_sync_wait_answers_as_async(service):
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ("not json", "not JSON"),
+        ("not json", "not valid JSON"),
         ([1, 2], "JSON object"),
         ({"inputs": [1]}, "'inputs' must be an object"),
         ({"inputs": {}, "subscriber": {}}, "unknown key(s) ['subscriber']"),
@@ -549,6 +549,9 @@ async def test_sync_execution_past_sync_wait_answers_as_async(service):
         ({"inputs": {}}, "stringInput"),
         ({"inputs": {"stringInput": "a", "pause": 99}}, "pause"),
         ({"inputs": {"stringInput": "a"}, "project": 7}, "'project'"),
+        ('{"inputs": {"stringInput": "a", "doubleInput": NaN}}', "NaN is not a JSON number"),
+        ('{"inputs": {"stringInput": "a", "doubleInput": -Infinity}}', "Infinity"),
+        ('{"inputs": {"stringInput": "a", "doubleInput": 1e999}}', "too large"),
     ],
 )
 async def test_bad_execute_requests_store_nothing(service, body, needle):

@@ -36,7 +36,7 @@ from twinhub.services.processing import backend_local as bl
 from twinhub.services.processing import hubtokens, outputs
 from twinhub.services.processing.config import TwinhubProcessing
 from twinhub.services.processing.context import ProcessingContext
-from twinhub.spawn import resource_limits
+from twinhub.spawn import charges, resource_limits
 
 SERVICE_TOKEN = "service-token-never-in-a-runner"
 SENTINEL = "TWINHUB_TEST_SERVICE_SECRET"
@@ -192,13 +192,21 @@ def test_local_backend_starts_watches_and_stops_the_runner_group(rt) -> None:
         # The token was minted for olga by the service, with the runner's scopes only.
         method, path, headers, body = hub.requests[0]
         assert (method, path) == ("POST", "/hub/api/twinhub/processing/tokens/olga")
-        assert body["scopes"] == list(hubtokens.RUNNER_SCOPES)
-        assert body["scopes"] == [
-            "access:services!service=dask-gateway",
-            "access:services!service=stac",
-        ]
-        assert body["note"] == "twinhub processing job 0123abcd"
-        assert body["expires_in"] == 120 + int(ctx.settings.report_timeout) + jb.TOKEN_MARGIN
+        # R6: the request names the job and the purpose; the hub picks the scopes (the
+        # runner's: dask-gateway and stac access) and writes the note.
+        assert body == {
+            "job": "0123abcd",
+            "purpose": "runner",
+            "expires_in": 120 + int(ctx.settings.report_timeout) + jb.TOKEN_MARGIN,
+        }
+        assert (
+            hubtokens.PURPOSE_SCOPES["runner"]
+            == hubtokens.RUNNER_SCOPES
+            == (
+                "access:services!service=dask-gateway",
+                "access:services!service=stac",
+            )
+        )
 
     run(main())
 
@@ -211,9 +219,47 @@ def test_a_runner_that_exits_is_not_alive_and_its_output_stays(rt) -> None:
     async def main() -> None:
         handle = await backend.start(job(), "s")
         await asyncio.to_thread(wait_for, lambda: not backend.alive(handle))
-        assert backend.output_tail(handle).strip() == "boom: no result"
-        assert backend.output_tail(handle, max_bytes=7) == "result\n"
+        # Its last lines, and how it ended (this process started and reaped it).
+        assert backend.output_tail(handle) == "boom: no result\n\n(exit status 3)"
+        assert backend.output_tail(handle, max_bytes=7) == "result\n\n(exit status 3)"
         await backend.stop(handle)  # nothing left: no error
+
+    run(main())
+
+
+def test_the_runner_is_an_open_source_of_its_user_until_it_stops(rt, monkeypatch) -> None:
+    """With accounting on, the runner has a charge (kind "job") from before it starts until
+    it is stopped: the end of the user's last cluster then never takes it for a leftover
+    of the account to kill (charges.end_leftovers), and the meter reads it."""
+    credentials.create_row(rt, "olga", "home-")
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend.command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    directory = rt.path("run", "accounting", "charges")
+    monkeypatch.setattr(backend, "_accounting_dir", lambda: str(directory))
+    seen = []
+    spawn = backend._spawn
+
+    def spawn_after_the_charge(*args):
+        seen.extend(charges.list_charges(directory))
+        return spawn(*args)
+
+    monkeypatch.setattr(backend, "_spawn", spawn_after_the_charge)
+
+    async def main() -> None:
+        handle = await backend.start(job(), "s")
+        try:
+            assert [c.source_id for c in seen] == ["job:0123abcd#1"]  # before the runner
+            (charge,) = charges.list_charges(directory)
+            assert (charge.kind, charge.user, charge.ended_at) == ("job", "olga", None)
+            assert charge.uid == handle["uid"] and handle["charge"] == charge.source_id
+            # an open source of olga's: the end of her last cluster kills no leftover of hers
+            # (end_leftovers waits for none; the faults test shows it on the platform)
+            assert charges._has_open(directory, "olga", handle["uid"])
+            assert backend.alive(handle)
+        finally:
+            await backend.stop(handle, grace=1.0)
+        (charge,) = charges.list_charges(directory)
+        assert charge.ended_at is not None
 
     run(main())
 
@@ -286,7 +332,8 @@ def test_bad_job_ids_make_no_directory(rt) -> None:
     hub = FakeHub()
     backend = bl.LocalJobBackend(make_ctx(rt, hub))
     backend.command = [sys.executable, "-c", "pass"]
-    with pytest.raises(jb.BackendError, match="not a job id"):
+    # Refused before any token is asked for (the note names no job id), or by _job_dir.
+    with pytest.raises(jb.BackendError, match="no job id|not a job id"):
         run(backend.start(job("../../etc"), "s"))
     assert hub.tokens == {}  # revoked
 
@@ -393,6 +440,11 @@ def test_the_runner_becomes_the_account_without_a_preexec_hook(rt, monkeypatch) 
     u, g = nobody.pw_uid, nobody.pw_gid
     assert backend.output_tail(handle) == f"{(u, u, u)} {(g, g, g)} []\n"
     assert handle["uid"] == u
+    # R2: its log is the account's (its quota), in root's closed dir.
+    log_st = (Path(handle["dir"]) / jb.LOG_NAME).stat()
+    dir_st = Path(handle["dir"]).stat()
+    assert (log_st.st_uid, log_st.st_gid, stat.S_IMODE(log_st.st_mode)) == (u, g, 0o600)
+    assert (dir_st.st_uid, stat.S_IMODE(dir_st.st_mode)) == (0, 0o700)
     assert calls and all(k.get("preexec_fn") is None for k in calls)
     assert calls[0]["start_new_session"] is True
 
@@ -439,6 +491,46 @@ def test_the_log_is_trimmed_past_its_cap_and_cleanup_removes_the_job_dir(rt) -> 
     run(main())
 
 
+# What the runner runs: space allocated past the end of its stdout (the log), size unchanged.
+FALLOCATE = """
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+KEEP_SIZE = 1  # FALLOC_FL_KEEP_SIZE
+rc = libc.fallocate(1, KEEP_SIZE, 0, 4 * 1024 * 1024)
+print("fallocate", rc, ctypes.get_errno(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_space_allocated_past_the_end_of_the_log_is_trimmed_too(rt) -> None:
+    """R2: fallocate(FALLOC_FL_KEEP_SIZE) on its stdout gives the log blocks but no size;
+    the watch trims on the blocks it holds as well (a real runner, a real ext4/tmpfs file)."""
+    credentials.create_row(rt, "olga", "home-")
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend.max_log_bytes = 64 * 1024
+    backend.command = [sys.executable, "-c", FALLOCATE]
+
+    async def main() -> None:
+        handle = await backend.start(job(attempt=1), "s")
+        log_file = Path(handle["dir"]) / jb.LOG_NAME
+        try:
+            await asyncio.to_thread(wait_for, lambda: "fallocate" in backend.output_tail(handle))
+            rc, errno = backend.output_tail(handle).split()[1:3]
+            if rc != "0":
+                pytest.skip(f"fallocate is not supported here (errno {errno})")
+            st = log_file.stat()
+            assert st.st_size < 100 and st.st_blocks * 512 >= 4 * 1024 * 1024
+            assert backend.alive(handle)  # the watch trims
+            st = log_file.stat()
+            assert st.st_blocks * 512 <= backend.max_log_bytes
+            assert backend.output_tail(handle) == f"fallocate 0 {errno}\n"  # the text stays
+        finally:
+            await backend.stop(handle, grace=1.0)
+
+    run(main())
+
+
 def test_a_fifo_in_place_of_the_log_never_blocks_the_service(rt) -> None:
     d = rt.path("processing", "jobs", "0123abcd")
     d.mkdir(parents=True)
@@ -467,7 +559,7 @@ def test_a_token_passed_in_is_used_and_revoked_when_the_start_fails(rt) -> None:
     backend = bl.LocalJobBackend(ctx)
 
     async def main() -> None:
-        token = await hubtokens.mint(ctx, "olga", 60)
+        token = await hubtokens.mint(ctx, "olga", 60, "twinhub processing job 0123abcd")
         backend.command = [
             sys.executable,
             "-c",
@@ -477,7 +569,7 @@ def test_a_token_passed_in_is_used_and_revoked_when_the_start_fails(rt) -> None:
         assert handle["token_id"] == token[1]
         await asyncio.to_thread(wait_for, lambda: not backend.alive(handle))
         assert backend.output_tail(handle) == f"{token[0]}\n"
-        second = await hubtokens.mint(ctx, "olga", 60)
+        second = await hubtokens.mint(ctx, "olga", 60, "twinhub processing job 0123abcd")
         backend.command = ["/nonexistent/runner"]
         with pytest.raises(jb.BackendError, match="the runner did not start.*nonexistent"):
             await backend.start(job(), "s", second)
@@ -549,15 +641,33 @@ def test_revoke_is_idempotent_and_empty_ids_are_no_op(rt) -> None:
     ctx = make_ctx(rt, hub)
 
     async def main() -> None:
-        token, tid = await hubtokens.mint(ctx, "olga", 60)
+        token, tid = await hubtokens.mint(ctx, "olga", 60, "twinhub processing job 0123abcd")
         assert token == "user-token-a1" and tid == "a1"
         assert await hubtokens.revoke(ctx, "olga", tid) is True
         assert await hubtokens.revoke(ctx, "olga", tid) is False
         assert await hubtokens.revoke(ctx, "olga", "") is False
-        assert await hubtokens.stop_job_cluster(ctx, "olga", "") is True
+        assert await hubtokens.stop_job_cluster(ctx, "olga", "", job="0123abcd") is True
 
     run(main())
     assert [r[0] for r in hub.requests] == ["POST", "DELETE", "DELETE"]
+
+
+def test_stop_tokens_name_the_job_and_ask_for_the_gateway_only(rt) -> None:
+    """R6: stopping a job's clusters asks the hub for a stop token of that job (the hub
+    checks it ran lately); it is revoked after."""
+    hub = FakeHub()
+    ctx = make_ctx(rt, hub)
+    assert hubtokens.PURPOSE_SCOPES["stop"] == (hubtokens.GATEWAY_SCOPE,)
+    with pytest.raises(TypeError, match="job"):
+        run(hubtokens.stop_job_cluster(ctx, "olga", "c1"))  # never without its job
+    # (The fake hub's transport answers the gateway's paths too: 403 to a user's token.)
+    assert run(hubtokens.stop_job_cluster(ctx, "olga", "c1", wait=0, job="0123abcd")) is False
+    with pytest.raises(hubtokens.HubTokenError, match="refused listing"):
+        run(hubtokens.stop_job_clusters(ctx, "olga", "0123abcd", wait=0))
+    tokens = [(m, body) for m, path, _, body in hub.requests if "/processing/tokens/" in path]
+    stop = {"job": "0123abcd", "purpose": "stop", "expires_in": hubtokens.STOP_TOKEN_SECONDS}
+    assert tokens == [("POST", stop), ("DELETE", {}), ("POST", stop), ("DELETE", {})]
+    assert hub.tokens == {}
 
 
 # -- output prefixes -------------------------------------------------------------------------

@@ -53,6 +53,24 @@ def schema_body(schema: dict) -> dict:
     return body(inputs={"x": {"schema": schema}})
 
 
+# Review 2, R1 and R8: what registered (201) before the fix.
+REDOS_BY_REF = {
+    "type": "string",
+    "default": "aaa",
+    "examples": [{"properties": {"pattern": "^(a+)+$"}}],
+    "$ref": "#/examples/0/properties",
+}
+UNIQUE_BY_REF = {
+    "$defs": {"a": {"properties": {"uniqueItems": True}}},
+    "$ref": "#/$defs/a/properties",
+}
+DRAFT4_ID = {
+    "$schema": "http://json-schema.org/draft-04/schema#",
+    "definitions": {"a": {"id": "http://127.0.0.1:9/x", "type": "object"}},
+    "properties": {"p": {"$ref": "#/definitions/a"}},
+}
+
+
 def test_templated_processes_come_first_in_order(twinhub_db):
     catalogue.register(twinhub_db, BOB, body("aaa"), SETTINGS)
     ids = [d["id"] for d in catalogue.processes(twinhub_db, BOB)]
@@ -141,6 +159,10 @@ def test_cap_counts_new_processes_only(twinhub_db):
         (schema_body({"properties": {"d": {"format": "date"}}}), 400, "keyword 'format'"),
         (body(outputs={"y": {"schema": {"format": "regex"}}}), 400, "outputs.y.schema"),
         (schema_body({"items": {"$ref": "#"}}), 400, "inputs.x.schema: a reference leads back"),
+        # a local $ref to a name map (or data shaped like one) checks its names as keywords
+        (schema_body(REDOS_BY_REF), 400, "the keyword 'pattern' (at /examples/0/properties)"),
+        (schema_body(UNIQUE_BY_REF), 400, "keyword 'uniqueItems' (at /$defs/a/properties)"),
+        (schema_body(DRAFT4_ID), 400, "inputs.x.schema: id 'http://127.0.0.1:9/x' (at /def"),
     ],
 )
 def test_registration_refusals(twinhub_db, doc, status, needle):
@@ -374,6 +396,24 @@ async def test_a_backtracking_pattern_never_runs_in_the_service(service):
     )
     assert r.status_code == 400 and "keyword 'pattern'" in r.json()["description"]
     assert time.monotonic() - t < 5  # matching would take minutes (doubles per "a")
+
+
+@pytest.mark.anyio
+async def test_a_pattern_behind_a_reference_never_runs_in_the_service(service):
+    # review 2 R1: registered (201), then "a" * 25 + "!" took 6 s holding the GIL
+    r = await service.call(
+        "POST", "processes", json=deploy_body(inputs={"x": {"schema": REDOS_BY_REF}})
+    )
+    assert r.status_code == 400, r.text
+    assert "keyword 'pattern' (at /examples/0/properties)" in r.json()["description"]
+    store_as_before(service.ctx.db_url, "old", REDOS_BY_REF)
+    t = time.monotonic()
+    r = await service.call(
+        "POST", "processes/old/execution", json={"inputs": {"x": "a" * 27 + "!"}}
+    )
+    assert r.status_code == 400 and "keyword 'pattern'" in r.json()["description"]
+    assert time.monotonic() - t < 5  # matching would take about 25 s
+    assert count(service.ctx.db_url, ProcessingJob) == 0
 
 
 # -- another user's process from a browser (review M8) --------------------------------------------

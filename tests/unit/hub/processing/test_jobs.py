@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
 from datetime import timedelta
 
@@ -16,16 +17,21 @@ from sqlalchemy import select
 from twinhub import db
 from twinhub.db.models import BudgetState, ProcessingJob
 from twinhub.services.asgi import BadRequest
-from twinhub.services.processing import catalogue, store
+from twinhub.services.processing import catalogue, jobs, store
 from twinhub.services.processing.jobs import JobManager
 from twinhub.services.processing.metrics import REGISTRY
 from twinhub.services.processing.model import JobFailed, NoSuchJob, ResultNotReady, status_doc
 from twinhub.services.processing.reports import Gone
-from twinlab.processing.schemas import TEMPLATED
+from twinlab.processing.schemas import TEMPLATED, describe_user_process
 
 from .conftest import ALICE, BOB, ROOT, SERVICE_TOKEN, make_ctx
 
 ECHO = TEMPLATED["echo"]
+#: A user process whose schema is cheap to hold and slow to check: 2000 branches per value.
+WIDE = describe_user_process(
+    "wide", "t", "", {"x": {"type": "array", "items": {"anyOf": [{"const": i} for i in range(2000)]}}},
+    {"y": int}, "1",
+)  # fmt: skip
 ZONAL = TEMPLATED["zonal-mean"]
 JAN = "2020-01-01T00:00:00Z/2020-01-31T00:00:00Z"
 
@@ -105,6 +111,22 @@ def test_submit_stores_an_accepted_job_and_answers_its_status(proc_ctx):
             {"item": "healpix-t2m", "variable": "t2m"},
             "the items' time range (no 'datetime' given) spans 365 days; at most 100 days",
         ),
+        # an item without a usable extent cannot bound an open range (review 2 R7)
+        (
+            ZONAL,
+            {"item": "dup", "collection": "lake", "variable": "t2m"},
+            "item 'dup' has no usable time extent (datetime or start_datetime/end_datetime) "
+            "to bound the job's time range: give 'datetime' with both ends",
+        ),
+        (
+            ZONAL,
+            {"item": "dup", "collection": "lake", "variable": "t2m", "datetime": "2020-11-01/.."},
+            "item 'dup' has no usable time extent",
+        ),
+        (ZONAL, {"item": "odd-time", "variable": "t2m"}, "item 'odd-time' has no usable"),
+        (ZONAL, {"item": "odd-time", "variable": "t2m", "datetime": "../2020-01-02"}, "no usable"),
+        # a check that would take hours is refused before it runs (review 2 R3)
+        (WIDE, {"x": [-1] * 300}, "these inputs are too large for this process's schema"),
         (
             TEMPLATED["point-series"],
             {"item": "healpix-t2m", "variable": "t2m", "points": [[1, 2]] * 4, "datetime": JAN},
@@ -135,14 +157,53 @@ def test_bad_input_is_400_and_stores_nothing(
         max_time_range_days=100.0,
     )
 
+    fake_stac.add("lake", "odd-time", "yesterday")  # a datetime that does not parse
+
     async def main():
         with pytest.raises(BadRequest) as e:
             await submit(JobManager(ctx), process=process, inputs=inputs)
         return e.value
 
+    t = time.monotonic()
     err = run(main())
     assert err.status == 400 and words in err.message, err.message
     assert jobs_in_db(twinhub_db) == []
+    assert time.monotonic() - t < 5
+
+
+def test_inputs_are_checked_in_threads_of_their_own(proc_ctx, monkeypatch):
+    # many costly checks at once queue there, not in the pool that reads the database
+    seen = []
+    real = jobs.schemas.validate_inputs
+
+    def validate(process, inputs):
+        seen.append(threading.current_thread().name)
+        return real(process, inputs)
+
+    monkeypatch.setattr(jobs.schemas, "validate_inputs", validate)
+    run(submit(JobManager(proc_ctx)))
+    assert len(seen) == 1 and seen[0].startswith("processing-validate")
+
+
+def test_an_item_with_an_extent_bounds_an_open_end_and_a_closed_range_needs_none(proc_ctx):
+    proc_ctx.settings.max_time_range_days = 400.0
+
+    async def main():
+        m = JobManager(proc_ctx)
+        a = await submit(
+            m,
+            process=ZONAL,
+            inputs={"item": "healpix-t2m", "variable": "t2m", "datetime": "2020-03-01/.."},
+        )
+        b = await submit(
+            m,
+            process=ZONAL,
+            inputs={"item": "dup", "collection": "lake", "variable": "t2m", "datetime": JAN},
+        )
+        return a, b  # fmt: skip
+
+    a, b = run(main())
+    assert {a["status"], b["status"]} == {"accepted"}
 
 
 def test_items_are_looked_up_with_the_service_token_and_fill_the_collection(proc_ctx, fake_stac):
@@ -151,7 +212,7 @@ def test_items_are_looked_up_with_the_service_token_and_fill_the_collection(proc
         a = await submit(m, process=ZONAL, inputs={"item": "healpix-t2m", "variable": "t2m"})
         b = await submit(
             m, process=ZONAL, inputs={"item": "dup", "collection": "other", "variable": "t2m",
-                                      "datetime": "2020-11-01/.."}
+                                      "datetime": "2020-11-01/2020-11-30"}
         )  # fmt: skip
         return a, b
 

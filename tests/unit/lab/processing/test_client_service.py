@@ -143,7 +143,9 @@ class Released:
     def __init__(self) -> None:
         self.calls: list[tuple[str, ...]] = []
 
-    async def stop_job_cluster(self, ctx: Any, user: str, cluster: str, wait: float = 0) -> bool:
+    async def stop_job_cluster(
+        self, ctx: Any, user: str, cluster: str, wait: float = 0, *, job: str = ""
+    ) -> bool:
         self.calls.append(("cluster", user, cluster))
         return True
 

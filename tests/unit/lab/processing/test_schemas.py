@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import jsonschema
 import pytest
 
+from twinlab.processing import jsonschema_safe as safe
 from twinlab.processing import schemas
 from twinlab.processing.schemas import (
     PROCESS_IDS,
@@ -417,12 +419,12 @@ def test_local_references_and_known_dialects_work() -> None:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$defs": {"n": {"type": "integer", "minimum": 0}},
         "type": "object",
-        "properties": {"pattern": {"$ref": "#/$defs/n"}},  # a property may be called so
+        "properties": {"n": {"$ref": "#/$defs/n"}},
     }
     d = describe_user_process("p", "t", "", {"x": schema}, {"y": int}, "1")
-    assert validate_inputs(d, {"x": {"pattern": 3}}) == {"x": {"pattern": 3}}
-    with pytest.raises(InputError, match=r"input 'x'\['pattern'\]"):
-        validate_inputs(d, {"x": {"pattern": -1}})
+    assert validate_inputs(d, {"x": {"n": 3}}) == {"x": {"n": 3}}
+    with pytest.raises(InputError, match=r"input 'x'\['n'\]"):
+        validate_inputs(d, {"x": {"n": -1}})
     d = stored_user_process({"$ref": "#/$defs/missing"})
     with pytest.raises(InputError, match="cannot be resolved within the schema"):
         validate_inputs(d, {"x": 1})
@@ -486,3 +488,163 @@ def test_user_schemas_may_not_explode_or_recurse(schema: dict, message: str) -> 
 def test_shared_local_definitions_are_fine() -> None:
     d = describe_user_process("p", "t", "", {"x": doubling(8)}, {"y": int}, "1")
     assert validate_inputs(d, {"x": 4}) == {"x": 4}
+
+
+# -- review 2: a reference to a name map or data checked as a schema (R1, R8), cost (R3) ---
+# A local $ref may point at any object of the document: a map of property names, or data
+# (examples, const) shaped like one, is then checked as a schema, its names as keywords.
+REDOS_BY_REF = {
+    "type": "string",
+    "default": "aaa",
+    "examples": [{"properties": {"pattern": "^(a+)+$"}}],
+    "$ref": "#/examples/0/properties",
+}
+UNIQUE_BY_REF = {
+    "$defs": {"a": {"properties": {"uniqueItems": True}}},
+    "$ref": "#/$defs/a/properties",
+}
+
+
+@pytest.mark.parametrize(
+    ("schema", "keyword", "value"),
+    [
+        (REDOS_BY_REF, "pattern", "a" * 25 + "!"),  # 6 s of backtracking, doubling per "a"
+        (UNIQUE_BY_REF, "uniqueItems", [{"k": i, "v": list(range(50))} for i in range(3000)]),
+        (
+            {"const": {"properties": {"format": "regex"}}, "$ref": "#/const/properties"},
+            "format",
+            "(",
+        ),
+        ({"properties": {"pattern": {"type": "integer"}}}, "pattern", {"pattern": 1}),
+    ],
+)
+def test_names_in_maps_are_keywords_to_a_reference(schema: dict, keyword: str, value) -> None:
+    with pytest.raises(InputError, match=f"input 'x': the keyword '{keyword}' .*not as a name"):
+        describe_user_process("p", "t", "", {"x": schema}, {"y": int}, "1")
+    t = time.monotonic()
+    with pytest.raises(InputError, match=f"input 'x': the keyword '{keyword}'"):
+        validate_inputs(stored_user_process(schema, kind="user"), {"x": value})
+    assert time.monotonic() - t < 1  # refused before the check runs
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        # draft 4 spells $id "id": it would make "#..." references resolve elsewhere (R8)
+        (
+            {"$schema": "http://json-schema.org/draft-04/schema#",
+             "definitions": {"a": {"id": "http://127.0.0.1:9/x", "type": "object"}}},
+            r"id 'http://127.0.0.1:9/x' \(at /definitions/a\) points outside",
+        ),
+        # an $id below the root, even "#", starts a resource: "#/properties" inside it is
+        # its own properties, not the document's (where the checks looked)
+        (
+            {"$defs": {"s": {"$id": "#", "$ref": "#/properties",
+                             "properties": {"x": {"type": "integer"}}}}, "$ref": "#/$defs/s"},
+            r"\$id '#' \(at /\$defs/s\): an \$id below the root is not allowed",
+        ),
+        # another dialect below the root ("id" and "$id" mean other things there)
+        ({"$defs": {"s": {"$schema": "http://json-schema.org/draft-04/schema#"}}},
+         r"\$schema \(at /\$defs/s\): a dialect is named only at the schema's root"),
+        ({"$schema": {"x": 1}}, "is not a JSON Schema dialect"),
+    ],
+)  # fmt: skip
+def test_ids_and_dialects_stay_at_the_root(schema: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        describe_user_process("p", "t", "", {"x": schema}, {"y": int}, "1")
+    with pytest.raises(InputError, match=message):
+        validate_inputs(stored_user_process(schema, kind="user"), {"x": {"x": 1}})
+
+
+def test_ids_that_name_anchors_and_data_called_id_are_fine() -> None:
+    draft7 = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "definitions": {"n": {"$id": "#num", "type": "integer"}},
+        "properties": {"n": {"$ref": "#num"}},
+        "default": {"id": "run-1", "n": 1},  # "id" is data in draft 7 (and 2020-12)
+    }
+    d = describe_user_process("p", "t", "", {"x": draft7}, {"y": int}, "1")
+    assert validate_inputs(d, {}) == {"x": {"id": "run-1", "n": 1}}
+    with pytest.raises(InputError, match=r"input 'x'\['n'\]"):
+        validate_inputs(d, {"x": {"n": "one"}})
+    root_id = {"$id": "#", "$defs": {"n": {"type": "integer"}}, "items": {"$ref": "#/$defs/n"}}
+    d = describe_user_process("p", "t", "", {"x": root_id}, {"y": int}, "1")
+    assert validate_inputs(d, {"x": [1, 2]}) == {"x": [1, 2]}
+
+
+def indexed_doubling(levels: int, index: str) -> dict:
+    """:func:`doubling` with its definitions in a list, referred to as ``index`` spells."""
+    chain = [{"allOf": [{"$ref": "#/x-l/" + index.format(i + 1)}] * 2} for i in range(levels)]
+    return {"x-l": [*chain, {"type": "integer"}], "$ref": "#/x-l/0"}  # (a list of data)
+
+
+@pytest.mark.parametrize("index", ["%2B{}", "%20{}", "{}%20"])
+def test_the_cost_counts_what_jsonschema_resolves(index: str) -> None:
+    # referencing reads "#/x-l/%2B1" as index int("+1"): the count must follow it too,
+    # or 2**30 checks hide behind references it thinks lead nowhere
+    with pytest.raises(InputError, match="more than 5000 objects and arrays"):
+        describe_user_process("p", "t", "", {"x": indexed_doubling(30, index)}, {"y": int}, "1")
+    d = describe_user_process("p", "t", "", {"x": indexed_doubling(3, index)}, {"y": int}, "1")
+    assert validate_inputs(d, {"x": 4}) == {"x": 4}  # jsonschema resolves them so
+    with pytest.raises(InputError, match="is not of type 'integer'"):
+        validate_inputs(d, {"x": "four"})
+
+
+def test_inputs_too_large_for_their_schema_are_refused_before_the_check() -> None:
+    wide = {"type": "array", "items": {"anyOf": [{"const": i} for i in range(2000)]}}
+    d = describe_user_process("p", "t", "", {"x": wide}, {"y": int}, "1")
+    assert validate_inputs(d, {"x": [1999] * 10}) == {"x": [1999] * 10}
+    t = time.monotonic()  # 300 values would take seconds, a 1 MiB list hours
+    with pytest.raises(InputError, match="these inputs are too large for this process's schema"):
+        validate_inputs(d, {"x": [-1] * 300})
+    assert time.monotonic() - t < 0.5
+    # a schema applies at its depth: the count follows items/properties down, and names in
+    # maps or data compared whole (const) are not read as keywords
+    deep = {"type": "object", "properties": {"items": {"type": "array", "items": wide["items"]}}}
+    for schema, value in [
+        (deep, {"items": [-1] * 100}),
+        ({"type": "array", "items": {"const": {"items": [0] * 5000}}}, [1] * 100),
+        ({"dependentSchemas": {"items": wide}, "type": "object"}, {f"k{i}": 0 for i in range(50)}),
+    ]:
+        d = describe_user_process("p", "t", "", {"x": schema}, {"y": int}, "1")
+        with pytest.raises(InputError, match="too large"):
+            validate_inputs(d, {"x": value})
+    # what is checked counts: an OGC qualified value unwrapped, each value of an input
+    # taking several (maxOccurs), not only the value as sent
+    several = describe_user_process(
+        "p", "t", "", {"x": {"schema": wide["items"], "maxOccurs": "unbounded"}}, {"y": int}, "1"
+    )
+    for inputs in ({"x": {"value": [-1] * 300, "mediaType": "application/json"}}, None):
+        d = describe_user_process("p", "t", "", {"x": wide}, {"y": int}, "1")
+        if inputs is None:
+            d, inputs = several, {"x": [-1] * 300}
+        t = time.monotonic()
+        with pytest.raises(InputError, match="too large"):
+            validate_inputs(d, inputs)
+        assert time.monotonic() - t < 0.5
+    assert validate_inputs(several, {"x": [1999, {"value": 3}]}) == {"x": [1999, 3]}
+    # the sum over inputs counts: each alone fits, together they do not
+    optional = {"schema": {"type": "array", "items": {"type": "integer"}}, "minOccurs": 0}
+    two = describe_user_process("p", "t", "", {"a": optional, "b": optional}, {"y": int}, "1")
+    half = [0] * (safe.MAX_WORK // 4 - 1)  # 2 schema values + 2 x len each
+    assert validate_inputs(two, {"a": half}) == {"a": half}
+    with pytest.raises(InputError, match="too large"):
+        validate_inputs(two, {"a": half, "b": half + [0, 0]})
+
+
+def test_templated_processes_fit_the_work_bound_with_realistic_inputs() -> None:
+    lake = {"item": "i", "variable": "2t", "datetime": "2020-01-01/2020-12-31"}
+    ring = [[i * 0.036 - 180, 10.0] for i in range(9999)] + [[-180.0, 10.0]]
+    polygon = {"type": "Polygon", "coordinates": [ring]}
+    cases = [
+        ("point-series", {**lake, "points": [[lon * 0.3, 45.0] for lon in range(1000)]}),
+        ("area-mean", {**lake, "polygon": polygon}),
+        ("regrid", {"item": "i", "variables": [f"v{i}" for i in range(32)],
+                    "target": {"type": "healpix", "nside": 1024}}),
+        ("echo", {"stringInput": "x" * 100_000, "arrayInput": list(range(100_000)),
+                  "objectInput": {f"k{i}": i for i in range(50_000)}}),
+    ]  # fmt: skip
+    for pid, inputs in cases:
+        validate_inputs(TEMPLATED[pid], inputs)
+        spent = [safe.work(TEMPLATED[pid]["inputs"][n]["schema"], v) for n, v in inputs.items()]
+        assert sum(spent) < safe.MAX_WORK * 0.6, pid
