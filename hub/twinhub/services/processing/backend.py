@@ -142,6 +142,11 @@ class JobBackend(LoggingConfigurable):
         s). Idempotent."""
         raise NotImplementedError
 
+    def holds(self, handle: dict) -> bool:
+        """Whether anything of an ended job's runner is still held here (a release cut
+        short by a restart: run it again). Blocking: call it in a thread."""
+        return False
+
     def output_tail(self, handle: dict, max_bytes: int = 4096) -> str:
         """The end of the runner's stdout/stderr ("" if none)."""
         raise NotImplementedError

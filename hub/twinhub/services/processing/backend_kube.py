@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ from .context import ProcessingContext
 
 LABEL_JOB = "twinhub.io/job"
 LABEL_COMPONENT = "twinhub.io/component"
+
+
+#: Seconds a pod made here counts as pending while lists do not show it yet.
+MADE_GRACE = 60.0
 
 
 class KubeJobBackend(JobBackend):
@@ -67,6 +72,9 @@ class KubeJobBackend(JobBackend):
         self._tails: dict[str, str] = {}
         self._api: Any = None
         self._refreshed = False  # once read, a pod that is not listed is gone
+        # Pods made here, by when: a list that was asked before one existed must not make
+        # it look gone (kept until a list shows it, or for a minute).
+        self._made: dict[str, float] = {}
 
     def get_namespace(self) -> str:
         if self.namespace:
@@ -75,14 +83,17 @@ class KubeJobBackend(JobBackend):
         return f.read_text().strip() if f.exists() else "default"
 
     @staticmethod
-    def pod_name(job_id: str) -> str:
-        return f"twinhub-job-{job_id}".lower()[:63]
+    def pod_name(job: dict) -> str:
+        """One pod (and Secret) per attempt: a job run again after a restart must not meet
+        the name of its previous pod, which may still be terminating."""
+        attempt = int(job.get("attempt") or 1)
+        return f"twinhub-job-{job['id']}-{attempt}".lower()[:63]
 
     def pod_manifest(self, job: dict, env: dict[str, str]) -> dict:
         """The runner's pod: the job's environment from its own Secret (:meth:`secret_manifest`)
         so no secret shows in the pod object; no service account token; killed by Kubernetes
         past the job's wall time."""
-        name = self.pod_name(str(job["id"]))
+        name = self.pod_name(job)
         labels = {
             **podmeta.labels(str(job["owner"]), job.get("project")),
             LABEL_JOB: str(job["id"]),
@@ -140,7 +151,7 @@ class KubeJobBackend(JobBackend):
             "kind": "Secret",
             "type": "Opaque",
             "metadata": {
-                "name": self.pod_name(str(job["id"])),
+                "name": self.pod_name(job),
                 "labels": {LABEL_JOB: str(job["id"]), LABEL_COMPONENT: "processing-job"},
             },
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in env.items()},
@@ -163,7 +174,7 @@ class KubeJobBackend(JobBackend):
         if not self.image:
             raise BackendError("KubeJobBackend.image is not set (the chart sets the user image)")
         token, token_id = await self._token(job, token)
-        name = self.pod_name(str(job["id"]))
+        name = self.pod_name(job)
         ns = self.get_namespace()
         api: Any = None
         try:
@@ -186,6 +197,7 @@ class KubeJobBackend(JobBackend):
             await self._revoke(job, token_id)
             raise
         self._phases[name] = "Pending"
+        self._made[name] = time.monotonic()
         self._ensure_refresh()
         return {"kind": "kube", "pod": name, "namespace": ns, "token_id": token_id}
 
@@ -215,6 +227,12 @@ class KubeJobBackend(JobBackend):
                     self._tails[name] = await api.read_namespaced_pod_log(
                         name, self.get_namespace(), tail_lines=100
                     )
+        now = time.monotonic()
+        for name, made in list(self._made.items()):
+            if name in seen or now - made > MADE_GRACE:
+                del self._made[name]
+            else:
+                seen[name] = self._phases.get(name, "Pending")
         self._phases, self._refreshed = seen, True
 
     def alive(self, handle: dict) -> bool:

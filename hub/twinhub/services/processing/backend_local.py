@@ -246,7 +246,7 @@ class LocalJobBackend(JobBackend):
     async def start(self, job: dict, secret: str, token: tuple[str, str] | None = None) -> dict:
         pw = await asyncio.to_thread(self._account, str(job["owner"]))
         token, token_id = await self._token(job, token)
-        cg, source = None, ""
+        cg, source, d = None, "", None
         try:
             env = await self._environment(job, secret, token)
             try:
@@ -267,6 +267,8 @@ class LocalJobBackend(JobBackend):
         except BaseException:
             if cg is not None:
                 await asyncio.to_thread(cg.kill_and_remove)
+            if d is not None:  # no handle is stored: nothing else would remove it
+                await asyncio.to_thread(shutil.rmtree, d, True)
             if source:
                 await asyncio.to_thread(self._end_charge, {"charge": source})
             await self._revoke(job, token_id)
@@ -312,6 +314,18 @@ class LocalJobBackend(JobBackend):
         )
         charges.write(directory, charge)
         return charge.source_id
+
+    def holds(self, handle: dict) -> bool:
+        if handle.get("kind") != "local":
+            return False
+        directory = self._accounting_dir()
+        source = str(handle.get("charge") or "")
+        if directory and source.startswith("job:"):
+            charge = charges.read(directory, source)
+            if charge is not None and charge.ended_at is None:
+                return True
+        d = Path(str(handle.get("dir") or "/nonexistent"))
+        return d.is_dir() or any(p.exists() for p in self._cgroup_dirs(handle))
 
     def _end_charge(self, handle: dict) -> None:
         directory = self._accounting_dir()

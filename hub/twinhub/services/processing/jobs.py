@@ -39,7 +39,7 @@ from . import admission, outputs, store
 from .context import ProcessingContext
 from .metrics import FINISHED, JOB_SECONDS, LIMIT_FAILURES, RECOVERED, RUNNER_STARTS, SUBMISSIONS
 from .model import Caller, JobFailed, NoSuchJob, ResultNotReady, secret_hash, status_doc
-from .release import cleanup, maybe, release, start_runner
+from .release import cleanup, maybe, read_backend, release, start_runner, unfinished
 from .reports import REPORTS_PER_SECOND, Gone, ReportRate, apply_events, spec_doc
 from .store import rfc3339
 
@@ -526,7 +526,12 @@ class JobManager:
     # -- a restart -----------------------------------------------------------------------------
     async def recover(self) -> None:
         """At the service's start: every running job's runner alive is adopted; the others
-        run again (a new attempt, queued) or, with no attempt left, fail with the reason."""
+        run again (a new attempt, queued) or, with no attempt left, fail with the reason.
+        Ended jobs whose release a restart cut short (the runner's charge still open) are
+        released again, in the background."""
+        await read_backend(self.ctx)  # Kubernetes: the pods' phases (else all look alive)
+        for row in await unfinished(self.ctx):
+            self._later(self._cleanup(row, remove=row["status"] != "successful", wait=False))
         for row in await asyncio.to_thread(store.jobs_with_status, self.db_url, "running"):
             handle = row["runner"]
             if handle is None:

@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from . import hubtokens, outputs, store
@@ -126,3 +127,28 @@ async def _stop_runner(ctx: ProcessingContext, handle: dict, wait: bool) -> None
         while time.monotonic() < deadline and await maybe(ctx.backend.alive(handle)):
             await asyncio.sleep(0.2)
     await ctx.backend.stop(handle)
+
+
+async def read_backend(ctx: ProcessingContext) -> None:
+    """Let a backend with a state to read (Kubernetes: its pods' phases) read it now, before
+    runners are judged alive or lost (a restart)."""
+    refresh = getattr(ctx.backend, "refresh", None)
+    if refresh is None:
+        return
+    try:
+        await refresh()
+    except Exception as e:
+        log.warning("the job backend's state is unreadable now (%s): runners count as alive "
+                    "until the watch reads it", e)  # fmt: skip
+
+
+async def unfinished(ctx: ProcessingContext) -> list[dict]:
+    """Jobs that ended in the last day whose runner the backend still holds something of
+    (the runner's charge, its directory or cgroup): their release was cut short by a
+    restart; releasing again is harmless."""
+    held = getattr(ctx.backend, "holds", None)
+    if held is None:
+        return []
+    since = store.now() - timedelta(days=1)
+    rows = await asyncio.to_thread(store.ended_jobs_since, ctx.db_url, since)
+    return [r for r in rows if r["runner"] and await asyncio.to_thread(held, r["runner"])]

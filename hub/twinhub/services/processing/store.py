@@ -244,6 +244,15 @@ def jobs_with_status(db_url: str, status: str) -> list[dict[str, Any]]:
         return [_columns(r) for r in s.scalars(q)]
 
 
+def ended_jobs_since(db_url: str, since: datetime) -> list[dict[str, Any]]:
+    """Jobs that ended at or after ``since`` (what a restart may have left to release)."""
+    with db.session(db_url) as s:
+        q = select(ProcessingJob).where(
+            ProcessingJob.status.in_(ENDED), ProcessingJob.finished_at >= since
+        )
+        return [_columns(r) for r in s.scalars(q)]
+
+
 def running_counts(db_url: str) -> tuple[dict[str, int], dict[str, int]]:
     """Running jobs per owner and per project (a hint for the queue: claims decide)."""
     with db.session(db_url) as s:

@@ -264,6 +264,68 @@ def test_the_runner_is_an_open_source_of_its_user_until_it_stops(rt, monkeypatch
     run(main())
 
 
+def test_a_failed_start_leaves_no_job_dir_and_holds_nothing(rt, monkeypatch) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend.command = [sys.executable, "-c", "pass"]
+
+    def refuse(*args):
+        raise OSError("no launcher here")
+
+    monkeypatch.setattr(backend, "_spawn", refuse)
+    with pytest.raises(jb.BackendError, match="no launcher here"):
+        run(backend.start(job(), "s"))
+    assert not rt.path("processing", "jobs", "0123abcd").exists()
+
+
+def test_holds_says_what_a_release_left(rt) -> None:
+    credentials.create_row(rt, "olga", "home-")
+    backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
+    backend.command = [sys.executable, "-c", "pass"]
+
+    async def main() -> None:
+        handle = await backend.start(job(), "s")
+        await asyncio.to_thread(wait_for, lambda: not backend.alive(handle))
+        assert backend.holds(handle)  # its job dir
+        await backend.stop(handle)
+        await backend.cleanup(handle)
+        assert not backend.holds(handle)
+
+    run(main())
+
+
+def test_kube_refresh_never_forgets_a_pod_it_just_made(rt) -> None:
+    """A list asked before the pod existed answers without it: the pod stays pending (not
+    gone) until a list shows it, or a minute passes."""
+    backend = bk.KubeJobBackend(make_ctx(rt, FakeHub()))
+    backend._made["twinhub-job-new-1"] = time.monotonic()
+    backend._phases["twinhub-job-new-1"] = "Pending"
+
+    class Pods:
+        items: list = []
+
+    class Api:
+        async def list_namespaced_pod(self, ns, label_selector=""):
+            return Pods()
+
+    backend._api = Api()
+    handle = {"kind": "kube", "pod": "twinhub-job-new-1"}
+
+    async def main() -> None:
+        try:
+            await backend.refresh()
+            assert backend.alive(handle)
+            backend._made["twinhub-job-new-1"] -= bk.MADE_GRACE + 1
+            await backend.refresh()
+            assert not backend.alive(handle)
+        finally:
+            task = backend.ctx.extras.pop("kube-job-refresh", None)
+            if task is not None:
+                task.cancel()
+
+    run(main())
+
+
 def test_a_second_attempt_gets_a_fresh_job_dir(rt) -> None:
     credentials.create_row(rt, "olga", "home-")
     backend = bl.LocalJobBackend(make_ctx(rt, FakeHub()))
@@ -587,7 +649,7 @@ def test_pod_manifest_runs_as_the_user_image_without_secrets_in_sight(rt) -> Non
     env = {"TWINHUB_JOB_SECRET": "job-secret", "JUPYTERHUB_API_TOKEN": "user-token", "X": "1"}
     j = job("ABCdef12", owner="dana@example.org", wall_time=900.0)
     pod = kb.pod_manifest(j, env)
-    assert pod["kind"] == "Pod" and pod["metadata"]["name"] == "twinhub-job-abcdef12"
+    assert pod["kind"] == "Pod" and pod["metadata"]["name"] == "twinhub-job-abcdef12-1"
     labels = pod["metadata"]["labels"]
     assert labels["twinhub.io/job"] == "ABCdef12" and labels["twinhub.io/project"] == "climate"
     assert labels["twinhub.io/user"] != "dana@example.org"  # a label-safe slug
@@ -601,10 +663,10 @@ def test_pod_manifest_runs_as_the_user_image_without_secrets_in_sight(rt) -> Non
     assert c["image"] == "registry.example/twinhub-user:1"
     assert c["command"] == ["python", "-m", "twinlab.processing.runner"]
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    assert c["envFrom"] == [{"secretRef": {"name": "twinhub-job-abcdef12"}}]
+    assert c["envFrom"] == [{"secretRef": {"name": "twinhub-job-abcdef12-1"}}]
     assert "job-secret" not in json.dumps(pod) and "user-token" not in json.dumps(pod)
     secret = kb.secret_manifest(j, env)
-    assert secret["metadata"]["name"] == "twinhub-job-abcdef12"
+    assert secret["metadata"]["name"] == "twinhub-job-abcdef12-1"
     assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == env
 
 
@@ -756,12 +818,12 @@ def test_kube_backend_creates_watches_and_deletes_the_pod(rt) -> None:
     async def main() -> None:
         handle = await kb.start(job(), "s3cret")
         assert handle == {
-            "kind": "kube", "pod": "twinhub-job-0123abcd", "namespace": "twinhub",
+            "kind": "kube", "pod": "twinhub-job-0123abcd-1", "namespace": "twinhub",
             "token_id": "a1",
         }  # fmt: skip
         env = {
             k: base64.b64decode(v).decode()
-            for k, v in api.secrets["twinhub-job-0123abcd"]["data"].items()
+            for k, v in api.secrets["twinhub-job-0123abcd-1"]["data"].items()
         }
         assert (
             env["TWINHUB_JOB_SECRET"] == "s3cret" and env["JUPYTERHUB_API_TOKEN"] == "user-token-a1"
@@ -770,12 +832,15 @@ def test_kube_backend_creates_watches_and_deletes_the_pod(rt) -> None:
         assert kb.alive(handle)
         await kb.refresh()
         assert kb.alive(handle)
-        api.phases["twinhub-job-0123abcd"] = "Failed"
+        api.phases["twinhub-job-0123abcd-1"] = "Failed"
         await kb.refresh()
         assert not kb.alive(handle)
         assert kb.output_tail(handle) == "Traceback: the runner failed\n"
         await kb.stop(handle)
-        assert api.deleted == [("pod", "twinhub-job-0123abcd"), ("secret", "twinhub-job-0123abcd")]
+        assert api.deleted == [
+            ("pod", "twinhub-job-0123abcd-1"),
+            ("secret", "twinhub-job-0123abcd-1"),
+        ]
         # After a restart: unknown until read, then a pod that is not listed is gone.
         fresh = bk.KubeJobBackend(make_ctx(rt, hub))
         fresh._api = api
@@ -844,4 +909,4 @@ def test_a_failed_pod_start_revokes_the_token_whatever_failed(rt, fail) -> None:
     assert hub.tokens == {} and [r[0] for r in hub.requests] == ["POST", "DELETE"]
     assert api.pods == {}
     if "secret" in fail or "pod" in fail:
-        assert ("secret", "twinhub-job-0123abcd") in api.deleted
+        assert ("secret", "twinhub-job-0123abcd-1") in api.deleted

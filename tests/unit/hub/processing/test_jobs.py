@@ -620,6 +620,43 @@ def test_recover_adopts_resumes_and_fails(twinhub_db, tmp_path, fake_stac, fake_
         assert metric("twinhub_processing_recovered_jobs_total", outcome=k) == before[k] + n
 
 
+def test_recover_reads_the_backend_first_and_releases_what_a_restart_cut_short(
+    twinhub_db, tmp_path, fake_stac, fake_backend, released
+):
+    """A backend with a state to read (Kubernetes: the pods' phases) is read before any
+    runner is judged; an ended job whose runner the backend still holds something of (its
+    release killed with the service) is released again; one held of nothing is left be."""
+    ctx = make_ctx(twinhub_db, tmp_path, fake_stac, fake_backend)
+    calls = []
+
+    async def refresh():
+        calls.append(("refresh", len(fake_backend.stopped)))
+
+    async def first_life():
+        m = JobManager(ctx)
+        ids = [(await submit(m))["jobID"] for _ in range(2)]
+        await m.tick()
+        await m.drain()
+        return ids
+
+    held, done = run(first_life())
+    for jid in (held, done):  # both ended while the service was down, unreleased
+        store.update_job(twinhub_db, jid, status="failed", finished_at=store.now())
+    pid_held = store.get_job(twinhub_db, held)["runner"]["pid"]
+    fake_backend.refresh = refresh
+    fake_backend.holds = lambda handle: handle["pid"] == pid_held
+
+    async def second_life():
+        m = JobManager(ctx)
+        await m.recover()
+        await m.drain()
+
+    run(second_life())
+    assert calls == [("refresh", 0)]  # first of all
+    assert fake_backend.stopped == [pid_held]  # released again: the held one only
+    assert [p for _, p in released.removed] == [store.get_job(twinhub_db, held)["output_prefix"]]
+
+
 def test_spec_is_for_the_runner_of_a_running_job_only(proc_ctx, fake_backend, released):
     async def main():
         m = JobManager(proc_ctx)
