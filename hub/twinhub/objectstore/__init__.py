@@ -118,8 +118,9 @@ def cluster_environment(rt: Runtime, user: str) -> dict[str, str]:
     if store.embedded and seaweed.PORT_KEYS["s3"] not in rt.ports:
         # An instance started without the object store (an older runtime.json): no storage.
         return {}
-    if rt.mode == "multi-user":
-        # The same refusal as at spawn, before any storage is made (ValueError/AccountError).
+    if rt.mode == "multi-user" and not rt.kubernetes:
+        # The same refusal as at spawn, before any storage is made (ValueError/AccountError);
+        # on Kubernetes users have pods, not OS accounts of this machine.
         prefix = rt.config.get("Twinhub", {}).get("user_prefix", "twin-")
         check_account(user, rt.state_dir, prefix)
     return user_environment(rt, ensure_user(rt, user))
