@@ -107,7 +107,8 @@ def test_generated_config_loads_in_dask_gateway_server(rt):
         assert auth.jupyterhub_api_token == rt.secret("service-dask-gateway")
         assert auth.use_service_access_scopes  # tokens need access:services!service=dask-gateway
         spec = app.backend.cluster_options.get_specification()
-        assert {f["field"] for f in spec} == {"worker_cores", "worker_memory"}
+        # job: set by the processing service only (a running job's cluster), empty otherwise
+        assert {f["field"] for f in spec} == {"worker_cores", "worker_memory", "job"}
         # Schedulers load the lease preload, and learn the grace time from the environment.
         assert app.backend.hold_grace == 10.0
         assert HOLD_PRELOAD_FILE.endswith("/kernel_hold.py") and Path(HOLD_PRELOAD_FILE).is_file()

@@ -71,7 +71,16 @@ def test_servers_get_their_own_keys_and_the_info_endpoint_says_where(store):
     base = p.url if p.url.endswith("/") else p.url + "/"
     assert r.json()["services"] == {
         name: f"{base}services/{name}/"
-        for name in ("accounting", "cache", "dask-gateway", "desk", "projects", "registry", "stac")
+        for name in (
+            "accounting",
+            "cache",
+            "dask-gateway",
+            "desk",
+            "processing",
+            "projects",
+            "registry",
+            "stac",
+        )  # fmt: skip
     }
     assert r.json()["storage"] == {
         "endpoint": objectstore.endpoint(rt),

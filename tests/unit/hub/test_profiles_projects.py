@@ -125,7 +125,8 @@ def test_gateway_project_option_per_user_and_budget_refusal() -> None:
 
     # Without projects: the options as before (personal mode).
     plain = cluster_options(_gw())
-    assert [f["field"] for f in plain.get_specification()] == ["worker_cores", "worker_memory"]
+    fields = [f["field"] for f in plain.get_specification()]
+    assert fields == ["worker_cores", "worker_memory", "job"]  # job: the processing service's
 
     def user_projects(groups):
         return sorted(set(groups) & {"climate", "ocean"})
