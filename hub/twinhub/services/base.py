@@ -38,12 +38,14 @@ In Kubernetes (``rt.kubernetes``) the same part runs in its own pod: ``twinhub s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -388,3 +390,20 @@ def migrate(rt: Runtime, *, wait: float = DB_WAIT_SECONDS, say: Say = print) -> 
     if before == after:
         return f"database {db.redacted(url)} at {after}"
     return f"database {db.redacted(url)} migrated {before or 'empty'} -> {after}"
+
+
+async def keep_running(
+    name: str, run: Callable[[], Awaitable[Any]], pause: float, log: logging.Logger
+) -> None:
+    """Run a service's background task ``run`` (a loop, or one job); if it raises, log it
+    on ``log`` and start it again after ``pause`` seconds. Returns once ``run`` returns;
+    cancelled at shutdown."""
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s failed; again in %.0f s", name, pause)
+        await asyncio.sleep(pause)

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,6 +35,7 @@ from twinlab.contract import ENV_HUB_API_URL, ENV_HUB_TOKEN
 from ... import __version__
 from ...process.runtime import Runtime
 from ..asgi import ASGIApp, BadRequest, Receive, RequestLimitsMiddleware, Scope, Send
+from ..base import keep_running
 from ..hubauth import HubAuthMiddleware, metrics_caller
 from . import SERVICE_PREFIX, ProcessingPart, backend, metrics, store
 from .api import api_router, exception_response
@@ -59,20 +59,6 @@ RESTART_PAUSE = 5.0
 #: Bodies other than a registration's code: a runner's report (1 MiB). An execute request
 #: is held to TwinhubProcessing.max_input_bytes by its route (api.py).
 BODY_OVERHEAD = 2 * 1024 * 1024
-
-
-async def keep_running(name: str, run: Callable[[], Awaitable[Any]], pause: float) -> None:
-    """Run ``run``; if it raises, log it and run it again after ``pause`` seconds. Returns
-    once ``run`` returns; cancelled at shutdown."""
-    while True:
-        try:
-            await run()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("processing background task %s failed; again in %.0f s", name, pause)
-        await asyncio.sleep(pause)
 
 
 class InternalPaths:
@@ -178,7 +164,7 @@ def create_app(
 
                 tasks.append(
                     asyncio.create_task(
-                        keep_running("jobs", loop, RESTART_PAUSE), name="processing-jobs"
+                        keep_running("jobs", loop, RESTART_PAUSE, log), name="processing-jobs"
                     )
                 )
             try:

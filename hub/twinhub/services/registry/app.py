@@ -41,6 +41,7 @@ from twinlab.contract import ENV_HUB_API_URL, ENV_HUB_TOKEN
 from ... import __version__
 from ...process.runtime import Runtime
 from ..asgi import ASGIApp, BadRequest, Receive, RequestLimitsMiddleware, Scope, Send, error_body
+from ..base import keep_running
 from ..hubauth import HubAuthMiddleware, metrics_caller
 from . import SERVICE_PREFIX, metrics, store
 from .api import api_router
@@ -78,20 +79,6 @@ MAX_BODY_BYTES = 256 * 1024
 RESTART_PAUSE = 5.0
 
 
-async def keep_running(name: str, run: Callable[[], Awaitable[Any]], pause: float) -> None:
-    """Run ``run`` (a loop, or one job); if it raises, log it and start it again after
-    ``pause`` seconds. Returns once ``run`` returns; cancelled at shutdown."""
-    while True:
-        try:
-            await run()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("registry background task %s failed; again in %.0f s", name, pause)
-        await asyncio.sleep(pause)
-
-
 async def lake_loop(ctx: RegistryContext) -> None:
     """The lake's collection list for the landing page, every ``lake_refresh_interval``."""
     while True:
@@ -115,7 +102,7 @@ def background_tasks(ctx: RegistryContext) -> list[asyncio.Task]:
         "lake": (lambda: lake_loop(ctx), s.lake_refresh_interval),
     }
     return [
-        asyncio.create_task(keep_running(name, run, pause), name=f"registry-{name}")
+        asyncio.create_task(keep_running(name, run, pause, log), name=f"registry-{name}")
         for name, (run, pause) in jobs.items()
     ]
 
