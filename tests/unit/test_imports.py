@@ -220,6 +220,13 @@ ALLOWED = {
     ("twinhub.services.processing", "twinlab.processing.jsonschema_safe"): (
         "the rules for users' schemas, checked at registration and by the runner's checks"
     ),
+    ("twinhub.services.tiles", "twinlab.viz"): (
+        "the tiles service renders with the same native-grid renderer as the notebook explorer"
+    ),
+    ("twinhub.services.tiles", "twinlab.grids"): "grid detection and cell lookups for EDR queries",
+    ("twinhub.services.tiles", "twinlab.datalake"): (
+        "the lake's items are opened (asset choice, valid times, variables) as notebooks open them"
+    ),
     ("twinhub.db", "twinhub.db"): "itself",
     ("twinhub.db", "twinhub.process.runtime"): "where the database is",
     ("twinhub.db", "twinhub.process.postgres"): "backups of an embedded PostgreSQL",
