@@ -28,6 +28,7 @@ from .services.desk import DeskPart
 from .services.processing import ProcessingPart
 from .services.projects import ProjectsPart
 from .services.registry import RegistryPart
+from .services.tiles import TilesPart
 from .spawn.modes import SpawnPart
 
 PARTS: tuple[type[Part], ...] = (
@@ -42,6 +43,7 @@ PARTS: tuple[type[Part], ...] = (
     RegistryPart,
     DeskPart,
     ProcessingPart,
+    TilesPart,
     CachePart,
 )
 

@@ -23,6 +23,8 @@ import requests
 
 from tests.helpers.processing import register, submit, wait_job
 from tests.helpers.registry import wait_routed
+from tests.helpers.tiles import PUBLIC_COLLECTION as TILES_PUBLIC
+from tests.helpers.tiles import lake_test_item, private_item
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
@@ -519,6 +521,90 @@ MATRIX: list[tuple[str, str, dict[str, set[int]]]] = [
         "services/processing/internal/jobs/{pjob}/events",
         {"anon": {401}, "owner": {401}, "admin": {401}},
     ),
+    # tiles and VizLab (issue 15): the platform makes TILES_PUBLIC public, so anonymous
+    # callers pass hub auth on the data routes and are refused there, item by item (401); a
+    # lake item ({tlake}) is every user's; alice's item in her home bucket ({titem}) hers
+    # alone (the object store decides, with the caller's keys), admins' too; the page always
+    # needs a login
+    ("GET", "services/tiles/health", {"anon": OK, "owner": OK, "other": OK}),
+    (
+        "GET",
+        "services/tiles/metrics",
+        {"anon": DENIED, "owner": DENIED, "other": DENIED, "narrowed": DENIED, "admin": OK},
+    ),
+    ("GET", "services/tiles/", {"anon": OK, "owner": OK, "other": OK}),
+    ("GET", "services/tiles/conformance", {"anon": OK, "owner": OK, "other": OK}),
+    ("GET", "services/tiles/tileMatrixSets/WorldCRS84Quad", {"anon": OK, "owner": OK}),
+    ("GET", "services/tiles/collections", {"anon": OK, "owner": OK, "other": OK}),
+    (
+        "GET",
+        "services/tiles/wmts?SERVICE=WMTS&REQUEST=GetCapabilities",
+        {"anon": OK, "owner": OK, "other": OK},
+    ),
+    ("GET", "services/tiles/edr/collections", {"anon": OK, "owner": OK, "other": OK}),
+    ("GET", "services/tiles/vizlab", {"anon": LOGIN, "owner": OK, "other": OK}),
+    ("GET", "services/tiles/vizlab?item={tpublic}", {"anon": LOGIN, "owner": OK}),
+    # the public collection's item: anyone
+    (
+        "GET",
+        "services/tiles/collections/{tpublic}/2t/map/tiles/WorldCRS84Quad/0/0/0",
+        {"anon": OK, "owner": OK, "other": OK},
+    ),
+    (
+        "GET",
+        "services/tiles/edr/collections/{tpublic}/position?coords=POINT(10 20)&parameter-name=2t",
+        {"anon": OK, "owner": OK, "other": OK},
+    ),
+    # a lake item outside the public collections: every logged-in user
+    (
+        "GET",
+        "services/tiles/collections/{tlake}/2t/map/tiles/WebMercatorQuad/1/0/1",
+        {"anon": {401}, "owner": OK, "other": OK, "narrowed": OK, "admin": OK},
+    ),
+    (
+        "GET",
+        "services/tiles/wmts?SERVICE=WMTS&REQUEST=GetTile&LAYER={tlake}/2t&STYLE=default"
+        "&FORMAT=image/png&TILEMATRIXSET=WorldCRS84Quad&TILEMATRIX=0&TILEROW=0&TILECOL=1",
+        {"anon": {401}, "owner": OK, "other": OK},
+    ),
+    (
+        "GET",
+        "services/tiles/edr/collections/{tlake}/position?coords=POINT(-30 45)&parameter-name=2t",
+        {"anon": {401}, "owner": OK, "other": OK},
+    ),
+    ("GET", "services/tiles/layers/{tlake}", {"anon": {401}, "owner": OK, "other": OK}),
+    # alice's private item: alice and admins; bob, mira (her project's member: a project
+    # gives no right to her home bucket) and an admin's narrowed token get 403
+    *[
+        (
+            "GET",
+            "services/tiles/" + route,
+            {
+                "anon": {401},
+                "owner": OK,
+                "other": {403},
+                "member": {403},
+                "narrowed": {403},
+                "admin": OK,
+            },
+        )
+        for route in (
+            "collections/{titem}/2t/map/tiles/WebMercatorQuad/0/0/0",
+            "collections/{titem}/2t/map/tiles/WorldCRS84Quad/0/0/1?datetime={ttime}",
+            "wmts?SERVICE=WMTS&REQUEST=GetTile&LAYER={titem}/2t&STYLE=default&FORMAT=image/png"
+            "&TILEMATRIXSET=WebMercatorQuad&TILEMATRIX=0&TILEROW=0&TILECOL=0",
+            "wmts/1.0.0/{titem}/2t/default/{ttime}/WebMercatorQuad/0/0/0.png",
+            "edr/collections/{titem}",
+            "edr/collections/{titem}/position?coords=POINT(10 20)&parameter-name=2t",
+            "edr/collections/{titem}/area?coords=POLYGON((0 0,10 0,10 10,0 10,0 0))"
+            "&parameter-name=2t",
+            "view/{titem}/2t.png?projection=orthographic&width=256&height=256",
+            "legend/{titem}/2t.png",
+            "layers/{titem}",
+            "collections/{titem}/2t",
+            "collections/{titem}/2t/map/tiles/WebMercatorQuad",
+        )
+    ],
 ]
 
 
@@ -643,6 +729,21 @@ def _registry_and_desk(p, upstream: str) -> dict[str, str]:
     return {"request": pending, "ticket": str(ticket), "attachment": str(r.json()["id"])}
 
 
+def _tiles(p) -> dict[str, str]:
+    """Items of the tiles rows: alice's private one in her home bucket (her keys), a lake
+    item outside the public collections and one inside: {titem}, {ttime}, {tlake},
+    {tpublic}."""
+    mine = private_item(p, "alice", "authz-tiles-alice")
+    lake_test_item(p, "authz-tiles-lake", "authz-tiles-lake")
+    lake_test_item(p, "authz-tiles-public", TILES_PUBLIC)
+    return {
+        "titem": mine.item_id,
+        "ttime": mine.times[0],
+        "tlake": "authz-tiles-lake",
+        "tpublic": "authz-tiles-public",
+    }
+
+
 def _matrix_process(n: int) -> dict:
     """alice's private user process (registered by value, as twinlab.processing does)."""
     return {"n": n}
@@ -678,7 +779,7 @@ def actors(multiuser_platform, upstream):
         r = p.api("POST", f"/groups/{group}/users", token=p.token("admin"), json={"users": members})
         assert r.status_code == 200, r.text
     p.spawn("alice")
-    ids = {**_registry_and_desk(p, upstream), **_processing(p)}
+    ids = {**_registry_and_desk(p, upstream), **_processing(p), **_tiles(p)}
     tokens = {
         "anon": None,
         "owner": p.token("alice"),

@@ -21,6 +21,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.i
 EXPECTED = {
     "01-getting-started.ipynb": ["nbuser small-cpu", "2 workers", "global mean 274.66"],
     "02-data-lake.ipynb": ["items of 2 m temperature", "HEALPix nside 128", "GRIB grid: HEALPix"],
+    "vizlab.ipynb": ["same cell as nearest_index: True"],
 }
 
 

@@ -185,7 +185,16 @@ async def _registration(app: JupyterHub, files: dict, runtime: dict, start: Any)
     # Every twinhub service the chart enabled: its in-cluster URL, its token, its scopes.
     services = {s["name"]: s for s in app.services}
     enabled = sorted(runtime["ports"])
-    assert enabled == ["accounting", "cache", "desk", "processing", "projects", "registry", "stac"]
+    assert enabled == [
+        "accounting",
+        "cache",
+        "desk",
+        "processing",
+        "projects",
+        "registry",
+        "stac",
+        "tiles",
+    ]
     for name in enabled:
         s = services[name]
         assert s["url"] == f"http://twinhub-{name}:8000" == runtime["service_urls"][name]

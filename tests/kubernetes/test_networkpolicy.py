@@ -182,7 +182,16 @@ def cluster_pods(objects: list[dict], values: dict) -> dict[str, Pod]:
     if not _subchart_on(values, "dask-gateway"):
         absent |= {"traefik", "gateway-api", "scheduler", "worker", "bob-scheduler", "bob-worker"}
     pods = {name: pod for name, pod in pods.items() if name not in absent}
-    services = ("stac", "cache", "projects", "accounting", "registry", "desk", "processing")
+    services = (
+        "stac",
+        "cache",
+        "projects",
+        "accounting",
+        "registry",
+        "desk",
+        "processing",
+        "tiles",
+    )
     for host, name in enumerate(services, start=50):
         try:
             labels = _template_labels(objects, "Deployment", f"twinhub-{name}")

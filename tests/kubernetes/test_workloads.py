@@ -19,7 +19,7 @@ from twinhub.services.processing import ProcessingPart
 
 pytestmark = pytest.mark.usefixtures("helm_binaries")
 
-SERVICES = ("stac", "cache", "projects", "accounting", "registry", "desk", "processing")
+SERVICES = ("stac", "cache", "projects", "accounting", "registry", "desk", "processing", "tiles")
 #: The services whose pods hold a Kubernetes API token (a ServiceAccount of their own).
 KUBE_API = {"processing"}
 
@@ -232,6 +232,7 @@ APP_MODULES = {
     "registry": "twinhub.services.registry.app",
     "desk": "twinhub.services.desk.app",
     "processing": "twinhub.services.processing.app",
+    "tiles": "twinhub.services.tiles.app",
 }
 
 
@@ -304,7 +305,7 @@ def test_workloads_validate():
 # The services whose code uses the S3 admin keys (twinhub.objectstore): stac's data-lake loader,
 # projects' buckets, accounting's storage meter. The cache never touches S3.
 # processing: a job's outputs (size, removal) where users hold no keys (the chart's SeaweedFS).
-S3_USERS = {"stac", "projects", "accounting", "processing"}
+S3_USERS = {"stac", "projects", "accounting", "processing", "tiles"}
 
 
 def _secret_files(volume: dict) -> dict[str, set[str]]:

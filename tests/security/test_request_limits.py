@@ -19,14 +19,21 @@ import socket
 import pytest
 import requests
 
+from tests.helpers.tiles import lake_test_item
+
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
 DEEP = "[" * 100_000 + "]" * 100_000  # 200 KB: over the projects and cache body caps
 DEEP_SMALL = "[" * 30_000 + "]" * 30_000  # 60 KB: under them (json.loads: RecursionError)
 DEEP_OBJ = '{"a":' * 5000 + "1" + "}" * 5000
 SERVICES = (
-    "projects", "cache", "accounting", "stac", "registry", "desk", "processing", "hub", "proxy",
+    "projects", "cache", "accounting", "stac", "registry", "desk", "processing", "tiles", "hub",
+    "proxy",
 )  # fmt: skip
+#: A lake item the tiles rows ask about (HEALPix nside 8, 4 times from 2031-01-01, "2t"),
+#: written by the env fixture: the refusals below are of the request, not of a missing item.
+TILES_ITEM = "limits-tiles"
+TILE = f"tiles/collections/{TILES_ITEM}/2t/map/tiles/"
 
 
 def pids(p) -> dict[str, int]:
@@ -40,8 +47,9 @@ def env(multiuser_platform):
     for name in ("alice", "bob"):
         if p.api("GET", f"/users/{name}", token=p.token("admin")).status_code == 404:
             p.add_user(name)
+    lake_test_item(p, TILES_ITEM, TILES_ITEM)
     before = pids(p)
-    assert {"projects", "cache"} <= set(before), before
+    assert {"projects", "cache", "tiles"} <= set(before), before
     jobs_before = processing_jobs(p)
     yield p
     assert pids(p) == before, "a platform process was replaced while taking bad input"
@@ -268,6 +276,75 @@ CORPUS = [
      None, {"json": {"events": []}}, {401, 404}, ""),
     ("processing: report with a wrong secret", "processing/internal/jobs/nosuch", "GET",
      None, {"headers": {"X-Twinhub-Job-Secret": "x" * 5000}}, {401, 404}, ""),
+    # tiles (issue 15): item ids, tile addresses, styles, times, views, EDR coordinates and
+    # the limits, each refused with a JSON 4xx naming what is wrong (the WMTS routes answer
+    # OWS exception reports instead: tests/integration/test_tiles_wmts.py)
+    ("tiles: item id with a space", "tiles/layers/a%20b", "GET", "alice", {}, {400},
+     "item id"),
+    ("tiles: item id with a NUL", "tiles/layers/a%00b", "GET", "alice", {}, {400}, ""),
+    ("tiles: 10 000-character item id", "tiles/layers/" + "i" * 10_000, "GET", "alice", {},
+     {400, 414}, ""),
+    ("tiles: unknown item", "tiles/layers/limits-no-such-item", "GET", "alice", {}, {404},
+     ""),
+    ("tiles: unknown variable", "tiles/collections/limits-tiles/nosuch/map/tiles/"
+     "WebMercatorQuad/0/0/0", "GET", "alice", {}, {404}, "nosuch"),
+    ("tiles: zoom not a number", TILE + "WebMercatorQuad/x/0/0", "GET", "alice", {},
+     {400}, "integer"),
+    ("tiles: unknown tile matrix set", TILE + "EPSG:2056/0/0/0", "GET", "alice", {}, {400, 404},
+     "tile matrix set"),
+    ("tiles: zoom beyond the limit", TILE + "WebMercatorQuad/20/0/0", "GET", "alice", {}, {400},
+     "TwinhubTiles.max_zoom_beyond_native"),
+    ("tiles: row outside the matrix", TILE + "WebMercatorQuad/1/5/0", "GET", "alice", {}, {404},
+     "row"),
+    ("tiles: negative column", TILE + "WorldCRS84Quad/1/0/-1", "GET", "alice", {}, {404},
+     "column"),
+    ("tiles: time not one of the item's", TILE + "WebMercatorQuad/0/0/0?datetime="
+     "1999-01-01T00:00:00Z", "GET", "alice", {}, {400}, "1999"),
+    ("tiles: time not a time", TILE + "WebMercatorQuad/0/0/0?datetime=yesterday", "GET", "alice",
+     {}, {400}, "yesterday"),
+    ("tiles: vmin above vmax", TILE + "WebMercatorQuad/0/0/0?vmin=5&vmax=1", "GET", "alice", {},
+     {400}, "vmin"),
+    ("tiles: vmin not finite", TILE + "WebMercatorQuad/0/0/0?vmin=nan&vmax=1", "GET", "alice", {},
+     {400}, "vmin"),
+    ("tiles: unknown colour map", TILE + "WebMercatorQuad/0/0/0?cmap=jet", "GET", "alice", {},
+     {400}, "viridis"),
+    ("tiles: unknown method", TILE + "WebMercatorQuad/0/0/0?method=cubic", "GET", "alice", {},
+     {400}, "nearest"),
+    ("tiles: view beyond max_view_pixels", "tiles/view/limits-tiles/2t.png?width=5000"
+     "&height=5000", "GET", "alice", {}, {400}, "TwinhubTiles.max_view_pixels"),
+    ("tiles: unknown projection", "tiles/view/limits-tiles/2t.png?projection=lambert", "GET",
+     "alice", {}, {400}, "orthographic"),
+    ("tiles: view centre not lon,lat", "tiles/view/limits-tiles/2t.png?center=north", "GET",
+     "alice", {}, {400}, "center"),
+    ("tiles: view width not a number", "tiles/view/limits-tiles/2t.png?width=wide", "GET",
+     "alice", {}, {400}, "width"),
+    ("tiles: legend range inverted", "tiles/legend/limits-tiles/2t.png?vmin=3&vmax=2", "GET",
+     "alice", {}, {400}, "vmin"),
+    ("tiles: EDR without coords", "tiles/edr/collections/limits-tiles/position"
+     "?parameter-name=2t", "GET", "alice", {}, {400}, "coords"),
+    ("tiles: EDR coords not WKT", "tiles/edr/collections/limits-tiles/position"
+     "?coords=POINT(ten%20twenty)", "GET", "alice", {}, {400}, "'ten' is not a number"),
+    ("tiles: EDR latitude beyond the pole", "tiles/edr/collections/limits-tiles/position"
+     "?coords=POINT(0%20100)", "GET", "alice", {}, {400}, ""),
+    ("tiles: EDR deep WKT", "tiles/edr/collections/limits-tiles/area?coords=POLYGON"
+     + "(" * 5000 + ")" * 5000, "GET", "alice", {}, {400, 414}, ""),
+    ("tiles: EDR unknown parameter", "tiles/edr/collections/limits-tiles/position"
+     "?coords=POINT(0%200)&parameter-name=nosuch", "GET", "alice", {}, {400}, "nosuch"),
+    ("tiles: EDR area beyond max_edr_area_deg2", "tiles/edr/collections/limits-tiles/area"
+     "?coords=POLYGON((-100%20-60,100%20-60,100%2060,-100%2060,-100%20-60))", "GET", "alice",
+     {}, {400}, "TwinhubTiles.max_edr_area_deg2"),
+    # the whole globe, edges along the antimeridian: no smaller than the one above
+    ("tiles: EDR whole-globe area beyond max_edr_area_deg2",
+     "tiles/edr/collections/limits-tiles/area"
+     "?coords=POLYGON((-180%20-90,180%20-90,180%2090,-180%2090,-180%20-90))", "GET", "alice",
+     {}, {400}, "TwinhubTiles.max_edr_area_deg2"),
+    ("tiles: EDR time range inverted", "tiles/edr/collections/limits-tiles/position"
+     "?coords=POINT(0%200)&datetime=2031-01-02T00:00:00Z/2031-01-01T00:00:00Z", "GET",
+     "alice", {}, {400}, "start is after end"),
+    ("tiles: EDR crs not CRS84", "tiles/edr/collections/limits-tiles/position"
+     "?coords=POINT(0%200)&crs=EPSG:3857", "GET", "alice", {}, {400}, "crs"),
+    ("tiles: a body on a GET", "tiles/collections", "GET", "alice", {"data": DEEP},
+     {400, 413}, ""),
     ("control bytes in a header", "cache/stats", "GET", None,
      {"headers": {"Authorization": "token \x01garbage"}}, {400, 401}, ""),
 ]  # fmt: skip

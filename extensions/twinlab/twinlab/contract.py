@@ -24,6 +24,8 @@ ENV_STAC_URL: Final = "TWINHUB_STAC_URL"
 ENV_CACHE_URL: Final = "TWINHUB_CACHE_URL"
 #: The accounting service's root through the proxy on loopback (usage and budgets).
 ENV_ACCOUNTING_URL: Final = "TWINHUB_ACCOUNTING_URL"
+#: The tiles service's root through the proxy on loopback (VizLab: tiles, EDR, the page).
+ENV_TILES_URL: Final = "TWINHUB_TILES_URL"
 #: JSON: {"endpoint", "lake_bucket", "home_bucket", "credentials", "project_buckets"}.
 ENV_STORAGE: Final = "TWINHUB_STORAGE"
 #: JSON: service name -> public URL of every service the user may use.

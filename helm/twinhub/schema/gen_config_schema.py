@@ -56,6 +56,12 @@ CHART_OWNED = {
         "cpu": "twinhub.services.processing.jobPods.cpu",
         "memory": "twinhub.services.processing.jobPods.memory",
     },
+    # Sized with the tiles pods' memory and CPU limits, in the same values.
+    "TwinhubTiles": {
+        "chunk_cache_bytes": "twinhub.services.tiles.chunkCacheBytes",
+        "tile_cache_bytes": "twinhub.services.tiles.tileCacheBytes",
+        "render_threads": "twinhub.services.tiles.renderThreads",
+    },
 }
 
 

@@ -84,9 +84,10 @@ http://twinhub-seaweedfs:8333
 {{/* The services that use the S3 admin keys: stac (the data lake's loader), projects
 (project buckets), accounting (storage metering), processing (a job's outputs: their size
 and removal where users hold no keys of their own, as with the chart's SeaweedFS; the
-users' buckets made at a first job). The cache never touches S3. */}}
+users' buckets made at a first job), tiles (it reads the lake items' data it renders). The
+cache never touches S3. */}}
 {{- define "twinhub.s3Services" -}}
-["accounting", "processing", "projects", "stac"]
+["accounting", "processing", "projects", "stac", "tiles"]
 {{- end -}}
 
 {{/* The projected Secrets volume (one file per secret), as a YAML volume. With `root` alone

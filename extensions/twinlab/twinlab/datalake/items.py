@@ -121,7 +121,12 @@ def select_valid_times(ds: Any, start: Any, end: Any, what: str = "data") -> Any
         raise ValueError(f"{what} has no times in {start}..{end} (it has {t.min()}..{t.max()})")
     if ds[name].ndim == 0:  # one message: it is inside the range
         return ds
-    return ds.isel({ds[name].dims[0]: np.flatnonzero(keep)})
+    idx = np.flatnonzero(keep)
+    if idx[-1] - idx[0] + 1 == idx.size:
+        # Contiguous (the usual case): a slice keeps lazy reads chunk by chunk, where an
+        # integer array makes xarray's lazy indexing read far more than the selection.
+        return ds.isel({ds[name].dims[0]: slice(int(idx[0]), int(idx[-1]) + 1)})
+    return ds.isel({ds[name].dims[0]: idx})
 
 
 def open_item(

@@ -233,7 +233,9 @@ def _loc(lon: Any, lat: Any) -> tuple[Any, Any, Any, Any, Any]:
         raise ValueError("latitude outside [-90, 90] degrees")
     theta = np.pi / 2 - xp.deg2rad(lat)
     z = xp.cos(theta)
-    tt = xp.mod(xp.deg2rad(lon) * (2.0 / np.pi), 4.0)
+    # wrap phi into [0, 2 pi) before scaling, as the reference does: the other order rounds
+    # differently and puts points on the z = +-2/3 boundary at some negative longitudes a ring off
+    tt = xp.mod(xp.deg2rad(lon), 2.0 * np.pi) * (2.0 / np.pi)
     tt = xp.where(tt >= 4.0, 0.0, tt)
     za = xp.abs(z)
     near_pole = (theta < 0.01) | (theta > np.pi - 0.01)  # avoid cancellation in 1 - |z|

@@ -15,6 +15,8 @@ The rendering itself (native-grid lookup, projections, colour maps, chunk-aware 
 
 from __future__ import annotations
 
+from twinlab.contract import ENV_TILES_URL
+
 from ...process.runtime import Runtime
 from ..base import AsgiService
 from .config import TwinhubTiles, is_enabled
@@ -32,7 +34,7 @@ class TilesPart(AsgiService):
     start_rank = 46
     factory = "twinhub.services.tiles.app:create_app"
     listed = True
-    url_env = "TWINHUB_TILES_URL"
+    url_env = ENV_TILES_URL
     # Its own token finds items in the lake (the STAC API) and users' groups (projects).
     scopes = ("read:users", "read:groups", "access:services!service=stac")
 

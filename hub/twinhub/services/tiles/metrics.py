@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+#: The request-state key where a refusal's reason (auth, forbidden, limit...) is left for
+#: the request counter (the app's error handler and the WMTS XML errors both set it).
+REFUSAL_STATE = "tiles_refusal"
+
 #: The service's own registry (not the process-global one: tests build several apps).
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -223,6 +223,7 @@ async function showItem(f) {
   sel.textContent = "";
   for (const [k] of dataAssets(f)) sel.appendChild(el("option", k));
   fillTimes(f);
+  vizlabLink(f);
   $("code-line").textContent = "";
   $("copy-status").textContent = "";
   drawQuicklook();
@@ -232,6 +233,20 @@ async function showItem(f) {
   } catch (e) {
     $("code-line").textContent = "# " + e.message;
   }
+}
+
+// ---- "Open in VizLab": the tiles service's explorer page, at the hub's own base URL -----
+// The server is <hub base>user/<name>/[<server>/]: the hub's base is what comes before "user/".
+const HUB_BASE = (BASE.match(/^(.*?\/)user\/[^/]+\//) || [null, "/"])[1];
+
+function vizlabLink(f) {
+  // only items of the platform's own lake: the tiles service renders those, not federated ones
+  const a = $("open-vizlab");
+  const variables = Object.keys((f.properties || {})["cube:variables"] || {});
+  a.hidden = sourceOf(f) !== "local" || !dataAssets(f).length;
+  const p = new URLSearchParams({ item: f.id });
+  if (variables.length) p.set("variable", variables[0]);
+  a.href = HUB_BASE + "services/tiles/vizlab?" + p.toString();
 }
 
 // ---- time picker: the item's valid times, from its datacube time dimension -------------
