@@ -31,6 +31,11 @@ WORKERS = 2
 MAX_WAITING = 8
 #: Filters one caller may have parsing or waiting at once (a notebook's few threads).
 PER_CALLER = 2
+#: Seconds a parser child may take to start (Python and cql2's import), apart from the
+#: parse's own deadline.
+START_TIMEOUT = 30.0
+#: The child's first line: it is ready to parse.
+READY = b"ready"
 
 
 class _Child:
@@ -49,6 +54,19 @@ class _Child:
                 stderr=asyncio.subprocess.DEVNULL,
                 limit=16 * 1024 * 1024,  # one answer per line: the JSON of a 64 KiB filter
             )
+            # The child says when it has imported cql2: its start (seconds on a loaded
+            # machine) must not count against the parse's own deadline.
+            assert self.proc.stdout is not None
+            try:
+                ready = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT)
+            except TimeoutError:
+                ready = b""
+            except BaseException:  # cancelled while it starts: a half-started child goes
+                await self.stop()
+                raise
+            if ready.strip() != READY:
+                await self.stop()
+                raise LimitError("the CQL2 parser did not start; try again")
         proc = self.proc
         assert proc.stdin is not None and proc.stdout is not None
         try:
@@ -127,6 +145,8 @@ class TextParser:
 def main() -> None:
     import cql2  # only in the child process: the service's own process never parses text
 
+    sys.stdout.write(READY.decode() + "\n")
+    sys.stdout.flush()
     for line in sys.stdin:
         try:
             expr = cql2.parse_text(json.loads(line)["text"])

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -70,7 +71,7 @@ class JobManager:
         #: Jobs whose runner this process is starting (the watch leaves them alone).
         self._launching: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
-        self._swept = 0.0
+        self._swept = -math.inf  # the first tick sweeps, however recent the boot
         #: Reports per job and second (a fake clock in tests).
         self.report_rate = ReportRate()
 
