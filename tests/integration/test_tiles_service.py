@@ -57,6 +57,29 @@ def png(r) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))
 
 
+def test_another_users_collection_never_shadows_a_lake_item(tiles):
+    """bob makes collection ``0`` (his: twinhub:owner) holding an item with a seeded item's
+    id: everyone (bob too) still gets the platform's item under that id. First in the module:
+    the service keeps lookups access_ttl, and nothing may have looked this id up before."""
+    p, _, _ = tiles
+    h = {"Authorization": f"token {p.token(BOB)}"}
+    seeded = requests.get(
+        p.url + f"services/stac/collections/climate-dt/items/{SEEDED}", headers=h, timeout=60
+    ).json()
+    fake = {k: v for k, v in seeded.items() if k not in ("links", "assets")}
+    fake.update(collection="0", links=[], assets={"zarr": seeded["assets"]["zarr"]})
+    fake["properties"] = {**fake["properties"], "title": "bob's copy"}
+    register_item(p, fake, BOB)
+    owner = requests.get(p.url + "services/stac/collections/0", headers=h, timeout=60).json()
+    assert owner.get("twinhub:owner") == BOB
+    for user in (ALICE, BOB):
+        r = tiles_get(p, f"layers/{SEEDED}", user=user)
+        assert r.status_code == 200, r.text
+        assert r.json()["collection"] == "climate-dt", user
+        assert "bob's copy" not in r.json()["title"]
+        assert r.headers["cache-control"] == "private, no-store"
+
+
 def test_health_needs_no_login(tiles):
     p, _, _ = tiles
     r = tiles_get(p, "health")

@@ -250,3 +250,16 @@ def test_the_stac_way_comes_from_its_own_policies():
     names = {o["metadata"]["name"] for o in no_stac}
     assert not names & OWN_POLICIES
     assert NAME in names
+
+
+def test_grib_copies_have_a_bounded_scratch_volume():
+    """GRIB files are copied whole before they are read: onto an emptyDir of their own,
+    bounded (a full node disk would evict every pod on it), at the path the service uses."""
+    objects = helm.render(extra={"twinhub": {"services": {"tiles": {"gribScratch": "3Gi"}}}})
+    pod = helm.find(objects, "Deployment", NAME)["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tiles-grib"]
+    assert volume["emptyDir"] == {"sizeLimit": "3Gi"}
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tiles-grib"]
+    # the pod's state dir is /srv/twinhub/state; opening.py copies to <run dir>/tiles-grib
+    assert mount["mountPath"] == "/srv/twinhub/state/run/tiles-grib"

@@ -135,10 +135,21 @@ spec:
             # The root filesystem is read-only; Python and libraries still want a scratch dir.
             - name: tmp
               mountPath: /tmp
+            {{- if eq $name "tiles" }}
+            # GRIB copies (a few at once, each within TwinhubTiles.max_read_bytes): a volume
+            # of their own, bounded, so they cannot fill the node's disk.
+            - name: tiles-grib
+              mountPath: /srv/twinhub/state/run/tiles-grib
+            {{- end }}
       volumes:
         {{- include "twinhub.serviceRuntimeVolumes" (dict "root" $root "name" $name) | nindent 8 }}
         - name: tmp
           emptyDir: {}
+        {{- if eq $name "tiles" }}
+        - name: tiles-grib
+          emptyDir:
+            sizeLimit: {{ $svc.gribScratch | default "5Gi" | quote }}
+        {{- end }}
 {{- end }}
 
 {{- /* Service twinhub-<name> (ClusterIP, 8000). Usage: (dict "root" $ "name" $name) */}}

@@ -174,6 +174,22 @@ def error_body(status: int, description: str) -> dict[str, Any]:
     return {"code": status, "description": description}
 
 
+#: A forwarded host that may be written into links (a name or an address, with a port).
+_LINK_HOST = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,300}")
+
+
+def service_url(request: Any, prefix: str) -> str:
+    """``scheme://host<prefix>`` as the client reached the service (the proxy's forwarded
+    headers first), for links in API documents; the bare prefix when the host is not one to
+    write into links."""
+    h = request.headers
+    proto = h.get("x-forwarded-proto", "").split(",")[0].strip() or request.url.scheme
+    host = h.get("x-forwarded-host", "").split(",")[0].strip() or h.get("host", "")
+    if proto not in ("http", "https") or not _LINK_HOST.fullmatch(host):
+        return prefix
+    return f"{proto}://{host}{prefix}"
+
+
 async def send_json(send: Send, status: int, body: Any, headers: Any = ()) -> None:
     """A complete JSON answer (``headers``: extra (name, value) byte pairs)."""
     data = json.dumps(body).encode()

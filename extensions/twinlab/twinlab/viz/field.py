@@ -24,8 +24,14 @@ from twinlab.grids import Grid, from_dataset
 
 RANGE_BLOCKS = 16  # value_range: chunks sampled (bounds a cold first tile's reads)
 RANGE_SAMPLE = 1 << 17  # value_range: values kept for the percentiles
+RANGE_BYTES = 64 << 20  # value_range: chunk bytes decoded at most (one chunk at least)
 IO_THREADS = 8  # concurrent chunk reads per process (object-store latency, not CPU)
+SERIES_IN_FLIGHT = 4  # read_series: chunks read (and held) at once per series
 _TIME_DIMS = ("time", "valid_time", "step")  # cfgrib: one forecast's steps
+
+
+class ChunkTooLarge(ValueError):
+    """A field's chunks decode to more bytes than the cap it was given."""
 
 
 class ChunkCache:
@@ -79,6 +85,16 @@ class ChunkCache:
         with self._lock:
             return key in self._items
 
+    def peek(self, key: Hashable) -> np.ndarray | None:
+        """The chunk if kept (a hit, made most recent), else None: nothing is loaded or
+        kept (series reads use it so as not to evict what tiles need)."""
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+            return arr
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
@@ -118,8 +134,17 @@ class Field:
     """
 
     def __init__(
-        self, da: Any, grid: Grid | None = None, *, cache: ChunkCache | None = None, key: str = ""
+        self,
+        da: Any,
+        grid: Grid | None = None,
+        *,
+        cache: ChunkCache | None = None,
+        key: str = "",
+        max_chunk_bytes: int | None = None,
     ) -> None:
+        """``max_chunk_bytes``: the most bytes one block may decode to (its declared shape x
+        the item size read); a larger block -> :class:`ChunkTooLarge`, before any read (a
+        store's metadata may declare chunks far larger than anything stored)."""
         self.grid: Grid = from_dataset(da) if grid is None else grid
         sizes = _chunk_sizes(da)  # before any isel/transpose: encoding tuples follow da.dims
         gdims = tuple(self.grid.dims)
@@ -151,6 +176,11 @@ class Field:
         self.chunk_reads = 0
         self._count_lock = threading.Lock()
         self._ranges: dict[int, tuple[float, float]] = {}
+        #: Extra dims (levels) of the data and all their values ({}: none or not known).
+        self.levels: dict[str, list[Any]] = {}
+        #: Bytes of its data held in memory outside the chunk cache (decoded GRIB): its
+        #: owner counts them in a budget; 0 for lazy stores.
+        self.memory_bytes = 0
 
         def edges(dim: str, n: int, default: int) -> np.ndarray:
             c = sizes.get(dim, default)
@@ -163,10 +193,27 @@ class Field:
             edges(self.time_dim, int(da.shape[0]), 1) if self.time_dim else np.array([0, 1])
         )
         self._edges = [edges(d, n, n) for d, n in zip(gdims, self.grid.shape, strict=True)]
+        if max_chunk_bytes is not None:
+            self._check_blocks(int(max_chunk_bytes))
         # regular spatial chunks: block id by integer division (faster than searchsorted)
         self._step = [
             int(e[1] - e[0]) if np.all(np.diff(e)[:-1] == e[1] - e[0]) else 0 for e in self._edges
         ]
+
+    def _max_block_bytes(self) -> int:
+        """Bytes the largest block decodes to (Python ints: no overflow whatever the
+        declared sizes)."""
+        itemsize = self.da.dtype.itemsize if self.da.dtype.kind == "f" else 8
+        size = itemsize * int(np.diff(self._t_edges).max())
+        for e in self._edges:
+            size *= int(np.diff(e).max())
+        return size
+
+    def _check_blocks(self, limit: int) -> None:
+        """ChunkTooLarge when the largest block decodes to over ``limit`` bytes."""
+        size = self._max_block_bytes()
+        if size > limit:
+            raise ChunkTooLarge(f"a data chunk of {self.name!r} decodes to {size} bytes")
 
     # ---- construction ---------------------------------------------------------------
     @classmethod
@@ -179,13 +226,20 @@ class Field:
         selection: dict[str, Any] | None = None,
         cache: ChunkCache | None = None,
         key: str = "",
+        max_chunk_bytes: int | None = None,
     ) -> Field:
         """The field of ``ds[variable]``; ``selection`` picks the extra dims by label (the
-        first value of an extra dim that is not selected)."""
+        first value of an extra dim that is not selected). The field's ``levels``: every
+        extra dim's values (for selectors, without opening the data again)."""
         if variable not in ds.data_vars:
             raise KeyError(f"no variable {variable!r}; have {', '.join(map(str, ds.data_vars))}")
         g = from_dataset(ds, variable) if grid is None else grid
         da = ds[variable]
+        levels = {
+            str(d): [v.item() if hasattr(v, "item") else v for v in _dim_values(da, d)]
+            for d in da.dims
+            if d not in g.dims and d not in _TIME_DIMS
+        }
         sel = dict(selection or {})
         unknown = set(sel) - set(map(str, da.dims))
         if unknown:
@@ -205,7 +259,9 @@ class Field:
             da.encoding["preferred_chunks"] = dict(
                 zip(map(str, ds[variable].dims), enc["chunks"], strict=True)
             )
-        return cls(da, g, cache=cache, key=key)
+        f = cls(da, g, cache=cache, key=key, max_chunk_bytes=max_chunk_bytes)
+        f.levels = levels
+        return f
 
     @staticmethod
     def extra_dims(ds: Any, variable: str) -> dict[str, list[Any]]:
@@ -216,8 +272,7 @@ class Field:
         for dim in da.dims:
             if dim in gdims or dim in _TIME_DIMS:
                 continue
-            vals = da[dim].values if dim in da.coords else np.arange(da.sizes[dim])
-            out[str(dim)] = [v.item() if hasattr(v, "item") else v for v in vals]
+            out[str(dim)] = [v.item() if hasattr(v, "item") else v for v in _dim_values(da, dim)]
         return out
 
     # ---- reading --------------------------------------------------------------------
@@ -313,13 +368,98 @@ class Field:
         return out
 
     def read_series(self, index: Any, times: Any = None) -> np.ndarray:
-        """(nt, n) float64 values of cells ``index`` over time steps ``times`` (None: all);
-        the chunks of all the steps are read concurrently."""
+        """(nt, n) float64 values of cells ``index`` over time steps ``times`` (None: all).
+
+        A series touches one chunk per time block: chunks already in the shared cache are
+        used, the others are read (a few at once), their cells taken and the chunk dropped,
+        never kept: a long series neither holds all its chunks in memory nor evicts the
+        chunks the tiles need. :meth:`series_bytes` says beforehand what it decodes."""
+        steps = self._steps(times)
+        idx = np.atleast_1d(np.asarray(index)).ravel()
+        flat, ok, sel_pos = self._valid_cells(idx)
+        vals = np.empty((len(steps), flat.size))
+        if flat.size and steps:
+            blks, masks, coords = self._plan(flat)
+            locals_ = [
+                tuple(c[m] - e[b] for c, e, b in zip(coords, self._edges, blk, strict=True))
+                for blk, m in zip(blks, masks, strict=True)
+            ]
+            by_tb: dict[int, list[int]] = {}  # time block -> positions in ``steps``
+            for k, t in enumerate(steps):
+                by_tb.setdefault(int(np.searchsorted(self._t_edges, t, side="right") - 1), []).append(k)  # fmt: skip
+
+            def take(tb: int, i: int, arr: np.ndarray) -> None:
+                t0 = int(self._t_edges[tb])
+                for k in by_tb[tb]:
+                    vals[k, masks[i]] = arr[steps[k] - t0][locals_[i]]
+
+            def load_take(tb: int, i: int) -> None:
+                take(tb, i, self._load(tb, blks[i]))  # the chunk is dropped on return
+                with self._count_lock:
+                    self.chunk_reads += 1
+
+            missing = []
+            for tb in by_tb:
+                for i, blk in enumerate(blks):
+                    arr = self.cache.peek((self.key, tb, blk))
+                    if arr is None:
+                        missing.append((tb, i))
+                    else:
+                        take(tb, i, arr)
+            if len(missing) == 1:
+                load_take(*missing[0])
+            elif missing:
+                pool = _io_pool()
+                window: list[Future[None]] = []
+                for w in missing:  # at most SERIES_IN_FLIGHT chunks decoded at once
+                    if len(window) >= SERIES_IN_FLIGHT:
+                        window.pop(0).result()
+                    window.append(pool.submit(load_take, *w))
+                for f in window:
+                    f.result()
+        if sel_pos is None:
+            return vals
+        out = np.full((len(steps), ok.size), np.nan)
+        out[:, sel_pos] = vals
+        return out
+
+    def series_bytes(self, index: Any, times: Any = None) -> int:
+        """Bytes of the chunks :meth:`read_series` (same arguments) decodes at most: every
+        chunk holding one of the cells, in every time block of the steps, at its declared
+        shape and stored item size (8 bytes for integers: they are read as float64). Nothing
+        is read: callers refuse a query over their budget before reading."""
+        steps = self._steps(times)
+        flat, _, _ = self._valid_cells(np.atleast_1d(np.asarray(index)).ravel())
+        if not flat.size or not steps:
+            return 0
+        blks, _, _ = self._plan(flat)
+        dtype = np.dtype(self.da.dtype)
+        item = dtype.itemsize if dtype.kind == "f" else max(dtype.itemsize, 8)
+        spatial = sum(
+            int(np.prod([int(e[b + 1] - e[b]) for e, b in zip(self._edges, blk, strict=True)]))
+            for blk in blks
+        )
+        tbs = {int(np.searchsorted(self._t_edges, t, side="right") - 1) for t in steps}
+        nt = sum(int(self._t_edges[tb + 1] - self._t_edges[tb]) for tb in tbs)
+        return nt * spatial * item
+
+    def _steps(self, times: Any) -> list[int]:
         if times is None:
-            steps = list(range(self.ntimes))
-        else:
-            steps = [self._check_t(int(t)) for t in np.atleast_1d(times)]
-        return self._gather(steps, np.atleast_1d(np.asarray(index)).ravel())
+            return list(range(self.ntimes))
+        return [self._check_t(int(t)) for t in np.atleast_1d(times)]
+
+    def _valid_cells(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(the valid indices, which are valid, their positions or None when all are)."""
+        if flat.size and flat.dtype.kind not in "iu":
+            raise TypeError(f"cell indices must be integers, got dtype {flat.dtype}")
+        flat = flat.astype(np.int64, copy=False) if flat.size else flat.astype(np.int64)
+        ok = flat >= 0
+        sel_pos = None if ok.all() else np.nonzero(ok)[0]
+        if sel_pos is not None:
+            flat = flat[sel_pos]
+        if flat.size and int(flat.max()) >= self.grid.size:
+            raise IndexError(f"cell index out of range [0, {self.grid.size})")
+        return flat, ok, sel_pos
 
     def _gather(self, steps: list[int], idx: np.ndarray) -> np.ndarray:
         """(len(steps), idx.size) values; the blocks are planned once for all steps."""
@@ -355,14 +495,15 @@ class Field:
 
     def value_range(self, t: int = 0) -> tuple[float, float]:
         """A default colour range: the 2nd-98th percentile of step ``t``'s values in up to
-        ``RANGE_BLOCKS`` chunks spread evenly over the chunk grid (whole chunks: no more
-        reads than that, and every chunk read warms the cache for the first tiles)."""
+        ``RANGE_BLOCKS`` chunks (and ``RANGE_BYTES`` of them) spread evenly over the chunk
+        grid (whole chunks: no more reads than that; each warms the cache for the first
+        tiles)."""
         t = self._check_t(t)
         got = self._ranges.get(t)
         if got is not None:
             return got
         grid_blocks = list(itertools.product(*(range(len(e) - 1) for e in self._edges)))
-        n = min(len(grid_blocks), RANGE_BLOCKS)
+        n = min(len(grid_blocks), RANGE_BLOCKS, max(1, RANGE_BYTES // self._max_block_bytes()))
         pick = sorted({int(i) for i in np.linspace(0, len(grid_blocks) - 1, n).round()})
         tb = int(np.searchsorted(self._t_edges, t, side="right") - 1)
         blocks = self._blocks([(tb, grid_blocks[i]) for i in pick])
@@ -383,6 +524,11 @@ class Field:
             rng = (a, b)
         self._ranges[t] = rng
         return rng
+
+
+def _dim_values(da: Any, dim: Hashable) -> np.ndarray:
+    """The values of ``da``'s dim ``dim``: its coordinate's, else positions."""
+    return np.asarray(da[dim].values) if dim in da.coords else np.arange(da.sizes[dim])
 
 
 def _select(da: Any, dim: str, value: Any) -> Any:

@@ -145,8 +145,17 @@ def native_zoom(tms_id: str, grid: Any) -> int:
 
     The cell width is the grid's mean cell size, sqrt(4 pi / ncells) radians.
     """
+    return native_zoom_cells(tms_id, int(grid.size))
+
+
+def native_zoom_cells(tms_id: str, ncells: int) -> int:
+    """:func:`native_zoom` from the grid's cell count alone (a count from an item's metadata:
+    no grid is built, any count is answered in constant time)."""
     _check_tms(tms_id)
-    cell_deg = math.degrees(math.sqrt(4.0 * math.pi / int(grid.size)))
+    if isinstance(ncells, bool) or not isinstance(ncells, int | np.integer) or ncells < 1:
+        raise ValueError(f"a grid's cell count must be a positive integer, got {ncells!r}")
+    # log2 of the cell width in degrees, without float overflow for huge integer counts
+    log2_cell = math.log2(math.degrees(math.sqrt(4.0 * math.pi))) - math.log2(int(ncells)) / 2
     span = 360.0 if tms_id == "WebMercatorQuad" else 180.0  # degrees across one zoom-0 tile
-    z = math.floor(math.log2(span / (TILE_SIZE * cell_deg)) + 1e-9)
+    z = math.floor(math.log2(span / TILE_SIZE) - log2_cell + 1e-9)
     return max(0, min(MAX_ZOOM, z))

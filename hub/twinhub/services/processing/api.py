@@ -39,7 +39,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from ..asgi import BadRequest
+from ..asgi import BadRequest, service_url
 from ..base import platform_name
 from ..datalake import input_limits
 from ..hubauth import acts_as_admin, hub_user_model
@@ -68,7 +68,6 @@ CACHE_MAX = 4096
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 MAX_LOG_LIMIT = 1000
 EXECUTE_KEYS = frozenset({"inputs", "outputs", "response", "project", "mode"})
-_HOST = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,300}")
 _EXTRAS = "api.cache"
 
 
@@ -122,15 +121,6 @@ async def caller(ctx: ProcessingContext, request: Request) -> Caller:
 
 
 # -- answers ----------------------------------------------------------------------------------
-def service_url(request: Request, prefix: str) -> str:
-    """``scheme://host<prefix>`` as the client reached the service (the proxy's forwarded
-    headers first); the bare prefix if the host is not one to write into links."""
-    h = request.headers
-    proto = h.get("x-forwarded-proto", "").split(",")[0].strip() or request.url.scheme
-    host = h.get("x-forwarded-host", "").split(",")[0].strip() or h.get("host", "")
-    if proto not in ("http", "https") or not _HOST.fullmatch(host):
-        return prefix
-    return f"{proto}://{host}{prefix}"
 
 
 def link(href: str, rel: str, media: str = JSON_MEDIA, title: str = "") -> dict[str, str]:

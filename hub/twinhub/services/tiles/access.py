@@ -22,6 +22,7 @@ in a thread, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -50,6 +51,10 @@ _CLIENTS_LOCK = threading.Lock()
 #: The data formats the service reads, in order of preference: Zarr reads chunk by chunk,
 #: NetCDF by range, GRIB only as a whole copy.
 PREFERRED = ("zarr", "netcdf", "grib")
+#: S3 bucket names (3-63 of lower-case letters, digits, '.', '-'; a letter or digit at
+#: each end): an item naming another is viewable by nobody but admins.
+BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+BUCKET_RULE = "3-63 lower-case letters, digits, '.' and '-', a letter or digit at each end"
 #: A refusal of an anonymous caller carries the hub's challenge.
 CHALLENGE = [(b"www-authenticate", b'token realm="jupyterhub"')]
 
@@ -134,6 +139,10 @@ def split_s3(href: str) -> tuple[str, str]:
     key = key.rstrip("/")
     if not bucket or not key:
         raise BadRequest(f"the item's data href {href[:200]!r} names no object", 403)
+    if not BUCKET.fullmatch(bucket):  # (boto refuses it before asking: not a decision)
+        raise BadRequest(
+            f"the item's data href {href[:200]!r} names an invalid bucket: {BUCKET_RULE}", 403
+        )
     segments = key.split("/")
     if {".", ".."} & set(segments) or "" in segments or "\\" in key:
         raise BadRequest(
@@ -148,6 +157,23 @@ def probe_keys(key: str, kind: str) -> list[str]:
     if kind == "zarr":
         return [f"{key}/zarr.json", f"{key}/.zgroup", f"{key}/.zarray"]
     return [key]
+
+
+def lake_bucket(ctx: TilesContext) -> str:
+    """The lake bucket (``TwinhubObjectStore.lake_bucket``), looked up once."""
+    lake = ctx.extras.get(LAKE)
+    if lake is None:
+        lake = ctx.extras.setdefault(LAKE, store_settings(ctx.rt).lake_bucket)
+    return str(lake)
+
+
+def on_lake(href: str, lake: str) -> bool:
+    """Whether ``href`` is a valid object of the lake bucket (what a public collection's
+    item must be to be served to anyone, and cached as public)."""
+    try:
+        return split_s3(href)[0] == lake
+    except BadRequest:
+        return False
 
 
 # -- decisions ------------------------------------------------------------------------------
@@ -211,7 +237,7 @@ def can_read(c: Any, bucket: str, keys: list[str]) -> int:
     """HEAD each of ``keys`` with client ``c`` until one answers: 200, else the status of
     the last refusal (403 forbidden, 404 absent), 502 when the store cannot be reached."""
     # botocore loads with the first private item (the S3 client's own import cost)
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
     status = 404
     for key in keys:
@@ -224,6 +250,8 @@ def can_read(c: Any, bucket: str, keys: list[str]) -> int:
                 return status
             if status == 403:
                 return 403
+        except ParamValidationError:  # a name boto refuses: nobody's to read
+            return 403
         except BotoCoreError:
             return 502
     return status
@@ -265,10 +293,7 @@ async def check_item(
     chosen = data_asset(item)
     href = str(chosen[1]["href"])
     bucket, key = split_s3(href)
-    lake = ctx.extras.get(LAKE)
-    if lake is None:
-        lake = ctx.extras.setdefault(LAKE, store_settings(ctx.rt).lake_bucket)
-    if bucket == lake or caller.admin:
+    if bucket == lake_bucket(ctx) or caller.admin:
         return chosen
     if caller.anonymous:
         # whoever put the item there, a public collection never opens a private bucket

@@ -65,6 +65,42 @@ class TwinhubTiles(Configurable):
         "rest are left out (the document says so).",
     ).tag(config=True)
 
+    max_grid_cells = Integer(
+        300_000_000,
+        min=1,
+        help="Most native cells an item's grid may have (HEALPix nside 4096 has 201 million, "
+        "octahedral O8000 256 million); checked from the item's metadata before any grid is "
+        "built; more -> 422 naming the limit.",
+    ).tag(config=True)
+
+    max_chunk_bytes = Integer(
+        256 * 1024 * 1024,
+        min=1,
+        help="Largest decoded data chunk (its declared shape x item size) the service reads; "
+        "a store with larger chunks -> 422 naming the limit (re-chunk it to be viewed).",
+    ).tag(config=True)
+
+    max_item_times = Integer(
+        100_000,
+        min=1,
+        help="Most time steps one item's data may have to be viewed; more -> 422 naming the limit.",
+    ).tag(config=True)
+
+    max_series_bytes = Integer(
+        2 * 1024**3,
+        min=1,
+        help="Bytes of data chunks one EDR query (or series) may decode, over all its time "
+        "steps (a point's series reads one chunk per time step when chunks hold whole fields); "
+        "more -> 400 naming the limit: ask for fewer times.",
+    ).tag(config=True)
+
+    max_variables = Integer(
+        64,
+        min=1,
+        help="Most variables one request may name or open (an EDR query without "
+        "parameter-name, layers/{item}); more -> 400 naming the limit.",
+    ).tag(config=True)
+
     tile_cache_bytes = Integer(
         256 * 1024 * 1024,
         min=0,

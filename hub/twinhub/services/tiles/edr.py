@@ -24,7 +24,6 @@ item is :mod:`.layers`'s decision (401/403/404); limits (``TwinhubTiles.max_time
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -36,11 +35,12 @@ from fastapi.responses import JSONResponse, Response
 from twinlab.grids.ops import polygon_cells
 from twinlab.viz.locate import cell_centers, nearest_index
 
-from ..asgi import BadRequest
+from ..asgi import BadRequest, service_url
 from . import coveragejson as cj
 from . import layers
 from .access import caller_of
 from .context import TilesContext
+from .gridsize import check_cells as check_grid_cells
 from .wkt import Point, Polygon, WktError
 from .wkt import parse as parse_wkt
 
@@ -60,7 +60,6 @@ CONFORMANCE = (
     "http://www.opengis.net/spec/ogcapi-edr-1/1.1/conf/queries",
 )
 TRS = "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"
-_HOST = re.compile(r"[A-Za-z0-9.-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
 #: ``f=`` values of data queries -> media type.
 DATA_FORMATS = {"coveragejson": cj.MEDIA_TYPE, "covjson": cj.MEDIA_TYPE, "json": JSON_MEDIA}
 MAX_PARAMETERS = 64
@@ -75,14 +74,24 @@ def check_item_id(item: str) -> str:
     return layers.check_item_id(item)
 
 
-def parameter_names(text: str | None, available: Sequence[str]) -> list[str]:
-    """``parameter-name`` -> the variables asked for (absent: all), each one of ``available``."""
+def parameter_names(
+    text: str | None, available: Sequence[str], max_variables: int = MAX_PARAMETERS
+) -> list[str]:
+    """``parameter-name`` -> the variables asked for (absent: all), each one of ``available``;
+    more than ``max_variables`` (each is opened and read) -> 400 naming the limit."""
+    limit = f"TwinhubTiles.max_variables = {max_variables}"
     if text is None or not text.strip():
+        if len(available) > max_variables:
+            raise BadRequest(
+                f"this item has {len(available)} parameters, beyond the limit {limit}: "
+                "name those you want with parameter-name",
+                400,
+            )
         return list(available)
     names = [n.strip() for n in text.split(",") if n.strip()]
-    if len(names) > MAX_PARAMETERS:
+    if len(set(names)) > max_variables:
         raise BadRequest(
-            f"parameter-name lists {len(names)} names, more than {MAX_PARAMETERS}", 400
+            f"parameter-name lists {len(set(names))} names, beyond the limit {limit}", 400
         )
     unknown = [n for n in names if n not in available]
     if unknown:
@@ -104,7 +113,12 @@ def _instant(text: str, whole: str) -> np.datetime64:
             "(e.g. 2024-01-01T00:00:00Z, a/b, ../b, a/..)",
             400,
         ) from None
-    d = d.astimezone(UTC).replace(tzinfo=None) if d.tzinfo else d
+    try:  # (an offset can push 9999-12-31 past datetime's range)
+        d = d.astimezone(UTC).replace(tzinfo=None) if d.tzinfo else d
+    except OverflowError:
+        d = None
+    if d is None or not 1678 <= d.year <= 2261:  # datetime64[ns] wraps outside these
+        raise BadRequest(f"datetime {whole[:80]!r}: {t[:40]!r} is outside the years 1678-2261", 400)
     return np.datetime64(d, "ns")
 
 
@@ -185,17 +199,6 @@ def check_crs(crs: str | None) -> None:
 def check_metadata_format(f: str | None) -> None:
     if f and f.strip().lower() not in ("json", "application/json"):
         raise BadRequest(f"f={f[:40]!r} is not a format here: json", 400)
-
-
-def base_url(request: Request, prefix: str) -> str:
-    """``scheme://host<prefix>`` as the client reached the service; the bare prefix when the
-    forwarded host is not one to write into links."""
-    h = request.headers
-    proto = h.get("x-forwarded-proto", "").split(",")[0].strip() or request.url.scheme
-    host = h.get("x-forwarded-host", "").split(",")[0].strip() or h.get("host", "")
-    if proto not in ("http", "https") or not _HOST.fullmatch(host):
-        return prefix
-    return f"{proto}://{host}{prefix}"
 
 
 def _link(href: str, rel: str, media: str = JSON_MEDIA, title: str = "") -> dict[str, str]:
@@ -282,14 +285,34 @@ def _grouped(infos: Sequence[Any]) -> dict[str, list[Any]]:
 
 
 # -- the reads (in the render pool) ----------------------------------------------------------
+def check_cost(
+    fields: dict[str, Any], index: np.ndarray, t_idx: np.ndarray | None, max_bytes: int
+) -> int:
+    """Bytes of data chunks reading ``index`` at ``t_idx`` of every field decodes (a point's
+    series: one chunk per time block, a whole field each when chunks are whole fields);
+    over ``max_bytes`` -> 400 naming ``TwinhubTiles.max_series_bytes``, before any read."""
+    times = [0] if t_idx is None else t_idx
+    total = sum(int(f.series_bytes(index, times)) for f in fields.values())
+    if total > max_bytes:
+        nt = len(times)
+        raise BadRequest(
+            f"this query decodes {total} bytes of data chunks ({len(fields)} parameter(s) x "
+            f"{nt} time step(s)), beyond the limit TwinhubTiles.max_series_bytes = "
+            f"{max_bytes}; ask for fewer times (datetime=a/b) or parameters",
+            400,
+        )
+    return total
+
+
 def _position_read(
-    fields: dict[str, Any], lon: float, lat: float, t_idx: np.ndarray | None
+    fields: dict[str, Any], lon: float, lat: float, t_idx: np.ndarray | None, max_bytes: int
 ) -> dict:
     """``fields``: parameter name -> Field (the name asked for: a GRIB variable's name in
-    the data may differ)."""
+    the data may differ). ``max_bytes``: :func:`check_cost`'s budget."""
     grid = next(iter(fields.values())).grid
     wrapped = (lon + 180.0) % 360.0 - 180.0
     index = np.asarray(nearest_index(grid, np.array([wrapped]), np.array([lat])), dtype=np.int64)
+    check_cost(fields, index, t_idx, max_bytes)
     clon, clat = cell_centers(grid, index)
     out = {}
     for name, f in fields.items():
@@ -310,7 +333,10 @@ def _area_cells(grid: Any, polygon: Polygon) -> np.ndarray:
         raise BadRequest(f"coords: {e}", 400) from None
 
 
-def _area_read(fields: dict[str, Any], cells: np.ndarray, t_idx: np.ndarray | None) -> dict:
+def _area_read(
+    fields: dict[str, Any], cells: np.ndarray, t_idx: np.ndarray | None, max_bytes: int
+) -> dict:
+    check_cost(fields, cells, t_idx, max_bytes)
     lons, lats = cell_centers(next(iter(fields.values())).grid, cells)
     out = {}
     for name, f in fields.items():
@@ -329,10 +355,11 @@ def router(ctx: TilesContext) -> APIRouter:
     settings = ctx.settings
 
     def edr_root(request: Request) -> str:
-        return base_url(request, ctx.prefix) + "edr/"
+        return service_url(request, ctx.prefix) + "edr/"
 
     def answer(doc: dict[str, Any]) -> JSONResponse:
-        return JSONResponse(doc)
+        # per user (what they may view) and per host (links): never shared nor stored
+        return JSONResponse(doc, headers={"Cache-Control": "private, no-store"})
 
     @r.get(p)
     @r.get(p + "/")
@@ -387,7 +414,9 @@ def router(ctx: TilesContext) -> APIRouter:
         q = request.query_params
         # "parameter_names": what OWSLib's EDR client sends for the standard's parameter-name
         asked_for = q.get("parameter-name", q.get("parameter_names"))
-        names = parameter_names(asked_for, [i.variable for i in infos])
+        names = parameter_names(asked_for, [i.variable for i in infos], int(settings.max_variables))
+        if infos:  # the grid's size from the item's metadata, before anything is opened
+            check_grid_cells(infos[0].grid, int(settings.max_grid_cells), f"item {item!r}")
         if not names:
             raise BadRequest(f"item {item!r} has no variable to query", 404)
         return names
@@ -417,7 +446,7 @@ def router(ctx: TilesContext) -> APIRouter:
         return [cj.Parameter(n, f.units, f.long_name) for n, f in fields.items()]
 
     def coverage_response(doc: dict[str, Any], media: str) -> Response:
-        return Response(cj.dumps(doc), media_type=media)
+        return Response(cj.dumps(doc), media_type=media, headers={"Cache-Control": "private, no-store"})  # fmt: skip
 
     @r.get(p + "/collections/{item}/position")
     async def position(request: Request, item: str) -> Response:
@@ -430,7 +459,9 @@ def router(ctx: TilesContext) -> APIRouter:
             raise BadRequest(str(e), 400) from None
         assert isinstance(point, Point)
         fields, base, t_idx = await open_fields(request, item, await asked(request, item))
-        got = await layers.run_render(ctx, _position_read, fields, point.lon, point.lat, t_idx)
+        got = await layers.run_render(
+            ctx, _position_read, fields, point.lon, point.lat, t_idx, settings.max_series_bytes
+        )
         cell = {**got["cell"], "grid": base.grid.key}
         doc = cj.point_series(
             point.lon, point.lat, times_of(base, t_idx), described(fields), got["values"], cell
@@ -465,7 +496,9 @@ def router(ctx: TilesContext) -> APIRouter:
                 f"{settings.max_edr_cells}; ask for a smaller area or fewer times",
                 400,
             )
-        got = await layers.run_render(ctx, _area_read, fields, cells, t_idx)
+        got = await layers.run_render(
+            ctx, _area_read, fields, cells, t_idx, settings.max_series_bytes
+        )
         doc = cj.multipoint_series(
             got["lons"],
             got["lats"],

@@ -25,18 +25,20 @@ refused with 400 naming the limit; a row/column outside the matrix is 404.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 import twinlab.viz.tms as tmsmod
 
-from ..asgi import BadRequest
+from ..asgi import BadRequest, service_url
 from .access import caller_of
 from .context import TilesContext
 from .layers import LayerInfo, layer_info, list_layers
 from .params import (
+    check_grid,
     check_id,
     check_tms,
     default_range,
@@ -45,7 +47,6 @@ from .params import (
     native_zoom,
     parse_int,
     parse_style,
-    service_url,
     times_iso,
 )
 from .serve import extra_dims, open_selected, tile_response
@@ -215,8 +216,20 @@ def tilesets(base: str, info: LayerInfo, zooms: dict[str, int]) -> dict[str, Any
 
 
 # -- the routes ---------------------------------------------------------------------------------
+#: Cache-Control of JSON answers that depend on the caller (what they may view) or on the
+#: request's host: never kept by shared caches nor stored.
+NO_STORE = "private, no-store"
+#: Cache-Control of documents the same for everyone, whatever the host (no links in them).
+SHARED = "public, max-age=3600"
+
+
+def _no_store(response: Response) -> None:
+    """Every JSON answer of the router is per-user unless its route says otherwise."""
+    response.headers["Cache-Control"] = NO_STORE
+
+
 def router(ctx: TilesContext) -> APIRouter:
-    r = APIRouter()
+    r = APIRouter(dependencies=[Depends(_no_store)])
     p = ctx.prefix
 
     def zooms(info: LayerInfo, grid: Any = None) -> dict[str, int]:
@@ -234,10 +247,11 @@ def router(ctx: TilesContext) -> APIRouter:
     async def landing_page(request: Request) -> Response:
         if prefers_html(request):
             return RedirectResponse(p + "vizlab", status_code=302)
-        return JSONResponse(landing(service_url(request, p)))
+        return JSONResponse(landing(service_url(request, p)), headers={"Cache-Control": NO_STORE})
 
     @r.get(p + "conformance", include_in_schema=False)
-    async def conformance() -> dict[str, Any]:
+    async def conformance(response: Response) -> dict[str, Any]:
+        response.headers["Cache-Control"] = SHARED
         return {"conformsTo": CONFORMANCE}
 
     @r.get(p + "tileMatrixSets", include_in_schema=False)
@@ -249,8 +263,9 @@ def router(ctx: TilesContext) -> APIRouter:
         }
 
     @r.get(p + "tileMatrixSets/{tms_id}", include_in_schema=False)
-    async def matrix_set(tms_id: str) -> dict[str, Any]:
+    async def matrix_set(tms_id: str, response: Response) -> dict[str, Any]:
         check_tms(tms_id)
+        response.headers["Cache-Control"] = SHARED
         return tmsmod.tms_document(tms_id)
 
     @r.get(p + "collections", include_in_schema=False)
@@ -258,7 +273,8 @@ def router(ctx: TilesContext) -> APIRouter:
         base = service_url(request, p)
         infos, truncated = await list_layers(ctx, caller_of(request), ctx.settings.max_layers)
         doc: dict[str, Any] = {
-            "collections": [collection(base, i) for i in infos],
+            # in a thread: up to max_layers layers of up to 10k times each
+            "collections": await asyncio.to_thread(lambda: [collection(base, i) for i in infos]),
             "links": [link(base + "collections", "self")],
             "numberReturned": len(infos),
         }
@@ -309,6 +325,15 @@ def router(ctx: TilesContext) -> APIRouter:
         infos = await layer_info(ctx, caller, item)
         if not infos:
             raise BadRequest(f"item {item!r} has no variables to show", 404)
+        # each variable is opened (and its range read) below: bounded before any of it
+        cap = int(ctx.settings.max_variables)
+        if len(infos) > cap:
+            raise BadRequest(
+                f"item {item!r} has {len(infos)} variables, beyond the limit "
+                f"TwinhubTiles.max_variables = {cap}; ask for them one at a time "
+                "(collections/{item}/{variable})"
+            )
+        check_grid(ctx, infos[0])
         base = service_url(request, p)
         variables, opened = [], []
         for info in infos:

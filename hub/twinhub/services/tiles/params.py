@@ -26,14 +26,15 @@ from twinlab.viz.colour import COLORMAPS
 from twinlab.viz.render import METHODS
 
 from ..asgi import BadRequest
+from .config import TwinhubTiles
 from .context import TilesContext
+from .gridsize import check_cells, grid_cells
 from .layers import Layer, LayerInfo, run_render
 
 #: An item id (or variable) in a path: one segment.
 ID_RULE = "[A-Za-z0-9._:-]+, at most 256 characters"
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,256}")
 #: Hosts written into links (anything else: links are relative to the prefix).
-_HOST = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,300}")
 #: The colour map when none is asked for.
 DEFAULT_CMAP = "viridis"
 DEFAULT_METHOD = "nearest"
@@ -42,6 +43,8 @@ FALLBACK_NATIVE_ZOOM = 5
 #: Where :func:`default_range` keeps the layers' colour ranges (ctx.extras).
 _RANGES = "tiles-api.ranges"
 _RANGES_MAX = 4096
+#: :func:`grid_of`'s cap when none is given: the setting's default.
+MAX_GRID_CELLS = int(TwinhubTiles.max_grid_cells.default_value)
 
 
 class TileOutOfRange(BadRequest):
@@ -180,10 +183,19 @@ def _grid_of(frozen: tuple[tuple[str, Any], ...]) -> Any:
     return None
 
 
-def grid_of(info: LayerInfo) -> Any:
+def check_grid(ctx: TilesContext, info: LayerInfo) -> int | None:
+    """The layer's cell count from its item's ``twinhub:grid`` (by formula, nothing built;
+    None when unknown); 422 naming ``TwinhubTiles.max_grid_cells`` when beyond it."""
+    return check_cells(info.grid, int(ctx.settings.max_grid_cells), f"layer {info.layer_id}")
+
+
+def grid_of(info: LayerInfo, max_cells: int = MAX_GRID_CELLS) -> Any:
     """The layer's grid from its item's ``twinhub:grid`` (no data read); None if absent or
-    not understood."""
+    not understood. Its size is checked by formula first: beyond ``max_cells`` -> 422 naming
+    ``TwinhubTiles.max_grid_cells``, and nothing is built."""
     g = info.grid or {}
+    if check_cells(g, max_cells, f"layer {info.layer_id}") is None:
+        return None
     try:
         frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in g.items()))
         return _grid_of(frozen)
@@ -192,14 +204,15 @@ def grid_of(info: LayerInfo) -> Any:
 
 
 def native_zoom(info: LayerInfo, tms_id: str, grid: Any = None) -> int:
-    """The zoom whose pixels are about the layer's native cells: from the item's grid, else
+    """The zoom whose pixels are about the layer's native cells: from the cell count of the
+    item's grid (a formula: no grid is built, so any item's metadata answers at once), else
     the opened field's (``grid``), else :data:`FALLBACK_NATIVE_ZOOM`."""
-    g = grid_of(info)
-    if g is None:
-        g = grid
-    if g is None:
+    cells = grid_cells(info.grid)
+    if cells is None and grid is not None:
+        cells = int(grid.size)
+    if cells is None:
         return FALLBACK_NATIVE_ZOOM
-    return int(tmsmod.native_zoom(tms_id, g))
+    return int(tmsmod.native_zoom_cells(tms_id, cells))
 
 
 def max_zoom(ctx: TilesContext, info: LayerInfo, tms_id: str, grid: Any = None) -> int:
@@ -215,6 +228,7 @@ def check_tile(
     """The tile exists in the matrix set (else :class:`TileOutOfRange`) and is within the
     layer's zoom limit (else 400 naming the limit)."""
     check_tms(tms_id)
+    check_grid(ctx, info)
     if z < 0:
         raise TileOutOfRange(f"tile matrix {z} does not exist in {tms_id} (0..)", "TileMatrix")
     native = native_zoom(info, tms_id, grid)
@@ -265,15 +279,6 @@ def times_iso(info: LayerInfo) -> list[str]:
 
 
 # -- links --------------------------------------------------------------------------------------
-def service_url(request: Request, prefix: str) -> str:
-    """``scheme://host<prefix>`` as the client reached the service (the proxy's forwarded
-    headers first); the bare prefix if the host is not one to write into links."""
-    h = request.headers
-    proto = h.get("x-forwarded-proto", "").split(",")[0].strip() or request.url.scheme
-    host = h.get("x-forwarded-host", "").split(",")[0].strip() or h.get("host", "")
-    if proto not in ("http", "https") or not _HOST.fullmatch(host):
-        return prefix
-    return f"{proto}://{host}{prefix}"
 
 
 def query(request: Request) -> Mapping[str, str]:

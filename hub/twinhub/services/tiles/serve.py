@@ -34,6 +34,8 @@ _EXTRA_DIMS = "tiles-api.extra_dims"
 _EXTRA_DIMS_MAX = 1024
 #: Values of a dimension named in a refusal, at most.
 _SHOWN = 20
+#: Characters of a legend's label at most (name and units).
+MAX_LABEL = 200
 
 
 def _plain(v: Any) -> Any:
@@ -57,8 +59,11 @@ async def extra_dims(ctx: TilesContext, layer: Layer) -> dict[str, list[Any]]:
     da = layer.field.da
     scalar = [c for c in da.coords if da[c].ndim == 0 and c not in ("time", "valid_time")]
     found: dict[str, list[Any]] = {}
-    if scalar:
-        item = await get_item(ctx, layer.info.item_id)
+    if layer.field.levels:  # recorded when the field was opened: nothing to open again
+        found = {str(k): [_plain(v) for v in vals] for k, vals in layer.field.levels.items()}
+    elif scalar:
+        # the layer's own collection: another collection's item of that id is not this one
+        item = await get_item(ctx, layer.info.item_id, collection=layer.info.collection)
         ds = await asyncio.to_thread(open_dataset, ctx, layer.info, item)
         dims = await asyncio.to_thread(Field.extra_dims, ds, layer.info.variable)
         found = {str(k): [_plain(v) for v in vals] for k, vals in dims.items()}
@@ -169,6 +174,8 @@ async def legend_response(
     info = layer.info
     name = layer.field.long_name or info.variable
     label = f"{name} [{info.units}]" if info.units else name
+    if len(label) > MAX_LABEL:  # the data's long_name is anyone's text: bounded
+        label = label[: MAX_LABEL - 1] + "\u2026"
     key = ("legend", layer.field.key, info.layer_id, style.cmap, vmin, vmax, label)
 
     def make() -> bytes:

@@ -38,7 +38,9 @@ from .context import TilesContext
 from .metrics import CHUNK_HITS, CHUNK_READS, RENDER_SECONDS, TILE_SECONDS
 
 #: ``ctx.extras`` keys owned here.
-KEPT, RENDERING = "tilecache", "tilecache.rendering"
+KEPT, RENDERING, KEPT_VIEWS = "tilecache", "tilecache.rendering", "tilecache.views"
+#: Views' PNGs are kept apart, in at most 1/VIEW_SHARE of tile_cache_bytes and this many bytes.
+VIEW_SHARE, VIEW_CACHE_BYTES = 16, 16 * 1024 * 1024
 CHUNK_READS_HEADER = "X-Twinhub-Chunk-Reads"
 
 
@@ -138,7 +140,12 @@ def matches(if_none_match: str, etag: str) -> bool:
     return False
 
 
-def _kept(ctx: TilesContext) -> PngLru:
+def _kept(ctx: TilesContext, kind: str = "tile") -> PngLru:
+    """Where PNGs of ``kind`` are kept: views (any size, centre and zoom: easily all
+    different) in their own small LRU, so that they never push the hot tiles out."""
+    if kind == "view":
+        budget = min(ctx.settings.tile_cache_bytes // VIEW_SHARE, VIEW_CACHE_BYTES)
+        return ctx.extras.setdefault(KEPT_VIEWS, PngLru(budget))
     return ctx.extras.setdefault(KEPT, PngLru(ctx.settings.tile_cache_bytes))
 
 
@@ -164,7 +171,7 @@ async def _make_once(
         png = await layers.run_render(ctx, _render, make, kind)
         etag = etag_of(key, png)
         if ctx.settings.tile_cache_bytes > 0:
-            _kept(ctx).put(key, png, etag)
+            _kept(ctx, kind).put(key, png, etag)
         return png, etag
 
     fut = asyncio.ensure_future(run())
@@ -187,7 +194,7 @@ async def png_response(
     ``kind``: tile, view, legend (metrics)."""
     start = time.perf_counter()
     reads = REQUEST_READS.get() or begin_request()
-    hit = _kept(ctx).get(key) if ctx.settings.tile_cache_bytes > 0 else None
+    hit = _kept(ctx, kind).get(key) if ctx.settings.tile_cache_bytes > 0 else None
     png, etag = hit if hit is not None else await _make_once(ctx, key, make, kind)
     headers = {
         "ETag": etag,

@@ -32,6 +32,8 @@ DEFAULT_PROJECTION = "platecarree"
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 1024, 512
 #: Deepest zoom of a view (2^24: about a metre at the equator on a 1024-pixel view).
 MAX_VIEW_ZOOM = float(2**24)
+#: Decimals kept of a view's centre (degrees: 1e-4, about 11 m) and zoom (1e-3).
+CENTER_DECIMALS, ZOOM_DECIMALS = 4, 3
 
 
 def parse_center(raw: str | None) -> tuple[float, float]:
@@ -70,6 +72,12 @@ def parse_view(q: dict[str, str], max_pixels: int) -> View:
     if not 0.0 < zoom <= MAX_VIEW_ZOOM or not math.isfinite(zoom):
         raise BadRequest(f"zoom must be in (0, {MAX_VIEW_ZOOM:g}], not {zoom:g}")
     lon, lat = parse_center(q.get("center"))
+    # rounded (1e-4 deg is about 11 m, far below the kilometre cells of the lake's grids) so
+    # that a client sending every float of a pan cannot make each request a new PNG cache
+    # entry (the cache key is the view's)
+    lon, lat = round(lon, CENTER_DECIMALS), round(lat, CENTER_DECIMALS)
+    lon = -180.0 if lon >= 180.0 else lon
+    zoom = max(round(zoom, ZOOM_DECIMALS), 10.0**-ZOOM_DECIMALS)
     view = View(
         projection=projection, width=width, height=height,
         center_lon=lon, center_lat=lat, zoom=zoom,

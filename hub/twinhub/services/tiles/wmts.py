@@ -21,6 +21,8 @@ that does not exist.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,10 +33,11 @@ from lxml.builder import ElementMaker
 
 import twinlab.viz.tms as tmsmod
 
-from ..asgi import BadRequest
+from ..asgi import BadRequest, service_url
 from .access import caller_of
 from .context import TilesContext
 from .layers import LayerInfo, list_layers
+from .listing import plain_text
 from .metrics import REFUSAL_STATE
 from .params import (
     Style,
@@ -45,11 +48,12 @@ from .params import (
     parse_int,
     parse_style,
     query,
-    service_url,
     split_layer_id,
     times_iso,
 )
 from .serve import tile_response
+
+log = logging.getLogger("twinhub.tiles.wmts")
 
 WMTS_NS = "http://www.opengis.net/wmts/1.0"
 OWS_NS = "http://www.opengis.net/ows/1.1"
@@ -156,20 +160,23 @@ def _tile_template(base: str, info: LayerInfo) -> str:
 
 
 def layer_element(base: str, info: LayerInfo, zooms: dict[str, int]) -> Any:
-    """One ``Layer`` (elements in the schema's order)."""
+    """One ``Layer`` (elements in the schema's order). Every text from the item goes through
+    :func:`.listing.plain_text`: a control character would make lxml raise (one item's
+    title must not break everyone's capabilities)."""
     w, s, e, n = info.bbox
     abstract = info.description or f"{info.variable} of item {info.item_id}"
     if info.units:
         abstract += f" ({info.units})"
+    legend = plain_text(f"{base}legend/{info.item_id}/{info.variable}.png")
     layer = W.Layer(
-        O.Title(info.title or info.layer_id),
-        O.Abstract(abstract),
+        O.Title(plain_text(info.title or info.layer_id)),
+        O.Abstract(plain_text(abstract)),
         O.WGS84BoundingBox(O.LowerCorner(f"{w:g} {s:g}"), O.UpperCorner(f"{e:g} {n:g}")),
-        O.Identifier(info.layer_id),
+        O.Identifier(plain_text(info.layer_id)),
         W.Style(
             O.Title("default"),
             O.Identifier(STYLE),
-            W.LegendURL({HREF: f"{base}legend/{info.item_id}/{info.variable}.png", "format": PNG}),
+            W.LegendURL({HREF: legend, "format": PNG}),
             isDefault="true",
         ),
         W.Format(PNG),
@@ -198,7 +205,8 @@ def layer_element(base: str, info: LayerInfo, zooms: dict[str, int]) -> Any:
             )
         )
         layer.append(W.TileMatrixSetLink(W.TileMatrixSet(tms_id), limits))
-    layer.append(W.ResourceURL(format=PNG, resourceType="tile", template=_tile_template(base, info)))  # fmt: skip
+    template = plain_text(_tile_template(base, info))
+    layer.append(W.ResourceURL(format=PNG, resourceType="tile", template=template))
     return layer
 
 
@@ -302,12 +310,19 @@ def router(ctx: TilesContext) -> APIRouter:
 
     async def capabilities_response(request: Request) -> Response:
         infos, truncated = await list_layers(ctx, caller_of(request), ctx.settings.max_layers)
-        doc = capabilities(
-            service_url(request, p),
-            infos,
-            lambda info, tms_id: max_zoom(ctx, info, tms_id),
-            truncated,
-        )
+        base = service_url(request, p)
+
+        def build() -> bytes:  # in a thread: thousands of layers and times are no loop work
+            kept, zooms = [], {}
+            for info in infos:
+                try:
+                    zooms[info.layer_id] = {t: max_zoom(ctx, info, t) for t in tmsmod.TMS_IDS}
+                    kept.append(info)
+                except Exception as e:  # one item's bad grid never fails the document
+                    log.warning("layer %.120r left out of capabilities: %.200s", info.layer_id, e)  # fmt: skip
+            return capabilities(base, kept, lambda i, t: zooms[i.layer_id][t], truncated)
+
+        doc = await asyncio.to_thread(build)
         return Response(doc, media_type=XML_MEDIA, headers={"Cache-Control": "private, no-cache"})
 
     async def get_tile(request: Request, q: Any) -> Response:

@@ -75,6 +75,10 @@ def test_data_asset_prefers_zarr_then_netcdf_then_grib():
         ("s3://lake", "names no object"),
         ("s3://lake/a/../home-bob/x.zarr", "'..' segment"),
         ("s3://lake/a//x.zarr", "empty"),
+        # bucket names boto refuses before asking (a listing must not fail on them)
+        ("s3://Bad_Bucket!/x.zarr", "invalid bucket"),
+        ("s3://ab/x.zarr", "invalid bucket"),
+        ("s3://" + "b" * 64 + "/x.zarr", "invalid bucket"),
     ],
 )
 def test_hrefs_the_service_never_reads(href, why):
@@ -154,3 +158,19 @@ def test_can_read_probes_zarr_v3_then_v2():
     assert access.can_read(c, "b", access.probe_keys("x.zarr", "zarr")) == 200
     assert c.calls == [("b", "x.zarr/zarr.json"), ("b", "x.zarr/.zgroup")]  # found: no more
     assert access.can_read(FakeS3(set()), "b", access.probe_keys("x.nc", "netcdf")) == 403
+
+
+def test_can_read_an_invalid_bucket_is_a_refusal_not_an_outage():
+    from botocore.exceptions import ParamValidationError
+
+    class Strict(FakeS3):
+        def head_object(self, Bucket, Key):  # noqa: N803
+            raise ParamValidationError(report=f"Invalid bucket name {Bucket!r}")
+
+    assert access.can_read(Strict(set()), "Bad!", ["x"]) == 403
+
+
+def test_on_lake():
+    assert access.on_lake("s3://lake/a/x.zarr", "lake")
+    for href in ("s3://home-bob/x.zarr", "s3://lake/../x", "https://lake/x", "s3://lake"):
+        assert not access.on_lake(href, "lake"), href

@@ -174,10 +174,14 @@ def lake(monkeypatch):
         for k, var in enumerate(("2t", "tp")):
             fields[item, var] = Field(_data_array(grid, var, k + len(fields)), grid, key=f"{item}/{var}")  # fmt: skip
 
+    # metadata only: an item whose twinhub:grid claims O(2e8) (nothing may be built from it)
+    meta = {"huge": {"grid_type": "octahedral", "gaussian_N": 2e8}}
+
     def infos(item):
-        if item not in grids:
+        if item not in grids and item not in meta:
             raise BadRequest(f"no item {item!r}", 404)
-        return [_info(v, item_id=item, times=tuple(HOURS)) for v in ("2t", "tp")]
+        extra = {"grid": meta[item]} if item in meta else {}
+        return [_info(v, item_id=item, times=tuple(HOURS), **extra) for v in ("2t", "tp")]
 
     async def layer_info(ctx, caller, item, variable=None):
         if item == "private":
@@ -206,6 +210,7 @@ def lake(monkeypatch):
     app.include_router(edr.router(ctx))
     client = TestClient(app)
     client.fields = fields
+    client.settings = settings  # (read per request: tests may change a limit)
     return client
 
 
@@ -363,3 +368,56 @@ def test_ranges_are_named_as_asked_not_as_the_data_names_them(lake):
     doc = r.json()
     assert list(doc["ranges"]) == ["2t"] and list(doc["parameters"]) == ["2t"]
     assert doc["parameters"]["2t"]["observedProperty"]["label"]["en"] == "2t long"
+
+
+# -- finding 7: what one query may cost ----------------------------------------------------------
+def test_series_bytes_budget_is_checked_before_reading(lake):
+    """A point's series over steps 0..4 decodes two time chunks (4 + 2 steps) of one spatial
+    chunk (256 cells of float32): 6144 bytes per parameter."""
+    field = lake.fields[ITEM, "2t"]
+    params = {"coords": "POINT(-20 5)", "parameter-name": "2t", "datetime": "../2024-01-02T00:00:00Z"}  # fmt: skip
+    url = P + f"/collections/{ITEM}/position"
+    lake.settings.max_series_bytes = 6143
+    before = field.chunk_reads
+    r = lake.get(url, params=params)
+    assert r.status_code == 400, r.text
+    why = r.json()["description"]
+    assert "6144 bytes" in why and "TwinhubTiles.max_series_bytes = 6143" in why
+    assert field.chunk_reads == before  # refused before any read
+    lake.settings.max_series_bytes = 6144
+    assert lake.get(url, params=params).status_code == 200
+    # two parameters: twice the bytes; an area is checked the same way
+    both = lake.get(url, params={**params, "parameter-name": "2t,tp"})
+    assert both.status_code == 400 and "12288 bytes" in both.json()["description"]
+    ring = "POLYGON((10 10, 30 10, 30 25, 10 25, 10 10))"
+    area = lake.get(P + f"/collections/{ITEM}/area", params={"coords": ring, "parameter-name": "tp", "datetime": "2024-01-01T06:00:00Z/2024-01-01T12:00:00Z"})  # fmt: skip
+    assert area.status_code == 400 and "max_series_bytes" in area.json()["description"]
+
+
+def test_series_does_not_fill_the_shared_chunk_cache(lake):
+    field = lake.fields["hpx8r", "tp"]
+    kept = field.cache.nbytes
+    r = lake.get(P + "/collections/hpx8r/position", params={"coords": "POINT(40 -30)", "parameter-name": "tp", "datetime": "../2024-01-02T00:00:00Z"})  # fmt: skip
+    assert r.status_code == 200
+    assert field.cache.nbytes == kept  # read, taken from and dropped
+
+
+def test_variables_per_query_are_bounded(lake):
+    lake.settings.max_variables = 1
+    url = P + f"/collections/{ITEM}/position"
+    one = {"coords": "POINT(0 0)", "datetime": "2024-01-01T00:00:00Z"}
+    r = lake.get(url, params=one)  # no parameter-name: every variable (2) would be opened
+    assert r.status_code == 400
+    assert "2 parameters" in r.json()["description"]
+    assert "TwinhubTiles.max_variables = 1" in r.json()["description"]
+    r = lake.get(url, params={**one, "parameter-name": "2t,tp"})
+    assert r.status_code == 400 and "TwinhubTiles.max_variables = 1" in r.json()["description"]
+    assert lake.get(url, params={**one, "parameter-name": "tp"}).status_code == 200
+    e = refused(edr.parameter_names, None, ["a", "b", "c"], 2)
+    assert "3 parameters" in e.message and "parameter-name" in e.message
+
+
+def test_huge_grid_item_is_refused_before_opening(lake):
+    r = lake.get(P + "/collections/huge/position", params={"coords": "POINT(0 0)"})
+    assert r.status_code == 422
+    assert "TwinhubTiles.max_grid_cells" in r.json()["description"]

@@ -14,6 +14,7 @@ import xarray as xr
 
 from twinhub.services.asgi import BadRequest
 from twinhub.services.tiles import access, layers
+from twinhub.services.tiles import listing as layers_listing
 from twinhub.services.tiles.access import Caller
 from twinhub.services.tiles.layers import (
     check_item_id,
@@ -21,6 +22,7 @@ from twinhub.services.tiles.layers import (
     item_variables,
     layer_infos,
     parse_duration,
+    parse_instant,
     time_index,
 )
 
@@ -81,7 +83,7 @@ def test_variables_from_cube_variables_else_param():
 
 def test_layer_infos():
     (info,) = layer_infos(
-        lake_item("i", "open"), ["open"], ("zarr", {"href": "s3://lake/x"}, "zarr")
+        lake_item("i", "open"), ["open"], ("zarr", {"href": "s3://lake/x"}, "zarr"), "lake"
     )
     assert info.layer_id == "i/2t"
     assert info.units == "K" and info.public and info.collection == "open"
@@ -91,6 +93,24 @@ def test_layer_infos():
     assert info.href == "s3://lake/x" and info.format == "zarr"
     (closed,) = layer_infos(lake_item("i", "climate-dt"), ["open"])
     assert not closed.public
+    # public (Cache-Control: public) only for lake data in a public collection
+    home = ("zarr", {"href": "s3://home-bob/x.zarr"}, "zarr")
+    (private,) = layer_infos(lake_item("i", "open"), ["open"], home, "lake")
+    assert not private.public
+
+
+async def test_public_only_for_lake_data_of_a_public_collection(tmp_path, fake_stac, s3):
+    s3["alice"].readable.add("home-bob")
+    fake_stac.items += [
+        lake_item("pub", "open"),
+        lake_item("elsewhere", "open", href="s3://home-bob/x.zarr"),
+    ]
+    ctx = make_ctx(tmp_path, fake_stac, public_collections=["open"])
+    (pub,) = await layers.layer_info(ctx, Caller("alice"), "pub")
+    (elsewhere,) = await layers.layer_info(ctx, Caller("alice"), "elsewhere")
+    assert pub.public and not elsewhere.public
+    infos, _ = await layers.list_layers(ctx, Caller("alice"), 100)
+    assert {i.layer_id: i.public for i in infos} == {"pub/2t": True, "elsewhere/2t": False}
 
 
 @pytest.mark.parametrize("bad", ["a/b", "", "x" * 257, "a b", "é", "../x"])
@@ -113,6 +133,12 @@ def test_time_index():
     )
     e = pytest.raises(BadRequest, time_index, info, "yesterday").value
     assert "not an ISO 8601 instant" in e.message
+    # past datetime's range (an offset pushes 9999-12-31 over), or outside datetime64[ns]
+    for far in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00Z", "2262-01-01T00:00:00Z"):
+        e = pytest.raises(BadRequest, time_index, info, far).value
+        assert e.status == 400 and "1678-2261" in e.message, far
+        pytest.raises(ValueError, parse_instant, far)
+    assert parse_instant("1678-01-01T00:00:00Z").year == 1678
     item = lake_item("i")
     del item["properties"]["cube:dimensions"]["time"]
     (timeless,) = layer_infos(item, [])
@@ -121,6 +147,70 @@ def test_time_index():
         "no time dimension"
         in pytest.raises(BadRequest, time_index, timeless, "2030-01-01").value.message
     )
+
+
+def test_times_overflowing_or_too_many_are_bounded():
+    # 9999-12-31 + P1W, P99999999999D: no OverflowError, no time the data cannot have
+    assert item_times(lake_item("i", start="9999-12-24T00:00:00Z", end="9999-12-31T00:00:00Z", step="P1W")) == ()  # fmt: skip
+    assert parse_duration("P99999999999D") is None
+    item = lake_item("i", step="P99999999999D")
+    assert item_times(item) == (T0, T0 + timedelta(hours=18))  # as without a step: the ends
+    # a minute step over two centuries: at most MAX_TIMES, computed without a loop of steps
+    item = lake_item("i", end="2250-01-01T00:00:00Z", step="PT1M")
+    item["properties"]["end_datetime"] = "2250-01-01T00:00:00Z"
+    times = item_times(item)
+    assert len(times) == layers.MAX_TIMES == 10_000
+    assert times[1] - times[0] == timedelta(minutes=1)
+    item["properties"]["cube:dimensions"]["time"]["values"] = ["2030-01-01T00:00:00Z"] * 50_000
+    assert item_times(item) == (T0,)
+
+
+def _bad_items() -> list[dict]:
+    """Items that once broke every listing (review finding 4)."""
+    overflow = lake_item("overflow", start="9999-12-24T00:00:00Z", end="9999-12-31T00:00:00Z", step="P1W")  # fmt: skip
+    overflow["properties"]["start_datetime"] = "9999-12-31T23:59:59-23:59"
+    huge_step = lake_item("huge-step", step="P99999999999D")
+    control = lake_item("control")
+    control["properties"]["title"] = "bad\x01title\x0b"
+    control["properties"]["cube:variables"]["2t"]["description"] = "x\x00y"
+    bad_bucket = lake_item("bad-bucket", href="s3://Bad_Bucket!/x.zarr")
+    broken = lake_item("broken")
+    broken["properties"] = "not a mapping"
+    down = lake_item("down", href="s3://down/x.zarr")
+    return [overflow, huge_step, control, bad_bucket, broken, down]
+
+
+async def test_a_bad_item_never_fails_a_listing(tmp_path, fake_stac, s3, caplog):
+    from botocore.exceptions import EndpointConnectionError
+
+    class Down(FakeS3):
+        def head_object(self, Bucket, Key):  # noqa: N803
+            if Bucket == "down":  # this bucket's store cannot be reached: 502 for its item
+                raise EndpointConnectionError(endpoint_url="http://down")
+            return super().head_object(Bucket, Key)
+
+    s3["alice"] = Down({"home-alice"})
+    fake_stac.items += [lake_item("good-1"), *_bad_items(), lake_item("good-2")]
+    ctx = make_ctx(tmp_path, fake_stac)
+    infos, more = await layers.list_layers(ctx, Caller("alice"), 100)
+    ids = [i.layer_id for i in infos]
+    assert ids == ["good-1/2t", "overflow/2t", "huge-step/2t", "control/2t", "good-2/2t"]
+    assert not more
+    by_id = {i.item_id: i for i in infos}
+    assert by_id["overflow"].times == () and len(by_id["huge-step"].times) == 2
+    assert by_id["control"].title == "bad title : x y"
+    assert "broken" in caplog.text
+    # looked up alone, a broken item is its own 422
+    assert (await _refused(layers.layer_info(ctx, Caller("alice"), "broken"))).status == 422
+    # built in a thread and kept: the next listing parses nothing again
+    calls = []
+    real = layers_listing.page_infos
+    layers_listing.page_infos = lambda *a: calls.append(1) or real(*a)
+    try:
+        again, _ = await layers.list_layers(ctx, Caller("alice"), 100)
+    finally:
+        layers_listing.page_infos = real
+    assert [i.layer_id for i in again] == ids and calls == []
 
 
 async def test_listing_pages_and_filters_by_access(tmp_path, fake_stac, s3):
@@ -177,6 +267,7 @@ async def test_an_id_in_several_collections_prefers_the_platforms(tmp_path, fake
         lake_item("same", "user-bob", href="s3://home-bob/fake.zarr"),
         lake_item("same", "climate-dt"),
     ]
+    serve_collections(fake_stac, {"climate-dt": None})
     ctx = make_ctx(tmp_path, fake_stac)
     (info,) = await layers.layer_info(ctx, Caller("alice"), "same")
     assert info.collection == "climate-dt"
@@ -188,6 +279,54 @@ async def test_an_id_in_several_collections_prefers_the_platforms(tmp_path, fake
     (info,) = await layers.layer_info(ctx, Caller("alice"), "twin")
     assert info.collection == "user-alice" and info.href.endswith("/twin.zarr")
     assert hash(info)  # usable as a key (the grid dict is left out of the hash)
+
+
+def serve_collections(fake_stac, owners: dict[str, str | None]) -> list[str]:
+    """``collections/{id}`` on the fake STAC API: ``owners[id]`` as ``twinhub:owner`` (None:
+    none, the platform's); unknown ids 404. Returns the ids asked for."""
+    asked: list[str] = []
+
+    @fake_stac.app.get("/services/stac/collections/{cid}")
+    async def one(cid: str):
+        from fastapi.responses import JSONResponse
+
+        asked.append(cid)
+        if cid not in owners:
+            return JSONResponse({"code": "NotFound"}, status_code=404)
+        doc = {"type": "Collection", "id": cid}
+        if owners[cid] is not None:
+            doc["twinhub:owner"] = owners[cid]
+        return doc
+
+    return asked
+
+
+async def test_another_users_collection_never_shadows_the_platforms_item(tmp_path, fake_stac, s3):
+    # bob made collections "0".."4" (twinhub:owner bob) holding 205 items with the id of the
+    # platform's item, listed before it: more than one page of matches
+    fake_stac.items += [
+        lake_item("h128", str(n % 5), href="s3://home-bob/fake.zarr") for n in range(205)
+    ]
+    fake_stac.items.append(lake_item("h128", "climate-dt"))
+    fake_stac.items.append(lake_item("only-bob", "0", href="s3://home-bob/o.zarr"))
+    owners: dict[str, str | None] = {"climate-dt": None, **{str(n): "bob" for n in range(5)}}
+    asked = serve_collections(fake_stac, owners)
+    ctx = make_ctx(tmp_path, fake_stac)
+    for who in ("alice", "bob"):  # bob's own never outranks the platform's either
+        (info,) = await layers.layer_info(ctx, Caller(who), "h128")
+        assert info.collection == "climate-dt" and info.href == "s3://lake/climate-dt/H128.zarr"
+    assert sorted(set(asked)) == ["0", "1", "2", "3", "4", "climate-dt"]  # owners kept
+    assert len(asked) == 6
+    # an id only bob's collection holds is bob's item (the access check then decides)
+    assert (await _refused(layers.layer_info(ctx, Caller("alice"), "only-bob"))).status == 403
+    # a collection whose owner is unknown (no such collection) ranks as another user's
+    fake_stac.items += [
+        lake_item("x", "ghost", href="s3://home-alice/g.zarr"),
+        lake_item("x", "mine", href="s3://home-alice/x.zarr"),
+    ]
+    owners["mine"] = "alice"
+    (info,) = await layers.layer_info(ctx, Caller("alice"), "x")
+    assert info.collection == "mine"
 
 
 async def _refused(coro) -> BadRequest:

@@ -189,7 +189,10 @@ def test_layers_summary_lists_extra_dims(monkeypatch, tmp_path):
     layer = Layer(info=info, field=Field.from_dataset(ds, "t", key="memory://levels#t"))
     client = serve_layers(monkeypatch, tmp_path, [layer])
 
-    async def get_item(ctx, item_id):
+    asked = []
+
+    async def get_item(ctx, item_id, caller=None, collection=None):
+        asked.append(collection)
         return {"id": item_id}
 
     async def open_layer(ctx, caller, item_id, variable, selection=None):
@@ -203,6 +206,15 @@ def test_layers_summary_lists_extra_dims(monkeypatch, tmp_path):
     monkeypatch.setattr(serve, "open_layer", open_layer)
     (var,) = client.get(P + "layers/levels").json()["variables"]
     assert var["extra_dims"] == {"level": [850, 500]}
+    # the field recorded every level when it was opened: nothing is opened again
+    assert asked == []
+    # a field that did not record them (one level kept as a scalar coordinate): the item
+    # is opened again, the layer's own collection's (not another's of that id)
+    layer.field.levels = {}
+    client.app.state.ctx.extras.pop(serve._EXTRA_DIMS, None)
+    (var,) = client.get(P + "layers/levels").json()["variables"]
+    assert var["extra_dims"] == {"level": [850, 500]}
+    assert asked == ["climate-dt"]
     # the tile shows the first level
     r = client.get(P + "collections/levels/t/map/tiles/WorldCRS84Quad/0/0/0",
                    params={"vmin": 0, "vmax": 400})  # fmt: skip
@@ -220,3 +232,29 @@ def test_layers_summary_lists_extra_dims(monkeypatch, tmp_path):
     assert r.json()["description"] == "level='700' is not one of the layer's level values: 850, 500"
     view = client.get(P + "view/levels/t.png", params={"level": "700"})
     assert view.status_code == 400
+
+
+def test_json_answers_are_private_no_store(client):
+    """Per-user JSON (what the caller may view; links from the request's host) is never kept
+    by a shared cache; documents the same for everyone may be."""
+    for path in ("", "collections", "collections/it-h16/2t", "collections/it-h16/2t/map/tiles",
+                 "collections/it-h16/2t/map/tiles/WebMercatorQuad", "layers/it-h16",
+                 "tileMatrixSets", "edr/", "edr/conformance"):  # fmt: skip
+        r = client.get(P + path)
+        assert r.status_code == 200, path
+        assert r.headers["cache-control"] == "private, no-store", path
+    for path in ("conformance", "tileMatrixSets/WebMercatorQuad"):
+        assert client.get(P + path).headers["cache-control"].startswith("public, max-age="), path
+
+
+def test_legend_label_is_bounded(monkeypatch, tmp_path):
+    layer = memory_layer("long")
+    layer.field.long_name = "x" * 5000  # the data's own attribute: anyone's text
+    client = serve_layers(monkeypatch, tmp_path, [layer])
+    labels = []
+    real = serve.legend_png
+    monkeypatch.setattr(serve, "legend_png", lambda *a, label="", **kw: labels.append(label) or real(*a, label=label, **kw))  # fmt: skip
+    r = client.get(P + "legend/long/2t.png", params={"vmin": 0, "vmax": 1})
+    assert r.status_code == 200
+    (label,) = labels
+    assert len(label) <= serve.MAX_LABEL == 200 and label.startswith("xxx")

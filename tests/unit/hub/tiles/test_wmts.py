@@ -182,6 +182,32 @@ def test_capabilities_say_when_layers_are_left_out(tmp_path):
     assert empty.findall(f"{{{wmts.WMTS_NS}}}Contents/{{{wmts.WMTS_NS}}}Layer") == []
 
 
+def test_control_characters_and_bad_grids_never_break_the_capabilities(monkeypatch, tmp_path):
+    import dataclasses
+
+    good = memory_layer("good")
+    odd = memory_layer("odd")
+    # a LayerInfo made elsewhere than layer_infos (which strips them too): raw control chars
+    odd.info = dataclasses.replace(odd.info, title="t\x01\x1b[2J", description="d\x00", units="K\x0b")  # fmt: skip
+    huge = memory_layer("huge")
+    huge.info = dataclasses.replace(huge.info, grid={"grid_type": "healpix", "nside": 10**9})
+
+    def zoom(ctx, info, tms_id):
+        if info.item_id == "huge":  # as a grid over max_grid_cells is refused (422)
+            raise ValueError("grid too large")
+        return max_zoom(ctx, info, tms_id)
+
+    monkeypatch.setattr(wmts, "max_zoom", zoom)
+    client = serve_layers(monkeypatch, tmp_path, [good, odd, huge])
+    r = client.get(P + "wmts", params={"SERVICE": "WMTS", "REQUEST": "GetCapabilities"})
+    assert r.status_code == 200
+    root = etree.fromstring(r.content)
+    layers_ = root.findall(f"{{{wmts.WMTS_NS}}}Contents/{{{wmts.WMTS_NS}}}Layer")
+    ids = [lay.find("ows:Identifier", OWS).text for lay in layers_]
+    assert ids == ["good/2t", "odd/2t"]  # the layer whose zoom cannot be known is left out
+    assert layers_[1].find("ows:Title", OWS).text == "t  [2J"
+
+
 def test_exception_report_is_ows_1_1():
     root = etree.fromstring(wmts.exception_report("TileOutOfRange", "row 9 is out", "TILEROW"))
     assert root.tag == f"{{{wmts.OWS_NS}}}ExceptionReport"

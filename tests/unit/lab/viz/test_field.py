@@ -12,6 +12,7 @@ import xarray as xr
 
 import twinlab.grids as tg
 from twinlab.viz import ChunkCache, Field, nearest_index, tile_lonlat
+from twinlab.viz.field import ChunkTooLarge
 
 TIMES = np.array(["2026-01-01T00", "2026-01-01T06", "2026-01-01T12"], dtype="datetime64[ns]")
 
@@ -180,6 +181,24 @@ def test_value_range_reads_few_chunks_and_cache_keeps_float32(tmp_path: Path) ->
     assert f.read(0, np.array([7])).dtype == np.float64
 
 
+def test_value_range_decodes_a_bounded_number_of_bytes(monkeypatch) -> None:
+    """Big chunks: the default range reads as many as RANGE_BYTES allows, one at least."""
+    import twinlab.viz.field as field_mod
+
+    g = tg.HEALPix(32)  # 12288 cells in 12 chunks of 1024 float64 (8 KiB each)
+    vals = np.random.default_rng(3).normal(size=(1, g.size))
+    da = xr.DataArray(vals, dims=("time", "cell"), name="v", coords={"time": TIMES[:1]})
+    da.encoding["preferred_chunks"] = {"cell": 1024}
+    monkeypatch.setattr(field_mod, "RANGE_BYTES", 3 * 8192)
+    f = Field(da, g)
+    f.value_range(0)
+    assert f.chunk_reads == 3
+    monkeypatch.setattr(field_mod, "RANGE_BYTES", 1)
+    f2 = Field(da, g)
+    f2.value_range(0)
+    assert f2.chunk_reads == 1
+
+
 @pytest.mark.parametrize("grid", [tg.HEALPix(16), tg.LatLon(5.0)], ids=str)
 def test_read_many_blocks_any_order(grid: tg.Grid) -> None:
     """A global raster touches every chunk: values land where they belong, each chunk once."""
@@ -267,3 +286,39 @@ def test_chunks_follow_dim_names_when_transposed() -> None:
     idx = np.array([0, 11, 12, 35, 36 * 18 + 35])  # columns 0, 11, 12, 35: three lon chunks
     assert (f.read(1, idx) == vals[:, :, 1].T.ravel()[idx]).all()
     assert f.chunk_reads == 3
+
+
+def test_series_reads_do_not_evict_the_shared_cache(hpx_store: tuple[Path, xr.Dataset]) -> None:
+    """read_series takes its cells from each chunk and drops it: the tiles' chunks stay kept,
+    a chunk already kept is used, and series_bytes says beforehand what is decoded."""
+    path, ds = hpx_store
+    ref = ds["t"].isel(level=0).values
+    cache = ChunkCache(3 * 4096)  # room for three chunks (1 x 1024 float32 each)
+    f = Field.from_dataset(xr.open_zarr(path, chunks=None, consolidated=False), "t", cache=cache)
+    f.read(0, np.arange(0, 3072))  # a "tile": chunks 0..2 of step 0, the cache is full
+    kept = set(cache._items)
+    assert len(kept) == 3 and f.chunk_reads == 3
+    assert f.series_bytes([3, 5000]) == 2 * 3 * 4096  # 2 chunks x 3 steps
+    assert f.series_bytes([3, 5000], times=[1]) == 2 * 4096
+    s = f.read_series([3, 5000])
+    assert (s == ref[:, [3, 5000]]).all()
+    assert set(cache._items) == kept and cache.nbytes == 3 * 4096  # nothing evicted or added
+    assert f.chunk_reads == 3 + 5  # (step 0's chunk of cell 3 was kept: used, not read)
+    assert (f.read_series([-1, 7], times=[2])[0, 1] == ref[2, 7]) and np.isnan(f.read_series([-1], [0])).all()  # fmt: skip
+    assert f.series_bytes([-1]) == 0 and f.read_series([], [0, 1]).shape == (2, 0)
+
+
+def test_chunks_over_the_byte_cap_refused_before_any_read(hpx_store: tuple[Path, xr.Dataset]) -> None:  # fmt: skip
+    path, _ = hpx_store
+    opened = xr.open_zarr(path, consolidated=False, chunks=None)  # chunks (1, 1, 1024) float32
+    f = Field.from_dataset(opened, "t", max_chunk_bytes=4096)  # exactly one chunk: fine
+    assert f.chunk_reads == 0 and f.levels == {"level": [850, 500]}
+    with pytest.raises(ChunkTooLarge, match="decodes to 4096 bytes"):
+        Field.from_dataset(opened, "t", max_chunk_bytes=4095)
+    # declared sizes count, whatever was written; integers (not float64) are read as float64
+    g = tg.HEALPix(4)
+    da = xr.DataArray(np.zeros((3, g.size), dtype=np.int16), dims=("time", "cell"), name="z")
+    da.encoding["chunks"] = (3, g.size)
+    with pytest.raises(ChunkTooLarge, match=f"decodes to {3 * g.size * 8} bytes"):
+        Field(da, g, max_chunk_bytes=3 * g.size * 8 - 1)
+    assert Field(da, g, max_chunk_bytes=3 * g.size * 8).levels == {}

@@ -95,3 +95,16 @@ def test_native_zoom() -> None:
     assert tms.native_zoom("WorldCRS84Quad", tg.HEALPix(1024)) == 3
     assert tms.native_zoom("WebMercatorQuad", tg.HEALPix(2048)) == 5
     assert tms.native_zoom("WebMercatorQuad", tg.HEALPix(1)) == 0
+
+
+def test_native_zoom_from_a_cell_count() -> None:
+    """The same zoom as from the grid, from its cell count alone, for any count (an item's
+    metadata may claim anything: nothing is built, no float overflow)."""
+    for grid in (tg.HEALPix(1), tg.HEALPix(1024), tg.Octahedral(1280), tg.Gaussian(640)):
+        for tms_id in tms.TMS_IDS:
+            assert tms.native_zoom_cells(tms_id, grid.size) == tms.native_zoom(tms_id, grid)
+    assert tms.native_zoom_cells("WebMercatorQuad", 10**400) == tms.MAX_ZOOM
+    assert tms.native_zoom_cells("WorldCRS84Quad", 1) == 0
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="cell count"):
+            tms.native_zoom_cells("WebMercatorQuad", bad)
