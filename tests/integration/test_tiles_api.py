@@ -87,7 +87,7 @@ class Env:
         if item_id not in self._stores:
             r = requests.get(
                 self.p.url + "services/stac/search",
-                params={"ids": item_id},
+                params={"ids": item_id, "collections": "climate-dt"},
                 headers=self.auth,
                 timeout=60,
             )

@@ -70,14 +70,19 @@ def test_another_users_collection_never_shadows_a_lake_item(tiles):
     fake.update(collection="0", links=[], assets={"zarr": seeded["assets"]["zarr"]})
     fake["properties"] = {**fake["properties"], "title": "bob's copy"}
     register_item(p, fake, BOB)
-    owner = requests.get(p.url + "services/stac/collections/0", headers=h, timeout=60).json()
-    assert owner.get("twinhub:owner") == BOB
-    for user in (ALICE, BOB):
-        r = tiles_get(p, f"layers/{SEEDED}", user=user)
-        assert r.status_code == 200, r.text
-        assert r.json()["collection"] == "climate-dt", user
-        assert "bob's copy" not in r.json()["title"]
-        assert r.headers["cache-control"] == "private, no-store"
+    try:
+        owner = requests.get(p.url + "services/stac/collections/0", headers=h, timeout=60).json()
+        assert owner.get("twinhub:owner") == BOB
+        for user in (ALICE, BOB):
+            r = tiles_get(p, f"layers/{SEEDED}", user=user)
+            assert r.status_code == 200, r.text
+            assert r.json()["collection"] == "climate-dt", user
+            assert "bob's copy" not in r.json()["title"]
+            assert r.headers["cache-control"] == "private, no-store"
+    finally:  # the session's other modules look the seeded id up in the lake: one item again
+        stac = p.url + "services/stac/collections/0"
+        requests.delete(f"{stac}/items/{SEEDED}", headers=h, timeout=60)
+        requests.delete(stac, headers=h, timeout=60)
 
 
 def test_health_needs_no_login(tiles):

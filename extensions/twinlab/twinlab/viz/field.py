@@ -28,6 +28,11 @@ RANGE_BYTES = 64 << 20  # value_range: chunk bytes decoded at most (one chunk at
 IO_THREADS = 8  # concurrent chunk reads per process (object-store latency, not CPU)
 SERIES_IN_FLIGHT = 4  # read_series: chunks read (and held) at once per series
 _TIME_DIMS = ("time", "valid_time", "step")  # cfgrib: one forecast's steps
+MAX_LEVEL_VALUES = 10_000  # values of one extra dim at most (each made a Python value)
+
+
+class TooManyValues(ValueError):
+    """An extra dimension (levels) with more values than a selector lists."""
 
 
 class ChunkTooLarge(ValueError):
@@ -178,6 +183,9 @@ class Field:
         self._ranges: dict[int, tuple[float, float]] = {}
         #: Extra dims (levels) of the data and all their values ({}: none or not known).
         self.levels: dict[str, list[Any]] = {}
+        #: One-value coordinates; levels_known: both recorded at open (never re-opened).
+        self.scalars: dict[str, list[Any]] = {}
+        self.levels_known = False
         #: Bytes of its data held in memory outside the chunk cache (decoded GRIB): its
         #: owner counts them in a budget; 0 for lazy stores.
         self.memory_bytes = 0
@@ -236,10 +244,10 @@ class Field:
         g = from_dataset(ds, variable) if grid is None else grid
         da = ds[variable]
         levels = {
-            str(d): [v.item() if hasattr(v, "item") else v for v in _dim_values(da, d)]
-            for d in da.dims
-            if d not in g.dims and d not in _TIME_DIMS
+            str(d): _level_values(da, d) for d in da.dims if d not in g.dims and d not in _TIME_DIMS
         }
+        # one-value coordinates left (GRIB's heightAboveGround): recorded, never re-read
+        scalars = {str(c): [da[c].values.item()] for c in da.coords if da[c].ndim == 0}
         sel = dict(selection or {})
         unknown = set(sel) - set(map(str, da.dims))
         if unknown:
@@ -260,7 +268,7 @@ class Field:
                 zip(map(str, ds[variable].dims), enc["chunks"], strict=True)
             )
         f = cls(da, g, cache=cache, key=key, max_chunk_bytes=max_chunk_bytes)
-        f.levels = levels
+        f.levels, f.scalars, f.levels_known = levels, scalars, True
         return f
 
     @staticmethod
@@ -272,7 +280,7 @@ class Field:
         for dim in da.dims:
             if dim in gdims or dim in _TIME_DIMS:
                 continue
-            out[str(dim)] = [v.item() if hasattr(v, "item") else v for v in _dim_values(da, dim)]
+            out[str(dim)] = _level_values(da, dim)
         return out
 
     # ---- reading --------------------------------------------------------------------
@@ -441,7 +449,7 @@ class Field:
         )
         tbs = {int(np.searchsorted(self._t_edges, t, side="right") - 1) for t in steps}
         nt = sum(int(self._t_edges[tb + 1] - self._t_edges[tb]) for tb in tbs)
-        return nt * spatial * item
+        return int(nt * spatial * item)
 
     def _steps(self, times: Any) -> list[int]:
         if times is None:
@@ -524,6 +532,13 @@ class Field:
             rng = (a, b)
         self._ranges[t] = rng
         return rng
+
+
+def _level_values(da: Any, dim: Hashable) -> list[Any]:
+    """Extra dim ``dim``'s values as Python values; TooManyValues beyond MAX_LEVEL_VALUES."""
+    if (n := int(da.sizes[dim])) > MAX_LEVEL_VALUES:
+        raise TooManyValues(f"its dimension {str(dim)[:64]!r} has {n} values, over {MAX_LEVEL_VALUES}")  # fmt: skip
+    return [v.item() if hasattr(v, "item") else v for v in _dim_values(da, dim)]
 
 
 def _dim_values(da: Any, dim: Hashable) -> np.ndarray:

@@ -15,8 +15,9 @@ the caller could read that data themselves:
   (a Zarr store's ``zarr.json``, else ``.zgroup``) must succeed; no keys: 403 naming it;
 - admins calling with an admin-scoped token (:func:`~..hubauth.acts_as_admin`): any item.
 
-Decisions are kept ``TwinhubTiles.access_ttl`` seconds per (caller, href); boto calls run
-in a thread, never on the event loop.
+Decisions are kept ``TwinhubTiles.access_ttl`` seconds per (caller, bucket) (the store's
+rule is per bucket; an absent object per (caller, href)); boto calls run in a thread, never
+on the event loop.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .context import TilesContext
 DECISIONS = "access.decisions"
 CLIENTS = "access.clients"
 LAKE = "access.lake_bucket"
+LOCKS = "access.locks"
 #: Access decisions kept at most (the oldest go first).
 MAX_DECISIONS = 10_000
 #: S3 clients kept (one per user's key pair).
@@ -257,23 +259,41 @@ def can_read(c: Any, bucket: str, keys: list[str]) -> int:
     return status
 
 
-def _decide_bucket(ctx: TilesContext, caller: Caller, bucket: str, key: str, kind: str) -> None:
-    """Blocking (boto): whether the caller's own keys read the object; raises the refusal."""
+def _decide_bucket(ctx: TilesContext, caller: Caller, bucket: str, key: str, kind: str) -> int:
+    """Blocking (boto): the object store's answer to the caller's own keys reading the
+    object (200, 403, 404, else an outage); 403 BadRequest when they have no keys."""
     assert caller.name is not None
-    c = _user_client(ctx, caller.name)
-    status = can_read(c, bucket, probe_keys(key, kind))
-    if status == 200:
-        return
+    return can_read(_user_client(ctx, caller.name), bucket, probe_keys(key, kind))
+
+
+def _refusal(caller: Caller, bucket: str, key: str, status: int) -> BadRequest | None:
     href = f"s3://{bucket}/{key}"
+    if status == 200:
+        return None
     if status == 403:
-        raise BadRequest(
+        return BadRequest(
             f"{caller.name!r} may not read {href} (bucket {bucket!r} is not theirs, nor of "
             "a project of theirs): the object store refused their keys",
             403,
         )
     if status == 404:
-        raise BadRequest(f"no data at {href} (or {caller.name!r} may not see it)", 404)
-    raise BadRequest(f"the object store answered {status} for {href}", 502)
+        return BadRequest(f"no data at {href} (or {caller.name!r} may not see it)", 404)
+    return BadRequest(f"the object store answered {status} for {href}", 502)
+
+
+class Budget:
+    """Object store checks (HEADs) one request may still make (e.g. a listing's)."""
+
+    def __init__(self, heads: int) -> None:
+        self.heads = heads
+        #: Checks refused for want of HEADs (their items are left unchecked).
+        self.refused = 0
+
+    def spend(self, what: str) -> None:
+        if self.heads <= 0:
+            self.refused += 1
+            raise BadRequest(f"{what} not checked: this request's object store checks are spent", 503)  # fmt: skip
+        self.heads -= 1
 
 
 async def check_item(
@@ -282,10 +302,16 @@ async def check_item(
     item: Mapping[str, Any],
     *,
     blocking: Callable[..., Any] | None = None,
+    budget: Budget | None = None,
 ) -> tuple[str, Mapping[str, Any], str]:
     """Whether ``caller`` may view ``item`` (a STAC item as JSON): returns its data asset
     ``(key, asset, format)``, else raises BadRequest (401, 403, 404; see the module doc).
-    ``blocking(fn, *args)`` runs the object store's check (default: a thread)."""
+    ``blocking(fn, *args)`` runs the object store's check (default: a thread).
+
+    The object store's rule is per bucket (a home or project bucket is readable wholly or
+    not at all): a read or a refusal decides the (caller, bucket), so one HEAD per bucket
+    and caller (checks of one bucket wait for the first); only an absent object (404) is
+    decided per href. A HEAD spends one of ``budget``'s (503 when none is left)."""
     collection = str(item.get("collection") or "")
     public = collection in ctx.settings.public_collections
     if caller.anonymous and not public:
@@ -305,19 +331,43 @@ async def check_item(
         )
     assert caller.name is not None
     decisions = _decisions(ctx)
-    cache_key = (caller.name, href)
-    known, refusal = decisions.get(cache_key)
-    if not known:
-        try:
-            await (blocking or asyncio.to_thread)(
-                _decide_bucket, ctx, caller, bucket, key, chosen[2]
-            )
-            refusal = None
-        except BadRequest as e:
-            if e.status == 502:  # not a decision: ask again next time
-                raise
-            refusal = e
-        decisions.put(cache_key, refusal, ctx.settings.access_ttl)
+    per_bucket, per_href = (caller.name, "bucket", bucket), (caller.name, href)
+    locks: dict[tuple, list] = ctx.extras.setdefault(LOCKS, {})
+    held = locks.setdefault(per_bucket, [asyncio.Lock(), 0])
+    held[1] += 1
+    try:
+        async with held[0]:
+            status = _known(decisions, per_bucket, per_href)
+            if status is None:
+                if budget is not None:
+                    budget.spend(f"item {item.get('id')!r}")
+                try:
+                    status = await (blocking or asyncio.to_thread)(
+                        _decide_bucket, ctx, caller, bucket, key, chosen[2]
+                    )
+                except BadRequest as e:  # no keys of their own: a refusal for every bucket
+                    decisions.put(per_bucket, e, ctx.settings.access_ttl)
+                    raise
+                if status in (200, 403):
+                    decisions.put(per_bucket, status, ctx.settings.access_ttl)
+                elif status == 404:
+                    decisions.put(per_href, status, ctx.settings.access_ttl)
+                # else: an outage, not a decision: ask again next time
+    finally:
+        held[1] -= 1
+        if held[1] == 0:
+            locks.pop(per_bucket, None)
+    if isinstance(status, BadRequest):
+        raise status
+    refusal = _refusal(caller, bucket, key, status)
     if refusal is not None:
         raise refusal
     return chosen
+
+
+def _known(decisions: Expiring, *keys: Any) -> Any:
+    for k in keys:
+        known, value = decisions.get(k)
+        if known:
+            return value
+    return None

@@ -4,7 +4,9 @@
 ``param``), valid times (its ``cube:dimensions`` time: values, else extent and step, within
 the item's datetimes; at most ``MAX_TIMES``), bbox, grid. Item lookups pick, among the
 collections holding an id, the platform's (no ``twinhub:owner``), then the caller's own;
-another user's collection never shadows them. Listings skip (and log) any item that cannot
+another user's collection never shadows them (an owner that cannot be looked up is never
+guessed: 503 when it could change the pick; more than ``MAX_MATCHES`` matches: 422). Listings
+name at most ``max_variables`` per item and skip (and log) any item that cannot
 be parsed or checked: one bad item never fails a listing; they are built in a thread.
 """
 
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import unicodedata
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ import httpx
 from twinlab.contract import FIELD_GRID, FIELD_OWNER, FIELD_VARIABLE, USER_COLLECTION_PREFIX
 
 from ..asgi import BadRequest
-from .access import Caller, Expiring, check_item, data_asset, lake_bucket, on_lake
+from .access import Budget, Caller, Expiring, check_item, data_asset, lake_bucket, on_lake
 from .context import TilesContext
 
 log = logging.getLogger("twinhub.tiles.layers")
@@ -40,13 +41,18 @@ MAX_TIMES = 10_000
 SCAN = 10
 #: Access checks (HEADs of the object store) of one listing at once.
 CHECKS_AT_ONCE = 8
+#: Object store checks (HEADs: one per bucket and caller) one listing may make; items of
+#: buckets left unchecked are left out of it (a later listing checks them).
+HEADS_PER_LISTING = 64
 #: Pages of matches of one item id looked at, at most (every collection holding it).
 MATCH_PAGES = 25
+#: Matches of one id decided among at most (more: 422 naming the count).
+MAX_MATCHES = MATCH_PAGES * PAGE
 #: Years datetime64[ns] holds (and so the data's time axes): others are refused.
 YEARS = (1678, 2261)
 #: ``ctx.extras`` keys owned here.
 ITEMS, LISTING = "layers.items", "layers.listing"
-INFOS, OWNERS = "layers.infos", "layers.owners"
+INFOS, OWNERS, CHOSEN = "layers.infos", "layers.owners", "layers.chosen"
 _DURATION = re.compile(
     r"P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?"
 )
@@ -89,15 +95,52 @@ def check_item_id(item_id: str) -> str:
     return item_id
 
 
+#: Characters XML 1.0 cannot hold (lxml raises): C0 controls but tab/LF/CR, surrogates,
+#: U+FFFE and U+FFFF; also C1 controls and tab/LF/CR, written as spaces in one-line texts.
+_NOT_XML = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
 def plain_text(text: Any, limit: int = 2000) -> str:
-    """``text`` without control characters (XML 1.0 cannot hold them: lxml raises),
-    at most ``limit`` characters."""
-    s = str(text)[: limit * 2]
-    return "".join(" " if unicodedata.category(c) in ("Cc", "Cs") else c for c in s)[:limit]
+    """``text`` with only characters XML 1.0 allows (others, and control characters, as
+    spaces: lxml raises on them), at most ``limit`` characters."""
+    return _NOT_XML.sub(" ", str(text)[:limit])
 
 
 def iso(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_duration(step: timedelta) -> str:
+    """An ISO 8601 duration of days, hours, minutes, seconds (what :func:`parse_duration` reads)."""
+    secs = step.total_seconds()
+    days, rest = divmod(secs, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    clock = "".join(f"{v:g}{u}" for v, u in ((int(hours), "H"), (int(minutes), "M"), (seconds, "S")) if v)  # fmt: skip
+    if not days and not clock:
+        return "PT0S"
+    return (f"P{int(days)}D" if days else "P") + (f"T{clock}" if clock else "")
+
+
+def time_runs(times: tuple[datetime, ...] | list[datetime]) -> list[tuple[datetime, int, timedelta]]:  # fmt: skip
+    """``times`` (ascending) as runs of a constant step: ``(start, count, step)`` (a lone
+    time: count 1, step 0). Documents beyond their time budget write these instead of
+    every time (WMTS ``start/end/period``, ISO 8601 ``R<n>/<start>/<period>``)."""
+    out: list[tuple[datetime, int, timedelta]] = []
+    i, n = 0, len(times)
+    while i < n:
+        if i + 2 < n:
+            step = times[i + 1] - times[i]
+            j = i + 1
+            while j + 1 < n and times[j + 1] - times[j] == step:
+                j += 1
+            if j - i >= 2:  # three or more times: one run
+                out.append((times[i], j - i + 1, step))
+                i = j + 1
+                continue
+        out.append((times[i], 1, timedelta(0)))
+        i += 1
+    return out
 
 
 def parse_instant(text: str) -> datetime:
@@ -268,41 +311,79 @@ async def _stac_get(ctx: TilesContext, path: str, params: list[tuple[str, str]])
     return doc if isinstance(doc, dict) else {}
 
 
+class OwnerUnknown(Exception):
+    """A collection's owner could not be looked up (the STAC API failed): not an answer."""
+
+
 async def _owner(ctx: TilesContext, collection: str) -> str | None:
     """The collection's ``twinhub:owner``: "" for the platform's (none), a user's name, or
-    None when unknown (treated as another user's: it never shadows). Cached access_ttl."""
+    None when it is unknown (no such collection, or an answer about another id: ranked as
+    another user's, never shadowing). Answers cached access_ttl; a failed lookup raises
+    :class:`OwnerUnknown` and is not cached."""
     if collection.startswith(USER_COLLECTION_PREFIX):  # reserved for that user (datalake guard)
         return collection[len(USER_COLLECTION_PREFIX) :]
     cache: Expiring = ctx.extras.setdefault(OWNERS, Expiring(4096))
     known, owner = cache.get(collection)
-    if not known:
-        try:
-            doc = await _stac_get(ctx, f"collections/{quote(collection, safe='')}", [])
-            value = doc.get(FIELD_OWNER) if doc.get("id") == collection else None
-            owner = None if value is None and not doc else str(value or "")
-        except BadRequest as e:
-            log.warning("owner of collection %r unknown: %s", collection, e.message)
-            owner = None
-        cache.put(collection, owner, ctx.settings.access_ttl)
+    if known:
+        return owner
+    if ctx.stac is None:
+        raise OwnerUnknown("no STAC client")
+    try:
+        r = await ctx.stac.get(f"collections/{quote(collection, safe='')}")
+        doc = r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as e:
+        raise OwnerUnknown(f"{type(e).__name__}: {e}") from None
+    if r.status_code == 404:
+        owner = None
+    elif not isinstance(doc, dict):
+        raise OwnerUnknown(f"the STAC API answered {r.status_code}")
+    elif doc.get("id") != collection:
+        owner = None
+    else:
+        owner = str(doc.get(FIELD_OWNER) or "")
+    cache.put(collection, owner, ctx.settings.access_ttl)
     return owner
 
 
 async def _prefer(items: list[dict], ctx: TilesContext, caller: Caller) -> dict:
     """The item an id means when several collections hold it: the platform's (a collection
     without ``twinhub:owner``; a public one first), then the caller's own, then (never
-    shadowing those) other users' collections; ties by collection id."""
+    shadowing those) other users' collections; ties by collection id. Owners are looked up
+    ``CHECKS_AT_ONCE`` at a time; a candidate whose owner cannot be looked up is never
+    ranked: 503 unless a known candidate outranks whatever it could be."""
     if len(items) == 1:
         return items[0]
     public = set(ctx.settings.public_collections)
+    gate = asyncio.Semaphore(CHECKS_AT_ONCE)
+    cids = sorted({str(i.get("collection") or "") for i in items})
 
-    async def rank(i: dict) -> tuple:
-        cid = str(i.get("collection") or "")
-        owner = await _owner(ctx, cid)
-        who = 0 if owner == "" else 1 if caller.name and owner == caller.name else 2
+    async def owner(cid: str) -> Any:
+        async with gate:
+            try:
+                return await _owner(ctx, cid)
+            except OwnerUnknown as e:
+                log.warning("owner of collection %.120r unknown: %s", cid, e)
+                return e
+
+    owners = dict(zip(cids, await asyncio.gather(*map(owner, cids)), strict=True))
+
+    def rank(cid: str) -> tuple:
+        o = owners[cid]
+        who = 0 if o == "" else 1 if caller.name and o == caller.name else 2
         return (who, cid not in public, cid)
 
-    ranks = [await rank(i) for i in items]
-    return items[min(range(len(items)), key=ranks.__getitem__)]
+    known = [c for c in cids if not isinstance(owners[c], OwnerUnknown)]
+    failed = [c for c in cids if isinstance(owners[c], OwnerUnknown)]
+    best = min(known, key=rank, default=None)
+    # a failed one could be the platform's: it must rank below the best known at its best
+    if best is None or any((0, c not in public, c) < rank(best) for c in failed):
+        item_id = items[0].get("id")
+        raise BadRequest(
+            f"cannot tell which collection owns {item_id!r} (the owner of "
+            f"{', '.join(map(repr, failed[:5]))} could not be looked up); try again",
+            503,
+        )
+    return next(i for i in items if str(i.get("collection") or "") == best)
 
 
 async def get_item(
@@ -310,8 +391,15 @@ async def get_item(
 ) -> dict:
     """The lake's item ``item_id`` (lookups cached ``access_ttl``; of ``collection`` if
     given, e.g. a LayerInfo's, else as :func:`_prefer` picks for ``caller`` among every
-    collection holding it); 404: none."""
+    collection holding it, the choice cached per (id, caller)); 404: none; 422: more than
+    ``MATCH_PAGES`` x ``PAGE`` collections hold it (no decision on a partial read)."""
     check_item_id(item_id)
+    caller = caller or Caller(None)
+    chosen: Expiring = ctx.extras.setdefault(CHOSEN, Expiring(4096))
+    if collection is None:
+        known, item = chosen.get((item_id, caller.name))
+        if known:
+            return item
     cache: Expiring = ctx.extras.setdefault(ITEMS, Expiring())
     known, found = cache.get(item_id)
     if not known:
@@ -328,12 +416,26 @@ async def get_item(
             params = parse_qsl(urlsplit(str(nxt.get("href") or "")).query, keep_blank_values=True)
             if not params:
                 break
+        if params or len(found) > MAX_MATCHES:  # more pages than are read: refused, not guessed
+            matched = doc.get("numberMatched")
+            count = matched if isinstance(matched, int) else f"more than {MAX_MATCHES}"
+            found = BadRequest(
+                f"{count} items have the id {item_id!r} (the limit is {MAX_MATCHES}): the "
+                "service cannot tell which one is meant",
+                422,
+            )
         cache.put(item_id, found, ctx.settings.access_ttl)
+    if isinstance(found, BadRequest):
+        raise found
     if collection is not None:
         found = [f for f in found if f.get("collection") == collection]
     if not found:
         raise BadRequest(f"no item {item_id!r} in the data lake", 404)
-    return await _prefer(found, ctx, caller or Caller(None))
+    if collection is not None:
+        return await _prefer(found, ctx, caller)
+    item = await _prefer(found, ctx, caller)
+    chosen.put((item_id, caller.name), item, ctx.settings.access_ttl)
+    return item
 
 
 async def _pages(ctx: TilesContext, caller: Caller) -> AsyncIterator[tuple[tuple, list[dict]]]:
@@ -358,14 +460,22 @@ async def _pages(ctx: TilesContext, caller: Caller) -> AsyncIterator[tuple[tuple
 
 
 def page_infos(
-    items: list[dict], public_collections: list[str] | tuple[str, ...], lake: str
+    items: list[dict],
+    public_collections: list[str] | tuple[str, ...],
+    lake: str,
+    max_variables: int = 64,
 ) -> list[list[LayerInfo]]:
-    """Blocking (run in a thread): each item's layers, [] for an item that names no data
-    the service reads or cannot be parsed (logged: one bad item never fails a listing)."""
+    """Blocking (run in a thread): each item's layers (its first ``max_variables``:
+    TwinhubTiles.max_variables; the others are reached by layer id), [] for an item that
+    names no data the service reads or cannot be parsed (logged: one bad item never fails
+    a listing)."""
     out: list[list[LayerInfo]] = []
     for item in items:
         try:
-            out.append(layer_infos(item, public_collections, data_asset(item), lake))
+            infos = layer_infos(item, public_collections, data_asset(item), lake)
+            if len(infos) > max_variables:
+                log.info("item %.80r lists %d of its %d variables (TwinhubTiles.max_variables)", item.get("id"), max_variables, len(infos))  # fmt: skip
+            out.append(infos[:max_variables])
         except BadRequest:
             out.append([])
         except Exception as e:  # a crafted item: whatever it breaks, the others are listed
@@ -379,23 +489,25 @@ async def list_layers(ctx: TilesContext, caller: Caller, limit: int) -> tuple[li
     left out. Items the caller may not view (or that cannot be checked: an invalid bucket,
     the store refusing), or holding no data the service reads, are skipped; at most
     ``SCAN`` x max_layers items are looked at. Pages' layers are parsed in a thread and
-    kept ``access_ttl``; the object store's checks of a page's items run a few at once."""
+    kept ``access_ttl``; the object store's checks of a page's items run a few at once, at
+    most ``HEADS_PER_LISTING`` (one per bucket; items left unchecked: truncated)."""
     limit = max(0, min(int(limit), ctx.settings.max_layers))
     out: list[LayerInfo] = []
     seen = 0
     gate = asyncio.Semaphore(CHECKS_AT_ONCE)
     parsed: Expiring = ctx.extras.setdefault(INFOS, Expiring(256))
     lake = lake_bucket(ctx)
+    budget = Budget(HEADS_PER_LISTING)
 
     async def viewable(item: dict, infos: list[LayerInfo]) -> bool:
         if not infos:
             return False
         async with gate:
             try:
-                await check_item(ctx, caller, item)
+                await check_item(ctx, caller, item, budget=budget)
                 return True
             except BadRequest as e:
-                if e.status >= 500:
+                if e.status >= 500 and not budget.refused:
                     log.warning("item %.80r left out of a listing: %s", item.get("id"), e.message)
                 return False
             except Exception as e:  # never the whole listing for one item
@@ -408,7 +520,8 @@ async def list_layers(ctx: TilesContext, caller: Caller, limit: int) -> tuple[li
         known, per_item = parsed.get((key, len(items)))
         if not known:
             public = tuple(ctx.settings.public_collections)
-            per_item = await asyncio.to_thread(page_infos, items, public, lake)
+            cap = ctx.settings.max_variables
+            per_item = await asyncio.to_thread(page_infos, items, public, lake, cap)
             parsed.put((key, len(items)), per_item, ctx.settings.access_ttl)
         oks = await asyncio.gather(*map(viewable, items, per_item))
         for infos, ok in zip(per_item, oks, strict=True):
@@ -420,7 +533,7 @@ async def list_layers(ctx: TilesContext, caller: Caller, limit: int) -> tuple[li
                 out.append(info)
         if seen >= SCAN * ctx.settings.max_layers:
             return out, True
-    return out, False
+    return out, budget.refused > 0  # items left unchecked: some may be viewable
 
 
 async def layer_info(

@@ -37,6 +37,7 @@ from ..asgi import BadRequest, service_url
 from .access import caller_of
 from .context import TilesContext
 from .layers import LayerInfo, layer_info, list_layers
+from .listing import iso, iso_duration, time_runs
 from .params import (
     check_grid,
     check_id,
@@ -52,6 +53,9 @@ from .params import (
 from .serve import extra_dims, open_selected, tile_response
 
 JSON = "application/json"
+#: Time values one collections document writes at most: beyond it, a layer's times are
+#: written as ISO 8601 repeating intervals ``R<n>/<start>/<period>`` with their count.
+TIME_VALUES = 50_000
 PNG = "image/png"
 REL = "http://www.opengis.net/def/rel/ogc/1.0/"
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
@@ -132,7 +136,23 @@ def temporal(info: LayerInfo) -> list[list[str | None]]:
     return [[times[0], times[-1]]] if times else [[None, None]]
 
 
-def collection(base: str, info: LayerInfo) -> dict[str, Any]:
+def temporal_extent(info: LayerInfo, budget: int = TIME_VALUES) -> dict[str, Any]:
+    """``interval`` and the times: every one within ``budget``, else ``count`` and, when
+    they fit, runs of a constant step as ``R<n>/<start>/<period>`` (a lone time as itself)."""
+    out: dict[str, Any] = {"interval": temporal(info)}
+    if len(info.times) <= budget:
+        out["values"] = times_iso(info)
+        return out
+    out["count"] = len(info.times)
+    runs = time_runs(info.times)
+    if len(runs) <= budget:
+        out["values"] = [
+            iso(t0) if n == 1 else f"R{n}/{iso(t0)}/{iso_duration(step)}" for t0, n, step in runs
+        ]
+    return out
+
+
+def collection(base: str, info: LayerInfo, time_budget: int = TIME_VALUES) -> dict[str, Any]:
     here = layer_base(base, info)
     return {
         "id": info.layer_id,
@@ -144,7 +164,7 @@ def collection(base: str, info: LayerInfo) -> dict[str, Any]:
         "stacCollection": info.collection,
         "extent": {
             "spatial": {"bbox": [list(info.bbox)], "crs": CRS84},
-            "temporal": {"interval": temporal(info), "values": times_iso(info)},
+            "temporal": temporal_extent(info, time_budget),
         },
         "links": [
             link(here, "self", title=info.layer_id),
@@ -215,6 +235,16 @@ def tilesets(base: str, info: LayerInfo, zooms: dict[str, int]) -> dict[str, Any
     return {"tilesets": out, "links": [link(layer_base(base, info) + "/map/tiles", "self")]}
 
 
+def collections_of(base: str, infos: list[LayerInfo]) -> list[dict[str, Any]]:
+    """Blocking: the collections of ``infos``, their times within one ``TIME_VALUES``
+    budget for the whole document."""
+    out, budget = [], TIME_VALUES
+    for info in infos:
+        out.append(collection(base, info, max(budget, 0)))
+        budget -= len(out[-1]["extent"]["temporal"].get("values", ()))
+    return out
+
+
 # -- the routes ---------------------------------------------------------------------------------
 #: Cache-Control of JSON answers that depend on the caller (what they may view) or on the
 #: request's host: never kept by shared caches nor stored.
@@ -274,7 +304,7 @@ def router(ctx: TilesContext) -> APIRouter:
         infos, truncated = await list_layers(ctx, caller_of(request), ctx.settings.max_layers)
         doc: dict[str, Any] = {
             # in a thread: up to max_layers layers of up to 10k times each
-            "collections": await asyncio.to_thread(lambda: [collection(base, i) for i in infos]),
+            "collections": await asyncio.to_thread(collections_of, base, infos),
             "links": [link(base + "collections", "self")],
             "numberReturned": len(infos),
         }

@@ -5,7 +5,9 @@ checked: NetCDF4/HDF5 files are walked with h5py first and refused when a datase
 data outside the file (HDF5 external storage, virtual datasets) or a link leaves the file
 (external links) -- h5netcdf would otherwise read local files of the service; NetCDF3 is
 read by scipy only within ``max_read_bytes`` (it reads the whole file at open); GRIB is
-copied whole (a few copies at once) and its decoded size bounded. After opening, before any
+copied whole (a few copies at once), its decoded size bounded from the messages' headers
+then lazily, before decoding. Zarr and HDF5 arrays' declared shapes and dtypes are checked
+from metadata before xarray opens (it loads every index). After opening, before any
 grid or field is built: the grid's cells (``max_grid_cells``), the time axis
 (``max_item_times``) and the chunks' decoded size (``max_chunk_bytes``) are checked (422
 naming the limit). Opens run in a pool of their own (access checks keep asyncio's); fields
@@ -28,19 +30,20 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import h5py
 import numpy as np
 import s3fs
 import xarray as xr
+import zarr
 
 import twinlab.grids as grids
-from twinlab.datalake.grib import open_grib, with_grid
+from twinlab.datalake.grib import _cfgrib, open_grib, with_grid
 from twinlab.datalake.items import select_valid_times
 from twinlab.datalake.opening import select_variable
 from twinlab.grids.detect import LAT_NAMES, LON_NAMES
-from twinlab.viz.field import ChunkCache, ChunkTooLarge, Field
+from twinlab.viz.field import ChunkCache, ChunkTooLarge, Field, TooManyValues
 
 from ...objectstore import admin_keys, endpoint
 from ..asgi import BadRequest
@@ -67,6 +70,12 @@ _HDF5 = b"\x89HDF\r\n\x1a\n"
 _HDF5_OFFSETS = (0, 512, 1024, 2048, 4096, 8192)  # where a user block may push the signature
 _CDF3 = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 _TIME_DIMS = ("time", "valid_time", "step")
+#: Stored dtypes drawn (kinds): bool, int, uint, float; strings, objects, compound refused.
+_DRAWN_KINDS = "biuf"
+#: Where open_dataset keeps the bytes a dataset holds in memory (NetCDF3, GRIB) (encoding).
+_HELD = "twinhub_tiles_held_bytes"
+#: Grid attributes that must be whole non-negative numbers (when present).
+_WHOLE_ATTRS = ("gaussian_N", "GRIB_N", "healpix_nside", "GRIB_Nside")
 
 
 def field_key(info: LayerInfo, selection: Mapping[str, Any] | None = None) -> str:
@@ -85,11 +94,74 @@ def storage_options(ctx: TilesContext) -> dict[str, Any]:
     return {"key": key, "secret": secret, "endpoint_url": endpoint(ctx.rt)}
 
 
+# -- declared shapes, before xarray opens --------------------------------------------------
+class DeclaredArray(NamedTuple):
+    """An array as its metadata declare it (nothing of it read)."""
+
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: Any
+    chunks: tuple[int, ...]
+
+
+def declared_check(ctx: TilesContext, info: LayerInfo) -> Callable[[DeclaredArray], str | None]:
+    """Why an array declared so must not be opened (None: it may). xarray loads every
+    dimension coordinate when it opens (an empty Zarr ``time`` of 5e7 steps is 400 MB),
+    so these are bounded first: a time axis by ``max_item_times``, any other by
+    ``max_grid_cells``; the layer's variable must be stored as bool/int/uint/float and
+    its chunks within ``max_chunk_bytes``."""
+    s = ctx.settings
+
+    def why(a: DeclaredArray) -> str | None:
+        if len(a.shape) == 1 and a.dims == (a.name,):  # an index: loaded at open
+            n = int(a.shape[0])
+            timed = a.name in _TIME_DIMS
+            limit, setting = (s.max_item_times, "max_item_times") if timed else (s.max_grid_cells, "max_grid_cells")  # fmt: skip
+            if n > limit:
+                return f"its coordinate {a.name!r} declares {n} values, over TwinhubTiles.{setting} ({limit})"  # fmt: skip
+        if a.name != info.variable:
+            return None
+        dtype = np.dtype(a.dtype)
+        if dtype.kind not in _DRAWN_KINDS:
+            return f"{a.name!r} is stored as {dtype} (only bool, int, uint and float are drawn)"
+        # as Field counts: floats decode to their own size, others (masked, scaled) to 8
+        size = dtype.itemsize if dtype.kind == "f" else 8
+        for c, n in zip(a.chunks, a.shape, strict=False):
+            size *= min(int(c), int(n))  # Python ints: no overflow
+        if size > s.max_chunk_bytes:
+            return f"a chunk of {a.name!r} decodes to {size} bytes, over TwinhubTiles.max_chunk_bytes ({s.max_chunk_bytes})"  # fmt: skip
+        return None
+
+    return why
+
+
+def zarr_declared(store: Any, opts: Mapping[str, Any] | None) -> list[DeclaredArray]:
+    """The root group's arrays as their metadata declare them (no chunk read)."""
+    kw = {"storage_options": dict(opts)} if opts else {}
+    group = zarr.open_group(store, mode="r", **kw)
+    out = []
+    for name, arr in group.arrays():
+        meta = arr.metadata
+        dims = getattr(meta, "dimension_names", None) or arr.attrs.get("_ARRAY_DIMENSIONS") or ()
+        out.append(DeclaredArray(str(name), tuple(map(str, dims)), tuple(arr.shape), arr.dtype, tuple(arr.chunks)))  # fmt: skip
+    return out
+
+
+def _refuse_declared(why: Callable[[DeclaredArray], str | None], arrays: list[DeclaredArray], what: str) -> None:  # fmt: skip
+    for a in arrays:
+        reason = why(a)
+        if reason:
+            raise BadRequest(f"{what}: {reason}", 422)
+
+
 # -- NetCDF / HDF5 --------------------------------------------------------------------------
-def hdf5_refusal(fileobj: Any) -> str | None:
+def hdf5_refusal(fileobj: Any, declared: Callable[[DeclaredArray], str | None] | None = None) -> str | None:  # fmt: skip
     """Why the HDF5 file ``fileobj`` must not be opened (None: it may): a dataset with
     external storage or a virtual dataset (data from other files, e.g. local ones of the
-    service), an external link. Links are looked at, not followed."""
+    service), an external link; ``declared``: why a dataset's declared shape/dtype is
+    refused (metadata only: before xarray loads any coordinate). Links are looked at, not
+    followed."""
     with h5py.File(fileobj, "r") as f:
         seen: set[Any] = set()
         todo: list[tuple[str, h5py.Group]] = [("/", f)]
@@ -113,7 +185,18 @@ def hdf5_refusal(fileobj: Any) -> str | None:
                         return f"{where} keeps its data in external files"
                     if obj.is_virtual:
                         return f"{where} is a virtual dataset (data from other files)"
+                    if declared is not None and path == "/":  # xarray opens the root group
+                        why = declared(_h5_declared(name, obj))
+                        if why:
+                            return why
     return None
+
+
+def _h5_declared(name: str, d: h5py.Dataset) -> DeclaredArray:
+    """A dataset's declared name, dims (a dimension scale is its own dim), shape, dtype,
+    chunks -- metadata only."""
+    dims = (name,) if d.ndim == 1 and d.is_scale else ()
+    return DeclaredArray(name, dims, tuple(d.shape), d.dtype, tuple(d.chunks or d.shape))
 
 
 def _netcdf_kind(fileobj: Any) -> str:
@@ -130,27 +213,41 @@ def _netcdf_kind(fileobj: Any) -> str:
     return ""
 
 
-def open_netcdf(fileobj: Any, size: int, limit: int, what: str) -> Any:
+def open_netcdf(
+    fileobj: Any,
+    size: int,
+    limit: int,
+    what: str,
+    declared: Callable[[DeclaredArray], str | None] | None = None,
+) -> Any:
     """NetCDF from ``fileobj`` with an explicit engine: h5netcdf for NetCDF4/HDF5 after
-    :func:`hdf5_refusal`; scipy for NetCDF3 within ``limit`` bytes (it reads it whole).
-    BadRequest 422 for what is refused."""
-    kind = _netcdf_kind(fileobj)
-    fileobj.seek(0)
-    if kind == "hdf5":
-        why = hdf5_refusal(fileobj)
-        if why:
-            raise BadRequest(f"{what}: refused: {why}; the service reads only data inside the file", 422)  # fmt: skip
+    :func:`hdf5_refusal` (and ``declared``'s check of every root dataset's metadata);
+    scipy for NetCDF3 within ``limit`` bytes (it reads it whole: the dataset's encoding
+    says how many bytes it holds). BadRequest 422 for what is refused; ``fileobj`` is
+    closed when nothing is opened."""
+    try:
+        kind = _netcdf_kind(fileobj)
         fileobj.seek(0)
-        return xr.open_dataset(fileobj, engine="h5netcdf", chunks=None)
-    if kind == "netcdf3":
-        if size > limit:
-            raise BadRequest(
-                f"{what}: a NetCDF3 file of {size} bytes, over TwinhubTiles.max_read_bytes "
-                f"({limit}): NetCDF3 is read whole (store it as NetCDF4 or Zarr)",
-                413,
-            )
-        return xr.open_dataset(fileobj, engine="scipy", chunks=None)
-    raise BadRequest(f"{what}: not a NetCDF3 or NetCDF4/HDF5 file", 422)
+        if kind == "hdf5":
+            why = hdf5_refusal(fileobj, declared)
+            if why:
+                raise BadRequest(f"{what}: refused: {why}; the service reads only data inside the file", 422)  # fmt: skip
+            fileobj.seek(0)
+            return xr.open_dataset(fileobj, engine="h5netcdf", chunks=None)
+        if kind == "netcdf3":
+            if size > limit:
+                raise BadRequest(
+                    f"{what}: a NetCDF3 file of {size} bytes, over TwinhubTiles.max_read_bytes "
+                    f"({limit}): NetCDF3 is read whole (store it as NetCDF4 or Zarr)",
+                    413,
+                )
+            ds = xr.open_dataset(fileobj, engine="scipy", chunks=None)
+            ds.encoding[_HELD] = size
+            return ds
+        raise BadRequest(f"{what}: not a NetCDF3 or NetCDF4/HDF5 file", 422)
+    except BaseException:
+        fileobj.close()  # refused or failed: the store's connection is not left open
+        raise
 
 
 # -- GRIB ------------------------------------------------------------------------------------
@@ -186,6 +283,35 @@ def _grib_copy(ctx: TilesContext, fs: Any, href: str) -> Path:
             _remove_copy(Path(tmp))
             raise
     return Path(tmp)
+
+
+def grib_declared(path: Path, variable: str) -> tuple[int, int]:
+    """(values the messages of ``variable`` declare in all -- every message's when none is
+    its shortName --, the most one message declares): headers only, nothing decoded (a
+    0-bit message declares any number of points in a few bytes)."""
+    _cfgrib()  # pyproj, then ecCodes: the other order aborts (twinlab.datalake.grib)
+    import eccodes  # here, not at the top: after _cfgrib() (see above)
+
+    points: dict[bool, list[int]] = {True: [], False: []}
+    with open(path, "rb") as fh:
+        while (h := eccodes.codes_grib_new_from_file(fh)) is not None:
+            try:
+                mine = eccodes.codes_get(h, "shortName") == variable
+                points[mine].append(int(eccodes.codes_get(h, "numberOfPoints")))
+            finally:
+                eccodes.codes_release(h)
+    counted = points[True] or points[False]
+    return sum(counted), max([0, *points[True], *points[False]])
+
+
+def _check_grib_declared(ctx: TilesContext, info: LayerInfo, path: Path) -> None:
+    """422 naming the limit when the GRIB messages declare more than can be decoded."""
+    s, what = ctx.settings, f"layer {info.layer_id}"
+    total, most = grib_declared(path, info.variable)
+    if most > s.max_grid_cells:
+        raise BadRequest(f"{what}: a GRIB message declares {most} points, over TwinhubTiles.max_grid_cells ({s.max_grid_cells})", 422)  # fmt: skip
+    if total * 8 > s.max_read_bytes:
+        raise BadRequest(f"{what}: its GRIB data decode to {total * 8} bytes, over TwinhubTiles.max_read_bytes ({s.max_read_bytes})", 422)  # fmt: skip
 
 
 def _remove_copy(path: Path) -> None:
@@ -230,6 +356,7 @@ def open_dataset(
     what = f"layer {info.layer_id}"
     try:
         if info.format == "zarr":
+            _refuse_declared(declared_check(ctx, info), zarr_declared(href, opts), what)
             with warnings.catch_warnings():
                 # v3 stores have no consolidated metadata: the fallback is the normal path
                 warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated")
@@ -237,16 +364,23 @@ def open_dataset(
         elif info.format == "netcdf":
             fs = s3fs.S3FileSystem(**opts)
             size = int(fs.info(href).get("size") or 0)
-            ds = open_netcdf(fs.open(href, "rb"), size, ctx.settings.max_read_bytes, what)
+            limit, check = ctx.settings.max_read_bytes, declared_check(ctx, info)
+            ds = open_netcdf(fs.open(href, "rb"), size, limit, what, check)
         elif info.format == "grib":
             fs = s3fs.S3FileSystem(**opts)
             copy = _grib_copy(ctx, fs, href)
-            try:  # without chunks cfgrib loads the messages: the copy is done with then
-                ds = _valid_time_axis(open_grib(copy, variable, chunks=None))
+            try:  # headers, then lazily: the decoded size is checked before decoding
+                _check_grib_declared(ctx, info, copy)
+                ds = _valid_time_axis(open_grib(copy, variable, chunks={}))
+                ds = select_variable(ds, variable, f"item {info.item_id!r}")
+                check_grib_size(ctx, info, ds)
+                ds = ds.load()  # then the copy is done with
+                ds.encoding[_HELD] = int(ds[variable].nbytes)
             finally:
                 _remove_copy(copy)
         else:
             raise BadRequest(f"{what}: no data asset the service reads", 400)
+        held = ds.encoding.get(_HELD, 0)
         ds = select_variable(ds, variable, f"item {info.item_id!r}")
     except BadRequest:
         raise
@@ -263,6 +397,7 @@ def open_dataset(
         raise BadRequest(str(e), 404) from None
     if info.grid and "grid_type" not in ds.attrs:
         ds = with_grid(ds, source=href, grid_attrs=dict(info.grid))
+    ds.encoding[_HELD] = held  # (selections make new datasets: said again at the end)
     return ds
 
 
@@ -274,9 +409,12 @@ def declared_cells(ds: Any, variable: str) -> int:
 
     def num(key: str) -> float:
         try:
-            return float(np.asarray(attrs.get(key)).item())
+            x = float(np.asarray(attrs.get(key)).item())
         except (TypeError, ValueError):
-            return 0.0
+            x = None if key in _WHOLE_ATTRS and attrs.get(key) is not None else 0.0
+        if key in _WHOLE_ATTRS and (x is None or not np.isfinite(x) or x < 0 or x != int(x)):
+            raise BadRequest(f"grid attribute {key}={str(attrs.get(key))[:40]!r} is not a whole number", 422)  # fmt: skip
+        return x
 
     kind = str(attrs.get("grid_type") or attrs.get("GRIB_gridType") or "").lower()
     n = num("gaussian_N") or num("GRIB_N")
@@ -299,7 +437,8 @@ def declared_cells(ds: Any, variable: str) -> int:
     sizes = {str(d): int(s) for d, s in da.sizes.items() if d not in _TIME_DIMS}
     latlon = [s for d, s in sizes.items() if d in LAT_NAMES + LON_NAMES]
     by_dims = max([0, *sizes.values(), int(np.prod(latlon)) if len(latlon) == 2 else 0])
-    return int(min(max(by_attrs, by_dims), 2**62))
+    most = max(float(by_attrs), float(by_dims))
+    return int(min(most, 2**62)) if np.isfinite(most) else 2**62  # NaN/inf: refused
 
 
 def check_limits(ctx: TilesContext, info: LayerInfo, ds: Any) -> None:
@@ -319,14 +458,25 @@ def check_limits(ctx: TilesContext, info: LayerInfo, ds: Any) -> None:
             f"{what}: {nt} time steps, over TwinhubTiles.max_item_times ({s.max_item_times})",
             422,
         )
+    stored = np.dtype(da.encoding.get("dtype", da.dtype))
+    for dtype in {stored, da.dtype}:
+        if dtype.kind not in _DRAWN_KINDS:
+            raise BadRequest(f"{what}: stored as {dtype} (only bool, int, uint and float are drawn)", 422)  # fmt: skip
     if info.format == "grib":  # decoded whole, kept in memory with the field
-        size = int(da.size) * max(8, da.dtype.itemsize)
-        if size > s.max_read_bytes:
-            raise BadRequest(
-                f"{what}: its GRIB data decode to {size} bytes, over "
-                f"TwinhubTiles.max_read_bytes ({s.max_read_bytes})",
-                422,
-            )
+        check_grib_size(ctx, info, ds)
+
+
+def check_grib_size(ctx: TilesContext, info: LayerInfo, ds: Any) -> None:
+    """422 when GRIB data (decoded whole) are over ``max_read_bytes`` (from their lazy
+    shape: before decoding)."""
+    da, limit = ds[info.variable], ctx.settings.max_read_bytes
+    size = int(da.size) * max(8, da.dtype.itemsize)
+    if size > limit:
+        raise BadRequest(
+            f"layer {info.layer_id}: its GRIB data decode to {size} bytes, over "
+            f"TwinhubTiles.max_read_bytes ({limit})",
+            422,
+        )
 
 
 def build_field(
@@ -336,7 +486,7 @@ def build_field(
     check_limits(ctx, info, ds)
     try:
         grid = grids.from_dataset(ds, info.variable)
-    except ValueError as e:
+    except (ValueError, TypeError, OverflowError) as e:  # the attributes are anyone's
         raise BadRequest(
             f"layer {info.layer_id}: not on a grid the service draws: {e}", 422
         ) from None
@@ -353,6 +503,8 @@ def build_field(
             key=key,
             max_chunk_bytes=ctx.settings.max_chunk_bytes,
         )
+    except TooManyValues as e:
+        raise BadRequest(f"layer {info.layer_id}: {e}", 422) from None
     except ChunkTooLarge as e:
         raise BadRequest(
             f"layer {info.layer_id}: {e}, over TwinhubTiles.max_chunk_bytes "
@@ -361,8 +513,9 @@ def build_field(
         ) from None
     except (KeyError, ValueError) as e:
         raise BadRequest(f"layer {info.layer_id}: {str(e).strip(chr(39))}", 400) from None
-    # GRIB's data live in memory with the field (not in the chunk cache): counted
-    f.memory_bytes = int(f.da.size) * f.da.dtype.itemsize if info.format == "grib" else 0
+    # GRIB's and NetCDF3's data live in memory with the field (not in the chunk cache)
+    held = int(ds.encoding.get(_HELD, 0) or 0)
+    f.memory_bytes = max(held, int(f.da.nbytes)) if info.format == "grib" else held
     return f
 
 
@@ -413,6 +566,11 @@ async def open_field(
     except BadRequest as e:
         failed.put(key, e, ctx.settings.access_ttl)
         raise
+    except Exception as e:  # MemoryError, a decoder's own error...: remembered too
+        log.warning("cannot open field %s: %r", key, e)
+        refused = BadRequest(f"the layer's data cannot be opened: {type(e).__name__}", 422)
+        failed.put(key, refused, ctx.settings.access_ttl)
+        raise refused from None
     fields[key] = got
     _evict(ctx, fields)
     return got

@@ -59,7 +59,8 @@ async def extra_dims(ctx: TilesContext, layer: Layer) -> dict[str, list[Any]]:
     da = layer.field.da
     scalar = [c for c in da.coords if da[c].ndim == 0 and c not in ("time", "valid_time")]
     found: dict[str, list[Any]] = {}
-    if layer.field.levels:  # recorded when the field was opened: nothing to open again
+    if layer.field.levels or getattr(layer.field, "levels_known", False):
+        # recorded when the field was opened (scalar coordinates too): nothing to open again
         found = {str(k): [_plain(v) for v in vals] for k, vals in layer.field.levels.items()}
     elif scalar:
         # the layer's own collection: another collection's item of that id is not this one

@@ -37,7 +37,7 @@ from ..asgi import BadRequest, service_url
 from .access import caller_of
 from .context import TilesContext
 from .layers import LayerInfo, list_layers
-from .listing import plain_text
+from .listing import iso, iso_duration, plain_text, time_runs
 from .metrics import REFUSAL_STATE
 from .params import (
     Style,
@@ -72,6 +72,10 @@ WELL_KNOWN = {
     "WebMercatorQuad": "urn:ogc:def:wkss:OGC:1.0:GoogleMapsCompatible",
     "WorldCRS84Quad": "urn:ogc:def:wkss:OGC:1.0:GoogleCRS84Quad",
 }
+#: Time values (``Value`` elements) one capabilities document writes at most: beyond it, a
+#: layer's times are written as ``start/end/period`` runs (WMTS 1.0.0 Dimension values).
+TIME_VALUES = 50_000
+
 #: The GetTile parameters a client must send (TIME and the style's are optional).
 REQUIRED = ("layer", "tilematrixset", "tilematrix", "tilerow", "tilecol")
 
@@ -93,9 +97,10 @@ class OwsError(BadRequest):
 def exception_report(code: str, message: str, locator: str = "") -> bytes:
     """An OWS 1.1 ExceptionReport with one Exception."""
     E = ElementMaker(namespace=OWS_NS, nsmap={"ows": OWS_NS})
-    exc = E.Exception(E.ExceptionText(message), exceptionCode=code)
+    # messages quote what the client or an item sent: only XML 1.0 characters
+    exc = E.Exception(E.ExceptionText(plain_text(message, 4000)), exceptionCode=code)
     if locator:
-        exc.set("locator", locator)
+        exc.set("locator", plain_text(locator, 100))
     root = E.ExceptionReport(exc, version="1.1.0")
     root.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
@@ -159,10 +164,29 @@ def _tile_template(base: str, info: LayerInfo) -> str:
     )
 
 
-def layer_element(base: str, info: LayerInfo, zooms: dict[str, int]) -> Any:
+def time_values(info: LayerInfo, budget: int) -> list[str]:
+    """The layer's ``time`` Dimension values: every time if they fit ``budget``, else runs
+    of a constant step as ``start/end/period`` (a lone time as itself); if even those do
+    not fit, the whole span as one ``start/end/period`` of the shortest step."""
+    if len(info.times) <= budget:
+        return times_iso(info)
+    runs = time_runs(info.times)
+    out = [
+        iso(t0) if n == 1 else f"{iso(t0)}/{iso(t0 + (n - 1) * step)}/{iso_duration(step)}"
+        for t0, n, step in runs
+    ]
+    if len(out) <= max(budget, 1):
+        return out
+    step = min(b - a for a, b in zip(info.times, info.times[1:], strict=False))
+    return [f"{iso(info.times[0])}/{iso(info.times[-1])}/{iso_duration(step)}"]
+
+
+def layer_element(
+    base: str, info: LayerInfo, zooms: dict[str, int], time_budget: int = TIME_VALUES
+) -> Any:
     """One ``Layer`` (elements in the schema's order). Every text from the item goes through
-    :func:`.listing.plain_text`: a control character would make lxml raise (one item's
-    title must not break everyone's capabilities)."""
+    :func:`.listing.plain_text` (only XML 1.0 characters: others make lxml raise); its
+    time values within ``time_budget`` (see :func:`time_values`)."""
     w, s, e, n = info.bbox
     abstract = info.description or f"{info.variable} of item {info.item_id}"
     if info.units:
@@ -181,14 +205,13 @@ def layer_element(base: str, info: LayerInfo, zooms: dict[str, int]) -> Any:
         ),
         W.Format(PNG),
     )
-    times = times_iso(info)
-    if times:
+    if info.times:
         layer.append(
             W.Dimension(
                 O.Identifier("time"),
                 O.UOM("ISO8601"),
-                W.Default(times[0]),
-                *(W.Value(t) for t in times),
+                W.Default(iso(info.times[0])),
+                *(W.Value(t) for t in time_values(info, time_budget)),
             )
         )
     for tms_id in tmsmod.TMS_IDS:
@@ -258,6 +281,13 @@ def capabilities(
             "the OGC API collections and item pages reach the others."
         )
     zooms = {i.layer_id: {t: zoom_of(i, t) for t in tmsmod.TMS_IDS} for i in infos}
+    layers, budget = [], TIME_VALUES
+    for info in infos:
+        try:  # one item's text or metadata never fails everyone's document
+            layers.append(layer_element(base, info, zooms[info.layer_id], budget))
+            budget -= len(layers[-1].findall(f"{{{WMTS_NS}}}Dimension/{{{WMTS_NS}}}Value"))
+        except Exception as e:
+            log.warning("layer %.120r left out of capabilities: %s: %.200s", info.layer_id, type(e).__name__, e)  # fmt: skip
     root = W.Capabilities(
         O.ServiceIdentification(
             O.Title("twinhub tiles"),
@@ -270,7 +300,7 @@ def capabilities(
             _operation("GetTile", kvp, f"{base}wmts/1.0.0/"),
         ),
         W.Contents(
-            *(layer_element(base, i, zooms[i.layer_id]) for i in infos),
+            *layers,
             *(
                 tile_matrix_set_element(t, max((z[t] for z in zooms.values()), default=0))
                 for t in tmsmod.TMS_IDS

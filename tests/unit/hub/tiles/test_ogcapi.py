@@ -210,7 +210,7 @@ def test_layers_summary_lists_extra_dims(monkeypatch, tmp_path):
     assert asked == []
     # a field that did not record them (one level kept as a scalar coordinate): the item
     # is opened again, the layer's own collection's (not another's of that id)
-    layer.field.levels = {}
+    layer.field.levels, layer.field.levels_known = {}, False
     client.app.state.ctx.extras.pop(serve._EXTRA_DIMS, None)
     (var,) = client.get(P + "layers/levels").json()["variables"]
     assert var["extra_dims"] == {"level": [850, 500]}
