@@ -1,4 +1,4 @@
-"""Second security round of listings and lookups (listing.py, access.py, wmts.py, ogcapi.py):
+"""Listings and lookups against hostile items (listing.py, access.py, wmts.py, ogcapi.py):
 XML-1.0 text, per-layer capabilities, time budgets, variables per item, owner lookups that
 fail or answer about another id, ids with too many matches, one HEAD per (caller, bucket)."""
 
