@@ -27,7 +27,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.helpers.browser import log_in
 from tests.helpers.platform import wait_for_seed
-from tests.helpers.tiles import private_item
+from tests.helpers.tiles import private_item, remove_item
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser, pytest.mark.slow]
 
@@ -266,6 +266,13 @@ def test_private_items_only_for_their_owner(site, browser_context, shots):
         pytest.skip(f"{owner} existed before this module: its password is unknown")
     owner_password = p.add_user(owner)
     item = private_item(p, owner, "vizpage-private-h8", nside=8, ntimes=3)
+    try:
+        _private_item_pages(p, browser_context, shots, item, owner, owner_password)
+    finally:  # other modules search the lake: its items must be the seed's again
+        remove_item(p, item)
+
+
+def _private_item_pages(p, browser_context, shots, item, owner, owner_password) -> None:
     page_url = p.url + SERVICE + f"vizlab?item={item.item_id}&variable={item.variable}"
 
     # another user: the page says the service's refusal, and draws nothing

@@ -238,6 +238,14 @@ class TestItem:
         return [np.datetime_as_string(t, unit="s") + "Z" for t in self.ds["time"].values]
 
 
+def remove_item(p: Platform, item: TestItem) -> None:
+    """Take a helper's item out of the lake's catalogue again (its data stays): the
+    session's platform is shared, and other modules' searches count the lake's items."""
+    url = p.url + STAC + f"collections/{item.collection}/items/{item.item_id}"
+    r = requests.delete(url, headers=headers(p, item.owner), timeout=60)
+    assert r.status_code in (200, 204, 404), r.text
+
+
 def private_item(
     p: Platform,
     owner: str,

@@ -24,7 +24,7 @@ import requests
 from tests.helpers.processing import register, submit, wait_job
 from tests.helpers.registry import wait_routed
 from tests.helpers.tiles import PUBLIC_COLLECTION as TILES_PUBLIC
-from tests.helpers.tiles import lake_test_item, private_item
+from tests.helpers.tiles import TestItem, lake_test_item, private_item, remove_item
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser]
 
@@ -729,19 +729,20 @@ def _registry_and_desk(p, upstream: str) -> dict[str, str]:
     return {"request": pending, "ticket": str(ticket), "attachment": str(r.json()["id"])}
 
 
-def _tiles(p) -> dict[str, str]:
+def _tiles(p) -> tuple[dict[str, str], list[TestItem]]:
     """Items of the tiles rows: alice's private one in her home bucket (her keys), a lake
     item outside the public collections and one inside: {titem}, {ttime}, {tlake},
     {tpublic}."""
     mine = private_item(p, "alice", "authz-tiles-alice")
-    lake_test_item(p, "authz-tiles-lake", "authz-tiles-lake")
-    lake_test_item(p, "authz-tiles-public", TILES_PUBLIC)
-    return {
+    lake = lake_test_item(p, "authz-tiles-lake", "authz-tiles-lake")
+    public = lake_test_item(p, "authz-tiles-public", TILES_PUBLIC)
+    ids = {
         "titem": mine.item_id,
         "ttime": mine.times[0],
         "tlake": "authz-tiles-lake",
         "tpublic": "authz-tiles-public",
     }
+    return ids, [mine, lake, public]
 
 
 def _matrix_process(n: int) -> dict:
@@ -779,7 +780,8 @@ def actors(multiuser_platform, upstream):
         r = p.api("POST", f"/groups/{group}/users", token=p.token("admin"), json={"users": members})
         assert r.status_code == 200, r.text
     p.spawn("alice")
-    ids = {**_registry_and_desk(p, upstream), **_processing(p), **_tiles(p)}
+    tiles_ids, tiles_items = _tiles(p)
+    ids = {**_registry_and_desk(p, upstream), **_processing(p), **tiles_ids}
     tokens = {
         "anon": None,
         "owner": p.token("alice"),
@@ -796,7 +798,9 @@ def actors(multiuser_platform, upstream):
             json={"scopes": ["access:services"], "note": "authz matrix: narrowed"},
         ).json()["token"],
     }
-    return p, tokens, ids
+    yield p, tokens, ids
+    for item in tiles_items:  # other modules search the lake: its items must be the seed's
+        remove_item(p, item)
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,7 @@ def test_servers_get_their_own_keys_and_the_info_endpoint_says_where(store):
             "projects",
             "registry",
             "stac",
+            "tiles",
         )  # fmt: skip
     }
     assert r.json()["storage"] == {

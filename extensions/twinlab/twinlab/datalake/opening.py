@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -151,6 +152,30 @@ def local_copy(url: str, fs: Any = None, progress: Progress | None = None) -> Pa
     return dest
 
 
+#: Held while the first open imports xarray, its backends and Dask (see _import_once).
+_IMPORTING = threading.Lock()
+_IMPORTED = threading.Event()
+
+
+def _import_once() -> None:
+    """Import xarray, its backend plugins and dask.array once, one thread at a time.
+
+    Servers open items in threads; the first opens import these lazily, and two threads
+    importing packages that import each other (xarray's plugin discovery loads every
+    installed backend, e.g. rioxarray, which imports Dask) can see a partially initialised
+    module ("cannot import name ... from partially initialized module 'dask.base'")."""
+    if _IMPORTED.is_set():
+        return
+    with _IMPORTING:
+        if _IMPORTED.is_set():
+            return
+        import dask.array  # noqa: F401  (start-up cost: loaded on first use)
+        import xarray as xr
+
+        xr.backends.list_engines()
+        _IMPORTED.set()
+
+
 # ---- opening hrefs -----------------------------------------------------------------------
 def open_href(
     href: str | Path,
@@ -163,6 +188,7 @@ def open_href(
 ) -> Any:
     """Open a local path or ``s3://`` URL (format from ``engine``, the media type or the
     suffix); ``variable`` keeps only that variable (GRIB shortNames work on all formats)."""
+    _import_once()
     href = str(href)
     remote = "://" in href and not href.startswith("file://")
     if not remote:
