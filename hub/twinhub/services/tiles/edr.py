@@ -37,7 +37,7 @@ from twinlab.viz.locate import cell_centers, nearest_index
 
 from ..asgi import BadRequest, service_url
 from . import coveragejson as cj
-from . import layers
+from . import layers, listing
 from .access import caller_of
 from .context import TilesContext
 from .gridsize import check_cells as check_grid_cells
@@ -70,8 +70,8 @@ MAX_LISTED_TIMES = 1000
 
 # -- request parts ---------------------------------------------------------------------------
 def check_item_id(item: str) -> str:
-    """The one rule of every route of the service (:func:`.layers.check_item_id`)."""
-    return layers.check_item_id(item)
+    """The one rule of every route of the service (:func:`.listing.check_item_id`)."""
+    return listing.check_item_id(item)
 
 
 def parameter_names(
@@ -214,7 +214,7 @@ def collection_document(infos: Sequence[Any], edr: str) -> dict[str, Any]:
     ``edr``: the EDR root URL ending in ``/``. Built from the STAC item alone (no data read)."""
     first = infos[0]
     item = first.item_id
-    # a layer's title is "<item title>: <variable's description>" (layers.layer_infos)
+    # a layer's title is "<item title>: <variable's description>" (listing.layer_infos)
     suffix = f": {first.description or first.variable}"
     title = first.title.removesuffix(suffix) if first.title.endswith(suffix) else first.title
     title = title or item

@@ -28,46 +28,23 @@ from . import opening
 from .access import Caller
 from .context import TilesContext
 
-# the listing half (items, lookups, times), moved to .listing (names kept here)
-from .listing import (  # noqa: F401
-    CHECKS_AT_ONCE,
-    ITEM_ID,
-    ITEM_ID_RULE,
-    ITEMS,
-    LISTING,
-    MAX_TIMES,
-    PAGE,
-    SCAN,
-    LayerInfo,
-    _item_range,
-    _pages,
-    _prefer,
-    _stac_get,
-    check_item_id,
-    get_item,
-    iso,
-    item_times,
-    item_variables,
-    layer_info,
-    layer_infos,
-    list_layers,
-    parse_duration,
-    parse_instant,
-    time_index,
-)
+# The listing half (items, lookups, times) is .listing's, the opening half .opening's;
+# the service's modules reach the layer interface (common to both) through here.
+from .listing import LayerInfo, _item_range, get_item, layer_info, list_layers, time_index
+from .opening import field_key
 
-# the opening half, moved to .opening (names kept here for the other modules and tests)
-from .opening import (  # noqa: F401
-    CHUNKS,
-    FIELDS,
-    MAX_FIELDS,
-    OPENING,
-    _grib_copy,
-    _remove_copy,
-    _valid_time_axis,
-    field_key,
-    storage_options,
-)
+__all__ = [
+    "Layer",
+    "LayerInfo",
+    "get_item",
+    "layer_info",
+    "list_layers",
+    "open_dataset",
+    "open_layer",
+    "run_render",
+    "shutdown",
+    "time_index",
+]
 
 log = logging.getLogger("twinhub.tiles.layers")
 

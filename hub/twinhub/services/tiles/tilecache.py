@@ -33,7 +33,7 @@ from fastapi.responses import Response
 
 from twinlab.viz.field import ChunkCache
 
-from . import layers
+from . import layers, opening
 from .context import TilesContext
 from .metrics import CHUNK_HITS, CHUNK_READS, RENDER_SECONDS, TILE_SECONDS
 
@@ -87,7 +87,7 @@ class CountingChunkCache(ChunkCache):
 
 def install(ctx: TilesContext) -> None:
     """The layers' chunk cache is a counting one (the app does this before serving)."""
-    ctx.extras.setdefault(layers.CHUNKS, CountingChunkCache(ctx.settings.chunk_cache_bytes))
+    ctx.extras.setdefault(opening.CHUNKS, CountingChunkCache(ctx.settings.chunk_cache_bytes))
 
 
 class PngLru:

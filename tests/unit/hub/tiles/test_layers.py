@@ -13,10 +13,10 @@ import pytest
 import xarray as xr
 
 from twinhub.services.asgi import BadRequest
-from twinhub.services.tiles import access, layers
+from twinhub.services.tiles import access, layers, opening
 from twinhub.services.tiles import listing as layers_listing
 from twinhub.services.tiles.access import Caller
-from twinhub.services.tiles.layers import (
+from twinhub.services.tiles.listing import (
     check_item_id,
     item_times,
     item_variables,
@@ -159,7 +159,7 @@ def test_times_overflowing_or_too_many_are_bounded():
     item = lake_item("i", end="2250-01-01T00:00:00Z", step="PT1M")
     item["properties"]["end_datetime"] = "2250-01-01T00:00:00Z"
     times = item_times(item)
-    assert len(times) == layers.MAX_TIMES == 10_000
+    assert len(times) == layers_listing.MAX_TIMES == 10_000
     assert times[1] - times[0] == timedelta(minutes=1)
     item["properties"]["cube:dimensions"]["time"]["values"] = ["2030-01-01T00:00:00Z"] * 50_000
     assert item_times(item) == (T0,)
@@ -404,18 +404,18 @@ class FakeFs:
 def test_grib_is_copied_under_the_run_dir_within_the_limit(tmp_path):
     ctx = make_ctx(tmp_path, max_read_bytes=1000)
     fs = FakeFs(b"GRIB" + b"x" * 500)
-    path = layers._grib_copy(ctx, fs, "s3://lake/a.grib2")
+    path = opening._grib_copy(ctx, fs, "s3://lake/a.grib2")
     assert path.read_bytes() == fs.data and path.parent == tmp_path / "run" / "tiles-grib"
-    layers._remove_copy(path)
+    opening._remove_copy(path)
     assert not list(path.parent.iterdir())
-    e = pytest.raises(BadRequest, layers._grib_copy, ctx, FakeFs(b"x" * 1001), "s3://lake/b.grib2")
+    e = pytest.raises(BadRequest, opening._grib_copy, ctx, FakeFs(b"x" * 1001), "s3://lake/b.grib2")
     assert e.value.status == 413 and "TwinhubTiles.max_read_bytes" in e.value.message
 
     class Growing(FakeFs):  # says it is small, then sends more: stopped at the limit
         def info(self, href):
             return {"size": 10}
 
-    e = pytest.raises(BadRequest, layers._grib_copy, ctx, Growing(b"x" * 2000), "s3://lake/c")
+    e = pytest.raises(BadRequest, opening._grib_copy, ctx, Growing(b"x" * 2000), "s3://lake/c")
     assert e.value.status == 413
     assert not list(path.parent.iterdir())  # nothing left behind
 
@@ -427,11 +427,11 @@ def test_grib_valid_times_become_the_time_axis():
         {"tp": (("step", "values"), np.zeros((2, 3)))},
         coords={"time": ref, "step": steps, "valid_time": ("step", ref + steps)},
     )
-    out = layers._valid_time_axis(ds)
+    out = opening._valid_time_axis(ds)
     assert out["tp"].dims == ("time", "values")
     assert out["time"].values.tolist() == (ref + steps).tolist()
     one = xr.Dataset(
         {"tp": (("values",), np.zeros(3))}, coords={"time": ref, "valid_time": ref + steps[0]}
     )
-    out = layers._valid_time_axis(one)
+    out = opening._valid_time_axis(one)
     assert out["tp"].dims == ("time", "values") and out["time"].values[0] == ref + steps[0]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from starlette.requests import Request
 
-from twinhub.services.tiles import layers, tilecache
+from twinhub.services.tiles import layers, opening, tilecache
 from twinhub.services.tiles.tilecache import CountingChunkCache, PngLru, matches, png_response
 
 from .conftest import make_ctx
@@ -41,7 +41,7 @@ class Maker:
         with self.lock:
             self.calls += 1
             n = self.calls
-        cache = self.ctx.extras[layers.CHUNKS]
+        cache = self.ctx.extras[opening.CHUNKS]
         for k in range(self.chunks):
             cache.get(("chunk", n, k), lambda: np.zeros(4))
             cache.get(("chunk", n, k), lambda: np.zeros(4))  # a hit: not a read
@@ -148,7 +148,7 @@ async def test_reads_before_the_render_count_for_the_request(tmp_path):
     ctx = make_ctx(tmp_path)
     tilecache.install(ctx)
     tilecache.begin_request()
-    cache = ctx.extras[layers.CHUNKS]
+    cache = ctx.extras[opening.CHUNKS]
     await layers.run_render(ctx, cache.get, "range-chunk", lambda: np.zeros(2))
     r = await png_response(request(), ctx, ("t",), Maker(ctx, chunks=1), public=False, kind="tile")
     assert r.headers["x-twinhub-chunk-reads"] == "2"
