@@ -112,6 +112,22 @@ def test_metrics_need_read_metrics(tiles):
     assert 'twinhub_tiles_requests_total{kind="tile",status="2xx"}' in r.text
 
 
+def _gauge(text: str, name: str) -> float:
+    (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+def test_start_up_warm_up_ended_with_the_lakes_client_ready(tiles):
+    """The service imported what a first view needs and created the lake's S3 client
+    before any user asked (the platform has been up for a while: it has ended)."""
+    p, _, _ = tiles
+    r = tiles_get(p, "metrics", user="admin")
+    assert r.status_code == 200
+    assert "# HELP twinhub_tiles_warm_up_seconds" in r.text
+    assert _gauge(r.text, "twinhub_tiles_warm_up_seconds") > 0
+    assert _gauge(r.text, "twinhub_tiles_warm_up_lake_client") == 1
+
+
 def test_seeded_layers_are_listed_for_every_user(tiles):
     p, mine, public = tiles
     r = tiles_get(p, "collections", user=BOB)

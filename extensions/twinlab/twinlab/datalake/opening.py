@@ -152,12 +152,12 @@ def local_copy(url: str, fs: Any = None, progress: Progress | None = None) -> Pa
     return dest
 
 
-#: Held while the first open imports xarray, its backends and Dask (see _import_once).
+#: Held while the first open imports xarray, its backends and Dask (see import_backends).
 _IMPORTING = threading.Lock()
 _IMPORTED = threading.Event()
 
 
-def _import_once() -> None:
+def import_backends() -> None:
     """Import xarray, its backend plugins and dask.array once, one thread at a time.
 
     Servers open items in threads; the first opens import these lazily, and two threads
@@ -188,7 +188,7 @@ def open_href(
 ) -> Any:
     """Open a local path or ``s3://`` URL (format from ``engine``, the media type or the
     suffix); ``variable`` keeps only that variable (GRIB shortNames work on all formats)."""
-    _import_once()
+    import_backends()
     href = str(href)
     remote = "://" in href and not href.startswith("file://")
     if not remote:
@@ -279,6 +279,7 @@ __all__ = [
     "DatalakeError",
     "cache_dir",
     "download_progress",
+    "import_backends",
     "local_copy",
     "open_href",
     "select_variable",

@@ -34,7 +34,7 @@ from ...process.runtime import Runtime
 from ..asgi import ASGIApp, BadRequest, Message, Receive, RequestLimitsMiddleware, Scope, Send
 from ..datalake import StacPart
 from ..hubauth import METRICS_SCOPE, HubAuthMiddleware, scope_refusal
-from . import SERVICE_PREFIX, edr, layers, ogcapi, pages, tilecache, views, wmts
+from . import SERVICE_PREFIX, edr, layers, ogcapi, pages, tilecache, views, warmup, wmts
 from .config import TwinhubTiles
 from .context import TilesContext
 from .metrics import REFUSAL_STATE, REFUSED, REGISTRY, REQUESTS
@@ -177,6 +177,7 @@ def build_api(ctx: TilesContext) -> FastAPI:
                 )
                 stack.callback(setattr, ctx, "stac", None)
             stack.callback(layers.shutdown, ctx)
+            warmup.start(ctx)
             yield
 
     app = FastAPI(

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: The request-state key where a refusal's reason (auth, forbidden, limit...) is left for
 #: the request counter (the app's error handler and the WMTS XML errors both set it).
@@ -47,5 +47,17 @@ REFUSED = Counter(
     "twinhub_tiles_refused",
     "Requests refused, by reason (auth, forbidden, not_found, bad_request, limit).",
     ["reason"],
+    registry=REGISTRY,
+)
+WARM_UP_SECONDS = Gauge(
+    "twinhub_tiles_warm_up_seconds",
+    "Seconds the start-up warm-up took (imports a first view needs and the lake's S3 "
+    "client); 0 until it has ended.",
+    registry=REGISTRY,
+)
+WARM_UP_LAKE_CLIENT = Gauge(
+    "twinhub_tiles_warm_up_lake_client",
+    "1 when the warm-up created the lake's S3 client (the store answered), else 0: the "
+    "first view creates it.",
     registry=REGISTRY,
 )

@@ -41,7 +41,7 @@ import zarr
 import twinlab.grids as grids
 from twinlab.datalake.grib import _cfgrib, open_grib, with_grid
 from twinlab.datalake.items import select_valid_times
-from twinlab.datalake.opening import select_variable
+from twinlab.datalake.opening import import_backends, select_variable
 from twinlab.grids.detect import LAT_NAMES, LON_NAMES
 from twinlab.viz.field import ChunkCache, ChunkTooLarge, Field, TooManyValues
 
@@ -351,6 +351,7 @@ def open_dataset(
     """The layer's data, lazily (blocking: run it in a thread), within ``item_range``, with
     twinlab's grid attributes. BadRequest for data that is not there, not drawable or
     refused."""
+    import_backends()  # opens run in threads: the backends' first import one at a time
     href, variable = info.href, info.variable
     opts = storage_options(ctx)
     what = f"layer {info.layer_id}"

@@ -1,0 +1,72 @@
+"""What a fresh service would otherwise do during its first user's first view, done once at
+start in a thread of its own at a lower CPU priority.
+
+A cold first view paid more than half a second before reading any chunk: xarray's backend
+plugins, Dask, matplotlib and PIL's PNG encoder imported on first use, and the first S3
+client, whose creation parses botocore's S3 model and endpoint rules. The S3 client is
+kept by fsspec per set of options, so asking the lake bucket once for a group that is not
+there, with the options every open uses, leaves the same client ready for the first item.
+A failure here changes nothing: the first view then pays as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+
+from twinlab.datalake.opening import import_backends
+from twinlab.viz.colour import colormap_lut, encode_png
+
+from .access import lake_bucket
+from .context import TilesContext
+from .metrics import WARM_UP_LAKE_CLIENT, WARM_UP_SECONDS
+from .opening import storage_options, zarr_declared
+from .params import DEFAULT_CMAP
+
+log = logging.getLogger("twinhub.tiles.warmup")
+
+#: A key no item uses: the group looked up to create the S3 client (not found, by design).
+PROBE_KEY = ".twinhub-tiles-warm-up"
+#: Added to the thread's niceness: start-up work of the platform's other processes first.
+NICENESS = 10
+
+
+def warm_up(ctx: TilesContext) -> bool:
+    """Import what a view needs and create the lake's S3 client (blocking); whether the
+    client was created."""
+    import_backends()
+    encode_png(np.zeros((1, 1, 4), np.uint8))
+    colormap_lut(DEFAULT_CMAP)
+    try:
+        zarr_declared(f"s3://{lake_bucket(ctx)}/{PROBE_KEY}", storage_options(ctx))
+    except FileNotFoundError:
+        return True  # the expected answer: the client now exists
+    except Exception as e:  # the store may not be up yet (Kubernetes): the first view waits
+        log.info("tiles warm-up could not reach the lake: %s", e)
+        return False
+    log.warning("tiles warm-up: %s/%s is a Zarr group", lake_bucket(ctx), PROBE_KEY)
+    return True
+
+
+def start(ctx: TilesContext) -> threading.Thread:
+    """:func:`warm_up` in a daemon thread (the service answers meanwhile)."""
+
+    def run() -> None:
+        tid = threading.get_native_id()  # Linux: niceness is per thread
+        with contextlib.suppress(OSError):  # niceness is a courtesy
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + NICENESS)
+        began = time.monotonic()
+        try:
+            WARM_UP_LAKE_CLIENT.set(1 if warm_up(ctx) else 0)
+        except Exception:
+            log.exception("tiles warm-up failed (the first view pays for it)")
+        WARM_UP_SECONDS.set(max(time.monotonic() - began, 1e-6))
+
+    thread = threading.Thread(target=run, name="tiles-warm-up", daemon=True)
+    thread.start()
+    return thread
