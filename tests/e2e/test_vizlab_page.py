@@ -6,7 +6,8 @@ sign-on for services), waits for the map's tiles, plays time (the slider moves, 
 asked for change time and the picture changes), clicks a point and gets the time series of
 the native cell under it (one point per valid time of the item, the same values as the
 service's EDR answer for that cell), switches to the globe (a server-side view), and finds
-all of it in the page's URL. Then the Data lake page's item view links to the page.
+all of it in the page's URL. Then the Data lake page's item view links to the page, and an
+item with levels shows the level picked (map, series and URL).
 
 Screenshots go to ``$TWINHUB_SCREENSHOTS`` or the test's tmp dir (tests/e2e/conftest.py):
 each is checked not to be blank (the map area has many colours), and they are to be looked
@@ -27,7 +28,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.helpers.browser import log_in
 from tests.helpers.platform import wait_for_seed
-from tests.helpers.tiles import private_item, remove_item
+from tests.helpers.tiles import healpix_dataset, private_item, remove_item
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiuser, pytest.mark.slow]
 
@@ -295,3 +296,49 @@ def _private_item_pages(p, browser_context, shots, item, owner, owner_password) 
         assert colours > MIN_COLOURS
     finally:
         own.close()
+
+
+def test_a_level_is_shown_on_the_map_and_in_the_series(site, browser_context, shots):
+    p, password = site
+    ds = healpix_dataset(8, 3, levels=(500, 850), seed=11)
+    data = ds["2t"].data
+    data[data != data] = 262.0  # no NaN gaps: whichever cell is clicked has a series
+    item = private_item(p, USER, "vizpage-levels-h8", ds=ds)
+    own = browser_context.browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = own.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        log_in(page, p.url, USER, password)
+        page.goto(p.url + SERVICE + f"vizlab?item={item.item_id}&variable=2t")
+        wait_drawn(page, f"webmercator {item.times[0]}")
+        level = page.locator("#levels select")
+        assert level.locator("option").all_inner_texts() == ["500", "850"]
+        _, low = map_colours(page, shots / "9-level-500.png")
+        with page.expect_request(lambda r: "/map/tiles/" in r.url and "level=850" in r.url):
+            level.select_option("850")
+        wait_drawn(page)
+        url_state(page, level="850")
+        colours, high = map_colours(page, shots / "9-level-850.png")
+        assert colours > MIN_COLOURS and high != low
+        box = page.locator("#map").bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        page.locator("#series-status", has_text=re.compile(r"^\d+ values$")).wait_for()
+        assert "level 850" in page.inner_text("#series-cell")
+        m = re.match(r"cell (\d+) ", page.inner_text("#series-cell"))
+        assert m, page.inner_text("#series-cell")
+        points = page.locator("#series circle.pt")
+        got = [float(points.nth(i).get_attribute("data-value")) for i in range(points.count())]
+        want = item.values[:, 1, int(m.group(1))]  # (time, level, cell): the 850 hPa values
+        assert got == [float(v) for v in want]
+        # another level: the clicked cell's series is asked again, at that level
+        level.select_option("500")
+        page.locator("#series-cell", has_text="level 500").wait_for()
+        page.locator("#series-status", has_text=re.compile(r"^\d+ values$")).wait_for()
+        got = [float(points.nth(i).get_attribute("data-value")) for i in range(points.count())]
+        assert got == [float(v) for v in item.values[:, 0, int(m.group(1))]]
+        page.screenshot(path=str(shots / "9-level-series.png"))
+        assert not errors, errors
+    finally:
+        own.close()
+        remove_item(p, item)

@@ -100,19 +100,25 @@ def healpix_dataset(
     step_hours: int = 6,
     start: datetime = START,
     seed: int = 0,
+    levels: tuple[int, ...] = (),
 ) -> xr.Dataset:
-    """A HEALPix field over time, with twinlab's grid attributes (as the lake's Zarr)."""
+    """A HEALPix field over time, with twinlab's grid attributes (as the lake's Zarr);
+    ``levels``: a ``level`` dimension (hPa) after time, other values at each level."""
     grid = HEALPix(nside, nest=nest)
     times = np.array(
         [start + timedelta(hours=step_hours * k) for k in range(ntimes)], dtype="datetime64[ns]"
     )
     attrs = {"units": "K", "long_name": "2 metre temperature", **grid_attrs(grid)}
-    ds = xr.Dataset(
-        {variable: xr.Variable(("time", *grid.dims), healpix_values(nside, ntimes, seed), attrs)},
-        coords={"time": ("time", times)},
-        attrs=grid_attrs(grid),
-    )
-    return ds
+    coords: dict[str, Any] = {"time": ("time", times)}
+    if levels:
+        values = np.stack(
+            [healpix_values(nside, ntimes, seed + 1 + k) for k in range(len(levels))], axis=1
+        )
+        var = xr.Variable(("time", "level", *grid.dims), values, attrs)
+        coords["level"] = ("level", np.asarray(levels, dtype=np.int64), {"units": "hPa"})
+    else:
+        var = xr.Variable(("time", *grid.dims), healpix_values(nside, ntimes, seed), attrs)
+    return xr.Dataset({variable: var}, coords=coords, attrs=grid_attrs(grid))
 
 
 def upload_zarr(s3: Any, bucket: str, key: str, ds: xr.Dataset) -> str:
@@ -230,7 +236,7 @@ class TestItem:
 
     @property
     def values(self) -> np.ndarray:
-        """(ntimes, ncells) float64 values as stored."""
+        """(ntimes, ncells) float64 values as stored ((ntimes, nlevels, ncells) with levels)."""
         return np.asarray(self.ds[self.variable].values, dtype=np.float64)
 
     @property

@@ -6,6 +6,8 @@ Zarr stores in the object store and compared cell by cell.
   the cell is ``healpy.ang2pix``'s;
 - octahedral O96 and regular Gaussian F48: the cell is ``twinlab.grids.ops.nearest_cells``'s;
 - area queries: exactly the cells ``polygon_cells`` picks, with their values;
+- levels: ``z=`` or the dimension by name (``level=850``) selects the values of one level,
+  the domain's ``twinhub:selection`` says which, and tiles of a level are that level's;
 - datetime selection (none: all times; intervals; instants), the limits (400 naming the
   setting), access (bob cannot read alice's private item: 403; a public collection's item
   answers anonymous callers, the lake's does not: 401), OWSLib's EDR client.
@@ -23,7 +25,15 @@ import pytest
 import requests
 
 from tests.helpers.platform import wait_for_seed
-from tests.helpers.tiles import PUBLIC_COLLECTION, ensure_hub_user, lake_test_item, private_item
+from tests.helpers.tiles import (
+    PUBLIC_COLLECTION,
+    ensure_hub_user,
+    healpix_dataset,
+    lake_test_item,
+    private_item,
+    remove_item,
+    tiles_get,
+)
 from twinhub import objectstore
 from twinhub.process.runtime import Runtime
 from twinhub.services.datalake.seed.grids import START
@@ -334,3 +344,75 @@ def test_public_collection_anonymous(edr):
     assert r.json()["ranges"][item.variable]["values"] == _json_values(values[:, pix])
     r = edr.position(_seed_item_id("healpix-h128"), lon, lat, user=None)
     assert r.status_code == 401, r.text
+
+
+LEVELS = (500, 850)
+
+
+@pytest.fixture(scope="module")
+def levels_item(edr):
+    """Alice's private H8 item with a ``level`` dimension (500, 850 hPa): other values at
+    each level."""
+    ds = healpix_dataset(8, 3, levels=LEVELS, seed=7)
+    item = private_item(edr.p, ALICE, f"{ALICE}-levels-h8", ds=ds)
+    yield item
+    remove_item(edr.p, item)
+
+
+def test_levels_z_or_by_name(edr, levels_item):
+    import healpy
+
+    item, values = levels_item, levels_item.values  # (time, level, cell)
+    assert values.shape[1] == len(LEVELS)
+    assert not np.array_equal(values[:, 0], values[:, 1], equal_nan=True)
+    rng = np.random.default_rng(850)
+    for lon, lat in _points(rng, 6):
+        pix = int(healpy.ang2pix(8, lon, lat, nest=True, lonlat=True))
+        asked = [({}, 0), ({"z": "850"}, 1), ({"level": "850"}, 1), ({"z": "500"}, 0)]
+        for params, k in asked:
+            r = edr.position(item.item_id, lon, lat, **params)
+            assert r.status_code == 200, (params, r.text)
+            doc = r.json()
+            assert doc["domain"]["twinhub:cell"]["index"] == pix
+            assert doc["domain"]["twinhub:selection"] == {"level": LEVELS[k]}, params
+            assert doc["ranges"]["2t"]["values"] == _json_values(values[:, k, pix]), params
+    ring = [(-20.0, -20.0), (30.0, -20.0), (30.0, 20.0), (-20.0, 20.0)]
+    wkt = "POLYGON((" + ", ".join(f"{x} {y}" for x, y in [*ring, ring[0]]) + "))"
+    r = edr.get(f"collections/{item.item_id}/area", coords=wkt, z="850")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    cells = polygon_cells(HEALPix(8, nest=True), ring)
+    assert cells.size > 5
+    assert doc["domain"]["twinhub:selection"] == {"level": 850}
+    assert doc["ranges"]["2t"]["values"] == _json_values(values[:, 1, cells])
+
+
+def test_levels_refused_when_not_one_of_them(edr, levels_item):
+    def refused(item_id: str, **params) -> str:
+        r = edr.position(item_id, 10.0, 10.0, **params)
+        assert r.status_code == 400, (params, r.text)
+        return r.json()["description"]
+
+    why = refused(levels_item.item_id, z="700")
+    assert "level='700'" in why and "500, 850" in why
+    why = refused(levels_item.item_id, level="1000")
+    assert "level='1000'" in why
+    # a field without levels has nothing for z to pick
+    assert "z needs exactly one" in refused(_seed_item_id("healpix-h128"), z="850")
+
+
+def test_tiles_of_a_level_are_that_levels(edr, levels_item):
+    item = levels_item
+    path = f"collections/{item.item_id}/2t/map/tiles/WorldCRS84Quad/1/0/1"
+
+    def tile(**params) -> bytes:
+        r = tiles_get(edr.p, path, user=ALICE, vmin="250", vmax="290", **params)
+        assert r.status_code == 200, (params, r.text)
+        assert r.headers["content-type"] == "image/png"
+        return r.content
+
+    first, upper = tile(), tile(level="850")
+    assert tile(level="500") == first  # the first level when none is named
+    assert upper != first
+    r = tiles_get(edr.p, path, user=ALICE, level="700")
+    assert r.status_code == 400 and "level='700'" in r.json()["description"]

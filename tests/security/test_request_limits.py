@@ -343,6 +343,10 @@ CORPUS = [
      "alice", {}, {400}, "start is after end"),
     ("tiles: EDR crs not CRS84", "tiles/edr/collections/limits-tiles/position"
      "?coords=POINT(0%200)&crs=EPSG:3857", "GET", "alice", {}, {400}, "crs"),
+    ("tiles: EDR z on a field without levels", "tiles/edr/collections/limits-tiles/position"
+     "?coords=POINT(0%200)&z=850", "GET", "alice", {}, {400}, "z needs exactly one"),
+    ("tiles: EDR z not text of a number", "tiles/edr/collections/limits-tiles/position"
+     "?coords=POINT(0%200)&z=" + "9" * 5000, "GET", "alice", {}, {400, 414}, ""),
     ("tiles: a body on a GET", "tiles/collections", "GET", "alice", {"data": DEEP},
      {400, 413}, ""),
     ("control bytes in a header", "cache/stats", "GET", None,

@@ -21,6 +21,9 @@ CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 #: Vendor member of a domain naming the native cell(s) behind the values.
 CELL_MEMBER = "twinhub:cell"
 CELLS_MEMBER = "twinhub:cells"
+#: Vendor member of a domain: the values of the dimensions besides time and the grid (a
+#: level...) the values are at.
+SELECTION_MEMBER = "twinhub:selection"
 
 
 @dataclass(frozen=True)

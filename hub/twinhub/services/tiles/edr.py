@@ -17,6 +17,8 @@ CoverageJSON (docs/vizlab.md).
 Query parameters: ``parameter-name=a,b`` (absent: all the item's variables; OWSLib's
 ``parameter_names`` is read the same), ``datetime=``
 (an instant that must be a valid time, ``a/b``, ``../b``, ``a/..``; absent: every time),
+``z=`` (a value of the one dimension besides time and the grid, a level) or that dimension
+by name (``level=850``; absent: its first value; the domain's ``twinhub:selection`` says),
 ``crs`` (CRS84 only), ``f`` (CoverageJSON, or json for ``application/json``). Who may see an
 item is :mod:`.layers`'s decision (401/403/404); limits (``TwinhubTiles.max_time_steps``,
 ``max_edr_area_deg2``, ``max_edr_cells``) refuse with a 400 naming the setting.
@@ -41,6 +43,7 @@ from . import layers, listing
 from .access import caller_of
 from .context import TilesContext
 from .gridsize import check_cells as check_grid_cells
+from .serve import open_selected, selected_values
 from .wkt import Point, Polygon, WktError
 from .wkt import parse as parse_wkt
 
@@ -235,7 +238,8 @@ def collection_document(infos: Sequence[Any], edr: str) -> dict[str, Any]:
                 "templated": True,
                 "variables": {
                     "title": f"{query.capitalize()} query",
-                    "description": f"coords={example} (CRS84)",
+                    "description": f"coords={example} (CRS84); z=<level> for a variable "
+                    "with levels (their values: the tiles service's layers/<item>)",
                     "query_type": query,
                     "coords": example,
                     "output_formats": ["CoverageJSON"],
@@ -423,11 +427,24 @@ def router(ctx: TilesContext) -> APIRouter:
 
     async def open_fields(
         request: Request, item: str, names: list[str]
-    ) -> tuple[dict[str, Any], Any, np.ndarray | None]:
-        """The fields of ``names`` (by the names asked for), the first one (its grid and
-        times are every one's) and the selected time indices."""
-        caller = caller_of(request)
-        fields = {n: (await layers.open_layer(ctx, caller, item, n)).field for n in names}
+    ) -> tuple[dict[str, Any], Any, np.ndarray | None, dict[str, Any]]:
+        """The fields of ``names`` (by the names asked for) at the level asked for (``z``,
+        or a dimension by name: ``?level=850``; else each dimension's first value), the
+        first one (its grid and times are every one's), the selected time indices and the
+        values of the extra dimensions the fields are at."""
+        z = request.query_params.get("z")
+        opened = {n: await open_selected(request, ctx, item, n, z=z) for n in names}
+        fields = {n: layer.field for n, layer in opened.items()}
+        at: dict[str, Any] = {}
+        for name, layer in opened.items():
+            for dim, value in selected_values(layer).items():
+                if at.setdefault(dim, value) != value:
+                    raise BadRequest(
+                        f"parameters {names[0]} and {name} are at different {dim} values "
+                        f"({at[dim]}, {value}); name the {dim} (?{dim}=) or ask for them "
+                        "one at a time",
+                        400,
+                    )
         base = fields[names[0]]
         for name, other in fields.items():
             if other.grid != base.grid or other.ntimes != base.ntimes:
@@ -437,7 +454,7 @@ def router(ctx: TilesContext) -> APIRouter:
                     400,
                 )
         when = request.query_params.get("datetime")
-        return fields, base, select_times(base.times, when, settings.max_time_steps)
+        return fields, base, select_times(base.times, when, settings.max_time_steps), at
 
     def times_of(field: Any, t_idx: np.ndarray | None) -> np.ndarray | None:
         return None if t_idx is None else np.asarray(field.times)[t_idx]
@@ -445,7 +462,9 @@ def router(ctx: TilesContext) -> APIRouter:
     def described(fields: dict[str, Any]) -> list[cj.Parameter]:
         return [cj.Parameter(n, f.units, f.long_name) for n, f in fields.items()]
 
-    def coverage_response(doc: dict[str, Any], media: str) -> Response:
+    def coverage_response(doc: dict[str, Any], media: str, at: dict[str, Any]) -> Response:
+        if at:  # the level (...) the values are at
+            doc["domain"][cj.SELECTION_MEMBER] = at
         return Response(cj.dumps(doc), media_type=media, headers={"Cache-Control": "private, no-store"})  # fmt: skip
 
     @r.get(p + "/collections/{item}/position")
@@ -458,7 +477,7 @@ def router(ctx: TilesContext) -> APIRouter:
         except WktError as e:
             raise BadRequest(str(e), 400) from None
         assert isinstance(point, Point)
-        fields, base, t_idx = await open_fields(request, item, await asked(request, item))
+        fields, base, t_idx, at = await open_fields(request, item, await asked(request, item))
         got = await layers.run_render(
             ctx, _position_read, fields, point.lon, point.lat, t_idx, settings.max_series_bytes
         )
@@ -466,7 +485,7 @@ def router(ctx: TilesContext) -> APIRouter:
         doc = cj.point_series(
             point.lon, point.lat, times_of(base, t_idx), described(fields), got["values"], cell
         )
-        return coverage_response(doc, media)
+        return coverage_response(doc, media, at)
 
     @r.get(p + "/collections/{item}/area")
     async def area(request: Request, item: str) -> Response:
@@ -486,7 +505,7 @@ def router(ctx: TilesContext) -> APIRouter:
                 f"TwinhubTiles.max_edr_area_deg2 = {settings.max_edr_area_deg2:g}",
                 400,
             )
-        fields, base, t_idx = await open_fields(request, item, names)
+        fields, base, t_idx, at = await open_fields(request, item, names)
         cells = await layers.run_render(ctx, _area_cells, base.grid, polygon)
         nt = 1 if t_idx is None else int(t_idx.size)
         if cells.size * nt > settings.max_edr_cells:
@@ -507,6 +526,6 @@ def router(ctx: TilesContext) -> APIRouter:
             got["values"],
             {"index": cells.tolist(), "grid": base.grid.key},
         )
-        return coverage_response(doc, media)
+        return coverage_response(doc, media, at)
 
     return r

@@ -91,9 +91,15 @@ def _pick(dim: str, raw: str, values: list[Any]) -> Any:
     raise BadRequest(f"{dim}={raw[:64]!r} is not one of the layer's {dim} values: {shown}")
 
 
-async def open_selected(request: Request, ctx: TilesContext, item: str, variable: str) -> Layer:
+async def open_selected(
+    request: Request, ctx: TilesContext, item: str, variable: str, *, z: str | None = None
+) -> Layer:
     """The layer (access-checked), its extra dimensions (levels) selected by query
-    parameters of their names (``?level=500``; the first value of any not named)."""
+    parameters of their names (``?level=500``; the first value of any not named).
+
+    ``z``: EDR's vertical coordinate, a value of the one extra dimension no parameter names
+    (a layer with a dimension called ``z`` takes it by name); 400 when there is not exactly
+    one such dimension."""
     caller = caller_of(request)
     layer = await open_layer(ctx, caller, item, variable)
     dims = await extra_dims(ctx, layer)
@@ -102,9 +108,30 @@ async def open_selected(request: Request, ctx: TilesContext, item: str, variable
         for dim, values in dims.items()
         if request.query_params.get(dim) not in (None, "")
     }
+    if z not in (None, "") and "z" not in dims:
+        free = [d for d in dims if d not in selection]
+        if len(free) != 1:
+            named = ", ".join(free) if free else "none"
+            raise BadRequest(
+                f"z={z[:64]!r}: layer {item}/{variable} has {len(free)} dimensions besides "
+                f"time and the grid that no parameter names ({named}), z needs exactly one; "
+                "name a dimension as ?<dimension>=<value>"
+            )
+        selection[free[0]] = _pick(free[0], z, dims[free[0]])
     if not selection:
         return layer
     return await open_layer(ctx, caller, item, variable, selection=selection)
+
+
+def selected_values(layer: Layer) -> dict[str, Any]:
+    """The values of the layer's extra dimensions its field holds (selected, or the first
+    of each): what its values are "at"."""
+    da = layer.field.da
+    return {
+        str(d): _plain(da[d].values.item())
+        for d in layer.field.levels
+        if d in da.coords and da[d].ndim == 0
+    }
 
 
 async def tile_response(

@@ -162,7 +162,7 @@ def lake(monkeypatch):
     from fastapi.responses import JSONResponse
     from fastapi.testclient import TestClient
 
-    from twinhub.services.tiles import layers
+    from twinhub.services.tiles import layers, serve
     from twinhub.services.tiles.config import TwinhubTiles
     from twinhub.services.tiles.context import TilesContext
     from twinlab.grids import Gaussian, HEALPix
@@ -199,6 +199,7 @@ def lake(monkeypatch):
 
     for name, fn in [("layer_info", layer_info), ("open_layer", open_layer), ("list_layers", list_layers), ("run_render", run_render)]:  # fmt: skip
         monkeypatch.setattr(layers, name, fn)
+    monkeypatch.setattr(serve, "open_layer", open_layer)  # (the levels' selection opens there)
     settings = TwinhubTiles(max_time_steps=5, max_edr_area_deg2=400.0, max_edr_cells=20)
     ctx = TilesContext(rt=None, settings=settings, hub_api="", token="", prefix="/services/tiles/", stac_url="")  # fmt: skip
     app = FastAPI()
@@ -248,6 +249,15 @@ def test_position_is_the_healpix_cell_value(lake, item, nest):
         assert len(doc["domain"]["axes"]["t"]["values"]) == 5
         want = [None if np.isnan(v) else float(v) for v in raw[:5, pix]]
         assert doc["ranges"]["2t"]["values"] == want
+
+
+def test_z_on_a_field_without_levels_is_refused(lake):
+    r = lake.get(P + f"/collections/{ITEM}/position", params={"coords": "POINT(10 10)", "z": "850"})  # fmt: skip
+    assert r.status_code == 400
+    assert "z needs exactly one" in r.json()["description"]
+    r = lake.get(P + f"/collections/{ITEM}/position", params={"coords": "POINT(10 10)", "datetime": "../2024-01-02T00:00:00Z"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert "twinhub:selection" not in r.json()["domain"]
 
 
 def test_position_gaussian_is_the_nearest_cell(lake):

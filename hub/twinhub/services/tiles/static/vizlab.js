@@ -486,12 +486,14 @@
     const ask = ++seriesAsk;
     $('series-status').textContent = 'asking for the series at ' + lon.toFixed(3) + ', ' + lat.toFixed(3) + '…';
     const q = new URLSearchParams({ coords: 'POINT(' + lon.toFixed(6) + ' ' + lat.toFixed(6) + ')', 'parameter-name': state.variable });
+    for (const [k, v] of Object.entries(state.sel)) q.set(k, v); // the level the map shows
     try {
       const cov = await api('edr/collections/' + enc(state.item) + '/position?' + q.toString());
       if (ask !== seriesAsk) return;
       series = window.VizSeries.fromCoverage(cov, state.variable);
-      const { cell, unit, values } = series;
-      const where = 'clicked ' + lon.toFixed(3) + ', ' + lat.toFixed(3);
+      const { cell, unit, values, at } = series;
+      const levels = Object.entries(at).map(([k, v]) => ' · ' + k + ' ' + v).join('');
+      const where = 'clicked ' + lon.toFixed(3) + ', ' + lat.toFixed(3) + levels;
       $('series-cell').textContent = cell
         ? 'cell ' + cell.index + ' (centre ' + Number(cell.lon).toFixed(3) + ', ' + Number(cell.lat).toFixed(3) + ')' + ' · ' + where + (unit ? ' · ' + unit : '')
         : where + (unit ? ' · ' + unit : '');
@@ -560,6 +562,7 @@
           shown.clear();
           updateLegend();
           refresh();
+          if (marker) showSeries(marker[0], marker[1]); // the clicked cell's series at this level
         });
         lab.appendChild(s);
         box.appendChild(lab);

@@ -6,7 +6,8 @@
   const { svg, fmt } = global.VizCommon;
 
   function fromCoverage(cov, variable) {
-    // {times: [ms], values: [number|null], cell: {index, lon, lat}|null, unit} of a PointSeries
+    // {times: [ms], values: [number|null], cell: {index, lon, lat}|null, at: {dim: value}, unit}
+    // of a PointSeries (at: the level... the values are at)
     const dom = cov.domain || {};
     const axes = dom.axes || {};
     const tvals = (axes.t && axes.t.values) || [];
@@ -15,6 +16,7 @@
       times: tvals.map((t) => Date.parse(t)),
       values: (rng.values || []).map((v) => (v === null ? null : Number(v))),
       cell: dom['twinhub:cell'] || cov['twinhub:cell'] || null,
+      at: dom['twinhub:selection'] || {},
       unit: unitOf(cov, variable),
     };
   }
