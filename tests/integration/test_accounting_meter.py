@@ -71,7 +71,8 @@ class _OtherSources:
     """The CPU the accounting group's other children (servers and clusters other modules of
     the session left running) used while a test ran: sampled every 0.2 s, so a child removed
     meanwhile still counts what it used until its last sample (0.2 s of an idle server's
-    heartbeat at most is lost)."""
+    heartbeat at most is lost). Only children there before the test began: CPU in one that
+    appears meanwhile (a process escaping its server's leaf) stays on the machine's side."""
 
     def __init__(self, group: Path | None) -> None:
         self.group = group
@@ -80,14 +81,16 @@ class _OtherSources:
         self.ours: set[Path] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self.begun = False
         self._sample()
+        self.begun = True  # from now on, only the children seen at the start
         self._thread.start()
 
     def _sample(self) -> None:
         if self.group is None or not self.group.is_dir():
             return
         for child in self.group.iterdir():
-            if not child.is_dir() or child in self.ours:
+            if not child.is_dir() or child in self.ours or (self.begun and child not in self.first):
                 continue
             used = cpu_seconds(child)
             if used is not None:

@@ -212,6 +212,11 @@ def _link(href: str, rel: str, media: str = JSON_MEDIA, title: str = "") -> dict
 
 
 # -- documents -------------------------------------------------------------------------------
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of a dimension (NaN, a level of its own, equals itself)."""
+    return bool(a == b) or (a != a and b != b)
+
+
 def collection_document(infos: Sequence[Any], edr: str) -> dict[str, Any]:
     """One item's collection (``infos``: its :class:`~.layers.LayerInfo`, one per variable).
     ``edr``: the EDR root URL ending in ``/``. Built from the STAC item alone (no data read)."""
@@ -438,7 +443,7 @@ def router(ctx: TilesContext) -> APIRouter:
         at: dict[str, Any] = {}
         for name, layer in opened.items():
             for dim, value in selected_values(layer).items():
-                if at.setdefault(dim, value) != value:
+                if not _same(at.setdefault(dim, value), value):
                     raise BadRequest(
                         f"parameters {names[0]} and {name} are at different {dim} values "
                         f"({at[dim]}, {value}); name the {dim} (?{dim}=) or ask for them "

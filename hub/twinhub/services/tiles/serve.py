@@ -36,6 +36,13 @@ _EXTRA_DIMS_MAX = 1024
 _SHOWN = 20
 #: Characters of a legend's label at most (name and units).
 MAX_LABEL = 200
+#: The service's own query parameters (tiles, views, legends, EDR): a dimension of the data
+#: with one of these names is never selected by name (its first value; EDR's ``z``).
+OWN_PARAMS = frozenset({
+    "coords", "datetime", "crs", "f", "parameter-name", "parameter_names", "z", "bbox",
+    "time", "cmap", "vmin", "vmax", "method", "projection", "center", "zoom", "width",
+    "height",
+})  # fmt: skip
 
 
 def _plain(v: Any) -> Any:
@@ -98,18 +105,17 @@ async def open_selected(
     parameters of their names (``?level=500``; the first value of any not named).
 
     ``z``: EDR's vertical coordinate, a value of the one extra dimension no parameter names
-    (a layer with a dimension called ``z`` takes it by name); 400 when there is not exactly
-    one such dimension."""
+    (of a dimension called ``z``, if there is one); 400 when there is not exactly one."""
     caller = caller_of(request)
     layer = await open_layer(ctx, caller, item, variable)
     dims = await extra_dims(ctx, layer)
     selection = {
         dim: _pick(dim, request.query_params[dim], values)
         for dim, values in dims.items()
-        if request.query_params.get(dim) not in (None, "")
+        if dim.lower() not in OWN_PARAMS and request.query_params.get(dim) not in (None, "")
     }
-    if z not in (None, "") and "z" not in dims:
-        free = [d for d in dims if d not in selection]
+    if z not in (None, ""):
+        free = ["z"] if "z" in dims else [d for d in dims if d not in selection]
         if len(free) != 1:
             named = ", ".join(free) if free else "none"
             raise BadRequest(

@@ -431,3 +431,13 @@ def test_huge_grid_item_is_refused_before_opening(lake):
     r = lake.get(P + "/collections/huge/position", params={"coords": "POINT(0 0)"})
     assert r.status_code == 422
     assert "TwinhubTiles.max_grid_cells" in r.json()["description"]
+
+
+def test_levels_compare_nan_as_itself_and_own_parameters_are_not_dimensions():
+    from twinhub.services.tiles.serve import OWN_PARAMS
+
+    assert edr._same(float("nan"), float("nan")) and edr._same(850, 850.0)
+    assert not edr._same(500, 850) and not edr._same(float("nan"), 500)
+    # a dimension named like one of EDR's or the tiles' own parameters is never selected by
+    # name: ?coords= and ?datetime= stay the query's
+    assert {"coords", "datetime", "z", "parameter-name", "time", "f", "crs"} <= OWN_PARAMS

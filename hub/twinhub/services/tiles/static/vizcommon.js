@@ -16,7 +16,8 @@
   const ID_RE = /^[A-Za-z0-9._:-]{1,256}$/;
   // the page's and the service's own parameters: no extra dimension (level) may take these names
   const OWN_KEYS = ['item', 'variable', 'time', 'proj', 'view', 'cmap', 'vmin', 'vmax', 'datetime',
-    'projection', 'center', 'zoom', 'width', 'height', 'method', 'coords', 'parameter-name', 'f'];
+    'projection', 'center', 'zoom', 'width', 'height', 'method', 'coords', 'parameter-name', 'f',
+    'parameter_names', 'z', 'crs', 'bbox'];
 
   function el(tag, text, cls) {
     const e = document.createElement(tag);

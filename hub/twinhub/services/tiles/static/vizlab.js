@@ -550,7 +550,7 @@
     if (extra && typeof extra === 'object') {
       for (const [dim, raw] of Object.entries(extra)) {
         const values = (Array.isArray(raw) ? raw : [raw]).map(String);
-        if (!values.length || OWN_KEYS.includes(dim)) continue;
+        if (!values.length || OWN_KEYS.includes(dim.toLowerCase())) continue;
         sel[dim] = values.includes(state.urlSel[dim]) ? state.urlSel[dim] : values[0];
         const lab = el('label', dim + ' ');
         const s = el('select');
