@@ -471,17 +471,9 @@ class Field:
 
     def _gather(self, steps: list[int], idx: np.ndarray) -> np.ndarray:
         """(len(steps), idx.size) values; the blocks are planned once for all steps."""
-        flat = idx.ravel()
-        if flat.size == 0:
+        if idx.size == 0:
             return np.empty((len(steps), 0))
-        if flat.dtype.kind not in "iu":
-            raise TypeError(f"cell indices must be integers, got dtype {flat.dtype}")
-        ok = flat >= 0
-        sel_pos = None if ok.all() else np.nonzero(ok)[0]
-        if sel_pos is not None:
-            flat = flat[sel_pos]
-        if flat.size and int(flat.max()) >= self.grid.size:
-            raise IndexError(f"cell index out of range [0, {self.grid.size})")
+        flat, ok, sel_pos = self._valid_cells(idx.ravel())
         tbs = [int(np.searchsorted(self._t_edges, t, side="right") - 1) for t in steps]
         blks, masks, coords = self._plan(flat)
         wanted = list(dict.fromkeys((tb, b) for tb in tbs for b in blks))
